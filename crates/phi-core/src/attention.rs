@@ -1,0 +1,175 @@
+//! Causal self-attention: separate biased `q_proj/k_proj/v_proj/dense` (Phi-1/2) or fused
+//! `qkv_proj` + `o_proj` (Phi-3), MHA or GQA, optional per-head `q_layernorm/k_layernorm`.
+
+use burn::module::Module;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::config::{NormKind, PhiConfig};
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::nn::{Linear, Norm};
+use crate::rope::Rope;
+use crate::weights::{ParamSource, StateDict};
+
+/// Phi-1/2 projections, each with a bias.
+#[derive(Module, Debug)]
+pub struct SeparateProjections {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub dense: Linear,
+}
+
+/// Phi-3 projections: one `[q; k; v]` matrix and the output projection.
+#[derive(Module, Debug)]
+pub struct FusedProjections {
+    pub qkv_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub enum Projections {
+    Separate(SeparateProjections),
+    Fused(FusedProjections),
+}
+
+#[derive(Module, Debug)]
+pub struct PhiAttention {
+    pub proj: Projections,
+    pub q_layernorm: Option<Norm>,
+    pub k_layernorm: Option<Norm>,
+    #[module(skip)]
+    pub num_heads: usize,
+    #[module(skip)]
+    pub num_kv_heads: usize,
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+impl PhiAttention {
+    pub fn load(src: &mut impl ParamSource, prefix: &str, c: &PhiConfig) -> Result<Self> {
+        let (h, hd, std, bias) = (c.hidden_size, c.head_dim, c.initializer_range, c.linear_bias);
+        let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let proj = if c.fused_qkv {
+            Projections::Fused(FusedProjections {
+                qkv_proj: Linear::load(src, &format!("{prefix}.qkv_proj"), h, q + 2 * kv, bias, std)?,
+                o_proj: Linear::load(src, &format!("{prefix}.o_proj"), q, h, bias, std)?,
+            })
+        } else {
+            Projections::Separate(SeparateProjections {
+                q_proj: Linear::load(src, &format!("{prefix}.q_proj"), h, q, bias, std)?,
+                k_proj: Linear::load(src, &format!("{prefix}.k_proj"), h, kv, bias, std)?,
+                v_proj: Linear::load(src, &format!("{prefix}.v_proj"), h, kv, bias, std)?,
+                dense: Linear::load(src, &format!("{prefix}.dense"), q, h, bias, std)?,
+            })
+        };
+        let (q_layernorm, k_layernorm) = if c.qk_layernorm {
+            let ln = |src: &mut _, name| Norm::load(src, &format!("{prefix}.{name}"), NormKind::LayerNorm, hd, c.norm_eps);
+            (Some(ln(src, "q_layernorm")?), Some(ln(src, "k_layernorm")?))
+        } else {
+            (None, None)
+        };
+        Ok(PhiAttention {
+            proj,
+            q_layernorm,
+            k_layernorm,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    pub fn save(&self, prefix: &str, out: &mut StateDict) {
+        match &self.proj {
+            Projections::Separate(p) => {
+                p.q_proj.save(&format!("{prefix}.q_proj"), out);
+                p.k_proj.save(&format!("{prefix}.k_proj"), out);
+                p.v_proj.save(&format!("{prefix}.v_proj"), out);
+                p.dense.save(&format!("{prefix}.dense"), out);
+            }
+            Projections::Fused(p) => {
+                p.qkv_proj.save(&format!("{prefix}.qkv_proj"), out);
+                p.o_proj.save(&format!("{prefix}.o_proj"), out);
+            }
+        }
+        if let (Some(q), Some(k)) = (&self.q_layernorm, &self.k_layernorm) {
+            q.save(&format!("{prefix}.q_layernorm"), out);
+            k.save(&format!("{prefix}.k_layernorm"), out);
+        }
+    }
+
+    /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`. With a cache, `x` holds the new
+    /// tokens only and the cache supplies (and receives) the keys and values before them.
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = match &self.proj {
+            Projections::Separate(p) => {
+                let q = p.q_proj.forward(x.clone()).reshape([b, t, nh, hd]);
+                let k = p.k_proj.forward(x.clone()).reshape([b, t, nkv, hd]);
+                let v = p.v_proj.forward(x).reshape([b, t, nkv, hd]);
+                let (q, k) = match (&self.q_layernorm, &self.k_layernorm) {
+                    (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
+                    _ => (q, k),
+                };
+                (rope.apply(q), rope.apply(k), v)
+            }
+            Projections::Fused(p) => {
+                let qkv = p.qkv_proj.forward(x).reshape([b, t, nh + 2 * nkv, hd]);
+                let v = qkv.clone().narrow(2, nh + nkv, nkv);
+                // q and k heads are adjacent: rotate them in one pass.
+                let qk = rope.apply(qkv.narrow(2, 0, nh + nkv));
+                (qk.clone().narrow(2, 0, nh), qk.narrow(2, nh, nkv), v)
+            }
+        };
+        let q = q.swap_dims(1, 2);
+        let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+        let kv_len = k.dims()[2];
+        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
+        let out = attend(q, k, v, kv_len);
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        match &self.proj {
+            Projections::Separate(p) => p.dense.forward(out),
+            Projections::Fused(p) => p.o_proj.forward(out),
+        }
+    }
+}
+
+/// Softmax attention with the causal rule aligned to the *end* of the keys: query `i` of `t`
+/// sees keys `0..=kv_len - t + i`. Backends disagree on how `is_causal` aligns when `t <
+/// kv_len`, so that case gets an explicit mask (one decode token needs none).
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, kv_len: usize) -> Tensor<4> {
+    let t = q.dims()[2];
+    let causal = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
+    if t == kv_len {
+        attention(q, k, v, None, None, causal(true))
+    } else if t == 1 {
+        attention(q, k, v, None, None, causal(false))
+    } else {
+        let device = q.device();
+        let offset = (kv_len - t) as i64;
+        let rows = (Tensor::<1, Int>::arange(0..t as i64, &device) + offset)
+            .reshape([t, 1])
+            .expand([t, kv_len]);
+        let cols = Tensor::<1, Int>::arange(0..kv_len as i64, &device)
+            .reshape([1, kv_len])
+            .expand([t, kv_len]);
+        let mask: Tensor<4, Bool> = cols.greater(rows).reshape([1, 1, t, kv_len]);
+        attention(q, k, v, Some(mask), None, causal(false))
+    }
+}
+
+/// GQA: each key/value head serves `n_rep` consecutive query heads (HF `repeat_kv`).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, s, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, nkv, n_rep, s, hd]).reshape([b, nkv * n_rep, s, hd])
+}

@@ -1,0 +1,525 @@
+//! `PhiConfig`: every Phi variant as data. The model reads only this struct; the HF
+//! `config.json` (hub format and the transformers-5 `rope_parameters` format) maps onto it.
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+
+/// How a decoder layer wires attention and MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Phi-1/1.5/2: `x + attn(ln(x)) + mlp(ln(x))`, one shared LayerNorm.
+    Parallel,
+    /// Phi-3: `x = x + attn(norm1(x)); x = x + mlp(norm2(x))`.
+    Sequential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm with weight and bias.
+    LayerNorm,
+    /// RMSNorm with weight only.
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `fc2(act(fc1 x))`, biased (Phi-1/2).
+    Plain,
+    /// `down_proj(act(gate) * up)` from the fused `gate_up_proj`, gate first (Phi-3).
+    Gated,
+}
+
+/// The activation named by `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// exact erf GELU (`gelu`).
+    Gelu,
+    /// `silu` / `swish`.
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    fn hf_name(self) -> &'static str {
+        match self {
+            Activation::GeluTanh => "gelu_new",
+            Activation::Gelu => "gelu",
+            Activation::Silu => "silu",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+/// LongRoPE (`rope_scaling.type` = `longrope`, legacy `su`): per-frequency rescale factors,
+/// `short_factor` up to `original_max_position_embeddings`, `long_factor` beyond.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f64>,
+    pub long_factor: Vec<f64>,
+    /// The pre-training context; sequences longer than this use `long_factor`.
+    pub original_max_position_embeddings: usize,
+    /// Multiplies cos and sin. Default `sqrt(1 + ln(max/orig) / ln(orig))`, 1 when max ≤ orig.
+    pub attention_factor: f64,
+}
+
+/// The whole architecture of one Phi model. Presets are values of this struct
+/// ([`PhiConfig::phi_1`], [`PhiConfig::phi_3_mini`], …); `config.json` is parsed into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhiConfig {
+    /// `phi` or `phi3`, kept to write `config.json` back in the right format.
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub hidden_act: Activation,
+    pub max_position_embeddings: usize,
+    pub norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    pub rope_theta: f64,
+    pub partial_rotary_factor: f64,
+    pub longrope: Option<LongRope>,
+    pub qk_layernorm: bool,
+    pub block: BlockKind,
+    pub norm: NormKind,
+    pub mlp: MlpKind,
+    /// Separate biased `q_proj/k_proj/v_proj/dense` (false) or fused `qkv_proj` + `o_proj` (true).
+    pub fused_qkv: bool,
+    /// Bias on the attention and MLP projections (Phi-1/2 yes, Phi-3 no).
+    pub linear_bias: bool,
+    pub lm_head_bias: bool,
+    pub resid_pdrop: f64,
+    pub embd_pdrop: f64,
+    pub attention_dropout: f64,
+    pub initializer_range: f64,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl PhiConfig {
+    /// Rotary dimensions per head: `int(head_dim * partial_rotary_factor)`, as HF computes it.
+    pub fn rotary_ndims(&self) -> usize {
+        (self.head_dim as f64 * self.partial_rotary_factor) as usize
+    }
+
+    /// Parameter count computed from the shapes alone (nothing is allocated).
+    pub fn num_parameters(&self) -> u64 {
+        let (h, v, i) = (
+            self.hidden_size as u64,
+            self.vocab_size as u64,
+            self.intermediate_size as u64,
+        );
+        let (q, kv) = (
+            (self.num_attention_heads * self.head_dim) as u64,
+            (self.num_key_value_heads * self.head_dim) as u64,
+        );
+        let b = |n: u64| if self.linear_bias { n } else { 0 };
+        let norm = |n: u64| match self.norm {
+            NormKind::LayerNorm => 2 * n,
+            NormKind::RmsNorm => n,
+        };
+        let attn = h * (q + 2 * kv) + b(q + 2 * kv) + q * h + b(h);
+        let qk_ln = if self.qk_layernorm {
+            2 * 2 * self.head_dim as u64
+        } else {
+            0
+        };
+        let mlp = match self.mlp {
+            MlpKind::Plain => h * i + b(i) + i * h + b(h),
+            MlpKind::Gated => h * 2 * i + b(2 * i) + i * h + b(h),
+        };
+        let norms = match self.block {
+            BlockKind::Parallel => norm(h),
+            BlockKind::Sequential => 2 * norm(h),
+        };
+        let layer = attn + qk_ln + mlp + norms;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            v * h + if self.lm_head_bias { v } else { 0 }
+        };
+        v * h + self.num_hidden_layers as u64 * layer + norm(h) + head
+    }
+
+    /// Reads and validates a HF `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_hf_json(&value).map_err(|e| match e {
+            Error::Config { field, message } => Error::Config {
+                field: format!("{field}` in `{}", path.display()),
+                message,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses a HF config (`model_type` `phi` or `phi3`), hub or transformers-5 format.
+    pub fn from_hf_json(value: &Value) -> Result<Self> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::config("<root>", "expected a JSON object"))?;
+        let f = Fields(obj);
+        let model_type = f.string("model_type")?.unwrap_or_default();
+        let phi3 = match model_type.as_str() {
+            "phi" | "phi-msft" => false,
+            "phi3" | "phi4" => true,
+            other => {
+                return Err(Error::config(
+                    "model_type",
+                    format!("`{other}` is not a Phi model (expected \"phi\" or \"phi3\")"),
+                ));
+            }
+        };
+        let hidden_size = f.req_usize("hidden_size")?;
+        let num_attention_heads = f.req_usize("num_attention_heads")?;
+        let num_key_value_heads = f.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(Error::config(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} must divide num_attention_heads ({num_attention_heads})"),
+            ));
+        }
+        let head_dim = match f.usize("head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(Error::config(
+                        "num_attention_heads",
+                        format!("{num_attention_heads} does not divide hidden_size ({hidden_size})"),
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        let max_position_embeddings = f.usize("max_position_embeddings")?.unwrap_or(2048);
+        let act_name = f
+            .string("hidden_act")?
+            .unwrap_or_else(|| if phi3 { "silu" } else { "gelu_new" }.to_string());
+        let hidden_act = Activation::parse(&act_name).ok_or_else(|| {
+            Error::config("hidden_act", format!("unsupported activation `{act_name}`"))
+        })?;
+
+        // RoPE: hub format has top-level rope_theta / partial_rotary_factor / rope_scaling;
+        // transformers 5 moves them into rope_parameters.
+        let rope_params = match obj.get("rope_parameters") {
+            Some(Value::Object(m)) => Some(Fields(m)),
+            None | Some(Value::Null) => None,
+            Some(_) => return Err(Error::config("rope_parameters", "expected an object")),
+        };
+        let rope_theta = match rope_params.as_ref().map(|p| p.f64("rope_theta")).transpose()? {
+            Some(Some(t)) => t,
+            _ => f.f64("rope_theta")?.unwrap_or(10000.0),
+        };
+        let partial_rotary_factor = match rope_params
+            .as_ref()
+            .map(|p| p.f64("partial_rotary_factor"))
+            .transpose()?
+        {
+            Some(Some(p)) => p,
+            _ => f
+                .f64("partial_rotary_factor")?
+                .unwrap_or(if phi3 { 1.0 } else { 0.5 }),
+        };
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+            return Err(Error::config(
+                "partial_rotary_factor",
+                format!("{partial_rotary_factor} is not in (0, 1]"),
+            ));
+        }
+        if rope_theta <= 0.0 {
+            return Err(Error::config("rope_theta", format!("{rope_theta} must be positive")));
+        }
+        let scaling = match (&rope_params, obj.get("rope_scaling")) {
+            (Some(p), _) => Some(("rope_parameters", Fields(p.0))),
+            (None, Some(Value::Object(m))) => Some(("rope_scaling", Fields(m))),
+            (None, None | Some(Value::Null)) => None,
+            (None, Some(_)) => return Err(Error::config("rope_scaling", "expected an object or null")),
+        };
+        let mut config = PhiConfig {
+            model_type: model_type.clone(),
+            vocab_size: f.req_usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.req_usize("intermediate_size")?,
+            num_hidden_layers: f.req_usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            hidden_act,
+            max_position_embeddings,
+            norm_eps: if phi3 {
+                f.f64("rms_norm_eps")?.unwrap_or(1e-5)
+            } else {
+                f.f64("layer_norm_eps")?.unwrap_or(1e-5)
+            },
+            tie_word_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(false),
+            rope_theta,
+            partial_rotary_factor,
+            longrope: None,
+            qk_layernorm: f.bool("qk_layernorm")?.unwrap_or(false),
+            block: if phi3 { BlockKind::Sequential } else { BlockKind::Parallel },
+            norm: if phi3 { NormKind::RmsNorm } else { NormKind::LayerNorm },
+            mlp: if phi3 { MlpKind::Gated } else { MlpKind::Plain },
+            fused_qkv: phi3,
+            linear_bias: !phi3,
+            lm_head_bias: !phi3,
+            resid_pdrop: f.f64("resid_pdrop")?.unwrap_or(0.0),
+            embd_pdrop: f.f64("embd_pdrop")?.unwrap_or(0.0),
+            attention_dropout: f.f64("attention_dropout")?.unwrap_or(0.0),
+            initializer_range: f.f64("initializer_range")?.unwrap_or(0.02),
+            bos_token_id: f.token_id("bos_token_id")?,
+            eos_token_ids: f.token_ids("eos_token_id")?,
+            pad_token_id: f.token_id("pad_token_id")?,
+        };
+        if let Some((name, s)) = scaling {
+            let kind = s
+                .string("rope_type")?
+                .or(s.string("type")?)
+                .unwrap_or_else(|| "default".into());
+            match kind.as_str() {
+                "default" => {}
+                "longrope" | "su" => {
+                    let orig = match s.usize("original_max_position_embeddings")? {
+                        Some(o) => Some(o),
+                        None => f.usize("original_max_position_embeddings")?,
+                    };
+                    config.longrope = Some(parse_longrope(name, &s, &config, orig)?);
+                }
+                other => {
+                    return Err(Error::config(
+                        format!("{name}.type"),
+                        format!("unsupported RoPE scaling `{other}` (supported: default, longrope, su)"),
+                    ));
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values no architecture allows; called by every constructor of a config.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(Error::config(field, "must be positive"));
+            }
+        }
+        if self.norm_eps <= 0.0 {
+            return Err(Error::config("layer_norm_eps/rms_norm_eps", "must be positive"));
+        }
+        for (field, p) in [
+            ("resid_pdrop", self.resid_pdrop),
+            ("embd_pdrop", self.embd_pdrop),
+            ("attention_dropout", self.attention_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::config(field, format!("{p} is not in [0, 1)")));
+            }
+        }
+        if self.rotary_ndims() % 2 != 0 {
+            return Err(Error::config(
+                "partial_rotary_factor",
+                format!(
+                    "gives {} rotary dims (head_dim {} × {}), which must be even",
+                    self.rotary_ndims(),
+                    self.head_dim,
+                    self.partial_rotary_factor
+                ),
+            ));
+        }
+        if let Some(l) = &self.longrope {
+            let half = self.rotary_ndims() / 2;
+            for (field, v) in [("short_factor", &l.short_factor), ("long_factor", &l.long_factor)] {
+                if v.len() != half {
+                    return Err(Error::config(
+                        format!("rope_scaling.{field}"),
+                        format!("has {} entries, rotary_ndims/2 = {half} expected", v.len()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The HF hub-format `config.json` that `transformers` loads.
+    pub fn to_hf_json(&self) -> Value {
+        let phi3 = self.model_type == "phi3";
+        let mut m = Map::new();
+        let arch = if phi3 { "Phi3ForCausalLM" } else { "PhiForCausalLM" };
+        m.insert("architectures".into(), json!([arch]));
+        m.insert("model_type".into(), json!(self.model_type));
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            m.insert(k.into(), json!(v));
+        }
+        if self.head_dim * self.num_attention_heads != self.hidden_size {
+            m.insert("head_dim".into(), json!(self.head_dim));
+        }
+        m.insert("hidden_act".into(), json!(self.hidden_act.hf_name()));
+        let eps_key = if phi3 { "rms_norm_eps" } else { "layer_norm_eps" };
+        m.insert(eps_key.into(), json!(self.norm_eps));
+        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert("rope_theta".into(), json!(self.rope_theta));
+        m.insert("partial_rotary_factor".into(), json!(self.partial_rotary_factor));
+        match &self.longrope {
+            None => {
+                m.insert("rope_scaling".into(), Value::Null);
+            }
+            Some(l) => {
+                m.insert(
+                    "rope_scaling".into(),
+                    json!({"type": "longrope", "short_factor": l.short_factor,
+                           "long_factor": l.long_factor, "attention_factor": l.attention_factor}),
+                );
+                m.insert(
+                    "original_max_position_embeddings".into(),
+                    json!(l.original_max_position_embeddings),
+                );
+            }
+        }
+        if !phi3 {
+            m.insert("qk_layernorm".into(), json!(self.qk_layernorm));
+        }
+        m.insert("resid_pdrop".into(), json!(self.resid_pdrop));
+        m.insert("embd_pdrop".into(), json!(self.embd_pdrop));
+        m.insert("attention_dropout".into(), json!(self.attention_dropout));
+        m.insert("initializer_range".into(), json!(self.initializer_range));
+        m.insert("bos_token_id".into(), json!(self.bos_token_id));
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        m.insert("eos_token_id".into(), eos);
+        m.insert("pad_token_id".into(), json!(self.pad_token_id));
+        m.insert("torch_dtype".into(), json!("float32"));
+        m.insert("use_cache".into(), json!(true));
+        Value::Object(m)
+    }
+}
+
+fn parse_longrope(name: &str, s: &Fields, c: &PhiConfig, orig: Option<usize>) -> Result<LongRope> {
+    let factors = |key: &str| -> Result<Vec<f64>> {
+        let v = s
+            .0
+            .get(key)
+            .ok_or_else(|| Error::config(format!("{name}.{key}"), "missing for longrope"))?;
+        v.as_array()
+            .and_then(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| Error::config(format!("{name}.{key}"), "expected a list of numbers"))
+    };
+    // HF derives the scale from max/original when the original context is known,
+    // and falls back to the `factor` field otherwise.
+    let (orig, factor) = match orig {
+        Some(0) => {
+            return Err(Error::config("original_max_position_embeddings", "must be positive"));
+        }
+        Some(o) => (o, c.max_position_embeddings as f64 / o as f64),
+        None => (c.max_position_embeddings, s.f64("factor")?.unwrap_or(1.0)),
+    };
+    let attention_factor = match s.f64("attention_factor")? {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (orig as f64).ln()).sqrt(),
+    };
+    Ok(LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: orig,
+        attention_factor,
+    })
+}
+
+/// Typed, error-naming access to a JSON object's fields. `null` counts as absent.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+    fn usize(&self, k: &str) -> Result<Option<usize>> {
+        self.get(k)
+            .map(|v| {
+                v.as_u64()
+                    .map(|u| u as usize)
+                    .ok_or_else(|| Error::config(k, format!("expected a non-negative integer, got {v}")))
+            })
+            .transpose()
+    }
+    fn req_usize(&self, k: &str) -> Result<usize> {
+        self.usize(k)?.ok_or_else(|| Error::config(k, "missing"))
+    }
+    fn f64(&self, k: &str) -> Result<Option<f64>> {
+        self.get(k)
+            .map(|v| v.as_f64().ok_or_else(|| Error::config(k, format!("expected a number, got {v}"))))
+            .transpose()
+    }
+    fn bool(&self, k: &str) -> Result<Option<bool>> {
+        self.get(k)
+            .map(|v| v.as_bool().ok_or_else(|| Error::config(k, format!("expected true/false, got {v}"))))
+            .transpose()
+    }
+    fn string(&self, k: &str) -> Result<Option<String>> {
+        self.get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::config(k, format!("expected a string, got {v}")))
+            })
+            .transpose()
+    }
+    fn token_id(&self, k: &str) -> Result<Option<u32>> {
+        Ok(self.usize(k)?.map(|u| u as u32))
+    }
+    fn token_ids(&self, k: &str) -> Result<Vec<u32>> {
+        match self.get(k) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .map(|u| u as u32)
+                        .ok_or_else(|| Error::config(k, format!("expected token ids, got {v}")))
+                })
+                .collect(),
+            Some(_) => Ok(self.token_id(k)?.into_iter().collect()),
+        }
+    }
+}

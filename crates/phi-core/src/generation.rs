@@ -1,0 +1,190 @@
+//! Autoregressive generation: prompt in one batched forward, then cached decoding; greedy or
+//! seeded sampling with temperature, top-k and top-p; stop tokens; a streaming callback.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::model::PhiForCausalLM;
+
+/// How to pick the next tokens. `temperature == 0` means greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = off).
+    pub top_p: f64,
+    pub seed: u64,
+    /// Generation ends after emitting any of these (the stop token is included in the output).
+    pub stop_token_ids: Vec<u32>,
+    /// Decode with the KV cache (default); `false` recomputes the whole sequence each step.
+    pub use_cache: bool,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of `max_new_tokens` tokens, no stop tokens.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationConfig {
+            max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            stop_token_ids: Vec::new(),
+            use_cache: true,
+        }
+    }
+
+    /// Sampling at `temperature` with a fixed `seed` (same seed, same tokens).
+    pub fn sampling(max_new_tokens: usize, temperature: f64, seed: u64) -> Self {
+        GenerationConfig { temperature, seed, ..Self::greedy(max_new_tokens) }
+    }
+
+    pub fn with_top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    pub fn with_top_p(mut self, p: f64) -> Self {
+        self.top_p = p;
+        self
+    }
+
+    pub fn with_stop_tokens(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        self.stop_token_ids = ids.into_iter().collect();
+        self
+    }
+
+    pub fn with_cache(mut self, use_cache: bool) -> Self {
+        self.use_cache = use_cache;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::arg("temperature", format!("{} must be ≥ 0", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::arg("top_p", format!("{} is not in (0, 1]", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// Chooses a token from one row of logits.
+pub struct Sampler {
+    config: GenerationConfig,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(config: &GenerationConfig) -> Self {
+        Sampler { config: config.clone(), rng: StdRng::seed_from_u64(config.seed) }
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let c = &self.config;
+        if c.temperature == 0.0 {
+            return argmax(logits);
+        }
+        // Candidates sorted by logit, descending; ties keep the lower id first like torch.
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if c.top_k > 0 {
+            order.truncate(c.top_k);
+        }
+        let max = logits[order[0]] as f64;
+        let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / c.temperature).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        if c.top_p < 1.0 {
+            let mut cum = 0.0;
+            let keep = probs
+                .iter()
+                .position(|p| {
+                    cum += p;
+                    cum >= c.top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            order.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for (p, &i) in probs.iter().zip(&order) {
+            if r < *p {
+                return i as u32;
+            }
+            r -= p;
+        }
+        *order.last().expect("at least one candidate") as u32
+    }
+}
+
+/// Index of the largest value, the first one on ties (as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl PhiForCausalLM {
+    /// Generates after `prompt`; returns prompt + new tokens.
+    pub fn generate(&self, prompt: &[u32], config: &GenerationConfig) -> Result<Vec<u32>> {
+        self.generate_streaming(prompt, config, |_| true)
+    }
+
+    /// Like [`generate`](Self::generate), calling `on_token` with each new token as soon as it
+    /// is chosen; returning `false` from it stops generation.
+    pub fn generate_streaming(
+        &self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        config.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::arg("prompt", "must hold at least one token"));
+        }
+        let mut tokens = prompt.to_vec();
+        let max_len = self.config().max_position_embeddings;
+        if tokens.len() + config.max_new_tokens > max_len {
+            return Err(Error::SequenceTooLong { len: tokens.len() + config.max_new_tokens, max: max_len });
+        }
+        let mut sampler = Sampler::new(config);
+        let mut cache = self.new_cache();
+        // Tokens already processed into the cache.
+        let mut done = 0;
+        for _ in 0..config.max_new_tokens {
+            let logits = if config.use_cache {
+                // LongRoPE: crossing the original context switches frequencies for the whole
+                // sequence, so the cached keys are stale; start over (HF drops its cache too).
+                if done > 0 && self.uses_long_rope(tokens.len()) != self.uses_long_rope(done) {
+                    cache.clear();
+                    done = 0;
+                }
+                let logits = self.forward_cached(self.ids_tensor(&tokens[done..]), &mut cache, true)?;
+                done = tokens.len();
+                logits
+            } else {
+                let logits = self.try_forward(self.ids_tensor(&tokens))?;
+                let t = tokens.len();
+                logits.narrow(1, t - 1, 1)
+            };
+            let row = logits.into_data().convert::<f32>();
+            let next = sampler.sample(row.as_slice::<f32>().expect("f32 logits"));
+            tokens.push(next);
+            let keep_going = on_token(next);
+            if !keep_going || config.stop_token_ids.contains(&next) {
+                break;
+            }
+        }
+        Ok(tokens)
+    }
+}

@@ -1,0 +1,29 @@
+//! # phi-core
+//!
+//! One configurable Phi decoder — Phi-1, 1.5, 2, 3, 3.5 and 4-mini are values of
+//! [`PhiConfig`], not separate models — that loads HuggingFace checkpoints and reproduces the
+//! logits of `transformers`. Generic over burn's runtime [`Device`](burn::tensor::Device): the
+//! backend (flex on CPU, CUDA, wgpu) is chosen by the application, never here.
+//!
+//! Layout follows the checkpoint: `model.layers.N.self_attn.q_proj` is
+//! `model.layers[N].self_attn.proj` → `q_proj`, and weights keep HF's `[out, in]` shape.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod kv_cache;
+pub mod mlp;
+pub mod model;
+pub mod nn;
+mod presets;
+pub mod rope;
+pub mod weights;
+
+pub use burn;
+pub use config::{Activation, BlockKind, LongRope, MlpKind, NormKind, PhiConfig};
+pub use error::{Error, Result};
+pub use generation::{GenerationConfig, Sampler};
+pub use kv_cache::KvCache;
+pub use model::{PhiForCausalLM, PhiModel};

@@ -1,0 +1,248 @@
+//! The Phi decoder and its language-model head: one implementation for every variant.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::block::DecoderLayer;
+use crate::config::PhiConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::nn::{Embedding, Linear, Norm};
+use crate::rope::RopeTables;
+use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, write_atomic};
+
+/// Embeddings, decoder layers, final norm (`model.*` in the checkpoint).
+#[derive(Module, Debug)]
+pub struct PhiModel {
+    pub embed_tokens: Embedding,
+    pub embed_dropout: Dropout,
+    pub layers: Vec<DecoderLayer>,
+    /// `model.final_layernorm` (Phi-1/2) or `model.norm` (Phi-3).
+    pub final_layernorm: Norm,
+}
+
+/// A Phi causal language model: Phi-1, 1.5, 2, 3, 3.5, 4-mini — whatever its [`PhiConfig`] says.
+///
+/// ```no_run
+/// use burn::tensor::{Device, Int, Tensor};
+/// use phi_core::{GenerationConfig, PhiForCausalLM};
+///
+/// let device = Device::default();
+/// let model = PhiForCausalLM::from_pretrained("checkpoints/phi-2", &device)?;
+/// let ids = Tensor::<2, Int>::from_data([[1, 2, 3]], &device);
+/// let logits = model.forward(ids); // [1, 3, vocab]
+/// let tokens = model.generate(&[1, 2, 3], &GenerationConfig::greedy(12))?;
+/// # Ok::<(), phi_core::Error>(())
+/// ```
+#[derive(Module, Debug)]
+pub struct PhiForCausalLM {
+    pub model: PhiModel,
+    /// `None` when the embeddings are tied: the head is then `embed_tokens.weight`.
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    config: PhiConfig,
+    #[module(skip)]
+    rope: Arc<RopeTables>,
+}
+
+/// HF's checkpoint name of the final norm.
+fn final_norm_key(c: &PhiConfig) -> &'static str {
+    if c.model_type == "phi" { "model.final_layernorm" } else { "model.norm" }
+}
+
+impl PhiForCausalLM {
+    /// Loads a HF-format folder: `config.json` and `model.safetensors` (or the shards of
+    /// `model.safetensors.index.json`), as f32.
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_pretrained_with_dtype(dir, device, DType::F32)
+    }
+
+    /// Like [`from_pretrained`](Self::from_pretrained), converting every weight to `dtype`
+    /// (f16/bf16/f32 checkpoints are all accepted).
+    pub fn from_pretrained_with_dtype(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = PhiConfig::from_file(dir.join("config.json"))?;
+        let mut reader = CheckpointReader::open(dir, device, dtype)?;
+        let model = Self::load(config, &mut reader)?;
+        reader.finish()?;
+        Ok(model)
+    }
+
+    /// A freshly initialised model (normal(0, initializer_range) weights, unit norms).
+    pub fn init(config: PhiConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::load(config, &mut RandomInit::new(device, seed))
+    }
+
+    /// Builds the model from any parameter source, asking for every tensor by its HF key.
+    pub fn load(config: PhiConfig, src: &mut impl ParamSource) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let embed_tokens = Embedding::load(src, "model.embed_tokens", c.vocab_size, c.hidden_size, c.initializer_range)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(src, &format!("model.layers.{i}"), c))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layernorm = Norm::load(src, final_norm_key(c), c.norm, c.hidden_size, c.norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            src.ignore("lm_head.weight"); // some tied exports still carry a copy
+            None
+        } else {
+            Some(Linear::load(src, "lm_head", c.hidden_size, c.vocab_size, c.lm_head_bias, c.initializer_range)?)
+        };
+        Ok(PhiForCausalLM {
+            model: PhiModel {
+                embed_tokens,
+                embed_dropout: DropoutConfig::new(c.embd_pdrop).init(),
+                layers,
+                final_layernorm,
+            },
+            lm_head,
+            rope: Arc::new(RopeTables::new(c)),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &PhiConfig {
+        &self.config
+    }
+
+    /// Parameters of this instance (what is allocated, tied weights counted once).
+    pub fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+
+    /// Every weight under its HF checkpoint key, as f32.
+    pub fn state_dict(&self) -> StateDict {
+        let mut out = StateDict::default();
+        let m = &self.model;
+        m.embed_tokens.save("model.embed_tokens", &mut out);
+        for (i, layer) in m.layers.iter().enumerate() {
+            layer.save(&format!("model.layers.{i}"), &mut out);
+        }
+        m.final_layernorm.save(final_norm_key(&self.config), &mut out);
+        if let Some(head) = &self.lm_head {
+            head.save("lm_head", &mut out);
+        }
+        out
+    }
+
+    /// Writes `config.json` and `model.safetensors` in the HF layout that `transformers` and
+    /// [`from_pretrained`](Self::from_pretrained) load. Each file is written atomically.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let config = serde_json::to_string_pretty(&self.config.to_hf_json()).expect("JSON value serializes");
+        write_atomic(&dir.join("config.json"), config.as_bytes())?;
+        self.state_dict().save(dir.join("model.safetensors"))
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`.
+    ///
+    /// # Panics
+    /// On a token id outside the vocabulary or a sequence longer than
+    /// `max_position_embeddings`; [`try_forward`](Self::try_forward) returns those as errors.
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.try_forward(input_ids).unwrap_or_else(|e| panic!("PhiForCausalLM::forward: {e}"))
+    }
+
+    pub fn try_forward(&self, input_ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        self.run(input_ids, None, None, false)
+    }
+
+    /// Logits plus the hidden states as HF's `output_hidden_states` returns them: index 0 the
+    /// embeddings, `1..L` the outputs of layers `0..L-1`, and last the final norm's output.
+    pub fn forward_with_hidden_states(&self, input_ids: Tensor<2, Int>) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
+        let mut hidden = Vec::with_capacity(self.config.num_hidden_layers + 1);
+        let logits = self.run(input_ids, None, Some(&mut hidden), false)?;
+        Ok((logits, hidden))
+    }
+
+    /// Runs the new tokens `input_ids` after those already in `cache`, appending theirs to it.
+    /// With `last_only`, the head runs on the last position only (`[batch, 1, vocab]`).
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache, last_only: bool) -> Result<Tensor<3>> {
+        self.run(input_ids, Some(cache), None, last_only)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Whether a sequence of `len` tokens is rotated with the LongRoPE long factors.
+    pub fn uses_long_rope(&self, len: usize) -> bool {
+        self.rope.uses_long(len)
+    }
+
+    fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<()> {
+        let data = ids.to_data().convert::<i64>();
+        let vocab = self.config.vocab_size;
+        let values = data.as_slice::<i64>().expect("converted to i64");
+        if let Some((position, &token)) = values.iter().enumerate().find(|(_, t)| **t < 0 || **t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { token, position, vocab_size: vocab });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        ids: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+        mut hidden: Option<&mut Vec<Tensor<3>>>,
+        last_only: bool,
+    ) -> Result<Tensor<3>> {
+        self.check_ids(&ids)?;
+        let [_, t] = ids.dims();
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let total = offset + t;
+        if total > self.rope.max_positions() {
+            return Err(Error::SequenceTooLong { len: total, max: self.rope.max_positions() });
+        }
+        let long = self.rope.uses_long(total);
+        if let Some(c) = cache.as_deref_mut() {
+            if c.len > 0 && c.long_rope != long {
+                return Err(Error::arg(
+                    "cache",
+                    format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if c.long_rope { "long" } else { "short" }),
+                ));
+            }
+        }
+        let rope = self.rope.at(offset, t, long, &ids.device());
+        let m = &self.model;
+        let mut x = m.embed_dropout.forward(m.embed_tokens.forward(ids));
+        for (i, layer) in m.layers.iter().enumerate() {
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &rope, layer_cache);
+        }
+        let mut x = m.final_layernorm.forward(x);
+        if let Some(h) = hidden.as_deref_mut() {
+            h.push(x.clone());
+        }
+        if let Some(c) = cache {
+            c.len = total;
+            c.long_rope = long;
+        }
+        if last_only {
+            x = x.narrow(1, t - 1, 1);
+        }
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => linear(x, m.embed_tokens.weight.val().transpose(), None),
+        })
+    }
+
+    /// Token ids as a `[1, n]` tensor on the model's device.
+    pub fn ids_tensor(&self, ids: &[u32]) -> Tensor<2, Int> {
+        let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        Tensor::from_data(TensorData::new(data, [1, ids.len()]), &self.device())
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.weight.device()
+    }
+}

@@ -1,0 +1,127 @@
+//! The few layers a Phi model is made of, with weights in HF layout (`Linear.weight` is
+//! `[out, in]`) so a checkpoint loads as it is stored and saves back the same.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::module::{embedding, layer_norm, linear};
+use burn::tensor::{Int, Tensor};
+
+use crate::config::{Activation, NormKind};
+use crate::error::Result;
+use crate::weights::{Init, ParamSource, StateDict};
+
+/// `y = x Wᵀ + b` with `W` stored `[out, in]` like `torch.nn.Linear`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    pub fn load(
+        src: &mut impl ParamSource,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Result<Self> {
+        let weight = Param::from_tensor(src.take(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(std))?);
+        let bias = if bias {
+            Some(Param::from_tensor(src.take(&format!("{prefix}.bias"), [d_out], Init::Zeros)?))
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // The transpose is a strided view: the gemm reads `[out, in]` in place.
+        linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    pub fn save(&self, prefix: &str, out: &mut StateDict) {
+        out.put(format!("{prefix}.weight"), self.weight.val());
+        if let Some(b) = &self.bias {
+            out.put(format!("{prefix}.bias"), b.val());
+        }
+    }
+}
+
+/// Token embedding table `[vocab, hidden]`.
+#[derive(Module, Debug)]
+pub struct Embedding {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Embedding {
+    pub fn load(src: &mut impl ParamSource, prefix: &str, vocab: usize, hidden: usize, std: f64) -> Result<Self> {
+        Ok(Embedding {
+            weight: Param::from_tensor(src.take(&format!("{prefix}.weight"), [vocab, hidden], Init::Normal(std))?),
+        })
+    }
+
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.weight.val(), ids)
+    }
+
+    pub fn save(&self, prefix: &str, out: &mut StateDict) {
+        out.put(format!("{prefix}.weight"), self.weight.val());
+    }
+}
+
+/// LayerNorm (weight and bias) or RMSNorm (weight), over the last dimension.
+#[derive(Module, Debug)]
+pub struct Norm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl Norm {
+    pub fn load(src: &mut impl ParamSource, prefix: &str, kind: NormKind, dim: usize, eps: f64) -> Result<Self> {
+        let weight = Param::from_tensor(src.take(&format!("{prefix}.weight"), [dim], Init::Ones)?);
+        let bias = match kind {
+            NormKind::LayerNorm => Some(Param::from_tensor(src.take(&format!("{prefix}.bias"), [dim], Init::Zeros)?)),
+            NormKind::RmsNorm => None,
+        };
+        Ok(Norm { weight, bias, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.bias {
+            Some(bias) => layer_norm(x, self.weight.val(), Some(bias.val()), self.eps),
+            None => {
+                // HF Phi3RMSNorm: x * rsqrt(mean(x²) + eps) * weight.
+                let inv_rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
+                x * inv_rms * self.weight.val().unsqueeze()
+            }
+        }
+    }
+
+    pub fn save(&self, prefix: &str, out: &mut StateDict) {
+        out.put(format!("{prefix}.weight"), self.weight.val());
+        if let Some(b) = &self.bias {
+            out.put(format!("{prefix}.bias"), b.val());
+        }
+    }
+}
+
+/// Applies `act` element-wise.
+pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
+    match act {
+        Activation::GeluTanh => gelu_tanh(x),
+        Activation::Gelu => gelu(x),
+        Activation::Silu => silu(x),
+        Activation::Relu => relu(x),
+    }
+}
+
+/// `gelu_new`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, the tanh approximation Phi-1/2 use.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    // x + 0.044715 x³ = x (1 + 0.044715 x²): one op fewer than the textbook form.
+    let inner = x.clone() * (x.clone().square() * 0.044715 + 1.0) * SQRT_2_OVER_PI;
+    x.clone() * 0.5 * (inner.tanh() + 1.0)
+}

@@ -1,0 +1,121 @@
+//! Rotary position embedding in HF's half-split (`rotate_half`) layout, partial rotary
+//! (`rotary_ndims` of each head rotate, the rest pass through) and LongRoPE.
+//!
+//! Applied as `x·C + (x·P)·S` over the *whole* head: `C` holds cos on the rotary dims and 1 on
+//! the pass-through dims, `S` holds ∓sin on the rotary dims and 0 elsewhere, and `P` is the
+//! permutation `rotate_half` performs. That is one small matmul and three element-wise ops per
+//! call instead of the slice/negate/concat chain, and it is exact (P only moves values).
+
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::PhiConfig;
+
+/// Host-side cos/sin tables for positions `0..max_position_embeddings`, one set for the short
+/// (default) frequencies and, with LongRoPE, one for the long ones.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    head_dim: usize,
+    max_positions: usize,
+    short: (Vec<f32>, Vec<f32>),
+    long: Option<(Vec<f32>, Vec<f32>)>,
+    /// LongRoPE switches to the long factors for sequences longer than this.
+    original_max: usize,
+    rotate: Vec<f32>,
+}
+
+/// The rotation for one forward pass: positions `offset..offset + len`, on one device.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    rotate: Tensor<2>,
+}
+
+impl RopeTables {
+    pub fn new(config: &PhiConfig) -> Self {
+        let hd = config.head_dim;
+        let rd = config.rotary_ndims();
+        let max = config.max_position_embeddings;
+        let base = config.rope_theta as f32;
+        // inv_freq = 1 / (factor_i · θ^(2i/rd)), in f32 like HF.
+        let inv_freq = |factors: Option<&[f64]>| -> Vec<f32> {
+            (0..rd / 2)
+                .map(|i| {
+                    let f = factors.map_or(1.0, |f| f[i] as f32);
+                    1.0 / (f * base.powf((2 * i) as f32 / rd as f32))
+                })
+                .collect()
+        };
+        let (short, long, original_max) = match &config.longrope {
+            None => (Self::table(&inv_freq(None), hd, rd, max, 1.0), None, usize::MAX),
+            Some(l) => {
+                let scale = l.attention_factor as f32;
+                (
+                    Self::table(&inv_freq(Some(&l.short_factor)), hd, rd, max, scale),
+                    Some(Self::table(&inv_freq(Some(&l.long_factor)), hd, rd, max, scale)),
+                    l.original_max_position_embeddings,
+                )
+            }
+        };
+        // rotate_half on the rotary dims: out[i] = x[i + rd/2] (negated via S), out[i + rd/2] = x[i].
+        let mut rotate = vec![0.0f32; hd * hd];
+        let half = rd / 2;
+        for i in 0..half {
+            rotate[(i + half) * hd + i] = 1.0;
+            rotate[i * hd + i + half] = 1.0;
+        }
+        RopeTables { head_dim: hd, max_positions: max, short, long, original_max, rotate }
+    }
+
+    fn table(inv_freq: &[f32], hd: usize, rd: usize, max: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
+        let half = rd / 2;
+        let mut cos = vec![1.0f32; max * hd];
+        let mut sin = vec![0.0f32; max * hd];
+        for p in 0..max {
+            for (i, f) in inv_freq.iter().enumerate() {
+                let angle = p as f32 * f;
+                let (s, c) = ((angle as f64).sin() as f32 * scale, (angle as f64).cos() as f32 * scale);
+                cos[p * hd + i] = c;
+                cos[p * hd + i + half] = c;
+                sin[p * hd + i] = -s;
+                sin[p * hd + i + half] = s;
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Whether a sequence of `total_len` tokens uses the LongRoPE long factors (HF's rule: the
+    /// whole sequence, cache included, is longer than the original context).
+    pub fn uses_long(&self, total_len: usize) -> bool {
+        self.long.is_some() && total_len > self.original_max
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Uploads the rows for positions `offset..offset + len`; `long` picks the LongRoPE set.
+    pub fn at(&self, offset: usize, len: usize, long: bool, device: &Device) -> Rope {
+        let hd = self.head_dim;
+        let (cos, sin) = match (&self.long, long) {
+            (Some(l), true) => l,
+            _ => &self.short,
+        };
+        let rows = offset * hd..(offset + len) * hd;
+        let upload = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, len, 1, hd]), device);
+        Rope {
+            cos: upload(&cos[rows.clone()]),
+            sin: upload(&sin[rows]),
+            rotate: Tensor::from_data(TensorData::new(self.rotate.clone(), [hd, hd]), device),
+        }
+    }
+}
+
+impl Rope {
+    /// Rotates `x` `[batch, seq, heads, head_dim]`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let rotated = linear(x.clone(), self.rotate.clone(), None);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}

@@ -1,0 +1,275 @@
+//! Where parameters come from and where they go: HF safetensors checkpoints (single file or
+//! sharded with `model.safetensors.index.json`), fresh initialisation, and saving back.
+//!
+//! Modules are built through one path for both cases: each constructor asks a [`ParamSource`]
+//! for `prefix.weight` etc. with the shape it expects, so a checkpoint key that is missing, of the
+//! wrong shape or left over is caught in one place and named in the error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+
+use crate::error::{Error, Result};
+
+/// How a freshly initialised parameter is filled.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Normal(0, std): projections and embeddings.
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// Supplies parameters by checkpoint key.
+pub trait ParamSource {
+    /// Returns the tensor stored under `key`, which must have `shape`.
+    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Result<Tensor<D>>;
+    fn device(&self) -> &Device;
+    /// Marks `key` as deliberately unused (e.g. a tied `lm_head.weight` some exports carry).
+    fn ignore(&mut self, _key: &str) {}
+}
+
+/// Random initialisation (HF `_init_weights`: normal(0, initializer_range), zero biases, unit norms).
+pub struct RandomInit {
+    device: Device,
+}
+
+impl RandomInit {
+    /// Seeds the device RNG so that the same seed gives the same model.
+    pub fn new(device: &Device, seed: u64) -> Self {
+        device.seed(seed);
+        RandomInit { device: device.clone() }
+    }
+}
+
+impl ParamSource for RandomInit {
+    fn take<const D: usize>(&mut self, _key: &str, shape: [usize; D], init: Init) -> Result<Tensor<D>> {
+        Ok(match init {
+            Init::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), &self.device),
+            Init::Zeros => Tensor::zeros(shape, &self.device),
+            Init::Ones => Tensor::ones(shape, &self.device),
+        })
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Location of one tensor inside a memory-mapped safetensors file.
+struct Entry {
+    file: usize,
+    dtype: StDtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// A HF checkpoint folder opened for reading. Files are memory-mapped; a tensor is copied
+/// (and converted to f32) only when a module asks for it.
+pub struct CheckpointReader {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    entries: BTreeMap<String, Entry>,
+    taken: BTreeSet<String>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Keys that some exporters write but that are buffers recomputed from the config.
+fn is_ignorable(key: &str) -> bool {
+    key.ends_with("rotary_emb.inv_freq") || key.ends_with(".masked_bias") || key.ends_with(".attn.bias")
+}
+
+impl CheckpointReader {
+    /// Opens `dir/model.safetensors` or, failing that, the shards listed in
+    /// `dir/model.safetensors.index.json`. Tensors become `dtype` on `device`.
+    pub fn open(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            shard_paths(&index)?
+        } else {
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "neither model.safetensors nor model.safetensors.index.json found",
+                ),
+            ));
+        };
+        let mut reader = CheckpointReader {
+            dir,
+            files: Vec::new(),
+            entries: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            device: device.clone(),
+            dtype,
+        };
+        for path in paths {
+            reader.add_file(path)?;
+        }
+        Ok(reader)
+    }
+
+    fn add_file(&mut self, path: PathBuf) -> Result<()> {
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only; a checkpoint rewritten while we read it is the user's race.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let bad = |message: String| Error::Safetensors { path: path.clone(), message };
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let data_start = 8 + header_len;
+        let file_idx = self.files.len();
+        for (name, info) in meta.tensors() {
+            let (start, end) = info.data_offsets;
+            if data_start + end > mmap.len() {
+                return Err(bad(format!("tensor `{name}` runs past the end of the file")));
+            }
+            if self.entries.contains_key(&name) {
+                return Err(bad(format!("tensor `{name}` is stored twice")));
+            }
+            self.entries.insert(
+                name,
+                Entry {
+                    file: file_idx,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: (data_start + start, data_start + end),
+                },
+            );
+        }
+        self.files.push((path, mmap));
+        Ok(())
+    }
+
+    /// Whether the checkpoint holds `key` (used for optional tensors such as a tied `lm_head`).
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Errors with the keys no module asked for: a checkpoint for another architecture must not
+    /// load silently.
+    pub fn finish(self) -> Result<()> {
+        let left: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k) && !is_ignorable(k))
+            .cloned()
+            .collect();
+        if left.is_empty() { Ok(()) } else { Err(Error::UnexpectedTensors { keys: left }) }
+    }
+
+    /// Reads `key` as f32 values, whatever its stored float dtype.
+    pub fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let e = self.entries.get(key).ok_or_else(|| Error::MissingTensor {
+            key: key.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        let bytes = &self.files[e.file].1[e.range.0..e.range.1];
+        let values = match e.dtype {
+            StDtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            StDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            StDtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDtype { key: key.to_string(), dtype: format!("{other:?}") });
+            }
+        };
+        Ok((values, e.shape.clone()))
+    }
+}
+
+impl ParamSource for CheckpointReader {
+    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D], _init: Init) -> Result<Tensor<D>> {
+        let (values, found) = self.read_f32(key)?;
+        if found != shape {
+            return Err(Error::ShapeMismatch { key: key.to_string(), expected: shape.to_vec(), found });
+        }
+        self.taken.insert(key.to_string());
+        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
+        Ok(if self.dtype == DType::F32 { tensor } else { tensor.cast(self.dtype) })
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn ignore(&mut self, key: &str) {
+        self.taken.insert(key.to_string());
+    }
+}
+
+fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path: index.to_path_buf(), source })?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Safetensors {
+        path: index.to_path_buf(),
+        message: "missing `weight_map` object".into(),
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files = BTreeSet::new();
+    for (key, file) in map {
+        let file = file.as_str().ok_or_else(|| Error::Safetensors {
+            path: index.to_path_buf(),
+            message: format!("weight_map[`{key}`] is not a file name"),
+        })?;
+        files.insert(file.to_string());
+    }
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Named tensors on their way to a safetensors file.
+#[derive(Default)]
+pub struct StateDict {
+    pub tensors: Vec<(String, TensorData)>,
+}
+
+impl StateDict {
+    /// Records `tensor` under `key`, as f32.
+    pub fn put<const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<D>) {
+        self.tensors.push((key.into(), tensor.into_data().convert::<f32>()));
+    }
+
+    /// Writes one safetensors file atomically: a temporary file in the same folder, fsync,
+    /// rename — a crash never leaves a truncated `model.safetensors` behind.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let views: Vec<(String, TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(k, d)| {
+                let view = TensorView::new(StDtype::F32, d.shape().to_vec(), d.as_bytes())
+                    .expect("f32 data matches its shape");
+                (k.clone(), view)
+            })
+            .collect();
+        let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+        let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        write_atomic(path, &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,1 @@
+//! phi-train

@@ -1,0 +1,1 @@
+pub use phi_core as core;
