@@ -21,6 +21,7 @@ fn check_forward(model_dir: &str, tag: &str) {
         assert!(d < TOL, "{model_dir}{tag}: hidden_{i} differs by {d}");
     }
     let d = max_abs_diff("logits", logits, &reference[&format!("logits{tag}")]);
+    eprintln!("{model_dir}{tag}: max |logits - reference| = {d:e}");
     assert!(d < TOL, "{model_dir}{tag}: logits differ by {d}");
 }
 

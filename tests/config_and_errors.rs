@@ -1,0 +1,196 @@
+//! Config parsing (hub and transformers-5 formats), preset parameter counts, and the errors a
+//! user gets for bad input.
+
+mod common;
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor};
+use common::fixture;
+use phi_core::{Error, PhiConfig, PhiForCausalLM};
+use serde_json::{Value, json};
+
+#[test]
+fn preset_parameter_counts_are_exact() {
+    for (name, expected) in [
+        ("phi-1", 1_418_270_720u64),
+        ("phi-1.5", 1_418_270_720),
+        ("phi-2", 2_779_683_840),
+        ("phi-3-mini", 3_821_079_552),
+        ("phi-3-medium", 13_960_238_080),
+        ("phi-4-mini", 3_836_021_760),
+    ] {
+        let config = PhiConfig::preset(name).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.num_parameters(), expected, "{name}");
+    }
+}
+
+#[test]
+fn counted_parameters_equal_allocated_ones() {
+    let device = Device::default();
+    for dir in ["phi-tiny", "phi-qkln-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        let model = PhiForCausalLM::from_pretrained(fixture(dir), &device).unwrap();
+        assert_eq!(model.num_params() as u64, model.config().num_parameters(), "{dir}");
+    }
+}
+
+fn hub_config(dir: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("config.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn transformers5_rope_parameters_format_parses_like_the_hub_format() {
+    let hub = hub_config("phi3-longrope-tiny");
+    let mut v5 = hub.clone();
+    let obj = v5.as_object_mut().unwrap();
+    let scaling = obj.remove("rope_scaling").unwrap();
+    let theta = obj.remove("rope_theta").unwrap();
+    let orig = obj.remove("original_max_position_embeddings").unwrap();
+    obj.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "longrope", "rope_theta": theta, "short_factor": scaling["short_factor"],
+               "long_factor": scaling["long_factor"], "original_max_position_embeddings": orig}),
+    );
+    assert_eq!(PhiConfig::from_hf_json(&v5).unwrap(), PhiConfig::from_hf_json(&hub).unwrap());
+
+    let hub = hub_config("phi-qkln-tiny");
+    let mut v5 = hub.clone();
+    let obj = v5.as_object_mut().unwrap();
+    obj.remove("rope_theta");
+    obj.remove("partial_rotary_factor");
+    obj.insert("rope_parameters".into(), json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.4}));
+    assert_eq!(PhiConfig::from_hf_json(&v5).unwrap(), PhiConfig::from_hf_json(&hub).unwrap());
+}
+
+#[test]
+fn longrope_attention_factor_follows_hf_formula() {
+    let c = PhiConfig::from_hf_json(&hub_config("phi3-longrope-tiny")).unwrap();
+    let l = c.longrope.unwrap();
+    let expected = (1.0 + (128.0f64 / 32.0).ln() / 32f64.ln()).sqrt();
+    assert!((l.attention_factor - expected).abs() < 1e-12);
+    assert_eq!(l.original_max_position_embeddings, 32);
+}
+
+fn config_error(mutate: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+    let mut v = hub_config("phi3-tiny");
+    mutate(v.as_object_mut().unwrap());
+    PhiConfig::from_hf_json(&v).unwrap_err().to_string()
+}
+
+#[test]
+fn invalid_config_values_name_the_field() {
+    let e = config_error(|o| {
+        o.insert("hidden_size".into(), json!("big"));
+    });
+    assert!(e.contains("hidden_size"), "{e}");
+    let e = config_error(|o| {
+        o.remove("vocab_size");
+    });
+    assert!(e.contains("vocab_size") && e.contains("missing"), "{e}");
+    let e = config_error(|o| {
+        o.insert("num_key_value_heads".into(), json!(3));
+    });
+    assert!(e.contains("num_key_value_heads"), "{e}");
+    let e = config_error(|o| {
+        o.insert("partial_rotary_factor".into(), json!(1.5));
+    });
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+    let e = config_error(|o| {
+        o.insert("model_type".into(), json!("llama"));
+    });
+    assert!(e.contains("model_type") && e.contains("llama"), "{e}");
+    let e = config_error(|o| {
+        o.insert("rope_scaling".into(), json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}));
+    });
+    assert!(e.contains("short_factor"), "{e}");
+}
+
+/// Copies a fixture folder so a test can damage it.
+fn scratch_copy(dir: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(dir).join(f), tmp.path().join(f)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn malformed_config_json_names_the_file() {
+    let tmp = scratch_copy("phi-tiny");
+    std::fs::write(tmp.path().join("config.json"), "{\"model_type\": \"phi\", ").unwrap();
+    let e = PhiForCausalLM::from_pretrained(tmp.path(), &Device::default()).unwrap_err();
+    assert!(matches!(e, Error::Json { .. }), "{e}");
+    assert!(e.to_string().contains("config.json"), "{e}");
+}
+
+/// Rewrites `model.safetensors` in `dir` through `edit` on the (name, shape, f32 data) list.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            (n, v.shape().to_vec(), data)
+        })
+        .collect();
+    edit(&mut tensors);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let tmp = scratch_copy("phi-tiny");
+    rewrite_weights(tmp.path(), |t| t.retain(|(n, _, _)| n != "model.layers.1.mlp.fc2.bias"));
+    let e = PhiForCausalLM::from_pretrained(tmp.path(), &Device::default()).unwrap_err();
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+    assert!(e.to_string().contains("model.layers.1.mlp.fc2.bias"), "{e}");
+}
+
+#[test]
+fn wrong_shape_names_key_and_both_shapes() {
+    let tmp = scratch_copy("phi-tiny");
+    rewrite_weights(tmp.path(), |t| {
+        let e = t.iter_mut().find(|(n, _, _)| n == "model.layers.0.self_attn.q_proj.weight").unwrap();
+        e.1 = vec![32, 128];
+    });
+    let e = PhiForCausalLM::from_pretrained(tmp.path(), &Device::default()).unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("[32, 128]") && e.contains("[64, 64]"), "{e}");
+}
+
+#[test]
+fn unexpected_tensor_is_an_error() {
+    let tmp = scratch_copy("phi-tiny");
+    rewrite_weights(tmp.path(), |t| t.push(("model.layers.7.mlp.fc1.weight".into(), vec![2], vec![0.0, 0.0])));
+    let e = PhiForCausalLM::from_pretrained(tmp.path(), &Device::default()).unwrap_err().to_string();
+    assert!(e.contains("model.layers.7.mlp.fc1.weight"), "{e}");
+}
+
+#[test]
+fn token_id_out_of_vocab_is_an_error() {
+    let device = Device::default();
+    let model = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+    let ids = Tensor::<2, Int>::from_data([[1, 2, 512]], &device);
+    let e = model.try_forward(ids).unwrap_err();
+    assert!(matches!(e, Error::TokenOutOfRange { token: 512, position: 2, vocab_size: 512 }), "{e}");
+    let e = model.generate(&[5, 600], &phi_core::GenerationConfig::greedy(2)).unwrap_err();
+    assert!(e.to_string().contains("600"), "{e}");
+}
+
+#[test]
+fn too_long_sequence_is_an_error() {
+    let model = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &Device::default()).unwrap();
+    let e = model.generate(&[5; 120], &phi_core::GenerationConfig::greedy(20)).unwrap_err();
+    assert!(matches!(e, Error::SequenceTooLong { len: 140, max: 128 }), "{e}");
+}
