@@ -1,1 +1,16 @@
+//! # phi
+//!
+//! Train, load and run Microsoft's Phi models in Rust on burn. This facade re-exports the
+//! workspace crates and holds what the `phi` tool and the examples share:
+//! - [`core`] (`phi-core`): the model, configs, HF weight I/O, generation;
+//! - [`data`] (`phi-data`): tokenizers and data preparation;
+//! - [`train`] (`phi-train`): the training loop;
+//! - [`device`]: picking a burn backend from the command line;
+//! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run.
+
 pub use phi_core as core;
+pub use phi_data as data;
+pub use phi_train as train;
+
+pub mod bench;
+pub mod device;

@@ -1,1 +1,170 @@
-fn main(){}
+//! `phi`: the command-line tool. Each subcommand is a thin wrapper over the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use phi::bench::{self, BenchArgs};
+use phi::core::{GenerationConfig, PhiForCausalLM};
+use phi::device::DeviceArg;
+
+#[derive(Parser)]
+#[command(name = "phi", version, about = "Train, load and run Microsoft Phi models (burn)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text (or token ids) from a HF-format model folder.
+    Generate(GenerateArgs),
+    /// Benchmarks on the bench-small shape, optionally against the PyTorch baseline.
+    Bench(BenchArgs),
+    /// Architecture, parameter count and memory of a model folder or preset.
+    Inspect {
+        /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
+        #[arg(long)]
+        model: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Folder with config.json, model.safetensors (or shards) and tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text, tokenized with the folder's tokenizer.json.
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids (no tokenizer needed); prints ids.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Extra stop token ids (the config's eos ids always stop).
+    #[arg(long, value_delimiter = ',')]
+    stop: Vec<u32>,
+    /// Recompute the whole sequence each step instead of using the KV cache.
+    #[arg(long)]
+    no_cache: bool,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let device = a.device.device()?;
+    let model = PhiForCausalLM::from_pretrained(&a.model, &device)?;
+    let mut stop = model.config().eos_token_ids.clone();
+    stop.extend(&a.stop);
+    let config = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_token_ids: stop,
+        use_cache: !a.no_cache,
+    };
+    let mut out = std::io::stdout().lock();
+    match (a.prompt, a.prompt_ids) {
+        (_, Some(ids)) => {
+            write!(out, "{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","))?;
+            model.generate_streaming(&ids, &config, |t| {
+                let _ = write!(out, ",{t}").and_then(|_| out.flush());
+                true
+            })?;
+        }
+        (Some(text), None) => {
+            let tok_path = a.model.join("tokenizer.json");
+            let tokenizer = phi::data::Tokenizer::from_file(&tok_path)?;
+            let ids = tokenizer.encode(&text);
+            if ids.is_empty() {
+                return Err(format!("the prompt {text:?} encodes to no tokens").into());
+            }
+            write!(out, "{text}")?;
+            // Decode the whole continuation each time and print what is new, so multi-byte
+            // characters split across tokens come out whole.
+            let mut new = Vec::new();
+            let mut printed = 0;
+            model.generate_streaming(&ids, &config, |t| {
+                new.push(t);
+                let text = tokenizer.decode(&new);
+                if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                    let _ = write!(out, "{}", &text[printed..]).and_then(|_| out.flush());
+                    printed = text.len();
+                }
+                true
+            })?;
+        }
+        (None, None) => unreachable!("clap requires one of --prompt / --prompt-ids"),
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let config = match phi::core::PhiConfig::preset(model) {
+        Some(c) => c,
+        None => phi::core::PhiConfig::from_file(PathBuf::from(model).join("config.json"))?,
+    };
+    let n = config.num_parameters();
+    let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+    println!("model_type            {}", config.model_type);
+    println!("block / norm / mlp    {:?} / {:?} / {:?} ({:?})", config.block, config.norm, config.mlp, config.hidden_act);
+    println!(
+        "layers × hidden       {} × {} (intermediate {})",
+        config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    );
+    println!(
+        "heads (q / kv) × dim  {} / {} × {}",
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    );
+    println!("vocab                 {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
+    println!("context               {}", config.max_position_embeddings);
+    println!(
+        "rope                  theta {}, {} of {} dims rotate{}",
+        config.rope_theta,
+        config.rotary_ndims(),
+        config.head_dim,
+        match &config.longrope {
+            Some(l) => format!(", LongRoPE beyond {} (attention factor {:.4})", l.original_max_position_embeddings, l.attention_factor),
+            None => String::new(),
+        }
+    );
+    println!("parameters            {n} ({:.2} B)", n as f64 / 1e9);
+    println!(
+        "weights memory        f32 {:.2} GiB, bf16 {:.2} GiB, int8 {:.2} GiB, int4 {:.2} GiB",
+        gib(n as f64 * 4.0),
+        gib(n as f64 * 2.0),
+        gib(n as f64),
+        gib(n as f64 / 2.0)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Inspect { model } => inspect(&model),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::DecoderLayer;
@@ -232,7 +231,13 @@ impl PhiForCausalLM {
         }
         Ok(match &self.lm_head {
             Some(head) => head.forward(x),
-            None => linear(x, m.embed_tokens.weight.val().transpose(), None),
+            None => {
+                // Tied: `x · Eᵀ`. A 2-D matmul reads the transposed view in place (strided gemm).
+                let [b, t, h] = x.dims();
+                let e = m.embed_tokens.weight.val();
+                let v = e.dims()[0];
+                x.reshape([b * t, h]).matmul(e.transpose()).reshape([b, t, v])
+            }
         })
     }
 

@@ -1,5 +1,6 @@
-//! The few layers a Phi model is made of, with weights in HF layout (`Linear.weight` is
-//! `[out, in]`) so a checkpoint loads as it is stored and saves back the same.
+//! The few layers a Phi model is made of. Keys are HF's; one layout differs: `Linear.weight` is
+//! kept `[in, out]` (transposed once at load and save), because a transposed view in the
+//! forward pass makes burn copy the whole matrix on every call for small batches.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, relu, silu};
@@ -10,7 +11,7 @@ use crate::config::{Activation, NormKind};
 use crate::error::Result;
 use crate::weights::{Init, ParamSource, StateDict};
 
-/// `y = x Wᵀ + b` with `W` stored `[out, in]` like `torch.nn.Linear`.
+/// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`.
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
@@ -26,7 +27,9 @@ impl Linear {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        let weight = Param::from_tensor(src.take(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(std))?);
+        let weight = src.take(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(std))?;
+        // Materialise the transpose once, contiguous.
+        let weight = Param::from_tensor(Tensor::from_data(weight.transpose().into_data(), src.device()));
         let bias = if bias {
             Some(Param::from_tensor(src.take(&format!("{prefix}.bias"), [d_out], Init::Zeros)?))
         } else {
@@ -36,12 +39,11 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // The transpose is a strided view: the gemm reads `[out, in]` in place.
-        linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 
     pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        out.put(format!("{prefix}.weight"), self.weight.val());
+        out.put(format!("{prefix}.weight"), self.weight.val().transpose());
         if let Some(b) = &self.bias {
             out.put(format!("{prefix}.bias"), b.val());
         }

@@ -1,0 +1,187 @@
+//! `phi bench`: forward and greedy-generation throughput on the bench-small shape of
+//! `shared/bench/torch_baseline.py`, with that script run in the same invocation so the ratio
+//! compares like with like on the same machine state.
+
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
+use serde_json::{Value, json};
+
+use crate::device::DeviceArg;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Forward,
+    Generate,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Phi,
+    Phi3,
+    Both,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub workload: Workload,
+    #[arg(long, value_enum, default_value_t = Arch::Both)]
+    pub arch: Arch,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Print one JSON object per result instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also run this PyTorch baseline script (torch_baseline.py) and report our/torch ratios.
+    #[arg(long)]
+    pub torch: Option<String>,
+    /// Python interpreter for --torch (needs torch and transformers).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+/// The config `torch_baseline.py` builds for `arch` (same sizes, same rotary, same MLP).
+pub fn baseline_config(a: &BenchArgs, phi3: bool) -> PhiConfig {
+    let max_pos = 2048.max(a.seq + a.gen_tokens + 8);
+    let mut c = if phi3 {
+        let inter = match 8 * a.hidden / 3 / 64 * 64 {
+            0 => 4 * a.hidden,
+            i => i,
+        };
+        PhiConfig::phi3_family(a.hidden, a.layers, a.heads, a.heads, inter, a.vocab)
+    } else {
+        PhiConfig::phi_family(a.hidden, a.layers, a.heads, a.vocab, 0.5)
+    };
+    c.max_position_embeddings = max_pos;
+    c.bos_token_id = None;
+    c.eos_token_ids = vec![];
+    c.pad_token_id = None;
+    c
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
+    // A small LCG: the ids only need to be spread over the vocabulary, reproducibly.
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as i64
+        })
+        .collect()
+}
+
+/// Forward tokens/s (median of `steps` after one warm-up).
+pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> f64 {
+    let ids = random_ids(a.batch * a.seq, a.vocab, 1);
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.batch, a.seq]), device);
+    let run = || {
+        let logits = model.forward(x.clone());
+        // Reading one value back forces the (possibly asynchronous) backend to finish.
+        let _ = logits.narrow(0, 0, 1).narrow(1, 0, 1).narrow(2, 0, 1).into_data();
+    };
+    run();
+    let times = (0..a.steps)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    (a.batch * a.seq) as f64 / median(times)
+}
+
+/// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
+pub fn bench_generate(model: &PhiForCausalLM, a: &BenchArgs) -> f64 {
+    let prompt: Vec<u32> = random_ids(32, a.vocab, 2).into_iter().map(|t| t as u32).collect();
+    model.generate(&prompt, &GenerationConfig::greedy(4)).expect("warm-up generation");
+    let t = Instant::now();
+    let out = model.generate(&prompt, &GenerationConfig::greedy(a.gen_tokens)).expect("generation");
+    (out.len() - prompt.len()) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn torch_results(a: &BenchArgs, arch: &str) -> Result<Vec<Value>, String> {
+    let Some(script) = &a.torch else { return Ok(vec![]) };
+    let out = Command::new(&a.python)
+        .arg(script)
+        .args(["--arch", arch])
+        .args(["--hidden", &a.hidden.to_string(), "--layers", &a.layers.to_string()])
+        .args(["--heads", &a.heads.to_string(), "--vocab", &a.vocab.to_string()])
+        .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+        .args(["--steps", &a.steps.to_string(), "--gen-tokens", &a.gen_tokens.to_string()])
+        .output()
+        .map_err(|e| format!("running {} {script}: {e}", a.python))?;
+    if !out.status.success() {
+        return Err(format!("{script} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect())
+}
+
+pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let device = a.device.device()?;
+    let archs: &[&str] = match a.arch {
+        Arch::Phi => &["phi"],
+        Arch::Phi3 => &["phi3"],
+        Arch::Both => &["phi", "phi3"],
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &arch in archs {
+        let config = baseline_config(&a, arch == "phi3");
+        let params = config.num_parameters();
+        let model = PhiForCausalLM::init(config, &device, 0)?;
+        let torch = torch_results(&a, arch)?;
+        let mut workloads = vec![];
+        if matches!(a.workload, Workload::Forward | Workload::All) {
+            workloads.push(("forward", bench_forward(&model, &a, &device)));
+        }
+        if matches!(a.workload, Workload::Generate | Workload::All) {
+            workloads.push(("generate", bench_generate(&model, &a)));
+        }
+        for (name, ours) in workloads {
+            let theirs = torch
+                .iter()
+                .find(|v| v["workload"] == name)
+                .and_then(|v| v["tokens_per_s"].as_f64());
+            let result = json!({
+                "workload": name, "arch": arch, "params": params, "batch": a.batch, "seq": a.seq,
+                "device": format!("{:?}", a.device).to_lowercase(), "threads": threads,
+                "tokens_per_s": ours, "torch_tokens_per_s": theirs, "ratio_vs_torch": theirs.map(|t| ours / t),
+            });
+            if a.json {
+                println!("{result}");
+            } else {
+                let ratio = theirs.map_or(String::from("-"), |t| format!("{:.2}x", ours / t));
+                let theirs = theirs.map_or(String::from("-"), |t| format!("{t:.0}"));
+                println!("{name:<9} {arch:<5} phi {ours:>10.0} tok/s   torch {theirs:>10} tok/s   ratio {ratio}");
+            }
+        }
+    }
+    Ok(())
+}
