@@ -9,6 +9,11 @@ use phi::bench::{self, BenchArgs};
 use phi::core::{GenerationConfig, PhiForCausalLM};
 use phi::device::DeviceArg;
 
+// Tensor ops allocate and free multi-megabyte buffers at a high rate; glibc's malloc hands them
+// back to the kernel each time (page faults on every reuse), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "phi", version, about = "Train, load and run Microsoft Phi models (burn)")]
 struct Cli {
