@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use common::fixture;
+use common::{NamedTensors, fixture, read_f32_file, write_file};
 use phi_core::{Error, PhiConfig, PhiForCausalLM};
 use serde_json::{Value, json};
 
@@ -125,28 +125,11 @@ fn malformed_config_json_names_the_file() {
 }
 
 /// Rewrites `model.safetensors` in `dir` through `edit` on the (name, shape, f32 data) list.
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut NamedTensors)) {
     let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-            (n, v.shape().to_vec(), data)
-        })
-        .collect();
+    let mut tensors = read_f32_file(&path);
     edit(&mut tensors);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
-        .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_file(&path, &tensors, safetensors::Dtype::F32);
 }
 
 #[test]

@@ -5,9 +5,8 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use common::{fixture, load_reference};
+use common::{fixture, load_reference, read_f32_file, write_file};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 fn logits_vec(model: &PhiForCausalLM, dir: &str) -> Vec<f32> {
@@ -54,43 +53,12 @@ fn fresh_model_saves_and_reloads() {
     assert_eq!(c.forward(ids).into_data(), la);
 }
 
-/// Rewrites the fixture's tensors into `out`, through `write`.
-fn tensors_of(dir: &str) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(fixture(dir).join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.shape().to_vec(), t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn write_file(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            let bytes = match dtype {
-                Dtype::F32 => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Dtype::BF16 => d.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-                Dtype::F16 => d.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-                _ => unreachable!(),
-            };
-            (n.clone(), s.clone(), bytes)
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> =
-        raw.iter().map(|(n, s, d)| (n.clone(), TensorView::new(dtype, s.clone(), d).unwrap())).collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
 #[test]
 fn sharded_checkpoint_loads_like_the_single_file() {
     let dir = "phi3-tiny";
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(fixture(dir).join("config.json"), tmp.path().join("config.json")).unwrap();
-    let tensors = tensors_of(dir);
+    let tensors = read_f32_file(&fixture(dir).join("model.safetensors"));
     let (a, b) = tensors.split_at(tensors.len() / 2);
     write_file(&tmp.path().join("model-00001-of-00002.safetensors"), a, Dtype::F32);
     write_file(&tmp.path().join("model-00002-of-00002.safetensors"), b, Dtype::F32);
@@ -117,7 +85,7 @@ fn half_precision_checkpoints_convert_to_f32() {
         (Dtype::BF16, (|x: f32| half::bf16::from_f32(x).to_f32()) as fn(f32) -> f32),
         (Dtype::F16, |x: f32| half::f16::from_f32(x).to_f32()),
     ] {
-        let tensors = tensors_of(dir);
+        let tensors = read_f32_file(&fixture(dir).join("model.safetensors"));
         let half_dir = tempfile::tempdir().unwrap();
         let rounded_dir = tempfile::tempdir().unwrap();
         for d in [&half_dir, &rounded_dir] {

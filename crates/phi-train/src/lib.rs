@@ -1,1 +1,3 @@
-//! phi-train
+//! # phi-train
+//!
+//! The training loop (AdamW, schedules, checkpoints) is not built yet; see the project issues.
