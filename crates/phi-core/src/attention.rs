@@ -105,6 +105,7 @@ impl PhiAttention {
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // q and k come out of RoPE heads-first; v is swapped to match.
         let (q, k, v) = match &self.proj {
             Projections::Separate(p) => {
                 let q = p.q_proj.forward(x.clone()).reshape([b, t, nh, hd]);
@@ -114,18 +115,16 @@ impl PhiAttention {
                     (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
                     _ => (q, k),
                 };
-                (rope.apply(q), rope.apply(k), v)
+                (rope.apply(q), rope.apply(k), v.swap_dims(1, 2))
             }
             Projections::Fused(p) => {
                 let qkv = p.qkv_proj.forward(x).reshape([b, t, nh + 2 * nkv, hd]);
-                let v = qkv.clone().narrow(2, nh + nkv, nkv);
+                let v = qkv.clone().narrow(2, nh + nkv, nkv).swap_dims(1, 2);
                 // q and k heads are adjacent: rotate them in one pass.
                 let qk = rope.apply(qkv.narrow(2, 0, nh + nkv));
-                (qk.clone().narrow(2, 0, nh), qk.narrow(2, nh, nkv), v)
+                (qk.clone().narrow(1, 0, nh), qk.narrow(1, nh, nkv), v)
             }
         };
-        let q = q.swap_dims(1, 2);
-        let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),

@@ -3,7 +3,7 @@
 //! forward pass makes burn copy the whole matrix on every call for small batches.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, relu, sigmoid, silu};
+use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::module::{embedding, layer_norm, linear};
 use burn::tensor::{Int, Tensor};
 
@@ -120,13 +120,5 @@ pub fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// `gelu_new`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, the tanh approximation Phi-1/2 use.
-///
-/// Computed as `x · σ(2u)` (the same function: `(1 + tanh u) / 2 = σ(2u)`), because the CPU
-/// backend's `tanh` is a slow scalar libm call while `sigmoid` is one fused pass.
-pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    // 2u = 2√(2/π) x (1 + 0.044715 x²)
-    let two_u = x.clone() * (x.clone().square() * (0.044715 * TWO_SQRT_2_OVER_PI) + TWO_SQRT_2_OVER_PI);
-    x * sigmoid(two_u)
-}
+/// `gelu_new`, the tanh-approximate GELU of Phi-1/2 (a fused kernel on the CPU backend).
+pub use phi_kernels::gelu_tanh;

@@ -1,12 +1,11 @@
 //! Rotary position embedding in HF's half-split (`rotate_half`) layout, partial rotary
 //! (`rotary_ndims` of each head rotate, the rest pass through) and LongRoPE.
 //!
-//! Applied as `x·C + (x·P)·S` over the *whole* head: `C` holds cos on the rotary dims and 1 on
-//! the pass-through dims, `S` holds ∓sin on the rotary dims and 0 elsewhere, and `P` is the
-//! permutation `rotate_half` performs. That is one small matmul and three element-wise ops per
-//! call instead of the slice/negate/concat chain, and it is exact (P only moves values).
+//! Applied as `x·C + rotate_half(x)·S` over the *whole* head: `C` holds cos on the rotary dims
+//! and 1 on the pass-through dims, `S` holds ∓sin on the rotary dims and 0 elsewhere, so partial
+//! rotary needs no split and concat. [`phi_kernels::rope_heads_first`] does it in one pass and
+//! writes the heads-first layout attention reads.
 
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::PhiConfig;
@@ -21,15 +20,15 @@ pub struct RopeTables {
     long: Option<(Vec<f32>, Vec<f32>)>,
     /// LongRoPE switches to the long factors for sequences longer than this.
     original_max: usize,
-    rotate: Vec<f32>,
+    rotary_dims: usize,
 }
 
 /// The rotation for one forward pass: positions `offset..offset + len`, on one device.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    cos: Tensor<4>,
-    sin: Tensor<4>,
-    rotate: Tensor<2>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    rotary_dims: usize,
 }
 
 impl RopeTables {
@@ -58,14 +57,7 @@ impl RopeTables {
                 )
             }
         };
-        // rotate_half on the rotary dims: out[i] = x[i + rd/2] (negated via S), out[i + rd/2] = x[i].
-        let mut rotate = vec![0.0f32; hd * hd];
-        let half = rd / 2;
-        for i in 0..half {
-            rotate[(i + half) * hd + i] = 1.0;
-            rotate[i * hd + i + half] = 1.0;
-        }
-        RopeTables { head_dim: hd, max_positions: max, short, long, original_max, rotate }
+        RopeTables { head_dim: hd, max_positions: max, short, long, original_max, rotary_dims: rd }
     }
 
     fn table(inv_freq: &[f32], hd: usize, rd: usize, max: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
@@ -103,19 +95,15 @@ impl RopeTables {
             _ => &self.short,
         };
         let rows = offset * hd..(offset + len) * hd;
-        let upload = |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, len, 1, hd]), device);
-        Rope {
-            cos: upload(&cos[rows.clone()]),
-            sin: upload(&sin[rows]),
-            rotate: Tensor::from_data(TensorData::new(self.rotate.clone(), [hd, hd]), device),
-        }
+        let upload = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [len, hd]), device);
+        Rope { cos: upload(&cos[rows.clone()]), sin: upload(&sin[rows]), rotary_dims: self.rotary_dims }
     }
 }
 
 impl Rope {
-    /// Rotates `x` `[batch, seq, heads, head_dim]`.
+    /// Rotates `x` `[batch, seq, heads, head_dim]` and returns it heads first:
+    /// `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let rotated = linear(x.clone(), self.rotate.clone(), None);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        phi_kernels::rope_heads_first(x, self.cos.clone(), self.sin.clone(), self.rotary_dims)
     }
 }

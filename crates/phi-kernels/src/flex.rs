@@ -1,0 +1,86 @@
+//! The flex implementations, reached through burn's backend-extension dispatch. Callers in
+//! `lib.rs` only route f32 flex tensors outside autodiff here.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, DispatchTensor, Flex, backend_extension};
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use crate::math::gelu_tanh_scalar;
+
+/// flex's tensor type, reached through the backend's associated type (burn does not re-export
+/// `burn_flex::FlexTensor` by name).
+type FlexTensor = FloatTensor<Flex>;
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 1 << 14;
+
+#[backend_extension(Flex)]
+pub trait PhiKernels: Backend {
+    fn phi_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn phi_rope_heads_first(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        rotary_dims: usize,
+    ) -> FloatTensor<Self>;
+}
+
+pub(crate) fn gelu_tanh(x: DispatchTensor) -> DispatchTensor {
+    <Dispatch as PhiKernels>::phi_gelu_tanh(x)
+}
+
+pub(crate) fn rope_heads_first(x: DispatchTensor, cos: DispatchTensor, sin: DispatchTensor, rd: usize) -> DispatchTensor {
+    <Dispatch as PhiKernels>::phi_rope_heads_first(x, cos, sin, rd)
+}
+
+/// Contiguous f32 values of `t` from offset 0, reusing its buffer when it is the only owner.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 { t } else { t.to_contiguous() }
+}
+
+impl PhiKernels for Flex {
+    fn phi_gelu_tanh(x: FlexTensor) -> FlexTensor {
+        let mut x = contiguous(x);
+        let n = x.layout().shape().num_elements();
+        // Copy-on-write: in place when `x` is not shared (the usual case: a fresh fc1 output).
+        let values = &mut x.storage_mut::<f32>()[..n];
+        values.par_chunks_mut(CHUNK).for_each(|chunk| {
+            for v in chunk {
+                *v = gelu_tanh_scalar(*v);
+            }
+        });
+        x
+    }
+
+    fn phi_rope_heads_first(x: FlexTensor, cos: FlexTensor, sin: FlexTensor, rd: usize) -> FlexTensor {
+        let shape = x.layout().shape();
+        let (b, t, h, hd) = (shape[0], shape[1], shape[2], shape[3]);
+        let st = x.layout().strides().to_vec();
+        let off = x.layout().start_offset() as isize;
+        let xs = x.storage::<f32>();
+        let (cos, sin) = (contiguous(cos), contiguous(sin));
+        let (cs, ss) = (cos.storage::<f32>(), sin.storage::<f32>());
+        let half = rd / 2;
+        let mut out = vec![0.0f32; b * h * t * hd];
+        // One task per (batch, head): it writes one contiguous [seq, head_dim] block.
+        out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, block)| {
+            let (bi, hi) = (bh / h, bh % h);
+            for ti in 0..t {
+                let base = off + bi as isize * st[0] + ti as isize * st[1] + hi as isize * st[2];
+                let at = |d: usize| xs[(base + d as isize * st[3]) as usize];
+                let (c, s) = (&cs[ti * hd..(ti + 1) * hd], &ss[ti * hd..(ti + 1) * hd]);
+                let row = &mut block[ti * hd..(ti + 1) * hd];
+                for d in 0..half {
+                    let (x1, x2) = (at(d), at(d + half));
+                    row[d] = x1 * c[d] + x2 * s[d];
+                    row[d + half] = x2 * c[d + half] + x1 * s[d + half];
+                }
+                for (d, r) in row.iter_mut().enumerate().skip(rd) {
+                    *r = at(d);
+                }
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, [b, h, t, hd]))
+    }
+}

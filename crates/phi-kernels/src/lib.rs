@@ -1,0 +1,68 @@
+//! # phi-kernels
+//!
+//! Fused kernels for the element-wise work that dominates a Phi forward pass on burn's `flex`
+//! CPU backend, where every unary op is a single-threaded scalar loop (`tanh`, `exp` and
+//! `sigmoid` call libm per element) and each op is a full pass over memory.
+//!
+//! Each function here has one meaning and two implementations: a fused, multi-threaded kernel
+//! for flex inference tensors (through burn's backend-extension mechanism), and the same math as
+//! ordinary burn tensor ops for every other case — autodiff tensors (so gradients flow), GPU
+//! backends, non-f32 dtypes. Callers never choose; tests check that both paths agree.
+
+mod flex;
+mod math;
+
+use burn::backend::DispatchDevice;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{DType, Tensor};
+
+pub use math::{fast_exp, gelu_tanh_scalar};
+
+/// Whether `t` can take the fused flex path: a flex f32 tensor outside autodiff.
+fn fused<const D: usize>(t: &Tensor<D>) -> bool {
+    matches!(t.device().as_dispatch(), DispatchDevice::Flex(_)) && t.dtype() == DType::F32
+}
+
+/// `gelu_new` / `gelu_pytorch_tanh`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if fused(&x) {
+        return Tensor::from_dispatch(flex::gelu_tanh(x.into_dispatch()));
+    }
+    gelu_tanh_ops(x)
+}
+
+/// [`gelu_tanh`] as plain burn ops, via `(1 + tanh u) / 2 = σ(2u)`.
+pub fn gelu_tanh_ops<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const C: f64 = 2.0 * 0.797_884_560_802_865_4; // 2·√(2/π)
+    let two_u = x.clone() * (x.clone().square() * (0.044715 * C) + C);
+    x * sigmoid(two_u)
+}
+
+/// Half-split rotary embedding (HF `rotate_half` layout) with the heads moved first.
+///
+/// `x` is `[batch, seq, heads, head_dim]` (any strides); `cos` and `sin` are `[seq, head_dim]`
+/// tables over the whole head: on the first `rotary_dims` dims `cos` holds cos and `sin` holds
+/// `-sin` on the first half and `+sin` on the second, and beyond `rotary_dims` `cos` is 1 and `sin`
+/// 0 (those dims pass through). Returns `[batch, heads, seq, head_dim]`, contiguous — the layout
+/// attention wants, so no separate transpose copy follows.
+pub fn rope_heads_first(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary_dims: usize) -> Tensor<4> {
+    if fused(&x) && fused(&cos) && fused(&sin) {
+        let out = flex::rope_heads_first(x.into_dispatch(), cos.into_dispatch(), sin.into_dispatch(), rotary_dims);
+        return Tensor::from_dispatch(out);
+    }
+    rope_heads_first_ops(x, cos, sin, rotary_dims)
+}
+
+/// [`rope_heads_first`] as plain burn ops.
+pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary_dims: usize) -> Tensor<4> {
+    let [_, t, _, hd] = x.dims();
+    let half = rotary_dims / 2;
+    // rotate_half on the rotary dims, the sign lives in `sin`; pass-through dims meet sin = 0.
+    let mut parts = vec![x.clone().narrow(3, half, half), x.clone().narrow(3, 0, half)];
+    if rotary_dims < hd {
+        parts.push(x.clone().narrow(3, rotary_dims, hd - rotary_dims));
+    }
+    let rotated = Tensor::cat(parts, 3);
+    let (cos, sin) = (cos.reshape([1, t, 1, hd]), sin.reshape([1, t, 1, hd]));
+    (x * cos + rotated * sin).swap_dims(1, 2)
+}
