@@ -2,9 +2,7 @@
 //! `qkv_proj` + `o_proj` (Phi-3), MHA or GQA, optional per-head `q_layernorm/k_layernorm`.
 
 use burn::module::Module;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::Tensor;
 
 use crate::config::{NormKind, PhiConfig};
 use crate::error::Result;
@@ -129,46 +127,11 @@ impl PhiAttention {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let kv_len = k.dims()[2];
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let out = attend(q, k, v, kv_len);
+        let out = phi_kernels::causal_attention(q, k, v);
         let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
         match &self.proj {
             Projections::Separate(p) => p.dense.forward(out),
             Projections::Fused(p) => p.o_proj.forward(out),
         }
     }
-}
-
-/// Softmax attention with the causal rule aligned to the *end* of the keys: query `i` of `t`
-/// sees keys `0..=kv_len - t + i`. Backends disagree on how `is_causal` aligns when `t <
-/// kv_len`, so that case gets an explicit mask (one decode token needs none).
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, kv_len: usize) -> Tensor<4> {
-    let t = q.dims()[2];
-    let causal = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
-    if t == kv_len {
-        attention(q, k, v, None, None, causal(true))
-    } else if t == 1 {
-        attention(q, k, v, None, None, causal(false))
-    } else {
-        let device = q.device();
-        let offset = (kv_len - t) as i64;
-        let rows = (Tensor::<1, Int>::arange(0..t as i64, &device) + offset)
-            .reshape([t, 1])
-            .expand([t, kv_len]);
-        let cols = Tensor::<1, Int>::arange(0..kv_len as i64, &device)
-            .reshape([1, kv_len])
-            .expand([t, kv_len]);
-        let mask: Tensor<4, Bool> = cols.greater(rows).reshape([1, 1, t, kv_len]);
-        attention(q, k, v, Some(mask), None, causal(false))
-    }
-}
-
-/// GQA: each key/value head serves `n_rep` consecutive query heads (HF `repeat_kv`).
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, nkv, s, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, nkv, n_rep, s, hd]).reshape([b, nkv * n_rep, s, hd])
 }

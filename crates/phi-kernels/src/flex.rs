@@ -84,3 +84,76 @@ impl PhiKernels for Flex {
         FlexTensor::from_data(TensorData::new(out, [b, h, t, hd]))
     }
 }
+
+/// Query rows per block: the block's scores (`BLOCK × keys`) stay in cache, and blocks past
+/// the diagonal are never computed.
+const BLOCK: usize = 64;
+
+pub(crate) fn causal_attention(q: DispatchTensor, k: DispatchTensor, v: DispatchTensor) -> DispatchTensor {
+    <Dispatch as PhiAttentionKernel>::phi_causal_attention(q, k, v)
+}
+
+#[backend_extension(Flex)]
+pub trait PhiAttentionKernel: Backend {
+    fn phi_causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl PhiAttentionKernel for Flex {
+    fn phi_causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
+        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
+        let qs = q.layout().shape();
+        let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
+        let (hkv, s) = (k.layout().shape()[1], k.layout().shape()[2]);
+        let rep = h / hkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qd, kd, vd) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
+        let mut out = vec![0.0f32; b * h * t * hd];
+        out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, out_head)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let qh = &qd[bh * t * hd..(bh + 1) * t * hd];
+            let kvo = (bi * hkv + hi / rep) * s * hd;
+            let (kh, vh) = (&kd[kvo..kvo + s * hd], &vd[kvo..kvo + s * hd]);
+            let mut scores = vec![0.0f32; BLOCK.min(t) * s];
+            for r0 in (0..t).step_by(BLOCK) {
+                let rows = BLOCK.min(t - r0);
+                // Keys visible to the block's last row; query i sees keys 0..=s - t + i.
+                let kv_len = s - t + r0 + rows;
+                let sc = &mut scores[..rows * kv_len];
+                // scores[rows, kv_len] = Q_block · K[..kv_len]ᵀ
+                unsafe {
+                    gemm::gemm(
+                        rows, kv_len, hd,
+                        sc.as_mut_ptr(), 1, kv_len as isize, false,
+                        qh[r0 * hd..].as_ptr(), 1, hd as isize,
+                        kh.as_ptr(), hd as isize, 1,
+                        0.0, scale, false, false, false, gemm::Parallelism::None,
+                    );
+                }
+                for r in 0..rows {
+                    let visible = s - t + r0 + r + 1;
+                    let row = &mut sc[r * kv_len..(r + 1) * kv_len];
+                    let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for x in &mut row[..visible] {
+                        *x = crate::math::fast_exp(*x - max);
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    row[..visible].iter_mut().for_each(|x| *x *= inv);
+                    row[visible..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                // out_block[rows, hd] = P · V[..kv_len]
+                unsafe {
+                    gemm::gemm(
+                        rows, hd, kv_len,
+                        out_head[r0 * hd..].as_mut_ptr(), 1, hd as isize, false,
+                        sc.as_ptr(), 1, kv_len as isize,
+                        vh.as_ptr(), 1, hd as isize,
+                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, [b, h, t, hd]))
+    }
+}

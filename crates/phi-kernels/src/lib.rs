@@ -14,7 +14,9 @@ mod math;
 
 use burn::backend::DispatchDevice;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 pub use math::{fast_exp, gelu_tanh_scalar};
 
@@ -65,4 +67,46 @@ pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary
     let rotated = Tensor::cat(parts, 3);
     let (cos, sin) = (cos.reshape([1, t, 1, hd]), sin.reshape([1, t, 1, hd]));
     (x * cos + rotated * sin).swap_dims(1, 2)
+}
+
+/// Causal softmax attention, `softmax(q kᵀ / √head_dim) v`, with the causal rule aligned to the
+/// *end* of the keys (query `i` of `t` sees keys `0..=s - t + i`, as with a KV cache) and GQA
+/// (query head `h` reads key/value head `h / (heads / kv_heads)`).
+///
+/// `q` is `[batch, heads, t, head_dim]`, `k` and `v` `[batch, kv_heads, s, head_dim]`, `s ≥ t`.
+/// The flex kernel works in blocks of query rows and never computes the masked upper triangle.
+pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    if fused(&q) && fused(&k) && fused(&v) {
+        return Tensor::from_dispatch(flex::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
+    }
+    causal_attention_ops(q, k, v)
+}
+
+/// [`causal_attention`] through burn's `attention` op.
+pub fn causal_attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [_, h, t, _] = q.dims();
+    let [_, hkv, s, _] = k.dims();
+    let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
+    let options = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
+    // Backends disagree on how `is_causal` aligns when t < s: that case gets an explicit mask.
+    if t == s {
+        attention(q, k, v, None, None, options(true))
+    } else if t == 1 {
+        attention(q, k, v, None, None, options(false))
+    } else {
+        let device = q.device();
+        let rows = (Tensor::<1, Int>::arange(0..t as i64, &device) + (s - t) as i64).reshape([t, 1]).expand([t, s]);
+        let cols = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]).expand([t, s]);
+        let mask: Tensor<4, Bool> = cols.greater(rows).reshape([1, 1, t, s]);
+        attention(q, k, v, Some(mask), None, options(false))
+    }
+}
+
+/// GQA: each key/value head serves `n_rep` consecutive query heads (HF `repeat_kv`).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, s, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, nkv, n_rep, s, hd]).reshape([b, nkv * n_rep, s, hd])
 }
