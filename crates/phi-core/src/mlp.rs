@@ -68,10 +68,14 @@ impl Mlp {
             MlpLayers::Plain(m) => m.fc2.forward(activate(self.act, m.fc1.forward(x))),
             MlpLayers::Gated(m) => {
                 let gate_up = m.gate_up_proj.forward(x);
-                let i = gate_up.dims()[2] / 2;
-                let gate = gate_up.clone().narrow(2, 0, i);
-                let up = gate_up.narrow(2, i, i);
-                m.down_proj.forward(up * activate(self.act, gate))
+                let hidden = if self.act == Activation::Silu {
+                    phi_kernels::silu_glu(gate_up)
+                } else {
+                    let i = gate_up.dims()[2] / 2;
+                    let gate = gate_up.clone().narrow(2, 0, i);
+                    gate_up.narrow(2, i, i) * activate(self.act, gate)
+                };
+                m.down_proj.forward(hidden)
             }
         }
     }

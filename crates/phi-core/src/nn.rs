@@ -94,11 +94,7 @@ impl Norm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.bias {
             Some(bias) => layer_norm(x, self.weight.val(), Some(bias.val()), self.eps),
-            None => {
-                // HF Phi3RMSNorm: x * rsqrt(mean(x²) + eps) * weight.
-                let inv_rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
-                x * inv_rms * self.weight.val().unsqueeze()
-            }
+            None => phi_kernels::rms_norm(x, self.weight.val(), self.eps),
         }
     }
 

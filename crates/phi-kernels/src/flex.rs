@@ -34,6 +34,19 @@ pub(crate) fn rope_heads_first(x: DispatchTensor, cos: DispatchTensor, sin: Disp
     <Dispatch as PhiKernels>::phi_rope_heads_first(x, cos, sin, rd)
 }
 
+/// Work below this many elements runs on the calling thread: waking the rayon pool costs more
+/// than it saves for the batch-1 decode step.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// `f(index, chunk)` over `chunk_len`-sized chunks of `data`, in parallel when `work` is large.
+fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if work < PARALLEL_MIN {
+        data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.par_chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// Contiguous f32 values of `t` from offset 0, reusing its buffer when it is the only owner.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() && t.layout().start_offset() == 0 { t } else { t.to_contiguous() }
@@ -45,7 +58,7 @@ impl PhiKernels for Flex {
         let n = x.layout().shape().num_elements();
         // Copy-on-write: in place when `x` is not shared (the usual case: a fresh fc1 output).
         let values = &mut x.storage_mut::<f32>()[..n];
-        values.par_chunks_mut(CHUNK).for_each(|chunk| {
+        for_each_chunk(values, CHUNK, n, |_, chunk| {
             for v in chunk {
                 *v = gelu_tanh_scalar(*v);
             }
@@ -64,7 +77,8 @@ impl PhiKernels for Flex {
         let half = rd / 2;
         let mut out = vec![0.0f32; b * h * t * hd];
         // One task per (batch, head): it writes one contiguous [seq, head_dim] block.
-        out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, block)| {
+        let work = out.len();
+        for_each_chunk(&mut out, t * hd, work, |bh, block| {
             let (bi, hi) = (bh / h, bh % h);
             for ti in 0..t {
                 let base = off + bi as isize * st[0] + ti as isize * st[1] + hi as isize * st[2];
@@ -108,7 +122,8 @@ impl PhiAttentionKernel for Flex {
         let scale = 1.0 / (hd as f32).sqrt();
         let (qd, kd, vd) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
         let mut out = vec![0.0f32; b * h * t * hd];
-        out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, out_head)| {
+        let work = b * h * t * s * hd / 2;
+        for_each_chunk(&mut out, t * hd, work, |bh, out_head| {
             let (bi, hi) = (bh / h, bh % h);
             let qh = &qd[bh * t * hd..(bh + 1) * t * hd];
             let kvo = (bi * hkv + hi / rep) * s * hd;
@@ -155,5 +170,59 @@ impl PhiAttentionKernel for Flex {
             }
         });
         FlexTensor::from_data(TensorData::new(out, [b, h, t, hd]))
+    }
+}
+
+pub(crate) fn silu_glu(gate_up: DispatchTensor) -> DispatchTensor {
+    <Dispatch as PhiRowKernels>::phi_silu_glu(gate_up)
+}
+
+pub(crate) fn rms_norm(x: DispatchTensor, weight: DispatchTensor, eps: f64) -> DispatchTensor {
+    <Dispatch as PhiRowKernels>::phi_rms_norm(x, weight, eps)
+}
+
+#[backend_extension(Flex)]
+pub trait PhiRowKernels: Backend {
+    fn phi_silu_glu(gate_up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn phi_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+}
+
+impl PhiRowKernels for Flex {
+    fn phi_silu_glu(gate_up: FlexTensor) -> FlexTensor {
+        let gate_up = contiguous(gate_up);
+        let dims = gate_up.layout().shape().to_vec();
+        let width = dims[dims.len() - 1];
+        let half = width / 2;
+        let rows = gate_up.layout().shape().num_elements() / width;
+        let src = gate_up.storage::<f32>();
+        let mut out = vec![0.0f32; rows * half];
+        for_each_chunk(&mut out, half, rows * width, |r, row| {
+            let (gate, up) = src[r * width..(r + 1) * width].split_at(half);
+            for ((o, g), u) in row.iter_mut().zip(gate).zip(up) {
+                *o = u * g / (1.0 + crate::math::fast_exp(-g));
+            }
+        });
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = half;
+        FlexTensor::from_data(TensorData::new(out, out_dims))
+    }
+
+    fn phi_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        let x = contiguous(x);
+        let weight = contiguous(weight);
+        let dims = x.layout().shape().to_vec();
+        let width = dims[dims.len() - 1];
+        let n = x.layout().shape().num_elements();
+        let (src, w) = (x.storage::<f32>(), weight.storage::<f32>());
+        let mut out = vec![0.0f32; n];
+        for_each_chunk(&mut out, width, n, |r, row| {
+            let xs = &src[r * width..(r + 1) * width];
+            let mean_sq = xs.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let inv = 1.0 / (mean_sq + eps as f32).sqrt();
+            for ((o, v), g) in row.iter_mut().zip(xs).zip(w) {
+                *o = g * (v * inv);
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, dims))
     }
 }

@@ -13,7 +13,7 @@ mod flex;
 mod math;
 
 use burn::backend::DispatchDevice;
-use burn::tensor::activation::sigmoid;
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor};
@@ -109,4 +109,34 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     }
     let [b, nkv, s, hd] = x.dims();
     x.unsqueeze_dim::<5>(2).expand([b, nkv, n_rep, s, hd]).reshape([b, nkv * n_rep, s, hd])
+}
+
+/// SwiGLU on a fused `[gate; up]` projection: `up · silu(gate)`, gate the first half of the last
+/// dimension (Phi-3's `gate_up_proj`). `[.., 2i]` → `[.., i]`.
+pub fn silu_glu<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
+    if fused(&gate_up) {
+        return Tensor::from_dispatch(flex::silu_glu(gate_up.into_dispatch()));
+    }
+    silu_glu_ops(gate_up)
+}
+
+/// [`silu_glu`] as plain burn ops.
+pub fn silu_glu_ops<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
+    let half = gate_up.dims()[D - 1] / 2;
+    let gate = gate_up.clone().narrow(D - 1, 0, half);
+    gate_up.narrow(D - 1, half, half) * silu(gate)
+}
+
+/// RMSNorm over the last dimension, as HF's Phi3RMSNorm: `weight · x / √(mean(x²) + eps)`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    if fused(&x) && fused(&weight) {
+        return Tensor::from_dispatch(flex::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps));
+    }
+    rms_norm_ops(x, weight, eps)
+}
+
+/// [`rms_norm`] as plain burn ops.
+pub fn rms_norm_ops<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    let inv_rms = (x.clone().square().mean_dim(D - 1) + eps).sqrt().recip();
+    x * inv_rms * weight.unsqueeze()
 }
