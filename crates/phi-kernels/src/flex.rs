@@ -6,7 +6,7 @@ use burn::backend::{Backend, Dispatch, DispatchTensor, Flex, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::math::gelu_tanh_scalar;
+use crate::math::{gelu_tanh_slice, masked_softmax_row, silu_glu_slice};
 
 /// flex's tensor type, reached through the backend's associated type (burn does not re-export
 /// `burn_flex::FlexTensor` by name).
@@ -58,11 +58,7 @@ impl PhiKernels for Flex {
         let n = x.layout().shape().num_elements();
         // Copy-on-write: in place when `x` is not shared (the usual case: a fresh fc1 output).
         let values = &mut x.storage_mut::<f32>()[..n];
-        for_each_chunk(values, CHUNK, n, |_, chunk| {
-            for v in chunk {
-                *v = gelu_tanh_scalar(*v);
-            }
-        });
+        for_each_chunk(values, CHUNK, n, |_, chunk| gelu_tanh_slice(chunk));
         x
     }
 
@@ -145,17 +141,7 @@ impl PhiAttentionKernel for Flex {
                     );
                 }
                 for r in 0..rows {
-                    let visible = s - t + r0 + r + 1;
-                    let row = &mut sc[r * kv_len..(r + 1) * kv_len];
-                    let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for x in &mut row[..visible] {
-                        *x = crate::math::fast_exp(*x - max);
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    row[..visible].iter_mut().for_each(|x| *x *= inv);
-                    row[visible..].iter_mut().for_each(|x| *x = 0.0);
+                    masked_softmax_row(&mut sc[r * kv_len..(r + 1) * kv_len], s - t + r0 + r + 1);
                 }
                 // out_block[rows, hd] = P · V[..kv_len]
                 unsafe {
@@ -198,9 +184,7 @@ impl PhiRowKernels for Flex {
         let mut out = vec![0.0f32; rows * half];
         for_each_chunk(&mut out, half, rows * width, |r, row| {
             let (gate, up) = src[r * width..(r + 1) * width].split_at(half);
-            for ((o, g), u) in row.iter_mut().zip(gate).zip(up) {
-                *o = u * g / (1.0 + crate::math::fast_exp(-g));
-            }
+            silu_glu_slice(row, gate, up);
         });
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = half;

@@ -63,3 +63,78 @@ mod tests {
         }
     }
 }
+
+/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX2+FMA when the CPU has them
+/// (checked once at run time) and for the baseline target otherwise — the same source twice, so
+/// the default build stays portable and still gets 8-wide vectors where they exist.
+macro_rules! dispatch_simd {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+dispatch_simd! {
+    /// `gelu_new` over a slice, in place.
+    pub fn gelu_tanh_slice(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = gelu_tanh_scalar(*v);
+        }
+    }
+}
+
+dispatch_simd! {
+    /// `out = up · silu(gate)`.
+    pub fn silu_glu_slice(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+            *o = u * g / (1.0 + fast_exp(-g));
+        }
+    }
+}
+
+dispatch_simd! {
+    /// Softmax over `row[..visible]` in place; `row[visible..]` (masked keys) becomes 0.
+    pub fn masked_softmax_row(row: &mut [f32], visible: usize) {
+        let (live, masked) = row.split_at_mut(visible);
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = live.chunks_exact(8);
+        for c in &mut chunks {
+            for (m, x) in lanes.iter_mut().zip(c) {
+                *m = if *x > *m { *x } else { *m };
+            }
+        }
+        let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in chunks.remainder() {
+            max = max.max(*x);
+        }
+        for x in live.iter_mut() {
+            *x = fast_exp(*x - max);
+        }
+        let mut sums = [0.0f32; 8];
+        let mut chunks = live.chunks_exact(8);
+        for c in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(c) {
+                *s += *x;
+            }
+        }
+        let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
