@@ -128,7 +128,7 @@ impl PhiAttention {
             None => (k, v),
         };
         let out = phi_kernels::causal_attention(q, k, v);
-        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        let out = out.reshape([b, t, nh * hd]);
         match &self.proj {
             Projections::Separate(p) => p.dense.forward(out),
             Projections::Fused(p) => p.o_proj.forward(out),

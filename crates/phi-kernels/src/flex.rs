@@ -108,54 +108,91 @@ pub trait PhiAttentionKernel: Backend {
     fn phi_causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
+/// A pointer that attention tasks share: each task writes a disjoint set of output rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint rows (one (batch, head) pair each) and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method, so closures capture the whole (Send) wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Element strides of a 4-D flex tensor and its start offset.
+fn strides4(t: &FlexTensor) -> ([isize; 4], isize) {
+    let s = t.layout().strides();
+    ([s[0], s[1], s[2], s[3]], t.layout().start_offset() as isize)
+}
+
 impl PhiAttentionKernel for Flex {
+    /// Reads q `[b, h, t, d]`, k and v `[b, hkv, s, d]` through their strides (no copies) and
+    /// writes `[b, t, h, d]`, the layout the output projection reads.
     fn phi_causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
-        let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
         let qs = q.layout().shape();
         let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
         let (hkv, s) = (k.layout().shape()[1], k.layout().shape()[2]);
         let rep = h / hkv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (qd, kd, vd) = (q.storage::<f32>(), k.storage::<f32>(), v.storage::<f32>());
-        let mut out = vec![0.0f32; b * h * t * hd];
-        let work = b * h * t * s * hd / 2;
-        for_each_chunk(&mut out, t * hd, work, |bh, out_head| {
+        let ((qst, qo), (kst, ko), (vst, vo)) = (strides4(&q), strides4(&k), strides4(&v));
+        let (qd, kd, vd) = (q.storage::<f32>().as_ptr(), k.storage::<f32>().as_ptr(), v.storage::<f32>().as_ptr());
+        let (qd, kd, vd) = (OutPtr(qd as *mut f32), OutPtr(kd as *mut f32), OutPtr(vd as *mut f32));
+        let mut out = vec![0.0f32; b * t * h * hd];
+        let dst = OutPtr(out.as_mut_ptr());
+        let run = move |bh: usize| {
             let (bi, hi) = (bh / h, bh % h);
-            let qh = &qd[bh * t * hd..(bh + 1) * t * hd];
-            let kvo = (bi * hkv + hi / rep) * s * hd;
-            let (kh, vh) = (&kd[kvo..kvo + s * hd], &vd[kvo..kvo + s * hd]);
+            let kvh = hi / rep;
+            // SAFETY: offsets come from the tensors' own layouts; reads stay inside their storage.
+            let (qh, kh, vh, oh) = unsafe {
+                (
+                    qd.get().offset(qo + bi as isize * qst[0] + hi as isize * qst[1]),
+                    kd.get().offset(ko + bi as isize * kst[0] + kvh as isize * kst[1]),
+                    vd.get().offset(vo + bi as isize * vst[0] + kvh as isize * vst[1]),
+                    dst.get().add(bi * t * h * hd + hi * hd),
+                )
+            };
             let mut scores = vec![0.0f32; BLOCK.min(t) * s];
             for r0 in (0..t).step_by(BLOCK) {
                 let rows = BLOCK.min(t - r0);
                 // Keys visible to the block's last row; query i sees keys 0..=s - t + i.
                 let kv_len = s - t + r0 + rows;
                 let sc = &mut scores[..rows * kv_len];
-                // scores[rows, kv_len] = Q_block · K[..kv_len]ᵀ
+                // SAFETY: gemm reads/writes exactly the strided ranges described above.
                 unsafe {
+                    // scores[rows, kv_len] = scale · Q_block · K[..kv_len]ᵀ
                     gemm::gemm(
                         rows, kv_len, hd,
                         sc.as_mut_ptr(), 1, kv_len as isize, false,
-                        qh[r0 * hd..].as_ptr(), 1, hd as isize,
-                        kh.as_ptr(), hd as isize, 1,
+                        qh.offset(r0 as isize * qst[2]), qst[3], qst[2],
+                        kh, kst[2], kst[3],
                         0.0, scale, false, false, false, gemm::Parallelism::None,
                     );
                 }
                 for r in 0..rows {
                     masked_softmax_row(&mut sc[r * kv_len..(r + 1) * kv_len], s - t + r0 + r + 1);
                 }
-                // out_block[rows, hd] = P · V[..kv_len]
                 unsafe {
+                    // out[b, r0.., h, :] = P · V[..kv_len]
                     gemm::gemm(
                         rows, hd, kv_len,
-                        out_head[r0 * hd..].as_mut_ptr(), 1, hd as isize, false,
+                        oh.add(r0 * h * hd), 1, (h * hd) as isize, false,
                         sc.as_ptr(), 1, kv_len as isize,
-                        vh.as_ptr(), 1, hd as isize,
+                        vh, vst[3], vst[2],
                         0.0, 1.0, false, false, false, gemm::Parallelism::None,
                     );
                 }
             }
-        });
-        FlexTensor::from_data(TensorData::new(out, [b, h, t, hd]))
+        };
+        if b * h * t * s * hd / 2 < PARALLEL_MIN {
+            (0..b * h).for_each(run);
+        } else {
+            (0..b * h).into_par_iter().for_each(run);
+        }
+        drop((q, k, v));
+        FlexTensor::from_data(TensorData::new(out, [b, t, h, hd]))
     }
 }
 

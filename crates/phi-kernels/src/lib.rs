@@ -73,8 +73,10 @@ pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary
 /// *end* of the keys (query `i` of `t` sees keys `0..=s - t + i`, as with a KV cache) and GQA
 /// (query head `h` reads key/value head `h / (heads / kv_heads)`).
 ///
-/// `q` is `[batch, heads, t, head_dim]`, `k` and `v` `[batch, kv_heads, s, head_dim]`, `s ≥ t`.
-/// The flex kernel works in blocks of query rows and never computes the masked upper triangle.
+/// `q` is `[batch, heads, t, head_dim]`, `k` and `v` `[batch, kv_heads, s, head_dim]` (any
+/// strides), `s ≥ t`. Returns `[batch, t, heads, head_dim]`: tokens first, so merging the heads
+/// for the output projection is a free reshape. The flex kernel reads the inputs in place, works
+/// in blocks of query rows and never computes the masked upper triangle.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     if fused(&q) && fused(&k) && fused(&v) {
         return Tensor::from_dispatch(flex::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
@@ -89,7 +91,7 @@ pub fn causal_attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<
     let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
     let options = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
     // Backends disagree on how `is_causal` aligns when t < s: that case gets an explicit mask.
-    if t == s {
+    let out = if t == s {
         attention(q, k, v, None, None, options(true))
     } else if t == 1 {
         attention(q, k, v, None, None, options(false))
@@ -99,7 +101,8 @@ pub fn causal_attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<
         let cols = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]).expand([t, s]);
         let mask: Tensor<4, Bool> = cols.greater(rows).reshape([1, 1, t, s]);
         attention(q, k, v, Some(mask), None, options(false))
-    }
+    };
+    out.swap_dims(1, 2)
 }
 
 /// GQA: each key/value head serves `n_rep` consecutive query heads (HF `repeat_kv`).

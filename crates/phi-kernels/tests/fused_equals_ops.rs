@@ -71,8 +71,11 @@ fn attention_kernel_matches_ops_for_mha_gqa_and_cached_queries() {
     for (h, hkv, t, s) in [(4, 4, 150, 150), (8, 2, 70, 70), (4, 4, 1, 37), (6, 3, 5, 90)] {
         let q = Tensor::<4>::random([2, h, t, 16], Distribution::Normal(0.0, 1.0), &device);
         let k = Tensor::<4>::random([2, hkv, s, 16], Distribution::Normal(0.0, 1.0), &device);
-        let v = Tensor::<4>::random([2, hkv, s, 16], Distribution::Normal(0.0, 1.0), &device);
-        let d = max_diff(causal_attention(q.clone(), k.clone(), v.clone()), causal_attention_ops(q, k, v));
+        // v as a heads-first view of a tokens-first tensor, as the model passes it.
+        let v = Tensor::<4>::random([2, s, hkv, 16], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+        let fused = causal_attention(q.clone(), k.clone(), v.clone());
+        assert_eq!(fused.dims(), [2, t, h, 16]);
+        let d = max_diff(fused, causal_attention_ops(q, k, v));
         assert!(d < 1e-5, "h {h} kv {hkv} t {t} s {s}: {d}");
     }
 }
