@@ -1,3 +1,16 @@
 //! # phi-train
 //!
-//! The training loop (AdamW, schedules, checkpoints) is not built yet; see the project issues.
+//! The pieces of a step-based training loop for Phi models, each exact to its PyTorch
+//! counterpart: causal-LM cross-entropy, AdamW with torch's hyper-parameters spelled out and a
+//! no-decay group, global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`), and learning
+//! rate schedules (warmup, then cosine or linear decay to a floor).
+
+pub mod clip;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+pub use clip::clip_grad_norm;
+pub use loss::causal_lm_loss;
+pub use optim::AdamWSettings;
+pub use schedule::{Decay, LrSchedule};
