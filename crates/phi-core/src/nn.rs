@@ -2,7 +2,7 @@
 //! kept `[in, out]` (transposed once at load and save), because a transposed view in the
 //! forward pass makes burn copy the whole matrix on every call for small batches.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::module::{embedding, layer_norm, linear};
 use burn::tensor::{Int, Tensor};
@@ -10,6 +10,16 @@ use burn::tensor::{Int, Tensor};
 use crate::config::{Activation, NormKind};
 use crate::error::Result;
 use crate::weights::{Init, ParamSource, StateDict};
+
+/// A parameter whose id is derived from its checkpoint key, so the same model loaded twice (or
+/// resumed from a checkpoint) has the same ids — optimizer state is keyed by them.
+pub fn param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    // FNV-1a: stable across runs and platforms, unlike std's randomly seeded hasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let mut p = Param::from_tensor(tensor);
+    p.id = ParamId::from(hash);
+    p
+}
 
 /// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`.
 #[derive(Module, Debug)]
@@ -27,11 +37,13 @@ impl Linear {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        let weight = src.take(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(std))?;
+        let key = format!("{prefix}.weight");
+        let weight = src.take(&key, [d_out, d_in], Init::Normal(std))?;
         // Materialise the transpose once, contiguous.
-        let weight = Param::from_tensor(Tensor::from_data(weight.transpose().into_data(), src.device()));
+        let weight = param(&key, Tensor::from_data(weight.transpose().into_data(), src.device()));
         let bias = if bias {
-            Some(Param::from_tensor(src.take(&format!("{prefix}.bias"), [d_out], Init::Zeros)?))
+            let key = format!("{prefix}.bias");
+            Some(param(&key, src.take(&key, [d_out], Init::Zeros)?))
         } else {
             None
         };
@@ -58,9 +70,8 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn load(src: &mut impl ParamSource, prefix: &str, vocab: usize, hidden: usize, std: f64) -> Result<Self> {
-        Ok(Embedding {
-            weight: Param::from_tensor(src.take(&format!("{prefix}.weight"), [vocab, hidden], Init::Normal(std))?),
-        })
+        let key = format!("{prefix}.weight");
+        Ok(Embedding { weight: param(&key, src.take(&key, [vocab, hidden], Init::Normal(std))?) })
     }
 
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
@@ -83,9 +94,13 @@ pub struct Norm {
 
 impl Norm {
     pub fn load(src: &mut impl ParamSource, prefix: &str, kind: NormKind, dim: usize, eps: f64) -> Result<Self> {
-        let weight = Param::from_tensor(src.take(&format!("{prefix}.weight"), [dim], Init::Ones)?);
+        let key = format!("{prefix}.weight");
+        let weight = param(&key, src.take(&key, [dim], Init::Ones)?);
         let bias = match kind {
-            NormKind::LayerNorm => Some(Param::from_tensor(src.take(&format!("{prefix}.bias"), [dim], Init::Zeros)?)),
+            NormKind::LayerNorm => {
+                let key = format!("{prefix}.bias");
+                Some(param(&key, src.take(&key, [dim], Init::Zeros)?))
+            }
             NormKind::RmsNorm => None,
         };
         Ok(Norm { weight, bias, eps })
