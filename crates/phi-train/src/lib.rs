@@ -5,12 +5,17 @@
 //! no-decay group, global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`), and learning
 //! rate schedules (warmup, then cosine or linear decay to a floor).
 
+pub mod checkpoint;
 pub mod clip;
+pub mod error;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use clip::clip_grad_norm;
 pub use loss::causal_lm_loss;
 pub use optim::AdamWSettings;
+pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
+pub use trainer::{Start, StepMetrics, TrainConfig, TrainOutcome, evaluate, flops_per_token, train};

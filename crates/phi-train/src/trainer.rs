@@ -1,0 +1,237 @@
+//! The step-based training loop: micro-batches → gradient accumulation → global-norm clipping →
+//! AdamW step, with validation, metrics, checkpoints and exact resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::sampler::sequential_batches;
+use phi_data::TokenSampler;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::error::{Result, TrainError};
+use crate::{AdamWSettings, LrSchedule, causal_lm_loss, clip_grad_norm};
+
+/// Hyper-parameters of a run (serialisable: TOML files, checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_steps: usize,
+    pub optimizer: AdamWSettings,
+    pub schedule: LrSchedule,
+    /// Global gradient-norm clip (`None`: no clipping).
+    pub clip_norm: Option<f64>,
+    /// Validation every this many steps (0: only at the end).
+    pub eval_every: usize,
+    /// At most this many validation batches.
+    pub eval_batches: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    /// Device peak FLOP/s, for the MFU figure (6N + attention FLOPs per token).
+    pub peak_flops: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_perplexity: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+}
+
+/// How a run starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Fresh weights from the config, seeded.
+    Scratch,
+    /// From a HF-format checkpoint folder (fine-tuning / continued pre-training).
+    Pretrained(PathBuf),
+    /// The newest complete checkpoint under `out_dir/checkpoints`, else from scratch.
+    ResumeAuto,
+}
+
+/// What a finished run returns.
+pub struct TrainOutcome {
+    pub model: PhiForCausalLM,
+    pub metrics: Vec<StepMetrics>,
+    pub resumed_from: Option<usize>,
+}
+
+/// Training FLOPs per token: 6·N for the matmuls plus 6·L·T·d for attention (forward + backward).
+pub fn flops_per_token(config: &PhiConfig, seq_len: usize) -> f64 {
+    let n = config.num_parameters() as f64;
+    let attn = (config.num_hidden_layers * seq_len * config.num_attention_heads * config.head_dim) as f64;
+    6.0 * n + 6.0 * attn
+}
+
+/// Mean next-token loss over (at most `max_batches` of) `tokens`, weighted by token count.
+pub fn evaluate(model: &PhiForCausalLM, tokens: &[u32], seq_len: usize, batch: usize, max_batches: usize) -> f64 {
+    let device = model.device();
+    let (mut total, mut count) = (0.0, 0usize);
+    for rows in sequential_batches(tokens, seq_len, batch).take(max_batches.max(1)) {
+        let b = rows.len() / (seq_len + 1);
+        let ids = batch_tensor(&rows, b, seq_len + 1, &device);
+        let loss = causal_lm_loss(model.forward(ids.clone()), ids).into_scalar::<f32>() as f64;
+        total += loss * (b * seq_len) as f64;
+        count += b * seq_len;
+    }
+    if count == 0 { f64::NAN } else { total / count as f64 }
+}
+
+fn batch_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = rows.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(data, [b, n]), device)
+}
+
+/// Runs training. `out_dir` receives `metrics.jsonl` and `checkpoints/`.
+pub fn train(
+    model_config: &PhiConfig,
+    cfg: &TrainConfig,
+    train_tokens: &[u32],
+    val_tokens: &[u32],
+    out_dir: &Path,
+    start: Start,
+    device: &Device,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
+    if train_tokens.len() <= cfg.seq_len {
+        return Err(TrainError::Invalid(format!(
+            "{} training tokens are fewer than one sequence of seq_len + 1 = {}",
+            train_tokens.len(),
+            cfg.seq_len + 1
+        )));
+    }
+    if let Some(&bad) = train_tokens.iter().chain(val_tokens).find(|&&t| t as usize >= model_config.vocab_size) {
+        return Err(TrainError::Invalid(format!("token id {bad} ≥ vocab_size {}", model_config.vocab_size)));
+    }
+    let ad = device.clone().autodiff();
+    let ckpt_root = out_dir.join("checkpoints");
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let resume_dir = match &start {
+        Start::ResumeAuto => checkpoint::latest(&ckpt_root),
+        _ => None,
+    };
+    let (mut model, state) = match (&start, &resume_dir) {
+        (_, Some(dir)) => {
+            let state = checkpoint::read_state(dir)?;
+            (PhiForCausalLM::from_pretrained(dir, &ad)?, Some(state))
+        }
+        (Start::Pretrained(dir), None) => (PhiForCausalLM::from_pretrained(dir, &ad)?, None),
+        _ => (PhiForCausalLM::init(model_config.clone(), &ad, cfg.seed)?, None),
+    };
+    let embed_id = model.model.embed_tokens.weight.id;
+    let mut optim = cfg.optimizer.build(&model, &[embed_id]);
+    if let Some(dir) = &resume_dir {
+        let path = dir.join("optimizer.bin");
+        optim = optim.load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    let start_step = state.as_ref().map_or(0, |s| s.step);
+    let mut tokens_seen = state.as_ref().map_or(0, |s| s.tokens_seen);
+    let mut sampler = match &state {
+        Some(s) => TokenSampler::resume(train_tokens.len(), cfg.seq_len, s.sampler),
+        None => TokenSampler::new(train_tokens.len(), cfg.seq_len, cfg.seed),
+    };
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let mut history = read_metrics(&metrics_path, start_step);
+    rewrite_metrics(&metrics_path, &history)?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainError::io(&metrics_path, e))?;
+
+    let flops_tok = flops_per_token(model.config(), cfg.seq_len);
+    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum.max(1)) as u64;
+    for step in start_step..cfg.max_steps {
+        let t0 = Instant::now();
+        // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
+        ad.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+        let mut accum = GradientsAccumulator::<PhiForCausalLM>::new();
+        let mut loss_sum = 0.0;
+        let micro = cfg.grad_accum.max(1);
+        for _ in 0..micro {
+            let rows = sampler.next_batch(train_tokens, cfg.batch_size);
+            let ids = batch_tensor(&rows, cfg.batch_size, cfg.seq_len + 1, &ad);
+            let loss = causal_lm_loss(model.forward(ids.clone()), ids) / micro as f64;
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let mut grads = accum.grads();
+        let grad_norm = match cfg.clip_norm {
+            Some(max) => clip_grad_norm(&model, &mut grads, max),
+            None => clip_grad_norm(&model, &mut grads, f64::INFINITY),
+        };
+        let lr = cfg.schedule.lr(step);
+        model = optim.step(lr, model, grads);
+        tokens_seen += tokens_per_step;
+        let secs = t0.elapsed().as_secs_f64();
+        let done = step + 1;
+        let last = done == cfg.max_steps;
+        let (val_loss, val_perplexity) = if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
+            let v = evaluate(&model.valid(), val_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
+            (Some(v), Some(v.exp()))
+        } else {
+            (None, None)
+        };
+        let tokens_per_s = tokens_per_step as f64 / secs;
+        let m = StepMetrics {
+            step: done,
+            loss: loss_sum,
+            val_loss,
+            val_perplexity,
+            lr,
+            grad_norm,
+            tokens_per_s,
+            mfu: tokens_per_s * flops_tok / cfg.peak_flops,
+        };
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialize"))
+            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        on_step(&m);
+        history.push(m);
+        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
+            let state = TrainerState { step: done, sampler: sampler.state(), config: cfg.clone(), tokens_seen };
+            checkpoint::save(&ckpt_root, done, cfg.keep_checkpoints, |dir| {
+                model.valid().save_pretrained(dir)?;
+                let path = dir.join("optimizer.bin");
+                optim.save(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                let json = serde_json::to_string_pretty(&state).expect("state serializes");
+                let path = dir.join("trainer_state.json");
+                std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
+            })?;
+        }
+    }
+    Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step) })
+}
+
+/// Metrics already logged for steps `1..=up_to` (a resumed run drops what came after its checkpoint).
+fn read_metrics(path: &Path, up_to: usize) -> Vec<StepMetrics> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
+        .filter(|m| m.step <= up_to)
+        .collect()
+}
+
+fn rewrite_metrics(path: &Path, metrics: &[StepMetrics]) -> Result<()> {
+    let text: String = metrics.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
+    phi_core::weights::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+

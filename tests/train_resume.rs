@@ -1,0 +1,67 @@
+//! Training runs end to end, and a run stopped at step 10 and resumed reproduces the
+//! uninterrupted run bitwise (CPU); interrupted checkpoint writes are never resumed from.
+
+use burn::tensor::Device;
+use phi_core::PhiConfig;
+use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, checkpoint, train};
+
+fn tiny() -> (PhiConfig, TrainConfig, Vec<u32>, Vec<u32>) {
+    let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
+    model.max_position_embeddings = 64;
+    let cfg = TrainConfig {
+        batch_size: 4,
+        seq_len: 16,
+        grad_accum: 2,
+        max_steps: 20,
+        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
+        schedule: LrSchedule { peak: 3e-3, warmup_steps: 3, total_steps: 20, floor: 3e-4, decay: Decay::Cosine },
+        clip_norm: Some(1.0),
+        eval_every: 5,
+        eval_batches: 4,
+        checkpoint_every: 10,
+        keep_checkpoints: 2,
+        seed: 11,
+        peak_flops: 1e11,
+    };
+    // A learnable stream: counting modulo 64 with every 7th token random-ish.
+    let stream = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32).map(|i| if i % 7 == 0 { (i * 2654435761u32.wrapping_add(salt)) >> 26 } else { i % 64 }).collect()
+    };
+    (model, cfg, stream(4000, 1), stream(600, 2))
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run_bitwise() {
+    let (model, cfg, train_tokens, val_tokens) = tiny();
+    let device = Device::default();
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train(&model, &cfg, &train_tokens, &val_tokens, full_dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    assert_eq!(full.metrics.len(), 20);
+    let first = full.metrics[0].val_loss.or(full.metrics[4].val_loss).unwrap();
+    let last = full.metrics[19].val_loss.unwrap();
+    assert!(last < first, "validation loss should fall: {first} → {last}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let half = TrainConfig { max_steps: 10, ..cfg.clone() };
+    train(&model, &half, &train_tokens, &val_tokens, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    // A checkpoint write that died half-way: a temporary directory, never picked up.
+    let ckpts = dir.path().join("checkpoints");
+    std::fs::create_dir_all(ckpts.join(".tmp-step-00000015-999")).unwrap();
+    std::fs::write(ckpts.join(".tmp-step-00000015-999/config.json"), "{").unwrap();
+    // And one whose state file never got written.
+    std::fs::create_dir_all(ckpts.join("step-00000016")).unwrap();
+    assert_eq!(checkpoint::latest(&ckpts).unwrap(), checkpoint::checkpoint_dir(&ckpts, 10));
+
+    let resumed = train(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    assert_eq!(resumed.resumed_from, Some(10));
+    let losses = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.val_loss.map(f64::to_bits))).collect::<Vec<_>>();
+    assert_eq!(losses(&resumed.metrics), losses(&full.metrics));
+    // metrics.jsonl holds each step once.
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 20);
+    // Only the newest `keep_checkpoints` remain, and each loads as a HF checkpoint.
+    let kept: Vec<usize> = checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(kept, vec![10, 20]);
+    phi_core::PhiForCausalLM::from_pretrained(checkpoint::checkpoint_dir(&ckpts, 20), &device).unwrap();
+}
