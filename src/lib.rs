@@ -6,7 +6,8 @@
 //! - [`data`] (`phi-data`): tokenizers and data preparation;
 //! - [`train`] (`phi-train`): the training loop;
 //! - [`device`]: picking a burn backend from the command line;
-//! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run.
+//! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run;
+//! - [`recipes`]: the Phi pre-training recipes behind the `train_*` examples.
 
 pub use phi_core as core;
 pub use phi_data as data;
@@ -14,3 +15,4 @@ pub use phi_train as train;
 
 pub mod bench;
 pub mod device;
+pub mod recipes;

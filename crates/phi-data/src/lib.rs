@@ -3,6 +3,7 @@
 //! From text to training batches: HF tokenizers (load any `tokenizer.json`, or train a
 //! byte-level BPE with `<|endoftext|>`), and a deterministic, resumable sampler of token windows.
 
+pub mod corpus;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -1,0 +1,308 @@
+//! Pre-training recipes of the Phi papers as data, and the one routine the `train_*` examples
+//! share: corpus → tokenizer → token streams → training with a progress bar → sample.
+//!
+//! Each recipe has the published architecture and hyper-parameters (`--full`, for a GPU) and a
+//! scaled-down model of the same family — same block type, norm, MLP and rotary fraction — that
+//! trains on a CPU in minutes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
+use phi_data::corpus::{collect_files, python_stdlib_dir, tokenize_corpus};
+use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, evaluate, train};
+
+/// A model family's pre-training recipe.
+pub struct Recipe {
+    pub name: &'static str,
+    /// The published architecture (vocabulary size is taken from the tokenizer).
+    pub full_model: PhiConfig,
+    pub full: TrainConfig,
+    /// The CPU-sized model of the same family.
+    pub mini_model: PhiConfig,
+    pub mini: TrainConfig,
+}
+
+fn mini_of(full: &PhiConfig, hidden: usize, layers: usize, heads: usize) -> PhiConfig {
+    let head_dim = hidden / heads;
+    PhiConfig {
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: (heads * full.num_key_value_heads / full.num_attention_heads).max(1),
+        head_dim,
+        intermediate_size: hidden * full.intermediate_size / full.hidden_size,
+        max_position_embeddings: 256,
+        resid_pdrop: 0.0,
+        embd_pdrop: 0.0,
+        longrope: None,
+        ..full.clone()
+    }
+}
+
+fn adamw(beta2: f64, eps: f64, weight_decay: f64) -> AdamWSettings {
+    AdamWSettings { beta1: 0.9, beta2, eps, weight_decay, no_decay_for_bias_norm_embedding: true }
+}
+
+fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig {
+    TrainConfig {
+        batch_size: 16,
+        seq_len: 128,
+        grad_accum: 1,
+        max_steps: 300,
+        optimizer,
+        schedule: LrSchedule { peak, warmup_steps: 30, total_steps: 300, floor: peak * 0.1, decay },
+        clip_norm: Some(1.0),
+        eval_every: 50,
+        eval_batches: 16,
+        checkpoint_every: 100,
+        keep_checkpoints: 2,
+        seed: 1234,
+        peak_flops: 1.0e11,
+    }
+}
+
+impl Recipe {
+    /// phi-1 ("Textbooks Are All You Need"): AdamW, lr 1e-3, 750 warmup steps, linear decay,
+    /// weight decay 0.1, batch 1024 × 2048 tokens, residual dropout 0.1, 36k steps.
+    pub fn phi_1() -> Self {
+        let full_model = PhiConfig { resid_pdrop: 0.1, ..PhiConfig::phi_1() };
+        let opt = adamw(0.98, 1e-7, 0.1);
+        Recipe {
+            name: "phi-1",
+            mini_model: mini_of(&full_model, 128, 4, 4),
+            full: TrainConfig {
+                batch_size: 8,
+                seq_len: 2048,
+                grad_accum: 128,
+                max_steps: 36_000,
+                schedule: LrSchedule { peak: 1e-3, warmup_steps: 750, total_steps: 36_000, floor: 0.0, decay: Decay::Linear },
+                eval_every: 1000,
+                eval_batches: 50,
+                checkpoint_every: 1000,
+                peak_flops: 989e12,
+                ..mini_train(opt, 1e-3, Decay::Linear)
+            },
+            mini: mini_train(opt, 1e-3, Decay::Linear),
+            full_model,
+        }
+    }
+
+    /// phi-1.5: same architecture as phi-1; Adam betas (0.9, 0.98), eps 1e-7, constant lr 2e-4,
+    /// weight decay 0.1, batch 2048 × 2048.
+    pub fn phi_1_5() -> Self {
+        let full_model = PhiConfig::phi_1_5();
+        let opt = adamw(0.98, 1e-7, 0.1);
+        Recipe {
+            name: "phi-1.5",
+            mini_model: mini_of(&full_model, 128, 4, 4),
+            full: TrainConfig {
+                batch_size: 8,
+                seq_len: 2048,
+                grad_accum: 256,
+                max_steps: 70_000,
+                schedule: LrSchedule { peak: 2e-4, warmup_steps: 0, total_steps: 0, floor: 2e-4, decay: Decay::Constant },
+                eval_every: 1000,
+                eval_batches: 50,
+                checkpoint_every: 1000,
+                peak_flops: 989e12,
+                ..mini_train(opt, 2e-4, Decay::Constant)
+            },
+            // A constant 2e-4 barely moves a small model in 300 steps: the mini run keeps the
+            // schedule's shape (constant) at a CPU-sized rate.
+            mini: TrainConfig {
+                schedule: LrSchedule { peak: 1e-3, warmup_steps: 30, total_steps: 0, floor: 1e-3, decay: Decay::Constant },
+                ..mini_train(opt, 1e-3, Decay::Constant)
+            },
+            full_model,
+        }
+    }
+
+    /// phi-2 (2.7B, partial rotary 0.4, residual dropout 0.1); Microsoft published no optimizer
+    /// details, so this follows phi-1.5's with cosine decay.
+    pub fn phi_2() -> Self {
+        let full_model = PhiConfig::phi_2();
+        let opt = adamw(0.98, 1e-7, 0.1);
+        Recipe {
+            name: "phi-2",
+            mini_model: mini_of(&full_model, 160, 4, 4),
+            full: TrainConfig {
+                batch_size: 4,
+                seq_len: 2048,
+                grad_accum: 256,
+                max_steps: 100_000,
+                schedule: LrSchedule { peak: 2e-4, warmup_steps: 1000, total_steps: 100_000, floor: 2e-5, decay: Decay::Cosine },
+                eval_every: 1000,
+                eval_batches: 50,
+                checkpoint_every: 1000,
+                peak_flops: 989e12,
+                ..mini_train(opt, 2e-4, Decay::Cosine)
+            },
+            mini: mini_train(opt, 1e-3, Decay::Cosine),
+            full_model,
+        }
+    }
+
+    /// Phi-3-mini (3.8B: sequential block, RMSNorm, SwiGLU, fused qkv); recipe per the Phi-3
+    /// report's scale (4k context), cosine decay.
+    pub fn phi_3_mini() -> Self {
+        let full_model = PhiConfig::phi_3_mini();
+        let opt = adamw(0.95, 1e-8, 0.1);
+        Recipe {
+            name: "phi-3-mini",
+            mini_model: mini_of(&full_model, 128, 4, 4),
+            full: TrainConfig {
+                batch_size: 2,
+                seq_len: 4096,
+                grad_accum: 512,
+                max_steps: 100_000,
+                schedule: LrSchedule { peak: 3e-4, warmup_steps: 2000, total_steps: 100_000, floor: 3e-5, decay: Decay::Cosine },
+                eval_every: 1000,
+                eval_batches: 50,
+                checkpoint_every: 1000,
+                peak_flops: 989e12,
+                ..mini_train(opt, 3e-4, Decay::Cosine)
+            },
+            mini: mini_train(opt, 1e-3, Decay::Cosine),
+            full_model,
+        }
+    }
+}
+
+/// Command-line options shared by the `train_*` examples.
+#[derive(clap::Parser, Debug)]
+pub struct RecipeArgs {
+    /// The published model and recipe (needs a GPU backend: `--features cuda --device cuda`).
+    #[arg(long)]
+    pub full: bool,
+    /// Output folder (checkpoints, metrics.jsonl, data cache).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the number of optimizer steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Source files to train on (default: the local python3 standard library, else the corpus
+    /// shipped in data/corpus).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// At most this many MB of source text (CPU runs stay short).
+    #[arg(long, default_value_t = 4.0)]
+    pub max_corpus_mb: f64,
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Start over instead of resuming from the newest checkpoint in --out.
+    #[arg(long)]
+    pub fresh: bool,
+    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
+    pub device: crate::device::DeviceArg,
+}
+
+/// The code corpus: `--corpus`, else the local Python standard library (without its tests),
+/// else the modules shipped in `data/corpus/python`.
+pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let root = args.corpus.clone().or_else(python_stdlib_dir).unwrap_or(shipped.clone());
+    let mut files = collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3"]);
+    if files.is_empty() {
+        files = collect_files(&shipped, ".py", &[]);
+        return (shipped, files);
+    }
+    // Keep the run CPU-sized: a deterministic, spread-out subset up to the byte budget.
+    let budget = (args.max_corpus_mb * 1e6) as u64;
+    let total: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+    if total > budget {
+        let keep_every = (total as f64 / budget as f64).ceil() as usize;
+        files = files.into_iter().enumerate().filter(|(i, _)| i % keep_every == 0).map(|(_, f)| f).collect();
+    }
+    (root, files)
+}
+
+/// Runs `recipe` end to end; see the module docs.
+pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let device: Device = args.device.device()?;
+    if args.full && args.device == crate::device::DeviceArg::Cpu {
+        return Err(format!("--full trains the published {} ({:.1}B parameters): use a GPU backend (--features cuda, --device cuda)",
+            recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(recipe.name));
+    let (root, files) = default_corpus(&args);
+    println!("corpus: {} files from {}", files.len(), root.display());
+    let t = Instant::now();
+    let corpus = tokenize_corpus(&files, args.vocab_size, 20, &out.join("data-cache"))?;
+    println!(
+        "tokens: {} train / {} validation, {:.1} MB of text, vocab {} ({:.1}s, cached in {})",
+        corpus.train.len(),
+        corpus.validation.len(),
+        corpus.bytes as f64 / 1e6,
+        corpus.tokenizer.vocab_size(),
+        t.elapsed().as_secs_f64(),
+        out.join("data-cache").display()
+    );
+    let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
+    model_config.vocab_size = corpus.tokenizer.vocab_size();
+    let eos = corpus.tokenizer.eos_id().expect("trained with <|endoftext|>");
+    model_config.bos_token_id = Some(eos);
+    model_config.eos_token_ids = vec![eos];
+    if let Some(steps) = args.steps {
+        cfg.max_steps = steps;
+        cfg.schedule.total_steps = cfg.schedule.total_steps.min(steps);
+        cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(steps / 10);
+    }
+    println!(
+        "model: {} family, {:.2}M parameters ({} layers × {}, {} heads, rotary {} of {} dims); {} steps of {} × {} tokens",
+        recipe.name,
+        model_config.num_parameters() as f64 / 1e6,
+        model_config.num_hidden_layers,
+        model_config.hidden_size,
+        model_config.num_attention_heads,
+        model_config.rotary_ndims(),
+        model_config.head_dim,
+        cfg.max_steps,
+        cfg.batch_size * cfg.grad_accum,
+        cfg.seq_len
+    );
+    let start = if args.fresh { Start::Scratch } else { Start::ResumeAuto };
+    if args.fresh {
+        let _ = std::fs::remove_dir_all(out.join("checkpoints"));
+    }
+    let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
+    let val_before = evaluate(&initial, &corpus.validation, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
+    println!("validation loss before training: {val_before:.3}");
+
+    let bar = ProgressBar::new(cfg.max_steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    let mut last_val = None;
+    let outcome = train(&model_config, &cfg, &corpus.train, &corpus.validation, &out, start, &device, |m| {
+        bar.set_position(m.step as u64);
+        if m.val_loss.is_some() {
+            last_val = m.val_loss;
+        }
+        let val = last_val.map_or(String::new(), |v| format!(" val {v:.3}"));
+        bar.set_message(format!("loss {:.3}{val} lr {:.1e} {:.0} tok/s mfu {:.2}%", m.loss, m.lr, m.tokens_per_s, 100.0 * m.mfu));
+    })?;
+    bar.finish();
+    if let Some(from) = outcome.resumed_from {
+        println!("(resumed from the checkpoint at step {from})");
+    }
+    let val_after = outcome.metrics.iter().rev().find_map(|m| m.val_loss).unwrap_or(f64::NAN);
+    println!("validation loss: {val_before:.3} → {val_after:.3} (perplexity {:.1} → {:.1})", val_before.exp(), val_after.exp());
+    let ckpt = phi_train::checkpoint::latest(&out.join("checkpoints")).expect("the last step writes a checkpoint");
+    corpus.tokenizer.save(ckpt.join("tokenizer.json"))?;
+    println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
+    sample(&outcome.model, &corpus.tokenizer, eos)?;
+    Ok(())
+}
+
+fn sample(model: &PhiForCausalLM, tokenizer: &phi_data::Tokenizer, eos: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
+    let ids = tokenizer.encode(prompt);
+    let config = GenerationConfig::sampling(96, 0.7, 0).with_top_k(40).with_stop_tokens([eos]);
+    let out = model.generate(&ids, &config)?;
+    println!("--- sample (temperature 0.7) ---\n{}{}\n---", prompt, tokenizer.decode(&out[ids.len()..]));
+    Ok(())
+}
