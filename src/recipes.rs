@@ -195,8 +195,49 @@ pub struct RecipeArgs {
     /// Start over instead of resuming from the newest checkpoint in --out.
     #[arg(long)]
     pub fresh: bool,
+    /// A TOML file whose keys override the recipe's training config (`max_steps = 500`,
+    /// `[schedule]` `peak = 3e-4`, `[optimizer]` `weight_decay = 0.0`, …).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+}
+
+impl Recipe {
+    /// Looks a recipe up by model name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "phi-1" => Self::phi_1(),
+            "phi-1.5" | "phi-1_5" => Self::phi_1_5(),
+            "phi-2" => Self::phi_2(),
+            "phi-3-mini" => Self::phi_3_mini(),
+            _ => return None,
+        })
+    }
+}
+
+/// `base` with the keys of the TOML file at `path` laid over it (nested tables merge).
+pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Result<TrainConfig, String> {
+    fn merge(base: &mut toml::Value, over: toml::Value) {
+        match (base, over) {
+            (toml::Value::Table(b), toml::Value::Table(o)) => {
+                for (k, v) in o {
+                    match b.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut value = toml::Value::try_from(base).map_err(|e| e.to_string())?;
+    merge(&mut value, over);
+    value.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))
 }
 
 /// The code corpus: `--corpus`, else the local Python standard library (without its tests),
@@ -204,7 +245,8 @@ pub struct RecipeArgs {
 pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
     let root = args.corpus.clone().or_else(python_stdlib_dir).unwrap_or(shipped.clone());
-    let mut files = collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3"]);
+    // Codec tables (`encodings/`) are data, not code: low-quality text for a code model.
+    let mut files = collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"]);
     if files.is_empty() {
         files = collect_files(&shipped, ".py", &[]);
         return (shipped, files);
@@ -245,6 +287,9 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
     let eos = corpus.tokenizer.eos_id().expect("trained with <|endoftext|>");
     model_config.bos_token_id = Some(eos);
     model_config.eos_token_ids = vec![eos];
+    if let Some(path) = &args.config {
+        cfg = apply_toml_overrides(&cfg, path)?;
+    }
     if let Some(steps) = args.steps {
         cfg.max_steps = steps;
         cfg.schedule.total_steps = cfg.schedule.total_steps.min(steps);

@@ -80,3 +80,37 @@ fn inspect_reports_preset_parameters() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("2779683840"), "{text}");
 }
+
+#[test]
+fn train_recipe_runs_end_to_end_on_the_shipped_corpus_and_resumes() {
+    let out = tempfile::tempdir().unwrap();
+    let toml = out.path().join("override.toml");
+    std::fs::write(&toml, "batch_size = 4\nseq_len = 32\neval_batches = 2\ncheckpoint_every = 2\n[schedule]\nwarmup_steps = 1\n").unwrap();
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let run = |steps: &str| {
+        phi()
+            .args(["train", "--recipe", "phi-3-mini", "--steps", steps, "--vocab-size", "300", "--max-corpus-mb", "0.2"])
+            .arg("--corpus")
+            .arg(&corpus)
+            .arg("--config")
+            .arg(&toml)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap()
+    };
+    let first = run("3");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let text = String::from_utf8(first.stdout).unwrap();
+    assert!(text.contains("validation loss:") && text.contains("def fibonacci"), "{text}");
+    let second = run("4");
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let text = String::from_utf8(second.stdout).unwrap();
+    assert!(text.contains("resumed from the checkpoint at step 3"), "{text}");
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+    // The final checkpoint is a complete HF folder with its tokenizer: `phi generate` runs on it.
+    let ckpt = out.path().join("checkpoints/step-00000004");
+    let generated = phi().args(["generate", "--max-new-tokens", "5", "--prompt", "def f(x):"]).arg("--model").arg(&ckpt).output().unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+}

@@ -27,6 +27,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Benchmarks on the bench-small shape, optionally against the PyTorch baseline.
     Bench(BenchArgs),
+    /// Pre-train with a Phi recipe (a CPU-sized model by default, `--full` for the published one).
+    Train {
+        /// phi-1, phi-1.5, phi-2 or phi-3-mini.
+        #[arg(long, default_value = "phi-1")]
+        recipe: String,
+        #[command(flatten)]
+        args: phi::recipes::RecipeArgs,
+    },
     /// Architecture, parameter count and memory of a model folder or preset.
     Inspect {
         /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
@@ -170,6 +178,10 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
+        Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
+            Some(r) => phi::recipes::run(r, args),
+            None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
