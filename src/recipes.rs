@@ -64,6 +64,23 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
     }
 }
 
+/// A GPU-scale run: `batch` sequences per micro-batch × `grad_accum` micro-batches per step.
+fn full_train(opt: AdamWSettings, batch_size: usize, seq_len: usize, grad_accum: usize, schedule: LrSchedule) -> TrainConfig {
+    TrainConfig {
+        batch_size,
+        seq_len,
+        grad_accum,
+        max_steps: schedule.total_steps.max(schedule.warmup_steps).max(1),
+        schedule,
+        eval_every: 1000,
+        eval_batches: 50,
+        checkpoint_every: 1000,
+        // H100 dense bf16 peak, for the MFU figure.
+        peak_flops: 989e12,
+        ..mini_train(opt, schedule.peak, schedule.decay)
+    }
+}
+
 impl Recipe {
     /// phi-1 ("Textbooks Are All You Need"): AdamW, lr 1e-3, 750 warmup steps, linear decay,
     /// weight decay 0.1, batch 1024 × 2048 tokens, residual dropout 0.1, 36k steps.
@@ -73,18 +90,7 @@ impl Recipe {
         Recipe {
             name: "phi-1",
             mini_model: mini_of(&full_model, 128, 4, 4),
-            full: TrainConfig {
-                batch_size: 8,
-                seq_len: 2048,
-                grad_accum: 128,
-                max_steps: 36_000,
-                schedule: LrSchedule { peak: 1e-3, warmup_steps: 750, total_steps: 36_000, floor: 0.0, decay: Decay::Linear },
-                eval_every: 1000,
-                eval_batches: 50,
-                checkpoint_every: 1000,
-                peak_flops: 989e12,
-                ..mini_train(opt, 1e-3, Decay::Linear)
-            },
+            full: full_train(opt, 8, 2048, 128, LrSchedule { peak: 1e-3, warmup_steps: 750, total_steps: 36_000, floor: 0.0, decay: Decay::Linear }),
             mini: mini_train(opt, 1e-3, Decay::Linear),
             full_model,
         }
@@ -99,16 +105,8 @@ impl Recipe {
             name: "phi-1.5",
             mini_model: mini_of(&full_model, 128, 4, 4),
             full: TrainConfig {
-                batch_size: 8,
-                seq_len: 2048,
-                grad_accum: 256,
                 max_steps: 70_000,
-                schedule: LrSchedule { peak: 2e-4, warmup_steps: 0, total_steps: 0, floor: 2e-4, decay: Decay::Constant },
-                eval_every: 1000,
-                eval_batches: 50,
-                checkpoint_every: 1000,
-                peak_flops: 989e12,
-                ..mini_train(opt, 2e-4, Decay::Constant)
+                ..full_train(opt, 8, 2048, 256, LrSchedule { peak: 2e-4, warmup_steps: 0, total_steps: 0, floor: 2e-4, decay: Decay::Constant })
             },
             // A constant 2e-4 barely moves a small model in 300 steps: the mini run keeps the
             // schedule's shape (constant) at a CPU-sized rate.
@@ -128,18 +126,7 @@ impl Recipe {
         Recipe {
             name: "phi-2",
             mini_model: mini_of(&full_model, 160, 4, 4),
-            full: TrainConfig {
-                batch_size: 4,
-                seq_len: 2048,
-                grad_accum: 256,
-                max_steps: 100_000,
-                schedule: LrSchedule { peak: 2e-4, warmup_steps: 1000, total_steps: 100_000, floor: 2e-5, decay: Decay::Cosine },
-                eval_every: 1000,
-                eval_batches: 50,
-                checkpoint_every: 1000,
-                peak_flops: 989e12,
-                ..mini_train(opt, 2e-4, Decay::Cosine)
-            },
+            full: full_train(opt, 4, 2048, 256, LrSchedule { peak: 2e-4, warmup_steps: 1000, total_steps: 100_000, floor: 2e-5, decay: Decay::Cosine }),
             mini: mini_train(opt, 1e-3, Decay::Cosine),
             full_model,
         }
@@ -153,18 +140,7 @@ impl Recipe {
         Recipe {
             name: "phi-3-mini",
             mini_model: mini_of(&full_model, 128, 4, 4),
-            full: TrainConfig {
-                batch_size: 2,
-                seq_len: 4096,
-                grad_accum: 512,
-                max_steps: 100_000,
-                schedule: LrSchedule { peak: 3e-4, warmup_steps: 2000, total_steps: 100_000, floor: 3e-5, decay: Decay::Cosine },
-                eval_every: 1000,
-                eval_batches: 50,
-                checkpoint_every: 1000,
-                peak_flops: 989e12,
-                ..mini_train(opt, 3e-4, Decay::Cosine)
-            },
+            full: full_train(opt, 2, 4096, 512, LrSchedule { peak: 3e-4, warmup_steps: 2000, total_steps: 100_000, floor: 3e-5, decay: Decay::Cosine }),
             mini: mini_train(opt, 1e-3, Decay::Cosine),
             full_model,
         }
@@ -350,4 +326,36 @@ fn sample(model: &PhiForCausalLM, tokenizer: &phi_data::Tokenizer, eos: u32) -> 
     let out = model.generate(&ids, &config)?;
     println!("--- sample (temperature 0.7) ---\n{}{}\n---", prompt, tokenizer.decode(&out[ids.len()..]));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mini_models_keep_the_family_and_full_ones_are_published() {
+        for (r, preset) in [
+            (Recipe::phi_1(), "phi-1"),
+            (Recipe::phi_1_5(), "phi-1.5"),
+            (Recipe::phi_2(), "phi-2"),
+            (Recipe::phi_3_mini(), "phi-3-mini"),
+        ] {
+            let (full, mini) = (&r.full_model, &r.mini_model);
+            mini.validate().unwrap();
+            assert_eq!(full.num_parameters(), PhiConfig::preset(preset).unwrap().num_parameters(), "{preset}");
+            assert_eq!((mini.block, mini.norm, mini.mlp, mini.hidden_act), (full.block, full.norm, full.mlp, full.hidden_act));
+            assert_eq!(mini.partial_rotary_factor, full.partial_rotary_factor, "{preset}");
+            assert_eq!((mini.fused_qkv, mini.linear_bias, mini.tie_word_embeddings), (full.fused_qkv, full.linear_bias, full.tie_word_embeddings));
+            // The vocabulary comes from the trained tokenizer (2048 by default).
+            let cpu = PhiConfig { vocab_size: 2048, ..mini.clone() };
+            assert!(cpu.num_parameters() < 5_000_000, "{preset} mini must train on a CPU in minutes");
+            assert!(r.full.schedule.lr(r.full.max_steps / 2) > 0.0);
+        }
+        let phi1 = Recipe::phi_1();
+        assert_eq!((phi1.full.schedule.peak, phi1.full.schedule.warmup_steps, phi1.full.optimizer.weight_decay), (1e-3, 750, 0.1));
+        assert_eq!(phi1.full.schedule.decay, Decay::Linear);
+        assert_eq!(phi1.full.seq_len * phi1.full.batch_size * phi1.full.grad_accum, 2048 * 1024);
+        let phi15 = Recipe::phi_1_5();
+        assert_eq!((phi15.full.optimizer.beta2, phi15.full.optimizer.eps, phi15.full.schedule.lr(5000)), (0.98, 1e-7, 2e-4));
+    }
 }
