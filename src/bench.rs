@@ -15,6 +15,8 @@ use crate::device::DeviceArg;
 pub enum Workload {
     Forward,
     Generate,
+    /// One training step: forward, backward, global-norm clipping, AdamW (as the baseline's).
+    Train,
     All,
 }
 
@@ -115,6 +117,33 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> 
     (a.batch * a.seq) as f64 / median(times)
 }
 
+/// Training tokens/s: the baseline's step (AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.1,
+/// clip 1.0), median of `steps` after one warm-up.
+pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device) -> f64 {
+    use burn::optim::GradientsParams;
+    let ad = device.clone().autodiff();
+    let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
+    let settings = phi_train::AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false };
+    let mut optim = settings.build(&model, &[]);
+    let ids = random_ids(a.batch * (a.seq + 1), a.vocab, 3);
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.batch, a.seq + 1]), &ad);
+    let mut times = Vec::new();
+    for i in 0..=a.steps {
+        let t = Instant::now();
+        let loss = phi_train::causal_lm_loss(model.forward(x.clone()), x.clone());
+        let _ = loss.clone().into_scalar::<f32>();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        phi_train::clip_grad_norm(&model, &mut grads, 1.0);
+        model = optim.step(1e-4, model, grads);
+        // Reading a weight back waits for the update on asynchronous backends.
+        let _ = model.model.final_layernorm.weight.val().narrow(0, 0, 1).into_data();
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    (a.batch * a.seq) as f64 / median(times)
+}
+
 /// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
 pub fn bench_generate(model: &PhiForCausalLM, a: &BenchArgs) -> f64 {
     let prompt: Vec<u32> = random_ids(32, a.vocab, 2).into_iter().map(|t| t as u32).collect();
@@ -155,9 +184,12 @@ pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for &arch in archs {
         let config = baseline_config(&a, arch == "phi3");
         let params = config.num_parameters();
-        let model = PhiForCausalLM::init(config, &device, 0)?;
+        let model = PhiForCausalLM::init(config.clone(), &device, 0)?;
         let torch = torch_results(&a, arch)?;
         let mut workloads = vec![];
+        if matches!(a.workload, Workload::Train | Workload::All) {
+            workloads.push(("train_step", bench_train(&config, &a, &device)));
+        }
         if matches!(a.workload, Workload::Forward | Workload::All) {
             workloads.push(("forward", bench_forward(&model, &a, &device)));
         }

@@ -61,6 +61,7 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
         keep_checkpoints: 2,
         seed: 1234,
         peak_flops: 1.0e11,
+        activation_checkpointing: false,
     }
 }
 

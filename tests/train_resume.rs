@@ -22,6 +22,7 @@ fn tiny() -> (PhiConfig, TrainConfig, Vec<u32>, Vec<u32>) {
         keep_checkpoints: 2,
         seed: 11,
         peak_flops: 1e11,
+        activation_checkpointing: false,
     };
     // A learnable stream: counting modulo 64 with every 7th token random-ish.
     let stream = |n: usize, salt: u32| -> Vec<u32> {
@@ -64,4 +65,21 @@ fn resumed_run_matches_uninterrupted_run_bitwise() {
     let kept: Vec<usize> = checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect();
     assert_eq!(kept, vec![10, 20]);
     phi_core::PhiForCausalLM::from_pretrained(checkpoint::checkpoint_dir(&ckpts, 20), &device).unwrap();
+}
+
+#[test]
+fn activation_checkpointing_gives_the_same_training() {
+    let (model, cfg, train_tokens, val_tokens) = tiny();
+    let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let device = Device::default();
+    let run = |cfg: &TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = train(&model, cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+        out.metrics.iter().map(|m| m.loss).collect::<Vec<_>>()
+    };
+    let plain = run(&cfg);
+    let recomputed = run(&TrainConfig { activation_checkpointing: true, ..cfg.clone() });
+    for (a, b) in plain.iter().zip(&recomputed) {
+        assert!((a - b).abs() < 1e-6, "{plain:?} vs {recomputed:?}");
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
@@ -34,22 +34,45 @@ pub trait ParamSource {
 }
 
 /// Random initialisation (HF `_init_weights`: normal(0, initializer_range), zero biases, unit norms).
+///
+/// Values are drawn on the host from a generator seeded by `(seed, key)`: the same seed gives the
+/// same model on every backend, whatever else uses the device's RNG meanwhile.
 pub struct RandomInit {
     device: Device,
+    seed: u64,
 }
 
 impl RandomInit {
-    /// Seeds the device RNG so that the same seed gives the same model.
     pub fn new(device: &Device, seed: u64) -> Self {
-        device.seed(seed);
-        RandomInit { device: device.clone() }
+        RandomInit { device: device.clone(), seed }
+    }
+
+    fn normal(&self, key: &str, n: usize, std: f64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let key_hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ key_hash);
+        // Box–Muller: two normals per pair of uniforms.
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt() * std;
+            let t = std::f64::consts::TAU * u2;
+            out.push((r * t.cos()) as f32);
+            out.push((r * t.sin()) as f32);
+        }
+        out.truncate(n);
+        out
     }
 }
 
 impl ParamSource for RandomInit {
-    fn take<const D: usize>(&mut self, _key: &str, shape: [usize; D], init: Init) -> Result<Tensor<D>> {
+    fn take<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Result<Tensor<D>> {
         Ok(match init {
-            Init::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), &self.device),
+            Init::Normal(std) => {
+                let values = self.normal(key, shape.iter().product(), std);
+                Tensor::from_data(TensorData::new(values, shape), &self.device)
+            }
             Init::Zeros => Tensor::zeros(shape, &self.device),
             Init::Ones => Tensor::ones(shape, &self.device),
         })

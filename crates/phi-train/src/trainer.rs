@@ -40,6 +40,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Device peak FLOP/s, for the MFU figure (6N + attention FLOPs per token).
     pub peak_flops: f64,
+    /// Recompute activations in the backward pass instead of keeping them (burn's balanced
+    /// gradient checkpointing): less memory, more compute.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 /// One line of `metrics.jsonl`.
@@ -120,7 +124,11 @@ pub fn train(
     if let Some(&bad) = train_tokens.iter().chain(val_tokens).find(|&&t| t as usize >= model_config.vocab_size) {
         return Err(TrainError::Invalid(format!("token id {bad} ≥ vocab_size {}", model_config.vocab_size)));
     }
-    let ad = device.clone().autodiff();
+    let ad = if cfg.activation_checkpointing {
+        device.clone().autodiff().gradient_checkpointing()
+    } else {
+        device.clone().autodiff()
+    };
     let ckpt_root = out_dir.join("checkpoints");
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let resume_dir = match &start {
