@@ -47,6 +47,15 @@ fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f: impl Fn(us
     }
 }
 
+/// An output buffer of `n` values, not zeroed: every kernel below writes each element exactly
+/// once before anything reads it (gemm with `read_dst = false` included).
+fn output(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and callers overwrite every element.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Contiguous f32 values of `t` from offset 0, reusing its buffer when it is the only owner.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() && t.layout().start_offset() == 0 { t } else { t.to_contiguous() }
@@ -71,7 +80,7 @@ impl PhiKernels for Flex {
         let (cos, sin) = (contiguous(cos), contiguous(sin));
         let (cs, ss) = (cos.storage::<f32>(), sin.storage::<f32>());
         let half = rd / 2;
-        let mut out = vec![0.0f32; b * h * t * hd];
+        let mut out = output(b * h * t * hd);
         // One task per (batch, head): it writes one contiguous [seq, head_dim] block.
         let work = out.len();
         for_each_chunk(&mut out, t * hd, work, |bh, block| {
@@ -140,7 +149,7 @@ impl PhiAttentionKernel for Flex {
         let ((qst, qo), (kst, ko), (vst, vo)) = (strides4(&q), strides4(&k), strides4(&v));
         let (qd, kd, vd) = (q.storage::<f32>().as_ptr(), k.storage::<f32>().as_ptr(), v.storage::<f32>().as_ptr());
         let (qd, kd, vd) = (OutPtr(qd as *mut f32), OutPtr(kd as *mut f32), OutPtr(vd as *mut f32));
-        let mut out = vec![0.0f32; b * t * h * hd];
+        let mut out = output(b * t * h * hd);
         let dst = OutPtr(out.as_mut_ptr());
         let run = move |bh: usize| {
             let (bi, hi) = (bh / h, bh % h);
@@ -218,7 +227,7 @@ impl PhiRowKernels for Flex {
         let half = width / 2;
         let rows = gate_up.layout().shape().num_elements() / width;
         let src = gate_up.storage::<f32>();
-        let mut out = vec![0.0f32; rows * half];
+        let mut out = output(rows * half);
         for_each_chunk(&mut out, half, rows * width, |r, row| {
             let (gate, up) = src[r * width..(r + 1) * width].split_at(half);
             silu_glu_slice(row, gate, up);
@@ -235,7 +244,7 @@ impl PhiRowKernels for Flex {
         let width = dims[dims.len() - 1];
         let n = x.layout().shape().num_elements();
         let (src, w) = (x.storage::<f32>(), weight.storage::<f32>());
-        let mut out = vec![0.0f32; n];
+        let mut out = output(n);
         for_each_chunk(&mut out, width, n, |r, row| {
             let xs = &src[r * width..(r + 1) * width];
             let mean_sq = xs.iter().map(|v| v * v).sum::<f32>() / width as f32;
