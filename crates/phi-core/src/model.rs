@@ -241,6 +241,44 @@ impl PhiForCausalLM {
         })
     }
 
+    /// Every projection with its checkpoint key prefix (`model.layers.0.self_attn.q_proj`, …,
+    /// `lm_head`): the hook for adapters such as LoRA. The tied head is not a `Linear` and is not
+    /// listed.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        use crate::attention::Projections;
+        use crate::mlp::MlpLayers;
+        let mut out: Vec<(String, &mut Linear)> = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            match &mut layer.self_attn.proj {
+                Projections::Separate(s) => {
+                    out.push((format!("{p}.self_attn.q_proj"), &mut s.q_proj));
+                    out.push((format!("{p}.self_attn.k_proj"), &mut s.k_proj));
+                    out.push((format!("{p}.self_attn.v_proj"), &mut s.v_proj));
+                    out.push((format!("{p}.self_attn.dense"), &mut s.dense));
+                }
+                Projections::Fused(f) => {
+                    out.push((format!("{p}.self_attn.qkv_proj"), &mut f.qkv_proj));
+                    out.push((format!("{p}.self_attn.o_proj"), &mut f.o_proj));
+                }
+            }
+            match &mut layer.mlp.layers {
+                MlpLayers::Plain(m) => {
+                    out.push((format!("{p}.mlp.fc1"), &mut m.fc1));
+                    out.push((format!("{p}.mlp.fc2"), &mut m.fc2));
+                }
+                MlpLayers::Gated(m) => {
+                    out.push((format!("{p}.mlp.gate_up_proj"), &mut m.gate_up_proj));
+                    out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+                }
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+
     /// Token ids as a `[1, n]` tensor on the model's device.
     pub fn ids_tensor(&self, ids: &[u32]) -> Tensor<2, Int> {
         let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();

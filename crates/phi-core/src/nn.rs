@@ -21,11 +21,24 @@ pub fn param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
     p
 }
 
-/// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`.
+/// A low-rank update `scale · x A B` added to a [`Linear`] (LoRA). `lora_a` is `[in, r]` and
+/// `lora_b` `[r, out]` — the transposes of PEFT's `lora_A.weight` `[r, in]` / `lora_B.weight`
+/// `[out, r]`, matching [`Linear`]'s own layout.
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    pub lora_a: Param<Tensor<2>>,
+    pub lora_b: Param<Tensor<2>>,
+    #[module(skip)]
+    pub scale: f64,
+}
+
+/// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`; with a
+/// LoRA adapter, `+ scale · x A B`.
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
@@ -47,11 +60,21 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, lora: None })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let y = linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match &self.lora {
+            None => y,
+            Some(l) => y + linear(linear(x, l.lora_a.val(), None), l.lora_b.val(), None) * l.scale,
+        }
+    }
+
+    /// `(in, out)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        let [d_in, d_out] = self.weight.val().dims();
+        (d_in, d_out)
     }
 
     pub fn save(&self, prefix: &str, out: &mut StateDict) {

@@ -126,8 +126,13 @@ impl CheckpointReader {
                 ),
             ));
         };
+        Self::from_files(dir, paths, device, dtype)
+    }
+
+    /// Opens the given safetensors files as one checkpoint (errors name `dir`).
+    pub fn from_files(dir: impl Into<PathBuf>, paths: Vec<PathBuf>, device: &Device, dtype: DType) -> Result<Self> {
         let mut reader = CheckpointReader {
-            dir,
+            dir: dir.into(),
             files: Vec::new(),
             entries: BTreeMap::new(),
             taken: BTreeSet::new(),

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod error;
+pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod schedule;

@@ -1,0 +1,160 @@
+//! LoRA adapters in PEFT's format: attach to the projections PEFT names (`q_proj`, `dense`,
+//! `fc1`, `qkv_proj`, `gate_up_proj`, …), train only them, save and load
+//! `adapter_config.json` + `adapter_model.safetensors`, merge into the base weights.
+//!
+//! The base model is frozen (no gradients, hence no optimizer state). `save_pretrained` of an
+//! unmerged model writes the base weights only: save the adapter, or [`merge`] first.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{DType, Distribution, Tensor};
+use phi_core::nn::{LoraAdapter, param};
+use phi_core::weights::{CheckpointReader, Init, ParamSource, StateDict, write_atomic};
+use phi_core::PhiForCausalLM;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{Result, TrainError};
+
+/// The PEFT `LoraConfig` fields that define the adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Last components of the projection keys (`q_proj`, `fc1`, …).
+    pub target_modules: Vec<String>,
+    /// rsLoRA: scale `alpha / √r` instead of `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
+    }
+
+    fn targets(&self, key: &str) -> bool {
+        let last = key.rsplit('.').next().unwrap_or(key);
+        self.target_modules.iter().any(|t| t == last)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(TrainError::Invalid("LoRA r must be positive".into()));
+        }
+        if self.target_modules.is_empty() {
+            return Err(TrainError::Invalid("LoRA target_modules is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// PEFT's key for a projection's adapter matrix (`lora_A` / `lora_B`).
+fn peft_key(prefix: &str, which: &str) -> String {
+    format!("base_model.model.{prefix}.{which}.weight")
+}
+
+/// Freezes `model` and attaches fresh adapters to every targeted projection: `A` as PEFT
+/// initialises it (Kaiming-uniform with a = √5, i.e. U(±1/√in)), `B` zero — so the adapted model
+/// starts equal to the base. Errors if no projection matches.
+pub fn attach(model: PhiForCausalLM, config: &LoraConfig) -> Result<PhiForCausalLM> {
+    config.validate()?;
+    let mut model = model.no_grad();
+    let device = model.device();
+    let mut attached = 0;
+    for (key, lin) in model.linears_mut() {
+        if !config.targets(&key) {
+            continue;
+        }
+        let (d_in, d_out) = lin.dims();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Tensor::random([d_in, config.r], Distribution::Uniform(-bound, bound), &device);
+        let b = Tensor::zeros([config.r, d_out], &device);
+        lin.lora = Some(LoraAdapter {
+            lora_a: param(&peft_key(&key, "lora_A"), a),
+            lora_b: param(&peft_key(&key, "lora_B"), b),
+            scale: config.scale(),
+        });
+        attached += 1;
+    }
+    if attached == 0 {
+        return Err(TrainError::Invalid(format!("no projection matches LoRA target_modules {:?}", config.target_modules)));
+    }
+    Ok(model)
+}
+
+/// Loads a PEFT adapter folder onto `model` (frozen base, adapters trainable).
+pub fn load(model: PhiForCausalLM, dir: impl AsRef<Path>) -> Result<PhiForCausalLM> {
+    let dir = dir.as_ref();
+    let config = read_config(dir)?;
+    let device = model.device();
+    let mut model = attach(model, &config)?;
+    let mut reader = CheckpointReader::from_files(dir, vec![dir.join("adapter_model.safetensors")], &device, DType::F32)?;
+    for (key, lin) in model.linears_mut() {
+        let Some(adapter) = &mut lin.lora else { continue };
+        let (d_in, d_out) = (adapter.lora_a.val().dims()[0], adapter.lora_b.val().dims()[1]);
+        let (ka, kb) = (peft_key(&key, "lora_A"), peft_key(&key, "lora_B"));
+        let a: Tensor<2> = reader.take(&ka, [config.r, d_in], Init::Zeros)?;
+        let b: Tensor<2> = reader.take(&kb, [d_out, config.r], Init::Zeros)?;
+        adapter.lora_a = param(&ka, Tensor::from_data(a.transpose().into_data(), &device));
+        adapter.lora_b = param(&kb, Tensor::from_data(b.transpose().into_data(), &device));
+    }
+    reader.finish()?;
+    Ok(model)
+}
+
+fn read_config(dir: &Path) -> Result<LoraConfig> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    if let Some(kind) = value.get("peft_type").and_then(|v| v.as_str()).filter(|k| *k != "LORA") {
+        return Err(TrainError::Invalid(format!("{}: peft_type `{kind}` is not LORA", path.display())));
+    }
+    if value.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(TrainError::Invalid(format!("{}: DoRA adapters are not supported", path.display())));
+    }
+    serde_json::from_value(value).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Writes the adapters of `model` as a PEFT folder that `PeftModel.from_pretrained` loads.
+pub fn save(model: &mut PhiForCausalLM, config: &LoraConfig, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let mut out = StateDict::default();
+    for (key, lin) in model.linears_mut() {
+        if let Some(adapter) = &lin.lora {
+            out.put(peft_key(&key, "lora_A"), adapter.lora_a.val().transpose());
+            out.put(peft_key(&key, "lora_B"), adapter.lora_b.val().transpose());
+        }
+    }
+    if out.tensors.is_empty() {
+        return Err(TrainError::Invalid("the model has no LoRA adapters to save".into()));
+    }
+    let arch = if model.config().model_type == "phi3" { "Phi3ForCausalLM" } else { "PhiForCausalLM" };
+    let cfg = json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.r, "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout, "target_modules": config.target_modules,
+        "use_rslora": config.use_rslora, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+        "init_lora_weights": true, "base_model_name_or_path": null, "auto_mapping": {"base_model_class": arch},
+    });
+    let text = serde_json::to_string_pretty(&cfg).expect("JSON value serializes");
+    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())?;
+    out.save(dir.join("adapter_model.safetensors"))?;
+    Ok(())
+}
+
+/// Folds every adapter into its base weight (`W += scale · A B`) and removes it: a plain model
+/// whose `save_pretrained` output is an ordinary HF checkpoint.
+pub fn merge(mut model: PhiForCausalLM) -> PhiForCausalLM {
+    for (key, lin) in model.linears_mut() {
+        if let Some(adapter) = lin.lora.take() {
+            let delta = adapter.lora_a.val().matmul(adapter.lora_b.val()) * adapter.scale;
+            lin.weight = param(&format!("{key}.weight"), lin.weight.val() + delta);
+        }
+    }
+    model
+}
