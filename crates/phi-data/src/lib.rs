@@ -5,6 +5,7 @@
 
 pub mod corpus;
 pub mod sampler;
+pub mod sft;
 pub mod tokenizer;
 
 pub use sampler::{SamplerState, TokenSampler};

@@ -15,7 +15,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use clip::clip_grad_norm;
-pub use loss::causal_lm_loss;
+pub use loss::{causal_lm_loss, masked_causal_lm_loss};
 pub use optim::AdamWSettings;
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
