@@ -4,6 +4,7 @@
 //! byte-level BPE with `<|endoftext|>`), and a deterministic, resumable sampler of token windows.
 
 pub mod corpus;
+pub mod exercises;
 pub mod sampler;
 pub mod sft;
 pub mod tokenizer;

@@ -12,6 +12,7 @@ pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod sft;
 pub mod trainer;
 
 pub use clip::clip_grad_norm;

@@ -52,6 +52,22 @@ impl LoraConfig {
     }
 }
 
+/// Parameters that receive gradients (the adapters, once the base is frozen).
+pub fn trainable_params(model: &PhiForCausalLM) -> usize {
+    use burn::module::{ModuleVisitor, Param};
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    c.0
+}
+
 /// PEFT's key for a projection's adapter matrix (`lora_A` / `lora_B`).
 fn peft_key(prefix: &str, which: &str) -> String {
     format!("base_model.model.{prefix}.{which}.weight")

@@ -1,0 +1,162 @@
+//! `finetune_lora` / `phi finetune`: phi-1's recipe in miniature — LoRA fine-tuning of a base
+//! model on "exercises" (Python functions with docstrings: prompt = signature + docstring,
+//! response = body) taken from code the base model never saw in pre-training.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use phi_core::{GenerationConfig, PhiForCausalLM};
+use phi_data::corpus::{collect_files, python_stdlib_dir};
+use phi_data::exercises::extract;
+use phi_data::sft::{ChatTemplate, SftExample, Turn, encode};
+use phi_data::Tokenizer;
+use phi_train::lora::{self, LoraConfig};
+use phi_train::sft::{finetune, sft_loss};
+use phi_train::{AdamWSettings, Decay, LrSchedule};
+
+use crate::recipes::{Recipe, RecipeArgs, default_corpus};
+
+#[derive(Parser, Debug)]
+pub struct FinetuneArgs {
+    /// Base checkpoint (HF folder with tokenizer.json). Default: the newest `train_phi1`
+    /// checkpoint in runs/phi-1, trained first (briefly) if there is none.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    #[arg(long, default_value = "runs/finetune_lora")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
+    pub targets: Vec<String>,
+    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
+    pub device: crate::device::DeviceArg,
+}
+
+/// The base checkpoint: given, or `train_phi1`'s newest, or a short `train_phi1` run now.
+fn base_checkpoint(args: &FinetuneArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    if let Some(b) = &args.base {
+        return Ok(b.clone());
+    }
+    let root = PathBuf::from("runs/phi-1/checkpoints");
+    if let Some(dir) = phi_train::checkpoint::latest(&root).filter(|d| d.join("tokenizer.json").is_file()) {
+        return Ok(dir);
+    }
+    println!("no train_phi1 checkpoint in runs/phi-1: training a small base first");
+    let recipe_args = RecipeArgs::parse_from(["train_phi1", "--steps", "150"]);
+    crate::recipes::run(Recipe::phi_1(), recipe_args)?;
+    Ok(phi_train::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
+}
+
+/// Exercises from source files the base did not pre-train on: the standard-library files that
+/// `train_phi1`'s default corpus budget left out (else the shipped corpus).
+fn held_out_exercises() -> Vec<phi_data::exercises::Exercise> {
+    let (_, pretrain) = default_corpus(&RecipeArgs::parse_from(["train_phi1"]));
+    let held_out: Vec<PathBuf> = match python_stdlib_dir() {
+        Some(root) => collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"])
+            .into_iter()
+            .filter(|f| !pretrain.contains(f))
+            .collect(),
+        None => collect_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python"), ".py", &[]),
+    };
+    held_out.iter().filter_map(|f| std::fs::read_to_string(f).ok()).flat_map(|src| extract(&src, 12)).collect()
+}
+
+fn to_examples(ex: &[phi_data::exercises::Exercise], tok: &Tokenizer, eos: u32, max_len: usize) -> (Vec<SftExample>, usize) {
+    let mut truncated = 0;
+    let examples = ex
+        .iter()
+        .map(|e| {
+            let turns = [
+                Turn { role: "user".into(), content: e.prompt.clone() },
+                Turn { role: "assistant".into(), content: e.response.clone() },
+            ];
+            let (x, cut) = encode(&turns, ChatTemplate::Plain, tok, eos, max_len);
+            truncated += cut as usize;
+            x
+        })
+        .filter(|x| x.learn.iter().any(|&l| l))
+        .collect();
+    (examples, truncated)
+}
+
+fn complete(model: &PhiForCausalLM, tok: &Tokenizer, prompt: &str, eos: u32) -> Result<String, Box<dyn std::error::Error>> {
+    let ids = tok.encode(prompt);
+    let out = model.generate(&ids, &GenerationConfig::greedy(48).with_stop_tokens([eos]))?;
+    Ok(tok.decode(&out[ids.len()..]))
+}
+
+pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let device = args.device.device()?;
+    let base_dir = base_checkpoint(&args)?;
+    let tok = Tokenizer::from_file(base_dir.join("tokenizer.json"))?;
+    let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
+    let eos = base.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("the base has no EOS token")?;
+    let max_len = base.config().max_position_embeddings;
+    let mut exercises = held_out_exercises();
+    if exercises.len() < 20 {
+        return Err(format!("only {} exercises found: not enough to fine-tune", exercises.len()).into());
+    }
+    exercises.truncate(3000);
+    let n_val = (exercises.len() / 10).clamp(10, 200);
+    let val_ex = exercises.split_off(exercises.len() - n_val);
+    let (train, cut_train) = to_examples(&exercises, &tok, eos, max_len);
+    let (val, cut_val) = to_examples(&val_ex, &tok, eos, max_len);
+    println!(
+        "base: {}\nexercises from held-out files: {} train / {} validation ({} truncated to {max_len} tokens)",
+        base_dir.display(),
+        train.len(),
+        val.len(),
+        cut_train + cut_val
+    );
+    let pad = eos;
+    let probe = &val_ex[0].prompt;
+    let loss_before = sft_loss(&base, &val, args.batch_size, pad);
+    let completion_before = complete(&base, &tok, probe, eos)?;
+
+    let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone(), use_rslora: false };
+    let ad_base = PhiForCausalLM::from_pretrained(&base_dir, &device.clone().autodiff())?;
+    let model = lora::attach(ad_base, &config)?;
+    let total = model.num_params();
+    let trainable = lora::trainable_params(&model);
+    println!(
+        "LoRA r={} alpha={} on {:?}: {trainable} trainable of {total} parameters ({:.2}%); AdamW state {:.1} KiB instead of {:.1} KiB for full fine-tuning",
+        config.r,
+        config.lora_alpha,
+        config.target_modules,
+        100.0 * trainable as f64 / total as f64,
+        (8 * trainable) as f64 / 1024.0,
+        (8 * total) as f64 / 1024.0
+    );
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
+    let schedule = LrSchedule { peak: args.lr, warmup_steps: args.steps / 20, total_steps: args.steps, floor: args.lr * 0.1, decay: Decay::Cosine };
+    let settings = AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false };
+    let (mut model, _) = finetune(model, &train, args.steps, args.batch_size, &settings, &schedule, pad, 7, |step, loss| {
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss:.3}"));
+    });
+    bar.finish();
+    let tuned = model.valid();
+    let loss_after = sft_loss(&tuned, &val, args.batch_size, pad);
+    println!("held-out exercise loss (response tokens): {loss_before:.3} → {loss_after:.3}");
+    println!("--- prompt ---\n{probe}--- base model ---\n{completion_before}\n--- after LoRA ---\n{}\n---", complete(&tuned, &tok, probe, eos)?);
+
+    let adapter_dir = args.out.join("adapter");
+    lora::save(&mut model, &config, &adapter_dir)?;
+    let merged_dir = args.out.join("merged");
+    lora::merge(tuned).save_pretrained(&merged_dir)?;
+    tok.save(merged_dir.join("tokenizer.json"))?;
+    println!("adapter (PEFT format): {}\nmerged model: {}", adapter_dir.display(), merged_dir.display());
+    Ok(())
+}
