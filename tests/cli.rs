@@ -114,3 +114,23 @@ fn train_recipe_runs_end_to_end_on_the_shipped_corpus_and_resumes() {
     let generated = phi().args(["generate", "--max-new-tokens", "5", "--prompt", "def f(x):"]).arg("--model").arg(&ckpt).output().unwrap();
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
 }
+
+#[test]
+fn export_merges_a_peft_adapter_into_a_plain_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let status = phi()
+        .args(["export", "--model"])
+        .arg(fixture("phi-tiny"))
+        .arg("--adapter")
+        .arg(fixture("lora-phi-tiny"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let device = burn::tensor::Device::default();
+    let merged = phi_core::PhiForCausalLM::from_pretrained(out.path(), &device).unwrap();
+    let reference = load_reference(fixture("lora-phi-tiny/reference.safetensors"));
+    let d = common::max_abs_diff("logits", merged.forward(reference["input_ids"].ids_tensor(&device)), &reference["logits"]);
+    assert!(d < 1e-4, "merged export differs from PEFT's adapted logits by {d}");
+}

@@ -35,6 +35,18 @@ enum Command {
         #[command(flatten)]
         args: phi::recipes::RecipeArgs,
     },
+    /// LoRA fine-tuning on exercises (see the `finetune_lora` example).
+    Finetune(phi::finetune::FinetuneArgs),
+    /// Write an HF-layout folder from a checkpoint, folding in a PEFT LoRA adapter if given.
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to merge.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Architecture, parameter count and memory of a model folder or preset.
     Inspect {
         /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
@@ -126,6 +138,22 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let device = burn::tensor::Device::default();
+    let mut m = PhiForCausalLM::from_pretrained(model, &device)?;
+    if let Some(adapter) = adapter {
+        m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?);
+    }
+    m.save_pretrained(out)?;
+    for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+        if model.join(extra).is_file() {
+            std::fs::copy(model.join(extra), out.join(extra)).map_err(|e| format!("{}: {e}", out.join(extra).display()))?;
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
     let config = match phi::core::PhiConfig::preset(model) {
         Some(c) => c,
@@ -178,6 +206,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
+        Command::Finetune(args) => phi::finetune::run(args),
+        Command::Export { model, adapter, out } => export(&model, adapter.as_deref(), &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
             Some(r) => phi::recipes::run(r, args),
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
