@@ -17,6 +17,8 @@ pub enum Workload {
     Generate,
     /// One training step: forward, backward, global-norm clipping, AdamW (as the baseline's).
     Train,
+    /// The same step with the base frozen and LoRA adapters (r 8, every projection) trained.
+    Lora,
     All,
 }
 
@@ -119,10 +121,21 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> 
 
 /// Training tokens/s: the baseline's step (AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.1,
 /// clip 1.0), median of `steps` after one warm-up.
-pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device) -> f64 {
+pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: bool) -> f64 {
     use burn::optim::GradientsParams;
     let ad = device.clone().autodiff();
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
+    if lora {
+        let targets = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "qkv_proj", "o_proj", "gate_up_proj", "down_proj"];
+        let cfg = phi_train::lora::LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: targets.map(String::from).to_vec(),
+            use_rslora: false,
+        };
+        model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
+    }
     let settings = phi_train::AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false };
     let mut optim = settings.build(&model, &[]);
     let ids = random_ids(a.batch * (a.seq + 1), a.vocab, 3);
@@ -188,7 +201,10 @@ pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let torch = torch_results(&a, arch)?;
         let mut workloads = vec![];
         if matches!(a.workload, Workload::Train | Workload::All) {
-            workloads.push(("train_step", bench_train(&config, &a, &device)));
+            workloads.push(("train_step", bench_train(&config, &a, &device, false)));
+        }
+        if a.workload == Workload::Lora {
+            workloads.push(("lora_step", bench_train(&config, &a, &device, true)));
         }
         if matches!(a.workload, Workload::Forward | Workload::All) {
             workloads.push(("forward", bench_forward(&model, &a, &device)));
@@ -203,6 +219,7 @@ pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .and_then(|v| v["tokens_per_s"].as_f64());
             let result = json!({
                 "workload": name, "arch": arch, "params": params, "batch": a.batch, "seq": a.seq,
+                "peak_rss_mib": peak_rss_mib(),
                 "device": format!("{:?}", a.device).to_lowercase(), "threads": threads,
                 "tokens_per_s": ours, "torch_tokens_per_s": theirs, "ratio_vs_torch": theirs.map(|t| ours / t),
             });
@@ -216,4 +233,12 @@ pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// The process's peak resident memory so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
