@@ -28,6 +28,8 @@ pub fn param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
 pub struct LoraAdapter {
     pub lora_a: Param<Tensor<2>>,
     pub lora_b: Param<Tensor<2>>,
+    /// PEFT's `lora_dropout`, on the adapter's input only (active on autodiff devices).
+    pub dropout: burn::nn::Dropout,
     #[module(skip)]
     pub scale: f64,
 }
@@ -67,7 +69,7 @@ impl Linear {
         let y = linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         match &self.lora {
             None => y,
-            Some(l) => y + linear(linear(x, l.lora_a.val(), None), l.lora_b.val(), None) * l.scale,
+            Some(l) => y + linear(linear(l.dropout.forward(x), l.lora_a.val(), None), l.lora_b.val(), None) * l.scale,
         }
     }
 

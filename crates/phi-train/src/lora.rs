@@ -45,6 +45,9 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(TrainError::Invalid("LoRA r must be positive".into()));
         }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(TrainError::Invalid(format!("lora_dropout {} is not in [0, 1)", self.lora_dropout)));
+        }
         if self.target_modules.is_empty() {
             return Err(TrainError::Invalid("LoRA target_modules is empty".into()));
         }
@@ -92,6 +95,7 @@ pub fn attach(model: PhiForCausalLM, config: &LoraConfig) -> Result<PhiForCausal
         lin.lora = Some(LoraAdapter {
             lora_a: param(&peft_key(&key, "lora_A"), a),
             lora_b: param(&peft_key(&key, "lora_B"), b),
+            dropout: burn::nn::DropoutConfig::new(config.lora_dropout).init(),
             scale: config.scale(),
         });
         attached += 1;
