@@ -134,3 +134,24 @@ fn export_merges_a_peft_adapter_into_a_plain_checkpoint() {
     let d = common::max_abs_diff("logits", merged.forward(reference["input_ids"].ids_tensor(&device)), &reference["logits"]);
     assert!(d < 1e-4, "merged export differs from PEFT's adapted logits by {d}");
 }
+
+#[test]
+fn eval_perplexity_equals_the_training_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<u32> = (0..1000u32).map(|i| (i * 2654435761) >> 23).collect(); // < 512
+    let path = dir.path().join("val.tokens");
+    phi_data::corpus::write_tokens(&path, &tokens).unwrap();
+    let out = phi()
+        .args(["eval", "perplexity", "--seq-len", "32", "--batch-size", "4", "--model"])
+        .arg(fixture("phi-tiny"))
+        .arg("--data")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = phi_core::PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &burn::tensor::Device::default()).unwrap();
+    let expected = phi_train::evaluate(&model, &tokens, 32, 4, usize::MAX);
+    assert_eq!(v["loss"].as_f64().unwrap(), expected);
+    assert!((v["perplexity"].as_f64().unwrap() - expected.exp()).abs() < 1e-9);
+}

@@ -47,12 +47,83 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Architecture, parameter count and memory of a model folder or preset.
     Inspect {
         /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
         #[arg(long)]
         model: String,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Token-weighted next-token loss and perplexity — the training loop's validation loss.
+    Perplexity {
+        #[arg(long)]
+        model: PathBuf,
+        /// Token files (`.tokens`, as `train_*` caches them) or text files/folders (tokenized
+        /// with the model's tokenizer.json, documents joined by EOS).
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// At most this many batches (0: all).
+        #[arg(long, default_value_t = 0)]
+        max_batches: usize,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
+}
+
+fn perplexity(
+    model: &std::path::Path,
+    data: &[PathBuf],
+    seq_len: usize,
+    batch_size: usize,
+    max_batches: usize,
+    device: DeviceArg,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let device = device.device()?;
+    let m = PhiForCausalLM::from_pretrained(model, &device)?;
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut tokenizer = None;
+    for path in data {
+        if path.extension().is_some_and(|e| e == "tokens") {
+            let t = phi::data::corpus::read_tokens(path).ok_or_else(|| format!("{}: not a valid token file", path.display()))?;
+            tokens.extend(t);
+            continue;
+        }
+        if tokenizer.is_none() {
+            tokenizer = Some(phi::data::Tokenizer::from_file(model.join("tokenizer.json"))?);
+        }
+        let tok = tokenizer.as_ref().expect("just loaded");
+        let eos = m.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("no EOS token to join documents")?;
+        let files = if path.is_dir() {
+            [".py", ".txt", ".md"].iter().flat_map(|s| phi::data::corpus::collect_files(path, s, &[])).collect()
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            tokens.extend(tok.encode(&text));
+            tokens.push(eos);
+        }
+    }
+    let seq_len = seq_len.min(m.config().max_position_embeddings);
+    if tokens.len() <= seq_len {
+        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", tokens.len(), seq_len + 1).into());
+    }
+    let windows = (tokens.len() - 1) / seq_len;
+    let batches = windows.div_ceil(batch_size);
+    let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
+    let loss = phi::train::evaluate(&m, &tokens, seq_len, batch_size, limit);
+    println!("{{\"loss\": {loss}, \"perplexity\": {}, \"tokens\": {}}}", loss.exp(), windows.min(limit * batch_size) * seq_len);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -207,6 +278,9 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args),
+        Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
+            perplexity(&model, &data, seq_len, batch_size, max_batches, device)
+        }
         Command::Export { model, adapter, out } => export(&model, adapter.as_deref(), &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
             Some(r) => phi::recipes::run(r, args),

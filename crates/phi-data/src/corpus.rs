@@ -99,8 +99,9 @@ pub fn tokenize_corpus(files: &[PathBuf], vocab_size: usize, val_every: usize, c
     Ok(TokenizedCorpus { tokenizer, train, validation, documents: docs.len(), bytes })
 }
 
-/// `MAGIC`, u64 count, u32 little-endian ids; written to a temporary name, then renamed.
-fn write_tokens(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
+/// Writes a token file: `PHITOKS1`, u64 count, u32 little-endian ids; to a temporary name, then
+/// renamed.
+pub fn write_tokens(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(16 + 4 * tokens.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
@@ -112,8 +113,8 @@ fn write_tokens(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// `None` for a missing, foreign or truncated file (the cache is then rebuilt).
-fn read_tokens(path: &Path) -> Option<Vec<u32>> {
+/// Reads a token file; `None` for a missing, foreign or truncated one.
+pub fn read_tokens(path: &Path) -> Option<Vec<u32>> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return None;
