@@ -16,4 +16,5 @@ pub use phi_train as train;
 pub mod bench;
 pub mod device;
 pub mod finetune;
+pub mod humaneval;
 pub mod recipes;

@@ -60,6 +60,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// HumanEval pass@k: completions run with their checks in sandboxed python3 processes.
+    Humaneval {
+        #[arg(long)]
+        model: PathBuf,
+        /// Samples per problem (pass@k needs n ≥ k).
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// 0 = greedy (then one sample per problem is enough).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Only the first K problems.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Every sample with its result, one JSON line each.
+        #[arg(long, default_value = "humaneval_samples.jsonl")]
+        out: PathBuf,
+        /// Seconds per program.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
     /// Token-weighted next-token loss and perplexity — the training loop's validation loss.
     Perplexity {
         #[arg(long)]
@@ -78,6 +102,60 @@ enum EvalCommand {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn humaneval(
+    model_dir: &std::path::Path,
+    samples: usize,
+    temperature: f64,
+    limit: Option<usize>,
+    max_new_tokens: usize,
+    out: &std::path::Path,
+    timeout: u64,
+    device: DeviceArg,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::humaneval::{Limits, judge, load_problems, score, truncate_completion, write_jsonl};
+    let device = device.device()?;
+    let model = PhiForCausalLM::from_pretrained(model_dir, &device)?;
+    let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
+    let mut problems = load_problems()?;
+    problems.truncate(limit.unwrap_or(problems.len()));
+    let t0 = std::time::Instant::now();
+    let mut pairs = Vec::new();
+    let max_len = model.config().max_position_embeddings;
+    for (i, p) in problems.iter().enumerate() {
+        let ids = tok.encode(&p.prompt);
+        let room = max_len.saturating_sub(ids.len()).min(max_new_tokens);
+        for s in 0..samples.max(1) {
+            let completion = if room == 0 || ids.is_empty() {
+                String::new() // the prompt alone fills the context: nothing can be generated
+            } else {
+                let config = GenerationConfig::sampling(room, temperature, (i * 1000 + s) as u64)
+                    .with_stop_tokens(model.config().eos_token_ids.clone());
+                let out = model.generate(&ids, &config)?;
+                truncate_completion(&tok.decode(&out[ids.len()..])).to_string()
+            };
+            pairs.push((p, completion));
+        }
+        eprint!("\rgenerated {}/{}", i + 1, problems.len());
+    }
+    eprintln!();
+    let gen_secs = t0.elapsed().as_secs_f64();
+    let judged = judge(&pairs, &Limits { timeout: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Default::default() }, 2)?;
+    write_jsonl(out, &judged)?;
+    let passed = judged.iter().filter(|s| s.outcome == phi::humaneval::Outcome::Passed).count();
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    println!(
+        "{{\"problems\": {}, \"samples\": {}, \"passed\": {passed}, \"pass@1\": {}, \"pass@10\": {}, \"problems_per_minute\": {:.1}, \"generation_s\": {gen_secs:.1}, \"samples_file\": {:?}}}",
+        problems.len(),
+        judged.len(),
+        score(&judged, 1).map_or("null".into(), |v| format!("{v:.4}")),
+        score(&judged, 10).map_or("null".into(), |v| format!("{v:.4}")),
+        problems.len() as f64 / minutes,
+        out.display().to_string()
+    );
+    Ok(())
 }
 
 fn perplexity(
@@ -278,6 +356,9 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args),
+        Command::Eval(EvalCommand::Humaneval { model, samples, temperature, limit, max_new_tokens, out, timeout, device }) => {
+            humaneval(&model, samples, temperature, limit, max_new_tokens, &out, timeout, device)
+        }
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
         }
