@@ -124,6 +124,7 @@ fn humaneval(
     let t0 = std::time::Instant::now();
     let mut pairs = Vec::new();
     let max_len = model.config().max_position_embeddings;
+    let bar = indicatif::ProgressBar::new(problems.len() as u64);
     for (i, p) in problems.iter().enumerate() {
         let ids = tok.encode(&p.prompt);
         let room = max_len.saturating_sub(ids.len()).min(max_new_tokens);
@@ -138,9 +139,9 @@ fn humaneval(
             };
             pairs.push((p, completion));
         }
-        eprint!("\rgenerated {}/{}", i + 1, problems.len());
+        bar.set_position(i as u64 + 1);
     }
-    eprintln!();
+    bar.finish_and_clear();
     let gen_secs = t0.elapsed().as_secs_f64();
     let judged = judge(&pairs, &Limits { timeout: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Default::default() }, 2)?;
     write_jsonl(out, &judged)?;
