@@ -28,13 +28,13 @@ fn generate_from_prompt_ids_prints_the_greedy_reference() {
     assert!(printed.len() > 5 && expected.starts_with(&printed), "{printed:?} vs {expected:?}");
 }
 
-#[test]
-fn generate_from_text_uses_the_folder_tokenizer() {
+/// phi3-tiny in a scratch folder with a word-level tokenizer over its 512 ids: "the cat sat" are
+/// 3, 4, 5, the chat markers have ids too, the rest are "wN".
+fn phi3_tiny_with_tokenizer() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture("phi3-tiny").join(f), dir.path().join(f)).unwrap();
     }
-    // A word-level tokenizer over the fixture's 512 ids: "the cat sat" are 3, 4, 5, the rest "wN".
     let vocab: serde_json::Map<String, serde_json::Value> = (0..512)
         .map(|i| {
             let word = match i {
@@ -53,6 +53,12 @@ fn generate_from_text_uses_the_folder_tokenizer() {
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
     });
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn generate_from_text_uses_the_folder_tokenizer() {
+    let dir = phi3_tiny_with_tokenizer();
     let out = phi()
         .args(["generate", "--model"])
         .arg(dir.path())
@@ -63,6 +69,29 @@ fn generate_from_text_uses_the_folder_tokenizer() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("the cat sat"), "{text}");
     assert!(text.trim().len() > "the cat sat".len(), "nothing generated: {text:?}");
+}
+
+#[test]
+fn chat_streams_replies_keeps_history_and_ends_at_eof() {
+    use std::io::Write;
+    let dir = phi3_tiny_with_tokenizer();
+    let mut child = phi()
+        .args(["chat", "--max-new-tokens", "6", "--model"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Three turns, the second of them a reset; the history of 40 words overflows the
+    // 128-token context, so old turns must be dropped rather than erroring.
+    let long = "the cat sat ".repeat(14);
+    child.stdin.take().unwrap().write_all(format!("the cat\n/reset\n{long}\n{long}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("> ").count(), 5, "a prompt per input line plus the final one: {text:?}");
+    assert!(text.contains('w'), "replies were printed: {text:?}");
 }
 
 #[test]

@@ -47,6 +47,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Chat with a model in the Phi-3 chat format, streaming replies (`/reset` clears history).
+    Chat {
+        #[arg(long)]
+        model: PathBuf,
+        /// Optional system turn.
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -102,6 +120,97 @@ enum EvalCommand {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+}
+
+/// Stop ids: the config's EOS, `generation_config.json`'s `eos_token_id`, and `<|end|>`.
+fn stop_ids(model_dir: &std::path::Path, model: &PhiForCausalLM, tok: &phi::data::Tokenizer) -> Vec<u32> {
+    let mut ids = model.config().eos_token_ids.clone();
+    if let Ok(text) = std::fs::read_to_string(model_dir.join("generation_config.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        match &v["eos_token_id"] {
+            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|n| n as u32)),
+            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32)),
+            _ => {}
+        }
+    }
+    ids.extend(tok.token_to_id("<|end|>"));
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn chat(
+    model_dir: &std::path::Path,
+    system: Option<String>,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    seed: u64,
+    device: DeviceArg,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let device = device.device()?;
+    let model = PhiForCausalLM::from_pretrained(model_dir, &device)?;
+    let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
+    let stop = stop_ids(model_dir, &model, &tok);
+    let context = model.config().max_position_embeddings;
+    let budget = context.saturating_sub(max_new_tokens.min(context / 2));
+    let mut history: Vec<(String, String)> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut turn = 0u64;
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let user = line.trim_end_matches(['\n', '\r']).to_string();
+        if user.trim() == "/reset" {
+            history.clear();
+            continue;
+        }
+        if user.trim().is_empty() {
+            continue;
+        }
+        history.push(("user".into(), user));
+        // Render the conversation, dropping the oldest turns until it fits the context.
+        let ids = loop {
+            let mut text = system.as_ref().map_or(String::new(), |s| format!("<|system|>\n{s}<|end|>\n"));
+            for (role, content) in &history {
+                text += &format!("<|{role}|>\n{content}<|end|>\n");
+            }
+            text += "<|assistant|>\n";
+            let ids = tok.encode(&text);
+            if ids.len() <= budget || history.len() == 1 {
+                break ids;
+            }
+            history.drain(..history.len().min(2).max(1));
+        };
+        let ids = if ids.len() > budget { ids[ids.len() - budget..].to_vec() } else { ids };
+        let config = GenerationConfig::sampling(max_new_tokens.min(context - ids.len()), temperature, seed + turn)
+            .with_top_p(top_p)
+            .with_stop_tokens(stop.clone());
+        let mut reply = Vec::new();
+        let mut printed = 0;
+        model.generate_streaming(&ids, &config, |t| {
+            if !stop.contains(&t) {
+                reply.push(t);
+                let text = tok.decode(&reply);
+                if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                    let _ = write!(out, "{}", &text[printed..]).and_then(|_| out.flush());
+                    printed = text.len();
+                }
+            }
+            true
+        })?;
+        writeln!(out)?;
+        history.push(("assistant".into(), tok.decode(&reply)));
+        turn += 1;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -357,6 +466,9 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args),
+        Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
+            chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
+        }
         Command::Eval(EvalCommand::Humaneval { model, samples, temperature, limit, max_new_tokens, out, timeout, device }) => {
             humaneval(&model, samples, temperature, limit, max_new_tokens, &out, timeout, device)
         }
