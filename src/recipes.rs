@@ -11,7 +11,8 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
-use phi_data::corpus::{collect_files, python_stdlib_dir, tokenize_corpus};
+use phi_data::corpus::{collect_files, python_stdlib_dir, read_documents, tokenize_corpus};
+use phi_data::quality::{Decontaminator, NearDup, clean};
 use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
@@ -249,7 +250,15 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
     let (root, files) = default_corpus(&args);
     println!("corpus: {} files from {}", files.len(), root.display());
     let t = Instant::now();
-    let corpus = tokenize_corpus(&files, args.vocab_size, 20, &out.join("data-cache"))?;
+    // The Phi recipe's hygiene: no duplicates, nothing that overlaps the evaluation set.
+    let problems = crate::humaneval::load_problems()?;
+    let eval = Decontaminator::new(problems.iter().map(|p| format!("{}{}{}", p.prompt, p.canonical_solution, p.test)), 13);
+    let (docs, report) = clean(read_documents(&files), &NearDup::default(), Some(&eval));
+    println!(
+        "cleaning: {} documents → {} kept ({} exact duplicates, {} near duplicates, {} overlapping HumanEval by a 13-gram)",
+        report.input, report.kept, report.exact_duplicates, report.near_duplicates, report.contaminated
+    );
+    let corpus = tokenize_corpus(&docs, args.vocab_size, 20, &out.join("data-cache"))?;
     println!(
         "tokens: {} train / {} validation, {:.1} MB of text, vocab {} ({:.1}s, cached in {})",
         corpus.train.len(),

@@ -55,20 +55,24 @@ pub struct TokenizedCorpus {
 
 const MAGIC: &[u8; 8] = b"PHITOKS1";
 
-/// Tokenizes `files` with a BPE of `vocab_size` trained on them, holding out every
-/// `val_every`-th document for validation. The tokenizer and both streams are cached in
-/// `cache_dir` under a fingerprint of the inputs; a cache that does not match is rebuilt.
-pub fn tokenize_corpus(files: &[PathBuf], vocab_size: usize, val_every: usize, cache_dir: &Path) -> Result<TokenizedCorpus, TokenizerError> {
-    let err = |path: &Path, e: &dyn std::fmt::Display| TokenizerError { path: path.display().to_string(), message: e.to_string() };
-    let docs: Vec<String> = files
+/// The non-empty contents of `files` (lossily decoded), in order.
+pub fn read_documents(files: &[PathBuf]) -> Vec<String> {
+    files
         .par_iter()
         .filter_map(|p| std::fs::read(p).ok().map(|b| String::from_utf8_lossy(&b).into_owned()))
         .filter(|d| !d.trim().is_empty())
-        .collect();
+        .collect()
+}
+
+/// Tokenizes `docs` with a BPE of `vocab_size` trained on them, holding out every
+/// `val_every`-th document for validation. The tokenizer and both streams are cached in
+/// `cache_dir` under a fingerprint of the inputs; a cache that does not match is rebuilt.
+pub fn tokenize_corpus(docs: &[String], vocab_size: usize, val_every: usize, cache_dir: &Path) -> Result<TokenizedCorpus, TokenizerError> {
+    let err = |path: &Path, e: &dyn std::fmt::Display| TokenizerError { path: path.display().to_string(), message: e.to_string() };
     let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
     let fingerprint = {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for d in &docs {
+        for d in docs {
             for b in d.as_bytes().iter().step_by(97).chain(&(d.len() as u64).to_le_bytes()) {
                 h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
             }

@@ -5,6 +5,7 @@
 
 pub mod corpus;
 pub mod exercises;
+pub mod quality;
 pub mod sampler;
 pub mod sft;
 pub mod tokenizer;

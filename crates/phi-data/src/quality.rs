@@ -1,0 +1,186 @@
+//! Corpus hygiene: exact and near-duplicate removal and decontamination against evaluation sets.
+//!
+//! - Exact duplicates: a hash of the whitespace-normalised content.
+//! - Near duplicates: MinHash over word 3-gram shingles with LSH banding (`bands × rows`
+//!   permutations); a candidate pair is kept apart only if its estimated Jaccard similarity is
+//!   below the threshold.
+//! - Decontamination: a document sharing any 13-gram of normalised words with an evaluation
+//!   problem is dropped (the n-gram test of the GPT-3 and phi-1 papers).
+
+use std::collections::{HashMap, HashSet};
+
+/// Lowercased words of alphanumeric characters and `_`: formatting and punctuation do not hide
+/// a copy.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn ngram_hashes(words: &[String], n: usize) -> impl Iterator<Item = u64> + '_ {
+    words.windows(n).map(|w| fnv(w.iter().flat_map(|s| s.bytes().chain([0xff]))))
+}
+
+/// Indices of documents that repeat an earlier one after whitespace normalisation.
+pub fn exact_duplicates(docs: &[&str]) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    docs.iter()
+        .enumerate()
+        .filter(|(_, d)| !seen.insert(fnv(d.split_whitespace().flat_map(|w| w.bytes().chain([b' '])))))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// MinHash + LSH near-duplicate detection.
+#[derive(Debug, Clone)]
+pub struct NearDup {
+    pub shingle: usize,
+    pub bands: usize,
+    pub rows: usize,
+    /// Estimated Jaccard similarity at or above which a document is a duplicate.
+    pub threshold: f64,
+}
+
+impl Default for NearDup {
+    /// 3-word shingles, 32 bands × 4 rows (128 permutations: a pair at Jaccard 0.7 becomes a
+    /// candidate with probability > 0.99), threshold 0.7.
+    fn default() -> Self {
+        NearDup { shingle: 3, bands: 32, rows: 4, threshold: 0.7 }
+    }
+}
+
+impl NearDup {
+    fn signature(&self, text: &str) -> Vec<u64> {
+        let w = words(text);
+        let shingles: Vec<u64> = if w.len() < self.shingle {
+            vec![fnv(w.iter().flat_map(|s| s.bytes().chain([0xff])))]
+        } else {
+            ngram_hashes(&w, self.shingle).collect()
+        };
+        (0..self.bands * self.rows)
+            .map(|k| {
+                let (a, b) = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, (k as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+                shingles.iter().map(|h| h.wrapping_mul(a).wrapping_add(b).rotate_left(31)).min().unwrap_or(u64::MAX)
+            })
+            .collect()
+    }
+
+    /// Indices of documents that are near duplicates of an earlier kept document.
+    pub fn duplicates(&self, docs: &[&str]) -> Vec<usize> {
+        let sigs: Vec<Vec<u64>> = docs.iter().map(|d| self.signature(d)).collect();
+        let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
+        let mut dups = Vec::new();
+        for (i, sig) in sigs.iter().enumerate() {
+            let keys: Vec<(usize, u64)> =
+                (0..self.bands).map(|b| (b, fnv(sig[b * self.rows..(b + 1) * self.rows].iter().flat_map(|v| v.to_le_bytes())))).collect();
+            let candidates: HashSet<usize> = keys.iter().filter_map(|k| buckets.get(k)).flatten().copied().collect();
+            let is_dup = candidates.iter().any(|&j| {
+                let same = sig.iter().zip(&sigs[j]).filter(|(a, b)| a == b).count();
+                same as f64 / sig.len() as f64 >= self.threshold
+            });
+            if is_dup {
+                dups.push(i);
+            } else {
+                for k in keys {
+                    buckets.entry(k).or_default().push(i);
+                }
+            }
+        }
+        dups
+    }
+}
+
+/// The n-grams of an evaluation set, to test training documents against.
+pub struct Decontaminator {
+    n: usize,
+    grams: HashSet<u64>,
+}
+
+impl Decontaminator {
+    pub fn new(eval_texts: impl IntoIterator<Item = impl AsRef<str>>, n: usize) -> Self {
+        let mut grams = HashSet::new();
+        for t in eval_texts {
+            grams.extend(ngram_hashes(&words(t.as_ref()), n));
+        }
+        Decontaminator { n, grams }
+    }
+
+    /// Whether `doc` shares an n-gram with the evaluation set.
+    pub fn is_contaminated(&self, doc: &str) -> bool {
+        ngram_hashes(&words(doc), self.n).any(|h| self.grams.contains(&h))
+    }
+}
+
+/// What [`clean`] removed, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub input: usize,
+    pub exact_duplicates: usize,
+    pub near_duplicates: usize,
+    pub contaminated: usize,
+    pub kept: usize,
+}
+
+/// Drops exact duplicates, then near duplicates, then documents contaminated with `eval`.
+pub fn clean(docs: Vec<String>, near: &NearDup, eval: Option<&Decontaminator>) -> (Vec<String>, CleanReport) {
+    let mut report = CleanReport { input: docs.len(), ..Default::default() };
+    let drop = |docs: Vec<String>, idx: Vec<usize>| -> Vec<String> {
+        let idx: HashSet<usize> = idx.into_iter().collect();
+        docs.into_iter().enumerate().filter(|(i, _)| !idx.contains(i)).map(|(_, d)| d).collect()
+    };
+    let exact = exact_duplicates(&docs.iter().map(String::as_str).collect::<Vec<_>>());
+    report.exact_duplicates = exact.len();
+    let docs = drop(docs, exact);
+    let near_dups = near.duplicates(&docs.iter().map(String::as_str).collect::<Vec<_>>());
+    report.near_duplicates = near_dups.len();
+    let docs = drop(docs, near_dups);
+    let docs: Vec<String> = match eval {
+        Some(d) => {
+            let before = docs.len();
+            let kept: Vec<String> = docs.into_iter().filter(|doc| !d.is_contaminated(doc)).collect();
+            report.contaminated = before - kept.len();
+            kept
+        }
+        None => docs,
+    };
+    report.kept = docs.len();
+    (docs, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "def mean(xs):\n    \"\"\"Average of a list.\"\"\"\n    total = 0\n    for x in xs:\n        total += x\n    return total / len(xs)\n\n\ndef variance(xs):\n    m = mean(xs)\n    return sum((x - m) ** 2 for x in xs) / len(xs)\n";
+    const B: &str = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n\n    def empty(self):\n        return not self.items\n";
+
+    #[test]
+    fn exact_duplicates_ignore_whitespace() {
+        let reformatted = A.replace("    ", "\t");
+        assert_eq!(exact_duplicates(&[A, B, &reformatted, A]), vec![2, 3]);
+    }
+
+    #[test]
+    fn one_changed_line_is_a_near_duplicate_unrelated_files_are_not() {
+        // A file of a realistic size (a few functions), and the same file with one line changed.
+        let file = format!("{A}\n{}\n{}", A.replace("mean", "median").replace("total", "acc"), A.replace("xs", "values"));
+        let edited = file.replacen("    return total / len(xs)", "    return total / max(len(xs), 1)", 1);
+        let nd = NearDup::default();
+        assert_eq!(nd.duplicates(&[&file, B, &edited]), vec![2]);
+        assert!(nd.duplicates(&[&file, B]).is_empty());
+    }
+
+    #[test]
+    fn a_pasted_eval_solution_is_contaminated() {
+        let solution = "def has_close_elements(numbers, threshold):\n    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n    return False\n";
+        let d = Decontaminator::new([solution], 13);
+        let doc = format!("{B}\n# copied from somewhere\n{solution}\nprint('done')\n");
+        assert!(d.is_contaminated(&doc));
+        assert!(!d.is_contaminated(A) && !d.is_contaminated(B));
+    }
+}
