@@ -309,7 +309,9 @@ fn perplexity(
     let windows = (tokens.len() - 1) / seq_len;
     let batches = windows.div_ceil(batch_size);
     let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
-    let loss = phi::train::evaluate(&m, &tokens, seq_len, batch_size, limit);
+    let bar = indicatif::ProgressBar::new(limit as u64);
+    let loss = phi::train::evaluate_with_progress(&m, &tokens, seq_len, batch_size, limit, |done| bar.set_position(done as u64));
+    bar.finish_and_clear();
     println!("{{\"loss\": {loss}, \"perplexity\": {}, \"tokens\": {}}}", loss.exp(), windows.min(limit * batch_size) * seq_len);
     Ok(())
 }
@@ -419,7 +421,15 @@ fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
         None => phi::core::PhiConfig::from_file(PathBuf::from(model).join("config.json"))?,
     };
     let n = config.num_parameters();
-    let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+    // Storage dtype: what the config declares (`torch_dtype`, or transformers 5's `dtype`).
+    let dtype = std::fs::read_to_string(PathBuf::from(model).join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("torch_dtype").or(v.get("dtype")).and_then(|d| d.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "float32 (preset)".into());
+    let size = |bytes: f64| {
+        if bytes >= (1u64 << 30) as f64 { format!("{:.2} GiB", bytes / (1u64 << 30) as f64) } else { format!("{:.2} MiB", bytes / (1u64 << 20) as f64) }
+    };
     println!("model_type            {}", config.model_type);
     println!("block / norm / mlp    {:?} / {:?} / {:?} ({:?})", config.block, config.norm, config.mlp, config.hidden_act);
     println!(
@@ -443,12 +453,13 @@ fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!("parameters            {n} ({:.2} B)", n as f64 / 1e9);
+    println!("dtype                 {dtype}");
     println!(
-        "weights memory        f32 {:.2} GiB, bf16 {:.2} GiB, int8 {:.2} GiB, int4 {:.2} GiB",
-        gib(n as f64 * 4.0),
-        gib(n as f64 * 2.0),
-        gib(n as f64),
-        gib(n as f64 / 2.0)
+        "weights memory        f32 {}, bf16 {}, int8 {}, int4 {}",
+        size(n as f64 * 4.0),
+        size(n as f64 * 2.0),
+        size(n as f64),
+        size(n as f64 / 2.0)
     );
     Ok(())
 }

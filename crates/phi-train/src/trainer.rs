@@ -86,6 +86,18 @@ pub fn flops_per_token(config: &PhiConfig, seq_len: usize) -> f64 {
 
 /// Mean next-token loss over (at most `max_batches` of) `tokens`, weighted by token count.
 pub fn evaluate(model: &PhiForCausalLM, tokens: &[u32], seq_len: usize, batch: usize, max_batches: usize) -> f64 {
+    evaluate_with_progress(model, tokens, seq_len, batch, max_batches, |_| {})
+}
+
+/// [`evaluate`], calling `on_batch` with the number of batches done after each one.
+pub fn evaluate_with_progress(
+    model: &PhiForCausalLM,
+    tokens: &[u32],
+    seq_len: usize,
+    batch: usize,
+    max_batches: usize,
+    mut on_batch: impl FnMut(usize),
+) -> f64 {
     let device = model.device();
     let (mut total, mut count) = (0.0, 0usize);
     for rows in sequential_batches(tokens, seq_len, batch).take(max_batches.max(1)) {
@@ -94,6 +106,7 @@ pub fn evaluate(model: &PhiForCausalLM, tokens: &[u32], seq_len: usize, batch: u
         let loss = causal_lm_loss(model.forward(ids.clone()), ids).into_scalar::<f32>() as f64;
         total += loss * (b * seq_len) as f64;
         count += b * seq_len;
+        on_batch(count / (batch * seq_len).max(1));
     }
     if count == 0 { f64::NAN } else { total / count as f64 }
 }
