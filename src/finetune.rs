@@ -39,8 +39,17 @@ pub struct FinetuneArgs {
     /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
     pub targets: Vec<String>,
+    /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
+    #[arg(long, value_enum)]
+    pub quantize: Option<Quantize>,
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    Int8,
+    Int4,
 }
 
 /// The base checkpoint: given, or `train_phi1`'s newest, or a short `train_phi1` run now.
@@ -127,6 +136,23 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone(), use_rslora: false };
     let ad_base = PhiForCausalLM::from_pretrained(&base_dir, &device.clone().autodiff())?;
     let model = lora::attach(ad_base, &config)?;
+    let model = match args.quantize {
+        None => model,
+        Some(q) => {
+            let bits = match q {
+                Quantize::Int8 => lora::BaseQuantization::Int8,
+                Quantize::Int4 => lora::BaseQuantization::Int4,
+            };
+            let (model, before, after) = lora::quantize_base(model, bits);
+            println!(
+                "base projections quantized to {q:?}: {:.1} KiB → {:.1} KiB ({:.1}%)",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                100.0 * after as f64 / before as f64
+            );
+            model
+        }
+    };
     let total = model.num_params();
     let trainable = lora::trainable_params(&model);
     println!(
@@ -142,11 +168,15 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
     let schedule = LrSchedule { peak: args.lr, warmup_steps: args.steps / 20, total_steps: args.steps, floor: args.lr * 0.1, decay: Decay::Cosine };
     let settings = AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false };
-    let (mut model, _) = finetune(model, &train, args.steps, args.batch_size, &settings, &schedule, pad, 7, |step, loss| {
+    let (mut model, losses) = finetune(model, &train, args.steps, args.batch_size, &settings, &schedule, pad, 7, |step, loss| {
         bar.set_position(step as u64);
         bar.set_message(format!("loss {loss:.3}"));
     });
     bar.finish();
+    // The training curve in a few numbers: mean loss over each fifth of the run.
+    let fifth = (losses.len() / 5).max(1);
+    let curve: Vec<String> = losses.chunks(fifth).map(|c| format!("{:.3}", c.iter().sum::<f64>() / c.len() as f64)).collect();
+    println!("training loss by fifths of the run: {}", curve.join(" → "));
     let tuned = model.valid();
     let loss_after = sft_loss(&tuned, &val, args.batch_size, pad);
     println!("held-out exercise loss (response tokens): {loss_before:.3} → {loss_after:.3}");

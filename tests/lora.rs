@@ -85,3 +85,40 @@ fn training_moves_only_the_adapters() {
     let record_tensors = optim.to_record().len();
     assert_eq!(record_tensors, 8 * 2, "AdamW state (two moments) for the 8 adapter matrices only");
 }
+
+#[test]
+fn quantized_base_trains_adapters_and_stays_close_to_f32() {
+    use phi_train::lora::{BaseQuantization, quantize_base};
+    let device = Device::default().autodiff();
+    let config = LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["q_proj".into(), "fc1".into(), "fc2".into()], use_rslora: false };
+    let reference = load_reference(fixture("train-adamw/reference.safetensors"));
+    let batch = reference["batch"].ids_tensor(&device);
+    let f32_logits = logits(&PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device.clone().inner()).unwrap());
+    for (bits, tol, ratio) in [(BaseQuantization::Int8, 0.05, 0.29), (BaseQuantization::Int4, 0.6, 0.16)] {
+        let base = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+        let model = lora::attach(base, &config).unwrap();
+        let (mut model, before, after) = quantize_base(model, bits);
+        assert!((after as f64) < ratio * before as f64, "{bits:?}: {after} of {before} bytes");
+        // B = 0: the adapted quantized model is the quantized base, close to the f32 one.
+        let q = logits(&model.valid());
+        let d = q.iter().zip(&f32_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < tol, "{bits:?}: logits moved by {d}");
+        let mut optim = AdamWSettings::default().build(&model, &[]);
+        let mut losses = Vec::new();
+        for _ in 0..5 {
+            let loss = causal_lm_loss(model.forward(batch.clone()), batch.clone());
+            losses.push(loss.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            assert_eq!(grads.len(), 3 * 2 * 2, "gradients only for the adapters");
+            model = optim.step(1e-2, model, grads);
+        }
+        assert!(losses[4] < losses[0], "{bits:?}: {losses:?}");
+        // Merging a quantized base gives a plain f32 checkpoint that saves and reloads.
+        let merged = lora::merge(model.valid());
+        let dir = tempfile::tempdir().unwrap();
+        merged.save_pretrained(dir.path()).unwrap();
+        let back = PhiForCausalLM::from_pretrained(dir.path(), &device.clone().inner()).unwrap();
+        let d = logits(&back).iter().zip(&logits(&merged)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < 1e-4, "{bits:?}: reloaded merged model differs by {d}");
+    }
+}

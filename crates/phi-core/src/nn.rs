@@ -34,6 +34,12 @@ pub struct LoraAdapter {
     pub scale: f64,
 }
 
+/// A parameter that takes no gradient (a frozen or quantized base weight), id from its key.
+pub fn frozen_param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    let id = param(key, Tensor::<1>::zeros([1], &tensor.device())).id;
+    Param::initialized(id, tensor)
+}
+
 /// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`; with a
 /// LoRA adapter, `+ scale · x A B`.
 #[derive(Module, Debug)]

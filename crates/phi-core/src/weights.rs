@@ -263,9 +263,9 @@ pub struct StateDict {
 }
 
 impl StateDict {
-    /// Records `tensor` under `key`, as f32.
+    /// Records `tensor` under `key`, as f32 (a quantized tensor is dequantized).
     pub fn put<const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<D>) {
-        self.tensors.push((key.into(), tensor.into_data().convert::<f32>()));
+        self.tensors.push((key.into(), tensor.dequantize().into_data().convert::<f32>()));
     }
 
     /// Writes one safetensors file atomically: a temporary file in the same folder, fsync,

@@ -71,6 +71,36 @@ pub fn trainable_params(model: &PhiForCausalLM) -> usize {
     c.0
 }
 
+/// Bits of a quantized (QLoRA-style) base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BaseQuantization {
+    Int8,
+    Int4,
+}
+
+/// Quantizes the weights of every projection of a frozen `model` (symmetric, per block of 32
+/// values with an f32 scale each, through burn's quantization) while adapters stay f32: QLoRA's
+/// memory trade. Returns the model and the bytes of the projection weights before and after.
+pub fn quantize_base(mut model: PhiForCausalLM, bits: BaseQuantization) -> (PhiForCausalLM, u64, u64) {
+    use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
+    const BLOCK: u64 = 32;
+    let value = match bits {
+        BaseQuantization::Int8 => QuantValue::Q8S,
+        BaseQuantization::Int4 => QuantValue::Q4S,
+    };
+    let scheme = QuantScheme::default().with_value(value).per_block([BLOCK as u8], ScaleDtype::F32);
+    let (mut before, mut after) = (0u64, 0u64);
+    for (key, lin) in model.linears_mut() {
+        let w = lin.weight.val();
+        let n = w.shape().num_elements() as u64;
+        before += 4 * n;
+        after += n * value.size_bits() as u64 / 8 + 4 * n.div_ceil(BLOCK);
+        let q = Tensor::from_inner(w.inner().quantize_dynamic(&scheme));
+        lin.weight = phi_core::nn::frozen_param(&format!("{key}.weight"), q);
+    }
+    (model, before, after)
+}
+
 /// PEFT's key for a projection's adapter matrix (`lora_A` / `lora_B`).
 fn peft_key(prefix: &str, which: &str) -> String {
     format!("base_model.model.{prefix}.{which}.weight")
@@ -167,13 +197,15 @@ pub fn save(model: &mut PhiForCausalLM, config: &LoraConfig, dir: impl AsRef<Pat
     Ok(())
 }
 
-/// Folds every adapter into its base weight (`W += scale · A B`) and removes it: a plain model
-/// whose `save_pretrained` output is an ordinary HF checkpoint.
+/// Folds every adapter into its base weight (`W += scale · A B`) and removes it: a plain f32
+/// model whose `save_pretrained` output is an ordinary HF checkpoint (a quantized base is
+/// dequantized first).
 pub fn merge(mut model: PhiForCausalLM) -> PhiForCausalLM {
     for (key, lin) in model.linears_mut() {
         if let Some(adapter) = lin.lora.take() {
             let delta = adapter.lora_a.val().matmul(adapter.lora_b.val()) * adapter.scale;
-            lin.weight = param(&format!("{key}.weight"), lin.weight.val() + delta);
+            // A quantized (QLoRA) base merges into full precision.
+            lin.weight = param(&format!("{key}.weight"), lin.weight.val().dequantize() + delta);
         }
     }
     model
