@@ -39,11 +39,24 @@ pub struct FinetuneArgs {
     /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
     pub targets: Vec<String>,
+    /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
+    /// `{"prompt", "response"}` records (a tenth is held out for validation).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Chat template for `--data` (default: phi3 for Phi-3 models, plain otherwise).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
     #[arg(long, value_enum)]
     pub quantize: Option<Quantize>,
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Template {
+    Phi3,
+    Plain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,24 +125,58 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
     let eos = base.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("the base has no EOS token")?;
     let max_len = base.config().max_position_embeddings;
-    let mut exercises = held_out_exercises();
-    if exercises.len() < 20 {
-        return Err(format!("only {} exercises found: not enough to fine-tune", exercises.len()).into());
-    }
-    exercises.truncate(3000);
-    let n_val = (exercises.len() / 10).clamp(10, 200);
-    let val_ex = exercises.split_off(exercises.len() - n_val);
-    let (train, cut_train) = to_examples(&exercises, &tok, eos, max_len);
-    let (val, cut_val) = to_examples(&val_ex, &tok, eos, max_len);
-    println!(
-        "base: {}\nexercises from held-out files: {} train / {} validation ({} truncated to {max_len} tokens)",
-        base_dir.display(),
-        train.len(),
-        val.len(),
-        cut_train + cut_val
-    );
+    let (train, val, probe) = match &args.data {
+        Some(path) => {
+            let template = match args.template {
+                Some(Template::Phi3) => ChatTemplate::Phi3,
+                Some(Template::Plain) => ChatTemplate::Plain,
+                None if base.config().model_type == "phi3" => ChatTemplate::Phi3,
+                None => ChatTemplate::Plain,
+            };
+            let (mut examples, report) = phi_data::sft::load_jsonl(path, template, &tok, eos, max_len)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",
+                path.display(),
+                report.examples,
+                report.skipped.len(),
+                report.truncated
+            );
+            for (line, why) in report.skipped.iter().take(10) {
+                println!("  skipped line {line}: {why}");
+            }
+            if examples.len() < 2 {
+                return Err(format!("{}: fewer than 2 usable examples", path.display()).into());
+            }
+            let val = examples.split_off(examples.len() - (examples.len() / 10).max(1));
+            // The probe is the first validation example's context, up to its first learned token.
+            let first = &val[0];
+            let cut = first.learn.iter().position(|&l| l).unwrap_or(first.ids.len());
+            let probe = tok.decode(&first.ids[..cut]);
+            (examples, val, probe)
+        }
+        None => {
+            let mut exercises = held_out_exercises();
+            if exercises.len() < 20 {
+                return Err(format!("only {} exercises found: not enough to fine-tune", exercises.len()).into());
+            }
+            exercises.truncate(3000);
+            let n_val = (exercises.len() / 10).clamp(10, 200);
+            let val_ex = exercises.split_off(exercises.len() - n_val);
+            let (train, cut_train) = to_examples(&exercises, &tok, eos, max_len);
+            let (val, cut_val) = to_examples(&val_ex, &tok, eos, max_len);
+            println!(
+                "exercises from held-out files: {} train / {} validation ({} truncated to {max_len} tokens)",
+                train.len(),
+                val.len(),
+                cut_train + cut_val
+            );
+            (train, val, val_ex[0].prompt.clone())
+        }
+    };
+    println!("base: {}", base_dir.display());
     let pad = eos;
-    let probe = &val_ex[0].prompt;
+    let probe = &probe;
     let loss_before = sft_loss(&base, &val, args.batch_size, pad);
     let completion_before = complete(&base, &tok, probe, eos)?;
 
@@ -179,7 +226,7 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("training loss by fifths of the run: {}", curve.join(" → "));
     let tuned = model.valid();
     let loss_after = sft_loss(&tuned, &val, args.batch_size, pad);
-    println!("held-out exercise loss (response tokens): {loss_before:.3} → {loss_after:.3}");
+    println!("held-out loss (response tokens): {loss_before:.3} → {loss_after:.3}");
     println!("--- prompt ---\n{probe}--- base model ---\n{completion_before}\n--- after LoRA ---\n{}\n---", complete(&tuned, &tok, probe, eos)?);
 
     let adapter_dir = args.out.join("adapter");

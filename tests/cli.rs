@@ -152,6 +152,7 @@ fn export_merges_a_peft_adapter_into_a_plain_checkpoint() {
         .arg(fixture("phi-tiny"))
         .arg("--adapter")
         .arg(fixture("lora-phi-tiny"))
+        .arg("--merge")
         .arg("--out")
         .arg(out.path())
         .output()
@@ -183,4 +184,32 @@ fn eval_perplexity_equals_the_training_validation_loss() {
     let expected = phi_train::evaluate(&model, &tokens, 32, 4, usize::MAX);
     assert_eq!(v["loss"].as_f64().unwrap(), expected);
     assert!((v["perplexity"].as_f64().unwrap() - expected.exp()).abs() < 1e-9);
+}
+
+#[test]
+fn finetune_on_a_jsonl_file_reports_bad_records_and_exports() {
+    let base = phi3_tiny_with_tokenizer();
+    let data = base.path().join("sft.jsonl");
+    let mut lines: Vec<String> = (0..12).map(|i| format!(r#"{{"prompt": "the cat w{}", "response": "sat the cat"}}"#, 10 + i)).collect();
+    lines.insert(3, r#"{"prompt": "no response here"}"#.to_string());
+    lines.insert(7, "{broken".to_string());
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = phi()
+        .args(["finetune", "--steps", "3", "--batch-size", "2", "--targets", "qkv_proj,o_proj,gate_up_proj,down_proj"])
+        .arg("--base")
+        .arg(base.path())
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(text.contains("12 examples, 2 skipped"), "{text}");
+    assert!(text.contains("skipped line 4: no `response`") && text.contains("skipped line 8: invalid JSON"), "{text}");
+    assert!(text.contains("held-out loss (response tokens)"), "{text}");
+    assert!(out.path().join("adapter/adapter_config.json").is_file());
+    phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
 }

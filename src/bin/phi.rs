@@ -42,8 +42,11 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to merge.
-        #[arg(long)]
+        #[arg(long, requires = "merge")]
         adapter: Option<PathBuf>,
+        /// Fold the adapter into the weights (an HF checkpoint cannot hold unmerged adapters).
+        #[arg(long, requires = "adapter")]
+        merge: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -486,7 +489,7 @@ fn main() -> ExitCode {
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
         }
-        Command::Export { model, adapter, out } => export(&model, adapter.as_deref(), &out),
+        Command::Export { model, adapter, merge: _, out } => export(&model, adapter.as_deref(), &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
             Some(r) => phi::recipes::run(r, args),
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
