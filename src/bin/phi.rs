@@ -196,21 +196,15 @@ fn chat(
         let config = GenerationConfig::sampling(max_new_tokens.min(context - ids.len()), temperature, seed + turn)
             .with_top_p(top_p)
             .with_stop_tokens(stop.clone());
-        let mut reply = Vec::new();
-        let mut printed = 0;
+        let mut stream = TextStream::new(&tok);
         model.generate_streaming(&ids, &config, |t| {
             if !stop.contains(&t) {
-                reply.push(t);
-                let text = tok.decode(&reply);
-                if !text.ends_with('\u{FFFD}') && text.len() > printed {
-                    let _ = write!(out, "{}", &text[printed..]).and_then(|_| out.flush());
-                    printed = text.len();
-                }
+                stream.push(t, &mut out);
             }
             true
         })?;
         writeln!(out)?;
-        history.push(("assistant".into(), tok.decode(&reply)));
+        history.push(("assistant".into(), stream.text()));
         turn += 1;
     }
     Ok(())
@@ -351,6 +345,33 @@ struct GenerateArgs {
     device: DeviceArg,
 }
 
+/// Prints generated text as it comes. The whole continuation is decoded each time and only
+/// what is new is printed, so multi-byte characters split across tokens come out whole.
+struct TextStream<'a> {
+    tokenizer: &'a phi::data::Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(tokenizer: &'a phi::data::Tokenizer) -> Self {
+        TextStream { tokenizer, ids: Vec::new(), printed: 0 }
+    }
+
+    fn push(&mut self, token: u32, out: &mut impl Write) {
+        self.ids.push(token);
+        let text = self.tokenizer.decode(&self.ids);
+        if !text.ends_with('\u{FFFD}') && text.len() > self.printed {
+            let _ = write!(out, "{}", &text[self.printed..]).and_then(|_| out.flush());
+            self.printed = text.len();
+        }
+    }
+
+    fn text(&self) -> String {
+        self.tokenizer.decode(&self.ids)
+    }
+}
+
 fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
     let model = PhiForCausalLM::from_pretrained(&a.model, &device)?;
@@ -382,17 +403,9 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!("the prompt {text:?} encodes to no tokens").into());
             }
             write!(out, "{text}")?;
-            // Decode the whole continuation each time and print what is new, so multi-byte
-            // characters split across tokens come out whole.
-            let mut new = Vec::new();
-            let mut printed = 0;
+            let mut stream = TextStream::new(&tokenizer);
             model.generate_streaming(&ids, &config, |t| {
-                new.push(t);
-                let text = tokenizer.decode(&new);
-                if !text.ends_with('\u{FFFD}') && text.len() > printed {
-                    let _ = write!(out, "{}", &text[printed..]).and_then(|_| out.flush());
-                    printed = text.len();
-                }
+                stream.push(t, &mut out);
                 true
             })?;
         }
