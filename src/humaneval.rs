@@ -9,7 +9,7 @@
 //! refuses writes outside its directory. A program that loops or misbehaves fails only itself.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,15 +35,19 @@ pub fn truncate_completion(completion: &str) -> &str {
     &completion[..end]
 }
 
-/// The bundled problems (`data/humaneval/HumanEval.jsonl.gz`, MIT).
+/// The bundled problems (`crates/phi-data/data/humaneval/HumanEval.jsonl.gz`, MIT).
 pub fn load_problems() -> Result<Vec<Problem>, String> {
-    load_problems_from(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/humaneval/HumanEval.jsonl.gz"))
+    parse_problems(&phi_data::evalsets::humaneval_jsonl(), Path::new("HumanEval.jsonl.gz"))
 }
 
 pub fn load_problems_from(path: &Path) -> Result<Vec<Problem>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_problems(&text, path)
+}
+
+fn parse_problems(text: &str, path: &Path) -> Result<Vec<Problem>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -14,6 +14,7 @@ pub use phi_data as data;
 pub use phi_train as train;
 
 pub mod bench;
+pub mod datacmd;
 pub mod device;
 pub mod finetune;
 pub mod humaneval;

@@ -11,8 +11,9 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
-use phi_data::corpus::{collect_files, python_stdlib_dir, read_documents, tokenize_corpus};
-use phi_data::quality::{Decontaminator, NearDup, clean};
+use phi_data::corpus::{collect_files, python_stdlib_dir};
+use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
+use phi_data::{Mixture, TokenDataset, Tokenizer};
 use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
@@ -165,6 +166,10 @@ pub struct RecipeArgs {
     /// shipped in data/corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
+    /// Train on datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT`,
+    /// repeatable for a mixture (e.g. `--data textbooks:0.8 --data code:0.2`).
+    #[arg(long)]
+    pub data: Vec<String>,
     /// At most this many MB of source text (CPU runs stay short).
     #[arg(long, default_value_t = 4.0)]
     pub max_corpus_mb: f64,
@@ -194,27 +199,29 @@ impl Recipe {
     }
 }
 
-/// `base` with the keys of the TOML file at `path` laid over it (nested tables merge).
-pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Result<TrainConfig, String> {
-    fn merge(base: &mut toml::Value, over: toml::Value) {
-        match (base, over) {
-            (toml::Value::Table(b), toml::Value::Table(o)) => {
-                for (k, v) in o {
-                    match b.get_mut(&k) {
-                        Some(slot) => merge(slot, v),
-                        None => {
-                            b.insert(k, v);
-                        }
+/// Lays `over` onto `base`: tables merge key by key, anything else replaces.
+pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_toml(slot, v),
+                    None => {
+                        b.insert(k, v);
                     }
                 }
             }
-            (slot, v) => *slot = v,
         }
+        (slot, v) => *slot = v,
     }
+}
+
+/// `base` with the keys of the TOML file at `path` laid over it (nested tables merge).
+pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Result<TrainConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut value = toml::Value::try_from(base).map_err(|e| e.to_string())?;
-    merge(&mut value, over);
+    merge_toml(&mut value, over);
     value.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))
 }
 
@@ -239,6 +246,47 @@ pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
     (root, files)
 }
 
+/// The training data: the `--data` datasets (prepared by `phi data prepare`, mixed by weight;
+/// validation from the first), else the default corpus prepared through the phi-data pipeline
+/// into `out/data` (reused while its inputs and settings are unchanged).
+pub fn training_data(args: &RecipeArgs, out: &std::path::Path) -> Result<(Mixture, TokenDataset, Tokenizer), Box<dyn std::error::Error>> {
+    if !args.data.is_empty() {
+        let mut parts = Vec::new();
+        let mut first: Option<(Manifest, PathBuf)> = None;
+        for spec in &args.data {
+            let (dir, weight) = match spec.rsplit_once(':').and_then(|(d, w)| w.parse::<f64>().ok().map(|w| (d, w))) {
+                Some((d, w)) => (PathBuf::from(d), w),
+                None => (PathBuf::from(spec), 1.0),
+            };
+            let m = Manifest::read(&dir)?;
+            if let Some((f, fdir)) = &first {
+                let same = std::fs::read(fdir.join(&f.tokenizer.file))? == std::fs::read(dir.join(&m.tokenizer.file))?;
+                if !same {
+                    return Err(format!("{} and {} were tokenized with different tokenizers: a mixture needs one", fdir.display(), dir.display()).into());
+                }
+            }
+            println!("data: {} ({} train tokens, weight {weight})", dir.display(), m.splits.get("train").map_or(0, |s| s.tokens));
+            parts.push((m.dataset(&dir, "train")?, weight));
+            first.get_or_insert((m, dir));
+        }
+        let (m, dir) = first.expect("at least one --data");
+        return Ok((Mixture::new(parts)?, m.dataset(&dir, "validation")?, m.tokenizer(&dir)?));
+    }
+    let (root, files) = default_corpus(args);
+    println!("corpus: {} files from {}", files.len(), root.display());
+    // The Phi recipe's hygiene: quality filters, no duplicates, nothing that overlaps HumanEval.
+    let mut config = PrepareConfig::new(vec![Input::List { files }], TokenizerSource::Train { vocab_size: args.vocab_size });
+    config.validation_fraction = 0.05;
+    let dir = out.join("data");
+    let (m, reused) = prepare_or_reuse(&config, &dir, true)?;
+    if reused {
+        println!("data: reusing {} (same inputs and settings)", dir.display());
+    } else {
+        print!("{}", m.report.table());
+    }
+    Ok((Mixture::single(m.dataset(&dir, "train")?), m.dataset(&dir, "validation")?, m.tokenizer(&dir)?))
+}
+
 /// Runs `recipe` end to end; see the module docs.
 pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device: Device = args.device.device()?;
@@ -247,30 +295,18 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
             recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
     }
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(recipe.name));
-    let (root, files) = default_corpus(&args);
-    println!("corpus: {} files from {}", files.len(), root.display());
     let t = Instant::now();
-    // The Phi recipe's hygiene: no duplicates, nothing that overlaps the evaluation set.
-    let problems = crate::humaneval::load_problems()?;
-    let eval = Decontaminator::new(problems.iter().map(|p| format!("{}{}{}", p.prompt, p.canonical_solution, p.test)), 13);
-    let (docs, report) = clean(read_documents(&files), &NearDup::default(), Some(&eval));
+    let (train_data, val_data, tokenizer) = training_data(&args, &out)?;
     println!(
-        "cleaning: {} documents → {} kept ({} exact duplicates, {} near duplicates, {} overlapping HumanEval by a 13-gram)",
-        report.input, report.kept, report.exact_duplicates, report.near_duplicates, report.contaminated
-    );
-    let corpus = tokenize_corpus(&docs, args.vocab_size, 20, &out.join("data-cache"))?;
-    println!(
-        "tokens: {} train / {} validation, {:.1} MB of text, vocab {} ({:.1}s, cached in {})",
-        corpus.train.len(),
-        corpus.validation.len(),
-        corpus.bytes as f64 / 1e6,
-        corpus.tokenizer.vocab_size(),
-        t.elapsed().as_secs_f64(),
-        out.join("data-cache").display()
+        "tokens: {} train / {} validation, vocab {} ({:.1}s)",
+        train_data.datasets().map(TokenDataset::num_tokens).sum::<usize>(),
+        val_data.num_tokens(),
+        tokenizer.vocab_size(),
+        t.elapsed().as_secs_f64()
     );
     let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
-    model_config.vocab_size = corpus.tokenizer.vocab_size();
-    let eos = corpus.tokenizer.eos_id().expect("trained with <|endoftext|>");
+    model_config.vocab_size = tokenizer.vocab_size();
+    let eos = tokenizer.eos_id().ok_or("the tokenizer has no <|endoftext|> token")?;
     model_config.bos_token_id = Some(eos);
     model_config.eos_token_ids = vec![eos];
     if let Some(path) = &args.config {
@@ -299,7 +335,7 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
         let _ = std::fs::remove_dir_all(out.join("checkpoints"));
     }
     let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
-    let val_before = evaluate(&initial, &corpus.validation, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
+    let val_before = evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
     println!("validation loss before training: {val_before:.3}");
 
     let bar = ProgressBar::new(cfg.max_steps as u64);
@@ -308,7 +344,7 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
             .expect("valid template"),
     );
     let mut last_val = None;
-    let outcome = train(&model_config, &cfg, &corpus.train, &corpus.validation, &out, start, &device, |m| {
+    let outcome = train(&model_config, &cfg, &train_data, &val_data, &out, start, &device, |m| {
         bar.set_position(m.step as u64);
         if m.val_loss.is_some() {
             last_val = m.val_loss;
@@ -323,9 +359,9 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
     let val_after = outcome.metrics.iter().rev().find_map(|m| m.val_loss).unwrap_or(f64::NAN);
     println!("validation loss: {val_before:.3} → {val_after:.3} (perplexity {:.1} → {:.1})", val_before.exp(), val_after.exp());
     let ckpt = phi_train::checkpoint::latest(&out.join("checkpoints")).expect("the last step writes a checkpoint");
-    corpus.tokenizer.save(ckpt.join("tokenizer.json"))?;
+    tokenizer.save(ckpt.join("tokenizer.json"))?;
     println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
-    sample(&outcome.model, &corpus.tokenizer, eos)?;
+    sample(&outcome.model, &tokenizer, eos)?;
     Ok(())
 }
 

@@ -136,6 +136,7 @@ fn train_recipe_runs_end_to_end_on_the_shipped_corpus_and_resumes() {
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     let text = String::from_utf8(second.stdout).unwrap();
     assert!(text.contains("resumed from the checkpoint at step 3"), "{text}");
+    assert!(text.contains("data: reusing"), "the prepared shards are reused: {text}");
     let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
     // The final checkpoint is a complete HF folder with its tokenizer: `phi generate` runs on it.
@@ -169,8 +170,8 @@ fn export_merges_a_peft_adapter_into_a_plain_checkpoint() {
 fn eval_perplexity_equals_the_training_validation_loss() {
     let dir = tempfile::tempdir().unwrap();
     let tokens: Vec<u32> = (0..1000u32).map(|i| (i * 2654435761) >> 23).collect(); // < 512
-    let path = dir.path().join("val.tokens");
-    phi_data::corpus::write_tokens(&path, &tokens).unwrap();
+    let path = dir.path().join("val.bin");
+    phi_data::shard::write_shard(&path, 512, &tokens).unwrap();
     let out = phi()
         .args(["eval", "perplexity", "--seq-len", "32", "--batch-size", "4", "--model"])
         .arg(fixture("phi-tiny"))
@@ -181,7 +182,7 @@ fn eval_perplexity_equals_the_training_validation_loss() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let model = phi_core::PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &burn::tensor::Device::default()).unwrap();
-    let expected = phi_train::evaluate(&model, &tokens, 32, 4, usize::MAX);
+    let expected = phi_train::evaluate(&model, &phi_data::TokenDataset::from_tokens(tokens), 32, 4, usize::MAX);
     assert_eq!(v["loss"].as_f64().unwrap(), expected);
     assert!((v["perplexity"].as_f64().unwrap() - expected.exp()).abs() < 1e-9);
 }
@@ -212,4 +213,70 @@ fn finetune_on_a_jsonl_file_reports_bad_records_and_exports() {
     assert!(text.contains("held-out loss (response tokens)"), "{text}");
     assert!(out.path().join("adapter/adapter_config.json").is_file());
     phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
+}
+
+#[test]
+fn data_prepare_inspect_train_tokenizer_and_train_on_a_mixture() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let out = tempfile::tempdir().unwrap();
+    let prepare = |name: &str, extra: &[&str]| {
+        let run = phi()
+            .args(["data", "prepare", "--json", "--shard-tokens", "20000", "--validation-fraction", "0.2"])
+            .args(extra)
+            .arg("--input")
+            .arg(&corpus)
+            .arg("--out")
+            .arg(out.path().join(name))
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()
+    };
+    let report = prepare("code", &["--vocab-size", "400"]);
+    let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["read", "quality", "exact dedup", "near dedup", "decontaminate"]);
+    assert!(report["train"]["tokens"].as_u64().unwrap() > 10_000 && report["train"]["shards"].as_u64().unwrap() > 1, "{report}");
+    // The same data a second time, unfiltered: a second mixture component with the same tokenizer
+    // is only possible with --tokenizer.
+    let tok = out.path().join("code/tokenizer.json");
+    prepare("raw", &["--no-filters", "--no-near-dedup", "--tokenizer", tok.to_str().unwrap()]);
+
+    let inspect = phi().args(["data", "inspect"]).arg(out.path().join("code")).output().unwrap();
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let text = String::from_utf8(inspect.stdout).unwrap();
+    assert!(text.contains("all verified") && text.contains("near dedup"), "{text}");
+    // A damaged shard: inspect names it.
+    let shard = out.path().join("raw/train-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&shard, bytes).unwrap();
+    let bad = phi().args(["data", "inspect"]).arg(out.path().join("raw")).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("train-00000.bin") && err.contains("truncated"), "{err}");
+    prepare("raw", &["--no-filters", "--no-near-dedup", "--tokenizer", tok.to_str().unwrap()]);
+
+    let trained = out.path().join("tok.json");
+    let run = phi().args(["data", "train-tokenizer", "--vocab-size", "300", "--input"]).arg(&corpus).arg("--out").arg(&trained).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(phi_data::Tokenizer::from_file(&trained).unwrap().vocab_size(), 300);
+
+    let toml = out.path().join("small.toml");
+    std::fs::write(&toml, "batch_size = 2\nseq_len = 32\neval_batches = 2\n").unwrap();
+    let run = phi()
+        .args(["train", "--steps", "2", "--data"])
+        .arg(format!("{}:0.8", out.path().join("code").display()))
+        .arg("--data")
+        .arg(format!("{}:0.2", out.path().join("raw").display()))
+        .arg("--config")
+        .arg(&toml)
+        .arg("--out")
+        .arg(out.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(text.contains("weight 0.8") && text.contains("weight 0.2") && text.contains("validation loss:"), "{text}");
+    let state = std::fs::read_to_string(out.path().join("run/checkpoints/step-00000002/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["sampler"]["samplers"].as_array().unwrap().len(), 2, "{state}");
 }

@@ -3,9 +3,13 @@
 
 use burn::tensor::Device;
 use phi_core::PhiConfig;
+use phi_data::shard::write_shard;
+use phi_data::{Mixture, TokenDataset};
 use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, checkpoint, train};
 
-fn tiny() -> (PhiConfig, TrainConfig, Vec<u32>, Vec<u32>) {
+/// A tiny model and a mixture of two memory-mapped shard datasets (70/30), so that resuming
+/// covers the mixture sampler's state and the shard reader too.
+fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) {
     let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
     model.max_position_embeddings = 64;
     let cfg = TrainConfig {
@@ -28,12 +32,19 @@ fn tiny() -> (PhiConfig, TrainConfig, Vec<u32>, Vec<u32>) {
     let stream = |n: usize, salt: u32| -> Vec<u32> {
         (0..n as u32).map(|i| if i % 7 == 0 { (i * 2654435761u32.wrapping_add(salt)) >> 26 } else { i % 64 }).collect()
     };
-    (model, cfg, stream(4000, 1), stream(600, 2))
+    let data = tempfile::tempdir().unwrap();
+    let shard = |name: &str, tokens: Vec<u32>| {
+        let path = data.path().join(name);
+        write_shard(&path, 64, &tokens).unwrap();
+        TokenDataset::from_shards([path]).unwrap()
+    };
+    let train = Mixture::new(vec![(shard("a.bin", stream(3000, 1)), 0.7), (shard("b.bin", stream(1000, 3)), 0.3)]).unwrap();
+    (model, cfg, train, TokenDataset::from_tokens(stream(600, 2)), data)
 }
 
 #[test]
 fn resumed_run_matches_uninterrupted_run_bitwise() {
-    let (model, cfg, train_tokens, val_tokens) = tiny();
+    let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let device = Device::default();
 
     let full_dir = tempfile::tempdir().unwrap();
@@ -69,7 +80,7 @@ fn resumed_run_matches_uninterrupted_run_bitwise() {
 
 #[test]
 fn activation_checkpointing_gives_the_same_training() {
-    let (model, cfg, train_tokens, val_tokens) = tiny();
+    let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
     let device = Device::default();
     let run = |cfg: &TrainConfig| {

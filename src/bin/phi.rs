@@ -71,6 +71,9 @@ enum Command {
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Data preparation: filter, dedup, decontaminate, tokenize into shards.
+    #[command(subcommand)]
+    Data(phi::datacmd::DataCommand),
     /// Architecture, parameter count and memory of a model folder or preset.
     Inspect {
         /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
@@ -109,8 +112,8 @@ enum EvalCommand {
     Perplexity {
         #[arg(long)]
         model: PathBuf,
-        /// Token files (`.tokens`, as `train_*` caches them) or text files/folders (tokenized
-        /// with the model's tokenizer.json, documents joined by EOS).
+        /// Prepared dataset folders (their validation split), token shards (`.bin`), or text
+        /// files/folders (tokenized with the model's tokenizer.json, documents joined by EOS).
         #[arg(long, num_args = 1.., required = true)]
         data: Vec<PathBuf>,
         #[arg(long, default_value_t = 256)]
@@ -275,12 +278,15 @@ fn perplexity(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let device = device.device()?;
     let m = PhiForCausalLM::from_pretrained(model, &device)?;
-    let mut tokens: Vec<u32> = Vec::new();
+    let mut parts = Vec::new();
     let mut tokenizer = None;
     for path in data {
-        if path.extension().is_some_and(|e| e == "tokens") {
-            let t = phi::data::corpus::read_tokens(path).ok_or_else(|| format!("{}: not a valid token file", path.display()))?;
-            tokens.extend(t);
+        if path.join(phi::data::prepare::MANIFEST).exists() {
+            parts.push(phi::data::Manifest::read(path)?.dataset(path, "validation")?);
+            continue;
+        }
+        if path.extension().is_some_and(|e| e == "bin") {
+            parts.push(phi::data::TokenDataset::from_shards([path])?);
             continue;
         }
         if tokenizer.is_none() {
@@ -293,21 +299,27 @@ fn perplexity(
         } else {
             vec![path.clone()]
         };
+        let mut tokens = Vec::new();
         for f in files {
             let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             tokens.extend(tok.encode(&text));
             tokens.push(eos);
         }
+        parts.push(phi::data::TokenDataset::from_tokens(tokens));
+    }
+    let data = phi::data::TokenDataset::concat(parts);
+    if data.vocab_bound() > m.config().vocab_size {
+        return Err(format!("the data has token ids up to {} but the model's vocab_size is {}", data.vocab_bound() - 1, m.config().vocab_size).into());
     }
     let seq_len = seq_len.min(m.config().max_position_embeddings);
-    if tokens.len() <= seq_len {
-        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", tokens.len(), seq_len + 1).into());
+    let windows = data.num_windows(seq_len);
+    if windows == 0 {
+        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", data.num_tokens(), seq_len + 1).into());
     }
-    let windows = (tokens.len() - 1) / seq_len;
     let batches = windows.div_ceil(batch_size);
     let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
     let bar = indicatif::ProgressBar::new(limit as u64);
-    let loss = phi::train::evaluate_with_progress(&m, &tokens, seq_len, batch_size, limit, |done| bar.set_position(done as u64));
+    let loss = phi::train::evaluate_with_progress(&m, &data, seq_len, batch_size, limit, |done| bar.set_position(done as u64));
     bar.finish_and_clear();
     println!("{{\"loss\": {loss}, \"perplexity\": {}, \"tokens\": {}}}", loss.exp(), windows.min(limit * batch_size) * seq_len);
     Ok(())
@@ -490,6 +502,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
+        Command::Data(cmd) => phi::datacmd::run(cmd),
         Command::Bench(a) => bench::run(a),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args),

@@ -1,14 +1,30 @@
 //! # phi-data
 //!
-//! From text to training batches: HF tokenizers (load any `tokenizer.json`, or train a
-//! byte-level BPE with `<|endoftext|>`), and a deterministic, resumable sampler of token windows.
+//! From a raw corpus to training batches, the Phi way (data quality first):
+//!
+//! - [`tokenizer`]: any HF `tokenizer.json`, or a byte-level BPE trained on the corpus.
+//! - [`filters`]: heuristic quality filters for code and prose (Python parsed with tree-sitter).
+//! - [`quality`]: exact and MinHash/LSH near-duplicate removal, n-gram decontamination.
+//! - [`evalsets`]: HumanEval built in, user evaluation sets from files.
+//! - [`prepare`]: the streaming `phi data prepare` pipeline → token shards + `manifest.json`.
+//! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
+//! - [`sampler`]: seeded, resumable `[batch, seq_len + 1]` windows over one dataset or a mixture.
+//! - [`sft`], [`exercises`]: instruction data for fine-tuning.
 
 pub mod corpus;
+pub mod error;
+pub mod evalsets;
 pub mod exercises;
+pub mod filters;
+pub mod prepare;
 pub mod quality;
 pub mod sampler;
 pub mod sft;
+pub mod shard;
 pub mod tokenizer;
 
-pub use sampler::{SamplerState, TokenSampler};
+pub use error::DataError;
+pub use prepare::{Manifest, PrepareConfig, prepare};
+pub use sampler::{Mixture, MixtureSampler, MixtureState, SamplerState, TokenDataset, TokenSampler};
+pub use shard::Shard;
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -26,18 +26,25 @@ fn ngram_hashes(words: &[String], n: usize) -> impl Iterator<Item = u64> + '_ {
     words.windows(n).map(|w| fnv(w.iter().flat_map(|s| s.bytes().chain([0xff]))))
 }
 
+/// Hash of the whitespace-normalised content: documents that differ only in spacing, indentation
+/// style or line endings hash alike.
+pub fn content_hash(text: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    for w in text.split_whitespace() {
+        h.update(w.as_bytes());
+        h.update(b" ");
+    }
+    h.digest()
+}
+
 /// Indices of documents that repeat an earlier one after whitespace normalisation.
 pub fn exact_duplicates(docs: &[&str]) -> Vec<usize> {
     let mut seen = HashSet::new();
-    docs.iter()
-        .enumerate()
-        .filter(|(_, d)| !seen.insert(fnv(d.split_whitespace().flat_map(|w| w.bytes().chain([b' '])))))
-        .map(|(i, _)| i)
-        .collect()
+    docs.iter().enumerate().filter(|(_, d)| !seen.insert(content_hash(d))).map(|(i, _)| i).collect()
 }
 
 /// MinHash + LSH near-duplicate detection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NearDup {
     pub shingle: usize,
     pub bands: usize,
@@ -55,7 +62,8 @@ impl Default for NearDup {
 }
 
 impl NearDup {
-    fn signature(&self, text: &str) -> Vec<u64> {
+    /// MinHash signature of `text` (`bands × rows` values).
+    pub fn signature(&self, text: &str) -> Vec<u64> {
         let w = words(text);
         let shingles: Vec<u64> = if w.len() < self.shingle {
             vec![fnv(w.iter().flat_map(|s| s.bytes().chain([0xff])))]
@@ -72,26 +80,43 @@ impl NearDup {
 
     /// Indices of documents that are near duplicates of an earlier kept document.
     pub fn duplicates(&self, docs: &[&str]) -> Vec<usize> {
-        let sigs: Vec<Vec<u64>> = docs.iter().map(|d| self.signature(d)).collect();
-        let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
-        let mut dups = Vec::new();
-        for (i, sig) in sigs.iter().enumerate() {
-            let keys: Vec<(usize, u64)> =
-                (0..self.bands).map(|b| (b, fnv(sig[b * self.rows..(b + 1) * self.rows].iter().flat_map(|v| v.to_le_bytes())))).collect();
-            let candidates: HashSet<usize> = keys.iter().filter_map(|k| buckets.get(k)).flatten().copied().collect();
-            let is_dup = candidates.iter().any(|&j| {
-                let same = sig.iter().zip(&sigs[j]).filter(|(a, b)| a == b).count();
-                same as f64 / sig.len() as f64 >= self.threshold
-            });
-            if is_dup {
-                dups.push(i);
-            } else {
-                for k in keys {
-                    buckets.entry(k).or_default().push(i);
-                }
-            }
+        let mut index = NearDupIndex::new(self.clone());
+        docs.iter().enumerate().filter(|(_, d)| index.insert(self.signature(d)).is_some()).map(|(i, _)| i).collect()
+    }
+}
+
+/// The LSH index of the documents kept so far, filled one signature at a time so that a corpus
+/// streams through it: memory is one signature (`bands × rows` u64) per kept document.
+pub struct NearDupIndex {
+    params: NearDup,
+    buckets: HashMap<(u32, u64), Vec<u32>>,
+    kept: Vec<Vec<u64>>,
+}
+
+impl NearDupIndex {
+    pub fn new(params: NearDup) -> Self {
+        NearDupIndex { params, buckets: HashMap::new(), kept: Vec::new() }
+    }
+
+    /// If `sig` is a near duplicate of a kept document, that document's number (in insertion
+    /// order of kept documents) and nothing is stored; otherwise `sig` is kept.
+    pub fn insert(&mut self, sig: Vec<u64>) -> Option<usize> {
+        let rows = self.params.rows;
+        let keys: Vec<(u32, u64)> =
+            (0..self.params.bands).map(|b| (b as u32, fnv(sig[b * rows..(b + 1) * rows].iter().flat_map(|v| v.to_le_bytes())))).collect();
+        let matched = keys.iter().filter_map(|k| self.buckets.get(k)).flatten().copied().find(|&j| {
+            let same = sig.iter().zip(&self.kept[j as usize]).filter(|(a, b)| a == b).count();
+            same as f64 / sig.len() as f64 >= self.params.threshold
+        });
+        if let Some(j) = matched {
+            return Some(j as usize);
         }
-        dups
+        let id = self.kept.len() as u32;
+        for k in keys {
+            self.buckets.entry(k).or_default().push(id);
+        }
+        self.kept.push(sig);
+        None
     }
 }
 
@@ -114,42 +139,6 @@ impl Decontaminator {
     pub fn is_contaminated(&self, doc: &str) -> bool {
         ngram_hashes(&words(doc), self.n).any(|h| self.grams.contains(&h))
     }
-}
-
-/// What [`clean`] removed, and why.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CleanReport {
-    pub input: usize,
-    pub exact_duplicates: usize,
-    pub near_duplicates: usize,
-    pub contaminated: usize,
-    pub kept: usize,
-}
-
-/// Drops exact duplicates, then near duplicates, then documents contaminated with `eval`.
-pub fn clean(docs: Vec<String>, near: &NearDup, eval: Option<&Decontaminator>) -> (Vec<String>, CleanReport) {
-    let mut report = CleanReport { input: docs.len(), ..Default::default() };
-    let drop = |docs: Vec<String>, idx: Vec<usize>| -> Vec<String> {
-        let idx: HashSet<usize> = idx.into_iter().collect();
-        docs.into_iter().enumerate().filter(|(i, _)| !idx.contains(i)).map(|(_, d)| d).collect()
-    };
-    let exact = exact_duplicates(&docs.iter().map(String::as_str).collect::<Vec<_>>());
-    report.exact_duplicates = exact.len();
-    let docs = drop(docs, exact);
-    let near_dups = near.duplicates(&docs.iter().map(String::as_str).collect::<Vec<_>>());
-    report.near_duplicates = near_dups.len();
-    let docs = drop(docs, near_dups);
-    let docs: Vec<String> = match eval {
-        Some(d) => {
-            let before = docs.len();
-            let kept: Vec<String> = docs.into_iter().filter(|doc| !d.is_contaminated(doc)).collect();
-            report.contaminated = before - kept.len();
-            kept
-        }
-        None => docs,
-    };
-    report.kept = docs.len();
-    (docs, report)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ const PREFIX: &str = "step-";
 pub struct TrainerState {
     /// Optimizer steps completed.
     pub step: usize,
-    pub sampler: phi_data::SamplerState,
+    pub sampler: phi_data::MixtureState,
     pub config: crate::TrainConfig,
     /// Tokens consumed so far.
     pub tokens_seen: u64,

@@ -9,8 +9,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{PhiConfig, PhiForCausalLM};
-use phi_data::sampler::sequential_batches;
-use phi_data::TokenSampler;
+use phi_data::{Mixture, TokenDataset};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
@@ -84,15 +83,16 @@ pub fn flops_per_token(config: &PhiConfig, seq_len: usize) -> f64 {
     6.0 * n + 6.0 * attn
 }
 
-/// Mean next-token loss over (at most `max_batches` of) `tokens`, weighted by token count.
-pub fn evaluate(model: &PhiForCausalLM, tokens: &[u32], seq_len: usize, batch: usize, max_batches: usize) -> f64 {
-    evaluate_with_progress(model, tokens, seq_len, batch, max_batches, |_| {})
+/// Mean next-token loss over (at most `max_batches` of) the windows of `data`, in order,
+/// weighted by token count.
+pub fn evaluate(model: &PhiForCausalLM, data: &TokenDataset, seq_len: usize, batch: usize, max_batches: usize) -> f64 {
+    evaluate_with_progress(model, data, seq_len, batch, max_batches, |_| {})
 }
 
 /// [`evaluate`], calling `on_batch` with the number of batches done after each one.
 pub fn evaluate_with_progress(
     model: &PhiForCausalLM,
-    tokens: &[u32],
+    data: &TokenDataset,
     seq_len: usize,
     batch: usize,
     max_batches: usize,
@@ -100,7 +100,7 @@ pub fn evaluate_with_progress(
 ) -> f64 {
     let device = model.device();
     let (mut total, mut count) = (0.0, 0usize);
-    for rows in sequential_batches(tokens, seq_len, batch).take(max_batches.max(1)) {
+    for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
         let b = rows.len() / (seq_len + 1);
         let ids = batch_tensor(&rows, b, seq_len + 1, &device);
         let loss = causal_lm_loss(model.forward(ids.clone()), ids).into_scalar::<f32>() as f64;
@@ -116,26 +116,26 @@ fn batch_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2, 
     Tensor::from_data(TensorData::new(data, [b, n]), device)
 }
 
-/// Runs training. `out_dir` receives `metrics.jsonl` and `checkpoints/`.
+/// Runs training on windows drawn from `train_data` (one dataset or a weighted mixture),
+/// validating on `val_data`. `out_dir` receives `metrics.jsonl` and `checkpoints/`.
 pub fn train(
     model_config: &PhiConfig,
     cfg: &TrainConfig,
-    train_tokens: &[u32],
-    val_tokens: &[u32],
+    train_data: &Mixture,
+    val_data: &TokenDataset,
     out_dir: &Path,
     start: Start,
     device: &Device,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<TrainOutcome> {
-    if train_tokens.len() <= cfg.seq_len {
+    train_data.check(cfg.seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
+    let bound = train_data.vocab_bound().max(val_data.vocab_bound());
+    if bound > model_config.vocab_size {
         return Err(TrainError::Invalid(format!(
-            "{} training tokens are fewer than one sequence of seq_len + 1 = {}",
-            train_tokens.len(),
-            cfg.seq_len + 1
+            "the data uses token ids up to {} but the model's vocab_size is {}",
+            bound - 1,
+            model_config.vocab_size
         )));
-    }
-    if let Some(&bad) = train_tokens.iter().chain(val_tokens).find(|&&t| t as usize >= model_config.vocab_size) {
-        return Err(TrainError::Invalid(format!("token id {bad} ≥ vocab_size {}", model_config.vocab_size)));
     }
     let ad = if cfg.activation_checkpointing {
         device.clone().autodiff().gradient_checkpointing()
@@ -165,8 +165,8 @@ pub fn train(
     let start_step = state.as_ref().map_or(0, |s| s.step);
     let mut tokens_seen = state.as_ref().map_or(0, |s| s.tokens_seen);
     let mut sampler = match &state {
-        Some(s) => TokenSampler::resume(train_tokens.len(), cfg.seq_len, s.sampler),
-        None => TokenSampler::new(train_tokens.len(), cfg.seq_len, cfg.seed),
+        Some(s) => train_data.resume(cfg.seq_len, &s.sampler).map_err(|e| TrainError::Invalid(format!("resuming the data sampler: {e}")))?,
+        None => train_data.sampler(cfg.seq_len, cfg.seed),
     };
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path, start_step);
@@ -187,7 +187,7 @@ pub fn train(
         let mut loss_sum = 0.0;
         let micro = cfg.grad_accum.max(1);
         for _ in 0..micro {
-            let rows = sampler.next_batch(train_tokens, cfg.batch_size);
+            let rows = sampler.next_batch(cfg.batch_size);
             let ids = batch_tensor(&rows, cfg.batch_size, cfg.seq_len + 1, &ad);
             let loss = causal_lm_loss(model.forward(ids.clone()), ids) / micro as f64;
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
@@ -205,7 +205,7 @@ pub fn train(
         let done = step + 1;
         let last = done == cfg.max_steps;
         let (val_loss, val_perplexity) = if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
-            let v = evaluate(&model.valid(), val_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
+            let v = evaluate(&model.valid(), val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
             (Some(v), Some(v.exp()))
         } else {
             (None, None)

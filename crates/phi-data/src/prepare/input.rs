@@ -1,0 +1,192 @@
+//! Where documents come from: files matched by a glob (one document per file), or JSONL files
+//! with a text field (one document per line, optionally gzipped). Read in chunks of bounded
+//! size, so a corpus of any size streams through the pipeline.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::filters::DocKind;
+
+/// One input of `phi data prepare`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Input {
+    /// Files under `root` matching `pattern` (e.g. `**/*.py`), minus those matching any of
+    /// `exclude` (e.g. `**/test/**`), both relative to `root`. `.py` files are Python, others text.
+    Files { root: PathBuf, pattern: String, #[serde(default)] exclude: Vec<String> },
+    /// These files, one document each (e.g. a subset chosen by a script).
+    List { files: Vec<PathBuf> },
+    /// A JSONL file (or `.jsonl.gz`) whose records hold the document in `field`.
+    Jsonl { path: PathBuf, field: String, kind: DocKind },
+}
+
+/// A file to read, with how to read it.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub modified: u64,
+    pub format: Format,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Format {
+    Whole(DocKind),
+    Jsonl { field: String, kind: DocKind },
+}
+
+/// A document read from the input, or the reason it could not be.
+pub(crate) struct Doc {
+    /// `path` or `path:line`, for the report's examples.
+    pub origin: String,
+    pub kind: DocKind,
+    pub text: Result<String, &'static str>,
+    pub bytes: u64,
+}
+
+fn metadata(path: &Path) -> Result<(u64, u64), DataError> {
+    let m = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    let modified = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+    Ok((m.len(), modified))
+}
+
+/// Every file the inputs name, in a reproducible order.
+pub(crate) fn list_sources(inputs: &[Input]) -> Result<Vec<SourceFile>, DataError> {
+    let mut out = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Files { root, pattern, exclude } => {
+                if !root.is_dir() {
+                    return Err(DataError::Invalid(format!("{}: not a folder", root.display())));
+                }
+                let bad = |p: &str, e: &dyn std::fmt::Display| DataError::Invalid(format!("glob pattern {p:?}: {e}"));
+                let exclude = exclude.iter().map(|p| glob::Pattern::new(p).map_err(|e| bad(p, &e))).collect::<Result<Vec<_>, _>>()?;
+                let full = root.join(pattern);
+                let mut paths: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
+                    .map_err(|e| bad(pattern, &e))?
+                    .filter_map(Result::ok)
+                    .filter(|p| p.is_file())
+                    .filter(|p| {
+                        let rel = p.strip_prefix(root).unwrap_or(p);
+                        !exclude.iter().any(|x| x.matches_path(rel))
+                    })
+                    .collect();
+                paths.sort();
+                for path in paths {
+                    let (bytes, modified) = metadata(&path)?;
+                    let format = Format::Whole(DocKind::from_path(&path));
+                    out.push(SourceFile { path, bytes, modified, format });
+                }
+            }
+            Input::List { files } => {
+                for path in files {
+                    let (bytes, modified) = metadata(path)?;
+                    out.push(SourceFile { path: path.clone(), bytes, modified, format: Format::Whole(DocKind::from_path(path)) });
+                }
+            }
+            Input::Jsonl { path, field, kind } => {
+                let (bytes, modified) = metadata(path)?;
+                out.push(SourceFile { path: path.clone(), bytes, modified, format: Format::Jsonl { field: field.clone(), kind: *kind } });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `sources` in chunks of about `chunk_bytes`, calling `f` on each chunk in order.
+pub(crate) fn for_each_chunk(
+    sources: &[SourceFile],
+    chunk_bytes: u64,
+    mut f: impl FnMut(Vec<Doc>) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    let mut pending: Vec<&SourceFile> = Vec::new();
+    let mut pending_bytes = 0;
+    let flush = |pending: &mut Vec<&SourceFile>, f: &mut dyn FnMut(Vec<Doc>) -> Result<(), DataError>| {
+        let docs: Vec<Doc> = pending.par_iter().map(|s| read_whole(s)).collect();
+        pending.clear();
+        f(docs)
+    };
+    for source in sources {
+        match &source.format {
+            Format::Whole(_) => {
+                pending.push(source);
+                pending_bytes += source.bytes;
+                if pending_bytes >= chunk_bytes {
+                    flush(&mut pending, &mut f)?;
+                    pending_bytes = 0;
+                }
+            }
+            Format::Jsonl { field, kind } => {
+                if !pending.is_empty() {
+                    flush(&mut pending, &mut f)?;
+                    pending_bytes = 0;
+                }
+                read_jsonl(source, field, *kind, chunk_bytes, &mut f)?;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut f)?;
+    }
+    Ok(())
+}
+
+fn read_whole(source: &SourceFile) -> Doc {
+    let Format::Whole(kind) = source.format else { unreachable!("only whole files are read here") };
+    let origin = source.path.display().to_string();
+    match std::fs::read(&source.path) {
+        Ok(bytes) => {
+            let n = bytes.len() as u64;
+            Doc { origin, kind, text: String::from_utf8(bytes).map_err(|_| "not utf-8"), bytes: n }
+        }
+        Err(_) => Doc { origin, kind, text: Err("unreadable"), bytes: source.bytes },
+    }
+}
+
+fn read_jsonl(
+    source: &SourceFile,
+    field: &str,
+    kind: DocKind,
+    chunk_bytes: u64,
+    f: &mut dyn FnMut(Vec<Doc>) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    let path = &source.path;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader: Box<dyn Read> =
+        if path.extension().is_some_and(|e| e == "gz") { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
+    let mut lines = BufReader::with_capacity(1 << 20, reader).lines().enumerate();
+    loop {
+        let mut raw: Vec<(usize, String)> = Vec::new();
+        let mut bytes = 0u64;
+        for (i, line) in lines.by_ref() {
+            let line = line.map_err(|e| DataError::Invalid(format!("{} line {}: {e}", path.display(), i + 1)))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            bytes += line.len() as u64;
+            raw.push((i + 1, line));
+            if bytes >= chunk_bytes {
+                break;
+            }
+        }
+        if raw.is_empty() {
+            return Ok(());
+        }
+        let docs = raw
+            .into_par_iter()
+            .map(|(line_no, line)| {
+                let origin = format!("{}:{line_no}", path.display());
+                let text = match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => v.get(field).and_then(|t| t.as_str()).map(str::to_owned).ok_or("record without the text field"),
+                    Err(_) => Err("not a JSON line"),
+                };
+                Doc { origin, kind, text, bytes: line.len() as u64 }
+            })
+            .collect();
+        f(docs)?;
+    }
+}

@@ -1,0 +1,563 @@
+//! `phi data prepare`: raw corpus → quality-filtered, deduplicated, decontaminated token shards.
+//!
+//! ```text
+//! input (glob / JSONL) ─▶ read ─▶ quality ─▶ exact dedup ─▶ near dedup ─▶ decontaminate
+//!                                                                              │ kept documents (temporary JSONL)
+//!                        tokenizer (given, or BPE trained on the training split) ◀┘
+//!                                          └─▶ tokenize (parallel) ─▶ train-*.bin / validation-*.bin + manifest.json
+//! ```
+//!
+//! Stages 1–4 stream the input in chunks of `chunk_mb`: memory is one chunk plus a hash per
+//! document and a MinHash signature per kept document. Every shard is written atomically, and
+//! the whole output folder is built under `<out>.partial` and renamed into place when complete,
+//! so a reader never sees a half-prepared dataset. The report counts what each stage kept and
+//! dropped, and why.
+
+mod input;
+mod report;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use input::Input;
+pub use report::{Dropped, PrepareReport, SplitReport, StageReport};
+
+use crate::error::DataError;
+use crate::filters::QualityFilters;
+use crate::quality::{Decontaminator, NearDup, NearDupIndex, content_hash};
+use crate::sampler::TokenDataset;
+use crate::shard::{ShardInfo, ShardWriter, bytes_per_token};
+use crate::tokenizer::Tokenizer;
+
+/// Where the tokenizer comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerSource {
+    /// An existing `tokenizer.json` (e.g. a `microsoft/phi-1` folder's).
+    File(PathBuf),
+    /// A byte-level BPE of this vocabulary size, trained on the kept training documents.
+    Train { vocab_size: usize },
+}
+
+/// Everything `prepare` does, as data (TOML/JSON-able; stored in the manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepareConfig {
+    pub inputs: Vec<Input>,
+    /// `None` skips the heuristic stage.
+    pub filters: Option<QualityFilters>,
+    pub exact_dedup: bool,
+    /// `None` skips near-dedup.
+    pub near_dedup: Option<NearDup>,
+    /// Decontaminate against the built-in HumanEval.
+    pub decontaminate_humaneval: bool,
+    /// More evaluation sets (JSONL: every string field of a record; other files: whole text).
+    pub eval_sets: Vec<PathBuf>,
+    /// n of the shared n-gram that marks a document contaminated.
+    pub ngram: usize,
+    pub tokenizer: TokenizerSource,
+    /// Share of documents held out for validation (chosen by content hash: stable across runs).
+    pub validation_fraction: f64,
+    /// A shard is closed at the first document boundary past this many tokens.
+    pub shard_tokens: usize,
+    /// Input read per chunk (memory bound of the streaming stages).
+    pub chunk_mb: usize,
+    /// Also keep the filtered documents as `documents.jsonl`.
+    pub keep_documents: bool,
+}
+
+impl PrepareConfig {
+    /// Every stage on, with defaults, for `inputs`.
+    pub fn new(inputs: Vec<Input>, tokenizer: TokenizerSource) -> Self {
+        PrepareConfig {
+            inputs,
+            filters: Some(QualityFilters::default()),
+            exact_dedup: true,
+            near_dedup: Some(NearDup::default()),
+            decontaminate_humaneval: true,
+            eval_sets: Vec::new(),
+            ngram: 13,
+            tokenizer,
+            validation_fraction: 0.05,
+            shard_tokens: 64 << 20,
+            chunk_mb: 64,
+            keep_documents: false,
+        }
+    }
+}
+
+pub const MANIFEST: &str = "manifest.json";
+pub const FORMAT: &str = "phi-token-shards";
+
+/// One shard as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// File name, relative to the manifest's folder.
+    pub file: String,
+    pub tokens: u64,
+    /// XXH3-64 of the payload, hex.
+    pub checksum: String,
+}
+
+/// One split: its shards in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitEntry {
+    pub documents: u64,
+    pub tokens: u64,
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerEntry {
+    /// `tokenizer.json`, copied next to the manifest.
+    pub file: String,
+    pub vocab_size: usize,
+    pub eos_id: u32,
+    /// Where it came from: a path, or `trained`.
+    pub source: String,
+}
+
+/// `manifest.json`: what a prepared dataset holds and how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// Hash of the config and of the input files' names, sizes and times: equal fingerprints
+    /// mean the same output, so a run can be reused.
+    pub fingerprint: String,
+    pub tokenizer: TokenizerEntry,
+    pub bytes_per_token: usize,
+    pub splits: BTreeMap<String, SplitEntry>,
+    pub report: PrepareReport,
+    pub config: PrepareConfig,
+}
+
+impl Manifest {
+    pub fn read(dir: &Path) -> Result<Self, DataError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
+        if m.format != FORMAT || m.version != crate::shard::VERSION {
+            return Err(DataError::Invalid(format!("{}: format {} v{}, expected {FORMAT} v{}", path.display(), m.format, m.version, crate::shard::VERSION)));
+        }
+        Ok(m)
+    }
+
+    /// The shards of `split` (`train`, `validation`) as one dataset, each verified, with its
+    /// token count checked against the manifest.
+    pub fn dataset(&self, dir: &Path, split: &str) -> Result<TokenDataset, DataError> {
+        let entry = self.splits.get(split).ok_or_else(|| {
+            DataError::Invalid(format!("{}: no split {split:?} (has {:?})", dir.join(MANIFEST).display(), self.splits.keys().collect::<Vec<_>>()))
+        })?;
+        let paths: Vec<PathBuf> = entry.shards.iter().map(|s| dir.join(&s.file)).collect();
+        let data = TokenDataset::from_shards(&paths)?;
+        for (s, p) in entry.shards.iter().zip(&paths) {
+            let n = crate::shard::Shard::open_header(p)?.len() as u64;
+            if n != s.tokens {
+                return Err(DataError::Shard { path: p.clone(), offset: 24, message: format!("holds {n} tokens, the manifest says {}", s.tokens) });
+            }
+        }
+        if data.vocab_bound() > self.tokenizer.vocab_size {
+            return Err(DataError::Invalid(format!("{split} shards use a vocabulary of {} > the tokenizer's {}", data.vocab_bound(), self.tokenizer.vocab_size)));
+        }
+        Ok(data)
+    }
+
+    pub fn tokenizer(&self, dir: &Path) -> Result<Tokenizer, DataError> {
+        Ok(Tokenizer::from_file(dir.join(&self.tokenizer.file))?)
+    }
+}
+
+/// The fingerprint of `config` over its current input files.
+pub fn fingerprint(config: &PrepareConfig) -> Result<String, DataError> {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    h.update(serde_json::to_string(config).expect("config serializes").as_bytes());
+    for s in input::list_sources(&config.inputs)? {
+        h.update(s.path.to_string_lossy().as_bytes());
+        h.update(&s.bytes.to_le_bytes());
+        h.update(&s.modified.to_le_bytes());
+    }
+    if let TokenizerSource::File(p) = &config.tokenizer {
+        h.update(&std::fs::read(p).map_err(|e| DataError::io(p, e))?);
+    }
+    Ok(format!("{:016x}", h.digest()))
+}
+
+/// Every readable UTF-8 document of `inputs`, unfiltered (what `phi data train-tokenizer` reads).
+pub fn documents(inputs: &[Input]) -> Result<Vec<String>, DataError> {
+    let mut out = Vec::new();
+    input::for_each_chunk(&input::list_sources(inputs)?, 64_000_000, |docs| {
+        out.extend(docs.into_iter().filter_map(|d| d.text.ok()));
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::Invalid(format!("no readable documents in {inputs:?}")));
+    }
+    Ok(out)
+}
+
+/// [`prepare`], unless `out` already holds a dataset with the same fingerprint.
+pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
+    if let Ok(m) = Manifest::read(out) {
+        if m.fingerprint == fingerprint(config)? {
+            return Ok((m, true));
+        }
+    }
+    Ok((prepare(config, out, progress)?, false))
+}
+
+fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>14} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+/// A kept document, as stored between the streaming stages and tokenization.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    validation: bool,
+    text: String,
+}
+
+/// Runs the pipeline into `out` (replacing a previous prepared dataset there).
+pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Manifest, DataError> {
+    let wall = Instant::now();
+    check_config(config)?;
+    if out.exists() && !out.join(MANIFEST).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
+        return Err(DataError::Invalid(format!("{}: exists and is not a prepared dataset (no {MANIFEST}); refusing to replace it", out.display())));
+    }
+    let fingerprint = fingerprint(config)?;
+    let sources = input::list_sources(&config.inputs)?;
+    if sources.is_empty() {
+        return Err(DataError::Invalid(format!("no input files match {:?}", config.inputs)));
+    }
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(|e| DataError::io(&partial, e))?;
+
+    // Stages 1–4, streaming.
+    let kept_path = partial.join("documents.jsonl");
+    let (stages, counts) = filter_stages(config, &sources, &kept_path, progress)?;
+    let mut report = PrepareReport { stages, ..Default::default() };
+    if counts[0] == 0 {
+        return Err(DataError::Invalid(format!(
+            "every document was dropped; nothing to train on:\n{}",
+            report.table()
+        )));
+    }
+
+    // The tokenizer.
+    let t = Instant::now();
+    let (tokenizer, source) = match &config.tokenizer {
+        TokenizerSource::File(p) => (Tokenizer::from_file(p)?, p.display().to_string()),
+        TokenizerSource::Train { vocab_size } => {
+            let spinner = if progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+            spinner.set_message(format!("training a byte-level BPE tokenizer (vocab {vocab_size}) on {} documents", counts[0]));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let texts = kept_documents(&kept_path)?.filter(|k| !k.validation).map(|k| k.text);
+            let tok = Tokenizer::train_bpe(texts, *vocab_size)?;
+            spinner.finish_and_clear();
+            (tok, "trained".to_string())
+        }
+    };
+    report.tokenizer_seconds = if matches!(config.tokenizer, TokenizerSource::Train { .. }) { t.elapsed().as_secs_f64() } else { 0.0 };
+    let eos = tokenizer.eos_id().ok_or_else(|| DataError::Invalid(format!("tokenizer {source} has no {} token to join documents", crate::tokenizer::EOS)))?;
+    let vocab_size = tokenizer.vocab_size();
+    tokenizer.save(partial.join("tokenizer.json"))?;
+
+    // Tokenize into shards.
+    let t = Instant::now();
+    let splits = tokenize(config, &tokenizer, eos, &kept_path, &partial, counts[0] + counts[1], progress)?;
+    report.tokenize_seconds = t.elapsed().as_secs_f64();
+    for (name, split) in [("train", &mut report.train), ("validation", &mut report.validation)] {
+        let e = &splits[name];
+        *split = SplitReport { documents: e.documents, tokens: e.tokens, shards: e.shards.len() };
+    }
+    if !config.keep_documents {
+        std::fs::remove_file(&kept_path).map_err(|e| DataError::io(&kept_path, e))?;
+    }
+    report.wall_seconds = wall.elapsed().as_secs_f64();
+    report.megabytes_per_second = report.stages.first().map_or(0, |s| s.bytes_in) as f64 / 1e6 / report.wall_seconds;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: crate::shard::VERSION,
+        fingerprint,
+        tokenizer: TokenizerEntry { file: "tokenizer.json".into(), vocab_size, eos_id: eos, source },
+        bytes_per_token: bytes_per_token(vocab_size),
+        splits,
+        report,
+        config: config.clone(),
+    };
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    write_atomic(&partial.join(MANIFEST), json.as_bytes())?;
+    // Swap the finished folder into place.
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    }
+    std::fs::rename(&partial, out).map_err(|e| DataError::io(out, e))?;
+    Ok(manifest)
+}
+
+fn check_config(c: &PrepareConfig) -> Result<(), DataError> {
+    let bad = |m: String| Err(DataError::Invalid(m));
+    if !(0.0..1.0).contains(&c.validation_fraction) {
+        return bad(format!("validation_fraction = {} must be in [0, 1)", c.validation_fraction));
+    }
+    if c.shard_tokens == 0 || c.chunk_mb == 0 || c.ngram == 0 {
+        return bad(format!("shard_tokens ({}), chunk_mb ({}) and ngram ({}) must be positive", c.shard_tokens, c.chunk_mb, c.ngram));
+    }
+    if let Some(nd) = &c.near_dedup {
+        if nd.bands == 0 || nd.rows == 0 || nd.shingle == 0 || !(0.0..=1.0).contains(&nd.threshold) {
+            return bad(format!("near_dedup {nd:?}: bands, rows and shingle must be positive and threshold in [0, 1]"));
+        }
+    }
+    if let TokenizerSource::Train { vocab_size } = c.tokenizer {
+        if vocab_size < 258 {
+            return bad(format!("vocab_size = {vocab_size}: a byte-level BPE needs at least 258 (256 bytes + <|endoftext|> + one merge)"));
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Stages 1–4; writes the kept documents to `kept_path`. Returns the stage reports and the
+/// numbers of kept training and validation documents.
+fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_path: &Path, progress: bool) -> Result<(Vec<StageReport>, [u64; 2]), DataError> {
+    let mut read = StageReport::new("read");
+    let mut quality = StageReport::new("quality");
+    let mut exact = StageReport::new("exact dedup");
+    let mut near = StageReport::new("near dedup");
+    let mut decon = StageReport::new("decontaminate");
+    let mut eval_texts = if config.decontaminate_humaneval { crate::evalsets::humaneval() } else { Vec::new() };
+    for p in &config.eval_sets {
+        eval_texts.extend(crate::evalsets::load(p)?);
+    }
+    let decontaminator = (!eval_texts.is_empty()).then(|| Decontaminator::new(&eval_texts, config.ngram));
+    let mut seen = HashSet::new();
+    let mut index = config.near_dedup.clone().map(NearDupIndex::new);
+    let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
+    let mut kept = [0u64; 2];
+    let total: u64 = sources.iter().map(|s| s.bytes).sum();
+    let bar = bar(progress, total, "filter + dedup");
+    input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
+        bar.inc(docs.iter().map(|d| d.bytes).sum());
+        let t = Instant::now();
+        let mut live: Vec<Live> = Vec::with_capacity(docs.len());
+        for d in docs {
+            match d.text {
+                Ok(text) if text.trim().is_empty() => read.drop_doc("empty", d.bytes, &d.origin),
+                Ok(text) => {
+                    read.keep(text.len() as u64);
+                    live.push(Live { origin: d.origin, kind: d.kind, text });
+                }
+                Err(reason) => read.drop_doc(reason, d.bytes, &d.origin),
+            }
+        }
+        read.seconds += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let verdicts: Vec<_> = match &config.filters {
+            Some(f) => live.par_iter().map(|d| f.check(&d.text, d.kind)).collect(),
+            None => vec![None; live.len()],
+        };
+        let live = stage(&mut quality, live, verdicts.into_iter().map(|v| v.map(|r| r.label())).collect());
+        quality.seconds += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let live = if config.exact_dedup {
+            let hashes: Vec<u64> = live.par_iter().map(|d| content_hash(&d.text)).collect();
+            let verdicts = hashes.into_iter().map(|h| (!seen.insert(h)).then_some("exact duplicate")).collect();
+            stage(&mut exact, live, verdicts)
+        } else {
+            live
+        };
+        exact.seconds += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let live = match (&mut index, &config.near_dedup) {
+            (Some(index), Some(nd)) => {
+                let sigs: Vec<Vec<u64>> = live.par_iter().map(|d| nd.signature(&d.text)).collect();
+                let verdicts = sigs.into_iter().map(|s| index.insert(s).map(|_| "near duplicate")).collect();
+                stage(&mut near, live, verdicts)
+            }
+            _ => live,
+        };
+        near.seconds += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let live = match &decontaminator {
+            Some(d) => {
+                let verdicts = live.par_iter().map(|doc| d.is_contaminated(&doc.text).then_some("shares an n-gram with an eval set")).collect();
+                stage(&mut decon, live, verdicts)
+            }
+            None => live,
+        };
+        decon.seconds += t.elapsed().as_secs_f64();
+
+        let threshold = (config.validation_fraction * (1u64 << 32) as f64) as u64;
+        for Live { text, .. } in live {
+            let validation = (content_hash(&text).rotate_left(17) & 0xffff_ffff) < threshold;
+            kept[validation as usize] += 1;
+            let line = serde_json::to_string(&Kept { validation, text }).expect("serializes");
+            writeln!(out, "{line}").map_err(|e| DataError::io(kept_path, e))?;
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    out.into_inner().map_err(|e| DataError::io(kept_path, e.into_error()))?.sync_all().map_err(|e| DataError::io(kept_path, e))?;
+    let mut stages = vec![read];
+    if config.filters.is_some() {
+        stages.push(quality);
+    }
+    if config.exact_dedup {
+        stages.push(exact);
+    }
+    if config.near_dedup.is_some() {
+        stages.push(near);
+    }
+    if decontaminator.is_some() {
+        stages.push(decon);
+    }
+    Ok((stages, kept))
+}
+
+/// Books one stage: `verdicts[i]` is the reason to drop document `i`, if any.
+fn stage(report: &mut StageReport, docs: Vec<Live>, verdicts: Vec<Option<&'static str>>) -> Vec<Live> {
+    docs.into_iter()
+        .zip(verdicts)
+        .filter_map(|(d, v)| match v {
+            Some(reason) => {
+                report.drop_doc(reason, d.text.len() as u64, &d.origin);
+                None
+            }
+            None => {
+                report.keep(d.text.len() as u64);
+                Some(d)
+            }
+        })
+        .collect()
+}
+
+/// A document still in the running.
+struct Live {
+    origin: String,
+    kind: crate::filters::DocKind,
+    text: String,
+}
+
+fn kept_documents(path: &Path) -> Result<impl Iterator<Item = Kept> + Send + use<>, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    Ok(BufReader::with_capacity(1 << 20, file)
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str::<Kept>(&l).expect("written by this module")))
+}
+
+/// Rolls shards of one split: a new file once the current one passes `shard_tokens`.
+struct SplitWriter {
+    dir: PathBuf,
+    name: &'static str,
+    vocab_size: usize,
+    shard_tokens: usize,
+    current: Option<ShardWriter>,
+    done: Vec<ShardInfo>,
+    documents: u64,
+}
+
+impl SplitWriter {
+    fn write_document(&mut self, tokens: &[u32], eos: u32) -> Result<(), DataError> {
+        if self.current.is_none() {
+            let path = self.dir.join(format!("{}-{:05}.bin", self.name, self.done.len()));
+            self.current = Some(ShardWriter::create(path, self.vocab_size)?);
+        }
+        let w = self.current.as_mut().expect("just opened");
+        w.write(tokens)?;
+        w.write(&[eos])?;
+        self.documents += 1;
+        if w.len() as usize >= self.shard_tokens {
+            self.done.push(self.current.take().expect("open").finish()?);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<SplitEntry, DataError> {
+        if let Some(w) = self.current.take() {
+            self.done.push(w.finish()?);
+        }
+        let shards: Vec<ShardEntry> = self
+            .done
+            .iter()
+            .map(|s| ShardEntry {
+                file: s.path.file_name().expect("named").to_string_lossy().into(),
+                tokens: s.tokens,
+                checksum: format!("{:016x}", s.checksum),
+            })
+            .collect();
+        Ok(SplitEntry { documents: self.documents, tokens: shards.iter().map(|s| s.tokens).sum(), shards })
+    }
+}
+
+/// Tokenizes the kept documents in parallel chunks into the two splits' shards.
+fn tokenize(
+    config: &PrepareConfig,
+    tokenizer: &Tokenizer,
+    eos: u32,
+    kept_path: &Path,
+    dir: &Path,
+    documents: u64,
+    progress: bool,
+) -> Result<BTreeMap<String, SplitEntry>, DataError> {
+    let writer = |name| SplitWriter {
+        dir: dir.to_path_buf(),
+        name,
+        vocab_size: tokenizer.vocab_size(),
+        shard_tokens: config.shard_tokens,
+        current: None,
+        done: Vec::new(),
+        documents: 0,
+    };
+    let mut writers = [writer("train"), writer("validation")];
+    let bar = bar(progress, documents, "tokenize");
+    if progress {
+        bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} documents [{elapsed_precise} < {eta_precise}]").expect("valid"));
+    }
+    let mut docs = kept_documents(kept_path)?.peekable();
+    let chunk_bytes = config.chunk_mb * 1_000_000;
+    while docs.peek().is_some() {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        while bytes < chunk_bytes {
+            let Some(k) = docs.next() else { break };
+            bytes += k.text.len();
+            chunk.push(k);
+        }
+        let encoded: Vec<Vec<u32>> = chunk.par_iter().map(|k| tokenizer.encode(&k.text)).collect();
+        for (k, ids) in chunk.iter().zip(encoded) {
+            writers[k.validation as usize].write_document(&ids, eos)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let [train, validation] = writers;
+    Ok(BTreeMap::from([("train".to_string(), train.finish()?), ("validation".to_string(), validation.finish()?)]))
+}
