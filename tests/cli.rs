@@ -139,6 +139,7 @@ fn train_recipe_runs_end_to_end_on_the_shipped_corpus_and_resumes() {
     assert!(text.contains("data: reusing"), "the prepared shards are reused: {text}");
     let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
+    assert!(std::fs::read(out.path().join("loss.png")).unwrap().starts_with(b"\x89PNG"), "the loss curve is drawn");
     // The final checkpoint is a complete HF folder with its tokenizer: `phi generate` runs on it.
     let ckpt = out.path().join("checkpoints/step-00000004");
     let generated = phi().args(["generate", "--max-new-tokens", "5", "--prompt", "def f(x):"]).arg("--model").arg(&ckpt).output().unwrap();

@@ -11,6 +11,7 @@ pub mod error;
 pub mod lora;
 pub mod loss;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;

@@ -117,7 +117,8 @@ fn batch_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2, 
 }
 
 /// Runs training on windows drawn from `train_data` (one dataset or a weighted mixture),
-/// validating on `val_data`. `out_dir` receives `metrics.jsonl` and `checkpoints/`.
+/// validating on `val_data`. `out_dir` receives `metrics.jsonl`, `checkpoints/` and, at the
+/// end, `loss.png`.
 pub fn train(
     model_config: &PhiConfig,
     cfg: &TrainConfig,
@@ -236,6 +237,12 @@ pub fn train(
                 std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
             })?;
         }
+    }
+    // The curve is a convenience: a failure to draw it must not cost the finished run.
+    let png = out_dir.join("loss.png");
+    let title = format!("{} layers x {} hidden, {} tokens/step", model.config().num_hidden_layers, model.config().hidden_size, tokens_per_step);
+    if let Err(e) = crate::plot::write_loss_curve(&history, &title, &png) {
+        eprintln!("warning: loss curve not written: {e}");
     }
     Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step) })
 }

@@ -1,0 +1,99 @@
+//! The loss-curve PNG a run writes at the end: training loss per step, validation loss where it
+//! was measured, learning rate on a second axis.
+//!
+//! Text is drawn with DejaVu Sans Mono, embedded (`assets/`, its licence beside it), so the plot
+//! needs no system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+use crate::StepMetrics;
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).unwrap_or_else(|_| panic!("the embedded font parses"));
+    });
+}
+
+/// Writes `metrics` as a PNG at `path` (to a temporary name, then renamed).
+pub fn write_loss_curve(metrics: &[StepMetrics], title: &str, path: &Path) -> Result<(), String> {
+    if metrics.is_empty() {
+        return Err("no metrics to plot".into());
+    }
+    register_font();
+    let tmp = path.with_extension("tmp.png");
+    draw(metrics, title, &tmp).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn draw(metrics: &[StepMetrics], title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let train: Vec<(f64, f64)> = metrics.iter().filter(|m| m.loss.is_finite()).map(|m| (m.step as f64, m.loss)).collect();
+    let val: Vec<(f64, f64)> = metrics.iter().filter_map(|m| m.val_loss.filter(|v| v.is_finite()).map(|v| (m.step as f64, v))).collect();
+    let lr: Vec<(f64, f64)> = metrics.iter().map(|m| (m.step as f64, m.lr)).collect();
+    let (lo, hi) = train.iter().chain(&val).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let first = metrics.first().map_or(0, |m| m.step) as f64;
+    let last = (metrics.last().map_or(1, |m| m.step) as f64).max(first + 1.0);
+    let max_lr = lr.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-12);
+
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .right_y_label_area_size(70)
+        .build_cartesian_2d(first..last, (lo - pad)..(hi + pad))?
+        .set_secondary_coord(first..last, 0.0..max_lr * 1.05);
+    chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&|v| format!("{v:.0}")).label_style(("sans-serif", 14)).draw()?;
+    chart.configure_secondary_axes().y_desc("learning rate").label_style(("sans-serif", 14)).y_label_formatter(&|v| format!("{v:.1e}")).draw()?;
+    chart.draw_series(LineSeries::new(train, BLUE.stroke_width(2)))?.label("train loss").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    if !val.is_empty() {
+        chart.draw_series(LineSeries::new(val.clone(), RED.stroke_width(2)))?.label("validation loss").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
+        chart.draw_series(val.into_iter().map(|p| Circle::new(p, 4, RED.filled())))?;
+    }
+    chart
+        .draw_secondary_series(LineSeries::new(lr, RGBColor(150, 150, 150).stroke_width(1)))?
+        .label("learning rate")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RGBColor(150, 150, 150)));
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_png() {
+        let metrics: Vec<StepMetrics> = (1..=50)
+            .map(|s| StepMetrics {
+                step: s,
+                loss: 8.0 / (1.0 + s as f64 * 0.1),
+                val_loss: (s % 10 == 0).then(|| 8.5 / (1.0 + s as f64 * 0.1)),
+                val_perplexity: None,
+                lr: 1e-3 * (s as f64 / 50.0),
+                grad_norm: 1.0,
+                tokens_per_s: 1000.0,
+                mfu: 0.0,
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("phi-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loss.png");
+        write_loss_curve(&metrics, "test run", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 10_000, "a drawn chart, not an empty image: {} bytes", bytes.len());
+        assert!(write_loss_curve(&[], "empty", &path).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
