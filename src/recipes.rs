@@ -14,7 +14,7 @@ use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
-use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, evaluate, train};
+use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
 pub struct Recipe {
@@ -64,6 +64,8 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
         seed: 1234,
         peak_flops: 1.0e11,
         activation_checkpointing: false,
+        precision: Precision::F32,
+        loss_scaler: LossScaler::default(),
     }
 }
 
@@ -80,6 +82,7 @@ fn full_train(opt: AdamWSettings, batch_size: usize, seq_len: usize, grad_accum:
         checkpoint_every: 1000,
         // H100 dense bf16 peak, for the MFU figure.
         peak_flops: 989e12,
+        precision: Precision::Bf16,
         ..mini_train(opt, schedule.peak, schedule.decay)
     }
 }
@@ -184,6 +187,14 @@ pub struct RecipeArgs {
     pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+    /// Compute dtype: f32 (CPU default), bf16 (`--full` default) or f16 (with loss scaling);
+    /// master weights and AdamW state stay f32.
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("{s:?}: expected f32, bf16 or f16"))
 }
 
 impl Recipe {
@@ -311,6 +322,9 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
     model_config.eos_token_ids = vec![eos];
     if let Some(path) = &args.config {
         cfg = apply_toml_overrides(&cfg, path)?;
+    }
+    if let Some(p) = args.precision {
+        cfg.precision = p;
     }
     if let Some(steps) = args.steps {
         cfg.max_steps = steps;

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use phi_core::PhiConfig;
 use phi_data::shard::write_shard;
 use phi_data::{Mixture, TokenDataset};
-use phi_train::{AdamWSettings, Decay, LrSchedule, Start, TrainConfig, checkpoint, train};
+use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, checkpoint, train};
 
 /// A tiny model and a mixture of two memory-mapped shard datasets (70/30), so that resuming
 /// covers the mixture sampler's state and the shard reader too.
@@ -27,6 +27,8 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
         seed: 11,
         peak_flops: 1e11,
         activation_checkpointing: false,
+        precision: Precision::F32,
+        loss_scaler: LossScaler::default(),
     };
     // A learnable stream: counting modulo 64 with every 7th token random-ish.
     let stream = |n: usize, salt: u32| -> Vec<u32> {
@@ -93,4 +95,69 @@ fn activation_checkpointing_gives_the_same_training() {
     for (a, b) in plain.iter().zip(&recomputed) {
         assert!((a - b).abs() < 1e-6, "{plain:?} vs {recomputed:?}");
     }
+}
+
+#[test]
+fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
+    let (model, cfg, train_tokens, val_tokens, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let device = Device::default();
+    let run = |cfg: &TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = train(&model, cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+        let weights = std::fs::read(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 4).join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+        assert!(st.tensors().iter().all(|(_, t)| t.dtype() == safetensors::Dtype::F32), "master weights stay f32");
+        (out.metrics, st.tensor("model.layers.0.mlp.fc1.weight").unwrap().data().to_vec())
+    };
+    let (f32_metrics, f32_w) = run(&cfg);
+    let (bf16_metrics, bf16_w) = run(&TrainConfig { precision: Precision::Bf16, ..cfg.clone() });
+    for (a, b) in f32_metrics.iter().zip(&bf16_metrics) {
+        assert!((a.loss - b.loss).abs() < 0.05 && (a.loss - b.loss).abs() > 0.0, "bf16 loss {} vs f32 {}", b.loss, a.loss);
+        assert!(b.grad_norm.is_finite() && !b.skipped && b.loss_scale.is_none());
+    }
+    assert!(bf16_metrics[3].loss < bf16_metrics[0].loss, "bf16 training learns");
+    // Updates are applied to the f32 masters at f32 resolution: the bf16 run's weights are not
+    // bf16-representable values.
+    let w: Vec<f32> = bf16_w.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(w.iter().any(|v| v.to_bits() & 0xffff != 0));
+    assert_ne!(f32_w, bf16_w);
+}
+
+#[test]
+fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
+    let (model, cfg, train_tokens, val_tokens, _data) = tiny();
+    // 2^28 overflows f16 gradients at once; halving brings it into range within a few steps.
+    let cfg = TrainConfig {
+        max_steps: 16,
+        eval_every: 0,
+        checkpoint_every: 8,
+        precision: Precision::F16,
+        loss_scaler: LossScaler { scale: 2f64.powi(28), good_steps: 0, growth_interval: 4 },
+        ..cfg
+    };
+    let device = Device::default();
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let m = &out.metrics;
+    assert!(m[0].skipped && m[0].loss_scale == Some(2f64.powi(28)), "{:?}", m[0]);
+    let first_applied = m.iter().position(|m| !m.skipped).expect("the scale comes down until steps apply");
+    assert!(first_applied > 0 && first_applied < 12, "{m:?}");
+    for w in m[..=first_applied].windows(2) {
+        assert_eq!(w[1].loss_scale.unwrap(), w[0].loss_scale.unwrap() / 2.0, "halved after each overflow");
+    }
+    assert!(m[first_applied..].iter().all(|m| m.grad_norm.is_finite()));
+    // Four good steps in a row double the scale.
+    let after = m[first_applied].loss_scale.unwrap();
+    assert!(m.iter().any(|x| x.loss_scale == Some(after * 2.0)), "{m:?}");
+    // The scaler's state is in the checkpoint, so a resumed run scales alike.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 16).join("trainer_state.json")).unwrap()).unwrap();
+    let (last, good) = (&m[15], state["loss_scaler"]["good_steps"].as_u64().unwrap());
+    let next_scale = match (last.skipped, good) {
+        (true, _) => last.loss_scale.unwrap() / 2.0,
+        (false, 0) => last.loss_scale.unwrap() * 2.0,
+        _ => last.loss_scale.unwrap(),
+    };
+    assert_eq!(state["loss_scaler"]["scale"].as_f64(), Some(next_scale), "{state}");
 }

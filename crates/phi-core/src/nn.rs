@@ -138,10 +138,15 @@ impl Norm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        match &self.bias {
-            Some(bias) => layer_norm(x, self.weight.val(), Some(bias.val()), self.eps),
-            None => phi_kernels::rms_norm(x, self.weight.val(), self.eps),
-        }
+        let weight = self.weight.val();
+        // Mixed precision: bf16/f16 activations are normalised in the weights' f32, as AMP does.
+        let dtype = x.dtype();
+        let x = if dtype == weight.dtype() { x } else { x.cast(weight.dtype()) };
+        let y = match &self.bias {
+            Some(bias) => layer_norm(x, weight, Some(bias.val()), self.eps),
+            None => phi_kernels::rms_norm(x, weight, self.eps),
+        };
+        if y.dtype() == dtype { y } else { y.cast(dtype) }
     }
 
     pub fn save(&self, prefix: &str, out: &mut StateDict) {

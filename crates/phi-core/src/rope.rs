@@ -104,6 +104,11 @@ impl Rope {
     /// Rotates `x` `[batch, seq, heads, head_dim]` and returns it heads first:
     /// `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        phi_kernels::rope_heads_first(x, self.cos.clone(), self.sin.clone(), self.rotary_dims)
+        let (mut cos, mut sin) = (self.cos.clone(), self.sin.clone());
+        if x.dtype() != cos.dtype() {
+            // Mixed-precision activations: the f32 tables follow them.
+            (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
+        }
+        phi_kernels::rope_heads_first(x, cos, sin, self.rotary_dims)
     }
 }

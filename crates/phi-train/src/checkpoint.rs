@@ -26,6 +26,9 @@ pub struct TrainerState {
     pub config: crate::TrainConfig,
     /// Tokens consumed so far.
     pub tokens_seen: u64,
+    /// The f16 loss scale where it stood (`None` for f32/bf16 runs).
+    #[serde(default)]
+    pub loss_scaler: Option<crate::LossScaler>,
 }
 
 /// `dir/step-00000042`.

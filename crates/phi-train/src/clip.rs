@@ -8,19 +8,25 @@ use burn::tensor::Tensor;
 /// Scales every gradient by `max_norm / (norm + 1e-6)` when the global L2 norm exceeds
 /// `max_norm`; returns the norm before clipping.
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let mut sum = SquaredSum { grads, total: None };
-    module.visit(&mut sum);
-    let norm = match sum.total {
-        Some(t) => (t.into_scalar::<f32>() as f64).sqrt(),
-        None => return 0.0,
-    };
+    let norm = grad_norm(module, grads);
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        module.visit(&mut Scale { grads, coef });
+        scale_grads(module, grads, coef);
     }
     norm
 }
 
+/// The L2 norm of all gradients together (0 without gradients; inf/NaN if any overflowed).
+pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    let mut sum = SquaredSum { grads, total: None };
+    module.visit(&mut sum);
+    sum.total.map_or(0.0, |t| (t.into_scalar::<f32>() as f64).sqrt())
+}
+
+/// Multiplies every gradient by `coef`.
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, coef: f64) {
+    module.visit(&mut Scale { grads, coef });
+}
 
 struct SquaredSum<'a> {
     grads: &'a GradientsParams,

@@ -12,11 +12,13 @@ pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;
 
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, grad_norm, scale_grads};
+pub use precision::{LossScaler, Precision};
 pub use loss::{causal_lm_loss, masked_causal_lm_loss};
 pub use optim::AdamWSettings;
 pub use error::{Result, TrainError};

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
-use crate::{AdamWSettings, LrSchedule, causal_lm_loss, clip_grad_norm};
+use crate::precision::{compute_copy, to_f32};
+use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss, grad_norm, scale_grads};
 
 /// Hyper-parameters of a run (serialisable: TOML files, checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,13 @@ pub struct TrainConfig {
     /// gradient checkpointing): less memory, more compute.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Compute dtype of the forward/backward (`f32`, `bf16`, `f16`); master weights and the
+    /// optimizer stay f32. Half precision is for GPU backends.
+    #[serde(default)]
+    pub precision: Precision,
+    /// The initial f16 loss scale and its growth interval (ignored otherwise).
+    #[serde(default)]
+    pub loss_scaler: LossScaler,
 }
 
 /// One line of `metrics.jsonl`.
@@ -56,6 +64,12 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
+    /// f16 runs: the loss scale this step used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 runs: the gradients overflowed and the update was skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// How a run starts.
@@ -169,6 +183,8 @@ pub fn train(
         Some(s) => train_data.resume(cfg.seq_len, &s.sampler).map_err(|e| TrainError::Invalid(format!("resuming the data sampler: {e}")))?,
         None => train_data.sampler(cfg.seq_len, cfg.seed),
     };
+    let mut scaler: Option<LossScaler> = (cfg.precision == Precision::F16)
+        .then(|| state.as_ref().and_then(|s| s.loss_scaler).unwrap_or(cfg.loss_scaler));
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path, start_step);
     rewrite_metrics(&metrics_path, &history)?;
@@ -187,20 +203,39 @@ pub fn train(
         let mut accum = GradientsAccumulator::<PhiForCausalLM>::new();
         let mut loss_sum = 0.0;
         let micro = cfg.grad_accum.max(1);
+        let loss_scale = scaler.map(|s| s.scale);
         for _ in 0..micro {
             let rows = sampler.next_batch(cfg.batch_size);
             let ids = batch_tensor(&rows, cfg.batch_size, cfg.seq_len + 1, &ad);
-            let loss = causal_lm_loss(model.forward(ids.clone()), ids) / micro as f64;
+            // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
+            let compute = compute_copy(&model, cfg.precision);
+            let loss = causal_lm_loss(to_f32(compute.forward(ids.clone())), ids) / micro as f64;
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            let loss = match loss_scale {
+                Some(s) => loss * s,
+                None => loss,
+            };
             accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         let mut grads = accum.grads();
-        let grad_norm = match cfg.clip_norm {
-            Some(max) => clip_grad_norm(&model, &mut grads, max),
-            None => clip_grad_norm(&model, &mut grads, f64::INFINITY),
+        if let Some(s) = loss_scale {
+            scale_grads(&model, &mut grads, 1.0 / s);
+        }
+        let grad_norm = grad_norm(&model, &grads);
+        let apply = match scaler.as_mut() {
+            Some(s) => s.update(grad_norm),
+            None => true,
         };
         let lr = cfg.schedule.lr(step);
-        model = optim.step(lr, model, grads);
+        if apply {
+            if let Some(max) = cfg.clip_norm {
+                let coef = max / (grad_norm + 1e-6);
+                if coef < 1.0 {
+                    scale_grads(&model, &mut grads, coef);
+                }
+            }
+            model = optim.step(lr, model, grads);
+        }
         tokens_seen += tokens_per_step;
         let secs = t0.elapsed().as_secs_f64();
         let done = step + 1;
@@ -221,13 +256,15 @@ pub fn train(
             grad_norm,
             tokens_per_s,
             mfu: tokens_per_s * flops_tok / cfg.peak_flops,
+            loss_scale,
+            skipped: !apply,
         };
         writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialize"))
             .map_err(|e| TrainError::io(&metrics_path, e))?;
         on_step(&m);
         history.push(m);
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
-            let state = TrainerState { step: done, sampler: sampler.state(), config: cfg.clone(), tokens_seen };
+            let state = TrainerState { step: done, sampler: sampler.state(), config: cfg.clone(), tokens_seen, loss_scaler: scaler };
             checkpoint::save(&ckpt_root, done, cfg.keep_checkpoints, |dir| {
                 model.valid().save_pretrained(dir)?;
                 let path = dir.join("optimizer.bin");
