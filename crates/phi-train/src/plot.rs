@@ -84,6 +84,8 @@ mod tests {
                 grad_norm: 1.0,
                 tokens_per_s: 1000.0,
                 mfu: 0.0,
+                loss_scale: None,
+                skipped: false,
             })
             .collect();
         let dir = std::env::temp_dir().join(format!("phi-plot-{}", std::process::id()));
