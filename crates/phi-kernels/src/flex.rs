@@ -49,7 +49,7 @@ fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f: impl Fn(us
 
 /// An output buffer of `n` values, not zeroed: every kernel below writes each element exactly
 /// once before anything reads it (gemm with `read_dst = false` included).
-fn output(n: usize) -> Vec<f32> {
+pub(crate) fn output(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: f32 has no invalid bit patterns, and callers overwrite every element.
     unsafe { v.set_len(n) };

@@ -9,6 +9,7 @@
 //! ordinary burn tensor ops for every other case — autodiff tensors (so gradients flow), GPU
 //! backends, non-f32 dtypes. Callers never choose; tests check that both paths agree.
 
+mod cross_entropy;
 mod flex;
 mod math;
 
@@ -23,6 +24,33 @@ pub use math::{fast_exp, gelu_tanh_scalar};
 /// Whether `t` can take the fused flex path: a flex f32 tensor outside autodiff.
 fn fused<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(t.device().as_dispatch(), DispatchDevice::Flex(_)) && t.dtype() == DType::F32
+}
+
+/// Whether `t` lives on flex, directly or under autodiff.
+fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+    match t.device().as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(d) => matches!(d.clone().inner(), DispatchDevice::Flex(_)),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Mean next-token cross-entropy: positions `0..seq-1` of `logits` `[batch, seq, vocab]` predict
+/// `ids[:, 1..]`. On flex (f32) one fused op with its own backward, else [`causal_lm_loss_ops`].
+pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
+    if on_flex(&logits) && logits.dtype() == DType::F32 {
+        return Tensor::from_dispatch(cross_entropy::causal_lm_loss(logits.into_dispatch(), ids.into_dispatch()));
+    }
+    causal_lm_loss_ops(logits, ids)
+}
+
+/// [`causal_lm_loss`] as plain burn ops (log-softmax, gather, mean).
+pub fn causal_lm_loss_ops(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    let n = b * (t - 1);
+    let log_probs = burn::tensor::activation::log_softmax(logits.narrow(1, 0, t - 1).reshape([n, v]), 1);
+    log_probs.gather(1, ids.narrow(1, 1, t - 1).reshape([n, 1])).mean().neg()
 }
 
 /// `gelu_new` / `gelu_pytorch_tanh`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.

@@ -138,3 +138,38 @@ dispatch_simd! {
         masked.fill(0.0);
     }
 }
+
+dispatch_simd! {
+    /// `out = max + ln Σ exp(row − max)`: the log-sum-exp of one row of logits.
+    pub fn row_logsumexp(row: &[f32], out: &mut f32) {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (m, x) in lanes.iter_mut().zip(c) {
+                *m = if *x > *m { *x } else { *m };
+            }
+        }
+        let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in chunks.remainder() {
+            max = max.max(*x);
+        }
+        let mut sums = [0.0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(c) {
+                *s += fast_exp(*x - max);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|x| fast_exp(*x - max)).sum();
+        *out = max + (sums.iter().sum::<f32>() + tail).ln();
+    }
+}
+
+dispatch_simd! {
+    /// `out[j] = scale · exp(row[j] − lse)`: a row of softmax probabilities, scaled.
+    pub fn softmax_grad_row(out: &mut [f32], row: &[f32], lse: f32, scale: f32) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o = scale * fast_exp(*x - lse);
+        }
+    }
+}

@@ -95,3 +95,32 @@ fn swiglu_and_rms_norm_kernels_match_ops() {
     let d = max_diff(rms_norm(xt.clone(), w.clone(), 1e-5), rms_norm_ops(xt, w, 1e-5));
     assert!(d < 1e-5, "rms_norm strided: {d}");
 }
+
+#[test]
+fn fused_loss_and_its_gradient_match_ops() {
+    use burn::tensor::{Int, TensorData};
+    let device = Device::default();
+    let ad = device.clone().autodiff();
+    let (b, t, v) = (3, 7, 301); // a vocabulary that is not a multiple of the SIMD width
+    let logits = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 3.0), &device);
+    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 7919) % v) as i64).collect();
+    let ids = |d: &Device| Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), d);
+    // Forward, no autodiff.
+    let fused = phi_kernels::causal_lm_loss(logits.clone(), ids(&device)).into_scalar::<f32>();
+    let plain = phi_kernels::causal_lm_loss_ops(logits.clone(), ids(&device)).into_scalar::<f32>();
+    assert!((fused - plain).abs() < 1e-5 * plain.abs(), "{fused} vs {plain}");
+    // Forward and backward under autodiff, scaled by 3 to check the incoming gradient is used.
+    let grad_of = |fused: bool| {
+        let x = Tensor::<3>::from_data(logits.to_data(), &ad).require_grad();
+        let loss = if fused { phi_kernels::causal_lm_loss(x.clone(), ids(&ad)) } else { phi_kernels::causal_lm_loss_ops(x.clone(), ids(&ad)) };
+        let value = loss.clone().into_scalar::<f32>();
+        let grads = (loss * 3.0).backward();
+        (value, x.grad(&grads).unwrap())
+    };
+    let ((lf, gf), (lp, gp)) = (grad_of(true), grad_of(false));
+    assert!((lf - lp).abs() < 1e-5 * lp.abs(), "{lf} vs {lp}");
+    let d = max_diff(gf.clone(), gp);
+    assert!(d < 1e-7, "gradients differ by {d}");
+    // The last position predicts nothing: its gradient is exactly zero.
+    assert_eq!(gf.narrow(1, t - 1, 1).abs().max().into_scalar::<f32>(), 0.0);
+}

@@ -5,12 +5,10 @@ use burn::tensor::{Int, Tensor};
 
 
 /// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]`: every position predicts the
-/// next token. `logits` `[batch, seq, vocab]`, `ids` `[batch, seq]`.
+/// next token. `logits` `[batch, seq, vocab]`, `ids` `[batch, seq]`. On flex this is one fused
+/// op with its own backward (`phi_kernels::causal_lm_loss`); elsewhere plain burn ops.
 pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
-    let [b, t, v] = logits.dims();
-    let logits = logits.narrow(1, 0, t - 1);
-    let targets = ids.narrow(1, 1, t - 1);
-    cross_entropy(logits.reshape([b * (t - 1), v]), targets.reshape([b * (t - 1)]))
+    phi_kernels::causal_lm_loss(logits, ids)
 }
 
 /// Mean cross-entropy of `logits` `[n, vocab]` against class ids `targets` `[n]`.
