@@ -13,7 +13,7 @@ use crate::math::{gelu_tanh_slice, masked_softmax_row, silu_glu_slice};
 type FlexTensor = FloatTensor<Flex>;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 #[backend_extension(Flex)]
 pub trait PhiKernels: Backend {
@@ -39,7 +39,7 @@ pub(crate) fn rope_heads_first(x: DispatchTensor, cos: DispatchTensor, sin: Disp
 const PARALLEL_MIN: usize = 1 << 15;
 
 /// `f(index, chunk)` over `chunk_len`-sized chunks of `data`, in parallel when `work` is large.
-fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(crate) fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     if work < PARALLEL_MIN {
         data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
     } else {
@@ -57,7 +57,7 @@ pub(crate) fn output(n: usize) -> Vec<f32> {
 }
 
 /// Contiguous f32 values of `t` from offset 0, reusing its buffer when it is the only owner.
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() && t.layout().start_offset() == 0 { t } else { t.to_contiguous() }
 }
 

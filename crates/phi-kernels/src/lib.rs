@@ -11,6 +11,7 @@
 
 mod cross_entropy;
 mod flex;
+mod gelu_grad;
 mod math;
 
 use burn::backend::DispatchDevice;
@@ -57,6 +58,10 @@ pub fn causal_lm_loss_ops(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if fused(&x) {
         return Tensor::from_dispatch(flex::gelu_tanh(x.into_dispatch()));
+    }
+    if on_flex(&x) && x.dtype() == DType::F32 {
+        // Under autodiff: the fused kernel with its own backward pass.
+        return Tensor::from_dispatch(gelu_grad::gelu_tanh(x.into_dispatch()));
     }
     gelu_tanh_ops(x)
 }

@@ -173,3 +173,18 @@ dispatch_simd! {
         }
     }
 }
+
+dispatch_simd! {
+    /// `g ← g · gelu_new'(x)` in place: with `z = C(x + a x³)`, `gelu = x σ(z)` and
+    /// `gelu' = σ(z) + x σ(z)(1 − σ(z)) · C(1 + 3a x²)`.
+    pub fn gelu_tanh_grad_slice(g: &mut [f32], x: &[f32]) {
+        const C: f32 = 2.0 * 0.797_884_6; // 2·√(2/π)
+        const A: f32 = 0.044715;
+        for (gi, &xi) in g.iter_mut().zip(x) {
+            let x2 = xi * xi;
+            let s = 1.0 / (1.0 + fast_exp(-(C * xi * (1.0 + A * x2))));
+            let d = s + xi * s * (1.0 - s) * C * (1.0 + 3.0 * A * x2);
+            *gi *= d;
+        }
+    }
+}

@@ -124,3 +124,21 @@ fn fused_loss_and_its_gradient_match_ops() {
     // The last position predicts nothing: its gradient is exactly zero.
     assert_eq!(gf.narrow(1, t - 1, 1).abs().max().into_scalar::<f32>(), 0.0);
 }
+
+#[test]
+fn fused_gelu_gradient_matches_ops_under_autodiff() {
+    let ad = Device::default().autodiff();
+    let base = Tensor::<3>::random([3, 50, 700], Distribution::Normal(0.0, 2.5), &ad);
+    // A non-uniform upstream gradient, the same for both.
+    let w = Tensor::<3>::random([3, 50, 700], Distribution::Normal(0.0, 1.0), &ad);
+    let grad_of = |fused: bool| {
+        let x = base.clone().detach().require_grad();
+        let y = if fused { gelu_tanh(x.clone()) } else { gelu_tanh_ops(x.clone()) };
+        let grads = (y.clone() * w.clone().detach()).sum().backward();
+        (y.inner(), x.grad(&grads).unwrap())
+    };
+    let ((yf, gf), (yp, gp)) = (grad_of(true), grad_of(false));
+    assert!(max_diff(yf, yp) < 1e-5);
+    let d = max_diff(gf, gp);
+    assert!(d < 1e-4, "gelu gradients differ by {d}");
+}
