@@ -13,6 +13,7 @@ mod cross_entropy;
 mod flex;
 mod gelu_grad;
 mod math;
+mod swiglu_grad;
 
 use burn::backend::DispatchDevice;
 use burn::tensor::activation::{sigmoid, silu};
@@ -152,6 +153,9 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 pub fn silu_glu<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
     if fused(&gate_up) {
         return Tensor::from_dispatch(flex::silu_glu(gate_up.into_dispatch()));
+    }
+    if on_flex(&gate_up) && gate_up.dtype() == DType::F32 {
+        return Tensor::from_dispatch(swiglu_grad::silu_glu(gate_up.into_dispatch()));
     }
     silu_glu_ops(gate_up)
 }

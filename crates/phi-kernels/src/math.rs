@@ -188,3 +188,19 @@ dispatch_simd! {
         }
     }
 }
+
+dispatch_simd! {
+    /// Gradient of `up · silu(gate)` for one row: `out = [d gate, d up]` from the upstream `g`
+    /// and the input row `gate_up = [gate, up]`; `silu'(x) = σ(x)(1 + x(1 − σ(x)))`.
+    pub fn silu_glu_grad_slice(out: &mut [f32], g: &[f32], gate_up: &[f32]) {
+        let half = g.len();
+        let (gate, up) = gate_up.split_at(half);
+        let (d_gate, d_up) = out.split_at_mut(half);
+        for i in 0..half {
+            let x = gate[i];
+            let s = 1.0 / (1.0 + fast_exp(-x));
+            d_up[i] = g[i] * x * s;
+            d_gate[i] = g[i] * up[i] * s * (1.0 + x * (1.0 - s));
+        }
+    }
+}

@@ -142,3 +142,21 @@ fn fused_gelu_gradient_matches_ops_under_autodiff() {
     let d = max_diff(gf, gp);
     assert!(d < 1e-4, "gelu gradients differ by {d}");
 }
+
+#[test]
+fn fused_swiglu_gradient_matches_ops_under_autodiff() {
+    use phi_kernels::{silu_glu, silu_glu_ops};
+    let ad = Device::default().autodiff();
+    let base = Tensor::<3>::random([2, 30, 2 * 300], Distribution::Normal(0.0, 2.0), &ad);
+    let w = Tensor::<3>::random([2, 30, 300], Distribution::Normal(0.0, 1.0), &ad);
+    let grad_of = |fused: bool| {
+        let x = base.clone().detach().require_grad();
+        let y = if fused { silu_glu(x.clone()) } else { silu_glu_ops(x.clone()) };
+        let grads = (y.clone() * w.clone().detach()).sum().backward();
+        (y.inner(), x.grad(&grads).unwrap())
+    };
+    let ((yf, gf), (yp, gp)) = (grad_of(true), grad_of(false));
+    assert!(max_diff(yf, yp) < 1e-5);
+    let d = max_diff(gf, gp);
+    assert!(d < 1e-4, "swiglu gradients differ by {d}");
+}
