@@ -119,14 +119,14 @@ pub trait PhiAttentionKernel: Backend {
 
 /// A pointer that attention tasks share: each task writes a disjoint set of output rows.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint rows (one (batch, head) pair each) and the buffer outlives them.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     // A method, so closures capture the whole (Send) wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -9,6 +9,7 @@
 //! ordinary burn tensor ops for every other case — autodiff tensors (so gradients flow), GPU
 //! backends, non-f32 dtypes. Callers never choose; tests check that both paths agree.
 
+mod attention_grad;
 mod cross_entropy;
 mod flex;
 mod gelu_grad;
@@ -114,6 +115,10 @@ pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     if fused(&q) && fused(&k) && fused(&v) {
         return Tensor::from_dispatch(flex::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
+    }
+    if on_flex(&q) && q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
+        // Under autodiff: the same kernel with a recomputing backward pass.
+        return Tensor::from_dispatch(attention_grad::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
     }
     causal_attention_ops(q, k, v)
 }

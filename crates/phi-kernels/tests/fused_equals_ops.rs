@@ -160,3 +160,29 @@ fn fused_swiglu_gradient_matches_ops_under_autodiff() {
     let d = max_diff(gf, gp);
     assert!(d < 1e-4, "swiglu gradients differ by {d}");
 }
+
+#[test]
+fn fused_attention_gradients_match_ops_for_mha_gqa_and_cached_queries() {
+    use phi_kernels::{causal_attention, causal_attention_ops};
+    let ad = Device::default().autodiff();
+    // (batch, heads, kv heads, queries, keys, head dim): MHA over two blocks plus a ragged one,
+    // GQA, and queries that follow cached keys.
+    for (b, h, hkv, t, s, d) in [(2, 4, 4, 150, 150, 16), (1, 6, 2, 70, 70, 8), (2, 4, 2, 5, 40, 16)] {
+        let q0 = Tensor::<4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &ad);
+        let k0 = Tensor::<4>::random([b, hkv, s, d], Distribution::Normal(0.0, 1.0), &ad);
+        let v0 = Tensor::<4>::random([b, hkv, s, d], Distribution::Normal(0.0, 1.0), &ad);
+        let w = Tensor::<4>::random([b, t, h, d], Distribution::Normal(0.0, 1.0), &ad);
+        let grads_of = |fused: bool| {
+            let (q, k, v) = (q0.clone().detach().require_grad(), k0.clone().detach().require_grad(), v0.clone().detach().require_grad());
+            let out = if fused { causal_attention(q.clone(), k.clone(), v.clone()) } else { causal_attention_ops(q.clone(), k.clone(), v.clone()) };
+            let grads = (out.clone() * w.clone().detach()).sum().backward();
+            (out.inner(), q.grad(&grads).unwrap(), k.grad(&grads).unwrap(), v.grad(&grads).unwrap())
+        };
+        let (f, p) = (grads_of(true), grads_of(false));
+        assert!(max_diff(f.0, p.0) < 1e-5, "output, shape {:?}", (b, h, hkv, t, s, d));
+        for (name, a, b_) in [("q", f.1, p.1), ("k", f.2, p.2), ("v", f.3, p.3)] {
+            let dd = max_diff(a, b_);
+            assert!(dd < 1e-4, "d{name} differs by {dd} for {:?}", (b, h, hkv, t, s, d));
+        }
+    }
+}
