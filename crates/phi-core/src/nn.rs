@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{gelu, relu, silu};
-use burn::tensor::module::{embedding, layer_norm, linear};
+use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Int, Tensor};
 
 use crate::config::{Activation, NormKind};
@@ -143,7 +143,7 @@ impl Norm {
         let dtype = x.dtype();
         let x = if dtype == weight.dtype() { x } else { x.cast(weight.dtype()) };
         let y = match &self.bias {
-            Some(bias) => layer_norm(x, weight, Some(bias.val()), self.eps),
+            Some(bias) => phi_kernels::layer_norm(x, weight, bias.val(), self.eps),
             None => phi_kernels::rms_norm(x, weight, self.eps),
         };
         if y.dtype() == dtype { y } else { y.cast(dtype) }

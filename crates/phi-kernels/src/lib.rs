@@ -14,6 +14,7 @@ mod cross_entropy;
 mod flex;
 mod gelu_grad;
 mod math;
+mod norm_grad;
 mod swiglu_grad;
 
 use burn::backend::DispatchDevice;
@@ -177,7 +178,19 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
     if fused(&x) && fused(&weight) {
         return Tensor::from_dispatch(flex::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps));
     }
+    if on_flex(&x) && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        return Tensor::from_dispatch(norm_grad::rms_norm(x.into_dispatch(), weight.into_dispatch(), eps));
+    }
     rms_norm_ops(x, weight, eps)
+}
+
+/// LayerNorm over the last dimension (`torch.nn.LayerNorm`). Under autodiff on flex one op with
+/// its own backward; otherwise burn's `layer_norm`.
+pub fn layer_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Tensor<D> {
+    if !fused(&x) && on_flex(&x) && [x.dtype(), weight.dtype(), bias.dtype()].iter().all(|d| *d == DType::F32) {
+        return Tensor::from_dispatch(norm_grad::layer_norm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), eps));
+    }
+    burn::tensor::module::layer_norm(x, weight, Some(bias), eps)
 }
 
 /// [`rms_norm`] as plain burn ops.

@@ -186,3 +186,34 @@ fn fused_attention_gradients_match_ops_for_mha_gqa_and_cached_queries() {
         }
     }
 }
+
+#[test]
+fn fused_norm_gradients_match_ops_under_autodiff() {
+    use phi_kernels::{layer_norm, rms_norm, rms_norm_ops};
+    let ad = Device::default().autodiff();
+    let dim = 75; // not a multiple of anything
+    let x0 = Tensor::<3>::random([3, 41, dim], Distribution::Normal(0.5, 2.0), &ad);
+    let w0 = Tensor::<1>::random([dim], Distribution::Normal(1.0, 0.3), &ad);
+    let b0 = Tensor::<1>::random([dim], Distribution::Normal(0.0, 0.3), &ad);
+    let up = Tensor::<3>::random([3, 41, dim], Distribution::Normal(0.0, 1.0), &ad);
+    for rms in [false, true] {
+        let grads_of = |fused: bool| {
+            let (x, w, b) = (x0.clone().detach().require_grad(), w0.clone().detach().require_grad(), b0.clone().detach().require_grad());
+            let y = match (rms, fused) {
+                (true, true) => rms_norm(x.clone(), w.clone(), 1e-5),
+                (true, false) => rms_norm_ops(x.clone(), w.clone(), 1e-5),
+                (false, true) => layer_norm(x.clone(), w.clone(), b.clone(), 1e-5),
+                (false, false) => burn::tensor::module::layer_norm(x.clone(), w.clone(), Some(b.clone()), 1e-5),
+            };
+            let grads = (y.clone() * up.clone().detach()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap(), w.grad(&grads).unwrap(), b.grad(&grads))
+        };
+        let (f, p) = (grads_of(true), grads_of(false));
+        assert!(max_diff(f.0, p.0) < 1e-5, "rms {rms}: output");
+        assert!(max_diff(f.1, p.1) < 1e-4, "rms {rms}: dx");
+        assert!(max_diff(f.2, p.2) < 1e-3, "rms {rms}: dw");
+        if !rms {
+            assert!(max_diff(f.3.unwrap(), p.3.unwrap()) < 1e-3, "db");
+        }
+    }
+}
