@@ -15,6 +15,7 @@ mod flex;
 mod gelu_grad;
 mod math;
 mod norm_grad;
+mod rope_grad;
 mod swiglu_grad;
 
 use burn::backend::DispatchDevice;
@@ -86,6 +87,10 @@ pub fn gelu_tanh_ops<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn rope_heads_first(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary_dims: usize) -> Tensor<4> {
     if fused(&x) && fused(&cos) && fused(&sin) {
         let out = flex::rope_heads_first(x.into_dispatch(), cos.into_dispatch(), sin.into_dispatch(), rotary_dims);
+        return Tensor::from_dispatch(out);
+    }
+    if on_flex(&x) && [x.dtype(), cos.dtype(), sin.dtype()].iter().all(|d| *d == DType::F32) {
+        let out = rope_grad::rope_heads_first(x.into_dispatch(), cos.into_dispatch(), sin.into_dispatch(), rotary_dims);
         return Tensor::from_dispatch(out);
     }
     rope_heads_first_ops(x, cos, sin, rotary_dims)

@@ -64,6 +64,20 @@ mod tests {
     }
 }
 
+/// The maximum of `row` (−∞ when empty), in 8 lanes so that it vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, x) in lanes.iter_mut().zip(c) {
+            *m = if *x > *m { *x } else { *m };
+        }
+    }
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    chunks.remainder().iter().copied().fold(max, f32::max)
+}
+
 /// Defines `pub fn $name(args)` that runs `$body` compiled for AVX2+FMA when the CPU has them
 /// (checked once at run time) and for the baseline target otherwise — the same source twice, so
 /// the default build stays portable and still gets 8-wide vectors where they exist.
@@ -109,17 +123,7 @@ dispatch_simd! {
     /// Softmax over `row[..visible]` in place; `row[visible..]` (masked keys) becomes 0.
     pub fn masked_softmax_row(row: &mut [f32], visible: usize) {
         let (live, masked) = row.split_at_mut(visible);
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut chunks = live.chunks_exact(8);
-        for c in &mut chunks {
-            for (m, x) in lanes.iter_mut().zip(c) {
-                *m = if *x > *m { *x } else { *m };
-            }
-        }
-        let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for x in chunks.remainder() {
-            max = max.max(*x);
-        }
+        let max = row_max(live);
         for x in live.iter_mut() {
             *x = fast_exp(*x - max);
         }
@@ -142,17 +146,7 @@ dispatch_simd! {
 dispatch_simd! {
     /// `out = max + ln Σ exp(row − max)`: the log-sum-exp of one row of logits.
     pub fn row_logsumexp(row: &[f32], out: &mut f32) {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut chunks = row.chunks_exact(8);
-        for c in &mut chunks {
-            for (m, x) in lanes.iter_mut().zip(c) {
-                *m = if *x > *m { *x } else { *m };
-            }
-        }
-        let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for x in chunks.remainder() {
-            max = max.max(*x);
-        }
+        let max = row_max(row);
         let mut sums = [0.0f32; 8];
         let mut chunks = row.chunks_exact(8);
         for c in &mut chunks {

@@ -217,3 +217,33 @@ fn fused_norm_gradients_match_ops_under_autodiff() {
         }
     }
 }
+
+#[test]
+fn fused_rope_gradient_matches_ops_under_autodiff() {
+    let ad = Device::default().autodiff();
+    let (b, t, h, hd) = (2, 9, 4, 16);
+    for rd in [16, 8, 6] {
+        let cos = Tensor::<2>::random([t, hd], Distribution::Uniform(-1.0, 1.0), &ad);
+        let sin = Tensor::<2>::random([t, hd], Distribution::Uniform(-1.0, 1.0), &ad);
+        let (cos, sin) = if rd < hd {
+            (cos.slice_assign([0..t, rd..hd], Tensor::ones([t, hd - rd], &ad)), sin.slice_assign([0..t, rd..hd], Tensor::zeros([t, hd - rd], &ad)))
+        } else {
+            (cos, sin)
+        };
+        let x0 = Tensor::<4>::random([b, t, h + 2, hd], Distribution::Normal(0.0, 1.0), &ad);
+        let up = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &ad);
+        let grad_of = |fused: bool| {
+            let wide = x0.clone().detach().require_grad();
+            // A head range of a wider tensor, as Phi-3's fused qkv.
+            let x = wide.clone().narrow(2, 1, h);
+            let (c, s) = (cos.clone().detach(), sin.clone().detach());
+            let y = if fused { rope_heads_first(x, c, s, rd) } else { rope_heads_first_ops(x, c, s, rd) };
+            let grads = (y.clone() * up.clone().detach()).sum().backward();
+            (y.inner(), wide.grad(&grads).unwrap())
+        };
+        let ((yf, gf), (yp, gp)) = (grad_of(true), grad_of(false));
+        assert!(max_diff(yf, yp) < 1e-6, "rotary dims {rd}: output");
+        let d = max_diff(gf, gp);
+        assert!(d < 1e-5, "rotary dims {rd}: gradients differ by {d}");
+    }
+}
