@@ -61,9 +61,13 @@ impl TokenDataset {
 
     /// Shards, each opened and fully verified ([`Shard::open`]).
     pub fn from_shards<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Result<Self, DataError> {
-        let shards = paths.into_iter().map(Shard::open).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_opened(paths.into_iter().map(Shard::open).collect::<Result<Vec<_>, _>>()?))
+    }
+
+    /// Shards already opened (and verified as the caller wished).
+    pub fn from_opened(shards: Vec<Shard>) -> Self {
         let vocab_bound = shards.iter().map(Shard::vocab_size).max().unwrap_or(0);
-        Ok(TokenDataset { parts: shards.into_iter().map(Part::Shard).collect(), vocab_bound })
+        TokenDataset { parts: shards.into_iter().map(Part::Shard).collect(), vocab_bound }
     }
 
     /// Several datasets one after another (windows stay within each part).

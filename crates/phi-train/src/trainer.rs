@@ -208,8 +208,11 @@ pub fn train(
             let rows = sampler.next_batch(cfg.batch_size);
             let ids = batch_tensor(&rows, cfg.batch_size, cfg.seq_len + 1, &ad);
             // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
-            let compute = compute_copy(&model, cfg.precision);
-            let loss = causal_lm_loss(to_f32(compute.forward(ids.clone())), ids) / micro as f64;
+            let logits = match cfg.precision {
+                Precision::F32 => model.forward(ids.clone()),
+                p => to_f32(compute_copy(&model, p).forward(ids.clone())),
+            };
+            let loss = causal_lm_loss(logits, ids) / micro as f64;
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             let loss = match loss_scale {
                 Some(s) => loss * s,

@@ -154,14 +154,16 @@ impl Manifest {
         let entry = self.splits.get(split).ok_or_else(|| {
             DataError::Invalid(format!("{}: no split {split:?} (has {:?})", dir.join(MANIFEST).display(), self.splits.keys().collect::<Vec<_>>()))
         })?;
-        let paths: Vec<PathBuf> = entry.shards.iter().map(|s| dir.join(&s.file)).collect();
-        let data = TokenDataset::from_shards(&paths)?;
-        for (s, p) in entry.shards.iter().zip(&paths) {
-            let n = crate::shard::Shard::open_header(p)?.len() as u64;
-            if n != s.tokens {
-                return Err(DataError::Shard { path: p.clone(), offset: 24, message: format!("holds {n} tokens, the manifest says {}", s.tokens) });
+        let mut shards = Vec::with_capacity(entry.shards.len());
+        for s in &entry.shards {
+            let path = dir.join(&s.file);
+            let shard = crate::shard::Shard::open(&path)?;
+            if shard.len() as u64 != s.tokens {
+                return Err(DataError::Shard { path, offset: 24, message: format!("holds {} tokens, the manifest says {}", shard.len(), s.tokens) });
             }
+            shards.push(shard);
         }
+        let data = TokenDataset::from_opened(shards);
         if data.vocab_bound() > self.tokenizer.vocab_size {
             return Err(DataError::Invalid(format!("{split} shards use a vocabulary of {} > the tokenizer's {}", data.vocab_bound(), self.tokenizer.vocab_size)));
         }
