@@ -18,7 +18,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, DispatchTensor, Flex, backend_e
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::math::{row_logsumexp, softmax_grad_row};
+use crate::math::{row_logsumexp, softmax_row_in_place};
 
 type FlexTensor = FloatTensor<Flex>;
 
@@ -41,8 +41,8 @@ fn targets(ids: IntTensor<Flex>) -> (Vec<usize>, usize, usize) {
     (rows, b, t)
 }
 
-/// Forward on flex: the mean loss and each predicting row's log-sum-exp.
-fn forward(logits: &FlexTensor, ids: IntTensor<Flex>) -> (f32, Vec<f32>) {
+/// Forward without gradients: the mean loss (the logits are left as they are).
+fn forward(logits: &FlexTensor, ids: IntTensor<Flex>) -> f32 {
     let logits = if logits.is_contiguous() && logits.layout().start_offset() == 0 { logits.clone() } else { logits.to_contiguous() };
     let v = logits.layout().shape()[2];
     let xs = logits.storage::<f32>();
@@ -60,36 +60,63 @@ fn forward(logits: &FlexTensor, ids: IntTensor<Flex>) -> (f32, Vec<f32>) {
             (lse[r] - xs[(bi * t + p) * v + tgt[r]]) as f64
         })
         .sum();
-    ((total / n as f64) as f32, lse)
+    (total / n as f64) as f32
 }
 
-/// Backward on flex: `d logits = g/n · (softmax − one-hot)` on predicting rows, 0 on the last
-/// position of each sequence.
-fn backward(logits: FlexTensor, ids: IntTensor<Flex>, lse: &[f32], grad: FlexTensor) -> FlexTensor {
-    let shape = logits.layout().shape().clone();
+/// Forward for training: the mean loss, with the logits buffer turned into softmax
+/// probabilities in place (copy-on-write if shared). Nothing else reads the logits afterwards —
+/// the head's matmul backward needs its inputs, not its output — so the backward can scale this
+/// buffer in place: one exp pass per element, and no new logits-sized allocation.
+fn forward_to_probs(logits: FlexTensor, ids: IntTensor<Flex>) -> (f32, FlexTensor, Vec<usize>) {
+    let mut logits = crate::flex::contiguous(logits);
+    let v = logits.layout().shape()[2];
+    let (tgt, b, t) = targets(ids);
+    let n = b * (t - 1);
+    if let Some(&bad) = tgt.iter().find(|&&id| id >= v) {
+        panic!("target id {bad} is not below the vocabulary size {v}");
+    }
+    let xs = &mut logits.storage_mut::<f32>()[..b * t * v];
+    let total: f64 = xs
+        .par_chunks_mut(v)
+        .enumerate()
+        .with_min_len(16)
+        .map(|(row, x)| {
+            let (bi, p) = (row / t, row % t);
+            if p == t - 1 {
+                return 0.0; // the last position predicts nothing
+            }
+            let target = tgt[bi * (t - 1) + p];
+            let picked = x[target];
+            let mut lse = 0.0;
+            softmax_row_in_place(x, &mut lse);
+            (lse - picked) as f64
+        })
+        .sum();
+    ((total / n as f64) as f32, logits, tgt)
+}
+
+/// Backward: `d logits = g/n · (softmax − one-hot)` on predicting rows, 0 on the last position
+/// of each sequence, written over the probabilities.
+fn backward(mut probs: FlexTensor, tgt: &[usize], grad: FlexTensor) -> FlexTensor {
+    let shape = probs.layout().shape().clone();
     let (b, t, v) = (shape[0], shape[1], shape[2]);
-    let logits = if logits.is_contiguous() && logits.layout().start_offset() == 0 { logits } else { logits.to_contiguous() };
-    let xs = logits.storage::<f32>();
     let g = grad.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 grad")[0];
-    let (tgt, _, _) = targets(ids);
     let scale = g / (b * (t - 1)) as f32;
-    let mut out = crate::flex::output(b * t * v);
-    out.par_chunks_mut(v).enumerate().with_min_len(16).for_each(|(row, o)| {
+    probs.storage_mut::<f32>()[..b * t * v].par_chunks_mut(v).enumerate().with_min_len(16).for_each(|(row, o)| {
         let (bi, p) = (row / t, row % t);
         if p == t - 1 {
-            o.fill(0.0); // the last position predicts nothing
+            o.fill(0.0);
             return;
         }
-        let r = bi * (t - 1) + p;
-        softmax_grad_row(o, &xs[row * v..(row + 1) * v], lse[r], scale);
-        o[tgt[r]] -= scale;
+        o.iter_mut().for_each(|x| *x *= scale);
+        o[tgt[bi * (t - 1) + p]] -= scale;
     });
-    FlexTensor::from_data(TensorData::new(out, [b, t, v]))
+    probs
 }
 
 impl PhiLossKernel for Flex {
     fn phi_causal_lm_loss(logits: FlexTensor, ids: IntTensor<Flex>) -> FlexTensor {
-        let (loss, _) = forward(&logits, ids);
+        let loss = forward(&logits, ids);
         FlexTensor::from_data(TensorData::new(vec![loss], [1]))
     }
 }
@@ -98,11 +125,12 @@ impl PhiLossKernel for Flex {
 struct CausalLmLossBackward;
 
 impl Backward<Flex, 1> for CausalLmLossBackward {
-    type State = (FlexTensor, IntTensor<Flex>, Vec<f32>);
+    /// The softmax probabilities and the target of each predicting row.
+    type State = (FlexTensor, Vec<usize>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let (logits, ids, lse) = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| backward(logits, ids, &lse, grad));
+        let (probs, tgt) = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| backward(probs, &tgt, grad));
     }
 }
 
@@ -110,12 +138,11 @@ impl<C: CheckpointStrategy> PhiLossKernel for Autodiff<Flex, C> {
     fn phi_causal_lm_loss(logits: FloatTensor<Self>, ids: IntTensor<Self>) -> FloatTensor<Self> {
         match CausalLmLossBackward.prepare::<C>([logits.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let logits = logits.into_primitive();
-                let (loss, lse) = forward(&logits, ids.clone());
-                prep.finish((logits, ids, lse), FlexTensor::from_data(TensorData::new(vec![loss], [1])))
+                let (loss, probs, tgt) = forward_to_probs(logits.into_primitive(), ids);
+                prep.finish((probs, tgt), FlexTensor::from_data(TensorData::new(vec![loss], [1])))
             }
             OpsKind::UnTracked(prep) => {
-                let (loss, _) = forward(&logits.into_primitive(), ids);
+                let loss = forward(&logits.into_primitive(), ids);
                 prep.finish(FlexTensor::from_data(TensorData::new(vec![loss], [1])))
             }
         }

@@ -160,11 +160,27 @@ dispatch_simd! {
 }
 
 dispatch_simd! {
-    /// `out[j] = scale · exp(row[j] − lse)`: a row of softmax probabilities, scaled.
-    pub fn softmax_grad_row(out: &mut [f32], row: &[f32], lse: f32, scale: f32) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o = scale * fast_exp(*x - lse);
+    /// Softmax of `row` in place; `lse` receives its log-sum-exp.
+    pub fn softmax_row_in_place(row: &mut [f32], lse: &mut f32) {
+        let max = row_max(row);
+        let mut sums = [0.0f32; 8];
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
+                *x = fast_exp(*x - max);
+                *s += *x;
+            }
         }
+        let mut sum: f32 = sums.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = fast_exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+        *lse = max + sum.ln();
     }
 }
 
