@@ -281,3 +281,43 @@ fn data_prepare_inspect_train_tokenizer_and_train_on_a_mixture() {
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["sampler"]["samplers"].as_array().unwrap().len(), 2, "{state}");
 }
+
+#[test]
+fn a_run_stopped_and_resumed_in_a_new_process_matches_the_uninterrupted_run_bitwise() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let out = tempfile::tempdir().unwrap();
+    // The schedule is pinned to 6 steps; the first process of the split run has max_steps = 3,
+    // as if it had been killed right after its step-3 checkpoint.
+    let base = "batch_size = 2\nseq_len = 32\neval_batches = 2\neval_every = 2\ncheckpoint_every = 3\n[schedule]\nwarmup_steps = 1\ntotal_steps = 6\n";
+    let config = |max_steps: usize| {
+        let path = out.path().join(format!("max{max_steps}.toml"));
+        std::fs::write(&path, format!("max_steps = {max_steps}\n{base}")).unwrap();
+        path
+    };
+    let run = |dir: &std::path::Path, max_steps: usize| {
+        let r = phi()
+            .args(["train", "--recipe", "phi-2", "--vocab-size", "300", "--max-corpus-mb", "0.2", "--corpus"])
+            .arg(&corpus)
+            .arg("--config")
+            .arg(config(max_steps))
+            .arg("--out")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    };
+    let losses = |dir: &std::path::Path| -> Vec<(u64, u64, u64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap().to_bits(), m["grad_norm"].as_f64().unwrap().to_bits()))
+            .collect()
+    };
+    let (whole, split) = (out.path().join("whole"), out.path().join("split"));
+    run(&whole, 6);
+    run(&split, 3);
+    run(&split, 6);
+    assert_eq!(losses(&whole).len(), 6);
+    assert_eq!(losses(&split), losses(&whole));
+}

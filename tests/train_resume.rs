@@ -47,11 +47,18 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
 #[test]
 fn resumed_run_matches_uninterrupted_run_bitwise() {
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
+    // With dropout (phi-2 style): the masks of a resumed step must be the ones it would have drawn.
+    let model = PhiConfig { resid_pdrop: 0.1, embd_pdrop: 0.1, ..model };
     let device = Device::default();
 
     let full_dir = tempfile::tempdir().unwrap();
     let full = train(&model, &cfg, &train_tokens, &val_tokens, full_dir.path(), Start::Scratch, &device, |_| {}).unwrap();
     assert_eq!(full.metrics.len(), 20);
+    // Dropout is really applied in training: the same step without it gives another loss.
+    let plain = PhiConfig { resid_pdrop: 0.0, embd_pdrop: 0.0, ..model.clone() };
+    let one = TrainConfig { max_steps: 1, checkpoint_every: 0, ..cfg.clone() };
+    let no_dropout = train(&plain, &one, &train_tokens, &val_tokens, tempfile::tempdir().unwrap().path(), Start::Scratch, &device, |_| {}).unwrap();
+    assert_ne!(no_dropout.metrics[0].loss, full.metrics[0].loss);
     let first = full.metrics[0].val_loss.or(full.metrics[4].val_loss).unwrap();
     let last = full.metrics[19].val_loss.unwrap();
     assert!(last < first, "validation loss should fall: {first} → {last}");
