@@ -17,6 +17,18 @@
 //! looks like a shard. [`Shard::open`] memory-maps a shard and checks the header, the file size,
 //! the checksum and the id range; any mismatch is a [`DataError::Shard`] naming the file and the
 //! byte offset.
+//!
+//! ```
+//! use phi_data::shard::{Shard, ShardWriter};
+//! let path = std::env::temp_dir().join(format!("doc-{}.bin", std::process::id()));
+//! let mut w = ShardWriter::create(&path, 50_257)?; // GPT-2's vocabulary: u16 ids
+//! w.write(&[464, 2068, 7586, 50256])?;
+//! let info = w.finish()?;
+//! let shard = Shard::open(&path)?;
+//! assert_eq!((shard.len(), shard.get(3), info.tokens), (4, 50256, 4));
+//! # std::fs::remove_file(path)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};

@@ -12,6 +12,16 @@
 //! the whole output folder is built under `<out>.partial` and renamed into place when complete,
 //! so a reader never sees a half-prepared dataset. The report counts what each stage kept and
 //! dropped, and why.
+//!
+//! ```no_run
+//! use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare};
+//! let input = Input::Files { root: "corpus/".into(), pattern: "**/*.py".into(), exclude: vec!["**/tests/**".into()] };
+//! let config = PrepareConfig::new(vec![input], TokenizerSource::Train { vocab_size: 8192 });
+//! let manifest = prepare(&config, "data/code".as_ref(), true)?;
+//! print!("{}", manifest.report.table());
+//! let train = manifest.dataset("data/code".as_ref(), "train")?; // verified, memory-mapped
+//! # Ok::<(), phi_data::DataError>(())
+//! ```
 
 mod input;
 mod report;
