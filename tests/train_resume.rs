@@ -7,6 +7,14 @@ use phi_data::shard::write_shard;
 use phi_data::{Mixture, TokenDataset};
 use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, checkpoint, train};
 
+/// burn's device RNG (dropout) is one per process, and every training step reseeds it: tests
+/// that train take turns, or one test's reseeding would land between another's draws.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A tiny model and a mixture of two memory-mapped shard datasets (70/30), so that resuming
 /// covers the mixture sampler's state and the shard reader too.
 fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) {
@@ -46,6 +54,7 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
 
 #[test]
 fn resumed_run_matches_uninterrupted_run_bitwise() {
+    let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     // With dropout (phi-2 style): the masks of a resumed step must be the ones it would have drawn.
     let model = PhiConfig { resid_pdrop: 0.1, embd_pdrop: 0.1, ..model };
@@ -89,6 +98,7 @@ fn resumed_run_matches_uninterrupted_run_bitwise() {
 
 #[test]
 fn activation_checkpointing_gives_the_same_training() {
+    let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
     let device = Device::default();
@@ -106,6 +116,7 @@ fn activation_checkpointing_gives_the_same_training() {
 
 #[test]
 fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
+    let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
     let device = Device::default();
@@ -133,6 +144,7 @@ fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
 
 #[test]
 fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
+    let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     // 2^28 overflows f16 gradients at once; halving brings it into range within a few steps.
     let cfg = TrainConfig {
