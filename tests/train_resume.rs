@@ -15,6 +15,13 @@ fn take_turn() -> std::sync::MutexGuard<'static, ()> {
     DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A run from scratch in a fresh folder (kept alive with the outcome).
+fn fresh_run(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset) -> (phi_train::TrainOutcome, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(model, cfg, train_data, val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    (out, dir)
+}
+
 /// A tiny model and a mixture of two memory-mapped shard datasets (70/30), so that resuming
 /// covers the mixture sampler's state and the shard reader too.
 fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) {
@@ -101,12 +108,7 @@ fn activation_checkpointing_gives_the_same_training() {
     let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
-    let device = Device::default();
-    let run = |cfg: &TrainConfig| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = train(&model, cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
-        out.metrics.iter().map(|m| m.loss).collect::<Vec<_>>()
-    };
+    let run = |cfg: &TrainConfig| fresh_run(&model, cfg, &train_tokens, &val_tokens).0.metrics.iter().map(|m| m.loss).collect::<Vec<_>>();
     let plain = run(&cfg);
     let recomputed = run(&TrainConfig { activation_checkpointing: true, ..cfg.clone() });
     for (a, b) in plain.iter().zip(&recomputed) {
@@ -119,10 +121,8 @@ fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
     let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
-    let device = Device::default();
     let run = |cfg: &TrainConfig| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = train(&model, cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+        let (out, dir) = fresh_run(&model, cfg, &train_tokens, &val_tokens);
         let weights = std::fs::read(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 4).join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
         assert!(st.tensors().iter().all(|(_, t)| t.dtype() == safetensors::Dtype::F32), "master weights stay f32");

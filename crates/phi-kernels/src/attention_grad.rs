@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, DispatchTensor, Flex, backend_e
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::backward::register_input_grads;
 use crate::flex::{OutPtr, PhiAttentionKernel, output};
 use crate::math::masked_softmax_row;
 
@@ -121,18 +122,10 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = (FlexTensor, FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let (q, k, v) = ops.state;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [pq, pk, pv] = ops.parents;
-        if pq.is_none() && pk.is_none() && pv.is_none() {
-            return;
-        }
-        let (dq, dk, dv) = backward(q, k, v, grad);
-        for (parent, g) in [(pq, dq), (pk, dk), (pv, dv)] {
-            if let Some(node) = parent {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        register_input_grads(ops, grads, |(q, k, v), grad| {
+            let (dq, dk, dv) = backward(q, k, v, grad);
+            [dq, dk, dv]
+        });
     }
 }
 

@@ -10,6 +10,7 @@
 //! backends, non-f32 dtypes. Callers never choose; tests check that both paths agree.
 
 mod attention_grad;
+mod backward;
 mod cross_entropy;
 mod flex;
 mod gelu_grad;

@@ -15,6 +15,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, DispatchTensor, Flex, backend_e
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::backward::register_input_grads;
 use crate::flex::output;
 
 type FlexTensor = FloatTensor<Flex>;
@@ -134,15 +135,10 @@ impl Backward<Flex, 3> for LayerNormBackward {
     type State = (FlexTensor, FlexTensor, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let (x, w, eps) = ops.state;
-        let g = grads.consume::<Flex>(&ops.node);
-        let (dx, dw, db) = backward(x, w, g, true, eps);
-        let [px, pw, pb] = ops.parents;
-        for (parent, grad) in [(px, dx), (pw, dw), (pb, db)] {
-            if let Some(node) = parent {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+        register_input_grads(ops, grads, |(x, w, eps), g| {
+            let (dx, dw, db) = backward(x, w, g, true, eps);
+            [dx, dw, db]
+        });
     }
 }
 
@@ -153,15 +149,10 @@ impl Backward<Flex, 2> for RmsNormBackward {
     type State = (FlexTensor, FlexTensor, f64);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let (x, w, eps) = ops.state;
-        let g = grads.consume::<Flex>(&ops.node);
-        let (dx, dw, _) = backward(x, w, g, false, eps);
-        let [px, pw] = ops.parents;
-        for (parent, grad) in [(px, dx), (pw, dw)] {
-            if let Some(node) = parent {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+        register_input_grads(ops, grads, |(x, w, eps), g| {
+            let (dx, dw, _) = backward(x, w, g, false, eps);
+            [dx, dw]
+        });
     }
 }
 
