@@ -5,6 +5,8 @@
 //! - [`core`] (`phi-core`): the model, configs, HF weight I/O, generation;
 //! - [`data`] (`phi-data`): tokenizers and data preparation;
 //! - [`train`] (`phi-train`): the training loop;
+//! - [`eval`] (`phi-eval`): HumanEval, judged in [`sandbox`] (`phi-sandbox`, OS-level isolation
+//!   for model-written programs);
 //! - [`device`]: picking a burn backend from the command line;
 //! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run;
 //! - [`recipes`]: the Phi pre-training recipes behind the `train_*` examples.
@@ -17,5 +19,7 @@ pub mod bench;
 pub mod datacmd;
 pub mod device;
 pub mod finetune;
-pub mod humaneval;
+pub use phi_eval::humaneval;
+pub use phi_eval as eval;
+pub use phi_sandbox as sandbox;
 pub mod recipes;

