@@ -330,6 +330,14 @@ impl Plan {
                     return Err(fail(fd, Stage::Rlimit as u8 + i as u8, libc::EINVAL));
                 }
             }
+            // Descriptors that other code in the harness opened without close-on-exec (a file,
+            // a socket) must not reach the program: mark everything above stdio close-on-exec
+            // (not closed: std's exec-status pipe must last until the exec itself).
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             if self.isolate {
                 let ruleset = self.ruleset.take().expect("a ruleset per run");
                 match ruleset.restrict_self() {

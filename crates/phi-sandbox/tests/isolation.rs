@@ -238,3 +238,22 @@ fn unprivileged_checks() {
     assert!(cwd_left.is_empty(), "processes left: {cwd_left:?}");
     println!("UNPRIVILEGED-CHECKS-PASSED");
 }
+
+/// A descriptor the harness's process opened without close-on-exec (other code in a big process
+/// does) must not reach the program.
+#[test]
+fn descriptors_leaked_by_the_harness_do_not_reach_the_program() {
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    let path = std::ffi::CString::new(victim.path().to_str().unwrap()).unwrap();
+    // SAFETY: opens a file we own; closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
+    assert!(fd > 2);
+    let run = sandbox(quick())
+        .run_python("import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'leaked')\n        print('wrote to', fd)\n    except OSError:\n        pass\n")
+        .unwrap();
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    assert_eq!(run.exit, Exit::Code(0), "{}", run.stderr.text());
+    assert_eq!(run.stdout.text(), "");
+    assert_eq!(std::fs::read(victim.path()).unwrap(), b"");
+}
