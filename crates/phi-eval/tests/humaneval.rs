@@ -56,18 +56,26 @@ fn bad_samples_files_are_errors_naming_the_line() {
     assert!(e.contains("HumanEval/999"), "{e}");
 }
 
-/// What a directory holds: name → (contents, permission bits, modification time).
-fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64)> {
+/// What a directory holds: name → (contents, permission bits, modification time, extended
+/// attribute names); the directory itself under ".".
+fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64, Vec<u8>)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let m = e.metadata().unwrap();
-            let bytes = if m.is_file() { std::fs::read(e.path()).unwrap() } else { vec![] };
-            (e.file_name().to_string_lossy().into_owned(), (bytes, m.mode(), m.mtime()))
-        })
-        .collect()
+    fn xattrs(p: &Path) -> Vec<u8> {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: a NUL-terminated path and a buffer of the size passed.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        buf.truncate(n.max(0) as usize);
+        buf
+    }
+    let m = std::fs::metadata(dir).unwrap();
+    let mut out: BTreeMap<_, _> = [(".".to_string(), (vec![], m.mode(), m.mtime(), xattrs(dir)))].into();
+    out.extend(std::fs::read_dir(dir).unwrap().flatten().map(|e| {
+        let m = e.metadata().unwrap();
+        let bytes = if m.is_file() { std::fs::read(e.path()).unwrap() } else { vec![] };
+        (e.file_name().to_string_lossy().into_owned(), (bytes, m.mode(), m.mtime(), xattrs(&e.path())))
+    }));
+    out
 }
 
 /// Pids whose real uid is `uid` (a root harness gives each run a uid of its own).
@@ -87,10 +95,12 @@ fn survivors(uid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The escapes: each is top-level code after an honest function body, so it runs before the
+/// The escapes (the first ones reached past the old Python-level guard; later ones came from an
+/// adversarial review of the sandbox): each is top-level code after an honest function body, so it runs before the
 /// problem's `check`. `{V}` is a victim folder of its own (world-writable, holding a
 /// world-writable `keep.txt`: only the sandbox, not file permissions, protects it), `{T}` a token
-/// for paths outside, `{P}` a loopback TCP port, `{U}` a unix socket that listens.
+/// for paths outside, `{P}` a loopback TCP port, `{U}` a unix socket that listens, `{D}` a unix
+/// datagram socket that receives.
 const ESCAPES: &[(&str, &str)] = &[
     ("posix.system", "import posix\nposix.system('touch {V}/sys; rm -f {V}/keep.txt; echo x > /tmp/phi-escape-{T}')"),
     ("os.posix_spawn", "import os\npid = os.posix_spawn('/bin/sh', ['sh', '-c', 'touch {V}/spawn; rm -f {V}/keep.txt'], {})\nos.waitpid(pid, 0)"),
@@ -119,6 +129,11 @@ const ESCAPES: &[(&str, &str)] = &[
     ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'echo x > {V}/sub'])"),
     ("tcp to loopback", "import socket\ns = socket.create_connection(('127.0.0.1', {P}), timeout=1)\ns.sendall(b'stolen')"),
     ("unix socket", "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('{U}')\ns.sendall(b'stolen')"),
+    ("unix datagram from a socket pair", "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\na.sendto(b'stolen', '{D}')"),
+    ("setxattrat / removexattrat (Linux 6.13)", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nclass XA(ctypes.Structure):\n    _fields_ = [('value', ctypes.c_uint64), ('size', ctypes.c_uint32), ('flags', ctypes.c_uint32)]\nv = ctypes.create_string_buffer(b'pwn')\nxa = XA(ctypes.addressof(v), 3, 0)\nL = ctypes.c_long\nr1 = libc.syscall(L(463), L(-100), b'{V}/keep.txt', L(0), b'user.sandbox', ctypes.byref(xa), L(16))\nr2 = libc.syscall(L(466), L(-100), b'{V}/keep.txt', L(0), b'user.keepme')\nr3 = libc.syscall(L(463), L(-100), b'{V}', L(0), b'user.sandbox', ctypes.byref(xa), L(16))\nassert (r1, r2, r3) == (-1, -1, -1), (r1, r2, r3)"),
+    ("setxattr", "import os\nos.setxattr('{V}/keep.txt', 'user.sandbox', b'pwn')"),
+    ("memfd_create", "import os\nos.memfd_create('x')"),
+    ("nested user namespace by clone", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\npid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)\nif pid == 0:\n    libc._exit(0)\nassert pid < 0, pid"),
     ("kill everything", "import os, signal\nos.kill(-1, signal.SIGKILL)"),
     ("/proc/1/mem", "open('/proc/1/mem', 'wb')"),
     ("setsid daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n        open('{V}/late.txt', 'w').write('x')\n    os._exit(0)"),
@@ -141,6 +156,9 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
     let token = format!("{}-{}", std::process::id(), victims.path().file_name().unwrap().to_string_lossy());
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     tcp.set_nonblocking(true).unwrap();
+    let dgram_path = victims.path().join("dgram.sock");
+    let dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+    dgram.set_nonblocking(true).unwrap();
     let sock_path = victims.path().join("listen.sock");
     let unix = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
     unix.set_nonblocking(true).unwrap();
@@ -148,19 +166,24 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
     let open_up = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     open_up(victims.path(), 0o777);
     open_up(&sock_path, 0o777);
+    open_up(&dgram_path, 0o777);
 
     let mut cases: Vec<(String, String, PathBuf)> = Vec::new();
     for (i, (name, code)) in ESCAPES.iter().enumerate() {
         let v = victims.path().join(format!("v{i}"));
         std::fs::create_dir(&v).unwrap();
         std::fs::write(v.join("keep.txt"), "the user's data\n").unwrap();
+        let keep = std::ffi::CString::new(v.join("keep.txt").to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated name and path, a value of the length passed.
+        assert_eq!(unsafe { libc::setxattr(keep.as_ptr(), c"user.keepme".as_ptr(), b"1".as_ptr().cast(), 1, 0) }, 0);
         open_up(&v, 0o777);
         open_up(&v.join("keep.txt"), 0o666);
         let code = code
             .replace("{V}", &v.display().to_string())
             .replace("{T}", &token)
             .replace("{P}", &tcp.local_addr().unwrap().port().to_string())
-            .replace("{U}", &sock_path.display().to_string());
+            .replace("{U}", &sock_path.display().to_string())
+            .replace("{D}", &dgram_path.display().to_string());
         cases.push((name.to_string(), completion(p, &code), v));
     }
     let bombs: &[(&str, &str)] = &[
@@ -216,6 +239,9 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
     if tcp.accept().is_ok() {
         problems_found.push("a program connected to the loopback TCP listener".into());
     }
+    if dgram.recv(&mut [0u8; 64]).is_ok() {
+        problems_found.push("a program sent a datagram to the unix socket".into());
+    }
     if unix.accept().is_ok() {
         problems_found.push("a program connected to the unix socket".into());
     }
@@ -231,7 +257,20 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
     assert_eq!(outcome("child holds stderr").1, Outcome::Passed);
     assert_eq!(outcome("honest").1, Outcome::Passed);
     // The in-process escapes themselves are refused (the program fails on them).
-    for name in ["builtins.open", "io.open", "pathlib.write_text", "os.open O_CREAT|O_WRONLY", "posix.unlink", "os.symlink", "os.mkdir", "tcp to loopback", "unix socket"] {
+    for name in [
+        "builtins.open",
+        "io.open",
+        "pathlib.write_text",
+        "os.open O_CREAT|O_WRONLY",
+        "posix.unlink",
+        "os.symlink",
+        "os.mkdir",
+        "tcp to loopback",
+        "unix socket",
+        "unix datagram from a socket pair",
+        "setxattr",
+        "memfd_create",
+    ] {
         assert!(matches!(outcome(name).1, Outcome::Failed(_)), "{name}: {:?}", outcome(name));
     }
     // Each escape ran and was refused by the OS — not a typo in the escape that made it fail.

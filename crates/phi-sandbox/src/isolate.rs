@@ -127,12 +127,26 @@ pub(crate) fn landlock_ruleset(dir: &Path) -> Result<RulesetCreated, SandboxErro
         })
 }
 
-/// System calls a test program has no use for, refused with EPERM: sockets of every family (the
-/// network namespace is empty too), tracing other processes, mounting, namespaces, BPF, perf,
-/// keyrings, io_uring (its operations bypass seccomp), path truncation (which Landlock mediates
-/// only from ABI 3 on), module and kexec loading, reboot, swap, file handles, and changes of
-/// permissions, owners, times and extended attributes.
+/// The newest system call number reviewed for this filter (`mseal`, Linux 6.10). Numbers from
+/// here on are shared by every architecture; anything newer is refused with ENOSYS until it has
+/// been looked at (Linux 6.13–6.17 added `setxattrat`, `removexattrat` and `file_setattr`, which
+/// would reach around the metadata rules below), and so is the x32 numbering (bit 30).
+const FIRST_UNREVIEWED_SYSCALL: u32 = 463;
+/// `fchmodat2` (Linux 6.6): the same number on every architecture.
+const SYS_FCHMODAT2: i64 = 452;
+
+/// System calls a test program has no use for, refused with EPERM: sockets of every family and
+/// socket pairs (a datagram socket from a pair can `sendto` any pathname unix socket, which
+/// neither the empty network namespace nor Landlock stops), tracing other processes, mounting,
+/// namespaces (also through `clone` flags; `clone3`, whose flags seccomp cannot read, answers
+/// ENOSYS so that libc falls back to `clone`), BPF, perf, keyrings, io_uring (its operations
+/// bypass seccomp), memfd (memory outside the address-space limit), path truncation (which
+/// Landlock mediates only from ABI 3 on), module and kexec loading, reboot, swap, file handles,
+/// and changes of permissions, owners, times, extended attributes and inode flags — Landlock
+/// does not mediate those, and a harness run by a normal user would leave that user's own files
+/// open to them.
 pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     #[cfg(target_arch = "x86_64")]
     let arch = TargetArch::x86_64;
     #[cfg(target_arch = "aarch64")]
@@ -141,8 +155,10 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
     let arch = TargetArch::riscv64;
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
     return Err(SandboxError::Unavailable(format!("no seccomp filter for {}", std::env::consts::ARCH)));
+    let err = |e: &dyn std::fmt::Display| SandboxError::Unavailable(format!("seccomp filter: {e}"));
     let mut denied = vec![
         libc::SYS_socket,
+        libc::SYS_socketpair,
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
@@ -159,6 +175,7 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
         libc::SYS_io_uring_setup,
         libc::SYS_io_uring_enter,
         libc::SYS_io_uring_register,
+        libc::SYS_memfd_create,
         libc::SYS_truncate,
         libc::SYS_userfaultfd,
         libc::SYS_init_module,
@@ -170,10 +187,9 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
         libc::SYS_swapoff,
         libc::SYS_open_by_handle_at,
         libc::SYS_name_to_handle_at,
-        // Metadata of files outside its directory: Landlock does not mediate it, and a
-        // harness run by a normal user would leave that user's own files open to it.
         libc::SYS_fchmod,
         libc::SYS_fchmodat,
+        SYS_FCHMODAT2,
         libc::SYS_fchown,
         libc::SYS_fchownat,
         libc::SYS_utimensat,
@@ -187,16 +203,56 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
     // The legacy path-based forms, which newer architectures do not have.
     #[cfg(target_arch = "x86_64")]
     denied.extend([libc::SYS_chmod, libc::SYS_chown, libc::SYS_lchown, libc::SYS_utime, libc::SYS_utimes, libc::SYS_futimesat]);
-    let mut rules = std::collections::BTreeMap::new();
-    for nr in denied {
-        rules.insert(nr, vec![]);
-        // x86_64 kernels may also accept the x32 numbering of the same calls.
-        #[cfg(target_arch = "x86_64")]
-        rules.insert(nr | 0x4000_0000, vec![]);
-    }
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
-        .map_err(|e| SandboxError::Unavailable(format!("seccomp filter: {e}")))?;
-    filter.try_into().map_err(|e| SandboxError::Unavailable(format!("seccomp filter: {e}")))
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = denied.into_iter().map(|nr| (nr, vec![])).collect();
+    // Inode flags (immutable, append-only, nodump, …) set through ioctl on any readable file.
+    const FS_IOC_SETFLAGS: u64 = 0x4008_6602;
+    const FS_IOC32_SETFLAGS: u64 = 0x4004_6602;
+    const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
+    let ioctl = [FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR]
+        .into_iter()
+        .map(|cmd| SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, cmd).map_err(|e| err(&e))?]).map_err(|e| err(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl);
+    // New namespaces through clone's flags (its first argument on these architectures).
+    let namespaces = [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWCGROUP,
+    ];
+    let clone = namespaces
+        .into_iter()
+        .map(|f| {
+            let f = f as u64;
+            SeccompRule::new(vec![SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(f), f).map_err(|e| err(&e))?]).map_err(|e| err(&e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_clone, clone);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(|e| err(&e))?;
+    let program: BpfProgram = filter.try_into().map_err(|e| err(&e))?;
+    Ok([enosys_prefix(), program].concat())
+}
+
+/// Instructions run before seccompiler's program: `clone3` and every system call number from
+/// [`FIRST_UNREVIEWED_SYSCALL`] on (x32 included) fail with ENOSYS. Refusing only, so it is
+/// safe before the architecture check that follows.
+fn enosys_prefix() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    const BPF_JEQ_K: u16 = 0x05 | 0x10;
+    const BPF_JGE_K: u16 = 0x05 | 0x30;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    vec![
+        // seccomp_data.nr is at offset 0.
+        sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
+        sock_filter { code: BPF_JEQ_K, jt: 1, jf: 0, k: libc::SYS_clone3 as u32 },
+        sock_filter { code: BPF_JGE_K, jt: 0, jf: 1, k: FIRST_UNREVIEWED_SYSCALL },
+        sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
+    ]
 }
 
 /// Everything the child needs, built before the fork.

@@ -72,7 +72,7 @@ impl Default for Limits {
             memory_bytes: 2 << 30,
             file_size_bytes: 16 << 20,
             open_files: 64,
-            processes: 32,
+            processes: 16,
             output_bytes: 64 << 10,
         }
     }
@@ -249,8 +249,11 @@ impl Sandbox {
 
     fn run_with(&self, limits: &Limits, args: &[OsString], files: &[(&str, &[u8])]) -> Result<Run, SandboxError> {
         let io = |what: &str, e: std::io::Error| SandboxError::Io(format!("{what}: {e}"));
+        use std::os::unix::fs::PermissionsExt;
+        // 0700: runs at the same time cannot look into each other's directories.
         let dir = tempfile::Builder::new()
             .prefix("phi-sandbox-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&self.work_root)
             .map_err(|e| io(&format!("temporary directory in {}", self.work_root.display()), e))?;
         for (name, bytes) in files {
@@ -276,7 +279,8 @@ impl Sandbox {
             .env("TMPDIR", dir)
             .env("LANG", "C.UTF-8");
         #[cfg(target_os = "linux")]
-        let (report, uid) = self.prepare(&mut cmd, dir, limits)?;
+        // The lease lives until this function returns: by then every process of the run is gone.
+        let (report, uid, _lease) = self.prepare(&mut cmd, dir, limits)?;
         #[cfg(not(target_os = "linux"))]
         let uid = 0;
         let start = Instant::now();
@@ -368,7 +372,12 @@ impl Sandbox {
     /// Builds the child's plan and installs it as `cmd`'s pre-exec hook. Returns the report
     /// pipe (read end, write end) and the uid the program will run as.
     #[cfg(target_os = "linux")]
-    fn prepare(&self, cmd: &mut Command, dir: &Path, limits: &Limits) -> Result<((std::os::fd::OwnedFd, std::os::fd::OwnedFd), u32), SandboxError> {
+    fn prepare(
+        &self,
+        cmd: &mut Command,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<((std::os::fd::OwnedFd, std::os::fd::OwnedFd), u32, Option<UidLease>), SandboxError> {
         use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
         let mut fds = [0; 2];
@@ -382,7 +391,8 @@ impl Sandbox {
         let root = is_root();
         // SAFETY: plain getters.
         let (my_uid, my_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let (uid, gid) = if self.isolated && root { run_uid() } else { (my_uid, my_gid) };
+        let lease = (self.isolated && root).then(UidLease::take).transpose()?;
+        let (uid, gid) = lease.as_ref().map_or((my_uid, my_gid), |l| (l.0, l.0));
         if self.isolated && root {
             // The run's own uid must be able to write its directory (and only that).
             std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| SandboxError::Io(format!("chown {}: {e}", dir.display())))?;
@@ -405,7 +415,7 @@ impl Sandbox {
         };
         // SAFETY: `Plan::enter` only makes system calls on data built above (see `isolate`).
         unsafe { cmd.pre_exec(move || plan.enter()) };
-        Ok(((rx, tx), uid))
+        Ok(((rx, tx), uid, lease))
     }
 }
 
@@ -498,15 +508,32 @@ fn is_root() -> bool {
 }
 
 /// A uid (and gid) for one run when the harness is root: unprivileged, outside the usual
-/// ranges of system users, human users and container subordinate ids, and different for every
-/// run alive at once (pid and a per-process counter), so each run's process limit counts only
-/// its own processes.
-fn run_uid() -> (u32, u32) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    const BASE: u32 = 0x5A00_0000;
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xFF;
-    let id = BASE + ((std::process::id() & 0xFFFF) << 8) + n;
-    (id, id)
+/// ranges of system users, human users and container subordinate ids, and held by no other run
+/// of this process while the lease lives (different processes differ by pid), so each run's
+/// process limit counts only its own processes.
+struct UidLease(u32);
+
+static LIVE_UIDS: std::sync::Mutex<std::collections::BTreeSet<u32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+impl UidLease {
+    fn take() -> Result<Self, SandboxError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        const BASE: u32 = 0x5A00_0000;
+        let base = BASE + ((std::process::id() & 0xFFFF) << 8);
+        for _ in 0..256 {
+            let id = base + (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xFF);
+            if LIVE_UIDS.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+                return Ok(UidLease(id));
+            }
+        }
+        Err(SandboxError::Io("more than 256 sandboxed runs at once in one process".into()))
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        LIVE_UIDS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
 }
 
 /// `python3` on `PATH` (then the usual places), in order, each once.

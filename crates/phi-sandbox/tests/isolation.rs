@@ -40,6 +40,25 @@ fn limits_hold_and_are_what_was_asked() {
 }
 
 #[test]
+fn honest_programs_keep_threads_subprocesses_and_pipes() {
+    // glibc creates threads with clone3, which the filter answers ENOSYS to (it cannot read
+    // clone3's flags): libc falls back to clone.
+    let run = sandbox(quick())
+        .run_python(
+            "import threading, subprocess, os, concurrent.futures as cf\n\
+             out = []\n\
+             t = threading.Thread(target=lambda: out.append(1)); t.start(); t.join()\n\
+             with cf.ThreadPoolExecutor(4) as ex:\n    assert list(ex.map(lambda x: x * x, range(8))) == [x * x for x in range(8)]\n\
+             r, w = os.pipe(); os.write(w, b'ok'); assert os.read(r, 2) == b'ok'\n\
+             assert subprocess.run(['echo', 'hi'], capture_output=True).stdout == b'hi\\n'\n\
+             print(out)\n",
+        )
+        .unwrap();
+    assert_eq!(run.exit, Exit::Code(0), "{}", run.stderr.text());
+    assert_eq!(run.stdout.text().trim(), "[1]");
+}
+
+#[test]
 fn a_program_writes_in_its_directory_and_the_directory_goes_away() {
     let root = tempfile::tempdir().unwrap();
     let sb = sandbox(quick()).work_root(root.path());
@@ -205,7 +224,8 @@ fn unprivileged_checks() {
     let victim = tempfile::tempdir().unwrap();
     let keep = victim.path().join("keep.txt");
     std::fs::write(&keep, "the user's data\n").unwrap();
-    let before = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime());
+    let flags = || std::process::Command::new("lsattr").arg(&keep).output().map(|o| o.stdout).unwrap_or_default();
+    let before = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime(), flags());
     let work = tempfile::tempdir().unwrap();
     let sb = sandbox(quick()).work_root(work.path());
     assert!(sb.describe().contains("the harness's uid"), "{}", sb.describe());
@@ -219,10 +239,14 @@ fn unprivileged_checks() {
         format!("import os\nos.rename('{v}/keep.txt', 'mine.txt')"),
         format!("import os\nos.system('echo x >> {v}/keep.txt; rm -f {v}/keep.txt; touch {v}/new')"),
         format!("open('{v}/new.txt', 'w')"),
+        // Calls newer than the old deny list: fchmodat2 (Linux 6.6), inode flags by ioctl on a
+        // read-only descriptor.
+        format!("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert libc.syscall(452, -100, b'{v}/keep.txt', 0o4777, 0) == -1"),
+        format!("import fcntl, struct\nfd = open('{v}/keep.txt')\nfcntl.ioctl(fd, 0x40086602, struct.pack('l', 0x40 | 0x80))"),
     ] {
         let run = sb.run_python(&code).unwrap();
         assert_ne!(run.exit, Exit::TimedOut, "{code}");
-        let after = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime());
+        let after = (std::fs::read(&keep).unwrap(), std::fs::metadata(&keep).unwrap().mode(), std::fs::metadata(&keep).unwrap().mtime(), flags());
         assert_eq!(after, before, "{code} changed the user's file");
         assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1, "{code} created a file");
     }
