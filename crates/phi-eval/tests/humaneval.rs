@@ -251,7 +251,13 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
     };
     assert_eq!(outcome("infinite loop").0, Exit::TimedOut);
     assert_eq!(outcome("fork bomb").0, Exit::TimedOut);
-    assert!(matches!(outcome("memory bomb").1, Outcome::Failed(_)), "{:?}", outcome("memory bomb"));
+    // The address-space limit stops it with a MemoryError — or, on a machine too busy to
+    // fault in a gigabyte within the timeout, the timeout does.
+    assert!(
+        matches!(outcome("memory bomb").1, Outcome::Failed(ref why) if why.contains("MemoryError")) || outcome("memory bomb").0 == Exit::TimedOut,
+        "{:?}",
+        outcome("memory bomb")
+    );
     // Floods and lingering children cost nothing: the honest body still passes.
     assert_eq!(outcome("stderr flood").1, Outcome::Passed);
     assert_eq!(outcome("child holds stderr").1, Outcome::Passed);
