@@ -13,6 +13,7 @@ pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod precision;
+pub mod preference;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;

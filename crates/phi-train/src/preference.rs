@@ -1,0 +1,193 @@
+//! Preference objectives (DPO and its variants), as TRL's `DPOTrainer` defines them: a batch
+//! holds each pair's chosen and rejected sequence (prompt + completion, right-padded), the
+//! policy's and the reference's log-probabilities of the completion tokens are summed per
+//! sequence, and the loss compares the two log-ratios.
+//!
+//! Right padding needs no attention mask: attention is causal, so pad tokens after a sequence
+//! never influence the logits of its real positions; they only have to be left out of the sums.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use phi_train::preference::{PreferenceLoss, preference_loss};
+//!
+//! let device = Device::default();
+//! // Two pairs: chosen log-probs first, then rejected.
+//! let policy = Tensor::<1>::from_data([-10.0, -12.0, -14.0, -11.0], &device);
+//! let reference = Tensor::<1>::from_data([-11.0, -12.0, -13.0, -12.0], &device);
+//! let (loss, m) = preference_loss(policy, reference, 0.1, PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
+//! assert!(loss.into_scalar::<f32>() > 0.0);
+//! assert_eq!(m.rewards_accuracies, 0.5);
+//! ```
+
+use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Which preference loss, with TRL's `loss_type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "loss_type", rename_all = "snake_case")]
+pub enum PreferenceLoss {
+    /// DPO: `-(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)` (ε > 0 is conservative DPO, cDPO).
+    Sigmoid { label_smoothing: f64 },
+    /// IPO: `(Δ - 1/(2β))²`, on log-probabilities averaged over completion tokens (as TRL).
+    Ipo,
+    /// SLiC's hinge: `relu(1 - βΔ)`.
+    Hinge,
+}
+
+impl PreferenceLoss {
+    /// Whether sequence log-probabilities are averaged over their completion tokens (IPO) rather
+    /// than summed.
+    pub fn averages_logps(&self) -> bool {
+        matches!(self, PreferenceLoss::Ipo)
+    }
+}
+
+/// The metrics TRL logs for a preference batch, with its names and definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    pub loss: f64,
+    /// Mean of `β·(policy - reference)` over the chosen completions.
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    /// Mean of chosen minus rejected reward.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    /// Fraction of pairs whose chosen reward is strictly greater.
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    /// Mean policy log-probability of the chosen completions.
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+}
+
+/// Per-sequence log-probability of the completion tokens: `logits` `[n, t, vocab]`, `ids`
+/// `[n, t]`, `mask` `[n, t]` (1 at completion tokens, 0 at prompt and padding). Token `j` is
+/// scored by the logits at `j - 1`, so position 0 never counts. `average`: divide by the number
+/// of completion tokens.
+pub fn completion_logps(logits: Tensor<3>, ids: Tensor<2, Int>, mask: Tensor<2>, average: bool) -> Tensor<1> {
+    let [n, t, v] = logits.dims();
+    let log_probs = log_softmax(logits.narrow(1, 0, t - 1).reshape([n * (t - 1), v]), 1);
+    let picked = log_probs.gather(1, ids.narrow(1, 1, t - 1).reshape([n * (t - 1), 1])).reshape([n, t - 1]);
+    let mask = mask.narrow(1, 1, t - 1);
+    let sums = (picked * mask.clone()).sum_dim(1).reshape([n]);
+    if average { sums / mask.sum_dim(1).reshape([n]).clamp_min(1.0) } else { sums }
+}
+
+fn mean(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64).sum::<f64>() / x.len().max(1) as f64
+}
+
+/// The loss (mean over pairs) and TRL's metrics. `policy` and `reference` hold `2·pairs`
+/// sequence log-probabilities, chosen ones first; `reference` carries no gradient.
+pub fn preference_loss(policy: Tensor<1>, reference: Tensor<1>, beta: f64, kind: PreferenceLoss) -> (Tensor<1>, PreferenceMetrics) {
+    let n = policy.dims()[0] / 2;
+    let reference = reference.detach();
+    let (pc, pr) = (policy.clone().narrow(0, 0, n), policy.clone().narrow(0, n, n));
+    let (rc, rr) = (reference.clone().narrow(0, 0, n), reference.narrow(0, n, n));
+    let chosen_ratio = pc - rc;
+    let rejected_ratio = pr - rr;
+    let delta = chosen_ratio.clone() - rejected_ratio.clone();
+    let losses = match kind {
+        PreferenceLoss::Sigmoid { label_smoothing: eps } => {
+            let z = delta * beta;
+            log_sigmoid(z.clone()).neg() * (1.0 - eps) - log_sigmoid(z.neg()) * eps
+        }
+        PreferenceLoss::Ipo => (delta - 1.0 / (2.0 * beta)).powi_scalar(2),
+        PreferenceLoss::Hinge => relu((delta * beta).neg() + 1.0),
+    };
+    let loss = losses.mean();
+    let host = |t: Tensor<1>| t.detach().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+    let (cr, rj) = (host(chosen_ratio * beta), host(rejected_ratio * beta));
+    let logps = host(policy);
+    let metrics = PreferenceMetrics {
+        loss: host(loss.clone())[0] as f64,
+        rewards_chosen: mean(&cr),
+        rewards_rejected: mean(&rj),
+        rewards_margins: mean(&cr.iter().zip(&rj).map(|(c, r)| c - r).collect::<Vec<_>>()),
+        rewards_accuracies: cr.iter().zip(&rj).filter(|(c, r)| c > r).count() as f64 / n.max(1) as f64,
+        logps_chosen: mean(&logps[..n]),
+        logps_rejected: mean(&logps[n..]),
+    };
+    (loss, metrics)
+}
+
+/// One preference pair as token ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub prompt_ids: Vec<u32>,
+    pub chosen_ids: Vec<u32>,
+    pub rejected_ids: Vec<u32>,
+}
+
+/// The batch TRL's preference collator builds: rows `prompt + chosen` for every pair, then
+/// `prompt + rejected`, right-padded with `pad` to the longest; the mask marks completion tokens.
+/// Returns `(ids [2n, t], mask [2n, t])`.
+pub fn pair_batch(pairs: &[TokenPair], pad: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+    let rows: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .map(|p| (&p.prompt_ids[..], &p.chosen_ids[..]))
+        .chain(pairs.iter().map(|p| (&p.prompt_ids[..], &p.rejected_ids[..])))
+        .collect();
+    let t = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0).max(2);
+    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t));
+    for (p, c) in &rows {
+        ids.extend(p.iter().chain(c.iter()).map(|&x| x as i64));
+        ids.extend(std::iter::repeat_n(pad as i64, t - p.len() - c.len()));
+        mask.extend(std::iter::repeat_n(0.0f32, p.len()));
+        mask.extend(std::iter::repeat_n(1.0f32, c.len()));
+        mask.extend(std::iter::repeat_n(0.0f32, t - p.len() - c.len()));
+    }
+    let n = rows.len();
+    (Tensor::from_data(TensorData::new(ids, [n, t]), device), Tensor::from_data(TensorData::new(mask, [n, t]), device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn v(t: Tensor<1>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn completion_logps_sum_only_completion_tokens_scored_by_the_previous_position() {
+        let device = Device::default();
+        let logits = Tensor::<3>::random([2, 4, 7], Distribution::Normal(0.0, 1.0), &device);
+        let pairs = [TokenPair { prompt_ids: vec![1, 2], chosen_ids: vec![3, 4], rejected_ids: vec![5] }];
+        let (ids, mask) = pair_batch(&pairs, 0, &device);
+        assert_eq!(v(mask.clone().reshape([8])), [0., 0., 1., 1., 0., 0., 1., 0.]);
+        let got = v(completion_logps(logits.clone(), ids, mask, false));
+        let lp = log_softmax(logits, 2).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let at = |row: usize, pos: usize, tok: usize| lp[(row * 4 + pos) * 7 + tok];
+        assert!((got[0] - (at(0, 1, 3) + at(0, 2, 4))).abs() < 1e-5);
+        assert!((got[1] - at(1, 1, 5)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn losses_follow_their_definitions() {
+        let device = Device::default();
+        let policy = Tensor::<1>::from_data([-1.0, -2.0, -3.0, -1.5], &device);
+        let reference = Tensor::<1>::from_data([-1.5, -2.0, -2.0, -2.5], &device);
+        // chosen ratios 0.5 and 0, rejected ratios -1 and 1: Δ = 1.5 and -1
+        let (beta, d) = (0.1f64, [1.5f64, -1.0]);
+        let ls = |x: f64| -(1.0 + (-x).exp()).ln();
+        let eps = 0.2;
+        let want = d.iter().map(|&d| -(1.0 - eps) * ls(beta * d) - eps * ls(-beta * d)).sum::<f64>() / 2.0;
+        let (l, m) = preference_loss(policy.clone(), reference.clone(), beta, PreferenceLoss::Sigmoid { label_smoothing: eps });
+        assert!((v(l)[0] as f64 - want).abs() < 1e-6);
+        assert!((m.rewards_chosen - 0.1 * (0.5 + 0.0) / 2.0).abs() < 1e-6);
+        assert!((m.rewards_rejected - 0.1 * (-1.0 + 1.0) / 2.0).abs() < 1e-6);
+        assert_eq!(m.rewards_accuracies, 0.5);
+        assert!((m.logps_chosen - (-1.5)).abs() < 1e-6 && (m.logps_rejected - (-2.25)).abs() < 1e-6);
+        let want = d.iter().map(|&d| (d - 1.0 / (2.0 * beta)).powi(2)).sum::<f64>() / 2.0;
+        assert!((v(preference_loss(policy.clone(), reference.clone(), beta, PreferenceLoss::Ipo).0)[0] as f64 - want).abs() < 1e-4);
+        let want = d.iter().map(|&d| (1.0 - beta * d).max(0.0)).sum::<f64>() / 2.0;
+        assert!((v(preference_loss(policy, reference, beta, PreferenceLoss::Hinge).0)[0] as f64 - want).abs() < 1e-6);
+    }
+}
