@@ -6,6 +6,7 @@
 //! - [`data`] (`phi-data`): tokenizers and data preparation;
 //! - [`train`] (`phi-train`): the training loop;
 //! - [`device`]: picking a burn backend from the command line;
+//! - [`export`]: writing model folders without ever replacing a folder that is not ours;
 //! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run;
 //! - [`recipes`]: the Phi pre-training recipes behind the `train_*` examples.
 
@@ -16,6 +17,7 @@ pub use phi_train as train;
 pub mod bench;
 pub mod datacmd;
 pub mod device;
+pub mod export;
 pub mod finetune;
 pub mod humaneval;
 pub mod recipes;
