@@ -371,3 +371,28 @@ fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() 
     checkpoint::remove_all(&ckpts).unwrap();
     assert!(!ckpts.exists() && root.path().exists());
 }
+
+#[test]
+fn a_metrics_jsonl_that_is_not_ours_is_not_overwritten() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 1, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = b"{\"experiment\": \"mine\"}\nepoch,loss\n1,0.5\n";
+    std::fs::write(dir.path().join("metrics.jsonl"), theirs).unwrap();
+    let e = match train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("trained over a metrics.jsonl of the user's"),
+    };
+    assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
+    assert_eq!(std::fs::read(dir.path().join("metrics.jsonl")).unwrap(), theirs);
+    // Ours, with a torn last line from a kill mid-write: the torn line is dropped, the run goes on.
+    let mut ours = String::new();
+    let out = train(&model, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    ours.push_str(&serde_json::to_string(&out.metrics[0]).unwrap());
+    ours.push_str("\n{\"step\": 2, \"lo");
+    std::fs::write(dir.path().join("metrics.jsonl"), &ours).unwrap();
+    let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert_eq!(again.metrics.len(), 1);
+    assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().count(), 1);
+}
