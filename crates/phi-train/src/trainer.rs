@@ -79,7 +79,8 @@ pub enum Start {
     Scratch,
     /// From a HF-format checkpoint folder (fine-tuning / continued pre-training).
     Pretrained(PathBuf),
-    /// The newest complete checkpoint under `out_dir/checkpoints`, else from scratch.
+    /// The newest complete checkpoint under `out_dir/checkpoints` (falling back past unreadable
+    /// ones; one of another model, config or data is an error), else from scratch.
     ResumeAuto,
 }
 
