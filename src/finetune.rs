@@ -120,6 +120,10 @@ fn complete(model: &PhiForCausalLM, tok: &Tokenizer, prompt: &str, eos: u32) -> 
 
 pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = args.device.device()?;
+    // The outputs are written at the end: a folder there that is not ours stops us now.
+    for sub in ["adapter", "merged"] {
+        crate::export::check_writable(&args.out.join(sub))?;
+    }
     let base_dir = base_checkpoint(&args)?;
     let tok = Tokenizer::from_file(base_dir.join("tokenizer.json"))?;
     let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
@@ -230,10 +234,13 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("--- prompt ---\n{probe}--- base model ---\n{completion_before}\n--- after LoRA ---\n{}\n---", complete(&tuned, &tok, probe, eos)?);
 
     let adapter_dir = args.out.join("adapter");
-    lora::save(&mut model, &config, &adapter_dir)?;
+    let source = format!("LoRA fine-tuning of {}", base_dir.display());
+    crate::export::write_model_folder(&adapter_dir, &source, |dir| Ok(lora::save(&mut model, &config, dir)?))?;
     let merged_dir = args.out.join("merged");
-    lora::merge(tuned).save_pretrained(&merged_dir)?;
-    tok.save(merged_dir.join("tokenizer.json"))?;
+    crate::export::write_model_folder(&merged_dir, &source, |dir| {
+        lora::merge(tuned).save_pretrained(dir)?;
+        Ok(tok.save(dir.join("tokenizer.json"))?)
+    })?;
     println!("adapter (PEFT format): {}\nmerged model: {}", adapter_dir.display(), merged_dir.display());
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`eval`] (`phi-eval`): HumanEval, judged in [`sandbox`] (`phi-sandbox`, OS-level isolation
 //!   for model-written programs);
 //! - [`device`]: picking a burn backend from the command line;
+//! - [`export`]: writing model folders without ever replacing a folder that is not ours;
 //! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run;
 //! - [`recipes`]: the Phi pre-training recipes behind the `train_*` examples.
 
@@ -18,6 +19,7 @@ pub use phi_train as train;
 pub mod bench;
 pub mod datacmd;
 pub mod device;
+pub mod export;
 pub mod finetune;
 pub use phi_eval::humaneval;
 pub use phi_eval as eval;

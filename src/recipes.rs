@@ -289,6 +289,22 @@ pub fn training_data(args: &RecipeArgs, out: &std::path::Path) -> Result<(Mixtur
     let mut config = PrepareConfig::new(vec![Input::List { files }], TokenizerSource::Train { vocab_size: args.vocab_size });
     config.validation_fraction = 0.05;
     let dir = out.join("data");
+    // The data of a resumable run is never replaced in place: the checkpoint would go on with
+    // other token ids (and the old data would be gone if the new preparation failed).
+    if let (false, Some(ckpt), Ok(old)) = (args.fresh, phi_train::checkpoint::latest(&out.join("checkpoints")), Manifest::read(&dir)) {
+        let now = phi_data::prepare::fingerprint(&config)?;
+        if old.fingerprint != now {
+            return Err(format!(
+                "{} holds the data of the run checkpointed in {}, prepared from other inputs or settings \
+                 (fingerprint {} then, {now} now: --corpus, --max-corpus-mb, --vocab-size, or the corpus files changed). \
+                 Resuming would train on other token ids. Start over with --fresh, or use another --out.",
+                dir.display(),
+                ckpt.display(),
+                old.fingerprint
+            )
+            .into());
+        }
+    }
     let (m, reused) = prepare_or_reuse(&config, &dir, true)?;
     if reused {
         println!("data: reusing {} (same inputs and settings)", dir.display());
@@ -306,6 +322,11 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
             recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
     }
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(recipe.name));
+    if args.fresh {
+        // Before the data is prepared again: only checkpoints of ours go, and a folder holding
+        // anything else stops the run here with nothing changed.
+        phi_train::checkpoint::remove_all(&out.join("checkpoints"))?;
+    }
     let t = Instant::now();
     let (train_data, val_data, tokenizer) = training_data(&args, &out)?;
     println!(
@@ -345,9 +366,6 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
         cfg.seq_len
     );
     let start = if args.fresh { Start::Scratch } else { Start::ResumeAuto };
-    if args.fresh {
-        let _ = std::fs::remove_dir_all(out.join("checkpoints"));
-    }
     let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
     let val_before = evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
     println!("validation loss before training: {val_before:.3}");

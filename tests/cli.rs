@@ -321,3 +321,128 @@ fn a_run_stopped_and_resumed_in_a_new_process_matches_the_uninterrupted_run_bitw
     assert_eq!(losses(&whole).len(), 6);
     assert_eq!(losses(&split), losses(&whole));
 }
+
+#[test]
+fn train_resumes_only_the_same_run_and_fresh_starts_over() {
+    let root = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let small = root.path().join("small.toml");
+    std::fs::write(&small, "batch_size = 2\nseq_len = 32\neval_batches = 2\n").unwrap();
+    let run_dir = root.path().join("run");
+    let run = |recipe: &str, corpus: &std::path::Path, config: &std::path::Path, extra: &[&str]| {
+        phi()
+            .args(["train", "--recipe", recipe, "--steps", "2", "--vocab-size", "300", "--max-corpus-mb", "0.2", "--corpus"])
+            .arg(corpus)
+            .arg("--config")
+            .arg(config)
+            .arg("--out")
+            .arg(&run_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = |r: std::process::Output, expect: &[&str]| {
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert!(!r.status.success(), "must refuse: {}", String::from_utf8_lossy(&r.stdout));
+        for e in expect {
+            assert!(err.contains(e), "{e:?} not in: {err}");
+        }
+    };
+    let first = run("phi-1", &shipped, &small, &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let before = common::snapshot(&run_dir);
+
+    // Another recipe on the phi-1 run: the checkpoint is not silently continued.
+    refused(run("phi-3-mini", &shipped, &small, &[]), &["not the same run", "model.model_type: \"phi\" in the checkpoint, \"phi3\" now", "--fresh"]);
+    // Another batch size: another run.
+    let bigger = root.path().join("bigger.toml");
+    std::fs::write(&bigger, "batch_size = 4\nseq_len = 32\neval_batches = 2\n").unwrap();
+    refused(run("phi-1", &shipped, &bigger, &[]), &["batch_size: 2 in the checkpoint, 4 now"]);
+    // Another corpus: refused before its data replaces the run's.
+    let other = root.path().join("other-corpus");
+    std::fs::create_dir(&other).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&shipped).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "py")).collect();
+    files.sort();
+    for f in files.iter().take(8) {
+        std::fs::copy(f, other.join(f.file_name().unwrap())).unwrap();
+    }
+    refused(run("phi-1", &other, &small, &[]), &["holds the data of the run", "--fresh"]);
+    // metrics.jsonl and loss.png are rewritten by a run that trains; none of these did.
+    assert_eq!(common::snapshot(&run_dir), before, "refused resumes leave the run as it was");
+
+    // --fresh with a file of the user's among the checkpoints: refused, nothing removed.
+    std::fs::write(run_dir.join("checkpoints/notes.txt"), b"my notes").unwrap();
+    refused(run("phi-3-mini", &other, &small, &["--fresh"]), &[&run_dir.join("checkpoints").display().to_string(), "notes.txt"]);
+    std::fs::remove_file(run_dir.join("checkpoints/notes.txt")).unwrap();
+    assert_eq!(common::snapshot(&run_dir), before);
+
+    // --fresh starts over: the new corpus is prepared and the other recipe trains from scratch.
+    let fresh = run("phi-3-mini", &other, &small, &["--fresh"]);
+    assert!(fresh.status.success(), "{}", String::from_utf8_lossy(&fresh.stderr));
+    let text = String::from_utf8(fresh.stdout).unwrap();
+    assert!(!text.contains("resumed from") && text.contains("other-corpus"), "{text}");
+    let state = std::fs::read_to_string(run_dir.join("checkpoints/step-00000002/trainer_state.json")).unwrap();
+    assert!(state.contains("\"phi3\""), "{state}");
+    // And that run is the one that resumes now.
+    let again = run("phi-3-mini", &other, &small, &[]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let text = String::from_utf8(again.stdout).unwrap();
+    assert!(text.contains("resumed from the checkpoint at step 2") && text.contains("data: reusing"), "{text}");
+}
+
+#[test]
+fn export_and_prepare_refuse_folders_that_are_not_theirs() {
+    let root = tempfile::tempdir().unwrap();
+    let export = |out: &std::path::Path| phi().args(["export", "--model"]).arg(fixture("phi-tiny")).arg("--out").arg(out).output().unwrap();
+    let refused = |r: std::process::Output, guarded: &std::path::Path, before: Vec<(std::path::PathBuf, Vec<u8>)>| {
+        let err = String::from_utf8_lossy(&r.stderr).to_string();
+        assert!(!r.status.success() && err.contains(&guarded.display().to_string()), "{err}");
+        assert_eq!(common::snapshot(guarded), before, "{} untouched", guarded.display());
+    };
+    // A folder of the user's files.
+    let mine = root.path().join("mine");
+    std::fs::create_dir_all(mine.join("sub")).unwrap();
+    std::fs::write(mine.join("notes.txt"), b"notes").unwrap();
+    std::fs::write(mine.join("sub/x.csv"), b"1,2").unwrap();
+    refused(export(&mine), &mine, common::snapshot(&mine));
+    // A user's own HF model folder: same file names as an export, but not ours.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("phi-tiny").join(f), theirs.join(f)).unwrap();
+    }
+    refused(export(&theirs), &theirs, common::snapshot(&theirs));
+    // A user's folder at `<out>.partial`.
+    let out = root.path().join("out");
+    std::fs::create_dir(root.path().join("out.partial")).unwrap();
+    std::fs::write(root.path().join("out.partial/keep.txt"), b"keep").unwrap();
+    refused(export(&out), &root.path().join("out.partial"), common::snapshot(&root.path().join("out.partial")));
+    assert!(!out.exists());
+    std::fs::remove_dir_all(root.path().join("out.partial")).unwrap();
+    // Our own export: written, and replaced by the next one.
+    for _ in 0..2 {
+        let r = export(&out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(out.join("phi_export.json").is_file() && !root.path().join("out.partial").exists());
+    phi_core::PhiForCausalLM::from_pretrained(&out, &burn::tensor::Device::default()).unwrap();
+    // Our export with a user's file added: no longer ours to replace.
+    std::fs::write(out.join("eval.txt"), b"my results").unwrap();
+    refused(export(&out), &out, common::snapshot(&out));
+
+    // `phi finetune --out`: its `merged/` holding a user's file stops it before any training.
+    let ft = root.path().join("ft");
+    std::fs::create_dir_all(ft.join("merged")).unwrap();
+    std::fs::write(ft.join("merged/notes.txt"), b"mine").unwrap();
+    let r = phi().args(["finetune", "--steps", "1"]).arg("--base").arg(fixture("phi-tiny")).arg("--out").arg(&ft).output().unwrap();
+    refused(r, &ft.join("merged"), common::snapshot(&ft.join("merged")));
+    assert!(!ft.join("adapter").exists());
+
+    // `phi data prepare --out` a folder with somebody else's manifest.json.
+    let app = root.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(app.join("manifest.json"), br#"{"name": "app"}"#).unwrap();
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let r = phi().args(["data", "prepare", "--vocab-size", "300", "--input"]).arg(&corpus).arg("--out").arg(&app).output().unwrap();
+    refused(r, &app, common::snapshot(&app));
+}

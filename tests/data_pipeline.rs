@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::fixture;
+use common::{fixture, snapshot};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare, prepare_or_reuse};
 use phi_data::shard::{HEADER_LEN, Shard, write_shard};
 use phi_data::{DataError, Mixture, TokenDataset, Tokenizer};
@@ -292,4 +292,116 @@ fn shard_datasets_sample_like_the_same_tokens_in_memory() {
     let state = a.state();
     let mut resumed = shards.resume(seq, &state).unwrap();
     assert_eq!(resumed.next_batch(8), a.next_batch(8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `prepare` never deletes what it did not write.
+
+#[test]
+fn prepare_refuses_folders_holding_anything_it_did_not_write() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        write(src.path(), &format!("m{i}.py"), &module(&format!("m{i}"), i));
+    }
+    let cfg = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    let root = tempfile::tempdir().unwrap();
+    let refused = |out: &Path, guarded: &Path, expect: &str| {
+        let before = snapshot(guarded);
+        let e = prepare(&cfg, out, false).unwrap_err().to_string();
+        assert!(e.contains(&guarded.display().to_string()) && e.contains(expect), "{e}");
+        assert_eq!(snapshot(guarded), before, "{} must be untouched", guarded.display());
+    };
+
+    // A folder of the user's files.
+    let mine = root.path().join("mine");
+    write(&mine, "notes.md", "my notes");
+    write(&mine, "sub/data.csv", "1,2,3");
+    refused(&mine, &mine, "not a prepared dataset");
+    assert!(!root.path().join("mine.partial").exists(), "refused before any work");
+
+    // A `manifest.json` of some other tool is not our marker.
+    let other = root.path().join("other");
+    write(&other, "manifest.json", r#"{"name": "my-web-app", "version": "1.0"}"#);
+    write(&other, "index.html", "<html></html>");
+    refused(&other, &other, "does not carry our marker");
+    // Not even when it is alone in the folder.
+    std::fs::remove_file(other.join("index.html")).unwrap();
+    refused(&other, &other, "not a prepared dataset");
+    // Nor one that names our format with another version.
+    std::fs::write(other.join("manifest.json"), r#"{"format": "phi-token-shards", "version": 99}"#).unwrap();
+    refused(&other, &other, "version 99");
+
+    // Our own dataset with a user's file added to it.
+    let data = root.path().join("data");
+    prepare(&cfg, &data, false).unwrap();
+    write(&data, "README.txt", "what this dataset is");
+    refused(&data, &data, "README.txt");
+    std::fs::remove_file(data.join("README.txt")).unwrap();
+
+    // A user's folder that happens to sit at `<out>.partial`.
+    write(&root.path().join("data.partial"), "thesis.tex", "\\documentclass{article}");
+    refused(&data, &root.path().join("data.partial"), "data.partial");
+    assert!(Manifest::read(&data).is_ok(), "the dataset stays as it was");
+    std::fs::remove_dir_all(root.path().join("data.partial")).unwrap();
+
+    // A `.partial` that a killed run of ours left (marker, a half-written shard): cleared.
+    let partial = root.path().join("data.partial");
+    write(&partial, "partial.json", r#"{"format": "phi-token-shards", "version": 1}"#);
+    write(&partial, "train-00000.bin.tmp", "half a shard");
+    write(&partial, "documents.jsonl", "");
+    prepare(&cfg, &data, false).unwrap();
+    assert!(!partial.exists());
+    // Our dataset, and nothing else: replaced; the partial marker is not left in it.
+    assert!(Manifest::read(&data).is_ok() && !data.join("partial.json").exists());
+
+    // A file where the folder would go.
+    write(root.path(), "file", "just a file");
+    refused(&root.path().join("file"), root.path(), "not a folder");
+    // An empty folder holds nothing to lose: used.
+    std::fs::create_dir(root.path().join("empty")).unwrap();
+    prepare(&cfg, &root.path().join("empty"), false).unwrap();
+}
+
+#[test]
+fn validation_split_is_never_empty_with_two_to_eight_documents() {
+    for n in 2..=8 {
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            write(src.path(), &format!("m{i}.py"), &module(&format!("m{i}"), 100 + i));
+        }
+        let mut cfg = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+        cfg.validation_fraction = 0.05; // the recipes' share: 8 documents would rarely get one
+        let out = tempfile::tempdir().unwrap();
+        let m = prepare(&cfg, &out.path().join("d"), false).unwrap();
+        let (train, val) = (&m.splits["train"], &m.splits["validation"]);
+        assert_eq!(train.documents + val.documents, n as u64);
+        assert!(train.documents >= 1 && val.documents >= 1, "{n} documents: {} train / {} validation", train.documents, val.documents);
+        assert_eq!((m.report.train.documents, m.report.validation.documents), (train.documents, val.documents));
+        assert!(m.dataset(&out.path().join("d"), "validation").unwrap().num_tokens() > 0);
+        // Deterministic: the same document moves on the next run.
+        let again = prepare(&cfg, &out.path().join("d"), false).unwrap();
+        assert_eq!(again.splits, m.splits, "{n} documents");
+    }
+    // Every document in validation (a large fraction): one moves to training.
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        write(src.path(), &format!("m{i}.py"), &module(&format!("m{i}"), 200 + i));
+    }
+    let mut cfg = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    cfg.validation_fraction = 0.999;
+    let out = tempfile::tempdir().unwrap();
+    let m = prepare(&cfg, &out.path().join("d"), false).unwrap();
+    assert_eq!((m.splits["train"].documents, m.splits["validation"].documents), (1, 2));
+
+    // One document cannot make two splits: the error says so (not "every document was dropped").
+    let one = tempfile::tempdir().unwrap();
+    write(one.path(), "only.py", &module("only", 7));
+    let mut cfg = config(one.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    cfg.validation_fraction = 0.05;
+    let e = prepare(&cfg, &out.path().join("one"), false).unwrap_err().to_string();
+    assert!(e.contains("only 1 document") && e.contains("validation") && !e.contains("every document was dropped"), "{e}");
+    // Without a validation split, one document is enough.
+    cfg.validation_fraction = 0.0;
+    let m = prepare(&cfg, &out.path().join("one"), false).unwrap();
+    assert_eq!((m.splits["train"].documents, m.splits["validation"].documents), (1, 0));
 }

@@ -180,3 +180,219 @@ fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
     };
     assert_eq!(state["loss_scaler"]["scale"].as_f64(), Some(next_scale), "{state}");
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn resume_error(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset, dir: &std::path::Path) -> String {
+    match train(model, cfg, train_data, val, dir, Start::ResumeAuto, &Device::default(), |_| {}) {
+        Err(e) => e.to_string(),
+        Ok(o) => panic!("resumed from {:?} instead of refusing", o.resumed_from),
+    }
+}
+
+#[test]
+fn resuming_another_run_is_an_error_that_says_what_differs() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 2, eval_every: 0, checkpoint_every: 2, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let ckpts = dir.path().join("checkpoints");
+    let before = snapshot(&ckpts);
+
+    // Another model (a phi-3 style block with the same sizes, or another width).
+    let phi3 = PhiConfig { model_type: "phi3".into(), ..model.clone() };
+    let e = resume_error(&phi3, &cfg, &train_data, &val, dir.path());
+    assert!(e.contains("not the same run") && e.contains("model.model_type: \"phi\" in the checkpoint, \"phi3\" now") && e.contains("--fresh"), "{e}");
+    assert!(e.contains("step-00000002"), "names the checkpoint: {e}");
+    let mut wider = PhiConfig::phi_family(48, 2, 4, 64, 0.5);
+    wider.max_position_embeddings = 64;
+    let e = resume_error(&wider, &cfg, &train_data, &val, dir.path());
+    assert!(e.contains("model.hidden_size: 32 in the checkpoint, 48 now"), "{e}");
+    // Another batch size, sequence length, seed: another run.
+    let e = resume_error(&model, &TrainConfig { batch_size: 2, ..cfg.clone() }, &train_data, &val, dir.path());
+    assert!(e.contains("batch_size: 4 in the checkpoint, 2 now"), "{e}");
+    let e = resume_error(&model, &TrainConfig { seq_len: 8, seed: 12, ..cfg.clone() }, &train_data, &val, dir.path());
+    assert!(e.contains("seq_len: 16 in the checkpoint, 8 now") && e.contains("seed: 11 in the checkpoint, 12 now"), "{e}");
+    assert!(e.contains("max_steps") && e.contains("schedule"), "the error says what may change: {e}");
+    // Other data: other token ids (e.g. a retrained tokenizer) or other mixture weights.
+    let other = Mixture::single(TokenDataset::from_tokens((0..4000u32).map(|i| (i * 7) % 64).collect()));
+    let e = resume_error(&model, &cfg, &other, &val, dir.path());
+    assert!(e.contains("data:") && e.contains("in the checkpoint"), "{e}");
+    assert_eq!(snapshot(&ckpts), before, "a refused resume changes no checkpoint");
+
+    // Training longer, with the schedule stretched and checkpoints kept differently: the same run.
+    let longer = TrainConfig {
+        max_steps: 3,
+        schedule: LrSchedule { total_steps: 30, ..cfg.schedule },
+        keep_checkpoints: 5,
+        eval_every: 1,
+        ..cfg.clone()
+    };
+    let out = train(&model, &longer, &train_data, &val, dir.path(), Start::ResumeAuto, &Device::default(), |_| {}).unwrap();
+    assert_eq!((out.resumed_from, out.metrics.len()), (Some(2), 3));
+    assert!(out.resume_warnings.is_empty(), "{:?}", out.resume_warnings);
+    // Starting over is always possible.
+    let fresh = train(&phi3, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert_eq!(fresh.resumed_from, None);
+}
+
+#[test]
+fn a_kill_mid_prune_and_corrupt_newest_checkpoints_fall_back_to_the_previous_complete_one() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 6, eval_every: 0, checkpoint_every: 2, keep_checkpoints: 3, ..cfg };
+    let device = Device::default();
+    let whole = fresh_run(&model, &cfg, &train_data, &val).0;
+
+    let dir = tempfile::tempdir().unwrap();
+    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let ckpts = dir.path().join("checkpoints");
+    let at = |step| checkpoint::checkpoint_dir(&ckpts, step);
+    assert_eq!(checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), [2, 4, 6]);
+
+    // What a kill in the middle of the old pruning left: a step folder with its state and no
+    // weights (and no marker): never listed.
+    std::fs::create_dir_all(at(8)).unwrap();
+    std::fs::copy(at(6).join("trainer_state.json"), at(8).join("trainer_state.json")).unwrap();
+    // What a kill in the middle of today's pruning or writing leaves: `.tmp-step-*` folders.
+    let stale = ckpts.join(".tmp-step-00000001-4242-old");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::copy(at(2).join("trainer_state.json"), stale.join("trainer_state.json")).unwrap();
+    std::fs::create_dir_all(ckpts.join(".tmp-step-00000007-4242")).unwrap();
+    std::fs::write(ckpts.join(".tmp-step-00000007-4242/model.safetensors.tmp"), b"half").unwrap();
+    // A `.tmp-step-*` folder holding a user's file is not ours: left, with a warning.
+    let foreign = ckpts.join(".tmp-step-00000009-1");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    // The newest checkpoint truncated, the one before it garbled in place (same size).
+    let weights = at(6).join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
+    let e = checkpoint::verify(&at(6)).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("the checkpoint marker recorded"), "{e}");
+    let optim = at(4).join("optimizer.bin");
+    let garbage = vec![0x5au8; std::fs::metadata(&optim).unwrap().len() as usize];
+    std::fs::write(&optim, garbage).unwrap();
+    assert_eq!(checkpoint::latest(&ckpts).unwrap(), at(6), "the marker says complete; reading is what fails");
+
+    let resumed = train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    assert_eq!(resumed.resumed_from, Some(2), "falls back past both unreadable checkpoints");
+    let w = resumed.resume_warnings.join("\n");
+    assert!(w.contains("step-00000006") && w.contains("step-00000004") && w.contains("falling back"), "{w}");
+    assert!(w.contains(".tmp-step-00000009-1") && w.contains("notes.txt"), "{w}");
+    // The continued run is the uninterrupted one, bitwise.
+    let bits = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&resumed.metrics), bits(&whole.metrics));
+    // Stale folders of ours are gone, the user's is untouched, the unmarked leftover is ignored,
+    // and the rewritten checkpoints are whole again.
+    assert!(!stale.exists() && !ckpts.join(".tmp-step-00000007-4242").exists());
+    assert_eq!(std::fs::read(foreign.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), [2, 4, 6]);
+    for step in [2, 4, 6] {
+        checkpoint::verify(&at(step)).unwrap();
+    }
+    assert!(at(8).join("trainer_state.json").exists());
+
+    // Nothing readable at all: an error that lists each, not a silent start from scratch.
+    for step in [2, 4, 6] {
+        std::fs::write(at(step).join("trainer_state.json"), "{").unwrap();
+    }
+    let e = resume_error(&model, &cfg, &train_data, &val, dir.path());
+    assert!(e.contains("no checkpoint could be read") && e.contains("step-00000002") && e.contains("--fresh"), "{e}");
+}
+
+#[test]
+fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() {
+    // Checkpoints written directly (no training): files, marker, pruning, removal.
+    let root = tempfile::tempdir().unwrap();
+    let ckpts = root.path().join("checkpoints");
+    let write = |step: usize, keep: usize| {
+        checkpoint::save(&ckpts, step, keep, |dir| {
+            std::fs::write(dir.join("config.json"), "{}").unwrap();
+            std::fs::write(dir.join("model.safetensors"), vec![1u8; 100]).unwrap();
+            std::fs::write(dir.join("trainer_state.json"), "{}").unwrap();
+            Ok(())
+        })
+        .unwrap()
+    };
+    for step in 1..=3 {
+        write(step, 2);
+    }
+    let names = || {
+        let mut n: Vec<String> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), ["step-00000002", "step-00000003"], "the oldest is gone, with no temporary left");
+    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpts.join("step-00000003/checkpoint.json")).unwrap()).unwrap();
+    assert_eq!((marker["format"].as_str(), marker["step"].as_u64(), marker["files"]["model.safetensors"].as_u64()), (Some("phi-checkpoint"), Some(3), Some(100)));
+
+    // A user's file inside an old checkpoint: that checkpoint is not pruned, and the run goes on.
+    std::fs::write(ckpts.join("step-00000002/my-eval.txt"), b"results").unwrap();
+    write(4, 2);
+    assert_eq!(names(), ["step-00000002", "step-00000003", "step-00000004"]);
+    assert_eq!(std::fs::read(ckpts.join("step-00000002/my-eval.txt")).unwrap(), b"results");
+
+    // --fresh: a checkpoints folder holding a user's file is refused, naming it, all intact.
+    let before = snapshot(&ckpts);
+    let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
+    assert!(e.contains(&ckpts.display().to_string()) && e.contains("my-eval.txt"), "{e}");
+    assert_eq!(snapshot(&ckpts), before);
+    std::fs::remove_file(ckpts.join("step-00000002/my-eval.txt")).unwrap();
+    // So is one with a file of the user's beside the checkpoints, or a checkpoint without marker.
+    std::fs::write(ckpts.join("notes.md"), b"mine").unwrap();
+    let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
+    assert!(e.contains("notes.md"), "{e}");
+    std::fs::remove_file(ckpts.join("notes.md")).unwrap();
+    std::fs::remove_file(ckpts.join("step-00000003/checkpoint.json")).unwrap();
+    let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
+    assert!(e.contains("step-00000003") && e.contains("checkpoint.json"), "{e}");
+    assert!(ckpts.join("step-00000004/model.safetensors").exists(), "nothing removed");
+    // Writing over a folder that is not a checkpoint of ours is an error naming it.
+    let e = checkpoint::save(&ckpts, 3, 2, |_| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("step-00000003"), "{e}");
+    assert!(ckpts.join("step-00000003/model.safetensors").exists());
+    // Only checkpoints of ours: all removed.
+    std::fs::remove_dir_all(ckpts.join("step-00000003")).unwrap();
+    checkpoint::remove_all(&ckpts).unwrap();
+    assert!(!ckpts.exists() && root.path().exists());
+}
+
+#[test]
+fn a_metrics_jsonl_that_is_not_ours_is_not_overwritten() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 1, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = b"{\"experiment\": \"mine\"}\nepoch,loss\n1,0.5\n";
+    std::fs::write(dir.path().join("metrics.jsonl"), theirs).unwrap();
+    let e = match train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("trained over a metrics.jsonl of the user's"),
+    };
+    assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
+    assert_eq!(std::fs::read(dir.path().join("metrics.jsonl")).unwrap(), theirs);
+    // Ours, with a torn last line from a kill mid-write: the torn line is dropped, the run goes on.
+    let mut ours = String::new();
+    let out = train(&model, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    ours.push_str(&serde_json::to_string(&out.metrics[0]).unwrap());
+    ours.push_str("\n{\"step\": 2, \"lo");
+    std::fs::write(dir.path().join("metrics.jsonl"), &ours).unwrap();
+    let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert_eq!(again.metrics.len(), 1);
+    assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().count(), 1);
+}

@@ -493,12 +493,19 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, out: &std:
     if let Some(adapter) = adapter {
         m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?);
     }
-    m.save_pretrained(out)?;
-    for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
-        if model.join(extra).is_file() {
-            std::fs::copy(model.join(extra), out.join(extra)).map_err(|e| format!("{}: {e}", out.join(extra).display()))?;
+    let source = match adapter {
+        Some(a) => format!("{} + {}", model.display(), a.display()),
+        None => model.display().to_string(),
+    };
+    phi::export::write_model_folder(out, &source, |dir| {
+        m.save_pretrained(dir)?;
+        for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+            if model.join(extra).is_file() {
+                std::fs::copy(model.join(extra), dir.join(extra)).map_err(|e| format!("{}: {e}", dir.join(extra).display()))?;
+            }
         }
-    }
+        Ok(())
+    })?;
     println!("wrote {}", out.display());
     Ok(())
 }

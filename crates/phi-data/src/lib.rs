@@ -10,12 +10,14 @@
 //! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
 //! - [`sampler`]: seeded, resumable `[batch, seq_len + 1]` windows over one dataset or a mixture.
 //! - [`sft`], [`exercises`]: instruction data for fine-tuning.
+//! - [`owned`]: whether a folder is ours to replace or remove (datasets, checkpoints, exports).
 
 pub mod corpus;
 pub mod error;
 pub mod evalsets;
 pub mod exercises;
 pub mod filters;
+pub mod owned;
 pub mod prepare;
 pub mod quality;
 pub mod sampler;

@@ -93,6 +93,30 @@ impl TokenDataset {
         self.parts.iter().map(move |p| p.len().saturating_sub(1) / seq_len)
     }
 
+    /// XXH3-64 of the token stream, part by part (a shard contributes its verified payload
+    /// checksum and length, memory is hashed): equal streams, equal fingerprints. A run records
+    /// it so that resuming on other data is an error.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+        for p in &self.parts {
+            match p {
+                Part::Memory(t) => {
+                    h.update(b"memory");
+                    h.update(&(t.len() as u64).to_le_bytes());
+                    for chunk in t.chunks(1 << 14) {
+                        h.update(&chunk.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+                    }
+                }
+                Part::Shard(s) => {
+                    h.update(b"shard");
+                    h.update(&(s.len() as u64).to_le_bytes());
+                    h.update(&s.checksum().to_le_bytes());
+                }
+            }
+        }
+        h.digest()
+    }
+
     /// Whole non-overlapping windows of `seq_len + 1` tokens.
     pub fn num_windows(&self, seq_len: usize) -> usize {
         self.windows_per_part(seq_len).sum()
@@ -226,6 +250,11 @@ impl Mixture {
 
     pub fn datasets(&self) -> impl Iterator<Item = &TokenDataset> {
         self.parts.iter().map(|(d, _)| d)
+    }
+
+    /// The datasets' fingerprints with their weights, as text (`a1b2…:0.8+c3d4…:0.2`).
+    pub fn fingerprint(&self) -> String {
+        self.parts.iter().map(|(d, w)| format!("{:016x}:{w}", d.fingerprint())).collect::<Vec<_>>().join("+")
     }
 
     /// Every id of every dataset is below this.

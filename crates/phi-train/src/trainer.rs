@@ -79,7 +79,8 @@ pub enum Start {
     Scratch,
     /// From a HF-format checkpoint folder (fine-tuning / continued pre-training).
     Pretrained(PathBuf),
-    /// The newest complete checkpoint under `out_dir/checkpoints`, else from scratch.
+    /// The newest complete checkpoint under `out_dir/checkpoints` (falling back past unreadable
+    /// ones; one of another model, config or data is an error), else from scratch.
     ResumeAuto,
 }
 
@@ -88,6 +89,9 @@ pub struct TrainOutcome {
     pub model: PhiForCausalLM,
     pub metrics: Vec<StepMetrics>,
     pub resumed_from: Option<usize>,
+    /// What resuming had to work around (an unreadable newest checkpoint it fell back from, a
+    /// stale folder it left alone); also printed as warnings.
+    pub resume_warnings: Vec<String>,
 }
 
 /// Training FLOPs per token: 6·N for the matmuls plus 6·L·T·d for attention (forward + backward).
@@ -159,24 +163,42 @@ pub fn train(
     };
     let ckpt_root = out_dir.join("checkpoints");
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
-    let resume_dir = match &start {
-        Start::ResumeAuto => checkpoint::latest(&ckpt_root),
+    // What makes a checkpoint this run's: the model, the training config, the data.
+    let model_json = model_config.to_hf_json();
+    let data_fingerprint = checkpoint::data_fingerprint(train_data, val_data);
+    let mut resume_warnings = checkpoint::remove_stale_tmp(&ckpt_root);
+    for w in &resume_warnings {
+        eprintln!("warning: {w}");
+    }
+    let build_optim = |model: &PhiForCausalLM| cfg.optimizer.build(model, &[model.model.embed_tokens.weight.id]);
+    let resumed = match &start {
+        Start::ResumeAuto => checkpoint::resume_newest(
+            &ckpt_root,
+            |dir, state| state.check_same_run(dir, &model_json, cfg, &data_fingerprint),
+            |dir| {
+                let model = PhiForCausalLM::from_pretrained(dir, &ad)?;
+                let path = dir.join("optimizer.bin");
+                let optim = build_optim(&model).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                Ok((model, optim))
+            },
+            &mut resume_warnings,
+        )?,
         _ => None,
     };
-    let (mut model, state) = match (&start, &resume_dir) {
-        (_, Some(dir)) => {
-            let state = checkpoint::read_state(dir)?;
-            (PhiForCausalLM::from_pretrained(dir, &ad)?, Some(state))
+    let resume_dir = resumed.as_ref().map(|r| r.dir.clone());
+    let (mut model, mut optim, state) = match (resumed, &start) {
+        (Some(r), _) => (r.loaded.0, r.loaded.1, Some(r.state)),
+        (None, Start::Pretrained(dir)) => {
+            let model = PhiForCausalLM::from_pretrained(dir, &ad)?;
+            let optim = build_optim(&model);
+            (model, optim, None)
         }
-        (Start::Pretrained(dir), None) => (PhiForCausalLM::from_pretrained(dir, &ad)?, None),
-        _ => (PhiForCausalLM::init(model_config.clone(), &ad, cfg.seed)?, None),
+        (None, _) => {
+            let model = PhiForCausalLM::init(model_config.clone(), &ad, cfg.seed)?;
+            let optim = build_optim(&model);
+            (model, optim, None)
+        }
     };
-    let embed_id = model.model.embed_tokens.weight.id;
-    let mut optim = cfg.optimizer.build(&model, &[embed_id]);
-    if let Some(dir) = &resume_dir {
-        let path = dir.join("optimizer.bin");
-        optim = optim.load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-    }
     let start_step = state.as_ref().map_or(0, |s| s.step);
     let mut tokens_seen = state.as_ref().map_or(0, |s| s.tokens_seen);
     let mut sampler = match &state {
@@ -186,7 +208,7 @@ pub fn train(
     let mut scaler: Option<LossScaler> = (cfg.precision == Precision::F16)
         .then(|| state.as_ref().and_then(|s| s.loss_scaler).unwrap_or(cfg.loss_scaler));
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path, start_step);
+    let mut history = read_metrics(&metrics_path, start_step)?;
     rewrite_metrics(&metrics_path, &history)?;
     let mut metrics_file = std::fs::OpenOptions::new()
         .append(true)
@@ -267,7 +289,15 @@ pub fn train(
         on_step(&m);
         history.push(m);
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
-            let state = TrainerState { step: done, sampler: sampler.state(), config: cfg.clone(), tokens_seen, loss_scaler: scaler };
+            let state = TrainerState {
+                step: done,
+                sampler: sampler.state(),
+                config: cfg.clone(),
+                tokens_seen,
+                loss_scaler: scaler,
+                model: model_json.clone(),
+                data: data_fingerprint.clone(),
+            };
             checkpoint::save(&ckpt_root, done, cfg.keep_checkpoints, |dir| {
                 model.valid().save_pretrained(dir)?;
                 let path = dir.join("optimizer.bin");
@@ -284,17 +314,35 @@ pub fn train(
     if let Err(e) = crate::plot::write_loss_curve(&history, &title, &png) {
         eprintln!("warning: loss curve not written: {e}");
     }
-    Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step) })
+    Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step), resume_warnings })
 }
 
-/// Metrics already logged for steps `1..=up_to` (a resumed run drops what came after its checkpoint).
-fn read_metrics(path: &Path, up_to: usize) -> Vec<StepMetrics> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
-        .filter(|m| m.step <= up_to)
-        .collect()
+/// Metrics already logged for steps `1..=up_to` (a resumed run drops what came after its
+/// checkpoint). The file is rewritten next, so one that is not a metrics log of ours is an
+/// error rather than lost; only a torn last line (a kill mid-write) is dropped.
+fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<StepMetrics>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<StepMetrics>(line) {
+            Ok(m) if m.step <= up_to => out.push(m),
+            Ok(_) => {}
+            Err(_) if line.trim().is_empty() || (i + 1 == lines.len() && !text.ends_with('\n')) => {}
+            Err(e) => {
+                return Err(TrainError::Invalid(format!(
+                    "{}: line {} is not a phi metrics line ({e}); it is not ours to overwrite (is the output folder one of yours?)",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn rewrite_metrics(path: &Path, metrics: &[StepMetrics]) -> Result<()> {

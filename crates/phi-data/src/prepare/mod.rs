@@ -103,6 +103,44 @@ impl PrepareConfig {
 
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT: &str = "phi-token-shards";
+/// Written first into `<out>.partial`, so that a build that died half-way is still known to be
+/// ours (it has no manifest yet) and can be cleared by the next run.
+pub const PARTIAL_MARKER: &str = "partial.json";
+
+/// A prepared dataset: our manifest, and only the files `prepare` writes.
+pub static DATASET_LAYOUT: crate::owned::Layout = crate::owned::Layout {
+    what: "a prepared dataset (phi data prepare)",
+    markers: &[crate::owned::Marker { file: MANIFEST, format: FORMAT, version: crate::shard::VERSION }],
+    file: is_dataset_file,
+    dir: |_| None,
+};
+
+/// `<out>.partial`, a dataset being built: our partial marker or (just before the rename) our
+/// manifest, and only the files `prepare` writes.
+pub static PARTIAL_LAYOUT: crate::owned::Layout = crate::owned::Layout {
+    what: "a dataset being prepared (phi data prepare)",
+    markers: &[
+        crate::owned::Marker { file: PARTIAL_MARKER, format: FORMAT, version: crate::shard::VERSION },
+        crate::owned::Marker { file: MANIFEST, format: FORMAT, version: crate::shard::VERSION },
+    ],
+    file: is_dataset_file,
+    dir: |_| None,
+};
+
+/// The names `prepare` writes: the manifest, the tokenizer, the kept documents, the shards
+/// (`train-00000.bin`, `validation-00003.bin`), and the temporaries of their atomic writes.
+fn is_dataset_file(name: &str) -> bool {
+    let shard = |n: &str| {
+        ["train-", "validation-"].iter().any(|split| {
+            n.strip_prefix(split)
+                .and_then(|rest| rest.strip_suffix(".bin"))
+                .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    matches!(name, MANIFEST | PARTIAL_MARKER | "tokenizer.json" | "documents.jsonl" | "documents.jsonl.tmp" | "manifest.tmp" | "partial.tmp" | "tokenizer.json.tmp")
+        || shard(name)
+        || name.strip_suffix(".tmp").is_some_and(shard)
+}
 
 /// One shard as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,9 +285,8 @@ struct Kept {
 pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Manifest, DataError> {
     let wall = Instant::now();
     check_config(config)?;
-    if out.exists() && !out.join(MANIFEST).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
-        return Err(DataError::Invalid(format!("{}: exists and is not a prepared dataset (no {MANIFEST}); refusing to replace it", out.display())));
-    }
+    // `out` is replaced at the end: refuse now, before any work, unless it is ours to replace.
+    crate::owned::check(out, &DATASET_LAYOUT)?;
     let fingerprint = fingerprint(config)?;
     let sources = input::list_sources(&config.inputs)?;
     if sources.is_empty() {
@@ -258,18 +295,36 @@ pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Man
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let _ = std::fs::remove_dir_all(&partial);
+    // A `.partial` left by a run that died is cleared; one that is not ours stops us.
+    crate::owned::remove_owned(&partial, &PARTIAL_LAYOUT)?;
     std::fs::create_dir_all(&partial).map_err(|e| DataError::io(&partial, e))?;
+    let marker = serde_json::json!({ "format": FORMAT, "version": crate::shard::VERSION, "partial_of": out });
+    write_atomic(&partial.join(PARTIAL_MARKER), marker.to_string().as_bytes())?;
 
     // Stages 1–4, streaming.
     let kept_path = partial.join("documents.jsonl");
-    let (stages, counts) = filter_stages(config, &sources, &kept_path, progress)?;
+    let (stages, mut counts) = filter_stages(config, &sources, &kept_path, progress)?;
     let mut report = PrepareReport { stages, ..Default::default() };
-    if counts[0] == 0 {
+    if counts[0] + counts[1] == 0 {
         return Err(DataError::Invalid(format!(
             "every document was dropped; nothing to train on:\n{}",
             report.table()
         )));
+    }
+    if config.validation_fraction > 0.0 {
+        if counts[0] + counts[1] < 2 {
+            return Err(DataError::Invalid(format!(
+                "only 1 document is left after filtering: a training and a validation split need at least 2 \
+                 (validation_fraction = {}; set it to 0 to train without validation):\n{}",
+                config.validation_fraction,
+                report.table()
+            )));
+        }
+        // A small corpus can leave a split empty by the luck of the hashes (a validation loss
+        // of NaN, or no training data): move the one document nearest the boundary over.
+        if counts[0] == 0 || counts[1] == 0 {
+            counts = move_one_across(&kept_path, config.validation_fraction)?;
+        }
     }
 
     // The tokenizer.
@@ -316,10 +371,11 @@ pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Man
     };
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     write_atomic(&partial.join(MANIFEST), json.as_bytes())?;
-    // Swap the finished folder into place.
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| DataError::io(out, e))?;
-    }
+    // The manifest now marks the build as ours; the partial marker has done its job.
+    std::fs::remove_file(partial.join(PARTIAL_MARKER)).map_err(|e| DataError::io(&partial.join(PARTIAL_MARKER), e))?;
+    // Swap the finished folder into place, replacing only a dataset of ours (checked again: the
+    // folder may have changed during the run).
+    crate::owned::remove_owned(out, &DATASET_LAYOUT)?;
     std::fs::rename(&partial, out).map_err(|e| DataError::io(out, e))?;
     Ok(manifest)
 }
@@ -343,6 +399,45 @@ fn check_config(c: &PrepareConfig) -> Result<(), DataError> {
         }
     }
     Ok(())
+}
+
+/// The split key of a document: below `fraction · 2³²` it is a validation document.
+fn split_key(text: &str) -> u64 {
+    content_hash(text).rotate_left(17) & 0xffff_ffff
+}
+
+fn split_threshold(fraction: f64) -> u64 {
+    (fraction * (1u64 << 32) as f64) as u64
+}
+
+/// One split is empty: moves the document of the other split whose key is nearest the
+/// threshold across (deterministic, so reruns agree), rewriting the kept documents. Returns the
+/// new counts.
+fn move_one_across(kept_path: &Path, fraction: f64) -> Result<[u64; 2], DataError> {
+    let threshold = split_threshold(fraction);
+    // (distance to the threshold, index) of the best candidate.
+    let mut best: Option<(u64, usize)> = None;
+    for (i, k) in kept_documents(kept_path)?.enumerate() {
+        let key = split_key(&k.text);
+        let distance = if k.validation { threshold - 1 - key } else { key - threshold };
+        if best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, i));
+        }
+    }
+    let (_, chosen) = best.expect("at least two kept documents");
+    let tmp = kept_path.with_extension("jsonl.tmp");
+    let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?);
+    let mut counts = [0u64; 2];
+    for (i, mut k) in kept_documents(kept_path)?.enumerate() {
+        if i == chosen {
+            k.validation = !k.validation;
+        }
+        counts[k.validation as usize] += 1;
+        writeln!(out, "{}", serde_json::to_string(&k).expect("serializes")).map_err(|e| DataError::io(&tmp, e))?;
+    }
+    out.into_inner().map_err(|e| DataError::io(&tmp, e.into_error()))?.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, kept_path).map_err(|e| DataError::io(kept_path, e))?;
+    Ok(counts)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
@@ -426,9 +521,9 @@ fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_pat
         };
         decon.seconds += t.elapsed().as_secs_f64();
 
-        let threshold = (config.validation_fraction * (1u64 << 32) as f64) as u64;
+        let threshold = split_threshold(config.validation_fraction);
         for Live { text, .. } in live {
-            let validation = (content_hash(&text).rotate_left(17) & 0xffff_ffff) < threshold;
+            let validation = split_key(&text) < threshold;
             kept[validation as usize] += 1;
             let line = serde_json::to_string(&Kept { validation, text }).expect("serializes");
             writeln!(out, "{line}").map_err(|e| DataError::io(kept_path, e))?;
