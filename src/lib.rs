@@ -18,4 +18,5 @@ pub mod datacmd;
 pub mod device;
 pub mod finetune;
 pub mod humaneval;
+pub mod overrides;
 pub mod recipes;
