@@ -152,6 +152,7 @@ pub fn run_program(program: &str, limits: &Limits) -> Result<Outcome, String> {
             None if start.elapsed() > limits.timeout => {
                 // The whole session (setsid above): the program and anything it started.
                 #[cfg(target_os = "linux")]
+                // SAFETY: `kill` takes plain integers; the group is our child's own session.
                 unsafe {
                     libc::kill(-(child.id() as i32), libc::SIGKILL);
                 }
