@@ -118,15 +118,44 @@ fn complete(model: &PhiForCausalLM, tok: &Tokenizer, prompt: &str, eos: u32) -> 
     Ok(tok.decode(&out[ids.len()..]))
 }
 
+/// The settings a run cannot start with, named by their flag.
+fn check_args(args: &FinetuneArgs) -> Result<(), String> {
+    for (flag, v) in [("--steps", args.steps), ("--batch-size", args.batch_size), ("--rank", args.rank)] {
+        if v == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    for (flag, v) in [("--lr", args.lr), ("--alpha", args.alpha)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!("{flag} {v} must be a positive finite number"));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
+    check_args(&args)?;
     let device = args.device.device()?;
     // The outputs are written at the end: a folder there that is not ours stops us now.
     for sub in ["adapter", "merged"] {
         crate::export::check_writable(&args.out.join(sub))?;
     }
     let base_dir = base_checkpoint(&args)?;
-    let tok = Tokenizer::from_file(base_dir.join("tokenizer.json"))?;
+    let tok_path = base_dir.join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path)?;
     let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
+    // Training looks every id up in the embedding table: a tokenizer that can produce ids the
+    // model has no row for would fail mid-run (a panic inside the backend), so refuse it here.
+    if tok.vocab_size() > base.config().vocab_size {
+        return Err(format!(
+            "{}: the tokenizer has {} tokens but the model's vocab_size is {} ({}): they do not belong together",
+            tok_path.display(),
+            tok.vocab_size(),
+            base.config().vocab_size,
+            base_dir.join("config.json").display()
+        )
+        .into());
+    }
     let eos = base.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("the base has no EOS token")?;
     let max_len = base.config().max_position_embeddings;
     let (train, val, probe) = match &args.data {

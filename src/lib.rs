@@ -24,4 +24,5 @@ pub mod finetune;
 pub use phi_eval::humaneval;
 pub use phi_eval as eval;
 pub use phi_sandbox as sandbox;
+pub mod overrides;
 pub mod recipes;

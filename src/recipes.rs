@@ -14,7 +14,7 @@ use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, evaluate, train};
+use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
 pub struct Recipe {
@@ -66,6 +66,7 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
         activation_checkpointing: false,
         precision: Precision::F32,
         loss_scaler: LossScaler::default(),
+        on_non_finite: OnNonFinite::Stop,
     }
 }
 
@@ -231,6 +232,11 @@ pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
 pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Result<TrainConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let schema = crate::overrides::Schema::of::<TrainConfig>()
+        .with::<AdamWSettings>("optimizer")
+        .with::<LrSchedule>("schedule")
+        .with::<LossScaler>("loss_scaler");
+    crate::overrides::check_keys(&over, &schema).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut value = toml::Value::try_from(base).map_err(|e| e.to_string())?;
     merge_toml(&mut value, over);
     value.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))
@@ -322,6 +328,23 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
             recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
     }
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(recipe.name));
+    let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
+    if let Some(path) = &args.config {
+        cfg = apply_toml_overrides(&cfg, path)?;
+    }
+    if let Some(p) = args.precision {
+        cfg.precision = p;
+    }
+    if let Some(steps) = args.steps {
+        cfg.max_steps = steps;
+        cfg.schedule.total_steps = cfg.schedule.total_steps.min(steps);
+        cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(steps / 10);
+    }
+    // Before the data is prepared or a model built: a bad setting is an error naming its key.
+    cfg.validate(&model_config).map_err(|e| match &args.config {
+        Some(path) => format!("{e} (after the overrides in {})", path.display()),
+        None => e.to_string(),
+    })?;
     if args.fresh {
         // Before the data is prepared again: only checkpoints of ours go, and a folder holding
         // anything else stops the run here with nothing changed.
@@ -336,22 +359,10 @@ pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::E
         tokenizer.vocab_size(),
         t.elapsed().as_secs_f64()
     );
-    let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
     model_config.vocab_size = tokenizer.vocab_size();
     let eos = tokenizer.eos_id().ok_or("the tokenizer has no <|endoftext|> token")?;
     model_config.bos_token_id = Some(eos);
     model_config.eos_token_ids = vec![eos];
-    if let Some(path) = &args.config {
-        cfg = apply_toml_overrides(&cfg, path)?;
-    }
-    if let Some(p) = args.precision {
-        cfg.precision = p;
-    }
-    if let Some(steps) = args.steps {
-        cfg.max_steps = steps;
-        cfg.schedule.total_steps = cfg.schedule.total_steps.min(steps);
-        cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(steps / 10);
-    }
     println!(
         "model: {} family, {:.2}M parameters ({} layers × {}, {} heads, rotary {} of {} dims); {} steps of {} × {} tokens",
         recipe.name,

@@ -44,6 +44,7 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
         activation_checkpointing: false,
         precision: Precision::F32,
         loss_scaler: LossScaler::default(),
+        on_non_finite: phi_train::OnNonFinite::Stop,
     };
     // A learnable stream: counting modulo 64 with every 7th token random-ish.
     let stream = |n: usize, salt: u32| -> Vec<u32> {

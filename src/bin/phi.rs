@@ -37,14 +37,17 @@ enum Command {
     },
     /// LoRA fine-tuning on exercises (see the `finetune_lora` example).
     Finetune(phi::finetune::FinetuneArgs),
-    /// Write an HF-layout folder from a checkpoint, folding in a PEFT LoRA adapter if given.
+    /// Write an HF-layout folder from a checkpoint, with a PEFT LoRA adapter merged into the
+    /// weights (`--merge`) or beside them in `OUT/adapter`.
     Export {
         #[arg(long)]
         model: PathBuf,
-        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to merge.
-        #[arg(long, requires = "merge")]
+        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors); it is checked
+        /// against the model either way.
+        #[arg(long)]
         adapter: Option<PathBuf>,
-        /// Fold the adapter into the weights (an HF checkpoint cannot hold unmerged adapters).
+        /// Fold the adapter into the weights: one plain HF checkpoint. Without it the weights
+        /// are the base's and the adapter is written to `OUT/adapter` (PEFT loads the pair).
         #[arg(long, requires = "adapter")]
         merge: bool,
         #[arg(long)]
@@ -148,9 +151,11 @@ fn stop_ids(model_dir: &std::path::Path, model: &PhiForCausalLM, tok: &phi::data
     if let Ok(text) = std::fs::read_to_string(model_dir.join("generation_config.json"))
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
     {
+        // An id beyond u32 names no token (it would wrap to some other one): left out.
+        let id = |n: &serde_json::Value| n.as_u64().and_then(|n| u32::try_from(n).ok());
         match &v["eos_token_id"] {
-            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|n| n as u32)),
-            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32)),
+            n @ serde_json::Value::Number(_) => ids.extend(id(n)),
+            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(id)),
             _ => {}
         }
     }
@@ -487,11 +492,22 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: bool, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let device = burn::tensor::Device::default();
     let mut m = PhiForCausalLM::from_pretrained(model, &device)?;
-    if let Some(adapter) = adapter {
-        m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?);
+    match adapter {
+        Some(adapter) if merge => m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?),
+        Some(adapter) => {
+            // Loaded onto the base only to check that it fits (targets, shapes); the base is
+            // exported as it is and the adapter files beside it.
+            phi::train::lora::load(m.clone(), adapter)?;
+            let dir = out.join("adapter");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(adapter.join(f), dir.join(f)).map_err(|e| format!("{} → {}: {e}", adapter.join(f).display(), dir.join(f).display()))?;
+            }
+        }
+        None => {}
     }
     let source = match adapter {
         Some(a) => format!("{} + {}", model.display(), a.display()),
@@ -566,6 +582,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() -> ExitCode {
     // SAFETY: called before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // Rust ignores SIGPIPE, so every print to a closed pipe (`phi data inspect | head`) fails
+    // and `println!` panics. A command-line tool should end quietly instead, as `cat` does:
+    // restore the default action. (phi writes to no child's stdin, so no other pipe is at stake.)
+    #[cfg(unix)]
+    {
+        // SAFETY: `signal` with SIG_DFL installs no handler; called before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
@@ -599,7 +623,7 @@ fn main() -> ExitCode {
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
         }
-        Command::Export { model, adapter, merge: _, out } => export(&model, adapter.as_deref(), &out),
+        Command::Export { model, adapter, merge, out } => export(&model, adapter.as_deref(), merge, &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
             Some(r) => phi::recipes::run(r, args),
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),

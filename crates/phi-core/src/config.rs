@@ -77,6 +77,18 @@ pub struct LongRope {
     pub attention_factor: f64,
 }
 
+/// Largest accepted `vocab_size` (the largest Phi vocabulary is 200,064).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest accepted `hidden_size`, head count or `head_dim` (Phi-3-medium: 5,120).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Largest accepted `num_hidden_layers` (Phi-3-medium: 40).
+pub const MAX_LAYERS: usize = 1 << 12;
+/// Largest accepted `max_position_embeddings` (Phi-3/4: 131,072). The RoPE tables hold
+/// `max_position_embeddings × head_dim` values up front.
+pub const MAX_POSITIONS: usize = 1 << 20;
+/// Largest accepted parameter count (Phi-3-medium: 14B).
+pub const MAX_PARAMETERS: u64 = 1 << 40;
+
 /// The whole architecture of one Phi model. Presets are values of this struct
 /// ([`PhiConfig::phi_1`], [`PhiConfig::phi_3_mini`], …); `config.json` is parsed into it.
 #[derive(Debug, Clone, PartialEq)]
@@ -322,17 +334,44 @@ impl PhiConfig {
 
     /// Checks values no architecture allows; called by every constructor of a config.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
+        for (field, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH * 8),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_WIDTH),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
         ] {
             if v == 0 {
                 return Err(Error::config(field, "must be positive"));
             }
+            // Sizes drive allocation (embeddings, RoPE tables): an absurd value must be an error
+            // here, not a capacity-overflow panic or an out-of-memory kill later.
+            if v > max {
+                return Err(Error::config(field, format!("{v} is beyond any Phi model (at most {max})")));
+            }
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(Error::config(
+                "num_key_value_heads",
+                format!("{} must divide num_attention_heads ({})", self.num_key_value_heads, self.num_attention_heads),
+            ));
+        }
+        // The fields are bounded one by one above; their product (hidden × layers × …) is bounded
+        // here. num_parameters cannot overflow u64 within the per-field bounds.
+        if self.num_parameters() > MAX_PARAMETERS {
+            return Err(Error::config(
+                "hidden_size/num_hidden_layers",
+                format!(
+                    "{} parameters ({} layers × hidden {}, vocab {}): more than {MAX_PARAMETERS}",
+                    self.num_parameters(),
+                    self.num_hidden_layers,
+                    self.hidden_size,
+                    self.vocab_size
+                ),
+            ));
         }
         if self.norm_eps <= 0.0 {
             return Err(Error::config("layer_norm_eps/rms_norm_eps", "must be positive"));
@@ -506,20 +545,22 @@ impl Fields<'_> {
             .transpose()
     }
     fn token_id(&self, k: &str) -> Result<Option<u32>> {
-        Ok(self.usize(k)?.map(|u| u as u32))
+        self.get(k).map(|v| to_token_id(k, v)).transpose()
     }
     fn token_ids(&self, k: &str) -> Result<Vec<u32>> {
         match self.get(k) {
             None => Ok(vec![]),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .map(|u| u as u32)
-                        .ok_or_else(|| Error::config(k, format!("expected token ids, got {v}")))
-                })
+                .map(|v| to_token_id(k, v))
                 .collect(),
             Some(_) => Ok(self.token_id(k)?.into_iter().collect()),
         }
     }
+}
+
+/// A token id: a non-negative integer that fits u32 (a larger one would wrap to another token).
+fn to_token_id(k: &str, v: &Value) -> Result<u32> {
+    let n = v.as_u64().ok_or_else(|| Error::config(k, format!("expected a token id (a non-negative integer), got {v}")))?;
+    u32::try_from(n).map_err(|_| Error::config(k, format!("token id {n} does not fit in 32 bits")))
 }

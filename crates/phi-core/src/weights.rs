@@ -251,6 +251,17 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
             path: index.to_path_buf(),
             message: format!("weight_map[`{key}`] is not a file name"),
         })?;
+        // A shard lives in the model folder: an index (downloaded, so untrusted) must not make
+        // us open `../../etc/shadow` or `/dev/zero`. Checked on the path's text, not through
+        // `canonicalize`, so that folders of symlinks (the HF hub cache) keep working.
+        let inside = !file.is_empty()
+            && Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Err(Error::Safetensors {
+                path: index.to_path_buf(),
+                message: format!("weight_map[`{key}`] = {file:?} points outside the model folder; shards must be files inside it"),
+            });
+        }
         files.insert(file.to_string());
     }
     Ok(files.into_iter().map(|f| dir.join(f)).collect())

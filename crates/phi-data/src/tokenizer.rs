@@ -23,8 +23,21 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`, without added special tokens.
+    ///
+    /// A text of more than [`PIECE_BYTES`] is encoded piece by piece, cut only where the
+    /// tokenizer itself separates pre-tokens, so the ids are the same as encoding it whole:
+    /// `tokenizers` keeps ~250 bytes of offsets, strings and masks per token until it returns,
+    /// which made one 20 MB line cost 4 GB.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_in_pieces(text, PIECE_BYTES)
+    }
+
+    fn encode_whole(&self, text: &str) -> Vec<u32> {
         self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    }
+
+    fn encode_in_pieces(&self, text: &str, piece: usize) -> Vec<u32> {
+        pieces(&self.inner, text, piece).into_iter().flat_map(|p| self.encode_whole(p)).collect()
     }
 
     /// Text of `ids`, special tokens included.
@@ -45,6 +58,65 @@ impl Tokenizer {
 /// The end-of-text token that separates documents (GPT-2 / Phi-1 convention).
 pub const EOS: &str = "<|endoftext|>";
 
+/// Texts longer than this are encoded (and trained on) in pieces (see [`Tokenizer::encode`]).
+pub const PIECE_BYTES: usize = 1 << 20;
+
+type Inner = tokenizers::TokenizerImpl<
+    tokenizers::ModelWrapper,
+    tokenizers::NormalizerWrapper,
+    tokenizers::PreTokenizerWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
+/// `text` cut into pieces of at most about `piece` bytes, only at places where `t` separates
+/// pre-tokens: each piece tokenizes to what it contributes to the whole text.
+fn pieces<'a>(t: &Inner, text: &'a str, piece: usize) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > piece {
+        let mut end = piece;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        match last_pretoken_start(t, &rest[..end]) {
+            Some(cut) if cut > 0 => {
+                out.push(&rest[..cut]);
+                rest = &rest[cut..];
+            }
+            // One pre-token fills the window (a tokenizer without a length cap on a long run):
+            // no exact place to cut, so the rest stays whole.
+            _ => break,
+        }
+    }
+    out.push(rest);
+    out
+}
+
+/// Where the last pre-token of `window` starts, splitting as `encode` does (added tokens first,
+/// then the pre-tokenizer). Every pre-token before it is complete and the same as in any longer
+/// text that starts like `window` (pre-tokenizers match left to right, looking at most one
+/// character ahead), so this is an exact place to cut. `None` where cutting could change the
+/// ids: a normalizer (e.g. one that prepends `▁` to every text) or no pre-tokenizer (the whole
+/// text is one word).
+fn last_pretoken_start(t: &Inner, window: &str) -> Option<usize> {
+    use tokenizers::PreTokenizer;
+    if t.get_normalizer().is_some() {
+        return None;
+    }
+    let pre = t.get_pre_tokenizer()?;
+    let mut split = t.get_added_vocabulary().extract_and_normalize(None::<&tokenizers::NormalizerWrapper>, window);
+    pre.pre_tokenize(&mut split).ok()?;
+    let splits = split.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte);
+    splits.last().map(|(_, (start, _), _)| *start)
+}
+
+/// Longest pre-token, in bytes, of the BPE tokenizers trained here. GPT-2's pre-tokenizer keeps
+/// a run of letters, digits or punctuation whole, and BPE cost grows with pre-token length
+/// (training rescans the whole word at every merge): one 50 MB line without spaces took 20 GB.
+/// Longer runs are cut into pieces of this size; no real token is anywhere near as long.
+pub const MAX_PRETOKEN_BYTES: usize = 256;
+
 impl Tokenizer {
     /// Trains a byte-level BPE tokenizer (GPT-2 style: byte alphabet, no unknown token) with
     /// `<|endoftext|>` as a special token, on `texts`.
@@ -56,6 +128,8 @@ impl Tokenizer {
         use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
         use tokenizers::models::TrainerWrapper;
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
         use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
         let err = |e: &dyn std::fmt::Display| TokenizerError { path: "<training>".into(), message: e.to_string() };
         let mut trainer = TrainerWrapper::BpeTrainer(
@@ -68,15 +142,32 @@ impl Tokenizer {
                 .build(),
         );
         let byte_level = ByteLevel::default().add_prefix_space(false);
+        // After the byte-level mapping every byte is one char, so this caps pre-tokens at
+        // MAX_PRETOKEN_BYTES bytes; shorter ones pass through whole. Part of the saved
+        // tokenizer.json, so encoding (here and in `transformers`) cuts the same way.
+        let cap = Split::new(
+            SplitPattern::Regex(format!("(?s).{{1,{MAX_PRETOKEN_BYTES}}}")),
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| err(&e))?;
+        let pre_tokenizer = Sequence::new(vec![PreTokenizerWrapper::ByteLevel(byte_level), PreTokenizerWrapper::Split(cap)]);
         let mut inner: tokenizers::TokenizerImpl<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> =
             TokenizerBuilder::new()
                 .with_model(ModelWrapper::BPE(BPE::default()))
                 .with_normalizer(None)
-                .with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)))
+                .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre_tokenizer)))
                 .with_post_processor(Some(PostProcessorWrapper::ByteLevel(byte_level)))
                 .with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)))
                 .build()
                 .map_err(|e| err(&e))?;
+        // Long documents go in as pieces cut between pre-tokens: the same word counts, without
+        // `tokenizers` holding per-byte offsets for a whole multi-megabyte text at once.
+        let cutter = inner.clone();
+        let texts = texts.flat_map(move |t| {
+            let t = t.as_ref();
+            if t.len() <= PIECE_BYTES { vec![t.to_owned()] } else { pieces(&cutter, t, PIECE_BYTES).into_iter().map(str::to_owned).collect() }
+        });
         inner.train(&mut trainer, texts).map_err(|e| err(&e))?;
         Ok(Tokenizer { inner: inner.into() })
     }
@@ -116,5 +207,55 @@ mod tests {
         let back = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         assert_eq!(back.encode(text), tok.encode(text));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn encoding_in_pieces_gives_the_ids_of_encoding_whole() {
+        let corpus: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}  # it's abc\n")).collect();
+        let trained = Tokenizer::train_bpe(corpus.iter(), 320).unwrap();
+        let gpt2 = Tokenizer::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tokenizers/gpt2/tokenizer.json")).unwrap();
+        // Everything a cut could land in: words, numbers, punctuation, contractions, runs of
+        // spaces and newlines, multi-byte characters, a long run (capped in `trained`), and the
+        // special token, which is split out before pre-tokenization.
+        let mut text = String::new();
+        for i in 0..400 {
+            text += &format!("def  f{i}(x):\n\n    return x*{i} # it's ünïcödé  \t\n{}<|endoftext|>  ", "z".repeat(i % 7 * 100));
+        }
+        for tok in [&trained, &gpt2] {
+            let whole = tok.encode_whole(&text);
+            for piece in [300, 1000, 4096] {
+                assert_eq!(tok.encode_in_pieces(&text, piece), whole, "pieces of {piece} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn long_runs_are_cut_into_capped_pre_tokens_and_short_text_is_untouched() {
+        let corpus: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}  # abcdefgh\n")).collect();
+        let tok = Tokenizer::train_bpe(corpus.iter(), 300).unwrap();
+        // A 2 MB single line with no spaces: one GPT-2 pre-token without the cap.
+        let run = "abcdefgh".repeat(2 << 17);
+        let chunk = &run[..MAX_PRETOKEN_BYTES];
+        assert_eq!(run.len() % MAX_PRETOKEN_BYTES, 0);
+        use tokenizers::PreTokenizer;
+        let mut pieces = tokenizers::PreTokenizedString::from(run.as_str());
+        tok.inner.get_pre_tokenizer().unwrap().pre_tokenize(&mut pieces).unwrap();
+        let lens: Vec<usize> = pieces
+            .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
+            .iter()
+            .map(|(_, (a, b), _)| b - a)
+            .collect();
+        assert_eq!(lens.len(), run.len() / MAX_PRETOKEN_BYTES, "one pre-token per {MAX_PRETOKEN_BYTES} bytes");
+        assert!(lens.iter().all(|&n| n == MAX_PRETOKEN_BYTES));
+        let ids = tok.encode(&run);
+        assert_eq!(ids.len(), tok.encode(chunk).len() * lens.len(), "every piece is encoded alike");
+        assert_eq!(tok.decode(&ids), run);
+        // Ordinary text keeps GPT-2's pre-tokens whole.
+        let mut short = tokenizers::PreTokenizedString::from("def f(x): return x");
+        tok.inner.get_pre_tokenizer().unwrap().pre_tokenize(&mut short).unwrap();
+        let words: Vec<&str> = short.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte).iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(words, ["def", "Ġf", "(", "x", "):", "Ġreturn", "Ġx"]);
+        // Training on the long line itself is bounded the same way.
+        Tokenizer::train_bpe([run.as_str()].into_iter(), 300).unwrap();
     }
 }

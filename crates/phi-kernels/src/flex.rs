@@ -47,13 +47,11 @@ pub(crate) fn for_each_chunk(data: &mut [f32], chunk_len: usize, work: usize, f:
     }
 }
 
-/// An output buffer of `n` values, not zeroed: every kernel below writes each element exactly
-/// once before anything reads it (gemm with `read_dst = false` included).
+/// An output buffer of `n` values. Zeroed: the kernels overwrite every element, but handing out
+/// `&mut [f32]` over uninitialised memory is undefined behaviour whatever the element type, and
+/// a fresh zeroed allocation is a `calloc` (pages the kernel zeroes anyway).
 pub(crate) fn output(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns, and callers overwrite every element.
-    unsafe { v.set_len(n) };
-    v
+    vec![0.0; n]
 }
 
 /// Contiguous f32 values of `t` from offset 0, reusing its buffer when it is the only owner.
@@ -122,6 +120,7 @@ pub trait PhiAttentionKernel: Backend {
 pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint rows (one (batch, head) pair each) and the buffer outlives them.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for Send: shared between tasks that each touch only their own rows.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -183,6 +182,10 @@ impl PhiAttentionKernel for Flex {
                 for r in 0..rows {
                     masked_softmax_row(&mut sc[r * kv_len..(r + 1) * kv_len], s - t + r0 + r + 1);
                 }
+                // SAFETY: `oh + r0·h·hd` starts row r0 of this (batch, head)'s output, and `rows`
+                // rows of stride h·hd with hd columns stay inside `out` (b·t·h·hd values); `sc`
+                // holds rows × kv_len scores; V is read through its own strides for kv_len ≤ s
+                // keys. Only this task writes these output rows.
                 unsafe {
                     // out[b, r0.., h, :] = P · V[..kv_len]
                     gemm::gemm(

@@ -49,6 +49,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "activation_checkpointing",
     "precision",
     "loss_scaler",
+    "on_non_finite",
 ];
 
 /// What a checkpoint needs besides the weights and optimizer moments to continue exactly.

@@ -24,4 +24,4 @@ pub use loss::{causal_lm_loss, masked_causal_lm_loss};
 pub use optim::AdamWSettings;
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
-pub use trainer::{Start, StepMetrics, TrainConfig, TrainOutcome, evaluate, evaluate_with_progress, flops_per_token, train};
+pub use trainer::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, Start, StepMetrics, TrainConfig, TrainOutcome, evaluate, evaluate_with_progress, flops_per_token, non_finite_weights, train};

@@ -75,6 +75,7 @@ pub fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 
 /// Dynamic loss scale (f16); its state goes into checkpoints so that a resumed run scales alike.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossScaler {
     pub scale: f64,
     /// Good steps since the last change.

@@ -12,6 +12,7 @@ pub enum Decay {
 
 /// The learning rate as a pure function of the step, so that a resumed run continues exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LrSchedule {
     pub peak: f64,
     /// Steps of linear warmup from 0 to `peak` (step `s` < warmup gets `peak·(s+1)/warmup`).

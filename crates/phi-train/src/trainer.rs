@@ -19,6 +19,7 @@ use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss, gr
 
 /// Hyper-parameters of a run (serialisable: TOML files, checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Sequences per micro-batch.
     pub batch_size: usize,
@@ -51,16 +52,109 @@ pub struct TrainConfig {
     /// The initial f16 loss scale and its growth interval (ignored otherwise).
     #[serde(default)]
     pub loss_scaler: LossScaler,
+    /// What a step whose loss or gradient norm is NaN/inf does: stop the run with an error
+    /// naming the step (the default), or skip the update (logged with `skipped: true`); more
+    /// than [`MAX_CONSECUTIVE_SKIPS`] skips in a row stop the run all the same.
+    #[serde(default)]
+    pub on_non_finite: OnNonFinite,
+}
+
+/// The policy for a step whose loss or gradient norm is not finite (see
+/// [`TrainConfig::on_non_finite`]). f16 overflows are the loss scaler's business and are
+/// skipped either way while the scale can still come down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    #[default]
+    Stop,
+    Skip,
+}
+
+/// With `on_non_finite = "skip"`, this many non-finite steps in a row end the run: a run that
+/// diverged produces nothing but NaNs, and skipping it to the end would only hide that.
+pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
+
+/// Upper bound on tokens in one micro-batch: far beyond any device, and it keeps the
+/// products of the size fields from overflowing before anything is allocated.
+const MAX_BATCH_TOKENS: usize = 1 << 31;
+
+fn invalid(key: &str, message: impl std::fmt::Display) -> TrainError {
+    TrainError::Invalid(format!("training config `{key}`: {message}"))
+}
+
+impl TrainConfig {
+    /// Checks every setting before any work is done; the error names the key. `model` is the
+    /// architecture the run trains (for `seq_len ≤ max_position_embeddings`).
+    pub fn validate(&self, model: &PhiConfig) -> Result<()> {
+        for (key, v) in [("batch_size", self.batch_size), ("seq_len", self.seq_len), ("grad_accum", self.grad_accum), ("max_steps", self.max_steps)] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.seq_len > model.max_position_embeddings {
+            return Err(invalid(
+                "seq_len",
+                format!("{} exceeds the model's max_position_embeddings ({})", self.seq_len, model.max_position_embeddings),
+            ));
+        }
+        if self.batch_size.checked_mul(self.seq_len + 1).is_none_or(|t| t > MAX_BATCH_TOKENS) {
+            return Err(invalid("batch_size", format!("{} sequences of {} tokens is more than {MAX_BATCH_TOKENS} tokens per micro-batch", self.batch_size, self.seq_len)));
+        }
+        if let Some(c) = self.clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(invalid("clip_norm", format!("{c} must be a positive number (leave it out for no clipping)")));
+        }
+        let s = &self.schedule;
+        if !(s.peak.is_finite() && s.peak > 0.0) {
+            return Err(invalid("schedule.peak", format!("{} must be a positive finite learning rate", s.peak)));
+        }
+        if !(s.floor.is_finite() && s.floor >= 0.0 && s.floor <= s.peak) {
+            return Err(invalid("schedule.floor", format!("{} must be finite, ≥ 0 and ≤ schedule.peak ({})", s.floor, s.peak)));
+        }
+        if s.decay != crate::Decay::Constant && s.total_steps <= s.warmup_steps {
+            return Err(invalid(
+                "schedule.total_steps",
+                format!("{} must exceed schedule.warmup_steps ({}) for a decaying schedule: it is the step where the decay reaches the floor", s.total_steps, s.warmup_steps),
+            ));
+        }
+        let o = &self.optimizer;
+        for (key, b) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(invalid(key, format!("{b} is not in [0, 1)")));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(invalid("optimizer.eps", format!("{} must be a positive finite number", o.eps)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(invalid("optimizer.weight_decay", format!("{} must be finite and ≥ 0", o.weight_decay)));
+        }
+        if !(self.peak_flops.is_finite() && self.peak_flops > 0.0) {
+            return Err(invalid("peak_flops", format!("{} must be a positive finite number", self.peak_flops)));
+        }
+        let l = &self.loss_scaler;
+        if !(l.scale.is_finite() && l.scale >= 1.0) {
+            return Err(invalid("loss_scaler.scale", format!("{} must be finite and ≥ 1", l.scale)));
+        }
+        if l.growth_interval == 0 {
+            return Err(invalid("loss_scaler.growth_interval", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: usize,
+    /// JSON has no NaN/inf: serde_json writes them as `null`, read back as NaN.
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     pub val_loss: Option<f64>,
     pub val_perplexity: Option<f64>,
     pub lr: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub mfu: f64,
@@ -70,6 +164,12 @@ pub struct StepMetrics {
     /// f16 runs: the gradients overflowed and the update was skipped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+}
+
+/// A skipped step's loss or gradient norm was NaN/inf and is `null` in `metrics.jsonl`; reading
+/// it back must keep the line (a resumed run would otherwise drop the skipped steps' history).
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// How a run starts.
@@ -147,6 +247,7 @@ pub fn train(
     device: &Device,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<TrainOutcome> {
+    cfg.validate(model_config)?;
     train_data.check(cfg.seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
     let bound = train_data.vocab_bound().max(val_data.vocab_bound());
     if bound > model_config.vocab_size {
@@ -199,6 +300,10 @@ pub fn train(
             (model, optim, None)
         }
     };
+    // A checkpoint or pretrained folder brings its own config: check the context against it too.
+    if model.config() != model_config {
+        cfg.validate(model.config())?;
+    }
     let start_step = state.as_ref().map_or(0, |s| s.step);
     let mut tokens_seen = state.as_ref().map_or(0, |s| s.tokens_seen);
     let mut sampler = match &state {
@@ -218,6 +323,8 @@ pub fn train(
 
     let flops_tok = flops_per_token(model.config(), cfg.seq_len);
     let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum.max(1)) as u64;
+    let mut consecutive_skips = 0usize;
+    let mut last_update: Option<(usize, f64)> = None;
     for step in start_step..cfg.max_steps {
         let t0 = Instant::now();
         // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
@@ -247,11 +354,44 @@ pub fn train(
             scale_grads(&model, &mut grads, 1.0 / s);
         }
         let grad_norm = grad_norm(&model, &grads);
-        let apply = match scaler.as_mut() {
+        let done = step + 1;
+        let lr = cfg.schedule.lr(step);
+        // An f16 overflow is the scaler's to handle (skip, halve) while the scale can still come
+        // down; any other NaN/inf — in the loss, or in the gradients at the smallest scale — means
+        // the run has diverged, and an update with it would poison every weight.
+        let scale_can_drop = scaler.is_some_and(|s| s.scale > 1.0);
+        let non_finite = if !loss_sum.is_finite() {
+            Some(format!("the loss is {loss_sum}"))
+        } else if !grad_norm.is_finite() && !scale_can_drop {
+            Some(format!("the gradient norm is {grad_norm}"))
+        } else {
+            None
+        };
+        let mut apply = match scaler.as_mut() {
             Some(s) => s.update(grad_norm),
             None => true,
         };
-        let lr = cfg.schedule.lr(step);
+        if let Some(what) = &non_finite {
+            consecutive_skips += 1;
+            let hint = match last_update {
+                Some((at, lr)) => format!(" (the weights are from step {at}'s update, at lr {lr:e})"),
+                None => String::new(),
+            };
+            match cfg.on_non_finite {
+                OnNonFinite::Stop => {
+                    return Err(TrainError::Invalid(format!(
+                        "step {done}: {what}{hint}; training stopped (no checkpoint holds these weights). \
+                         Lower the learning rate (schedule.peak) or set on_non_finite = \"skip\" to skip such steps"
+                    )));
+                }
+                OnNonFinite::Skip if consecutive_skips > MAX_CONSECUTIVE_SKIPS => {
+                    return Err(TrainError::Invalid(format!(
+                        "step {done}: {what}{hint}; {consecutive_skips} non-finite steps in a row, training stopped (on_non_finite = \"skip\" allows {MAX_CONSECUTIVE_SKIPS})"
+                    )));
+                }
+                OnNonFinite::Skip => apply = false,
+            }
+        }
         if apply {
             if let Some(max) = cfg.clip_norm {
                 let coef = max / (grad_norm + 1e-6);
@@ -260,10 +400,20 @@ pub fn train(
                 }
             }
             model = optim.step(lr, model, grads);
+            consecutive_skips = 0;
+            last_update = Some((done, lr));
+            // A finite gradient at a huge learning rate can still push weights past f32's range:
+            // catch it at the step that did it, before it reaches a checkpoint.
+            let (bad, total) = non_finite_weights(&model);
+            if bad > 0 {
+                return Err(TrainError::Invalid(format!(
+                    "step {done}: the update at lr {lr:e} made {bad} of {total} weights NaN or infinite; training stopped \
+                     (no checkpoint holds these weights). Lower the learning rate (schedule.peak)"
+                )));
+            }
         }
         tokens_seen += tokens_per_step;
         let secs = t0.elapsed().as_secs_f64();
-        let done = step + 1;
         let last = done == cfg.max_steps;
         let (val_loss, val_perplexity) = if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
             let v = evaluate(&model.valid(), val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
@@ -289,6 +439,14 @@ pub fn train(
         on_step(&m);
         history.push(m);
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
+            // Never a checkpoint with NaN/inf weights (whatever let them through, e.g. a resumed
+            // checkpoint written before this check existed).
+            let (bad, total) = non_finite_weights(&model);
+            if bad > 0 {
+                return Err(TrainError::Invalid(format!(
+                    "step {done}: {bad} of {total} weights are NaN or infinite; the checkpoint was not written"
+                )));
+            }
             let state = TrainerState {
                 step: done,
                 sampler: sampler.state(),
@@ -315,6 +473,28 @@ pub fn train(
         eprintln!("warning: loss curve not written: {e}");
     }
     Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step), resume_warnings })
+}
+
+/// How many of the model's parameter values are NaN or infinite, and how many there are.
+pub fn non_finite_weights<M: Module>(model: &M) -> (u64, u64) {
+    struct Count {
+        bad: Option<Tensor<1, Int>>,
+        total: u64,
+    }
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let t = param.val();
+            self.total += t.shape().num_elements() as u64;
+            let bad = t.is_finite().bool_not().int().sum();
+            self.bad = Some(match self.bad.take() {
+                Some(b) => b + bad,
+                None => bad,
+            });
+        }
+    }
+    let mut count = Count { bad: None, total: 0 };
+    model.visit(&mut count);
+    (count.bad.map_or(0, |b| b.into_scalar::<i64>() as u64), count.total)
 }
 
 /// Metrics already logged for steps `1..=up_to` (a resumed run drops what came after its

@@ -158,13 +158,18 @@ fn read_jsonl(
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let reader: Box<dyn Read> =
         if path.extension().is_some_and(|e| e == "gz") { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
-    let mut lines = BufReader::with_capacity(1 << 20, reader).lines().enumerate();
+    // Lines as bytes: one line that is not UTF-8 is a bad record, skipped and counted like a
+    // malformed one (`lines()` would fail the whole file on it).
+    let mut lines = BufReader::with_capacity(1 << 20, reader).split(b'\n').enumerate();
     loop {
-        let mut raw: Vec<(usize, String)> = Vec::new();
+        let mut raw: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut bytes = 0u64;
         for (i, line) in lines.by_ref() {
-            let line = line.map_err(|e| DataError::Invalid(format!("{} line {}: {e}", path.display(), i + 1)))?;
-            if line.trim().is_empty() {
+            let mut line = line.map_err(|e| DataError::Invalid(format!("{} line {}: {e}", path.display(), i + 1)))?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             bytes += line.len() as u64;
@@ -180,11 +185,15 @@ fn read_jsonl(
             .into_par_iter()
             .map(|(line_no, line)| {
                 let origin = format!("{}:{line_no}", path.display());
-                let text = match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(v) => v.get(field).and_then(|t| t.as_str()).map(str::to_owned).ok_or("record without the text field"),
-                    Err(_) => Err("not a JSON line"),
+                let n = line.len() as u64;
+                let text = match String::from_utf8(line) {
+                    Err(_) => Err("not utf-8"),
+                    Ok(line) => match serde_json::from_str::<serde_json::Value>(&line) {
+                        Ok(v) => v.get(field).and_then(|t| t.as_str()).map(str::to_owned).ok_or("record without the text field"),
+                        Err(_) => Err("not a JSON line"),
+                    },
                 };
-                Doc { origin, kind, text, bytes: line.len() as u64 }
+                Doc { origin, kind, text, bytes: n }
             })
             .collect();
         f(docs)?;
