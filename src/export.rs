@@ -17,6 +17,15 @@ pub static EXPORT_LAYOUT: Layout = Layout {
     what: "a model folder written by phi (with its phi_export.json marker)",
     markers: &[Marker { file: MARKER, format: FORMAT, version: VERSION }],
     file: is_export_file,
+    // `phi export --adapter A` without `--merge`: the base, and the adapter in `adapter/`.
+    dir: |name| (name == "adapter").then_some(&ADAPTER_LAYOUT),
+};
+
+/// The `adapter/` folder inside an export: named by us, checked entry by entry.
+static ADAPTER_LAYOUT: Layout = Layout {
+    what: "the adapter folder of a phi export",
+    markers: &[],
+    file: |name| ["adapter_config.json", "adapter_model.safetensors"].contains(&name.strip_suffix(".tmp").unwrap_or(name)),
     dir: |_| None,
 };
 

@@ -497,16 +497,9 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
     let mut m = PhiForCausalLM::from_pretrained(model, &device)?;
     match adapter {
         Some(adapter) if merge => m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?),
-        Some(adapter) => {
-            // Loaded onto the base only to check that it fits (targets, shapes); the base is
-            // exported as it is and the adapter files beside it.
-            phi::train::lora::load(m.clone(), adapter)?;
-            let dir = out.join("adapter");
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            for f in ["adapter_config.json", "adapter_model.safetensors"] {
-                std::fs::copy(adapter.join(f), dir.join(f)).map_err(|e| format!("{} → {}: {e}", adapter.join(f).display(), dir.join(f).display()))?;
-            }
-        }
+        // Loaded onto the base only to check that it fits (targets, shapes); the base is
+        // exported as it is and the adapter files beside it, in `adapter/`.
+        Some(adapter) => drop(phi::train::lora::load(m.clone(), adapter)?),
         None => {}
     }
     let source = match adapter {
@@ -515,6 +508,13 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
     };
     phi::export::write_model_folder(out, &source, |dir| {
         m.save_pretrained(dir)?;
+        if let (Some(adapter), false) = (adapter, merge) {
+            let to = dir.join("adapter");
+            std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(adapter.join(f), to.join(f)).map_err(|e| format!("{} → {}: {e}", adapter.join(f).display(), to.join(f).display()))?;
+            }
+        }
         for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
             if model.join(extra).is_file() {
                 std::fs::copy(model.join(extra), dir.join(extra)).map_err(|e| format!("{}: {e}", dir.join(extra).display()))?;
