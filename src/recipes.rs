@@ -11,6 +11,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
+use phi_data::assemble::{DatasetSpec, load_mixture};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
@@ -268,26 +269,12 @@ pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
 /// into `out/data` (reused while its inputs and settings are unchanged).
 pub fn training_data(args: &RecipeArgs, out: &std::path::Path) -> Result<(Mixture, TokenDataset, Tokenizer), Box<dyn std::error::Error>> {
     if !args.data.is_empty() {
-        let mut parts = Vec::new();
-        let mut first: Option<(Manifest, PathBuf)> = None;
-        for spec in &args.data {
-            let (dir, weight) = match spec.rsplit_once(':').and_then(|(d, w)| w.parse::<f64>().ok().map(|w| (d, w))) {
-                Some((d, w)) => (PathBuf::from(d), w),
-                None => (PathBuf::from(spec), 1.0),
-            };
-            let m = Manifest::read(&dir)?;
-            if let Some((f, fdir)) = &first {
-                let same = std::fs::read(fdir.join(&f.tokenizer.file))? == std::fs::read(dir.join(&m.tokenizer.file))?;
-                if !same {
-                    return Err(format!("{} and {} were tokenized with different tokenizers: a mixture needs one", fdir.display(), dir.display()).into());
-                }
-            }
-            println!("data: {} ({} train tokens, weight {weight})", dir.display(), m.splits.get("train").map_or(0, |s| s.tokens));
-            parts.push((m.dataset(&dir, "train")?, weight));
-            first.get_or_insert((m, dir));
+        let specs = args.data.iter().map(|s| s.parse()).collect::<Result<Vec<DatasetSpec>, _>>()?;
+        let loaded = load_mixture(&specs)?;
+        for (spec, m) in &loaded.manifests {
+            println!("data: {} ({} train tokens, weight {})", spec.dir.display(), m.splits.get("train").map_or(0, |s| s.tokens), spec.weight);
         }
-        let (m, dir) = first.expect("at least one --data");
-        return Ok((Mixture::new(parts)?, m.dataset(&dir, "validation")?, m.tokenizer(&dir)?));
+        return Ok((loaded.train, loaded.validation, loaded.tokenizer));
     }
     let (root, files) = default_corpus(args);
     println!("corpus: {} files from {}", files.len(), root.display());

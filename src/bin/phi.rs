@@ -145,20 +145,9 @@ enum EvalCommand {
     },
 }
 
-/// Stop ids: the config's EOS, `generation_config.json`'s `eos_token_id`, and `<|end|>`.
+/// Stop ids: the model's own (config and `generation_config.json`) and the tokenizer's `<|end|>`.
 fn stop_ids(model_dir: &std::path::Path, model: &PhiForCausalLM, tok: &phi::data::Tokenizer) -> Vec<u32> {
-    let mut ids = model.config().eos_token_ids.clone();
-    if let Ok(text) = std::fs::read_to_string(model_dir.join("generation_config.json"))
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-    {
-        // An id beyond u32 names no token (it would wrap to some other one): left out.
-        let id = |n: &serde_json::Value| n.as_u64().and_then(|n| u32::try_from(n).ok());
-        match &v["eos_token_id"] {
-            n @ serde_json::Value::Number(_) => ids.extend(id(n)),
-            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(id)),
-            _ => {}
-        }
-    }
+    let mut ids = phi::core::generation::stop_token_ids(model_dir, model.config());
     ids.extend(tok.token_to_id("<|end|>"));
     ids.sort();
     ids.dedup();
@@ -343,50 +332,21 @@ fn perplexity(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let device = device.device()?;
     let m = PhiForCausalLM::from_pretrained(model, &device)?;
-    let mut parts = Vec::new();
-    let mut tokenizer = None;
-    for path in data {
-        if path.join(phi::data::prepare::MANIFEST).exists() {
-            parts.push(phi::data::Manifest::read(path)?.dataset(path, "validation")?);
-            continue;
-        }
-        if path.extension().is_some_and(|e| e == "bin") {
-            parts.push(phi::data::TokenDataset::from_shards([path])?);
-            continue;
-        }
-        if tokenizer.is_none() {
-            tokenizer = Some(phi::data::Tokenizer::from_file(model.join("tokenizer.json"))?);
-        }
-        let tok = tokenizer.as_ref().expect("just loaded");
+    let tokenizer = if phi::data::assemble::needs_tokenizer(data) {
+        let tok = phi::data::Tokenizer::from_file(model.join("tokenizer.json"))?;
         let eos = m.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("no EOS token to join documents")?;
-        let files = if path.is_dir() {
-            [".py", ".txt", ".md"].iter().flat_map(|s| phi::data::corpus::collect_files(path, s, &[])).collect()
-        } else {
-            vec![path.clone()]
-        };
-        let mut tokens = Vec::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            tokens.extend(tok.encode(&text));
-            tokens.push(eos);
-        }
-        parts.push(phi::data::TokenDataset::from_tokens(tokens));
-    }
-    let data = phi::data::TokenDataset::concat(parts);
-    if data.vocab_bound() > m.config().vocab_size {
-        return Err(format!("the data has token ids up to {} but the model's vocab_size is {}", data.vocab_bound() - 1, m.config().vocab_size).into());
-    }
-    let seq_len = seq_len.min(m.config().max_position_embeddings);
-    let windows = data.num_windows(seq_len);
-    if windows == 0 {
-        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", data.num_tokens(), seq_len + 1).into());
-    }
-    let batches = windows.div_ceil(batch_size);
-    let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
-    let bar = indicatif::ProgressBar::new(limit as u64);
-    let loss = phi::train::evaluate_with_progress(&m, &data, seq_len, batch_size, limit, |done| bar.set_position(done as u64));
+        Some((tok, eos))
+    } else {
+        None
+    };
+    let data = phi::data::assemble::eval_dataset(data, "validation", tokenizer.as_ref().map(|(t, e)| (t, *e)))?;
+    let bar = indicatif::ProgressBar::new(0);
+    let p = phi::eval::perplexity::perplexity(&m, &data, seq_len, batch_size, max_batches, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
-    println!("{{\"loss\": {loss}, \"perplexity\": {}, \"tokens\": {}}}", loss.exp(), windows.min(limit * batch_size) * seq_len);
+    println!("{{\"loss\": {}, \"perplexity\": {}, \"tokens\": {}}}", p.loss, p.perplexity, p.tokens);
     Ok(())
 }
 

@@ -134,6 +134,27 @@ pub fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
+/// The ids that end a reply of the model in `model_dir`: its config's EOS ids and
+/// `generation_config.json`'s `eos_token_id` (a number or a list; transformers stops on any of
+/// them). An id beyond u32 names no token (it would wrap to another one) and is left out; a
+/// missing or unreadable `generation_config.json` adds nothing. Sorted, without duplicates.
+pub fn stop_token_ids(model_dir: &std::path::Path, config: &crate::PhiConfig) -> Vec<u32> {
+    let mut ids = config.eos_token_ids.clone();
+    if let Ok(text) = std::fs::read_to_string(model_dir.join("generation_config.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        let id = |n: &serde_json::Value| n.as_u64().and_then(|n| u32::try_from(n).ok());
+        match &v["eos_token_id"] {
+            n @ serde_json::Value::Number(_) => ids.extend(id(n)),
+            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(id)),
+            _ => {}
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 impl PhiForCausalLM {
     /// Generates after `prompt`; returns prompt + new tokens.
     pub fn generate(&self, prompt: &[u32], config: &GenerationConfig) -> Result<Vec<u32>> {
@@ -186,5 +207,21 @@ impl PhiForCausalLM {
             }
         }
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stop_ids_join_config_and_generation_config_without_wrapping() {
+        let dir = std::env::temp_dir().join(format!("stop-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = crate::PhiConfig { eos_token_ids: vec![7, 2], ..crate::PhiConfig::phi_1() };
+        assert_eq!(super::stop_token_ids(&dir, &config), [2, 7]);
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [5, 7, 4294967298]}"#).unwrap();
+        assert_eq!(super::stop_token_ids(&dir, &config), [2, 5, 7]);
+        std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 9}"#).unwrap();
+        assert_eq!(super::stop_token_ids(&dir, &config), [2, 7, 9]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

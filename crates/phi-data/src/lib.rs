@@ -10,8 +10,11 @@
 //! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
 //! - [`sampler`]: seeded, resumable `[batch, seq_len + 1]` windows over one dataset or a mixture.
 //! - [`sft`], [`exercises`]: instruction data for fine-tuning.
+//! - [`assemble`]: `DIR:WEIGHT` mixtures of prepared datasets; evaluation data from datasets,
+//!   shards or text.
 //! - [`owned`]: whether a folder is ours to replace or remove (datasets, checkpoints, exports).
 
+pub mod assemble;
 pub mod corpus;
 pub mod error;
 pub mod evalsets;

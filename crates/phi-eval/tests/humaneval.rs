@@ -78,21 +78,14 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64, Vec<u8>)> {
     out
 }
 
-/// Pids whose real uid is `uid` (a root harness gives each run a uid of its own).
+/// Processes of `uid` still alive (only meaningful for a root harness, where each run has a uid
+/// of its own).
 fn survivors(uid: u32) -> Vec<u32> {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
         return vec![];
     }
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|u| u.parse().ok()) == Some(uid)
-        })
-        .collect()
+    phi_sandbox::processes_of_uid(uid)
 }
 
 /// The escapes (the first ones reached past the old Python-level guard; later ones came from an

@@ -241,7 +241,8 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, SandboxError> {
 /// safe before the architecture check that follows.
 fn enosys_prefix() -> BpfProgram {
     use seccompiler::sock_filter;
-    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    // BPF_LD | BPF_W | BPF_ABS (the first two are 0).
+    const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JEQ_K: u16 = 0x05 | 0x10;
     const BPF_JGE_K: u16 = 0x05 | 0x30;
     const BPF_RET_K: u16 = 0x06;
@@ -326,7 +327,7 @@ impl Plan {
     /// is to exec the program.
     pub(crate) fn enter(&mut self) -> io::Result<()> {
         let fd = self.report.as_raw_fd();
-        // SAFETY (whole block): system calls on buffers built before the fork; see module docs.
+        // SAFETY: system calls on buffers built before the fork, no allocation; see module docs.
         unsafe {
             if libc::setsid() < 0 {
                 return Err(fail(fd, Stage::Setsid as u8, errno()));

@@ -377,7 +377,7 @@ impl Sandbox {
         cmd: &mut Command,
         dir: &Path,
         limits: &Limits,
-    ) -> Result<((std::os::fd::OwnedFd, std::os::fd::OwnedFd), u32, Option<UidLease>), SandboxError> {
+    ) -> Result<Prepared, SandboxError> {
         use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
         let mut fds = [0; 2];
@@ -418,6 +418,11 @@ impl Sandbox {
         Ok(((rx, tx), uid, lease))
     }
 }
+
+/// What [`Sandbox::prepare`] hands back: the report pipe (read end, write end), the uid the
+/// program will run as, and the lease that reserves that uid.
+#[cfg(target_os = "linux")]
+type Prepared = ((std::os::fd::OwnedFd, std::os::fd::OwnedFd), u32, Option<UidLease>);
 
 /// Shell-style exit: the supervisor's report of the program's wait status when there is one.
 fn exit_of(raw: Option<i32>, status: std::process::ExitStatus) -> Exit {
@@ -502,6 +507,21 @@ impl ReportReader {
     }
 }
 
+/// Pids of the live processes whose real uid is `uid`, from `/proc`. A root harness gives each
+/// run a uid of its own, so once [`Sandbox::run`] has returned this is empty for the run's
+/// [`Run::uid`] — the check that nothing a program started outlived it.
+pub fn processes_of_uid(uid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|u| u.parse().ok()) == Some(uid)
+        })
+        .collect()
+}
+
 fn is_root() -> bool {
     // SAFETY: plain getter.
     unsafe { libc::geteuid() == 0 }
@@ -551,14 +571,14 @@ fn python_candidates() -> Vec<PathBuf> {
 /// Removes a run's directory even where the program took its own permissions away.
 fn remove_tree(dir: tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
-    fn open_up(p: &Path) {
-        if let Ok(m) = std::fs::symlink_metadata(p) {
-            if m.is_dir() {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-                if let Ok(entries) = std::fs::read_dir(p) {
-                    for e in entries.flatten() {
-                        open_up(&e.path());
-                    }
+    // Iterative: a program can nest directories thousands deep, deeper than a thread's stack.
+    fn open_up(root: &Path) {
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(p) = todo.pop() {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
+                if let Ok(entries) = std::fs::read_dir(&p) {
+                    todo.extend(entries.flatten().map(|e| e.path()));
                 }
             }
         }

@@ -110,23 +110,14 @@ fn the_timeout_kills_everything_the_program_started() {
     assert!(survivors(run.uid).is_empty());
 }
 
-/// Pids of processes whose real uid is `uid` (only meaningful for a root harness, where each run
-/// has a uid of its own).
-pub fn survivors(uid: u32) -> Vec<u32> {
+/// Processes of `uid` still alive (only meaningful for a root harness, where each run has a uid
+/// of its own).
+fn survivors(uid: u32) -> Vec<u32> {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
         return vec![];
     }
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|u| u.parse::<u32>().ok())
-                == Some(uid)
-        })
-        .collect()
+    phi_sandbox::processes_of_uid(uid)
 }
 
 /// A machine that refuses a namespace gets an error naming the step — never an unsandboxed run.

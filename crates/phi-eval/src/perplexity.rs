@@ -1,0 +1,55 @@
+//! Perplexity: the token-weighted next-token loss of a model over a dataset, computed exactly as
+//! the training loop's validation loss (`phi_train::evaluate`), so the two agree to the bit.
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use phi_core::PhiForCausalLM;
+//! use phi_data::assemble::eval_dataset;
+//!
+//! let model = PhiForCausalLM::from_pretrained("runs/phi-1/checkpoints/step-00000300", &Device::default())?;
+//! let data = eval_dataset(&["runs/phi-1/data".into()], "validation", None)?;
+//! let p = phi_eval::perplexity::perplexity(&model, &data, 256, 8, 0, |_, _| {})?;
+//! println!("loss {:.3}, perplexity {:.1} over {} tokens", p.loss, p.perplexity, p.tokens);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use phi_core::PhiForCausalLM;
+use phi_data::TokenDataset;
+
+/// What [`perplexity`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Perplexity {
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Tokens scored.
+    pub tokens: usize,
+}
+
+/// Mean next-token loss over the windows of `data` (`seq_len` tokens each, clamped to the
+/// model's context), `batch_size` windows a batch, at most `max_batches` batches (0: all).
+/// `on_batch(done, total)` reports progress.
+pub fn perplexity(
+    model: &PhiForCausalLM,
+    data: &TokenDataset,
+    seq_len: usize,
+    batch_size: usize,
+    max_batches: usize,
+    mut on_batch: impl FnMut(usize, usize),
+) -> Result<Perplexity, String> {
+    let vocab = model.config().vocab_size;
+    if data.vocab_bound() > vocab {
+        return Err(format!("the data has token ids up to {} but the model's vocab_size is {vocab}", data.vocab_bound() - 1));
+    }
+    if seq_len == 0 || batch_size == 0 {
+        return Err(format!("seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1"));
+    }
+    let seq_len = seq_len.min(model.config().max_position_embeddings);
+    let windows = data.num_windows(seq_len);
+    if windows == 0 {
+        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", data.num_tokens(), seq_len + 1));
+    }
+    let batches = windows.div_ceil(batch_size);
+    let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
+    let loss = phi_train::evaluate_with_progress(model, data, seq_len, batch_size, limit, |done| on_batch(done, limit));
+    Ok(Perplexity { loss, perplexity: loss.exp(), tokens: windows.min(limit * batch_size) * seq_len })
+}
