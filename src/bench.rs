@@ -119,10 +119,36 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> 
     (a.batch * a.seq) as f64 / median(times)
 }
 
-/// Training tokens/s: the baseline's step (AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.1,
-/// clip 1.0), median of `steps` after one warm-up.
+/// The training settings of the baseline's step: AdamW lr 1e-4, betas (0.9, 0.95), weight
+/// decay 0.1 on every parameter, global-norm clip 1.0, f32.
+pub fn baseline_train_config(a: &BenchArgs) -> phi_train::TrainConfig {
+    use phi_train::{AdamWSettings, Decay, LrSchedule, TrainConfig};
+    TrainConfig {
+        batch_size: a.batch,
+        seq_len: a.seq,
+        grad_accum: 1,
+        max_steps: a.steps + 1,
+        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false },
+        schedule: LrSchedule { peak: 1e-4, warmup_steps: 0, total_steps: 0, floor: 1e-4, decay: Decay::Constant },
+        clip_norm: Some(1.0),
+        eval_every: 0,
+        eval_batches: 1,
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+        seed: 0,
+        peak_flops: 1e12,
+        activation_checkpointing: false,
+        precision: phi_train::Precision::F32,
+        loss_scaler: Default::default(),
+        on_non_finite: Default::default(),
+    }
+}
+
+/// Training tokens/s of [`phi_train::Trainer::step`] — the step `phi train`, `phi finetune`
+/// and every objective run — with the baseline's settings on random token windows, median of
+/// `steps` after one warm-up. With `lora`, the base is frozen and adapters (r 8, every
+/// projection) train.
 pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: bool) -> f64 {
-    use burn::optim::GradientsParams;
     let ad = device.clone().autodiff();
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     if lora {
@@ -136,20 +162,17 @@ pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: boo
         };
         model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
     }
-    let settings = phi_train::AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false };
-    let mut optim = settings.build(&model, &[]);
-    let ids = random_ids(a.batch * (a.seq + 1), a.vocab, 3);
-    let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.batch, a.seq + 1]), &ad);
+    let cfg = baseline_train_config(a);
+    let tokens: Vec<u32> = random_ids((a.steps + 1) * a.batch * (a.seq + 1), a.vocab, 3).into_iter().map(|t| t as u32).collect();
+    let data = phi_data::Mixture::single(phi_data::TokenDataset::from_tokens(tokens));
+    let val = phi_data::TokenDataset::from_tokens(vec![0; a.seq + 1]);
+    let mut objective = phi_train::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
+    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
-        let loss = phi_train::causal_lm_loss(model.forward(x.clone()), x.clone());
-        let _ = loss.clone().into_scalar::<f32>();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        phi_train::clip_grad_norm(&model, &mut grads, 1.0);
-        model = optim.step(1e-4, model, grads);
-        // Reading a weight back waits for the update on asynchronous backends.
-        let _ = model.model.final_layernorm.weight.val().narrow(0, 0, 1).into_data();
+        // The step reads the loss and checks the updated weights: it has waited for the device.
+        trainer.step(&mut objective).expect("a finite bench step");
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }

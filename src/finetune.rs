@@ -13,8 +13,8 @@ use phi_data::exercises::extract;
 use phi_data::sft::{ChatTemplate, SftExample, Turn, encode};
 use phi_data::Tokenizer;
 use phi_train::lora::{self, LoraConfig};
-use phi_train::sft::{finetune, sft_loss};
-use phi_train::{AdamWSettings, Decay, LrSchedule};
+use phi_train::sft::{Sft, sft_loss};
+use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
 
 use crate::recipes::{Recipe, RecipeArgs, default_corpus};
 
@@ -36,6 +36,21 @@ pub struct FinetuneArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is batch-size × this).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Compute precision (bf16/f16 keep f32 master weights; half precision is for GPUs).
+    #[arg(long, value_parser = parse_precision, default_value = "f32")]
+    pub precision: phi_train::Precision,
+    /// Save a checkpoint (the adapter and optimizer state) every this many steps (0: at the end).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
+    #[arg(long)]
+    pub fresh: bool,
     /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
     pub targets: Vec<String>,
@@ -51,6 +66,10 @@ pub struct FinetuneArgs {
     pub quantize: Option<Quantize>,
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+}
+
+fn parse_precision(s: &str) -> Result<phi_train::Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("`{s}`: expected f32, bf16 or f16"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,7 +139,7 @@ fn complete(model: &PhiForCausalLM, tok: &Tokenizer, prompt: &str, eos: u32) -> 
 
 /// The settings a run cannot start with, named by their flag.
 fn check_args(args: &FinetuneArgs) -> Result<(), String> {
-    for (flag, v) in [("--steps", args.steps), ("--batch-size", args.batch_size), ("--rank", args.rank)] {
+    for (flag, v) in [("--steps", args.steps), ("--batch-size", args.batch_size), ("--rank", args.rank), ("--grad-accum", args.grad_accum)] {
         if v == 0 {
             return Err(format!("{flag} must be at least 1"));
         }
@@ -129,6 +148,9 @@ fn check_args(args: &FinetuneArgs) -> Result<(), String> {
         if !(v.is_finite() && v > 0.0) {
             return Err(format!("{flag} {v} must be a positive finite number"));
         }
+    }
+    if !(args.clip.is_finite() && args.clip >= 0.0) {
+        return Err(format!("--clip {} must be ≥ 0 (0: no clipping)", args.clip));
     }
     Ok(())
 }
@@ -214,50 +236,76 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let completion_before = complete(&base, &tok, probe, eos)?;
 
     let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone(), use_rslora: false };
-    let ad_base = PhiForCausalLM::from_pretrained(&base_dir, &device.clone().autodiff())?;
-    let model = lora::attach(ad_base, &config)?;
-    let model = match args.quantize {
-        None => model,
-        Some(q) => {
-            let bits = match q {
-                Quantize::Int8 => lora::BaseQuantization::Int8,
-                Quantize::Int4 => lora::BaseQuantization::Int4,
-            };
-            let (model, before, after) = lora::quantize_base(model, bits);
+    let quantize = args.quantize.map(|q| match q {
+        Quantize::Int8 => lora::BaseQuantization::Int8,
+        Quantize::Int4 => lora::BaseQuantization::Int4,
+    });
+    let weights = Weights::Lora { base: base_dir.clone(), adapter: Adapter::Fresh(config.clone()), quantize };
+    let cfg = TrainConfig {
+        batch_size: args.batch_size,
+        seq_len: max_len,
+        grad_accum: args.grad_accum,
+        max_steps: args.steps,
+        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
+        schedule: LrSchedule { peak: args.lr, warmup_steps: args.steps / 20, total_steps: args.steps, floor: args.lr * 0.1, decay: Decay::Cosine },
+        clip_norm: (args.clip > 0.0).then_some(args.clip),
+        eval_every: 0,
+        eval_batches: usize::MAX,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: 2,
+        seed: 7,
+        peak_flops: 1e12,
+        activation_checkpointing: false,
+        precision: args.precision,
+        loss_scaler: Default::default(),
+        on_non_finite: Default::default(),
+    };
+    {
+        // What the run will train, reported before it starts (the probe is dropped after).
+        let plain = Weights::Lora { base: base_dir.clone(), adapter: Adapter::Fresh(config.clone()), quantize: None };
+        let probe = plain.build(&device.clone().autodiff(), cfg.seed)?;
+        let total = probe.num_params();
+        let trainable = lora::trainable_params(&probe);
+        println!(
+            "LoRA r={} alpha={} on {:?}: {trainable} trainable of {total} parameters ({:.2}%); AdamW state {:.1} KiB instead of {:.1} KiB for full fine-tuning",
+            config.r,
+            config.lora_alpha,
+            config.target_modules,
+            100.0 * trainable as f64 / total as f64,
+            (8 * trainable) as f64 / 1024.0,
+            (8 * total) as f64 / 1024.0
+        );
+        if let Some(bits) = quantize {
+            let (_, before, after) = lora::quantize_base(probe, bits);
             println!(
-                "base projections quantized to {q:?}: {:.1} KiB → {:.1} KiB ({:.1}%)",
+                "base projections quantized to {bits:?}: {:.1} KiB → {:.1} KiB ({:.1}%)",
                 before as f64 / 1024.0,
                 after as f64 / 1024.0,
                 100.0 * after as f64 / before as f64
             );
-            model
         }
-    };
-    let total = model.num_params();
-    let trainable = lora::trainable_params(&model);
-    println!(
-        "LoRA r={} alpha={} on {:?}: {trainable} trainable of {total} parameters ({:.2}%); AdamW state {:.1} KiB instead of {:.1} KiB for full fine-tuning",
-        config.r,
-        config.lora_alpha,
-        config.target_modules,
-        100.0 * trainable as f64 / total as f64,
-        (8 * trainable) as f64 / 1024.0,
-        (8 * total) as f64 / 1024.0
-    );
+    }
+    if args.fresh {
+        phi_train::checkpoint::remove_all(&args.out.join("checkpoints"))?;
+    }
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
-    let schedule = LrSchedule { peak: args.lr, warmup_steps: args.steps / 20, total_steps: args.steps, floor: args.lr * 0.1, decay: Decay::Cosine };
-    let settings = AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false };
-    let (mut model, losses) = finetune(model, &train, args.steps, args.batch_size, &settings, &schedule, pad, 7, |step, loss| {
-        bar.set_position(step as u64);
-        bar.set_message(format!("loss {loss:.3}"));
-    });
+    let mut objective = Sft::new(&train, &val, pad, cfg.seed)?;
+    let outcome = phi_train::fit(&weights, &mut objective, &cfg, &args.out, !args.fresh, &device, |m| {
+        bar.set_position(m.step as u64);
+        bar.set_message(format!("loss {:.3}", m.loss));
+    })?;
     bar.finish();
+    if let Some(from) = outcome.resumed_from {
+        println!("(resumed from the checkpoint at step {from})");
+    }
+    let losses: Vec<f64> = outcome.metrics.iter().map(|m| m.loss).collect();
     // The training curve in a few numbers: mean loss over each fifth of the run.
     let fifth = (losses.len() / 5).max(1);
     let curve: Vec<String> = losses.chunks(fifth).map(|c| format!("{:.3}", c.iter().sum::<f64>() / c.len() as f64)).collect();
     println!("training loss by fifths of the run: {}", curve.join(" → "));
-    let tuned = model.valid();
+    let mut model = outcome.model;
+    let tuned = model.clone();
     let loss_after = sft_loss(&tuned, &val, args.batch_size, pad);
     println!("held-out loss (response tokens): {loss_before:.3} → {loss_after:.3}");
     println!("--- prompt ---\n{probe}--- base model ---\n{completion_before}\n--- after LoRA ---\n{}\n---", complete(&tuned, &tok, probe, eos)?);

@@ -4,6 +4,7 @@
 //! ```text
 //! out/checkpoints/step-00000100/
 //!   config.json, model.safetensors   HF layout: `phi generate` and transformers load it as is
+//!   (LoRA runs: adapter_config.json, adapter_model.safetensors, the PEFT adapter alone)
 //!   optimizer.bin                     AdamW moments (burn's optimizer record)
 //!   trainer_state.json                step, sampler state, schedule, training config, model
 //!                                     config and data fingerprint (what makes it the same run)
@@ -57,7 +58,8 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
 pub struct TrainerState {
     /// Optimizer steps completed.
     pub step: usize,
-    pub sampler: phi_data::MixtureState,
+    /// The objective's data cursor ([`crate::Objective::state`]).
+    pub sampler: serde_json::Value,
     pub config: crate::TrainConfig,
     /// Tokens consumed so far.
     pub tokens_seen: u64,
@@ -157,7 +159,7 @@ pub static ROOT_LAYOUT: Layout = Layout {
 /// recipes and exports), and the temporaries of their atomic writes.
 fn is_checkpoint_file(name: &str) -> bool {
     const FILES: &[&str] =
-        &[MARKER, "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json", "tokenizer.json", "generation_config.json"];
+        &[MARKER, "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json", "tokenizer.json", "generation_config.json", "adapter_config.json", "adapter_model.safetensors"];
     FILES.contains(&name.strip_suffix(".tmp").unwrap_or(name))
 }
 

@@ -156,7 +156,8 @@ pub fn load(model: PhiForCausalLM, dir: impl AsRef<Path>) -> Result<PhiForCausal
     Ok(model)
 }
 
-fn read_config(dir: &Path) -> Result<LoraConfig> {
+/// The `adapter_config.json` of a PEFT folder (LoRA only; DoRA refused).
+pub fn read_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     let value: serde_json::Value =

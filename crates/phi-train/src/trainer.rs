@@ -1,21 +1,22 @@
-//! The step-based training loop: micro-batches → gradient accumulation → global-norm clipping →
-//! AdamW step, with validation, metrics, checkpoints and exact resume.
+//! The training loop for every objective: [`fit`] runs [`Trainer::step`] with validation,
+//! `metrics.jsonl`, checkpoints and exact resume; [`train`] is `fit` for causal-LM
+//! pre-training on token windows.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use phi_core::{PhiConfig, PhiForCausalLM};
 use phi_data::{Mixture, TokenDataset};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
-use crate::precision::{compute_copy, to_f32};
-use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss, grad_norm, scale_grads};
+use crate::lora::{self, BaseQuantization, LoraConfig};
+use crate::objective::{CausalLm, Objective, ids_tensor};
+use crate::step::{Trainer, optimizer_for};
+use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss};
 
 /// Hyper-parameters of a run (serialisable: TOML files, checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,9 +162,13 @@ pub struct StepMetrics {
     /// f16 runs: the loss scale this step used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
-    /// f16 runs: the gradients overflowed and the update was skipped.
+    /// The update was skipped (an f16 overflow, or a non-finite step under
+    /// `on_non_finite = "skip"`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// The objective's own figures (e.g. DPO's `rewards/margins`), averaged over the step.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 /// A skipped step's loss or gradient norm was NaN/inf and is `null` in `metrics.jsonl`; reading
@@ -184,8 +189,102 @@ pub enum Start {
     ResumeAuto,
 }
 
+/// The weights a run trains and where they come from.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// Every parameter, fresh from this config (seeded with the run's seed).
+    Scratch(PhiConfig),
+    /// Every parameter, from a HF-format folder (fine-tuning, continued pre-training).
+    Pretrained(PathBuf),
+    /// LoRA adapters on the frozen base in the HF folder `base` (quantized if asked); only the
+    /// adapters are trained, and checkpoints hold the adapter in PEFT format.
+    Lora { base: PathBuf, adapter: Adapter, quantize: Option<BaseQuantization> },
+}
+
+/// The adapters a LoRA run starts from.
+#[derive(Debug, Clone)]
+pub enum Adapter {
+    /// Fresh adapters (PEFT's initialisation: the adapted model starts equal to the base).
+    Fresh(LoraConfig),
+    /// A PEFT adapter folder, trained further.
+    Load(PathBuf),
+}
+
+impl Weights {
+    /// The model config, without loading weights.
+    pub fn model_config(&self) -> Result<PhiConfig> {
+        match self {
+            Weights::Scratch(c) => Ok(c.clone()),
+            Weights::Pretrained(dir) | Weights::Lora { base: dir, .. } => Ok(PhiConfig::from_file(dir.join("config.json"))?),
+        }
+    }
+
+    /// What a checkpoint of this run must have been made with: the model config (its
+    /// `config.json` form), plus the adapter config and base quantization for LoRA.
+    fn identity(&self) -> Result<serde_json::Value> {
+        let mut json = self.model_config()?.to_hf_json();
+        if let (Some(config), Weights::Lora { quantize, .. }) = (self.lora_config()?, self) {
+            json["phi_lora"] = serde_json::to_value(config).expect("LoRA config serializes");
+            json["phi_base_quantization"] = serde_json::to_value(quantize).expect("serializes");
+        }
+        Ok(json)
+    }
+
+    /// The adapter config of a LoRA run.
+    pub fn lora_config(&self) -> Result<Option<LoraConfig>> {
+        match self {
+            Weights::Lora { adapter: Adapter::Fresh(c), .. } => Ok(Some(c.clone())),
+            Weights::Lora { adapter: Adapter::Load(dir), .. } => Ok(Some(lora::read_config(dir)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The model at the start of a run, on `device` (an autodiff device).
+    pub fn build(&self, device: &Device, seed: u64) -> Result<PhiForCausalLM> {
+        match self {
+            Weights::Scratch(c) => Ok(PhiForCausalLM::init(c.clone(), device, seed)?),
+            Weights::Pretrained(dir) => Ok(PhiForCausalLM::from_pretrained(dir, device)?),
+            Weights::Lora { base, adapter, quantize } => {
+                let model = PhiForCausalLM::from_pretrained(base, device)?;
+                let model = match adapter {
+                    Adapter::Fresh(config) => lora::attach(model, config)?,
+                    Adapter::Load(dir) => lora::load(model, dir)?,
+                };
+                Ok(quantized(model, *quantize))
+            }
+        }
+    }
+
+    /// Writes what a checkpoint holds of `model` (everything, or the adapter).
+    fn save(&self, model: &PhiForCausalLM, dir: &Path) -> Result<()> {
+        match self.lora_config()? {
+            Some(config) => lora::save(&mut model.valid(), &config, dir),
+            None => Ok(model.valid().save_pretrained(dir)?),
+        }
+    }
+
+    /// The model as a checkpoint in `dir` holds it.
+    fn restore(&self, dir: &Path, device: &Device) -> Result<PhiForCausalLM> {
+        match self {
+            Weights::Lora { base, quantize, .. } => {
+                let model = lora::load(PhiForCausalLM::from_pretrained(base, device)?, dir)?;
+                Ok(quantized(model, *quantize))
+            }
+            _ => Ok(PhiForCausalLM::from_pretrained(dir, device)?),
+        }
+    }
+}
+
+fn quantized(model: PhiForCausalLM, bits: Option<BaseQuantization>) -> PhiForCausalLM {
+    match bits {
+        Some(bits) => lora::quantize_base(model, bits).0,
+        None => model,
+    }
+}
+
 /// What a finished run returns.
 pub struct TrainOutcome {
+    /// The trained model without autodiff (with its adapters unmerged for LoRA).
     pub model: PhiForCausalLM,
     pub metrics: Vec<StepMetrics>,
     pub resumed_from: Option<usize>,
@@ -220,7 +319,7 @@ pub fn evaluate_with_progress(
     let (mut total, mut count) = (0.0, 0usize);
     for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
         let b = rows.len() / (seq_len + 1);
-        let ids = batch_tensor(&rows, b, seq_len + 1, &device);
+        let ids = ids_tensor(&rows, b, seq_len + 1, &device);
         let loss = causal_lm_loss(model.forward(ids.clone()), ids).into_scalar::<f32>() as f64;
         total += loss * (b * seq_len) as f64;
         count += b * seq_len;
@@ -229,14 +328,19 @@ pub fn evaluate_with_progress(
     if count == 0 { f64::NAN } else { total / count as f64 }
 }
 
-fn batch_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2, Int> {
-    let data: Vec<i64> = rows.iter().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(data, [b, n]), device)
-}
-
-/// Runs training on windows drawn from `train_data` (one dataset or a weighted mixture),
-/// validating on `val_data`. `out_dir` receives `metrics.jsonl`, `checkpoints/` and, at the
-/// end, `loss.png`.
+/// Runs causal-LM training on windows drawn from `train_data` (one dataset or a weighted
+/// mixture), validating on `val_data`: [`fit`] with the [`CausalLm`] objective. `out_dir`
+/// receives `metrics.jsonl`, `checkpoints/` and, at the end, `loss.png`.
+///
+/// ```no_run
+/// use phi_train::{Start, train};
+/// # fn demo(cfg: &phi_train::TrainConfig, data: &phi_data::Mixture, val: &phi_data::TokenDataset) -> phi_train::Result<()> {
+/// let model = phi_core::PhiConfig::preset("phi-1").unwrap();
+/// let out = train(&model, cfg, data, val, "runs/demo".as_ref(), Start::ResumeAuto, &burn::tensor::Device::default(), |m| {
+///     println!("step {} loss {:.3}", m.step, m.loss)
+/// })?;
+/// # Ok(()) }
+/// ```
 pub fn train(
     model_config: &PhiConfig,
     cfg: &TrainConfig,
@@ -245,18 +349,35 @@ pub fn train(
     out_dir: &Path,
     start: Start,
     device: &Device,
-    mut on_step: impl FnMut(&StepMetrics),
+    on_step: impl FnMut(&StepMetrics),
 ) -> Result<TrainOutcome> {
     cfg.validate(model_config)?;
-    train_data.check(cfg.seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
-    let bound = train_data.vocab_bound().max(val_data.vocab_bound());
-    if bound > model_config.vocab_size {
-        return Err(TrainError::Invalid(format!(
-            "the data uses token ids up to {} but the model's vocab_size is {}",
-            bound - 1,
-            model_config.vocab_size
-        )));
-    }
+    let mut objective = CausalLm::new(train_data, val_data, cfg.seq_len, cfg.seed)?;
+    let (weights, resume) = match start {
+        Start::Scratch => (Weights::Scratch(model_config.clone()), false),
+        Start::Pretrained(dir) => (Weights::Pretrained(dir), false),
+        Start::ResumeAuto => (Weights::Scratch(model_config.clone()), true),
+    };
+    fit(&weights, &mut objective, cfg, out_dir, resume, device, on_step)
+}
+
+/// Trains `weights` on `objective` for `cfg.max_steps` optimizer steps: validation every
+/// `eval_every` steps, a line per step in `out_dir/metrics.jsonl`, checkpoints under
+/// `out_dir/checkpoints` and `loss.png` at the end. With `resume`, continues bitwise from the
+/// newest complete checkpoint there (one of another model, config or data is an error naming
+/// every difference), else starts from `weights`.
+pub fn fit<O: Objective>(
+    weights: &Weights,
+    objective: &mut O,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: bool,
+    device: &Device,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
+    let model_config = weights.model_config()?;
+    cfg.validate(&model_config)?;
+    objective.check(&model_config, cfg)?;
     let ad = if cfg.activation_checkpointing {
         device.clone().autodiff().gradient_checkpointing()
     } else {
@@ -265,53 +386,46 @@ pub fn train(
     let ckpt_root = out_dir.join("checkpoints");
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     // What makes a checkpoint this run's: the model, the training config, the data.
-    let model_json = model_config.to_hf_json();
-    let data_fingerprint = checkpoint::data_fingerprint(train_data, val_data);
+    let model_json = weights.identity()?;
+    let data_fingerprint = objective.fingerprint();
     let mut resume_warnings = checkpoint::remove_stale_tmp(&ckpt_root);
     for w in &resume_warnings {
         eprintln!("warning: {w}");
     }
-    let build_optim = |model: &PhiForCausalLM| cfg.optimizer.build(model, &[model.model.embed_tokens.weight.id]);
-    let resumed = match &start {
-        Start::ResumeAuto => checkpoint::resume_newest(
+    let resumed = if resume {
+        checkpoint::resume_newest(
             &ckpt_root,
             |dir, state| state.check_same_run(dir, &model_json, cfg, &data_fingerprint),
             |dir| {
-                let model = PhiForCausalLM::from_pretrained(dir, &ad)?;
+                let model = weights.restore(dir, &ad)?;
                 let path = dir.join("optimizer.bin");
-                let optim = build_optim(&model).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
                 Ok((model, optim))
             },
             &mut resume_warnings,
-        )?,
-        _ => None,
+        )?
+    } else {
+        None
     };
-    let resume_dir = resumed.as_ref().map(|r| r.dir.clone());
-    let (mut model, mut optim, state) = match (resumed, &start) {
-        (Some(r), _) => (r.loaded.0, r.loaded.1, Some(r.state)),
-        (None, Start::Pretrained(dir)) => {
-            let model = PhiForCausalLM::from_pretrained(dir, &ad)?;
-            let optim = build_optim(&model);
-            (model, optim, None)
+    let resumed_from = resumed.as_ref().map(|r| r.state.step);
+    let mut trainer = match resumed {
+        Some(r) => {
+            objective.restore(&r.state.sampler)?;
+            let mut t = Trainer::with_optimizer(r.loaded.0, r.loaded.1, cfg)?;
+            t.step = r.state.step;
+            t.tokens_seen = r.state.tokens_seen;
+            if t.scaler.is_some() {
+                t.scaler = r.state.loss_scaler.or(t.scaler);
+            }
+            t
         }
-        (None, _) => {
-            let model = PhiForCausalLM::init(model_config.clone(), &ad, cfg.seed)?;
-            let optim = build_optim(&model);
-            (model, optim, None)
+        None => {
+            // Fresh adapters draw from the device RNG: seeded, a run is reproducible.
+            ad.seed(cfg.seed);
+            Trainer::new(weights.build(&ad, cfg.seed)?, cfg)?
         }
     };
-    // A checkpoint or pretrained folder brings its own config: check the context against it too.
-    if model.config() != model_config {
-        cfg.validate(model.config())?;
-    }
-    let start_step = state.as_ref().map_or(0, |s| s.step);
-    let mut tokens_seen = state.as_ref().map_or(0, |s| s.tokens_seen);
-    let mut sampler = match &state {
-        Some(s) => train_data.resume(cfg.seq_len, &s.sampler).map_err(|e| TrainError::Invalid(format!("resuming the data sampler: {e}")))?,
-        None => train_data.sampler(cfg.seq_len, cfg.seed),
-    };
-    let mut scaler: Option<LossScaler> = (cfg.precision == Precision::F16)
-        .then(|| state.as_ref().and_then(|s| s.loss_scaler).unwrap_or(cfg.loss_scaler));
+    let start_step = trainer.steps_done();
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path, start_step)?;
     rewrite_metrics(&metrics_path, &history)?;
@@ -321,119 +435,16 @@ pub fn train(
         .open(&metrics_path)
         .map_err(|e| TrainError::io(&metrics_path, e))?;
 
-    let flops_tok = flops_per_token(model.config(), cfg.seq_len);
-    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum.max(1)) as u64;
-    let mut consecutive_skips = 0usize;
-    let mut last_update: Option<(usize, f64)> = None;
-    for step in start_step..cfg.max_steps {
-        let t0 = Instant::now();
-        // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
-        ad.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
-        let mut accum = GradientsAccumulator::<PhiForCausalLM>::new();
-        let mut loss_sum = 0.0;
-        let micro = cfg.grad_accum.max(1);
-        let loss_scale = scaler.map(|s| s.scale);
-        for _ in 0..micro {
-            let rows = sampler.next_batch(cfg.batch_size);
-            let ids = batch_tensor(&rows, cfg.batch_size, cfg.seq_len + 1, &ad);
-            // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
-            let logits = match cfg.precision {
-                Precision::F32 => model.forward(ids.clone()),
-                p => to_f32(compute_copy(&model, p).forward(ids.clone())),
-            };
-            let loss = causal_lm_loss(logits, ids) / micro as f64;
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let loss = match loss_scale {
-                Some(s) => loss * s,
-                None => loss,
-            };
-            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-        }
-        let mut grads = accum.grads();
-        if let Some(s) = loss_scale {
-            scale_grads(&model, &mut grads, 1.0 / s);
-        }
-        let grad_norm = grad_norm(&model, &grads);
-        let done = step + 1;
-        let lr = cfg.schedule.lr(step);
-        // An f16 overflow is the scaler's to handle (skip, halve) while the scale can still come
-        // down; any other NaN/inf — in the loss, or in the gradients at the smallest scale — means
-        // the run has diverged, and an update with it would poison every weight.
-        let scale_can_drop = scaler.is_some_and(|s| s.scale > 1.0);
-        let non_finite = if !loss_sum.is_finite() {
-            Some(format!("the loss is {loss_sum}"))
-        } else if !grad_norm.is_finite() && !scale_can_drop {
-            Some(format!("the gradient norm is {grad_norm}"))
-        } else {
-            None
-        };
-        let mut apply = match scaler.as_mut() {
-            Some(s) => s.update(grad_norm),
-            None => true,
-        };
-        if let Some(what) = &non_finite {
-            consecutive_skips += 1;
-            let hint = match last_update {
-                Some((at, lr)) => format!(" (the weights are from step {at}'s update, at lr {lr:e})"),
-                None => String::new(),
-            };
-            match cfg.on_non_finite {
-                OnNonFinite::Stop => {
-                    return Err(TrainError::Invalid(format!(
-                        "step {done}: {what}{hint}; training stopped (no checkpoint holds these weights). \
-                         Lower the learning rate (schedule.peak) or set on_non_finite = \"skip\" to skip such steps"
-                    )));
-                }
-                OnNonFinite::Skip if consecutive_skips > MAX_CONSECUTIVE_SKIPS => {
-                    return Err(TrainError::Invalid(format!(
-                        "step {done}: {what}{hint}; {consecutive_skips} non-finite steps in a row, training stopped (on_non_finite = \"skip\" allows {MAX_CONSECUTIVE_SKIPS})"
-                    )));
-                }
-                OnNonFinite::Skip => apply = false,
-            }
-        }
-        if apply {
-            if let Some(max) = cfg.clip_norm {
-                let coef = max / (grad_norm + 1e-6);
-                if coef < 1.0 {
-                    scale_grads(&model, &mut grads, coef);
-                }
-            }
-            model = optim.step(lr, model, grads);
-            consecutive_skips = 0;
-            last_update = Some((done, lr));
-            // A finite gradient at a huge learning rate can still push weights past f32's range:
-            // catch it at the step that did it, before it reaches a checkpoint.
-            let (bad, total) = non_finite_weights(&model);
-            if bad > 0 {
-                return Err(TrainError::Invalid(format!(
-                    "step {done}: the update at lr {lr:e} made {bad} of {total} weights NaN or infinite; training stopped \
-                     (no checkpoint holds these weights). Lower the learning rate (schedule.peak)"
-                )));
-            }
-        }
-        tokens_seen += tokens_per_step;
-        let secs = t0.elapsed().as_secs_f64();
+    for _ in start_step..cfg.max_steps {
+        let mut m = trainer.step(objective)?;
+        let done = m.step;
         let last = done == cfg.max_steps;
-        let (val_loss, val_perplexity) = if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
-            let v = evaluate(&model.valid(), val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
-            (Some(v), Some(v.exp()))
-        } else {
-            (None, None)
-        };
-        let tokens_per_s = tokens_per_step as f64 / secs;
-        let m = StepMetrics {
-            step: done,
-            loss: loss_sum,
-            val_loss,
-            val_perplexity,
-            lr,
-            grad_norm,
-            tokens_per_s,
-            mfu: tokens_per_s * flops_tok / cfg.peak_flops,
-            loss_scale,
-            skipped: !apply,
-        };
+        if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
+            if let Some(v) = objective.validate(&trainer.valid_model(), cfg) {
+                m.val_loss = Some(v);
+                m.val_perplexity = Some(v.exp());
+            }
+        }
         writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialize"))
             .map_err(|e| TrainError::io(&metrics_path, e))?;
         on_step(&m);
@@ -441,7 +452,7 @@ pub fn train(
         if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
             // Never a checkpoint with NaN/inf weights (whatever let them through, e.g. a resumed
             // checkpoint written before this check existed).
-            let (bad, total) = non_finite_weights(&model);
+            let (bad, total) = non_finite_weights(trainer.model());
             if bad > 0 {
                 return Err(TrainError::Invalid(format!(
                     "step {done}: {bad} of {total} weights are NaN or infinite; the checkpoint was not written"
@@ -449,17 +460,17 @@ pub fn train(
             }
             let state = TrainerState {
                 step: done,
-                sampler: sampler.state(),
+                sampler: objective.state(),
                 config: cfg.clone(),
-                tokens_seen,
-                loss_scaler: scaler,
+                tokens_seen: trainer.tokens_seen,
+                loss_scaler: trainer.scaler,
                 model: model_json.clone(),
                 data: data_fingerprint.clone(),
             };
             checkpoint::save(&ckpt_root, done, cfg.keep_checkpoints, |dir| {
-                model.valid().save_pretrained(dir)?;
+                weights.save(trainer.model(), dir)?;
                 let path = dir.join("optimizer.bin");
-                optim.save(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                trainer.optimizer().save(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
                 let json = serde_json::to_string_pretty(&state).expect("state serializes");
                 let path = dir.join("trainer_state.json");
                 std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
@@ -468,11 +479,12 @@ pub fn train(
     }
     // The curve is a convenience: a failure to draw it must not cost the finished run.
     let png = out_dir.join("loss.png");
-    let title = format!("{} layers x {} hidden, {} tokens/step", model.config().num_hidden_layers, model.config().hidden_size, tokens_per_step);
+    let c = trainer.model().config();
+    let title = format!("{} layers x {} hidden, {} x {} sequences/step", c.num_hidden_layers, c.hidden_size, cfg.batch_size, cfg.grad_accum);
     if let Err(e) = crate::plot::write_loss_curve(&history, &title, &png) {
         eprintln!("warning: loss curve not written: {e}");
     }
-    Ok(TrainOutcome { model: model.valid(), metrics: history, resumed_from: resume_dir.map(|_| start_step), resume_warnings })
+    Ok(TrainOutcome { model: trainer.valid_model(), metrics: history, resumed_from, resume_warnings })
 }
 
 /// How many of the model's parameter values are NaN or infinite, and how many there are.

@@ -1,0 +1,166 @@
+//! What a training run optimises, apart from how: an [`Objective`] says what a batch is and how
+//! its loss is computed; [`crate::Trainer`] does everything else once for every objective
+//! (micro-batch accumulation, mixed precision and loss scaling, clipping, the optimizer step,
+//! the schedule, non-finite guards) and [`crate::fit`] adds validation, metrics, checkpoints
+//! and exact resume.
+//!
+//! Objectives here: [`CausalLm`] (pre-training on token windows) and [`crate::sft::Sft`]
+//! (response-only loss on chat/prompt–response examples).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::{Mixture, MixtureSampler, TokenDataset};
+
+use crate::error::{Result, TrainError};
+use crate::precision::to_f32;
+use crate::{TrainConfig, causal_lm_loss};
+
+/// The model as a training step runs it: the f32 masters or a bf16/f16 copy of them whose
+/// gradients reach the masters (see [`crate::precision`]); logits always come back in f32.
+pub struct Forward<'a> {
+    model: &'a PhiForCausalLM,
+}
+
+impl<'a> Forward<'a> {
+    pub fn new(model: &'a PhiForCausalLM) -> Self {
+        Forward { model }
+    }
+
+    /// `[batch, seq, vocab]` f32 logits of `ids`.
+    pub fn logits(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        to_f32(self.model.forward(ids))
+    }
+
+    pub fn model(&self) -> &PhiForCausalLM {
+        self.model
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+/// The loss of one micro-batch.
+pub struct BatchLoss {
+    /// The mean over the batch's loss terms (tokens, or pairs for preference losses).
+    pub loss: Tensor<1>,
+    /// Further per-batch figures to log (averaged over the step by weight), under the names
+    /// `metrics.jsonl` uses, e.g. TRL's `rewards/margins`.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// What a batch is and how its loss is computed.
+pub trait Objective {
+    /// One micro-batch, drawn on the host.
+    type Batch;
+
+    /// Checks the objective's data against the model before any work (ids within the
+    /// vocabulary, sequences within the context).
+    fn check(&self, model: &PhiConfig, cfg: &TrainConfig) -> Result<()>;
+
+    /// The next micro-batch of `batch_size` items; advances the data cursor.
+    fn next_batch(&mut self, batch_size: usize) -> Self::Batch;
+
+    /// Tokens `batch` puts through the model (for tokens/s and MFU).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// How many loss terms `batch`'s mean is over (predicted tokens; learned tokens for SFT;
+    /// pairs for preference losses). A step's loss is the mean over all its terms: each
+    /// micro-batch counts `weight / total weight`, so accumulated micro-batches give the step
+    /// one large batch gives, also where micro-batches hold different counts.
+    fn weight(&self, batch: &Self::Batch) -> f64;
+
+    /// The loss of `batch` under `model`, on `model`'s device (autodiff during training).
+    fn loss(&self, model: &Forward<'_>, batch: &Self::Batch) -> BatchLoss;
+
+    /// The data cursor, as JSON for `trainer_state.json`: restoring it continues with exactly
+    /// the batches an uninterrupted run would have drawn.
+    fn state(&self) -> serde_json::Value;
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+
+    /// What identifies the data (a checkpoint of other data is not resumed from).
+    fn fingerprint(&self) -> String;
+
+    /// Held-out loss (no gradients), `None` without validation data.
+    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64>;
+}
+
+/// Causal-LM pre-training: windows of `seq_len + 1` tokens drawn from a weighted mixture,
+/// validated on held-out windows in order.
+pub struct CausalLm<'a> {
+    train: &'a Mixture,
+    validation: &'a TokenDataset,
+    sampler: MixtureSampler<'a>,
+    seq_len: usize,
+}
+
+impl<'a> CausalLm<'a> {
+    /// Windows of `seq_len` (+1 for the shifted targets) from `train`, shuffled with `seed`.
+    pub fn new(train: &'a Mixture, validation: &'a TokenDataset, seq_len: usize, seed: u64) -> Result<Self> {
+        train.check(seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
+        Ok(CausalLm { train, validation, sampler: train.sampler(seq_len, seed), seq_len })
+    }
+}
+
+/// `rows` (row-major `[b, n]` token ids) as an id tensor.
+pub fn ids_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = rows.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(data, [b, n]), device)
+}
+
+impl Objective for CausalLm<'_> {
+    /// Row-major `[batch, seq_len + 1]` token ids.
+    type Batch = Vec<u32>;
+
+    fn check(&self, model: &PhiConfig, cfg: &TrainConfig) -> Result<()> {
+        if cfg.seq_len != self.seq_len {
+            return Err(TrainError::Invalid(format!("the data is drawn in windows of {} tokens but seq_len is {}", self.seq_len, cfg.seq_len)));
+        }
+        let bound = self.train.vocab_bound().max(self.validation.vocab_bound());
+        if bound > model.vocab_size {
+            return Err(TrainError::Invalid(format!(
+                "the data uses token ids up to {} but the model's vocab_size is {}",
+                bound - 1,
+                model.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn next_batch(&mut self, batch_size: usize) -> Vec<u32> {
+        self.sampler.next_batch(batch_size)
+    }
+
+    fn tokens(&self, batch: &Vec<u32>) -> usize {
+        batch.len() / (self.seq_len + 1) * self.seq_len
+    }
+
+    fn weight(&self, batch: &Vec<u32>) -> f64 {
+        self.tokens(batch) as f64
+    }
+
+    fn loss(&self, model: &Forward<'_>, batch: &Vec<u32>) -> BatchLoss {
+        let b = batch.len() / (self.seq_len + 1);
+        let ids = ids_tensor(batch, b, self.seq_len + 1, &model.device());
+        BatchLoss { loss: causal_lm_loss(model.logits(ids.clone()), ids), metrics: Vec::new() }
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.state()).expect("sampler state serializes")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let state = serde_json::from_value(state.clone()).map_err(|e| TrainError::Invalid(format!("the data sampler's state: {e}")))?;
+        self.sampler = self.train.resume(self.seq_len, &state).map_err(|e| TrainError::Invalid(format!("resuming the data sampler: {e}")))?;
+        Ok(())
+    }
+
+    fn fingerprint(&self) -> String {
+        crate::checkpoint::data_fingerprint(self.train, self.validation)
+    }
+
+    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {
+        Some(crate::evaluate(model, self.validation, self.seq_len, cfg.batch_size, cfg.eval_batches))
+    }
+}
