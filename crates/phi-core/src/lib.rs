@@ -6,7 +6,9 @@
 //! backend (flex on CPU, CUDA, wgpu) is chosen by the application, never here.
 //!
 //! Layout follows the checkpoint: `model.layers.N.self_attn.q_proj` is
-//! `model.layers[N].self_attn.proj` → `q_proj`, and weights keep HF's `[out, in]` shape.
+//! `model.layers[N].self_attn.proj` → `q_proj`. One deliberate difference: a projection's weight
+//! is held `[in, out]`, the transpose of HF's `[out, in]` (transposed once at load and save, see
+//! [`nn::Linear`]), because burn would otherwise copy the transposed matrix on every call.
 
 pub mod attention;
 pub mod block;
