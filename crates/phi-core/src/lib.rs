@@ -24,7 +24,7 @@ pub mod rope;
 pub mod weights;
 
 pub use burn;
-pub use config::{Activation, BlockKind, LongRope, MlpKind, NormKind, PhiConfig};
+pub use config::{Activation, BlockKind, Family, Layout, LongRope, MlpKind, NormKind, PhiConfig};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler};
 pub use kv_cache::KvCache;

@@ -8,7 +8,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::DecoderLayer;
-use crate::config::PhiConfig;
+use crate::config::{Family, PhiConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, Norm};
@@ -51,7 +51,10 @@ pub struct PhiForCausalLM {
 
 /// HF's checkpoint name of the final norm.
 fn final_norm_key(c: &PhiConfig) -> &'static str {
-    if c.model_type == "phi" { "model.final_layernorm" } else { "model.norm" }
+    match c.family {
+        Family::Phi => "model.final_layernorm",
+        Family::Phi3 => "model.norm",
+    }
 }
 
 impl PhiForCausalLM {

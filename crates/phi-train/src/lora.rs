@@ -184,7 +184,7 @@ pub fn save(model: &mut PhiForCausalLM, config: &LoraConfig, dir: impl AsRef<Pat
     if out.tensors.is_empty() {
         return Err(TrainError::Invalid("the model has no LoRA adapters to save".into()));
     }
-    let arch = if model.config().model_type == "phi3" { "Phi3ForCausalLM" } else { "PhiForCausalLM" };
+    let arch = model.config().family.architecture();
     let cfg = json!({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.r, "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout, "target_modules": config.target_modules,
