@@ -137,7 +137,7 @@ pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: boo
         model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
     }
     let settings = phi_train::AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false };
-    let mut optim = settings.build(&model, &[]);
+    let mut optim = settings.build(&model);
     let ids = random_ids(a.batch * (a.seq + 1), a.vocab, 3);
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.batch, a.seq + 1]), &ad);
     let mut times = Vec::new();

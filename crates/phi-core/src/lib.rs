@@ -6,9 +6,11 @@
 //! backend (flex on CPU, CUDA, wgpu) is chosen by the application, never here.
 //!
 //! Layout follows the checkpoint: `model.layers.N.self_attn.q_proj` is
-//! `model.layers[N].self_attn.proj` → `q_proj`. One deliberate difference: a projection's weight
-//! is held `[in, out]`, the transpose of HF's `[out, in]` (transposed once at load and save, see
-//! [`nn::Linear`]), because burn would otherwise copy the transposed matrix on every call.
+//! `model.layers[N].self_attn.proj` → `q_proj`, and each module states its parts' HF names once,
+//! in its listing ([`tree`]), from which loading, saving, adapter targeting and the optimizer's
+//! parameter groups derive. One deliberate difference: a projection's weight is held `[in, out]`,
+//! the transpose of HF's `[out, in]` (transposed once at load and save, see [`nn::Linear`]),
+//! because burn would otherwise copy the transposed matrix on every call.
 
 pub mod attention;
 pub mod block;
@@ -21,6 +23,7 @@ pub mod model;
 pub mod nn;
 mod presets;
 pub mod rope;
+pub mod tree;
 pub mod weights;
 
 pub use burn;

@@ -21,7 +21,7 @@ pub mod trainer;
 pub use clip::{clip_grad_norm, grad_norm, scale_grads};
 pub use precision::{LossScaler, Precision};
 pub use loss::{causal_lm_loss, masked_causal_lm_loss};
-pub use optim::AdamWSettings;
+pub use optim::{AdamWSettings, no_decay_ids};
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, Start, StepMetrics, TrainConfig, TrainOutcome, evaluate, evaluate_with_progress, flops_per_token, non_finite_weights, train};

@@ -48,7 +48,7 @@ pub fn finetune(
     mut on_step: impl FnMut(usize, f64),
 ) -> (PhiForCausalLM, Vec<f64>) {
     let device = model.device();
-    let mut optim = settings.build(&model, &[]);
+    let mut optim = settings.build(&model);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut state = seed | 1;
     let mut losses = Vec::with_capacity(steps);

@@ -271,7 +271,7 @@ pub fn train(
     for w in &resume_warnings {
         eprintln!("warning: {w}");
     }
-    let build_optim = |model: &PhiForCausalLM| cfg.optimizer.build(model, &[model.model.embed_tokens.weight.id]);
+    let build_optim = |model: &PhiForCausalLM| cfg.optimizer.build(model);
     let resumed = match &start {
         Start::ResumeAuto => checkpoint::resume_newest(
             &ckpt_root,
