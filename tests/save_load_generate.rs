@@ -79,7 +79,7 @@ fn every_preset_layout_and_fixture_saves_and_reloads_with_identical_logits() {
         };
         models.push((name.to_string(), PhiForCausalLM::init(config, &device, 3).unwrap()));
     }
-    for dir in ["phi3-tiny"] {
+    for dir in ["phi-tiny", "phi-qkln-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
         models.push((dir.to_string(), PhiForCausalLM::from_pretrained(fixture(dir), &device).unwrap()));
     }
     let ids = Tensor::from_data([[1, 2, 3, 4, 5]], &device);
