@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::module::Module;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use phi_core::{GenerationConfig, PhiForCausalLM};
+use phi_core::{Family, GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::exercises::extract;
 use phi_data::sft::{ChatTemplate, SftExample, Turn, encode};
@@ -185,7 +185,7 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
             let template = match args.template {
                 Some(Template::Phi3) => ChatTemplate::Phi3,
                 Some(Template::Plain) => ChatTemplate::Plain,
-                None if base.config().model_type == "phi3" => ChatTemplate::Phi3,
+                None if base.config().family == Family::Phi3 => ChatTemplate::Phi3,
                 None => ChatTemplate::Plain,
             };
             let (mut examples, report) = phi_data::sft::load_jsonl(path, template, &tok, eos, max_len)

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
 use common::{NamedTensors, fixture, read_f32_file, write_file};
-use phi_core::{Error, PhiConfig, PhiForCausalLM};
+use phi_core::{BlockKind, Error, Family, MlpKind, NormKind, PhiConfig, PhiForCausalLM};
 use serde_json::{Value, json};
 
 #[test]
@@ -32,6 +32,71 @@ fn counted_parameters_equal_allocated_ones() {
     for dir in ["phi-tiny", "phi-qkln-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
         let model = PhiForCausalLM::from_pretrained(fixture(dir), &device).unwrap();
         assert_eq!(model.num_params() as u64, model.config().num_parameters(), "{dir}");
+    }
+}
+
+/// `config.json` carries only `model_type`: a field its HF class cannot express would be written
+/// out and loaded by transformers as the family's own layout, so `validate` refuses it.
+#[test]
+fn a_config_its_family_cannot_express_is_refused_naming_field_and_value() {
+    let phi = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
+    let phi3 = PhiConfig::phi3_family(32, 2, 4, 2, 64, 64);
+    let cases: Vec<(PhiConfig, &str, &str)> = vec![
+        (PhiConfig { block: BlockKind::Sequential, ..phi.clone() }, "block", "Sequential"),
+        (PhiConfig { norm: NormKind::RmsNorm, ..phi.clone() }, "norm", "RmsNorm"),
+        (PhiConfig { mlp: MlpKind::Gated, ..phi.clone() }, "mlp", "Gated"),
+        (PhiConfig { fused_qkv: true, ..phi.clone() }, "fused_qkv", "true"),
+        (PhiConfig { linear_bias: false, ..phi.clone() }, "linear_bias", "false"),
+        (PhiConfig { lm_head_bias: false, ..phi.clone() }, "lm_head_bias", "false"),
+        (PhiConfig { block: BlockKind::Parallel, ..phi3.clone() }, "block", "Parallel"),
+        (PhiConfig { norm: NormKind::LayerNorm, ..phi3.clone() }, "norm", "LayerNorm"),
+        (PhiConfig { mlp: MlpKind::Plain, ..phi3.clone() }, "mlp", "Plain"),
+        (PhiConfig { fused_qkv: false, ..phi3.clone() }, "fused_qkv", "false"),
+        (PhiConfig { qk_layernorm: true, ..phi3.clone() }, "qk_layernorm", "true"),
+        (PhiConfig { linear_bias: true, ..phi3.clone() }, "linear_bias", "true"),
+        (PhiConfig { lm_head_bias: true, ..phi3.clone() }, "lm_head_bias", "true"),
+    ];
+    for (config, field, value) in cases {
+        let family = config.family.model_type();
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("`{field}`")) && e.contains(value) && e.contains(family), "{field} = {value}: {e}");
+        // A model cannot be built from it either (so it can never be saved).
+        let e = PhiForCausalLM::init(config, &Device::default(), 0).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    }
+    // What each family's class does express stays valid: qk-layernorm and GQA on phi.
+    PhiConfig { qk_layernorm: true, num_key_value_heads: 2, ..phi }.validate().unwrap();
+    phi3.validate().unwrap();
+}
+
+#[test]
+fn family_reads_and_writes_hf_model_type_strings() {
+    for (name, family) in [("phi", Family::Phi), ("phi-msft", Family::Phi), ("phi3", Family::Phi3), ("phi4", Family::Phi3)] {
+        assert_eq!(Family::from_model_type(name), Some(family), "{name}");
+        assert_eq!(serde_json::from_value::<Family>(json!(name)).unwrap(), family, "{name}");
+    }
+    assert_eq!(Family::from_model_type("llama"), None);
+    let e = serde_json::from_value::<Family>(json!("llama")).unwrap_err().to_string();
+    assert!(e.contains("model_type") && e.contains("llama"), "{e}");
+    for (family, model_type, arch) in [(Family::Phi, "phi", "PhiForCausalLM"), (Family::Phi3, "phi3", "Phi3ForCausalLM")] {
+        assert_eq!(serde_json::to_value(family).unwrap(), json!(model_type));
+        assert_eq!((family.model_type(), family.architecture()), (model_type, arch));
+    }
+}
+
+#[test]
+fn every_preset_and_fixture_config_validates_and_round_trips_through_config_json() {
+    let mut configs: Vec<(String, PhiConfig)> =
+        PhiConfig::PRESETS.iter().map(|n| (n.to_string(), PhiConfig::preset(n).unwrap())).collect();
+    for dir in ["phi-tiny", "phi-qkln-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        configs.push((dir.to_string(), PhiConfig::from_file(fixture(dir).join("config.json")).unwrap()));
+    }
+    for (name, config) in configs {
+        config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let json = config.to_hf_json();
+        assert_eq!(json["model_type"], json!(config.family.model_type()), "{name}");
+        assert_eq!(json["architectures"], json!([config.family.architecture()]), "{name}");
+        assert_eq!(PhiConfig::from_hf_json(&json).unwrap(), config, "{name}");
     }
 }
 

@@ -70,7 +70,7 @@ fn training_moves_only_the_adapters() {
     let mut model = lora::attach(base, &config).unwrap();
     let before = model.state_dict().tensors;
     let start = logits(&model.valid());
-    let mut optim = AdamWSettings::default().build(&model, &[]);
+    let mut optim = AdamWSettings::default().build(&model);
     let reference = load_reference(fixture("train-adamw/reference.safetensors"));
     let batch = reference["batch"].ids_tensor(&device);
     for _ in 0..3 {
@@ -103,7 +103,7 @@ fn quantized_base_trains_adapters_and_stays_close_to_f32() {
         let q = logits(&model.valid());
         let d = q.iter().zip(&f32_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(d < tol, "{bits:?}: logits moved by {d}");
-        let mut optim = AdamWSettings::default().build(&model, &[]);
+        let mut optim = AdamWSettings::default().build(&model);
         let mut losses = Vec::new();
         for _ in 0..5 {
             let loss = causal_lm_loss(model.forward(batch.clone()), batch.clone());

@@ -81,7 +81,7 @@ fn three_adamw_steps_on_the_adapter_match_torch() {
     let ref_logps = completion_logps(reference_model.forward(ids_ref.clone()), ids_ref, mask_ref, false).to_device(&device);
     let betas = floats(&a["betas"]);
     let settings = AdamWSettings { beta1: betas[0], beta2: betas[1], eps: a["eps"].as_f64().unwrap(), weight_decay: 0.0, no_decay_for_bias_norm_embedding: false };
-    let mut optim = settings.build(&policy, &[]);
+    let mut optim = settings.build(&policy);
     let mut losses = Vec::new();
     for step in 0..4 {
         let logps = completion_logps(policy.forward(ids.clone()), ids.clone(), mask.clone(), false);

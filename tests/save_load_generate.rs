@@ -53,6 +53,45 @@ fn fresh_model_saves_and_reloads() {
     assert_eq!(c.forward(ids).into_data(), la);
 }
 
+/// Every preset's layout (family, GQA, partial rotary, tied head), at a size that runs here, and
+/// every fixture: saved, reloaded, the same config and bit-identical logits.
+#[test]
+fn every_preset_layout_and_fixture_saves_and_reloads_with_identical_logits() {
+    let device = Device::default();
+    let mut models = Vec::new();
+    for name in PhiConfig::PRESETS {
+        let full = PhiConfig::preset(name).unwrap();
+        let heads = 4;
+        let config = PhiConfig {
+            vocab_size: 300,
+            hidden_size: 160,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: heads,
+            num_key_value_heads: heads * full.num_key_value_heads / full.num_attention_heads,
+            head_dim: 40,
+            max_position_embeddings: 64,
+            longrope: None,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            pad_token_id: None,
+            ..full
+        };
+        models.push((name.to_string(), PhiForCausalLM::init(config, &device, 3).unwrap()));
+    }
+    for dir in ["phi-tiny", "phi-qkln-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        models.push((dir.to_string(), PhiForCausalLM::from_pretrained(fixture(dir), &device).unwrap()));
+    }
+    let ids = Tensor::from_data([[1, 2, 3, 4, 5]], &device);
+    for (name, model) in models {
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path()).unwrap();
+        let reloaded = PhiForCausalLM::from_pretrained(tmp.path(), &device).unwrap();
+        assert_eq!(reloaded.config(), model.config(), "{name}: config round trip");
+        assert_eq!(reloaded.forward(ids.clone()).into_data(), model.forward(ids.clone()).into_data(), "{name}");
+    }
+}
+
 #[test]
 fn sharded_checkpoint_loads_like_the_single_file() {
     let dir = "phi3-tiny";

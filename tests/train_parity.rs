@@ -24,7 +24,7 @@ fn five_adamw_steps_match_torch() {
         weight_decay: hp["weight_decay"].as_f64().unwrap(),
         no_decay_for_bias_norm_embedding: false, // the reference decays every parameter
     };
-    let mut optim = settings.build(&model, &[]);
+    let mut optim = settings.build(&model);
     let (lr, clip) = (hp["lr"].as_f64().unwrap(), hp["grad_clip_norm"].as_f64().unwrap());
     for step in 0..hp["steps"].as_u64().unwrap() as usize {
         let loss = causal_lm_loss(model.forward(batch.clone()), batch.clone());

@@ -2,7 +2,7 @@
 //! uninterrupted run bitwise (CPU); interrupted checkpoint writes are never resumed from.
 
 use burn::tensor::Device;
-use phi_core::PhiConfig;
+use phi_core::{BlockKind, Family, MlpKind, NormKind, PhiConfig};
 use phi_data::shard::write_shard;
 use phi_data::{Mixture, TokenDataset};
 use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, checkpoint, train};
@@ -215,7 +215,16 @@ fn resuming_another_run_is_an_error_that_says_what_differs() {
     let before = snapshot(&ckpts);
 
     // Another model (a phi-3 style block with the same sizes, or another width).
-    let phi3 = PhiConfig { model_type: "phi3".into(), ..model.clone() };
+    let phi3 = PhiConfig {
+        family: Family::Phi3,
+        block: BlockKind::Sequential,
+        norm: NormKind::RmsNorm,
+        mlp: MlpKind::Gated,
+        fused_qkv: true,
+        linear_bias: false,
+        lm_head_bias: false,
+        ..model.clone()
+    };
     let e = resume_error(&phi3, &cfg, &train_data, &val, dir.path());
     assert!(e.contains("not the same run") && e.contains("model.model_type: \"phi\" in the checkpoint, \"phi3\" now") && e.contains("--fresh"), "{e}");
     assert!(e.contains("step-00000002"), "names the checkpoint: {e}");

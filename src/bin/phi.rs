@@ -501,7 +501,7 @@ fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
     let size = |bytes: f64| {
         if bytes >= (1u64 << 30) as f64 { format!("{:.2} GiB", bytes / (1u64 << 30) as f64) } else { format!("{:.2} MiB", bytes / (1u64 << 20) as f64) }
     };
-    println!("model_type            {}", config.model_type);
+    println!("model_type            {}", config.family.model_type());
     println!("block / norm / mlp    {:?} / {:?} / {:?} ({:?})", config.block, config.norm, config.mlp, config.hidden_act);
     println!(
         "layers × hidden       {} × {} (intermediate {})",

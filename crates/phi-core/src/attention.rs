@@ -2,14 +2,13 @@
 //! `qkv_proj` + `o_proj` (Phi-3), MHA or GQA, optional per-head `q_layernorm/k_layernorm`.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::config::{NormKind, PhiConfig};
-use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::nn::{Linear, Norm};
 use crate::rope::Rope;
-use crate::weights::{ParamSource, StateDict};
+use crate::tree::{listing, part};
 
 /// Phi-1/2 projections, each with a bias.
 #[derive(Module, Debug)]
@@ -46,55 +45,48 @@ pub struct PhiAttention {
     pub head_dim: usize,
 }
 
+listing!(PhiAttention, |this, key, out| {
+    let PhiAttention { proj, q_layernorm, k_layernorm, .. } = this;
+    match proj {
+        Projections::Separate(SeparateProjections { q_proj, k_proj, v_proj, dense }) => {
+            part(out, key, "q_proj", q_proj);
+            part(out, key, "k_proj", k_proj);
+            part(out, key, "v_proj", v_proj);
+            part(out, key, "dense", dense);
+        }
+        Projections::Fused(FusedProjections { qkv_proj, o_proj }) => {
+            part(out, key, "qkv_proj", qkv_proj);
+            part(out, key, "o_proj", o_proj);
+        }
+    }
+    part(out, key, "q_layernorm", q_layernorm);
+    part(out, key, "k_layernorm", k_layernorm);
+});
+
 impl PhiAttention {
-    pub fn load(src: &mut impl ParamSource, prefix: &str, c: &PhiConfig) -> Result<Self> {
-        let (h, hd, std, bias) = (c.hidden_size, c.head_dim, c.initializer_range, c.linear_bias);
+    /// An empty attention block of `c`'s layout, to be loaded (see [`crate::tree`]).
+    pub fn new(c: &PhiConfig, device: &Device) -> Self {
+        let (h, hd, bias) = (c.hidden_size, c.head_dim, c.linear_bias);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let linear = |d_in, d_out| Linear::new(d_in, d_out, bias, device);
         let proj = if c.fused_qkv {
-            Projections::Fused(FusedProjections {
-                qkv_proj: Linear::load(src, &format!("{prefix}.qkv_proj"), h, q + 2 * kv, bias, std)?,
-                o_proj: Linear::load(src, &format!("{prefix}.o_proj"), q, h, bias, std)?,
-            })
+            Projections::Fused(FusedProjections { qkv_proj: linear(h, q + 2 * kv), o_proj: linear(q, h) })
         } else {
             Projections::Separate(SeparateProjections {
-                q_proj: Linear::load(src, &format!("{prefix}.q_proj"), h, q, bias, std)?,
-                k_proj: Linear::load(src, &format!("{prefix}.k_proj"), h, kv, bias, std)?,
-                v_proj: Linear::load(src, &format!("{prefix}.v_proj"), h, kv, bias, std)?,
-                dense: Linear::load(src, &format!("{prefix}.dense"), q, h, bias, std)?,
+                q_proj: linear(h, q),
+                k_proj: linear(h, kv),
+                v_proj: linear(h, kv),
+                dense: linear(q, h),
             })
         };
-        let (q_layernorm, k_layernorm) = if c.qk_layernorm {
-            let ln = |src: &mut _, name| Norm::load(src, &format!("{prefix}.{name}"), NormKind::LayerNorm, hd, c.norm_eps);
-            (Some(ln(src, "q_layernorm")?), Some(ln(src, "k_layernorm")?))
-        } else {
-            (None, None)
-        };
-        Ok(PhiAttention {
+        let head_norm = || c.qk_layernorm.then(|| Norm::new(NormKind::LayerNorm, hd, c.norm_eps, device));
+        PhiAttention {
             proj,
-            q_layernorm,
-            k_layernorm,
+            q_layernorm: head_norm(),
+            k_layernorm: head_norm(),
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
             head_dim: hd,
-        })
-    }
-
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        match &self.proj {
-            Projections::Separate(p) => {
-                p.q_proj.save(&format!("{prefix}.q_proj"), out);
-                p.k_proj.save(&format!("{prefix}.k_proj"), out);
-                p.v_proj.save(&format!("{prefix}.v_proj"), out);
-                p.dense.save(&format!("{prefix}.dense"), out);
-            }
-            Projections::Fused(p) => {
-                p.qkv_proj.save(&format!("{prefix}.qkv_proj"), out);
-                p.o_proj.save(&format!("{prefix}.o_proj"), out);
-            }
-        }
-        if let (Some(q), Some(k)) = (&self.q_layernorm, &self.k_layernorm) {
-            q.save(&format!("{prefix}.q_layernorm"), out);
-            k.save(&format!("{prefix}.k_layernorm"), out);
         }
     }
 

@@ -2,16 +2,15 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::attention::PhiAttention;
 use crate::config::{BlockKind, PhiConfig};
-use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::mlp::Mlp;
 use crate::nn::Norm;
 use crate::rope::Rope;
-use crate::weights::{ParamSource, StateDict};
+use crate::tree::{listing, part};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
@@ -23,30 +22,28 @@ pub struct DecoderLayer {
     pub resid_dropout: Dropout,
 }
 
-impl DecoderLayer {
-    pub fn load(src: &mut impl ParamSource, prefix: &str, c: &PhiConfig) -> Result<Self> {
-        let norm = |src: &mut _, name: &str| Norm::load(src, &format!("{prefix}.{name}"), c.norm, c.hidden_size, c.norm_eps);
-        let input_layernorm = norm(src, "input_layernorm")?;
-        let post_attention_layernorm = match c.block {
-            BlockKind::Parallel => None,
-            BlockKind::Sequential => Some(norm(src, "post_attention_layernorm")?),
-        };
-        Ok(DecoderLayer {
-            input_layernorm,
-            post_attention_layernorm,
-            self_attn: PhiAttention::load(src, &format!("{prefix}.self_attn"), c)?,
-            mlp: Mlp::load(src, &format!("{prefix}.mlp"), c)?,
-            resid_dropout: DropoutConfig::new(c.resid_pdrop).init(),
-        })
-    }
+listing!(DecoderLayer, |this, key, out| {
+    let DecoderLayer { input_layernorm, post_attention_layernorm, self_attn, mlp, .. } = this;
+    part(out, key, "input_layernorm", input_layernorm);
+    part(out, key, "post_attention_layernorm", post_attention_layernorm);
+    part(out, key, "self_attn", self_attn);
+    part(out, key, "mlp", mlp);
+});
 
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        self.input_layernorm.save(&format!("{prefix}.input_layernorm"), out);
-        if let Some(n) = &self.post_attention_layernorm {
-            n.save(&format!("{prefix}.post_attention_layernorm"), out);
+impl DecoderLayer {
+    /// An empty decoder layer of `c`'s layout, to be loaded (see [`crate::tree`]).
+    pub fn new(c: &PhiConfig, device: &Device) -> Self {
+        let norm = || Norm::new(c.norm, c.hidden_size, c.norm_eps, device);
+        DecoderLayer {
+            input_layernorm: norm(),
+            post_attention_layernorm: match c.block {
+                BlockKind::Parallel => None,
+                BlockKind::Sequential => Some(norm()),
+            },
+            self_attn: PhiAttention::new(c, device),
+            mlp: Mlp::new(c, device),
+            resid_dropout: DropoutConfig::new(c.resid_pdrop).init(),
         }
-        self.self_attn.save(&format!("{prefix}.self_attn"), out);
-        self.mlp.save(&format!("{prefix}.mlp"), out);
     }
 
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {

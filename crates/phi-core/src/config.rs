@@ -7,6 +7,134 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 
+/// The HF architecture a config is written as (`model_type` and `architectures` in
+/// `config.json`). It fixes what `transformers` builds from the file — block, norm, MLP and
+/// projection layout — so [`PhiConfig::validate`] holds the other fields to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `model_type` "phi", `PhiForCausalLM` (Phi-1, 1.5, 2).
+    Phi,
+    /// `model_type` "phi3", `Phi3ForCausalLM` (Phi-3, 3.5, 4-mini).
+    Phi3,
+}
+
+impl Family {
+    /// Parses HF's `model_type`, with the aliases some hub configs carry (`phi-msft` from the
+    /// remote-code era, `phi4` for Phi-4-mini's `Phi3ForCausalLM`).
+    pub fn from_model_type(name: &str) -> Option<Self> {
+        match name {
+            "phi" | "phi-msft" => Some(Family::Phi),
+            "phi3" | "phi4" => Some(Family::Phi3),
+            _ => None,
+        }
+    }
+
+    /// The `model_type` written to `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Phi => "phi",
+            Family::Phi3 => "phi3",
+        }
+    }
+
+    /// The `transformers` class that loads this family (`architectures` in `config.json`).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Phi => "PhiForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
+        }
+    }
+}
+
+fn not_phi(model_type: &str) -> String {
+    format!("`{model_type}` is not a Phi model (expected \"phi\" or \"phi3\")")
+}
+
+/// The layout fields of [`PhiConfig`] that a [`Family`] fixes: what its HF class builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub block: BlockKind,
+    pub norm: NormKind,
+    pub mlp: MlpKind,
+    pub fused_qkv: bool,
+    pub linear_bias: bool,
+    pub lm_head_bias: bool,
+}
+
+impl Family {
+    /// What `transformers` builds for this family (`PhiForCausalLM`: parallel block, LayerNorm,
+    /// plain MLP, separate biased projections; `Phi3ForCausalLM`: sequential block, RMSNorm,
+    /// gated MLP, fused projections without biases).
+    pub fn layout(self) -> Layout {
+        match self {
+            Family::Phi => Layout {
+                block: BlockKind::Parallel,
+                norm: NormKind::LayerNorm,
+                mlp: MlpKind::Plain,
+                fused_qkv: false,
+                linear_bias: true,
+                lm_head_bias: true,
+            },
+            Family::Phi3 => Layout {
+                block: BlockKind::Sequential,
+                norm: NormKind::RmsNorm,
+                mlp: MlpKind::Gated,
+                fused_qkv: true,
+                linear_bias: false,
+                lm_head_bias: false,
+            },
+        }
+    }
+
+    /// `hidden_act` when `config.json` has none.
+    pub fn default_activation(self) -> Activation {
+        match self {
+            Family::Phi => Activation::GeluTanh,
+            Family::Phi3 => Activation::Silu,
+        }
+    }
+
+    /// `partial_rotary_factor` when `config.json` has none.
+    pub fn default_partial_rotary_factor(self) -> f64 {
+        match self {
+            Family::Phi => 0.5,
+            Family::Phi3 => 1.0,
+        }
+    }
+
+    /// Whether the HF class has the `qk_layernorm` option (only `PhiForCausalLM`).
+    pub fn has_qk_layernorm(self) -> bool {
+        self == Family::Phi
+    }
+
+    /// The `config.json` key of the norms' epsilon.
+    pub fn norm_eps_key(self) -> &'static str {
+        match self {
+            Family::Phi => "layer_norm_eps",
+            Family::Phi3 => "rms_norm_eps",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.model_type())
+    }
+}
+
+impl serde::Serialize for Family {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.model_type())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Family {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Family::from_model_type(&name).ok_or_else(|| serde::de::Error::custom(format!("model_type {}", not_phi(&name))))
+    }
+}
+
 /// How a decoder layer wires attention and MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
@@ -93,8 +221,8 @@ pub const MAX_PARAMETERS: u64 = 1 << 40;
 /// ([`PhiConfig::phi_1`], [`PhiConfig::phi_3_mini`], …); `config.json` is parsed into it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhiConfig {
-    /// `phi` or `phi3`, kept to write `config.json` back in the right format.
-    pub model_type: String,
+    /// Which HF architecture this is: `model_type` "phi" or "phi3" in `config.json`.
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -196,16 +324,9 @@ impl PhiConfig {
             .ok_or_else(|| Error::config("<root>", "expected a JSON object"))?;
         let f = Fields(obj);
         let model_type = f.string("model_type")?.unwrap_or_default();
-        let phi3 = match model_type.as_str() {
-            "phi" | "phi-msft" => false,
-            "phi3" | "phi4" => true,
-            other => {
-                return Err(Error::config(
-                    "model_type",
-                    format!("`{other}` is not a Phi model (expected \"phi\" or \"phi3\")"),
-                ));
-            }
-        };
+        let family = Family::from_model_type(&model_type).ok_or_else(|| {
+            Error::config("model_type", not_phi(&model_type))
+        })?;
         let hidden_size = f.req_usize("hidden_size")?;
         let num_attention_heads = f.req_usize("num_attention_heads")?;
         let num_key_value_heads = f.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
@@ -230,7 +351,7 @@ impl PhiConfig {
         let max_position_embeddings = f.usize("max_position_embeddings")?.unwrap_or(2048);
         let act_name = f
             .string("hidden_act")?
-            .unwrap_or_else(|| if phi3 { "silu" } else { "gelu_new" }.to_string());
+            .unwrap_or_else(|| family.default_activation().hf_name().to_string());
         let hidden_act = Activation::parse(&act_name).ok_or_else(|| {
             Error::config("hidden_act", format!("unsupported activation `{act_name}`"))
         })?;
@@ -254,7 +375,7 @@ impl PhiConfig {
             Some(Some(p)) => p,
             _ => f
                 .f64("partial_rotary_factor")?
-                .unwrap_or(if phi3 { 1.0 } else { 0.5 }),
+                .unwrap_or(family.default_partial_rotary_factor()),
         };
         if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
             return Err(Error::config(
@@ -271,8 +392,9 @@ impl PhiConfig {
             (None, None | Some(Value::Null)) => None,
             (None, Some(_)) => return Err(Error::config("rope_scaling", "expected an object or null")),
         };
+        let layout = family.layout();
         let mut config = PhiConfig {
-            model_type: model_type.clone(),
+            family,
             vocab_size: f.req_usize("vocab_size")?,
             hidden_size,
             intermediate_size: f.req_usize("intermediate_size")?,
@@ -282,22 +404,18 @@ impl PhiConfig {
             head_dim,
             hidden_act,
             max_position_embeddings,
-            norm_eps: if phi3 {
-                f.f64("rms_norm_eps")?.unwrap_or(1e-5)
-            } else {
-                f.f64("layer_norm_eps")?.unwrap_or(1e-5)
-            },
+            norm_eps: f.f64(family.norm_eps_key())?.unwrap_or(1e-5),
             tie_word_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(false),
             rope_theta,
             partial_rotary_factor,
             longrope: None,
             qk_layernorm: f.bool("qk_layernorm")?.unwrap_or(false),
-            block: if phi3 { BlockKind::Sequential } else { BlockKind::Parallel },
-            norm: if phi3 { NormKind::RmsNorm } else { NormKind::LayerNorm },
-            mlp: if phi3 { MlpKind::Gated } else { MlpKind::Plain },
-            fused_qkv: phi3,
-            linear_bias: !phi3,
-            lm_head_bias: !phi3,
+            block: layout.block,
+            norm: layout.norm,
+            mlp: layout.mlp,
+            fused_qkv: layout.fused_qkv,
+            linear_bias: layout.linear_bias,
+            lm_head_bias: layout.lm_head_bias,
             resid_pdrop: f.f64("resid_pdrop")?.unwrap_or(0.0),
             embd_pdrop: f.f64("embd_pdrop")?.unwrap_or(0.0),
             attention_dropout: f.f64("attention_dropout")?.unwrap_or(0.0),
@@ -396,6 +514,7 @@ impl PhiConfig {
                 ),
             ));
         }
+        self.validate_family()?;
         if let Some(l) = &self.longrope {
             let half = self.rotary_ndims() / 2;
             for (field, v) in [("short_factor", &l.short_factor), ("long_factor", &l.long_factor)] {
@@ -410,13 +529,52 @@ impl PhiConfig {
         Ok(())
     }
 
+    /// Rejects a field the family's HF class cannot express: `config.json` carries only
+    /// `model_type`, so `transformers` would silently build the family's own layout instead
+    /// (e.g. a `phi` config with a sequential block loads as parallel).
+    fn validate_family(&self) -> Result<()> {
+        let family = self.family;
+        let Layout { block, norm, mlp, fused_qkv, linear_bias, lm_head_bias } = family.layout();
+        let wrong = |field: &str, value: String, expected: String| {
+            Err(Error::config(
+                field,
+                format!(
+                    "{value} cannot be written as model_type \"{family}\" ({} has {expected}); \
+                     transformers would load another architecture",
+                    family.architecture()
+                ),
+            ))
+        };
+        if self.block != block {
+            return wrong("block", format!("{:?}", self.block), format!("a {block:?} block"));
+        }
+        if self.norm != norm {
+            return wrong("norm", format!("{:?}", self.norm), format!("{norm:?}"));
+        }
+        if self.mlp != mlp {
+            return wrong("mlp", format!("{:?}", self.mlp), format!("a {mlp:?} MLP"));
+        }
+        for (field, value, expected) in [
+            ("fused_qkv", self.fused_qkv, fused_qkv),
+            ("linear_bias", self.linear_bias, linear_bias),
+            ("lm_head_bias", self.lm_head_bias, lm_head_bias),
+        ] {
+            if value != expected {
+                return wrong(field, value.to_string(), format!("{field} = {expected}"));
+            }
+        }
+        if self.qk_layernorm && !family.has_qk_layernorm() {
+            return wrong("qk_layernorm", "true".into(), "no qk_layernorm".into());
+        }
+        Ok(())
+    }
+
     /// The HF hub-format `config.json` that `transformers` loads.
     pub fn to_hf_json(&self) -> Value {
-        let phi3 = self.model_type == "phi3";
+        let family = self.family;
         let mut m = Map::new();
-        let arch = if phi3 { "Phi3ForCausalLM" } else { "PhiForCausalLM" };
-        m.insert("architectures".into(), json!([arch]));
-        m.insert("model_type".into(), json!(self.model_type));
+        m.insert("architectures".into(), json!([family.architecture()]));
+        m.insert("model_type".into(), json!(family.model_type()));
         for (k, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -432,8 +590,7 @@ impl PhiConfig {
             m.insert("head_dim".into(), json!(self.head_dim));
         }
         m.insert("hidden_act".into(), json!(self.hidden_act.hf_name()));
-        let eps_key = if phi3 { "rms_norm_eps" } else { "layer_norm_eps" };
-        m.insert(eps_key.into(), json!(self.norm_eps));
+        m.insert(family.norm_eps_key().into(), json!(self.norm_eps));
         m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
         m.insert("rope_theta".into(), json!(self.rope_theta));
         m.insert("partial_rotary_factor".into(), json!(self.partial_rotary_factor));
@@ -453,7 +610,7 @@ impl PhiConfig {
                 );
             }
         }
-        if !phi3 {
+        if family.has_qk_layernorm() {
             m.insert("qk_layernorm".into(), json!(self.qk_layernorm));
         }
         m.insert("resid_pdrop".into(), json!(self.resid_pdrop));

@@ -6,7 +6,11 @@
 //! backend (flex on CPU, CUDA, wgpu) is chosen by the application, never here.
 //!
 //! Layout follows the checkpoint: `model.layers.N.self_attn.q_proj` is
-//! `model.layers[N].self_attn.proj` → `q_proj`, and weights keep HF's `[out, in]` shape.
+//! `model.layers[N].self_attn.proj` → `q_proj`, and each module states its parts' HF names once,
+//! in its listing ([`tree`]), from which loading, saving, adapter targeting and the optimizer's
+//! parameter groups derive. One deliberate difference: a projection's weight is held `[in, out]`,
+//! the transpose of HF's `[out, in]` (transposed once at load and save, see [`nn::Linear`]),
+//! because burn would otherwise copy the transposed matrix on every call.
 
 pub mod attention;
 pub mod block;
@@ -19,10 +23,11 @@ pub mod model;
 pub mod nn;
 mod presets;
 pub mod rope;
+pub mod tree;
 pub mod weights;
 
 pub use burn;
-pub use config::{Activation, BlockKind, LongRope, MlpKind, NormKind, PhiConfig};
+pub use config::{Activation, BlockKind, Family, Layout, LongRope, MlpKind, NormKind, PhiConfig};
 pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler};
 pub use kv_cache::KvCache;

@@ -1,12 +1,11 @@
 //! Feed-forward: `fc2(act(fc1 x))` (Phi-1/2) or SwiGLU from the fused `gate_up_proj` (Phi-3).
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::config::{Activation, MlpKind, PhiConfig};
-use crate::error::Result;
 use crate::nn::{Linear, activate};
-use crate::weights::{ParamSource, StateDict};
+use crate::tree::{listing, part};
 
 #[derive(Module, Debug)]
 pub struct PlainMlp {
@@ -34,33 +33,30 @@ pub struct Mlp {
     pub act: Activation,
 }
 
-impl Mlp {
-    pub fn load(src: &mut impl ParamSource, prefix: &str, c: &PhiConfig) -> Result<Self> {
-        let (h, i, bias, std) = (c.hidden_size, c.intermediate_size, c.linear_bias, c.initializer_range);
-        let layers = match c.mlp {
-            MlpKind::Plain => MlpLayers::Plain(PlainMlp {
-                fc1: Linear::load(src, &format!("{prefix}.fc1"), h, i, bias, std)?,
-                fc2: Linear::load(src, &format!("{prefix}.fc2"), i, h, bias, std)?,
-            }),
-            MlpKind::Gated => MlpLayers::Gated(GatedMlp {
-                gate_up_proj: Linear::load(src, &format!("{prefix}.gate_up_proj"), h, 2 * i, bias, std)?,
-                down_proj: Linear::load(src, &format!("{prefix}.down_proj"), i, h, bias, std)?,
-            }),
-        };
-        Ok(Mlp { layers, act: c.hidden_act })
-    }
-
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        match &self.layers {
-            MlpLayers::Plain(m) => {
-                m.fc1.save(&format!("{prefix}.fc1"), out);
-                m.fc2.save(&format!("{prefix}.fc2"), out);
-            }
-            MlpLayers::Gated(m) => {
-                m.gate_up_proj.save(&format!("{prefix}.gate_up_proj"), out);
-                m.down_proj.save(&format!("{prefix}.down_proj"), out);
-            }
+listing!(Mlp, |this, key, out| {
+    let Mlp { layers, .. } = this;
+    match layers {
+        MlpLayers::Plain(PlainMlp { fc1, fc2 }) => {
+            part(out, key, "fc1", fc1);
+            part(out, key, "fc2", fc2);
         }
+        MlpLayers::Gated(GatedMlp { gate_up_proj, down_proj }) => {
+            part(out, key, "gate_up_proj", gate_up_proj);
+            part(out, key, "down_proj", down_proj);
+        }
+    }
+});
+
+impl Mlp {
+    /// An empty MLP of `c`'s layout, to be loaded (see [`crate::tree`]).
+    pub fn new(c: &PhiConfig, device: &Device) -> Self {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let linear = |d_in, d_out| Linear::new(d_in, d_out, c.linear_bias, device);
+        let layers = match c.mlp {
+            MlpKind::Plain => MlpLayers::Plain(PlainMlp { fc1: linear(h, i), fc2: linear(i, h) }),
+            MlpKind::Gated => MlpLayers::Gated(GatedMlp { gate_up_proj: linear(h, 2 * i), down_proj: linear(i, h) }),
+        };
+        Mlp { layers, act: c.hidden_act }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {

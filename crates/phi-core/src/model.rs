@@ -8,12 +8,13 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::DecoderLayer;
-use crate::config::PhiConfig;
+use crate::config::{Family, PhiConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, Norm};
 use crate::rope::RopeTables;
-use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, write_atomic};
+use crate::tree::{Leaf, LeafMut, Listing, ParamRef, Role, join, listing, part};
+use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, load_leaves, write_atomic};
 
 /// Embeddings, decoder layers, final norm (`model.*` in the checkpoint).
 #[derive(Module, Debug)]
@@ -23,7 +24,21 @@ pub struct PhiModel {
     pub layers: Vec<DecoderLayer>,
     /// `model.final_layernorm` (Phi-1/2) or `model.norm` (Phi-3).
     pub final_layernorm: Norm,
+    /// Names the final norm in the checkpoint.
+    #[module(skip)]
+    pub family: Family,
 }
+
+listing!(PhiModel, |this, key, out| {
+    let PhiModel { embed_tokens, layers, final_layernorm, family, .. } = this;
+    part(out, key, "embed_tokens", embed_tokens);
+    part(out, key, "layers", layers);
+    let final_norm = match *family {
+        Family::Phi => "final_layernorm",
+        Family::Phi3 => "norm",
+    };
+    part(out, key, final_norm, final_layernorm);
+});
 
 /// A Phi causal language model: Phi-1, 1.5, 2, 3, 3.5, 4-mini — whatever its [`PhiConfig`] says.
 ///
@@ -49,9 +64,31 @@ pub struct PhiForCausalLM {
     rope: Arc<RopeTables>,
 }
 
-/// HF's checkpoint name of the final norm.
-fn final_norm_key(c: &PhiConfig) -> &'static str {
-    if c.model_type == "phi" { "model.final_layernorm" } else { "model.norm" }
+listing!(PhiForCausalLM, |this, key, out| {
+    let PhiForCausalLM { model, lm_head, .. } = this;
+    part(out, key, "model", model);
+    part(out, key, "lm_head", Head(lm_head));
+});
+
+/// The language-model head: a projection, or [`Leaf::Tied`] to the embedding table.
+struct Head<T>(T);
+
+impl<'a> Listing<'a, Leaf<'a>> for Head<&'a Option<Linear>> {
+    fn list(self, key: &str, out: &mut Vec<(String, Leaf<'a>)>) {
+        match self.0 {
+            Some(head) => head.list(key, out),
+            None => out.push((key.to_string(), Leaf::Tied)),
+        }
+    }
+}
+
+impl<'a> Listing<'a, LeafMut<'a>> for Head<&'a mut Option<Linear>> {
+    fn list(self, key: &str, out: &mut Vec<(String, LeafMut<'a>)>) {
+        match self.0 {
+            Some(head) => head.list(key, out),
+            None => out.push((key.to_string(), LeafMut::Tied)),
+        }
+    }
 }
 
 impl PhiForCausalLM {
@@ -77,32 +114,52 @@ impl PhiForCausalLM {
         Self::load(config, &mut RandomInit::new(device, seed))
     }
 
-    /// Builds the model from any parameter source, asking for every tensor by its HF key.
+    /// Builds the model from any parameter source, asking for every tensor of its listing
+    /// ([`leaves_mut`](Self::leaves_mut)) by its HF key.
     pub fn load(config: PhiConfig, src: &mut impl ParamSource) -> Result<Self> {
         config.validate()?;
         let c = &config;
-        let embed_tokens = Embedding::load(src, "model.embed_tokens", c.vocab_size, c.hidden_size, c.initializer_range)?;
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| DecoderLayer::load(src, &format!("model.layers.{i}"), c))
-            .collect::<Result<Vec<_>>>()?;
-        let final_layernorm = Norm::load(src, final_norm_key(c), c.norm, c.hidden_size, c.norm_eps)?;
-        let lm_head = if c.tie_word_embeddings {
-            src.ignore("lm_head.weight"); // some tied exports still carry a copy
-            None
-        } else {
-            Some(Linear::load(src, "lm_head", c.hidden_size, c.vocab_size, c.lm_head_bias, c.initializer_range)?)
-        };
-        Ok(PhiForCausalLM {
+        let device = src.device().clone();
+        let mut model = PhiForCausalLM {
             model: PhiModel {
-                embed_tokens,
+                embed_tokens: Embedding::new(c.vocab_size, c.hidden_size, &device),
                 embed_dropout: DropoutConfig::new(c.embd_pdrop).init(),
-                layers,
-                final_layernorm,
+                layers: (0..c.num_hidden_layers).map(|_| DecoderLayer::new(c, &device)).collect(),
+                final_layernorm: Norm::new(c.norm, c.hidden_size, c.norm_eps, &device),
+                family: c.family,
             },
-            lm_head,
+            lm_head: (!c.tie_word_embeddings).then(|| Linear::new(c.hidden_size, c.vocab_size, c.lm_head_bias, &device)),
             rope: Arc::new(RopeTables::new(c)),
             config,
-        })
+        };
+        let std = model.config.initializer_range;
+        load_leaves(model.leaves_mut(), src, std)?;
+        Ok(model)
+    }
+
+    /// Every module that holds parameters, under its HF key prefix, in checkpoint order:
+    /// `model.embed_tokens`, `model.layers.0.input_layernorm`, …, `lm_head` (the model's one
+    /// listing, see [`crate::tree`]).
+    pub fn leaves(&self) -> Vec<(String, Leaf<'_>)> {
+        let mut out = Vec::new();
+        self.list("", &mut out);
+        out
+    }
+
+    /// [`leaves`](Self::leaves), to change in place.
+    pub fn leaves_mut(&mut self) -> Vec<(String, LeafMut<'_>)> {
+        let mut out = Vec::new();
+        self.list("", &mut out);
+        out
+    }
+
+    /// Every parameter under its HF checkpoint key (`model.layers.0.self_attn.q_proj.weight`, …),
+    /// with its [`Role`], in checkpoint order.
+    pub fn named_params(&self) -> Vec<(String, Role, ParamRef<'_>)> {
+        self.leaves()
+            .into_iter()
+            .flat_map(|(prefix, leaf)| leaf.params().into_iter().map(move |(name, role, p)| (join(&prefix, name), role, p)))
+            .collect()
     }
 
     pub fn config(&self) -> &PhiConfig {
@@ -114,17 +171,15 @@ impl PhiForCausalLM {
         Module::num_params(self)
     }
 
-    /// Every weight under its HF checkpoint key, as f32.
+    /// Every weight under its HF checkpoint key, as f32 (a projection back in HF's `[out, in]`).
     pub fn state_dict(&self) -> StateDict {
         let mut out = StateDict::default();
-        let m = &self.model;
-        m.embed_tokens.save("model.embed_tokens", &mut out);
-        for (i, layer) in m.layers.iter().enumerate() {
-            layer.save(&format!("model.layers.{i}"), &mut out);
-        }
-        m.final_layernorm.save(final_norm_key(&self.config), &mut out);
-        if let Some(head) = &self.lm_head {
-            head.save("lm_head", &mut out);
+        for (key, role, p) in self.named_params() {
+            match p {
+                ParamRef::Matrix(p) if role == Role::Projection => out.put(key, p.val().transpose()),
+                ParamRef::Matrix(p) => out.put(key, p.val()),
+                ParamRef::Vector(p) => out.put(key, p.val()),
+            }
         }
         out
     }
@@ -242,41 +297,16 @@ impl PhiForCausalLM {
     }
 
     /// Every projection with its checkpoint key prefix (`model.layers.0.self_attn.q_proj`, …,
-    /// `lm_head`): the hook for adapters such as LoRA. The tied head is not a `Linear` and is not
-    /// listed.
+    /// `lm_head`), from the model's listing: the hook for adapters such as LoRA. The tied head is
+    /// not a `Linear` and is not listed.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        use crate::attention::Projections;
-        use crate::mlp::MlpLayers;
-        let mut out: Vec<(String, &mut Linear)> = Vec::new();
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            match &mut layer.self_attn.proj {
-                Projections::Separate(s) => {
-                    out.push((format!("{p}.self_attn.q_proj"), &mut s.q_proj));
-                    out.push((format!("{p}.self_attn.k_proj"), &mut s.k_proj));
-                    out.push((format!("{p}.self_attn.v_proj"), &mut s.v_proj));
-                    out.push((format!("{p}.self_attn.dense"), &mut s.dense));
-                }
-                Projections::Fused(f) => {
-                    out.push((format!("{p}.self_attn.qkv_proj"), &mut f.qkv_proj));
-                    out.push((format!("{p}.self_attn.o_proj"), &mut f.o_proj));
-                }
-            }
-            match &mut layer.mlp.layers {
-                MlpLayers::Plain(m) => {
-                    out.push((format!("{p}.mlp.fc1"), &mut m.fc1));
-                    out.push((format!("{p}.mlp.fc2"), &mut m.fc2));
-                }
-                MlpLayers::Gated(m) => {
-                    out.push((format!("{p}.mlp.gate_up_proj"), &mut m.gate_up_proj));
-                    out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
-                }
-            }
-        }
-        if let Some(head) = &mut self.lm_head {
-            out.push(("lm_head".into(), head));
-        }
-        out
+        self.leaves_mut()
+            .into_iter()
+            .filter_map(|(key, leaf)| match leaf {
+                LeafMut::Linear(l) => Some((key, l)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Token ids as a `[1, n]` tensor on the model's device.

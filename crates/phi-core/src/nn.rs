@@ -5,20 +5,41 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::module::{embedding, linear};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Shape, Tensor};
 
 use crate::config::{Activation, NormKind};
-use crate::error::Result;
-use crate::weights::{Init, ParamSource, StateDict};
+use crate::tree::{Role, param as entry, params};
 
-/// A parameter whose id is derived from its checkpoint key, so the same model loaded twice (or
+/// The name of a leaf module's weight in the checkpoint (`prefix.weight`).
+pub const WEIGHT: &str = "weight";
+/// The name of a leaf module's bias in the checkpoint (`prefix.bias`).
+pub const BIAS: &str = "bias";
+
+/// The id of the parameter stored under checkpoint key `key`: the same model loaded twice (or
 /// resumed from a checkpoint) has the same ids — optimizer state is keyed by them.
-pub fn param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+pub fn param_id(key: &str) -> ParamId {
     // FNV-1a: stable across runs and platforms, unlike std's randomly seeded hasher.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    ParamId::from(hash)
+}
+
+/// A trainable parameter whose id is derived from its checkpoint key ([`param_id`]).
+pub fn param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    with_id(param_id(key), tensor)
+}
+
+/// A trainable parameter with the given id.
+fn with_id<const D: usize>(id: ParamId, tensor: Tensor<D>) -> Param<Tensor<D>> {
     let mut p = Param::from_tensor(tensor);
-    p.id = ParamId::from(hash);
+    p.id = id;
     p
+}
+
+/// A parameter of `shape` whose value is filled in later, from a checkpoint or an initialiser
+/// (modules are built empty, then loaded through their listing: see [`crate::tree`]).
+fn pending<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    let init = |_: &Device, _: bool| -> Tensor<D> { panic!("a parameter was read before it was loaded") };
+    Param::uninitialized(ParamId::new(), init, device.clone(), true, Shape::from(shape))
 }
 
 /// A low-rank update `scale · x A B` added to a [`Linear`] (LoRA). `lora_a` is `[in, r]` and
@@ -36,8 +57,7 @@ pub struct LoraAdapter {
 
 /// A parameter that takes no gradient (a frozen or quantized base weight), id from its key.
 pub fn frozen_param<const D: usize>(key: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
-    let id = param(key, Tensor::<1>::zeros([1], &tensor.device())).id;
-    Param::initialized(id, tensor)
+    Param::initialized(param_id(key), tensor)
 }
 
 /// `y = x W + b`: `weight` is `[in, out]`, the transpose of `torch.nn.Linear.weight`; with a
@@ -49,26 +69,16 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
 }
 
+params!(Linear, |this, out| {
+    let Linear { weight, bias, .. } = this;
+    entry(out, WEIGHT, Role::Projection, weight);
+    entry(out, BIAS, Role::Bias, bias);
+});
+
 impl Linear {
-    pub fn load(
-        src: &mut impl ParamSource,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        std: f64,
-    ) -> Result<Self> {
-        let key = format!("{prefix}.weight");
-        let weight = src.take(&key, [d_out, d_in], Init::Normal(std))?;
-        // Materialise the transpose once, contiguous.
-        let weight = param(&key, Tensor::from_data(weight.transpose().into_data(), src.device()));
-        let bias = if bias {
-            let key = format!("{prefix}.bias");
-            Some(param(&key, src.take(&key, [d_out], Init::Zeros)?))
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias, lora: None })
+    /// An empty `d_in → d_out` projection, to be loaded (see [`crate::tree`]).
+    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Self {
+        Linear { weight: pending([d_in, d_out], device), bias: bias.then(|| pending([d_out], device)), lora: None }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -85,11 +95,11 @@ impl Linear {
         (d_in, d_out)
     }
 
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        out.put(format!("{prefix}.weight"), self.weight.val().transpose());
-        if let Some(b) = &self.bias {
-            out.put(format!("{prefix}.bias"), b.val());
-        }
+    /// Replaces the weight (`[in, out]`), keeping its id: a trainable one such as a merged
+    /// adapter's, or with `frozen` one that takes no gradient (a quantized base).
+    pub fn set_weight(&mut self, weight: Tensor<2>, frozen: bool) {
+        let id = self.weight.id;
+        self.weight = if frozen { Param::initialized(id, weight) } else { with_id(id, weight) };
     }
 }
 
@@ -99,18 +109,19 @@ pub struct Embedding {
     pub weight: Param<Tensor<2>>,
 }
 
+params!(Embedding, |this, out| {
+    let Embedding { weight } = this;
+    entry(out, WEIGHT, Role::Embedding, weight);
+});
+
 impl Embedding {
-    pub fn load(src: &mut impl ParamSource, prefix: &str, vocab: usize, hidden: usize, std: f64) -> Result<Self> {
-        let key = format!("{prefix}.weight");
-        Ok(Embedding { weight: param(&key, src.take(&key, [vocab, hidden], Init::Normal(std))?) })
+    /// An empty `[vocab, hidden]` table, to be loaded (see [`crate::tree`]).
+    pub fn new(vocab: usize, hidden: usize, device: &Device) -> Self {
+        Embedding { weight: pending([vocab, hidden], device) }
     }
 
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         embedding(self.weight.val(), ids)
-    }
-
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        out.put(format!("{prefix}.weight"), self.weight.val());
     }
 }
 
@@ -123,18 +134,20 @@ pub struct Norm {
     pub eps: f64,
 }
 
+params!(Norm, |this, out| {
+    let Norm { weight, bias, .. } = this;
+    entry(out, WEIGHT, Role::Scale, weight);
+    entry(out, BIAS, Role::Bias, bias);
+});
+
 impl Norm {
-    pub fn load(src: &mut impl ParamSource, prefix: &str, kind: NormKind, dim: usize, eps: f64) -> Result<Self> {
-        let key = format!("{prefix}.weight");
-        let weight = param(&key, src.take(&key, [dim], Init::Ones)?);
+    /// An empty norm over `dim` features (LayerNorm has a bias, RMSNorm none), to be loaded.
+    pub fn new(kind: NormKind, dim: usize, eps: f64, device: &Device) -> Self {
         let bias = match kind {
-            NormKind::LayerNorm => {
-                let key = format!("{prefix}.bias");
-                Some(param(&key, src.take(&key, [dim], Init::Zeros)?))
-            }
+            NormKind::LayerNorm => Some(pending([dim], device)),
             NormKind::RmsNorm => None,
         };
-        Ok(Norm { weight, bias, eps })
+        Norm { weight: pending([dim], device), bias, eps }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -147,13 +160,6 @@ impl Norm {
             None => phi_kernels::rms_norm(x, weight, self.eps),
         };
         if y.dtype() == dtype { y } else { y.cast(dtype) }
-    }
-
-    pub fn save(&self, prefix: &str, out: &mut StateDict) {
-        out.put(format!("{prefix}.weight"), self.weight.val());
-        if let Some(b) = &self.bias {
-            out.put(format!("{prefix}.bias"), b.val());
-        }
     }
 }
 

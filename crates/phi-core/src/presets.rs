@@ -1,6 +1,6 @@
 //! Published Phi architectures as data. Values are those of the `microsoft/*` hub configs.
 
-use crate::config::{Activation, BlockKind, MlpKind, NormKind, PhiConfig};
+use crate::config::{Activation, Family, Layout, PhiConfig};
 
 impl PhiConfig {
     /// A Phi-1/1.5/2-family config (parallel block, LayerNorm, GELU MLP, biases, partial rotary).
@@ -11,8 +11,9 @@ impl PhiConfig {
         vocab_size: usize,
         partial_rotary_factor: f64,
     ) -> Self {
+        let Layout { block, norm, mlp, fused_qkv, linear_bias, lm_head_bias } = Family::Phi.layout();
         PhiConfig {
-            model_type: "phi".into(),
+            family: Family::Phi,
             vocab_size,
             hidden_size,
             intermediate_size: 4 * hidden_size,
@@ -28,12 +29,12 @@ impl PhiConfig {
             partial_rotary_factor,
             longrope: None,
             qk_layernorm: false,
-            block: BlockKind::Parallel,
-            norm: NormKind::LayerNorm,
-            mlp: MlpKind::Plain,
-            fused_qkv: false,
-            linear_bias: true,
-            lm_head_bias: true,
+            block,
+            norm,
+            mlp,
+            fused_qkv,
+            linear_bias,
+            lm_head_bias,
             resid_pdrop: 0.0,
             embd_pdrop: 0.0,
             attention_dropout: 0.0,
@@ -53,8 +54,9 @@ impl PhiConfig {
         intermediate_size: usize,
         vocab_size: usize,
     ) -> Self {
+        let Layout { block, norm, mlp, fused_qkv, linear_bias, lm_head_bias } = Family::Phi3.layout();
         PhiConfig {
-            model_type: "phi3".into(),
+            family: Family::Phi3,
             vocab_size,
             hidden_size,
             intermediate_size,
@@ -70,12 +72,12 @@ impl PhiConfig {
             partial_rotary_factor: 1.0,
             longrope: None,
             qk_layernorm: false,
-            block: BlockKind::Sequential,
-            norm: NormKind::RmsNorm,
-            mlp: MlpKind::Gated,
-            fused_qkv: true,
-            linear_bias: false,
-            lm_head_bias: false,
+            block,
+            norm,
+            mlp,
+            fused_qkv,
+            linear_bias,
+            lm_head_bias,
             resid_pdrop: 0.0,
             embd_pdrop: 0.0,
             attention_dropout: 0.0,

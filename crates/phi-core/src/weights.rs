@@ -1,9 +1,10 @@
 //! Where parameters come from and where they go: HF safetensors checkpoints (single file or
 //! sharded with `model.safetensors.index.json`), fresh initialisation, and saving back.
 //!
-//! Modules are built through one path for both cases: each constructor asks a [`ParamSource`]
-//! for `prefix.weight` etc. with the shape it expects, so a checkpoint key that is missing, of the
-//! wrong shape or left over is caught in one place and named in the error.
+//! Models are loaded through one path for both cases: a model is built empty, then
+//! [`load_leaves`] asks a [`ParamSource`] for each parameter of its listing
+//! ([`crate::tree`]) by key, with the shape it expects — so a checkpoint key that is missing, of
+//! the wrong shape or left over is caught in one place and named in the error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -14,6 +15,8 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
 use crate::error::{Error, Result};
+use crate::nn::{WEIGHT, param};
+use crate::tree::{LeafMut, ParamMut, Role, join};
 
 /// How a freshly initialised parameter is filled.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +34,44 @@ pub trait ParamSource {
     fn device(&self) -> &Device;
     /// Marks `key` as deliberately unused (e.g. a tied `lm_head.weight` some exports carry).
     fn ignore(&mut self, _key: &str) {}
+}
+
+/// Fills every parameter of `leaves` — a model's listing, see
+/// [`PhiForCausalLM::leaves_mut`](crate::PhiForCausalLM::leaves_mut) — from `src`, in listing
+/// order, each under its key and with the shape its module was built with (a projection's is
+/// asked for in HF's `[out, in]` and transposed once). `std` is the initializer range.
+pub fn load_leaves(leaves: Vec<(String, LeafMut<'_>)>, src: &mut impl ParamSource, std: f64) -> Result<()> {
+    for (prefix, leaf) in leaves {
+        if let LeafMut::Tied = leaf {
+            src.ignore(&join(&prefix, WEIGHT)); // some tied exports still carry a copy
+            continue;
+        }
+        for (name, role, p) in leaf.params() {
+            let key = join(&prefix, name);
+            let init = match role {
+                Role::Projection | Role::Embedding => Init::Normal(std),
+                Role::Bias => Init::Zeros,
+                Role::Scale => Init::Ones,
+            };
+            match p {
+                ParamMut::Matrix(p) => {
+                    let [rows, cols] = p.lazy_shape().dims::<2>();
+                    *p = if role == Role::Projection {
+                        let weight = src.take(&key, [cols, rows], init)?;
+                        // Materialise the transpose once, contiguous.
+                        param(&key, Tensor::from_data(weight.transpose().into_data(), src.device()))
+                    } else {
+                        param(&key, src.take(&key, [rows, cols], init)?)
+                    };
+                }
+                ParamMut::Vector(p) => {
+                    let [n] = p.lazy_shape().dims::<1>();
+                    *p = param(&key, src.take(&key, [n], init)?);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Random initialisation (HF `_init_weights`: normal(0, initializer_range), zero biases, unit norms).

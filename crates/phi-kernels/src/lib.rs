@@ -4,10 +4,17 @@
 //! CPU backend, where every unary op is a single-threaded scalar loop (`tanh`, `exp` and
 //! `sigmoid` call libm per element) and each op is a full pass over memory.
 //!
-//! Each function here has one meaning and two implementations: a fused, multi-threaded kernel
-//! for flex inference tensors (through burn's backend-extension mechanism), and the same math as
-//! ordinary burn tensor ops for every other case — autodiff tensors (so gradients flow), GPU
-//! backends, non-f32 dtypes. Callers never choose; tests check that both paths agree.
+//! Each function here has one meaning and up to three implementations, chosen from the tensor:
+//! - flex f32 outside autodiff: a fused, multi-threaded kernel (burn's backend-extension
+//!   mechanism);
+//! - flex f32 under `Autodiff<Flex>`: the same forward kernel registered as one autodiff op with a
+//!   hand-written backward pass (`*_grad` modules), so the graph holds one node per op instead of
+//!   a chain of full-size intermediates;
+//! - anything else (GPU backends, bf16/f16, other dtypes): the same math as ordinary burn tensor
+//!   ops (the `*_ops` functions), whose gradients burn derives.
+//!
+//! `layer_norm` has no inference kernel of its own: outside autodiff it is burn's `layer_norm`.
+//! Callers never choose; tests check that the paths agree, gradients included.
 
 mod attention_grad;
 mod backward;

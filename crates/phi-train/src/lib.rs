@@ -23,7 +23,7 @@ pub mod trainer;
 pub use clip::{clip_grad_norm, grad_norm, scale_grads};
 pub use precision::{LossScaler, Precision};
 pub use loss::{causal_lm_loss, masked_causal_lm_loss};
-pub use optim::AdamWSettings;
+pub use optim::{AdamWSettings, no_decay_ids};
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
 pub use objective::{BatchLoss, CausalLm, Forward, Objective};

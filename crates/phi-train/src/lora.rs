@@ -90,13 +90,12 @@ pub fn quantize_base(mut model: PhiForCausalLM, bits: BaseQuantization) -> (PhiF
     };
     let scheme = QuantScheme::default().with_value(value).per_block([BLOCK as u8], ScaleDtype::F32);
     let (mut before, mut after) = (0u64, 0u64);
-    for (key, lin) in model.linears_mut() {
+    for (_, lin) in model.linears_mut() {
         let w = lin.weight.val();
         let n = w.shape().num_elements() as u64;
         before += 4 * n;
         after += n * value.size_bits() as u64 / 8 + 4 * n.div_ceil(BLOCK);
-        let q = Tensor::from_inner(w.inner().quantize_dynamic(&scheme));
-        lin.weight = phi_core::nn::frozen_param(&format!("{key}.weight"), q);
+        lin.set_weight(Tensor::from_inner(w.inner().quantize_dynamic(&scheme)), true);
     }
     (model, before, after)
 }
@@ -185,7 +184,7 @@ pub fn save(model: &mut PhiForCausalLM, config: &LoraConfig, dir: impl AsRef<Pat
     if out.tensors.is_empty() {
         return Err(TrainError::Invalid("the model has no LoRA adapters to save".into()));
     }
-    let arch = if model.config().model_type == "phi3" { "Phi3ForCausalLM" } else { "PhiForCausalLM" };
+    let arch = model.config().family.architecture();
     let cfg = json!({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.r, "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout, "target_modules": config.target_modules,
@@ -202,12 +201,70 @@ pub fn save(model: &mut PhiForCausalLM, config: &LoraConfig, dir: impl AsRef<Pat
 /// model whose `save_pretrained` output is an ordinary HF checkpoint (a quantized base is
 /// dequantized first).
 pub fn merge(mut model: PhiForCausalLM) -> PhiForCausalLM {
-    for (key, lin) in model.linears_mut() {
+    for (_, lin) in model.linears_mut() {
         if let Some(adapter) = lin.lora.take() {
             let delta = adapter.lora_a.val().matmul(adapter.lora_b.val()) * adapter.scale;
             // A quantized (QLoRA) base merges into full precision.
-            lin.weight = param(&format!("{key}.weight"), lin.weight.val().dequantize() + delta);
+            lin.set_weight(lin.weight.val().dequantize() + delta, false);
         }
     }
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+    use phi_core::tree::Role;
+    use phi_core::{PhiConfig, PhiForCausalLM};
+
+    use super::{LoraConfig, attach, save};
+
+    fn config(targets: &[&str]) -> LoraConfig {
+        LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.0, target_modules: targets.iter().map(|t| t.to_string()).collect(), use_rslora: false }
+    }
+
+    /// Adapters go on the projections of the model's listing whose last key component is targeted,
+    /// and are saved under those keys.
+    #[test]
+    fn lora_targets_are_found_through_the_listing() {
+        let phi = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
+        let phi3 = PhiConfig::phi3_family(32, 2, 4, 2, 48, 64);
+        for (config_, targets) in [
+            (phi, vec!["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"]),
+            (phi3, vec!["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]),
+        ] {
+            let base = PhiForCausalLM::init(config_, &Device::default(), 0).unwrap();
+            let projections: Vec<String> = base
+                .named_params()
+                .into_iter()
+                .filter(|(_, role, _)| *role == Role::Projection)
+                .map(|(k, _, _)| k.strip_suffix(".weight").unwrap().to_string())
+                .collect();
+            assert_eq!(projections.len(), 2 * (targets.len() - 1) + 1);
+            // Each target alone: exactly the listed projections of that name.
+            for t in &targets {
+                let mut model = attach(base.clone(), &config(&[t])).unwrap();
+                let adapted: Vec<String> =
+                    model.linears_mut().into_iter().filter(|(_, l)| l.lora.is_some()).map(|(k, _)| k).collect();
+                let expected: Vec<String> =
+                    projections.iter().filter(|k| k.rsplit('.').next() == Some(*t)).cloned().collect();
+                assert!(!expected.is_empty());
+                assert_eq!(adapted, expected, "{t}");
+            }
+            // All of them: every listed projection, saved under PEFT's keys for those names.
+            let mut model = attach(base.clone(), &config(&targets)).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            save(&mut model, &config(&targets), dir.path()).unwrap();
+            let bytes = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
+            let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut saved: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+            saved.sort();
+            let mut expected: Vec<String> = projections
+                .iter()
+                .flat_map(|k| ["lora_A", "lora_B"].map(|w| format!("base_model.model.{k}.{w}.weight")))
+                .collect();
+            expected.sort();
+            assert_eq!(saved, expected);
+        }
+    }
 }

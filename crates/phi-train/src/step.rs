@@ -226,6 +226,6 @@ impl Trainer {
 
 /// AdamW for `model` as `cfg` sets it, biases/norms/embeddings exempt from decay if asked.
 pub fn optimizer_for(model: &PhiForCausalLM, cfg: &TrainConfig) -> ModuleOptimizer {
-    cfg.optimizer.build(model, &[model.model.embed_tokens.weight.id])
+    cfg.optimizer.build(model)
 }
 
