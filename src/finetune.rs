@@ -4,16 +4,16 @@
 
 use std::path::PathBuf;
 
-use burn::module::Module;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use phi_core::{Family, GenerationConfig, PhiForCausalLM};
+use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::exercises::extract;
-use phi_data::sft::{ChatTemplate, SftExample, Turn, encode};
+use phi_core::chat::ChatTemplate;
+use phi_data::sft::{SftExample, Turn};
 use phi_data::Tokenizer;
 use phi_train::lora::{self, LoraConfig};
-use phi_train::sft::{Sft, sft_loss};
+use phi_train::sft::{Sft, encode, sft_loss};
 use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
 
 use crate::recipes::{Recipe, RecipeArgs, default_corpus};
@@ -185,10 +185,9 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
             let template = match args.template {
                 Some(Template::Phi3) => ChatTemplate::Phi3,
                 Some(Template::Plain) => ChatTemplate::Plain,
-                None if base.config().family == Family::Phi3 => ChatTemplate::Phi3,
-                None => ChatTemplate::Plain,
+                None => ChatTemplate::for_family(base.config().family),
             };
-            let (mut examples, report) = phi_data::sft::load_jsonl(path, template, &tok, eos, max_len)
+            let (mut examples, report) = phi_train::sft::load_jsonl(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",

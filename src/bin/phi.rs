@@ -192,12 +192,8 @@ fn chat(
         history.push(("user".into(), user));
         // Render the conversation, dropping the oldest turns until it fits the context.
         let ids = loop {
-            let mut text = system.as_ref().map_or(String::new(), |s| format!("<|system|>\n{s}<|end|>\n"));
-            for (role, content) in &history {
-                text += &format!("<|{role}|>\n{content}<|end|>\n");
-            }
-            text += "<|assistant|>\n";
-            let ids = tok.encode(&text);
+            let messages = system.iter().map(|s| ("system", s.as_str())).chain(history.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+            let ids = tok.encode(&phi::core::chat::ChatTemplate::Phi3.prompt(messages));
             if ids.len() <= budget || history.len() == 1 {
                 break ids;
             }

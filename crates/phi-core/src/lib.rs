@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod generation;

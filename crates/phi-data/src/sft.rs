@@ -9,17 +9,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::tokenizer::Tokenizer;
 
-/// How a conversation becomes text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChatTemplate {
-    /// Phi-3: `<|system|>\n…<|end|>\n<|user|>\n…<|end|>\n<|assistant|>\n…<|end|>\n`.
-    Phi3,
-    /// Base models (Phi-1/2): the prompt, then the response, then the EOS token.
-    Plain,
-}
-
+/// One message of a conversation record (`role` is `system`, `user` or `assistant`). How it
+/// is rendered is the model's business: `phi_core::chat::ChatTemplate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
     pub role: String,
@@ -73,50 +65,11 @@ pub fn parse_record(line: &str) -> Result<Vec<Turn>, String> {
     }
 }
 
-/// Renders and tokenizes `turns`; assistant contents and their terminator (`<|end|>` / EOS) are
-/// learned, everything else is context. Cut to `max_len` tokens (`true` if cut).
-pub fn encode(turns: &[Turn], template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> (SftExample, bool) {
-    let mut ex = SftExample { ids: Vec::new(), learn: Vec::new() };
-    let push = |text: &str, learn: bool, ex: &mut SftExample| {
-        let ids = tokenizer.encode(text);
-        ex.learn.extend(std::iter::repeat_n(learn, ids.len()));
-        ex.ids.extend(ids);
-    };
-    match template {
-        ChatTemplate::Phi3 => {
-            for t in turns {
-                push(&format!("<|{}|>\n", t.role), false, &mut ex);
-                let learn = t.role == "assistant";
-                push(&t.content, learn, &mut ex);
-                // The model must learn to stop: the end marker of a response is a target too.
-                push("<|end|>\n", learn, &mut ex);
-            }
-        }
-        ChatTemplate::Plain => {
-            for t in turns {
-                let learn = t.role == "assistant";
-                push(&t.content, learn, &mut ex);
-                if learn {
-                    ex.ids.push(eos);
-                    ex.learn.push(true);
-                }
-            }
-        }
-    }
-    let cut = ex.ids.len() > max_len;
-    ex.ids.truncate(max_len);
-    ex.learn.truncate(max_len);
-    (ex, cut)
-}
-
-/// Loads a JSONL file of records.
-pub fn load_jsonl(
-    path: &Path,
-    template: ChatTemplate,
-    tokenizer: &Tokenizer,
-    eos: u32,
-    max_len: usize,
-) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+/// Loads a JSONL file of records, each turned into an example by `encode` (which renders and
+/// tokenizes the turns and says whether it cut them to a length limit; `phi_train::sft::encode`
+/// does it with a model's chat template). A record that does not parse, or whose response the
+/// limit cut off entirely, is skipped with its line number and the reason.
+pub fn load_jsonl(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, bool)) -> std::io::Result<(Vec<SftExample>, SftReport)> {
     let bytes = std::fs::read(path)?;
     let mut report = SftReport::default();
     let mut examples = Vec::new();
@@ -131,7 +84,7 @@ pub fn load_jsonl(
         };
         match parse_record(line) {
             Ok(turns) => {
-                let (ex, cut) = encode(&turns, template, tokenizer, eos, max_len);
+                let (ex, cut) = encode(&turns);
                 report.truncated += cut as usize;
                 if ex.learn.iter().any(|&l| l) {
                     examples.push(ex);
@@ -163,14 +116,14 @@ pub fn batch(examples: &[&SftExample], pad: u32) -> (Vec<u32>, Vec<f32>, usize) 
 mod tests {
     use super::*;
 
-    fn tokenizer() -> Tokenizer {
-        let texts = ["hello world", "def f(x): return x", "<|user|> <|assistant|> <|end|>"];
-        Tokenizer::train_bpe(texts.iter().cycle().take(30), 300).unwrap()
+    /// A stand-in encoder: one id per turn, the assistant's learned.
+    fn encode(turns: &[Turn]) -> (SftExample, bool) {
+        let ids = (0..turns.len() as u32).collect();
+        (SftExample { ids, learn: turns.iter().map(|t| t.role == "assistant").collect() }, false)
     }
 
     #[test]
     fn bad_records_are_skipped_with_line_numbers() {
-        let tok = tokenizer();
         let dir = std::env::temp_dir().join(format!("phi-sft-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("data.jsonl");
@@ -182,29 +135,11 @@ mod tests {
         content.extend(b"{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n");
         content.extend(b"{\"messages\": [{\"role\": \"robot\", \"content\": \"a\"}]}\n");
         std::fs::write(&path, content).unwrap();
-        let (examples, report) = load_jsonl(&path, ChatTemplate::Phi3, &tok, 0, 512).unwrap();
+        let (examples, report) = load_jsonl(&path, encode).unwrap();
         assert_eq!(examples.len(), 2);
         let lines: Vec<usize> = report.skipped.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, vec![2, 3, 4, 5, 7], "{:?}", report.skipped);
         assert!(report.skipped[1].1.contains("empty response"));
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn only_response_and_its_terminator_are_learned() {
-        let tok = tokenizer();
-        let turns = parse_record(r#"{"prompt": "hello world", "response": "def f(x): return x"}"#).unwrap();
-        let (plain, _) = encode(&turns, ChatTemplate::Plain, &tok, 7, 512);
-        let prompt_len = tok.encode("hello world").len();
-        assert!(plain.learn[..prompt_len].iter().all(|&l| !l));
-        assert!(plain.learn[prompt_len..].iter().all(|&l| l));
-        assert_eq!(*plain.ids.last().unwrap(), 7, "EOS ends the response and is learned");
-        let (phi3, _) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 512);
-        let text = tok.decode(&phi3.ids);
-        assert_eq!(text, "<|user|>\nhello world<|end|>\n<|assistant|>\ndef f(x): return x<|end|>\n");
-        let learned: Vec<u32> = phi3.ids.iter().zip(&phi3.learn).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
-        assert_eq!(tok.decode(&learned), "def f(x): return x<|end|>\n");
-        let (cut, was_cut) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 5);
-        assert!(was_cut && cut.ids.len() == 5);
     }
 }

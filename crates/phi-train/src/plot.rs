@@ -86,6 +86,7 @@ mod tests {
                 mfu: 0.0,
                 loss_scale: None,
                 skipped: false,
+                extra: Default::default(),
             })
             .collect();
         let dir = std::env::temp_dir().join(format!("phi-plot-{}", std::process::id()));

@@ -4,9 +4,10 @@
 //! bitwise resume; with [`crate::Weights::Lora`] only the adapters train.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use phi_core::chat::ChatTemplate;
 use phi_core::{PhiConfig, PhiForCausalLM};
-use phi_data::sft::{SftExample, batch};
-use phi_data::{SamplerState, TokenSampler};
+use phi_data::sft::{SftExample, SftReport, Turn, batch};
+use phi_data::{SamplerState, TokenSampler, Tokenizer};
 
 use crate::error::{Result, TrainError};
 use crate::objective::{BatchLoss, Forward, Objective};
@@ -20,6 +21,32 @@ fn tensors(examples: &[&SftExample], pad: u32, device: &Device) -> (Tensor<2, In
         Tensor::from_data(TensorData::new(ids, [n, len]), device),
         Tensor::from_data(TensorData::new(mask, [n, len - 1]), device),
     )
+}
+
+/// Renders `turns` with `template` and tokenizes them: assistant contents and their terminator
+/// (`<|end|>`, or EOS for the plain template) are learned, everything else is context. Cut to
+/// `max_len` tokens (`true` if cut).
+pub fn encode(turns: &[Turn], template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> (SftExample, bool) {
+    let mut ex = SftExample { ids: Vec::new(), learn: Vec::new() };
+    for piece in template.pieces(turns.iter().map(|t| (t.role.as_str(), t.content.as_str()))) {
+        let ids = tokenizer.encode(&piece.text);
+        ex.learn.extend(std::iter::repeat_n(piece.response, ids.len()));
+        ex.ids.extend(ids);
+        if piece.eos_after {
+            ex.ids.push(eos);
+            ex.learn.push(true);
+        }
+    }
+    let cut = ex.ids.len() > max_len;
+    ex.ids.truncate(max_len);
+    ex.learn.truncate(max_len);
+    (ex, cut)
+}
+
+/// A JSONL file of `{"messages": [...]}` or `{"prompt", "response"}` records as examples
+/// ([`encode`]d with `template`); bad records are skipped and reported with their line.
+pub fn load_jsonl(path: &std::path::Path, template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+    phi_data::sft::load_jsonl(path, |turns| encode(turns, template, tokenizer, eos, max_len))
 }
 
 /// Positions whose next token is learned (the loss terms of an example).
@@ -137,5 +164,34 @@ impl<'a> Objective for Sft<'a> {
 
     fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {
         (!self.validation.is_empty()).then(|| sft_loss(model, self.validation, cfg.batch_size, self.pad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phi_data::sft::parse_record;
+
+    fn tokenizer() -> Tokenizer {
+        let texts = ["hello world", "def f(x): return x", "<|user|> <|assistant|> <|end|>"];
+        Tokenizer::train_bpe(texts.iter().cycle().take(30), 300).unwrap()
+    }
+
+    #[test]
+    fn only_response_and_its_terminator_are_learned() {
+        let tok = tokenizer();
+        let turns = parse_record(r#"{"prompt": "hello world", "response": "def f(x): return x"}"#).unwrap();
+        let (plain, _) = encode(&turns, ChatTemplate::Plain, &tok, 7, 512);
+        let prompt_len = tok.encode("hello world").len();
+        assert!(plain.learn[..prompt_len].iter().all(|&l| !l));
+        assert!(plain.learn[prompt_len..].iter().all(|&l| l));
+        assert_eq!(*plain.ids.last().unwrap(), 7, "EOS ends the response and is learned");
+        let (phi3, _) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 512);
+        let text = tok.decode(&phi3.ids);
+        assert_eq!(text, "<|user|>\nhello world<|end|>\n<|assistant|>\ndef f(x): return x<|end|>\n");
+        let learned: Vec<u32> = phi3.ids.iter().zip(&phi3.learn).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
+        assert_eq!(tok.decode(&learned), "def f(x): return x<|end|>\n");
+        let (cut, was_cut) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 5);
+        assert!(was_cut && cut.ids.len() == 5);
     }
 }
