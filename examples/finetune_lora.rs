@@ -8,9 +8,13 @@
 
 use clap::Parser;
 
+#[path = "../src/bin/phi/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    phi::finetune::run(phi::finetune::FinetuneArgs::parse())
+    phi::finetune::run(args::FinetuneArgs::parse().options())
 }

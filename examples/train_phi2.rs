@@ -9,9 +9,13 @@
 
 use clap::Parser;
 
+#[path = "../src/bin/phi/args.rs"]
+#[allow(dead_code)]
+mod args;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    phi::recipes::run(phi::recipes::Recipe::phi_2(), phi::recipes::RecipeArgs::parse())
+    phi::recipes::run(phi::recipes::Recipe::phi_2(), args::RecipeArgs::parse().options())
 }

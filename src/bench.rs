@@ -9,9 +9,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use serde_json::{Value, json};
 
-use crate::device::DeviceArg;
+use crate::device::Backend;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What `phi bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     Forward,
     Generate,
@@ -22,50 +23,85 @@ pub enum Workload {
     All,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "forward" => Workload::Forward,
+            "generate" => Workload::Generate,
+            "train" => Workload::Train,
+            "lora" => Workload::Lora,
+            "all" => Workload::All,
+            _ => return Err(format!("`{s}`: expected forward, generate, train, lora or all")),
+        })
+    }
+}
+
+/// Which model family's bench shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Phi,
     Phi3,
     Both,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
-    #[arg(value_enum)]
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "phi" => Arch::Phi,
+            "phi3" => Arch::Phi3,
+            "both" => Arch::Both,
+            _ => return Err(format!("`{s}`: expected phi, phi3 or both")),
+        })
+    }
+}
+
+/// The bench shape (the baseline script's defaults) and what to compare against.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
     pub workload: Workload,
-    #[arg(long, value_enum, default_value_t = Arch::Both)]
     pub arch: Arch,
-    #[arg(long, default_value_t = 256)]
     pub hidden: usize,
-    #[arg(long, default_value_t = 4)]
     pub layers: usize,
-    #[arg(long, default_value_t = 8)]
     pub heads: usize,
-    #[arg(long, default_value_t = 8192)]
     pub vocab: usize,
-    #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256)]
     pub seq: usize,
-    #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
     /// Print one JSON object per result instead of a table.
-    #[arg(long)]
     pub json: bool,
     /// Also run this PyTorch baseline script (torch_baseline.py) and report our/torch ratios.
-    #[arg(long)]
     pub torch: Option<String>,
-    /// Python interpreter for --torch (needs torch and transformers).
-    #[arg(long, default_value = "python3")]
+    /// Python interpreter for `torch` (needs torch and transformers).
     pub python: String,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    pub device: Backend,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            workload: Workload::All,
+            arch: Arch::Both,
+            hidden: 256,
+            layers: 4,
+            heads: 8,
+            vocab: 8192,
+            batch: 8,
+            seq: 256,
+            steps: 5,
+            gen_tokens: 64,
+            json: false,
+            torch: None,
+            python: "python3".into(),
+            device: Backend::Cpu,
+        }
+    }
 }
 
 /// The config `torch_baseline.py` builds for `arch` (same sizes, same rotary, same MLP).
-pub fn baseline_config(a: &BenchArgs, phi3: bool) -> PhiConfig {
+pub fn baseline_config(a: &BenchOptions, phi3: bool) -> PhiConfig {
     let max_pos = 2048.max(a.seq + a.gen_tokens + 8);
     let mut c = if phi3 {
         let inter = match 8 * a.hidden / 3 / 64 * 64 {
@@ -100,7 +136,7 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
 }
 
 /// Forward tokens/s (median of `steps` after one warm-up).
-pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> f64 {
+pub fn bench_forward(model: &PhiForCausalLM, a: &BenchOptions, device: &Device) -> f64 {
     let ids = random_ids(a.batch * a.seq, a.vocab, 1);
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.batch, a.seq]), device);
     let run = || {
@@ -121,7 +157,7 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchArgs, device: &Device) -> 
 
 /// The training settings of the baseline's step: AdamW lr 1e-4, betas (0.9, 0.95), weight
 /// decay 0.1 on every parameter, global-norm clip 1.0, f32.
-pub fn baseline_train_config(a: &BenchArgs) -> phi_train::TrainConfig {
+pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
     use phi_train::{AdamWSettings, Decay, LrSchedule, TrainConfig};
     TrainConfig {
         batch_size: a.batch,
@@ -148,7 +184,7 @@ pub fn baseline_train_config(a: &BenchArgs) -> phi_train::TrainConfig {
 /// and every objective run — with the baseline's settings on random token windows, median of
 /// `steps` after one warm-up. With `lora`, the base is frozen and adapters (r 8, every
 /// projection) train.
-pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: bool) -> f64 {
+pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: bool) -> f64 {
     let ad = device.clone().autodiff();
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     if lora {
@@ -181,7 +217,7 @@ pub fn bench_train(config: &PhiConfig, a: &BenchArgs, device: &Device, lora: boo
 }
 
 /// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
-pub fn bench_generate(model: &PhiForCausalLM, a: &BenchArgs) -> f64 {
+pub fn bench_generate(model: &PhiForCausalLM, a: &BenchOptions) -> f64 {
     let prompt: Vec<u32> = random_ids(32, a.vocab, 2).into_iter().map(|t| t as u32).collect();
     model.generate(&prompt, &GenerationConfig::greedy(4)).expect("warm-up generation");
     let t = Instant::now();
@@ -189,7 +225,7 @@ pub fn bench_generate(model: &PhiForCausalLM, a: &BenchArgs) -> f64 {
     (out.len() - prompt.len()) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn torch_results(a: &BenchArgs, arch: &str) -> Result<Vec<Value>, String> {
+fn torch_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
     let Some(script) = &a.torch else { return Ok(vec![]) };
     let out = Command::new(&a.python)
         .arg(script)
@@ -209,7 +245,7 @@ fn torch_results(a: &BenchArgs, arch: &str) -> Result<Vec<Value>, String> {
         .collect())
 }
 
-pub fn run(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
     let archs: &[&str] = match a.arch {
         Arch::Phi => &["phi"],

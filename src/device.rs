@@ -3,10 +3,11 @@
 
 use burn::tensor::Device;
 
-/// `--device` values of the `phi` tool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
+/// The backends a run can use (`--device` of the `phi` tool: `cpu`, `ndarray`, `cuda`, `wgpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
     /// burn's `flex` CPU backend (default build).
+    #[default]
     Cpu,
     /// burn's deprecated `ndarray` CPU backend (cargo feature `ndarray`), for comparison.
     Ndarray,
@@ -16,17 +17,31 @@ pub enum DeviceArg {
     Wgpu,
 }
 
-impl DeviceArg {
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Backend::Cpu),
+            "ndarray" => Ok(Backend::Ndarray),
+            "cuda" => Ok(Backend::Cuda),
+            "wgpu" => Ok(Backend::Wgpu),
+            _ => Err(format!("`{s}`: expected cpu, ndarray, cuda or wgpu")),
+        }
+    }
+}
+
+impl Backend {
+    /// The burn device, or an error naming the cargo feature a backend needs.
     pub fn device(self) -> Result<Device, String> {
         match self {
-            DeviceArg::Cpu => Ok(Device::flex()),
+            Backend::Cpu => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)]
-            DeviceArg::Ndarray => Ok(Device::ndarray()),
+            Backend::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "cuda")]
-            DeviceArg::Cuda => Ok(Device::cuda(0)),
+            Backend::Cuda => Ok(Device::cuda(0)),
             #[cfg(feature = "wgpu")]
-            DeviceArg::Wgpu => Ok(Device::wgpu(Default::default())),
+            Backend::Wgpu => Ok(Device::wgpu(Default::default())),
             #[allow(unreachable_patterns)]
             other => Err(format!(
                 "--device {other:?} needs the `{}` cargo feature: rebuild with `--features {0}`",

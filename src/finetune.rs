@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
@@ -16,93 +15,89 @@ use phi_train::lora::{self, LoraConfig};
 use phi_train::sft::{Sft, encode, sft_loss};
 use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
 
-use crate::recipes::{Recipe, RecipeArgs, default_corpus};
+use crate::device::Backend;
+use crate::recipes::{Recipe, RecipeOptions, default_corpus};
 
-#[derive(Parser, Debug)]
-pub struct FinetuneArgs {
-    /// Base checkpoint (HF folder with tokenizer.json). Default: the newest `train_phi1`
-    /// checkpoint in runs/phi-1, trained first (briefly) if there is none.
-    #[arg(long)]
+/// How to run `phi finetune` / the `finetune_lora` example.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// Base checkpoint (HF folder with tokenizer.json). Default: the newest checkpoint of the
+    /// phi-1 recipe's default output, trained first (briefly) if there is none.
     pub base: Option<PathBuf>,
-    #[arg(long, default_value = "runs/finetune_lora")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 200)]
     pub steps: usize,
-    #[arg(long, default_value_t = 8)]
     pub rank: usize,
-    #[arg(long, default_value_t = 16.0)]
     pub alpha: f64,
-    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Micro-batches per optimizer step (the effective batch is batch-size × this).
-    #[arg(long, default_value_t = 1)]
+    /// Micro-batches per optimizer step (the effective batch is batch_size × this).
     pub grad_accum: usize,
     /// Global gradient-norm clip (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Compute precision (bf16/f16 keep f32 master weights; half precision is for GPUs).
-    #[arg(long, value_parser = parse_precision, default_value = "f32")]
     pub precision: phi_train::Precision,
     /// Save a checkpoint (the adapter and optimizer state) every this many steps (0: at the end).
-    #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
     /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
-    #[arg(long)]
     pub fresh: bool,
-    /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
+    /// PEFT target module names (Phi-3 bases: qkv_proj, o_proj, gate_up_proj, down_proj).
     pub targets: Vec<String>,
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
     /// `{"prompt", "response"}` records (a tenth is held out for validation).
-    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Chat template for `--data` (default: phi3 for Phi-3 models, plain otherwise).
-    #[arg(long, value_enum)]
-    pub template: Option<Template>,
+    /// Chat template for `data` (default: the base model family's).
+    pub template: Option<ChatTemplate>,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
-    #[arg(long, value_enum)]
-    pub quantize: Option<Quantize>,
-    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
-    pub device: crate::device::DeviceArg,
+    pub quantize: Option<lora::BaseQuantization>,
+    /// AdamW for the adapters (default: torch's, without weight decay).
+    pub optimizer: AdamWSettings,
+    pub device: Backend,
 }
 
-fn parse_precision(s: &str) -> Result<phi_train::Precision, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("`{s}`: expected f32, bf16 or f16"))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Template {
-    Phi3,
-    Plain,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Quantize {
-    Int8,
-    Int4,
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        FinetuneOptions {
+            base: None,
+            out: PathBuf::from("runs/finetune_lora"),
+            steps: 200,
+            rank: 8,
+            alpha: 16.0,
+            lr: 2e-3,
+            batch_size: 16,
+            grad_accum: 1,
+            clip: 1.0,
+            precision: phi_train::Precision::F32,
+            checkpoint_every: 50,
+            fresh: false,
+            targets: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"].map(String::from).to_vec(),
+            data: None,
+            template: None,
+            quantize: None,
+            optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
+            device: Backend::Cpu,
+        }
+    }
 }
 
 /// The base checkpoint: given, or `train_phi1`'s newest, or a short `train_phi1` run now.
-fn base_checkpoint(args: &FinetuneArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
+fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
     if let Some(b) = &args.base {
         return Ok(b.clone());
     }
-    let root = PathBuf::from("runs/phi-1/checkpoints");
+    let recipe = Recipe::phi_1();
+    let root = recipe.default_out().join("checkpoints");
     if let Some(dir) = phi_train::checkpoint::latest(&root).filter(|d| d.join("tokenizer.json").is_file()) {
         return Ok(dir);
     }
-    println!("no train_phi1 checkpoint in runs/phi-1: training a small base first");
-    let recipe_args = RecipeArgs::parse_from(["train_phi1", "--steps", "150"]);
-    crate::recipes::run(Recipe::phi_1(), recipe_args)?;
+    println!("no {} checkpoint in {}: training a small base first", recipe.name, root.display());
+    crate::recipes::run(recipe, RecipeOptions { steps: Some(150), ..RecipeOptions::default() })?;
     Ok(phi_train::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
 }
 
 /// Exercises from source files the base did not pre-train on: the standard-library files that
 /// `train_phi1`'s default corpus budget left out (else the shipped corpus).
 fn held_out_exercises() -> Vec<phi_data::exercises::Exercise> {
-    let (_, pretrain) = default_corpus(&RecipeArgs::parse_from(["train_phi1"]));
+    let (_, pretrain) = default_corpus(&RecipeOptions::default());
     let held_out: Vec<PathBuf> = match python_stdlib_dir() {
         Some(root) => collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"])
             .into_iter()
@@ -138,7 +133,7 @@ fn complete(model: &PhiForCausalLM, tok: &Tokenizer, prompt: &str, eos: u32) -> 
 }
 
 /// The settings a run cannot start with, named by their flag.
-fn check_args(args: &FinetuneArgs) -> Result<(), String> {
+fn check_args(args: &FinetuneOptions) -> Result<(), String> {
     for (flag, v) in [("--steps", args.steps), ("--batch-size", args.batch_size), ("--rank", args.rank), ("--grad-accum", args.grad_accum)] {
         if v == 0 {
             return Err(format!("{flag} must be at least 1"));
@@ -155,7 +150,7 @@ fn check_args(args: &FinetuneArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     check_args(&args)?;
     let device = args.device.device()?;
     // The outputs are written at the end: a folder there that is not ours stops us now.
@@ -182,11 +177,7 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let max_len = base.config().max_position_embeddings;
     let (train, val, probe) = match &args.data {
         Some(path) => {
-            let template = match args.template {
-                Some(Template::Phi3) => ChatTemplate::Phi3,
-                Some(Template::Plain) => ChatTemplate::Plain,
-                None => ChatTemplate::for_family(base.config().family),
-            };
+            let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
             let (mut examples, report) = phi_train::sft::load_jsonl(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
@@ -235,17 +226,14 @@ pub fn run(args: FinetuneArgs) -> Result<(), Box<dyn std::error::Error>> {
     let completion_before = complete(&base, &tok, probe, eos)?;
 
     let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone(), use_rslora: false };
-    let quantize = args.quantize.map(|q| match q {
-        Quantize::Int8 => lora::BaseQuantization::Int8,
-        Quantize::Int4 => lora::BaseQuantization::Int4,
-    });
+    let quantize = args.quantize;
     let weights = Weights::Lora { base: base_dir.clone(), adapter: Adapter::Fresh(config.clone()), quantize };
     let cfg = TrainConfig {
         batch_size: args.batch_size,
         seq_len: max_len,
         grad_accum: args.grad_accum,
         max_steps: args.steps,
-        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
+        optimizer: args.optimizer,
         schedule: LrSchedule { peak: args.lr, warmup_steps: args.steps / 20, total_steps: args.steps, floor: args.lr * 0.1, decay: Decay::Cosine },
         clip_norm: (args.clip > 0.0).then_some(args.clip),
         eval_every: 0,

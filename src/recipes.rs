@@ -15,6 +15,7 @@ use phi_data::assemble::{DatasetSpec, load_mixture};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
+use crate::device::Backend;
 use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
@@ -155,51 +156,56 @@ impl Recipe {
     }
 }
 
-/// Command-line options shared by the `train_*` examples.
-#[derive(clap::Parser, Debug)]
-pub struct RecipeArgs {
-    /// The published model and recipe (needs a GPU backend: `--features cuda --device cuda`).
-    #[arg(long)]
+/// How to run a recipe (the `train_*` examples' and `phi train`'s flags).
+#[derive(Debug, Clone)]
+pub struct RecipeOptions {
+    /// The published model and recipe (needs a GPU backend).
     pub full: bool,
-    /// Output folder (checkpoints, metrics.jsonl, data cache).
-    #[arg(long)]
+    /// Output folder (checkpoints, metrics.jsonl, data cache); default `runs/<recipe>`.
     pub out: Option<PathBuf>,
     /// Override the number of optimizer steps.
-    #[arg(long)]
     pub steps: Option<usize>,
     /// Source files to train on (default: the local python3 standard library, else the corpus
     /// shipped in data/corpus).
-    #[arg(long)]
     pub corpus: Option<PathBuf>,
-    /// Train on datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT`,
-    /// repeatable for a mixture (e.g. `--data textbooks:0.8 --data code:0.2`).
-    #[arg(long)]
+    /// Datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT` for a mixture.
     pub data: Vec<String>,
     /// At most this many MB of source text (CPU runs stay short).
-    #[arg(long, default_value_t = 4.0)]
     pub max_corpus_mb: f64,
-    #[arg(long, default_value_t = 2048)]
     pub vocab_size: usize,
-    /// Start over instead of resuming from the newest checkpoint in --out.
-    #[arg(long)]
+    /// Start over instead of resuming from the newest checkpoint in `out`.
     pub fresh: bool,
-    /// A TOML file whose keys override the recipe's training config (`max_steps = 500`,
-    /// `[schedule]` `peak = 3e-4`, `[optimizer]` `weight_decay = 0.0`, …).
-    #[arg(long)]
+    /// A TOML file whose keys override the recipe's training config.
     pub config: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
-    pub device: crate::device::DeviceArg,
-    /// Compute dtype: f32 (CPU default), bf16 (`--full` default) or f16 (with loss scaling);
-    /// master weights and AdamW state stay f32.
-    #[arg(long, value_parser = parse_precision)]
+    pub device: Backend,
+    /// Compute dtype (default: the recipe's).
     pub precision: Option<Precision>,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("{s:?}: expected f32, bf16 or f16"))
+impl Default for RecipeOptions {
+    fn default() -> Self {
+        RecipeOptions {
+            full: false,
+            out: None,
+            steps: None,
+            corpus: None,
+            data: Vec::new(),
+            max_corpus_mb: 4.0,
+            vocab_size: 2048,
+            fresh: false,
+            config: None,
+            device: Backend::Cpu,
+            precision: None,
+        }
+    }
 }
 
 impl Recipe {
+    /// Where a run writes without `out`: `runs/<name>`.
+    pub fn default_out(&self) -> PathBuf {
+        PathBuf::from("runs").join(self.name)
+    }
+
     /// Looks a recipe up by model name.
     pub fn by_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -245,7 +251,7 @@ pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Resul
 
 /// The code corpus: `--corpus`, else the local Python standard library (without its tests),
 /// else the modules shipped in `data/corpus/python`.
-pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
+pub fn default_corpus(args: &RecipeOptions) -> (PathBuf, Vec<PathBuf>) {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
     let root = args.corpus.clone().or_else(python_stdlib_dir).unwrap_or(shipped.clone());
     // Codec tables (`encodings/`) are data, not code: low-quality text for a code model.
@@ -267,7 +273,7 @@ pub fn default_corpus(args: &RecipeArgs) -> (PathBuf, Vec<PathBuf>) {
 /// The training data: the `--data` datasets (prepared by `phi data prepare`, mixed by weight;
 /// validation from the first), else the default corpus prepared through the phi-data pipeline
 /// into `out/data` (reused while its inputs and settings are unchanged).
-pub fn training_data(args: &RecipeArgs, out: &std::path::Path) -> Result<(Mixture, TokenDataset, Tokenizer), Box<dyn std::error::Error>> {
+pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mixture, TokenDataset, Tokenizer), Box<dyn std::error::Error>> {
     if !args.data.is_empty() {
         let specs = args.data.iter().map(|s| s.parse()).collect::<Result<Vec<DatasetSpec>, _>>()?;
         let loaded = load_mixture(&specs)?;
@@ -308,13 +314,13 @@ pub fn training_data(args: &RecipeArgs, out: &std::path::Path) -> Result<(Mixtur
 }
 
 /// Runs `recipe` end to end; see the module docs.
-pub fn run(recipe: Recipe, args: RecipeArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error::Error>> {
     let device: Device = args.device.device()?;
-    if args.full && args.device == crate::device::DeviceArg::Cpu {
+    if args.full && args.device == Backend::Cpu {
         return Err(format!("--full trains the published {} ({:.1}B parameters): use a GPU backend (--features cuda, --device cuda)",
             recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
     }
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(recipe.name));
+    let out = args.out.clone().unwrap_or_else(|| recipe.default_out());
     let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
     if let Some(path) = &args.config {
         cfg = apply_toml_overrides(&cfg, path)?;

@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use phi::bench::{self, BenchArgs};
 use phi::core::{GenerationConfig, PhiForCausalLM};
-use phi::device::DeviceArg;
+use phi::device::Backend as DeviceArg;
+
+mod args;
+mod data;
+
+use args::{BenchArgs, FinetuneArgs, RecipeArgs};
 
 // Tensor ops allocate and free multi-megabyte buffers at a high rate; glibc's malloc hands them
 // back to the kernel each time (page faults on every reuse), mimalloc keeps them.
@@ -33,10 +37,10 @@ enum Command {
         #[arg(long, default_value = "phi-1")]
         recipe: String,
         #[command(flatten)]
-        args: phi::recipes::RecipeArgs,
+        args: RecipeArgs,
     },
     /// LoRA fine-tuning on exercises (see the `finetune_lora` example).
-    Finetune(phi::finetune::FinetuneArgs),
+    Finetune(FinetuneArgs),
     /// Write an HF-layout folder from a checkpoint, with a PEFT LoRA adapter merged into the
     /// weights (`--merge`) or beside them in `OUT/adapter`.
     Export {
@@ -68,7 +72,7 @@ enum Command {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
     /// Evaluate a model.
@@ -76,7 +80,7 @@ enum Command {
     Eval(EvalCommand),
     /// Data preparation: filter, dedup, decontaminate, tokenize into shards.
     #[command(subcommand)]
-    Data(phi::datacmd::DataCommand),
+    Data(data::DataCommand),
     /// Architecture, parameter count and memory of a model folder or preset.
     Inspect {
         /// A model folder (config.json) or a preset name (phi-1, phi-2, phi-3-mini, …).
@@ -122,7 +126,7 @@ enum EvalCommand {
         /// Run the programs WITHOUT isolation (limits and timeout only): only for code you trust.
         #[arg(long)]
         no_sandbox: bool,
-        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
     /// Token-weighted next-token loss and perplexity — the training loop's validation loss.
@@ -140,7 +144,7 @@ enum EvalCommand {
         /// At most this many batches (0: all).
         #[arg(long, default_value_t = 0)]
         max_batches: usize,
-        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
 }
@@ -374,7 +378,7 @@ struct GenerateArgs {
     /// Recompute the whole sequence each step instead of using the KV cache.
     #[arg(long)]
     no_cache: bool,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, default_value = "cpu")]
     device: DeviceArg,
 }
 
@@ -549,10 +553,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
-        Command::Data(cmd) => phi::datacmd::run(cmd),
-        Command::Bench(a) => bench::run(a),
+        Command::Data(cmd) => data::run(cmd),
+        Command::Bench(a) => phi::bench::run(a.options()),
         Command::Inspect { model } => inspect(&model),
-        Command::Finetune(args) => phi::finetune::run(args),
+        Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
             chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
         }
@@ -581,7 +585,7 @@ fn main() -> ExitCode {
         }
         Command::Export { model, adapter, merge, out } => export(&model, adapter.as_deref(), merge, &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
-            Some(r) => phi::recipes::run(r, args),
+            Some(r) => phi::recipes::run(r, args.options()),
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
         },
     };

@@ -1,4 +1,4 @@
-//! `phi data …`: the data pipeline from the command line (a thin layer over `phi-data`).
+//! `phi data …`: the data pipeline's flags and report printing (the pipeline is `phi-data`'s).
 
 use std::path::{Path, PathBuf};
 
@@ -133,11 +133,11 @@ impl PrepareArgs {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut base = toml::Value::try_from(&c).map_err(|e| e.to_string())?;
             let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            let schema = crate::overrides::Schema::of::<PrepareConfig>()
+            let schema = phi::overrides::Schema::of::<PrepareConfig>()
                 .with::<phi_data::filters::QualityFilters>("filters")
                 .with::<NearDup>("near_dedup");
-            crate::overrides::check_keys(&over, &schema).map_err(|e| format!("{}: {e}", path.display()))?;
-            crate::recipes::merge_toml(&mut base, over);
+            phi::overrides::check_keys(&over, &schema).map_err(|e| format!("{}: {e}", path.display()))?;
+            phi::recipes::merge_toml(&mut base, over);
             c = base.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;
             if c.inputs.is_empty() {
                 c.inputs = self.input.inputs();

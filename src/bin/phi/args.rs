@@ -1,0 +1,224 @@
+//! The command-line flags of `phi train`/`finetune`/`bench` and of the examples, parsed with
+//! clap and turned into the libraries' option structs: the libraries know nothing of clap.
+//! (The `train_*` and `finetune_lora` examples include this file too, so their flags are the
+//! tool's.)
+
+use std::path::PathBuf;
+
+use phi::core::chat::ChatTemplate;
+use phi::device::Backend;
+use phi::train::Precision;
+use phi::train::lora::BaseQuantization;
+
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("`{s}`: expected f32, bf16 or f16"))
+}
+
+fn parse_template(s: &str) -> Result<ChatTemplate, String> {
+    match s {
+        "phi3" => Ok(ChatTemplate::Phi3),
+        "plain" => Ok(ChatTemplate::Plain),
+        _ => Err(format!("`{s}`: expected phi3 or plain")),
+    }
+}
+
+fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
+    match s {
+        "int8" => Ok(BaseQuantization::Int8),
+        "int4" => Ok(BaseQuantization::Int4),
+        _ => Err(format!("`{s}`: expected int8 or int4")),
+    }
+}
+
+/// Flags of `phi train` and the `train_*` examples ([`phi::recipes::RecipeOptions`]).
+#[derive(clap::Parser, Debug)]
+pub struct RecipeArgs {
+    /// The published model and recipe (needs a GPU backend: `--features cuda --device cuda`).
+    #[arg(long)]
+    pub full: bool,
+    /// Output folder (checkpoints, metrics.jsonl, data cache). Default: runs/<recipe>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the number of optimizer steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Source files to train on (default: the local python3 standard library, else the corpus
+    /// shipped in data/corpus).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Train on datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT`,
+    /// repeatable for a mixture (e.g. `--data textbooks:0.8 --data code:0.2`).
+    #[arg(long)]
+    pub data: Vec<String>,
+    /// At most this many MB of source text (CPU runs stay short).
+    #[arg(long, default_value_t = phi::recipes::RecipeOptions::default().max_corpus_mb)]
+    pub max_corpus_mb: f64,
+    #[arg(long, default_value_t = phi::recipes::RecipeOptions::default().vocab_size)]
+    pub vocab_size: usize,
+    /// Start over instead of resuming from the newest checkpoint in --out.
+    #[arg(long)]
+    pub fresh: bool,
+    /// A TOML file whose keys override the recipe's training config (`max_steps = 500`,
+    /// `[schedule]` `peak = 3e-4`, `[optimizer]` `weight_decay = 0.0`, …).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// cpu, ndarray, cuda or wgpu (the last three need their cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+    /// Compute dtype: f32 (CPU default), bf16 (`--full` default) or f16 (with loss scaling);
+    /// master weights and AdamW state stay f32.
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+}
+
+impl RecipeArgs {
+    pub fn options(self) -> phi::recipes::RecipeOptions {
+        phi::recipes::RecipeOptions {
+            full: self.full,
+            out: self.out,
+            steps: self.steps,
+            corpus: self.corpus,
+            data: self.data,
+            max_corpus_mb: self.max_corpus_mb,
+            vocab_size: self.vocab_size,
+            fresh: self.fresh,
+            config: self.config,
+            device: self.device,
+            precision: self.precision,
+        }
+    }
+}
+
+/// Flags of `phi finetune` and the `finetune_lora` example ([`phi::finetune::FinetuneOptions`]).
+#[derive(clap::Parser, Debug)]
+pub struct FinetuneArgs {
+    /// Base checkpoint (HF folder with tokenizer.json). Default: the newest `train_phi1`
+    /// checkpoint in runs/phi-1, trained first (briefly) if there is none.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    #[arg(long, default_value = "runs/finetune_lora")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is batch-size × this).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Compute precision (bf16/f16 keep f32 master weights; half precision is for GPUs).
+    #[arg(long, value_parser = parse_precision, default_value = "f32")]
+    pub precision: Precision,
+    /// Save a checkpoint (the adapter and optimizer state) every this many steps (0: at the end).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
+    #[arg(long)]
+    pub fresh: bool,
+    /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
+    pub targets: Vec<String>,
+    /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
+    /// `{"prompt", "response"}` records (a tenth is held out for validation).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Chat template for `--data`: phi3 or plain (default: phi3 for Phi-3 models, plain otherwise).
+    #[arg(long, value_parser = parse_template)]
+    pub template: Option<ChatTemplate>,
+    /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<BaseQuantization>,
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+}
+
+impl FinetuneArgs {
+    pub fn options(self) -> phi::finetune::FinetuneOptions {
+        phi::finetune::FinetuneOptions {
+            base: self.base,
+            out: self.out,
+            steps: self.steps,
+            rank: self.rank,
+            alpha: self.alpha,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            clip: self.clip,
+            precision: self.precision,
+            checkpoint_every: self.checkpoint_every,
+            fresh: self.fresh,
+            targets: self.targets,
+            data: self.data,
+            template: self.template,
+            quantize: self.quantize,
+            device: self.device,
+            ..Default::default()
+        }
+    }
+}
+
+/// Flags of `phi bench` ([`phi::bench::BenchOptions`]).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// forward, generate, train, lora or all.
+    pub workload: phi::bench::Workload,
+    /// phi, phi3 or both.
+    #[arg(long, default_value = "both")]
+    pub arch: phi::bench::Arch,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Print one JSON object per result instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also run this PyTorch baseline script (torch_baseline.py) and report our/torch ratios.
+    #[arg(long)]
+    pub torch: Option<String>,
+    /// Python interpreter for --torch (needs torch and transformers).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+}
+
+impl BenchArgs {
+    pub fn options(self) -> phi::bench::BenchOptions {
+        phi::bench::BenchOptions {
+            workload: self.workload,
+            arch: self.arch,
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            vocab: self.vocab,
+            batch: self.batch,
+            seq: self.seq,
+            steps: self.steps,
+            gen_tokens: self.gen_tokens,
+            json: self.json,
+            torch: self.torch,
+            python: self.python,
+            device: self.device,
+        }
+    }
+}
