@@ -1,29 +1,23 @@
 //! # phi
 //!
-//! Train, load and run Microsoft's Phi models in Rust on burn. This facade re-exports the
-//! workspace crates and holds what the `phi` tool and the examples share (their command-line flags are in
-//! `src/bin/phi/args.rs`; no library here parses arguments):
-//! - [`core`] (`phi-core`): the model, configs, HF weight I/O, generation;
+//! Train, load and run Microsoft's Phi models in Rust on burn. This crate is the `phi` tool,
+//! the examples, and these re-exports; the logic is in the workspace crates (the tool's and the
+//! examples' command-line flags are in `src/bin/phi/args.rs`; no library parses arguments):
+//! - [`core`] (`phi-core`): the model, configs, HF weight I/O, chat templates, generation,
+//!   backend choice ([`device::Backend`]);
 //! - [`data`] (`phi-data`): tokenizers and data preparation;
-//! - [`train`] (`phi-train`): the training loop;
+//! - [`train`] (`phi-train`): one training step for every objective, the loop, LoRA, and the
+//!   run orchestration: [`recipes`] (the Phi pre-training recipes), [`finetune`], [`bench`],
+//!   [`export`] (model folders that never replace a folder that is not ours);
 //! - [`eval`] (`phi-eval`): HumanEval, judged in [`sandbox`] (`phi-sandbox`, OS-level isolation
-//!   for model-written programs);
-//! - [`device`]: picking a burn backend by name ([`device::Backend`]);
-//! - [`export`]: writing model folders without ever replacing a folder that is not ours;
-//! - [`bench`]: `phi bench`, measured against the PyTorch baseline in the same run;
-//! - [`finetune`]: LoRA fine-tuning on exercises or SFT data (`phi finetune`);
-//! - [`recipes`]: the Phi pre-training recipes behind the `train_*` examples.
+//!   for model-written programs), and perplexity.
 
 pub use phi_core as core;
 pub use phi_data as data;
 pub use phi_train as train;
+pub use phi_core::device;
+pub use phi_train::{bench, export, finetune, overrides, recipes};
 
-pub mod bench;
-pub mod device;
-pub mod export;
-pub mod finetune;
 pub use phi_eval::humaneval;
 pub use phi_eval as eval;
 pub use phi_sandbox as sandbox;
-pub mod overrides;
-pub mod recipes;

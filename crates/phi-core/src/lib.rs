@@ -16,6 +16,7 @@ pub mod attention;
 pub mod block;
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generation;
 pub mod kv_cache;

@@ -5,16 +5,21 @@
 //! no-decay group, global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`), and learning
 //! rate schedules (warmup, then cosine or linear decay to a floor).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod clip;
 pub mod error;
+pub mod export;
+pub mod finetune;
 pub mod lora;
 pub mod objective;
 pub mod loss;
 pub mod optim;
+pub mod overrides;
 pub mod plot;
 pub mod precision;
 pub mod preference;
+pub mod recipes;
 pub mod schedule;
 pub mod sft;
 pub mod step;

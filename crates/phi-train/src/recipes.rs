@@ -15,8 +15,8 @@ use phi_data::assemble::{DatasetSpec, load_mixture};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
-use crate::device::Backend;
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
+use phi_core::device::Backend;
+use crate::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
 
 /// A model family's pre-training recipe.
 pub struct Recipe {
@@ -252,7 +252,7 @@ pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Resul
 /// The code corpus: `--corpus`, else the local Python standard library (without its tests),
 /// else the modules shipped in `data/corpus/python`.
 pub fn default_corpus(args: &RecipeOptions) -> (PathBuf, Vec<PathBuf>) {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/corpus/python"));
     let root = args.corpus.clone().or_else(python_stdlib_dir).unwrap_or(shipped.clone());
     // Codec tables (`encodings/`) are data, not code: low-quality text for a code model.
     let mut files = collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"]);
@@ -290,7 +290,7 @@ pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mix
     let dir = out.join("data");
     // The data of a resumable run is never replaced in place: the checkpoint would go on with
     // other token ids (and the old data would be gone if the new preparation failed).
-    if let (false, Some(ckpt), Ok(old)) = (args.fresh, phi_train::checkpoint::latest(&out.join("checkpoints")), Manifest::read(&dir)) {
+    if let (false, Some(ckpt), Ok(old)) = (args.fresh, crate::checkpoint::latest(&out.join("checkpoints")), Manifest::read(&dir)) {
         let now = phi_data::prepare::fingerprint(&config)?;
         if old.fingerprint != now {
             return Err(format!(
@@ -341,7 +341,7 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     if args.fresh {
         // Before the data is prepared again: only checkpoints of ours go, and a folder holding
         // anything else stops the run here with nothing changed.
-        phi_train::checkpoint::remove_all(&out.join("checkpoints"))?;
+        crate::checkpoint::remove_all(&out.join("checkpoints"))?;
     }
     let t = Instant::now();
     let (train_data, val_data, tokenizer) = training_data(&args, &out)?;
@@ -394,7 +394,7 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     let val_after = outcome.metrics.iter().rev().find_map(|m| m.val_loss).unwrap_or(f64::NAN);
     println!("validation loss: {val_before:.3} → {val_after:.3} (perplexity {:.1} → {:.1})", val_before.exp(), val_after.exp());
-    let ckpt = phi_train::checkpoint::latest(&out.join("checkpoints")).expect("the last step writes a checkpoint");
+    let ckpt = crate::checkpoint::latest(&out.join("checkpoints")).expect("the last step writes a checkpoint");
     tokenizer.save(ckpt.join("tokenizer.json"))?;
     println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
     sample(&outcome.model, &tokenizer, eos)?;

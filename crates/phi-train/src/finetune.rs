@@ -11,11 +11,11 @@ use phi_data::exercises::extract;
 use phi_core::chat::ChatTemplate;
 use phi_data::sft::{SftExample, Turn};
 use phi_data::Tokenizer;
-use phi_train::lora::{self, LoraConfig};
-use phi_train::sft::{Sft, encode, sft_loss};
-use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
+use crate::lora::{self, LoraConfig};
+use crate::sft::{Sft, encode, sft_loss};
+use crate::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
 
-use crate::device::Backend;
+use phi_core::device::Backend;
 use crate::recipes::{Recipe, RecipeOptions, default_corpus};
 
 /// How to run `phi finetune` / the `finetune_lora` example.
@@ -35,7 +35,7 @@ pub struct FinetuneOptions {
     /// Global gradient-norm clip (0: no clipping).
     pub clip: f64,
     /// Compute precision (bf16/f16 keep f32 master weights; half precision is for GPUs).
-    pub precision: phi_train::Precision,
+    pub precision: crate::Precision,
     /// Save a checkpoint (the adapter and optimizer state) every this many steps (0: at the end).
     pub checkpoint_every: usize,
     /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
@@ -66,7 +66,7 @@ impl Default for FinetuneOptions {
             batch_size: 16,
             grad_accum: 1,
             clip: 1.0,
-            precision: phi_train::Precision::F32,
+            precision: crate::Precision::F32,
             checkpoint_every: 50,
             fresh: false,
             targets: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"].map(String::from).to_vec(),
@@ -86,12 +86,12 @@ fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::error
     }
     let recipe = Recipe::phi_1();
     let root = recipe.default_out().join("checkpoints");
-    if let Some(dir) = phi_train::checkpoint::latest(&root).filter(|d| d.join("tokenizer.json").is_file()) {
+    if let Some(dir) = crate::checkpoint::latest(&root).filter(|d| d.join("tokenizer.json").is_file()) {
         return Ok(dir);
     }
     println!("no {} checkpoint in {}: training a small base first", recipe.name, root.display());
     crate::recipes::run(recipe, RecipeOptions { steps: Some(150), ..RecipeOptions::default() })?;
-    Ok(phi_train::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
+    Ok(crate::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
 }
 
 /// Exercises from source files the base did not pre-train on: the standard-library files that
@@ -103,7 +103,7 @@ fn held_out_exercises() -> Vec<phi_data::exercises::Exercise> {
             .into_iter()
             .filter(|f| !pretrain.contains(f))
             .collect(),
-        None => collect_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python"), ".py", &[]),
+        None => collect_files(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/corpus/python")), ".py", &[]),
     };
     held_out.iter().filter_map(|f| std::fs::read_to_string(f).ok()).flat_map(|src| extract(&src, 12)).collect()
 }
@@ -178,7 +178,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let (train, val, probe) = match &args.data {
         Some(path) => {
             let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
-            let (mut examples, report) = phi_train::sft::load_jsonl(path, template, &tok, eos, max_len)
+            let (mut examples, report) = crate::sft::load_jsonl(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",
@@ -273,12 +273,12 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if args.fresh {
-        phi_train::checkpoint::remove_all(&args.out.join("checkpoints"))?;
+        crate::checkpoint::remove_all(&args.out.join("checkpoints"))?;
     }
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
     let mut objective = Sft::new(&train, &val, pad, cfg.seed)?;
-    let outcome = phi_train::fit(&weights, &mut objective, &cfg, &args.out, !args.fresh, &device, |m| {
+    let outcome = crate::fit(&weights, &mut objective, &cfg, &args.out, !args.fresh, &device, |m| {
         bar.set_position(m.step as u64);
         bar.set_message(format!("loss {:.3}", m.loss));
     })?;

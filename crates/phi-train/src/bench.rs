@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use serde_json::{Value, json};
 
-use crate::device::Backend;
+use phi_core::device::Backend;
 
 /// What `phi bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +157,8 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchOptions, device: &Device) 
 
 /// The training settings of the baseline's step: AdamW lr 1e-4, betas (0.9, 0.95), weight
 /// decay 0.1 on every parameter, global-norm clip 1.0, f32.
-pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
-    use phi_train::{AdamWSettings, Decay, LrSchedule, TrainConfig};
+pub fn baseline_train_config(a: &BenchOptions) -> crate::TrainConfig {
+    use crate::{AdamWSettings, Decay, LrSchedule, TrainConfig};
     TrainConfig {
         batch_size: a.batch,
         seq_len: a.seq,
@@ -174,13 +174,13 @@ pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
         seed: 0,
         peak_flops: 1e12,
         activation_checkpointing: false,
-        precision: phi_train::Precision::F32,
+        precision: crate::Precision::F32,
         loss_scaler: Default::default(),
         on_non_finite: Default::default(),
     }
 }
 
-/// Training tokens/s of [`phi_train::Trainer::step`] — the step `phi train`, `phi finetune`
+/// Training tokens/s of [`crate::Trainer::step`] — the step `phi train`, `phi finetune`
 /// and every objective run — with the baseline's settings on random token windows, median of
 /// `steps` after one warm-up. With `lora`, the base is frozen and adapters (r 8, every
 /// projection) train.
@@ -189,21 +189,21 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     if lora {
         let targets = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "qkv_proj", "o_proj", "gate_up_proj", "down_proj"];
-        let cfg = phi_train::lora::LoraConfig {
+        let cfg = crate::lora::LoraConfig {
             r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
             target_modules: targets.map(String::from).to_vec(),
             use_rslora: false,
         };
-        model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
+        model = crate::lora::attach(model, &cfg).expect("projections to adapt");
     }
     let cfg = baseline_train_config(a);
     let tokens: Vec<u32> = random_ids((a.steps + 1) * a.batch * (a.seq + 1), a.vocab, 3).into_iter().map(|t| t as u32).collect();
     let data = phi_data::Mixture::single(phi_data::TokenDataset::from_tokens(tokens));
     let val = phi_data::TokenDataset::from_tokens(vec![0; a.seq + 1]);
-    let mut objective = phi_train::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
-    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
+    let mut objective = crate::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
+    let mut trainer = crate::Trainer::new(model, &cfg).expect("valid bench settings");
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
