@@ -21,7 +21,13 @@
 
 use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::{SamplerState, TokenSampler};
 use serde::{Deserialize, Serialize};
+
+use crate::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::objective::{BatchLoss, Forward, Objective};
 
 /// Which preference loss, with TRL's `loss_type` names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -144,6 +150,173 @@ pub fn pair_batch(pairs: &[TokenPair], pad: u32, device: &Device) -> (Tensor<2, 
     }
     let n = rows.len();
     (Tensor::from_data(TensorData::new(ids, [n, t]), device), Tensor::from_data(TensorData::new(mask, [n, t]), device))
+}
+
+/// Sequence log-probabilities of `pairs` under `model` (no gradients), `batch` pairs at a time:
+/// `(chosen, rejected)` per pair — the reference side of the preference losses, computed once.
+pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], pad: u32, batch: usize, average: bool) -> Vec<(f32, f32)> {
+    let device = model.device();
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let (ids, mask) = pair_batch(chunk, pad, &device);
+        let logps = completion_logps(model.forward(ids.clone()), ids, mask, average);
+        let v = logps.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+        let n = chunk.len();
+        out.extend((0..n).map(|i| (v[i], v[n + i])));
+    }
+    out
+}
+
+/// Preference tuning as an [`Objective`]: batches of pairs (chosen and rejected through the
+/// model together), the policy's completion log-probabilities against the reference's, one of
+/// the [`PreferenceLoss`]es, TRL's metrics in `metrics.jsonl`.
+///
+/// The reference's log-probabilities are computed once, when the objective is built, from the
+/// reference model given (an explicit reference folder, or the policy as it starts — TRL's
+/// default): training then holds one model, not two.
+///
+/// ```no_run
+/// # use phi_train::*;
+/// # use phi_train::preference::*;
+/// # fn demo(pairs: &[TokenPair], base: &phi_core::PhiForCausalLM, cfg: &TrainConfig, lora: lora::LoraConfig) -> Result<()> {
+/// let loss = PreferenceLoss::Sigmoid { label_smoothing: 0.0 };
+/// let mut objective = Dpo::new(pairs, &[], base, 0.1, loss, 0, cfg.seed);
+/// let weights = Weights::Lora { base: "sft-model".into(), adapter: Adapter::Fresh(lora), quantize: None };
+/// fit(&weights, &mut objective, cfg, "runs/dpo".as_ref(), true, &burn::tensor::Device::default(), |m| {
+///     println!("{} {:.4} margin {:.3}", m.step, m.loss, m.extra["rewards/margins"])
+/// })?;
+/// # Ok(()) }
+/// ```
+pub struct Dpo<'a> {
+    pairs: &'a [TokenPair],
+    validation: &'a [TokenPair],
+    /// Reference `(chosen, rejected)` log-probabilities, of `pairs` then of `validation`.
+    reference: Vec<(f32, f32)>,
+    beta: f64,
+    loss: PreferenceLoss,
+    pad: u32,
+    sampler: TokenSampler,
+}
+
+/// Pairs the reference is scored on at once when a [`Dpo`] is built.
+const REFERENCE_BATCH: usize = 8;
+
+impl<'a> Dpo<'a> {
+    /// Scores `pairs` and `validation` with `reference` (a model without autodiff) and keeps
+    /// only those numbers. Panics if `pairs` is empty.
+    pub fn new(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: &PhiForCausalLM, beta: f64, loss: PreferenceLoss, pad: u32, seed: u64) -> Self {
+        assert!(!pairs.is_empty(), "preference tuning needs at least one pair");
+        let all: Vec<TokenPair> = pairs.iter().chain(validation).cloned().collect();
+        let reference = sequence_logps(reference, &all, pad, REFERENCE_BATCH, loss.averages_logps());
+        Dpo { pairs, validation, reference, beta, loss, pad, sampler: TokenSampler::new(pairs.len(), seed) }
+    }
+
+    fn reference_of(&self, indices: &[usize]) -> Vec<f32> {
+        let chosen = indices.iter().map(|&i| self.reference[i].0);
+        chosen.chain(indices.iter().map(|&i| self.reference[i].1)).collect()
+    }
+
+    /// The loss and metrics over `indices` (of `pairs`, then `validation`).
+    fn evaluate(&self, model: &Forward<'_>, indices: &[usize]) -> (Tensor<1>, PreferenceMetrics) {
+        let batch: Vec<TokenPair> = indices.iter().map(|&i| self.pair(i).clone()).collect();
+        let (ids, mask) = pair_batch(&batch, self.pad, &model.device());
+        let policy = completion_logps(model.logits(ids.clone()), ids, mask, self.loss.averages_logps());
+        let reference = Tensor::<1>::from_data(TensorData::new(self.reference_of(indices), [2 * indices.len()]), &model.device());
+        preference_loss(policy, reference, self.beta, self.loss)
+    }
+
+    fn pair(&self, i: usize) -> &TokenPair {
+        if i < self.pairs.len() { &self.pairs[i] } else { &self.validation[i - self.pairs.len()] }
+    }
+}
+
+impl PreferenceMetrics {
+    /// The metrics under TRL's names (`rewards/margins`, …), without the loss.
+    pub fn named(&self) -> Vec<(String, f64)> {
+        let v = serde_json::to_value(self).expect("metrics serialize");
+        v.as_object().expect("an object").iter().filter(|(k, _)| *k != "loss").map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(f64::NAN))).collect()
+    }
+}
+
+impl Objective for Dpo<'_> {
+    /// Indices of the batch's pairs.
+    type Batch = Vec<usize>;
+
+    fn check(&self, model: &PhiConfig, _cfg: &TrainConfig) -> Result<()> {
+        for (i, p) in self.pairs.iter().chain(self.validation).enumerate() {
+            let longest = p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len());
+            if longest > model.max_position_embeddings {
+                return Err(TrainError::Invalid(format!("pair {i} has {longest} tokens, more than the model's max_position_embeddings ({})", model.max_position_embeddings)));
+            }
+            if let Some(&id) = p.prompt_ids.iter().chain(&p.chosen_ids).chain(&p.rejected_ids).find(|&&id| id as usize >= model.vocab_size) {
+                return Err(TrainError::Invalid(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
+            }
+        }
+        Ok(())
+    }
+
+    fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
+        (0..batch_size).map(|_| self.sampler.next_window()).collect()
+    }
+
+    fn tokens(&self, batch: &Vec<usize>) -> usize {
+        batch.iter().map(|&i| 2 * self.pairs[i].prompt_ids.len() + self.pairs[i].chosen_ids.len() + self.pairs[i].rejected_ids.len()).sum()
+    }
+
+    fn weight(&self, batch: &Vec<usize>) -> f64 {
+        batch.len() as f64
+    }
+
+    fn loss(&self, model: &Forward<'_>, batch: &Vec<usize>) -> BatchLoss {
+        let (loss, metrics) = self.evaluate(model, batch);
+        BatchLoss { loss, metrics: metrics.named() }
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.state()).expect("sampler state serializes")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Invalid(format!("the pair sampler's state: {e}")))?;
+        self.sampler = TokenSampler::resume(self.pairs.len(), state);
+        Ok(())
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for p in self.pairs.iter().chain(self.validation) {
+            for ids in [&p.prompt_ids, &p.chosen_ids, &p.rejected_ids] {
+                h.update(&(ids.len() as u64).to_le_bytes());
+                ids.iter().for_each(|id| h.update(&id.to_le_bytes()));
+            }
+        }
+        // The reference is part of the run: another reference model scores differently.
+        self.reference.iter().for_each(|(c, r)| h.update(&[c.to_le_bytes(), r.to_le_bytes()].concat()));
+        format!(
+            "preference {} train / {} validation pairs, {:?} beta {}, pad {}, {:016x}",
+            self.pairs.len(),
+            self.validation.len(),
+            self.loss,
+            self.beta,
+            self.pad,
+            h.digest()
+        )
+    }
+
+    fn validate(&self, model: &PhiForCausalLM, _cfg: &TrainConfig) -> Option<f64> {
+        if self.validation.is_empty() {
+            return None;
+        }
+        let n = self.pairs.len();
+        let indices: Vec<usize> = (n..n + self.validation.len()).collect();
+        let (mut total, mut count) = (0.0, 0usize);
+        for chunk in indices.chunks(REFERENCE_BATCH) {
+            let (loss, _) = self.evaluate(&Forward::new(model), chunk);
+            total += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
+            count += chunk.len();
+        }
+        Some(total / count as f64)
+    }
 }
 
 #[cfg(test)]
