@@ -99,6 +99,41 @@ impl Outcome {
     }
 }
 
+/// Completions of `problems` by `model`: `samples` per problem (greedy when `temperature` is 0,
+/// else sampled with seed `problem index × 1000 + sample`), at most `max_new_tokens` each and no
+/// more than the context leaves, stopped at the model's EOS ids and cut where the function body
+/// ends ([`truncate_completion`]). A prompt that fills the context gets an empty completion.
+/// `on_problem(done)` is called after each problem.
+pub fn generate_completions<'p>(
+    model: &phi_core::PhiForCausalLM,
+    tokenizer: &phi_data::Tokenizer,
+    problems: &'p [Problem],
+    samples: usize,
+    temperature: f64,
+    max_new_tokens: usize,
+    mut on_problem: impl FnMut(usize),
+) -> Result<Vec<(&'p Problem, String)>, String> {
+    let max_len = model.config().max_position_embeddings;
+    let mut pairs = Vec::with_capacity(problems.len() * samples.max(1));
+    for (i, p) in problems.iter().enumerate() {
+        let ids = tokenizer.encode(&p.prompt);
+        let room = max_len.saturating_sub(ids.len()).min(max_new_tokens);
+        for s in 0..samples.max(1) {
+            let completion = if room == 0 || ids.is_empty() {
+                String::new()
+            } else {
+                let config = phi_core::GenerationConfig::sampling(room, temperature, (i * 1000 + s) as u64)
+                    .with_stop_tokens(model.config().eos_token_ids.clone());
+                let out = model.generate(&ids, &config).map_err(|e| format!("{}: {e}", p.task_id))?;
+                truncate_completion(&tokenizer.decode(&out[ids.len()..])).to_string()
+            };
+            pairs.push((p, completion));
+        }
+        on_problem(i + 1);
+    }
+    Ok(pairs)
+}
+
 /// Runs `program` (a complete Python file) in a fresh `sandbox`.
 pub fn run_program(program: &str, sandbox: &Sandbox) -> Result<Outcome, String> {
     sandbox.run_python(program).map(|run| Outcome::of(&run)).map_err(|e| e.to_string())
@@ -261,5 +296,27 @@ mod tests {
         assert_eq!(truncate_completion("    return x\n\ndef g():\n    pass"), "    return x\n");
         assert_eq!(truncate_completion("    return x\nprint(1)"), "    return x");
         assert_eq!(truncate_completion("    return x"), "    return x");
+    }
+
+    #[test]
+    fn completions_per_problem_and_sample_seeded_and_empty_when_the_prompt_fills_the_context() {
+        let problems = load_problems().unwrap();
+        let texts: Vec<&str> = problems.iter().take(20).map(|p| p.prompt.as_str()).collect();
+        let tok = phi_data::Tokenizer::train_bpe(texts.iter().copied(), 400).unwrap();
+        let mut config = phi_core::PhiConfig::phi_family(32, 1, 4, tok.vocab_size(), 0.5);
+        config.max_position_embeddings = 512;
+        config.eos_token_ids = vec![];
+        let model = phi_core::PhiForCausalLM::init(config, &burn::tensor::Device::default(), 3).unwrap();
+        let few = &problems[..3];
+        let mut calls = 0;
+        let a = generate_completions(&model, &tok, few, 2, 0.8, 6, |_| calls += 1).unwrap();
+        assert_eq!((a.len(), calls), (6, 3));
+        assert!(a.iter().zip([0, 0, 1, 1, 2, 2]).all(|((p, _), i)| p.task_id == few[i].task_id));
+        let b = generate_completions(&model, &tok, few, 2, 0.8, 6, |_| {}).unwrap();
+        assert_eq!(a.iter().map(|(_, c)| c).collect::<Vec<_>>(), b.iter().map(|(_, c)| c).collect::<Vec<_>>(), "seeded");
+        // A prompt longer than the context: nothing to generate, an empty completion.
+        let long = Problem { prompt: "x = 1\n".repeat(400), ..few[0].clone() };
+        let c = generate_completions(&model, &tok, std::slice::from_ref(&long), 1, 0.0, 6, |_| {}).unwrap();
+        assert_eq!(c[0].1, "");
     }
 }

@@ -275,7 +275,7 @@ fn humaneval(
     no_sandbox: bool,
     device: DeviceArg,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::humaneval::{judge, load_problems, score, truncate_completion, write_jsonl};
+    use phi::humaneval::{generate_completions, judge, load_problems, score, write_jsonl};
     // The sandbox first: a machine that cannot isolate fails before minutes of generation.
     let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let device = device.device()?;
@@ -284,25 +284,8 @@ fn humaneval(
     let mut problems = load_problems()?;
     problems.truncate(limit.unwrap_or(problems.len()));
     let t0 = std::time::Instant::now();
-    let mut pairs = Vec::new();
-    let max_len = model.config().max_position_embeddings;
     let bar = indicatif::ProgressBar::new(problems.len() as u64);
-    for (i, p) in problems.iter().enumerate() {
-        let ids = tok.encode(&p.prompt);
-        let room = max_len.saturating_sub(ids.len()).min(max_new_tokens);
-        for s in 0..samples.max(1) {
-            let completion = if room == 0 || ids.is_empty() {
-                String::new() // the prompt alone fills the context: nothing can be generated
-            } else {
-                let config = GenerationConfig::sampling(room, temperature, (i * 1000 + s) as u64)
-                    .with_stop_tokens(model.config().eos_token_ids.clone());
-                let out = model.generate(&ids, &config)?;
-                truncate_completion(&tok.decode(&out[ids.len()..])).to_string()
-            };
-            pairs.push((p, completion));
-        }
-        bar.set_position(i as u64 + 1);
-    }
+    let pairs = generate_completions(&model, &tok, &problems, samples, temperature, max_new_tokens, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let gen_secs = t0.elapsed().as_secs_f64();
     let judged = judge(&pairs, &sandbox, workers(workers_))?;
