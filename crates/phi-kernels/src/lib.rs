@@ -15,6 +15,18 @@
 //!
 //! `layer_norm` has no inference kernel of its own: outside autodiff it is burn's `layer_norm`.
 //! Callers never choose; tests check that the paths agree, gradients included.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Int, Tensor};
+//!
+//! let device = Device::default();
+//! let logits = Tensor::<3>::random([2, 5, 11], Distribution::Normal(0.0, 1.0), &device);
+//! let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], &device);
+//! // Next-token cross-entropy: the fused kernel on flex, plain ops elsewhere — the same number.
+//! let fused = phi_kernels::causal_lm_loss(logits.clone(), ids.clone()).into_scalar::<f32>();
+//! let plain = phi_kernels::causal_lm_loss_ops(logits, ids).into_scalar::<f32>();
+//! assert!((fused - plain).abs() < 1e-5);
+//! ```
 
 mod attention_grad;
 mod backward;
