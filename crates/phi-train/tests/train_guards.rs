@@ -1,40 +1,16 @@
 //! The training loop refuses to go on with NaNs and refuses settings it cannot run: a diverged
 //! run stops at the step that diverged and never checkpoints non-finite weights, and every
-//! impossible setting is an error naming its key before any work is done.
+//! impossible setting is an error naming its key before any work is done. (Settings files: the
+//! `phi` crate's `tests/train_settings.rs`.)
+
+mod common;
 
 use std::path::Path;
 
 use burn::tensor::Device;
+use common::tiny;
 use phi_core::PhiConfig;
-use phi_data::{Mixture, TokenDataset};
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, StepMetrics, TrainConfig, checkpoint, train};
-
-fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset) {
-    let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
-    model.max_position_embeddings = 64;
-    let cfg = TrainConfig {
-        batch_size: 2,
-        seq_len: 16,
-        grad_accum: 1,
-        max_steps: 6,
-        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
-        schedule: LrSchedule { peak: 3e-3, warmup_steps: 0, total_steps: 6, floor: 3e-4, decay: Decay::Cosine },
-        clip_norm: Some(1.0),
-        eval_every: 0,
-        eval_batches: 2,
-        checkpoint_every: 1,
-        keep_checkpoints: 100,
-        seed: 5,
-        peak_flops: 1e11,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: LossScaler::default(),
-        on_non_finite: OnNonFinite::Stop,
-    };
-    let stream: Vec<u32> = (0..3000u32).map(|i| if i % 5 == 0 { (i * 2654435761) >> 26 } else { i % 64 }).collect();
-    let val = TokenDataset::from_tokens(stream[..400].to_vec());
-    (model, cfg, Mixture::single(TokenDataset::from_tokens(stream)), val)
-}
+use phi_train::{LrSchedule, OnNonFinite, Start, StepMetrics, TrainConfig, checkpoint, train};
 
 /// Every value of every checkpoint under `out` is finite (and how many checkpoints there are).
 fn checkpoints_are_finite(out: &Path) -> usize {
@@ -183,27 +159,4 @@ fn bad_settings_are_refused_before_any_work() {
     cfg.seq_len = 100;
     let msg = train(&model, &cfg, &data, &val, &out, Start::Scratch, &Device::default(), |_| {}).err().unwrap().to_string();
     assert!(msg.contains("`seq_len`: 100 exceeds the model's max_position_embeddings (64)"), "{msg}");
-}
-
-#[test]
-fn settings_files_with_unknown_or_misspelt_keys_are_refused() {
-    let (_, cfg, _, _) = tiny();
-    let dir = tempfile::tempdir().unwrap();
-    let apply = |text: &str| {
-        let path = dir.path().join("over.toml");
-        std::fs::write(&path, text).unwrap();
-        phi::recipes::apply_toml_overrides(&cfg, &path)
-    };
-    let e = apply("max_step = 10\n").unwrap_err();
-    assert!(e.ends_with("over.toml: unknown key `max_step`: did you mean `max_steps`?"), "{e}");
-    let e = apply("[schedule]\npeek = 3e-4\n").unwrap_err();
-    assert!(e.ends_with("unknown key `schedule.peek`: did you mean `schedule.peak`?"), "{e}");
-    let e = apply("on_non_finite = \"ignore\"\n").unwrap_err();
-    assert!(e.contains("ignore") && e.contains("stop") && e.contains("skip"), "{e}");
-    let ok = apply("max_steps = 10\non_non_finite = \"skip\"\n[schedule]\npeak = 3e-4\n").unwrap();
-    assert_eq!((ok.max_steps, ok.on_non_finite, ok.schedule.peak), (10, OnNonFinite::Skip, 3e-4));
-    // A config without the new key (an older checkpoint's) reads as "stop".
-    let mut json = serde_json::to_value(&cfg).unwrap();
-    json.as_object_mut().unwrap().remove("on_non_finite");
-    assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap().on_non_finite, OnNonFinite::Stop);
 }
