@@ -213,7 +213,7 @@ mod tests {
     fn encoding_in_pieces_gives_the_ids_of_encoding_whole() {
         let corpus: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}  # it's abc\n")).collect();
         let trained = Tokenizer::train_bpe(corpus.iter(), 320).unwrap();
-        let gpt2 = Tokenizer::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tokenizers/gpt2/tokenizer.json")).unwrap();
+        let gpt2 = Tokenizer::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokenizers/gpt2/tokenizer.json")).unwrap();
         // Everything a cut could land in: words, numbers, punctuation, contractions, runs of
         // spaces and newlines, multi-byte characters, a long run (capped in `trained`), and the
         // special token, which is split out before pre-tokenization.

@@ -3,16 +3,13 @@
 //! lora-phi-tiny adapter, reference = phi-tiny, 4 pairs, β 0.1, sigmoid, 3 plain AdamW steps at
 //! lr 1e-3 on the whole set as one batch, f32).
 
-use std::path::PathBuf;
+mod common;
 
 use burn::tensor::Device;
+use common::fixture;
 use phi_core::PhiForCausalLM;
 use phi_train::preference::{Dpo, PreferenceLoss, TokenPair};
 use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, TrainConfig, Weights, fit};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")).join(name)
-}
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()

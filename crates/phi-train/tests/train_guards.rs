@@ -1,40 +1,16 @@
 //! The training loop refuses to go on with NaNs and refuses settings it cannot run: a diverged
 //! run stops at the step that diverged and never checkpoints non-finite weights, and every
-//! impossible setting is an error naming its key before any work is done.
+//! impossible setting is an error naming its key before any work is done, and a settings file
+//! with an unknown or misspelt key is refused naming the nearest known one.
+
+mod common;
 
 use std::path::Path;
 
 use burn::tensor::Device;
+use common::tiny;
 use phi_core::PhiConfig;
-use phi_data::{Mixture, TokenDataset};
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, StepMetrics, TrainConfig, checkpoint, train};
-
-fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset) {
-    let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
-    model.max_position_embeddings = 64;
-    let cfg = TrainConfig {
-        batch_size: 2,
-        seq_len: 16,
-        grad_accum: 1,
-        max_steps: 6,
-        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
-        schedule: LrSchedule { peak: 3e-3, warmup_steps: 0, total_steps: 6, floor: 3e-4, decay: Decay::Cosine },
-        clip_norm: Some(1.0),
-        eval_every: 0,
-        eval_batches: 2,
-        checkpoint_every: 1,
-        keep_checkpoints: 100,
-        seed: 5,
-        peak_flops: 1e11,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: LossScaler::default(),
-        on_non_finite: OnNonFinite::Stop,
-    };
-    let stream: Vec<u32> = (0..3000u32).map(|i| if i % 5 == 0 { (i * 2654435761) >> 26 } else { i % 64 }).collect();
-    let val = TokenDataset::from_tokens(stream[..400].to_vec());
-    (model, cfg, Mixture::single(TokenDataset::from_tokens(stream)), val)
-}
+use phi_train::{LrSchedule, OnNonFinite, Start, StepMetrics, TrainConfig, checkpoint, train};
 
 /// Every value of every checkpoint under `out` is finite (and how many checkpoints there are).
 fn checkpoints_are_finite(out: &Path) -> usize {
@@ -192,7 +168,7 @@ fn settings_files_with_unknown_or_misspelt_keys_are_refused() {
     let apply = |text: &str| {
         let path = dir.path().join("over.toml");
         std::fs::write(&path, text).unwrap();
-        phi::recipes::apply_toml_overrides(&cfg, &path)
+        phi_train::recipes::apply_toml_overrides(&cfg, &path)
     };
     let e = apply("max_step = 10\n").unwrap_err();
     assert!(e.ends_with("over.toml: unknown key `max_step`: did you mean `max_steps`?"), "{e}");

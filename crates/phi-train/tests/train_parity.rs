@@ -1,5 +1,5 @@
 //! Five AdamW steps from phi-tiny reproduce torch: losses, pre-clip gradient norms and the final
-//! weights (`../shared/fixtures/train-adamw`, made by make_fixtures.py).
+//! weights (`tests/fixtures/train-adamw`, made by phi-core's `tests/fixtures/make_fixtures.py`).
 
 mod common;
 

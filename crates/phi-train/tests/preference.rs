@@ -1,5 +1,5 @@
-//! Preference objectives against TRL: `../shared/fixtures/dpo-phi-tiny` (copied to
-//! tests/fixtures), made with PyTorch, PEFT 0.21 and TRL 1.16's DPOTrainer (f32, no autocast).
+//! Preference objectives against TRL: `tests/fixtures/dpo-phi-tiny`, made by
+//! `tests/fixtures/make_dpo_fixture.py` with PyTorch, PEFT 0.21 and TRL 1.16's DPOTrainer (f32, no autocast).
 //! Policy = phi-tiny + the lora-phi-tiny adapter, reference = phi-tiny; 4 token-id pairs of
 //! different lengths, β 0.1, sigmoid loss.
 
