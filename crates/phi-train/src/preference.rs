@@ -198,6 +198,21 @@ pub struct Dpo<'a> {
     sampler: TokenSampler,
 }
 
+/// Every pair fits the model: ids within its vocabulary, prompt + longer completion within its
+/// context (the error names the pair, counting from 0).
+pub fn check_pairs<'p>(pairs: impl IntoIterator<Item = &'p TokenPair>, model: &PhiConfig) -> Result<()> {
+    for (i, p) in pairs.into_iter().enumerate() {
+        let longest = p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len());
+        if longest > model.max_position_embeddings {
+            return Err(TrainError::Invalid(format!("pair {i} has {longest} tokens, more than the model's max_position_embeddings ({})", model.max_position_embeddings)));
+        }
+        if let Some(&id) = p.prompt_ids.iter().chain(&p.chosen_ids).chain(&p.rejected_ids).find(|&&id| id as usize >= model.vocab_size) {
+            return Err(TrainError::Invalid(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
+        }
+    }
+    Ok(())
+}
+
 /// Pairs the reference is scored on at once when a [`Dpo`] is built.
 const REFERENCE_BATCH: usize = 8;
 
@@ -243,16 +258,7 @@ impl Objective for Dpo<'_> {
     type Batch = Vec<usize>;
 
     fn check(&self, model: &PhiConfig, _cfg: &TrainConfig) -> Result<()> {
-        for (i, p) in self.pairs.iter().chain(self.validation).enumerate() {
-            let longest = p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len());
-            if longest > model.max_position_embeddings {
-                return Err(TrainError::Invalid(format!("pair {i} has {longest} tokens, more than the model's max_position_embeddings ({})", model.max_position_embeddings)));
-            }
-            if let Some(&id) = p.prompt_ids.iter().chain(&p.chosen_ids).chain(&p.rejected_ids).find(|&&id| id as usize >= model.vocab_size) {
-                return Err(TrainError::Invalid(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
-            }
-        }
-        Ok(())
+        check_pairs(self.pairs.iter().chain(self.validation), model)
     }
 
     fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
@@ -319,6 +325,136 @@ impl Objective for Dpo<'_> {
     }
 }
 
+/// What loading a preference file did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PairReport {
+    pub pairs: usize,
+    /// `(line number, reason)` of every skipped record.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// How text records become token ids: the model's tokenizer, chat template and EOS id.
+pub struct PairEncoder<'a> {
+    pub tokenizer: &'a phi_data::Tokenizer,
+    pub template: phi_core::chat::ChatTemplate,
+    pub eos: u32,
+}
+
+fn ids_field(v: &serde_json::Value, key: &str) -> std::result::Result<Option<Vec<u32>>, String> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32).ok_or_else(|| format!("`{key}` holds {x}, not a token id")))
+            .collect::<std::result::Result<Vec<u32>, String>>()
+            .map(Some),
+        Some(other) => Err(format!("`{key}` is {other}, not a list of token ids")),
+    }
+}
+
+/// `(role, content)` messages of a field that is a message list.
+fn messages(v: &serde_json::Value, key: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let list = v.as_array().ok_or_else(|| format!("`{key}` is neither text nor a list of messages"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| format!("{key}[{i}] has no `role`"))?;
+            let content = m.get("content").and_then(|c| c.as_str()).ok_or_else(|| format!("{key}[{i}] has no `content`"))?;
+            if !["system", "user", "assistant"].contains(&role) {
+                return Err(format!("{key}[{i}] has unknown role `{role}`"));
+            }
+            Ok((role.to_string(), content.to_string()))
+        })
+        .collect()
+}
+
+/// One JSONL record as a pair: token ids (`prompt_ids`, `chosen_ids`, `rejected_ids`; no
+/// tokenizer needed), or text (`prompt`, `chosen`, `rejected`), each either a string or a
+/// message list. As TRL does, the prompt is tokenized on its own (message lists rendered with
+/// the chat template and its generation prompt) and every completion ends with EOS (after the
+/// template's end-of-turn marker for message lists).
+pub fn parse_pair(line: &str, encoder: Option<&PairEncoder<'_>>) -> std::result::Result<TokenPair, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    if let Some(prompt_ids) = ids_field(&v, "prompt_ids")? {
+        let chosen_ids = ids_field(&v, "chosen_ids")?.ok_or("no `chosen_ids`")?;
+        let rejected_ids = ids_field(&v, "rejected_ids")?.ok_or("no `rejected_ids`")?;
+        if chosen_ids.is_empty() || rejected_ids.is_empty() {
+            return Err("an empty completion".into());
+        }
+        return Ok(TokenPair { prompt_ids, chosen_ids, rejected_ids });
+    }
+    let enc = encoder.ok_or("a text record needs the model's tokenizer (or give prompt_ids/chosen_ids/rejected_ids)")?;
+    let field = |key: &str| v.get(key).ok_or_else(|| format!("no `{key}` (nor `{key}_ids`)"));
+    let prompt = match field("prompt")? {
+        serde_json::Value::String(s) => s.clone(),
+        other => {
+            let m = messages(other, "prompt")?;
+            enc.template.prompt(m.iter().map(|(r, c)| (r.as_str(), c.as_str())))
+        }
+    };
+    let completion = |key: &str| -> std::result::Result<Vec<u32>, String> {
+        let text = match field(key)? {
+            serde_json::Value::String(s) => s.clone(),
+            other => {
+                let m = messages(other, key)?;
+                enc.template.pieces(m.iter().map(|(r, c)| (r.as_str(), c.as_str()))).into_iter().filter(|p| p.response).map(|p| p.text).collect()
+            }
+        };
+        if text.trim().is_empty() {
+            return Err(format!("empty `{key}`"));
+        }
+        let mut ids = enc.tokenizer.encode(&text);
+        ids.push(enc.eos);
+        Ok(ids)
+    };
+    Ok(TokenPair { prompt_ids: enc.tokenizer.encode(&prompt), chosen_ids: completion("chosen")?, rejected_ids: completion("rejected")? })
+}
+
+/// Loads a JSONL file of preference records ([`parse_pair`]); a bad record is skipped and
+/// reported with its line number and the reason.
+pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder<'_>>) -> Result<(Vec<TokenPair>, PairReport)> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (mut pairs, mut report) = (Vec::new(), PairReport::default());
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_string()).and_then(|line| parse_pair(line, encoder));
+        match parsed {
+            Ok(p) => pairs.push(p),
+            Err(why) => report.skipped.push((i + 1, why)),
+        }
+    }
+    report.pairs = pairs.len();
+    Ok((pairs, report))
+}
+
+/// The loss and TRL's metrics of `policy` against `reference` over all `pairs` (both models
+/// without autodiff), `batch` pairs at a time: what `phi eval dpo` prints to compare
+/// checkpoints. Metrics are means over pairs, as one batch of them all would give.
+pub fn evaluate_pairs(policy: &PhiForCausalLM, reference: &PhiForCausalLM, pairs: &[TokenPair], beta: f64, kind: PreferenceLoss, pad: u32, batch: usize) -> PreferenceMetrics {
+    let average = kind.averages_logps();
+    let refs = sequence_logps(reference, pairs, pad, batch, average);
+    let device = policy.device();
+    let mut total = PreferenceMetrics { loss: 0.0, rewards_chosen: 0.0, rewards_rejected: 0.0, rewards_margins: 0.0, rewards_accuracies: 0.0, logps_chosen: 0.0, logps_rejected: 0.0 };
+    for (chunk, r) in pairs.chunks(batch.max(1)).zip(refs.chunks(batch.max(1))) {
+        let (ids, mask) = pair_batch(chunk, pad, &device);
+        let logps = completion_logps(policy.forward(ids.clone()), ids, mask, average);
+        let n = chunk.len();
+        let r: Vec<f32> = r.iter().map(|p| p.0).chain(r.iter().map(|p| p.1)).collect();
+        let (_, m) = preference_loss(logps, Tensor::from_data(TensorData::new(r, [2 * n]), &device), beta, kind);
+        let w = n as f64 / pairs.len() as f64;
+        total.loss += m.loss * w;
+        total.rewards_chosen += m.rewards_chosen * w;
+        total.rewards_rejected += m.rewards_rejected * w;
+        total.rewards_margins += m.rewards_margins * w;
+        total.rewards_accuracies += m.rewards_accuracies * w;
+        total.logps_chosen += m.logps_chosen * w;
+        total.logps_rejected += m.logps_rejected * w;
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +498,30 @@ mod tests {
         assert!((v(preference_loss(policy.clone(), reference.clone(), beta, PreferenceLoss::Ipo).0)[0] as f64 - want).abs() < 1e-4);
         let want = d.iter().map(|&d| (1.0 - beta * d).max(0.0)).sum::<f64>() / 2.0;
         assert!((v(preference_loss(policy, reference, beta, PreferenceLoss::Hinge).0)[0] as f64 - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn text_records_tokenize_the_prompt_alone_and_end_completions_with_eos() {
+        let texts = ["hello world", "def f(x): return x", "<|user|> <|assistant|> <|end|>", "good bad answer"];
+        let tok = phi_data::Tokenizer::train_bpe(texts.iter().cycle().take(40).copied(), 300).unwrap();
+        let plain = PairEncoder { tokenizer: &tok, template: phi_core::chat::ChatTemplate::Plain, eos: 7 };
+        let p = parse_pair(r#"{"prompt": "hello world", "chosen": " good answer", "rejected": " bad"}"#, Some(&plain)).unwrap();
+        assert_eq!(p.prompt_ids, tok.encode("hello world"));
+        assert_eq!(p.chosen_ids, [tok.encode(" good answer"), vec![7]].concat());
+        assert_eq!(p.rejected_ids, [tok.encode(" bad"), vec![7]].concat());
+        // Message lists: the prompt with the Phi-3 generation prompt, completions with <|end|>.
+        let phi3 = PairEncoder { template: phi_core::chat::ChatTemplate::Phi3, ..plain };
+        let line = r#"{"prompt": [{"role": "user", "content": "hello world"}], "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]}"#;
+        let p = parse_pair(line, Some(&phi3)).unwrap();
+        assert_eq!(tok.decode(&p.prompt_ids), "<|user|>\nhello world<|end|>\n<|assistant|>\n");
+        assert_eq!(tok.decode(&p.chosen_ids[..p.chosen_ids.len() - 1]), "good<|end|>\n");
+        assert_eq!(*p.chosen_ids.last().unwrap(), 7);
+        // Ids need no tokenizer; text without one, empty completions and unknown roles are errors.
+        let p = parse_pair(r#"{"prompt_ids": [1], "chosen_ids": [2, 3], "rejected_ids": [4]}"#, None).unwrap();
+        assert_eq!((p.prompt_ids, p.chosen_ids, p.rejected_ids), (vec![1], vec![2, 3], vec![4]));
+        assert!(parse_pair(r#"{"prompt": "a", "chosen": "b", "rejected": "c"}"#, None).unwrap_err().contains("tokenizer"));
+        assert!(parse_pair(r#"{"prompt": "a", "chosen": "  ", "rejected": "c"}"#, Some(&plain)).unwrap_err().contains("empty `chosen`"));
+        let bad_role = r#"{"prompt": [{"role": "robot", "content": "a"}], "chosen": "b", "rejected": "c"}"#;
+        assert!(parse_pair(bad_role, Some(&phi3)).unwrap_err().contains("unknown role `robot`"));
     }
 }

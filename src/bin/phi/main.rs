@@ -129,6 +129,39 @@ enum EvalCommand {
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
+    /// DPO loss and TRL's reward metrics of a policy against a reference over preference pairs,
+    /// without training (compare checkpoints).
+    Dpo {
+        /// The policy's model folder.
+        #[arg(long)]
+        policy: PathBuf,
+        /// A PEFT LoRA adapter on the policy.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The reference model folder (default: the policy without its adapter, as TRL's
+        /// reference for a PEFT model; without an adapter, the policy itself).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// JSONL pairs: `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/`rejected`
+        /// as text or message lists (tokenized with the policy's tokenizer.json).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 0.1)]
+        beta: f64,
+        /// sigmoid (DPO), ipo or hinge.
+        #[arg(long, default_value = "sigmoid")]
+        loss: String,
+        /// cDPO's ε for the sigmoid loss.
+        #[arg(long, default_value_t = 0.0)]
+        label_smoothing: f64,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceArg,
+    },
     /// Token-weighted next-token loss and perplexity — the training loop's validation loss.
     Perplexity {
         #[arg(long)]
@@ -302,6 +335,74 @@ fn humaneval(
         sandbox.is_isolated(),
         out.display().to_string()
     );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_dpo(
+    policy_dir: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    reference: Option<&std::path::Path>,
+    data: &std::path::Path,
+    beta: f64,
+    loss: &str,
+    label_smoothing: f64,
+    batch_size: usize,
+    json: bool,
+    device: DeviceArg,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::train::preference::{PairEncoder, PreferenceLoss, check_pairs, evaluate_pairs, load_pairs};
+    let kind = match loss {
+        "sigmoid" => PreferenceLoss::Sigmoid { label_smoothing },
+        "ipo" => PreferenceLoss::Ipo,
+        "hinge" => PreferenceLoss::Hinge,
+        other => return Err(format!("--loss `{other}`: expected sigmoid, ipo or hinge").into()),
+    };
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(format!("--beta {beta} must be a positive number").into());
+    }
+    if !(0.0..0.5).contains(&label_smoothing) {
+        return Err(format!("--label-smoothing {label_smoothing} must be in [0, 0.5)").into());
+    }
+    let device = device.device()?;
+    let base = PhiForCausalLM::from_pretrained(policy_dir, &device)?;
+    let policy = match adapter {
+        Some(a) => phi::train::lora::load(base.clone(), a)?,
+        None => base.clone(),
+    };
+    let reference = match reference {
+        Some(dir) => PhiForCausalLM::from_pretrained(dir, &device)?,
+        None => base,
+    };
+    let tok_path = policy_dir.join("tokenizer.json");
+    let tok = if tok_path.is_file() { Some(phi::data::Tokenizer::from_file(&tok_path)?) } else { None };
+    let eos = policy.config().eos_token_ids.first().copied().or_else(|| tok.as_ref().and_then(|t| t.eos_id()));
+    let encoder = match (&tok, eos) {
+        (Some(tokenizer), Some(eos)) => Some(PairEncoder { tokenizer, template: phi::core::chat::ChatTemplate::for_family(policy.config().family), eos }),
+        _ => None,
+    };
+    let (pairs, report) = load_pairs(data, encoder.as_ref())?;
+    for (line, why) in report.skipped.iter().take(10) {
+        eprintln!("{}: skipped line {line}: {why}", data.display());
+    }
+    if pairs.is_empty() {
+        return Err(format!("{}: no usable preference pairs ({} skipped)", data.display(), report.skipped.len()).into());
+    }
+    check_pairs(&pairs, policy.config()).map_err(|e| format!("{}: {e}", data.display()))?;
+    // Padding is masked out of every sum; any id the model has will do.
+    let pad = policy.config().pad_token_id.or(eos).unwrap_or(0);
+    let m = evaluate_pairs(&policy, &reference, &pairs, beta, kind, pad, batch_size);
+    if json {
+        let mut v = serde_json::to_value(m)?;
+        v["pairs"] = pairs.len().into();
+        v["skipped"] = report.skipped.len().into();
+        println!("{v}");
+    } else {
+        println!("{} pairs ({} skipped), beta {beta}, {loss}", pairs.len(), report.skipped.len());
+        for (k, v) in serde_json::to_value(m)?.as_object().into_iter().flatten() {
+            println!("  {k:<20} {v}");
+        }
+    }
     Ok(())
 }
 
@@ -563,6 +664,9 @@ fn main() -> ExitCode {
             }
             (None, None) => Err("phi eval humaneval: pass --model DIR or --completions FILE".into()),
         },
+        Command::Eval(EvalCommand::Dpo { policy, adapter, reference, data, beta, loss, label_smoothing, batch_size, json, device }) => {
+            eval_dpo(&policy, adapter.as_deref(), reference.as_deref(), &data, beta, &loss, label_smoothing, batch_size, json, device)
+        }
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
         }
