@@ -313,15 +313,8 @@ impl Objective for Dpo<'_> {
         if self.validation.is_empty() {
             return None;
         }
-        let n = self.pairs.len();
-        let indices: Vec<usize> = (n..n + self.validation.len()).collect();
-        let (mut total, mut count) = (0.0, 0usize);
-        for chunk in indices.chunks(REFERENCE_BATCH) {
-            let (loss, _) = self.evaluate(&Forward::new(model), chunk);
-            total += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
-            count += chunk.len();
-        }
-        Some(total / count as f64)
+        let refs = &self.reference[self.pairs.len()..];
+        Some(metrics_against(model, self.validation, refs, self.beta, self.loss, self.pad, REFERENCE_BATCH).loss)
     }
 }
 
@@ -433,13 +426,18 @@ pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder<'_>>) -> 
 /// without autodiff), `batch` pairs at a time: what `phi eval dpo` prints to compare
 /// checkpoints. Metrics are means over pairs, as one batch of them all would give.
 pub fn evaluate_pairs(policy: &PhiForCausalLM, reference: &PhiForCausalLM, pairs: &[TokenPair], beta: f64, kind: PreferenceLoss, pad: u32, batch: usize) -> PreferenceMetrics {
-    let average = kind.averages_logps();
-    let refs = sequence_logps(reference, pairs, pad, batch, average);
+    let refs = sequence_logps(reference, pairs, pad, batch, kind.averages_logps());
+    metrics_against(policy, pairs, &refs, beta, kind, pad, batch)
+}
+
+/// The loss and metrics of `policy` over `pairs` against their reference log-probabilities
+/// `refs` (`(chosen, rejected)` per pair), `batch` pairs at a time, weighted by pairs.
+fn metrics_against(policy: &PhiForCausalLM, pairs: &[TokenPair], refs: &[(f32, f32)], beta: f64, kind: PreferenceLoss, pad: u32, batch: usize) -> PreferenceMetrics {
     let device = policy.device();
     let mut total = PreferenceMetrics { loss: 0.0, rewards_chosen: 0.0, rewards_rejected: 0.0, rewards_margins: 0.0, rewards_accuracies: 0.0, logps_chosen: 0.0, logps_rejected: 0.0 };
     for (chunk, r) in pairs.chunks(batch.max(1)).zip(refs.chunks(batch.max(1))) {
         let (ids, mask) = pair_batch(chunk, pad, &device);
-        let logps = completion_logps(policy.forward(ids.clone()), ids, mask, average);
+        let logps = completion_logps(policy.forward(ids.clone()), ids, mask, kind.averages_logps());
         let n = chunk.len();
         let r: Vec<f32> = r.iter().map(|p| p.0).chain(r.iter().map(|p| p.1)).collect();
         let (_, m) = preference_loss(logps, Tensor::from_data(TensorData::new(r, [2 * n]), &device), beta, kind);

@@ -1,7 +1,10 @@
 //! Training runs end to end, and a run stopped at step 10 and resumed reproduces the
 //! uninterrupted run bitwise (CPU); interrupted checkpoint writes are never resumed from.
 
+mod common;
+
 use burn::tensor::Device;
+use common::snapshot;
 use phi_core::{BlockKind, Family, MlpKind, NormKind, PhiConfig};
 use phi_data::shard::write_shard;
 use phi_data::{Mixture, TokenDataset};
@@ -180,21 +183,6 @@ fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
         _ => last.loss_scale.unwrap(),
     };
     assert_eq!(state["loss_scaler"]["scale"].as_f64(), Some(next_scale), "{state}");
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(snapshot(&p));
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out.sort();
-    out
 }
 
 fn resume_error(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset, dir: &std::path::Path) -> String {

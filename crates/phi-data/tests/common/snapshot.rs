@@ -1,5 +1,5 @@
 //! Directory snapshots: a guarded folder is compared before and after a refused operation. Used by
-//! phi-data's tests and, included by path, by the `phi` tool's.
+//! phi-data's tests and, included by path, by phi-train's and the `phi` tool's.
 
 use std::path::PathBuf;
 

@@ -4,11 +4,14 @@
 
 #[path = "../../../phi-core/tests/common/reference.rs"]
 mod reference;
+#[path = "../../../phi-data/tests/common/snapshot.rs"]
+mod snapshot;
 mod tiny;
 
 use std::path::{Path, PathBuf};
 
 pub use reference::*;
+pub use snapshot::snapshot;
 pub use tiny::tiny;
 
 /// A fixture: this crate's training, LoRA and preference references (`tests/fixtures`), or one of
