@@ -16,7 +16,7 @@ pub use phi_core as core;
 pub use phi_data as data;
 pub use phi_train as train;
 pub use phi_core::device;
-pub use phi_train::{bench, export, finetune, overrides, recipes};
+pub use phi_train::{bench, dpo, export, finetune, overrides, recipes};
 
 pub use phi_eval::humaneval;
 pub use phi_eval as eval;

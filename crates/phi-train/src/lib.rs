@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod clip;
+pub mod dpo;
 pub mod error;
 pub mod export;
 pub mod finetune;

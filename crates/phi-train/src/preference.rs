@@ -8,13 +8,17 @@
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
-//! use phi_train::preference::{PreferenceLoss, preference_loss};
+//! use phi_train::preference::{PreferenceLoss, SequenceLogps, preference_loss};
 //!
 //! let device = Device::default();
-//! // Two pairs: chosen log-probs first, then rejected.
-//! let policy = Tensor::<1>::from_data([-10.0, -12.0, -14.0, -11.0], &device);
+//! // Two pairs: chosen log-probs first, then rejected (summed over 3, 4, 2 and 5 tokens).
+//! let policy = SequenceLogps {
+//!     sums: Tensor::from_data([-10.0, -12.0, -14.0, -11.0], &device),
+//!     counts: Tensor::from_data([3.0, 4.0, 2.0, 5.0], &device),
+//!     chosen_nll: Tensor::from_data([3.0], &device),
+//! };
 //! let reference = Tensor::<1>::from_data([-11.0, -12.0, -13.0, -12.0], &device);
-//! let (loss, m) = preference_loss(policy, reference, 0.1, PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
+//! let (loss, m) = preference_loss(policy, Some(reference), 0.1, PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
 //! assert!(loss.into_scalar::<f32>() > 0.0);
 //! assert_eq!(m.rewards_accuracies, 0.5);
 //! ```
@@ -35,25 +39,53 @@ use crate::objective::{BatchLoss, Forward, Objective};
 pub enum PreferenceLoss {
     /// DPO: `-(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)` (ε > 0 is conservative DPO, cDPO).
     Sigmoid { label_smoothing: f64 },
-    /// IPO: `(Δ - 1/(2β))²`, on log-probabilities averaged over completion tokens (as TRL).
+    /// IPO: `(Δ̄ - 1/(2β))²`, where each log-ratio is averaged over its completion tokens (as
+    /// TRL, which confirmed this normalisation with IPO's authors).
     Ipo,
     /// SLiC's hinge: `relu(1 - βΔ)`.
     Hinge,
+    /// SimPO (TRL's CPO trainer, `loss_type="simpo"`, `cpo_alpha=0`): reference-free, on
+    /// log-probabilities averaged over completion tokens, with a target margin γ:
+    /// `-(1-ε)·logσ(β·Δ̄ - γ) - ε·logσ(-(β·Δ̄ - γ))`.
+    Simpo { gamma: f64, label_smoothing: f64 },
+    /// ORPO (TRL's ORPO trainer): reference-free; the NLL of the chosen sequences (prompt and
+    /// completion, mean over tokens) minus `β·logσ(log odds(chosen) - log odds(rejected))` of
+    /// log-probabilities averaged over completion tokens.
+    Orpo,
 }
 
 impl PreferenceLoss {
-    /// Whether sequence log-probabilities are averaged over their completion tokens (IPO) rather
-    /// than summed.
-    pub fn averages_logps(&self) -> bool {
-        matches!(self, PreferenceLoss::Ipo)
+    /// From TRL's `loss_type` name; `label_smoothing` applies to sigmoid and simpo, `gamma` to
+    /// simpo.
+    pub fn from_name(name: &str, label_smoothing: f64, gamma: f64) -> std::result::Result<Self, String> {
+        Ok(match name {
+            "sigmoid" => PreferenceLoss::Sigmoid { label_smoothing },
+            "ipo" => PreferenceLoss::Ipo,
+            "hinge" => PreferenceLoss::Hinge,
+            "simpo" => PreferenceLoss::Simpo { gamma, label_smoothing },
+            "orpo" => PreferenceLoss::Orpo,
+            other => return Err(format!("unknown preference loss `{other}`: expected sigmoid, ipo, hinge, simpo or orpo")),
+        })
+    }
+
+    /// Whether the loss compares the policy with a reference model (SimPO and ORPO do not).
+    pub fn needs_reference(&self) -> bool {
+        !self.reference_free()
+    }
+
+    /// Reference-free losses compare log-probabilities averaged over completion tokens, and
+    /// their rewards and `logps/*` metrics are those averages.
+    fn reference_free(&self) -> bool {
+        matches!(self, PreferenceLoss::Simpo { .. } | PreferenceLoss::Orpo)
     }
 }
 
 /// The metrics TRL logs for a preference batch, with its names and definitions.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PreferenceMetrics {
     pub loss: f64,
-    /// Mean of `β·(policy - reference)` over the chosen completions.
+    /// Mean of `β·(policy - reference)` over the chosen completions (summed log-probabilities;
+    /// `β·policy` averaged per token for the reference-free losses).
     #[serde(rename = "rewards/chosen")]
     pub rewards_chosen: f64,
     #[serde(rename = "rewards/rejected")]
@@ -71,45 +103,177 @@ pub struct PreferenceMetrics {
     pub logps_rejected: f64,
 }
 
-/// Per-sequence log-probability of the completion tokens: `logits` `[n, t, vocab]`, `ids`
-/// `[n, t]`, `mask` `[n, t]` (1 at completion tokens, 0 at prompt and padding). Token `j` is
-/// scored by the logits at `j - 1`, so position 0 never counts. `average`: divide by the number
-/// of completion tokens.
-pub fn completion_logps(logits: Tensor<3>, ids: Tensor<2, Int>, mask: Tensor<2>, average: bool) -> Tensor<1> {
+/// Which end of a too-long sequence survives (TRL's `truncation_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// The first `max_length` tokens (TRL's default); a pair whose prompt alone fills
+    /// `max_length` is dropped, since none of its completion tokens would remain.
+    #[default]
+    KeepStart,
+    /// The last `max_length` tokens: the prompt's start goes first.
+    KeepEnd,
+}
+
+/// How pairs become a batch: TRL's preference collator.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Collate {
+    /// Right padding (masked out of every sum: any id the model has will do).
+    pub pad: u32,
+    /// Each row (prompt + one completion) is cut to this many tokens (`None`: no limit).
+    pub max_length: Option<usize>,
+    pub truncation: Truncation,
+}
+
+impl Collate {
+    /// No truncation.
+    pub fn new(pad: u32) -> Self {
+        Collate { pad, max_length: None, truncation: Truncation::KeepStart }
+    }
+
+    /// One row: `prompt + completion` and its completion mask, cut to `max_length`.
+    fn row<'p>(&self, prompt: &'p [u32], completion: &'p [u32]) -> (impl Iterator<Item = (u32, bool)> + 'p, usize) {
+        let len = prompt.len() + completion.len();
+        let keep = self.max_length.map_or(len, |m| m.min(len));
+        let skip = match self.truncation {
+            Truncation::KeepStart => 0,
+            Truncation::KeepEnd => len - keep,
+        };
+        let tokens = prompt.iter().map(|&t| (t, false)).chain(completion.iter().map(|&t| (t, true)));
+        (tokens.skip(skip).take(keep), keep)
+    }
+
+    /// Whether either row of `pair` is cut.
+    pub fn truncates(&self, pair: &TokenPair) -> bool {
+        let longest = pair.prompt_ids.len() + pair.chosen_ids.len().max(pair.rejected_ids.len());
+        self.max_length.is_some_and(|m| longest > m)
+    }
+
+    /// Why `pair` cannot be learned from after truncation (TRL drops it), if so.
+    pub fn drops(&self, pair: &TokenPair) -> Option<String> {
+        match (self.max_length, self.truncation) {
+            (Some(m), Truncation::KeepStart) if pair.prompt_ids.len() >= m => Some(format!(
+                "the prompt alone has {} tokens and max_length is {m} (keep_start): no completion token would remain",
+                pair.prompt_ids.len()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The longest row this collator builds from `pair`.
+    fn longest(&self, pair: &TokenPair) -> usize {
+        let longest = pair.prompt_ids.len() + pair.chosen_ids.len().max(pair.rejected_ids.len());
+        self.max_length.map_or(longest, |m| m.min(longest))
+    }
+}
+
+/// A batch of pairs: rows `prompt + chosen` for every pair, then `prompt + rejected`, each cut
+/// to `max_length` and right-padded to the longest.
+pub struct PairBatch {
+    /// `[2n, t]` token ids.
+    pub ids: Tensor<2, Int>,
+    /// `[2n, t]`: 1 at completion tokens.
+    pub completion: Tensor<2>,
+    /// `[2n, t]`: 1 at every token that is not padding.
+    pub real: Tensor<2>,
+}
+
+/// The batch TRL's preference collator builds ([`PairBatch`]).
+pub fn pair_batch(pairs: &[TokenPair], collate: &Collate, device: &Device) -> PairBatch {
+    let sides: [fn(&TokenPair) -> (&[u32], &[u32]); 2] = [|p| (&p.prompt_ids, &p.chosen_ids), |p| (&p.prompt_ids, &p.rejected_ids)];
+    let t = pairs.iter().map(|p| collate.longest(p)).max().unwrap_or(0).max(2);
+    let n = 2 * pairs.len();
+    let (mut ids, mut completion, mut real) = (Vec::with_capacity(n * t), Vec::with_capacity(n * t), Vec::with_capacity(n * t));
+    for side in sides {
+        for p in pairs {
+            let (prompt, answer) = side(p);
+            let (row, len) = collate.row(prompt, answer);
+            for (id, learn) in row {
+                ids.push(id as i64);
+                completion.push(if learn { 1.0f32 } else { 0.0 });
+            }
+            ids.extend(std::iter::repeat_n(collate.pad as i64, t - len));
+            completion.extend(std::iter::repeat_n(0.0f32, t - len));
+            real.extend(std::iter::repeat_n(1.0f32, len));
+            real.extend(std::iter::repeat_n(0.0f32, t - len));
+        }
+    }
+    let floats = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n, t]), device);
+    PairBatch { ids: Tensor::from_data(TensorData::new(ids, [n, t]), device), completion: floats(completion), real: floats(real) }
+}
+
+/// What a preference loss needs of one forward pass over a [`PairBatch`].
+#[derive(Clone)]
+pub struct SequenceLogps {
+    /// `[2n]` log-probability of each row's completion tokens, summed; chosen rows first.
+    pub sums: Tensor<1>,
+    /// `[2n]` completion tokens scored in each row.
+    pub counts: Tensor<1>,
+    /// `[1]` mean negative log-probability over every scored token (prompt and completion) of
+    /// the chosen rows: ORPO's NLL term.
+    pub chosen_nll: Tensor<1>,
+}
+
+/// The completion log-probabilities of `batch` from its `[2n, t, vocab]` logits. Token `j` is
+/// scored by the logits at `j - 1`, so position 0 never counts.
+pub fn completion_logps(logits: Tensor<3>, batch: &PairBatch) -> SequenceLogps {
     let [n, t, v] = logits.dims();
     let log_probs = log_softmax(logits.narrow(1, 0, t - 1).reshape([n * (t - 1), v]), 1);
-    let picked = log_probs.gather(1, ids.narrow(1, 1, t - 1).reshape([n * (t - 1), 1])).reshape([n, t - 1]);
-    let mask = mask.narrow(1, 1, t - 1);
-    let sums = (picked * mask.clone()).sum_dim(1).reshape([n]);
-    if average { sums / mask.sum_dim(1).reshape([n]).clamp_min(1.0) } else { sums }
+    let picked = log_probs.gather(1, batch.ids.clone().narrow(1, 1, t - 1).reshape([n * (t - 1), 1])).reshape([n, t - 1]);
+    let mask = batch.completion.clone().narrow(1, 1, t - 1);
+    let sums = (picked.clone() * mask.clone()).sum_dim(1).reshape([n]);
+    let counts = mask.sum_dim(1).reshape([n]);
+    let real = batch.real.clone().narrow(1, 1, t - 1).narrow(0, 0, n / 2);
+    let chosen = picked.narrow(0, 0, n / 2);
+    let chosen_nll = (chosen * real.clone()).sum().neg() / real.sum().clamp_min(1.0);
+    SequenceLogps { sums, counts, chosen_nll }
 }
 
 fn mean(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64).sum::<f64>() / x.len().max(1) as f64
 }
 
-/// The loss (mean over pairs) and TRL's metrics. `policy` and `reference` hold `2·pairs`
-/// sequence log-probabilities, chosen ones first; `reference` carries no gradient.
-pub fn preference_loss(policy: Tensor<1>, reference: Tensor<1>, beta: f64, kind: PreferenceLoss) -> (Tensor<1>, PreferenceMetrics) {
-    let n = policy.dims()[0] / 2;
-    let reference = reference.detach();
-    let (pc, pr) = (policy.clone().narrow(0, 0, n), policy.clone().narrow(0, n, n));
-    let (rc, rr) = (reference.clone().narrow(0, 0, n), reference.narrow(0, n, n));
-    let chosen_ratio = pc - rc;
-    let rejected_ratio = pr - rr;
-    let delta = chosen_ratio.clone() - rejected_ratio.clone();
-    let losses = match kind {
-        PreferenceLoss::Sigmoid { label_smoothing: eps } => {
-            let z = delta * beta;
-            log_sigmoid(z.clone()).neg() * (1.0 - eps) - log_sigmoid(z.neg()) * eps
-        }
-        PreferenceLoss::Ipo => (delta - 1.0 / (2.0 * beta)).powi_scalar(2),
-        PreferenceLoss::Hinge => relu((delta * beta).neg() + 1.0),
+/// `log(1 - exp(x))` for `x < 0`, accurate near 0 (a series for `-expm1`) and with finite
+/// gradients in both branches.
+fn log1mexp(x: Tensor<1>) -> Tensor<1> {
+    let x = x.clamp_max(-1e-7);
+    let near = x.clone().greater_equal_elem(-0.1);
+    let far = (x.clone().clamp_max(-0.05).exp().neg() + 1.0).log();
+    let s = x.clamp_min(-0.2);
+    // -expm1(s) = -(s + s²/2 + s³/6 + s⁴/24 + s⁵/120); the next term is below 1e-9 here.
+    let series = (s.clone() * (((((s.clone() / 120.0 + 1.0 / 24.0) * s.clone() + 1.0 / 6.0) * s.clone()) + 0.5) * s + 1.0)).neg().log();
+    far.mask_where(near, series)
+}
+
+/// The loss (mean over pairs) and TRL's metrics. `policy` holds `2·pairs` rows, chosen first;
+/// `reference` the reference's summed log-probabilities of the same rows (no gradient), or
+/// `None`: zeros (TRL's `reference_free`), which is what SimPO and ORPO use anyway.
+pub fn preference_loss(policy: SequenceLogps, reference: Option<Tensor<1>>, beta: f64, kind: PreferenceLoss) -> (Tensor<1>, PreferenceMetrics) {
+    let n = policy.sums.dims()[0] / 2;
+    let counts = policy.counts.clamp_min(1.0);
+    let (score, reference) = if kind.reference_free() { (policy.sums / counts.clone(), None) } else { (policy.sums, reference) };
+    let ratio = match reference {
+        Some(r) => score.clone() - r.detach(),
+        None => score.clone(),
     };
-    let loss = losses.mean();
+    let (chosen, rejected) = (ratio.clone().narrow(0, 0, n), ratio.narrow(0, n, n));
+    let sigmoid_loss = |z: Tensor<1>, eps: f64| log_sigmoid(z.clone()).neg() * (1.0 - eps) - log_sigmoid(z.neg()) * eps;
+    let loss = match kind {
+        PreferenceLoss::Sigmoid { label_smoothing } => sigmoid_loss((chosen.clone() - rejected.clone()) * beta, label_smoothing).mean(),
+        PreferenceLoss::Ipo => {
+            let (cc, rc) = (counts.clone().narrow(0, 0, n), counts.narrow(0, n, n));
+            (chosen.clone() / cc - rejected.clone() / rc - 1.0 / (2.0 * beta)).powi_scalar(2).mean()
+        }
+        PreferenceLoss::Hinge => relu(((chosen.clone() - rejected.clone()) * beta).neg() + 1.0).mean(),
+        PreferenceLoss::Simpo { gamma, label_smoothing } => sigmoid_loss((chosen.clone() - rejected.clone()) * beta - gamma, label_smoothing).mean(),
+        PreferenceLoss::Orpo => {
+            let log_odds = (chosen.clone() - rejected.clone()) - (log1mexp(chosen.clone()) - log1mexp(rejected.clone()));
+            policy.chosen_nll - log_sigmoid(log_odds).mean() * beta
+        }
+    };
     let host = |t: Tensor<1>| t.detach().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
-    let (cr, rj) = (host(chosen_ratio * beta), host(rejected_ratio * beta));
-    let logps = host(policy);
+    let (cr, rj) = (host(chosen * beta), host(rejected * beta));
+    let logps = host(score);
     let metrics = PreferenceMetrics {
         loss: host(loss.clone())[0] as f64,
         rewards_chosen: mean(&cr),
@@ -130,36 +294,14 @@ pub struct TokenPair {
     pub rejected_ids: Vec<u32>,
 }
 
-/// The batch TRL's preference collator builds: rows `prompt + chosen` for every pair, then
-/// `prompt + rejected`, right-padded with `pad` to the longest; the mask marks completion tokens.
-/// Returns `(ids [2n, t], mask [2n, t])`.
-pub fn pair_batch(pairs: &[TokenPair], pad: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-    let rows: Vec<(&[u32], &[u32])> = pairs
-        .iter()
-        .map(|p| (&p.prompt_ids[..], &p.chosen_ids[..]))
-        .chain(pairs.iter().map(|p| (&p.prompt_ids[..], &p.rejected_ids[..])))
-        .collect();
-    let t = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0).max(2);
-    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * t), Vec::with_capacity(rows.len() * t));
-    for (p, c) in &rows {
-        ids.extend(p.iter().chain(c.iter()).map(|&x| x as i64));
-        ids.extend(std::iter::repeat_n(pad as i64, t - p.len() - c.len()));
-        mask.extend(std::iter::repeat_n(0.0f32, p.len()));
-        mask.extend(std::iter::repeat_n(1.0f32, c.len()));
-        mask.extend(std::iter::repeat_n(0.0f32, t - p.len() - c.len()));
-    }
-    let n = rows.len();
-    (Tensor::from_data(TensorData::new(ids, [n, t]), device), Tensor::from_data(TensorData::new(mask, [n, t]), device))
-}
-
-/// Sequence log-probabilities of `pairs` under `model` (no gradients), `batch` pairs at a time:
-/// `(chosen, rejected)` per pair — the reference side of the preference losses, computed once.
-pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], pad: u32, batch: usize, average: bool) -> Vec<(f32, f32)> {
+/// Summed completion log-probabilities of `pairs` under `model` (no gradients), `batch` pairs
+/// at a time: `(chosen, rejected)` per pair — the reference side of the preference losses.
+pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], collate: &Collate, batch: usize) -> Vec<(f32, f32)> {
     let device = model.device();
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
-        let (ids, mask) = pair_batch(chunk, pad, &device);
-        let logps = completion_logps(model.forward(ids.clone()), ids, mask, average);
+        let b = pair_batch(chunk, collate, &device);
+        let logps = completion_logps(model.forward(b.ids.clone()), &b).sums;
         let v = logps.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
         let n = chunk.len();
         out.extend((0..n).map(|i| (v[i], v[n + i])));
@@ -167,20 +309,71 @@ pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], pad: u32, bat
     out
 }
 
+/// What a preference objective computes: the loss, β, and how pairs are batched.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceSettings {
+    pub beta: f64,
+    pub loss: PreferenceLoss,
+    pub collate: Collate,
+}
+
+impl PreferenceSettings {
+    /// TRL's defaults: sigmoid (DPO), β 0.1, no truncation.
+    pub fn dpo(pad: u32) -> Self {
+        PreferenceSettings { beta: 0.1, loss: PreferenceLoss::Sigmoid { label_smoothing: 0.0 }, collate: Collate::new(pad) }
+    }
+
+    /// Checks the settings, naming the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return bad(format!("beta {} must be a positive number", self.beta));
+        }
+        if let PreferenceLoss::Sigmoid { label_smoothing: e } | PreferenceLoss::Simpo { label_smoothing: e, .. } = self.loss
+            && !(0.0..0.5).contains(&e)
+        {
+            return bad(format!("label_smoothing {e} must be in [0, 0.5)"));
+        }
+        if let PreferenceLoss::Simpo { gamma, .. } = self.loss
+            && !gamma.is_finite()
+        {
+            return bad(format!("simpo gamma {gamma} must be a finite number"));
+        }
+        if let Some(m) = self.collate.max_length
+            && m < 2
+        {
+            return bad(format!("max_length {m} must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a [`Dpo`] objective's reference log-probabilities come from.
+enum ReferenceScores {
+    /// Scored once when the objective was built: `(chosen, rejected)` of `pairs` then of
+    /// `validation`.
+    Precomputed(Vec<(f32, f32)>),
+    /// A reference model kept in memory and run on every batch (TRL's default).
+    Live(PhiForCausalLM),
+    /// Reference-free losses.
+    None,
+}
+
 /// Preference tuning as an [`Objective`]: batches of pairs (chosen and rejected through the
 /// model together), the policy's completion log-probabilities against the reference's, one of
 /// the [`PreferenceLoss`]es, TRL's metrics in `metrics.jsonl`.
 ///
-/// The reference's log-probabilities are computed once, when the objective is built, from the
-/// reference model given (an explicit reference folder, or the policy as it starts — TRL's
-/// default): training then holds one model, not two.
+/// The reference is an explicit model or the policy as it starts (TRL's default; with a LoRA
+/// adapter that is the adapter as loaded, with a fresh adapter the base). [`Dpo::new`] scores
+/// every pair with it once, before training — training then holds one model, not two (TRL's
+/// `precompute_ref_log_probs`); [`Dpo::live`] keeps the reference and runs it on each batch.
 ///
 /// ```no_run
 /// # use phi_train::*;
 /// # use phi_train::preference::*;
 /// # fn demo(pairs: &[TokenPair], base: &phi_core::PhiForCausalLM, cfg: &TrainConfig, lora: lora::LoraConfig) -> Result<()> {
-/// let loss = PreferenceLoss::Sigmoid { label_smoothing: 0.0 };
-/// let mut objective = Dpo::new(pairs, &[], base, 0.1, loss, 0, cfg.seed);
+/// let settings = PreferenceSettings::dpo(0);
+/// let mut objective = Dpo::new(pairs, &[], Some(base), settings, cfg.seed)?;
 /// let weights = Weights::Lora { base: "sft-model".into(), adapter: Adapter::Fresh(lora), quantize: None };
 /// fit(&weights, &mut objective, cfg, "runs/dpo".as_ref(), true, &burn::tensor::Device::default(), |m| {
 ///     println!("{} {:.4} margin {:.3}", m.step, m.loss, m.extra["rewards/margins"])
@@ -190,58 +383,148 @@ pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], pad: u32, bat
 pub struct Dpo<'a> {
     pairs: &'a [TokenPair],
     validation: &'a [TokenPair],
-    /// Reference `(chosen, rejected)` log-probabilities, of `pairs` then of `validation`.
-    reference: Vec<(f32, f32)>,
-    beta: f64,
-    loss: PreferenceLoss,
-    pad: u32,
+    reference: ReferenceScores,
+    /// Identifies the reference in the run's fingerprint (another reference scores differently).
+    reference_digest: u64,
+    settings: PreferenceSettings,
     sampler: TokenSampler,
 }
 
-/// Every pair fits the model: ids within its vocabulary, prompt + longer completion within its
-/// context (the error names the pair, counting from 0).
-pub fn check_pairs<'p>(pairs: impl IntoIterator<Item = &'p TokenPair>, model: &PhiConfig) -> Result<()> {
+/// Every pair fits the model as `collate` batches it: ids within its vocabulary, rows within
+/// its context (the error names the pair, counting from 0).
+pub fn check_pairs<'p>(pairs: impl IntoIterator<Item = &'p TokenPair>, collate: &Collate, model: &PhiConfig) -> Result<()> {
     for (i, p) in pairs.into_iter().enumerate() {
-        let longest = p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len());
+        let longest = collate.longest(p);
         if longest > model.max_position_embeddings {
-            return Err(TrainError::Invalid(format!("pair {i} has {longest} tokens, more than the model's max_position_embeddings ({})", model.max_position_embeddings)));
+            return Err(TrainError::Invalid(format!(
+                "pair {i} has {longest} tokens, more than the model's max_position_embeddings ({}): set max_length",
+                model.max_position_embeddings
+            )));
         }
         if let Some(&id) = p.prompt_ids.iter().chain(&p.chosen_ids).chain(&p.rejected_ids).find(|&&id| id as usize >= model.vocab_size) {
             return Err(TrainError::Invalid(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
+        }
+        if let Some(why) = collate.drops(p) {
+            return Err(TrainError::Invalid(format!("pair {i}: {why}")));
         }
     }
     Ok(())
 }
 
-/// Pairs the reference is scored on at once when a [`Dpo`] is built.
-const REFERENCE_BATCH: usize = 8;
+/// Pairs a reference or an evaluation scores at once.
+const SCORE_BATCH: usize = 8;
+
+fn digest(scores: &[(f32, f32)]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    scores.iter().for_each(|(c, r)| h.update(&[c.to_le_bytes(), r.to_le_bytes()].concat()));
+    h.digest()
+}
 
 impl<'a> Dpo<'a> {
-    /// Scores `pairs` and `validation` with `reference` (a model without autodiff) and keeps
-    /// only those numbers. Panics if `pairs` is empty.
-    pub fn new(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: &PhiForCausalLM, beta: f64, loss: PreferenceLoss, pad: u32, seed: u64) -> Self {
-        assert!(!pairs.is_empty(), "preference tuning needs at least one pair");
-        let all: Vec<TokenPair> = pairs.iter().chain(validation).cloned().collect();
-        let reference = sequence_logps(reference, &all, pad, REFERENCE_BATCH, loss.averages_logps());
-        Dpo { pairs, validation, reference, beta, loss, pad, sampler: TokenSampler::new(pairs.len(), seed) }
+    /// Scores `pairs` and `validation` with `reference` (a model without autodiff) once and
+    /// keeps only those numbers. `reference` may be `None` only for reference-free losses
+    /// (and is not used by them).
+    pub fn new(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: Option<&PhiForCausalLM>, settings: PreferenceSettings, seed: u64) -> Result<Self> {
+        Self::check_args(pairs, &settings, reference.is_some())?;
+        let scores = match reference {
+            Some(model) if settings.loss.needs_reference() => {
+                let all: Vec<TokenPair> = pairs.iter().chain(validation).cloned().collect();
+                ReferenceScores::Precomputed(sequence_logps(model, &all, &settings.collate, SCORE_BATCH))
+            }
+            _ => ReferenceScores::None,
+        };
+        let reference_digest = match &scores {
+            ReferenceScores::Precomputed(s) => digest(s),
+            _ => 0,
+        };
+        Ok(Dpo { pairs, validation, reference: scores, reference_digest, settings, sampler: TokenSampler::new(pairs.len(), seed) })
     }
 
-    fn reference_of(&self, indices: &[usize]) -> Vec<f32> {
-        let chosen = indices.iter().map(|&i| self.reference[i].0);
-        chosen.chain(indices.iter().map(|&i| self.reference[i].1)).collect()
+    /// Keeps `reference` (a model without autodiff) and scores each batch with it as training
+    /// goes: TRL's default, two models in memory.
+    pub fn live(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: PhiForCausalLM, settings: PreferenceSettings, seed: u64) -> Result<Self> {
+        Self::check_args(pairs, &settings, true)?;
+        if !settings.loss.needs_reference() {
+            return Self::new(pairs, validation, None, settings, seed);
+        }
+        // The first pairs' scores identify the reference in the run's fingerprint.
+        let head = &pairs[..pairs.len().min(SCORE_BATCH)];
+        let reference_digest = digest(&sequence_logps(&reference, head, &settings.collate, SCORE_BATCH));
+        Ok(Dpo { pairs, validation, reference: ReferenceScores::Live(reference), reference_digest, settings, sampler: TokenSampler::new(pairs.len(), seed) })
     }
 
-    /// The loss and metrics over `indices` (of `pairs`, then `validation`).
-    fn evaluate(&self, model: &Forward<'_>, indices: &[usize]) -> (Tensor<1>, PreferenceMetrics) {
-        let batch: Vec<TokenPair> = indices.iter().map(|&i| self.pair(i).clone()).collect();
-        let (ids, mask) = pair_batch(&batch, self.pad, &model.device());
-        let policy = completion_logps(model.logits(ids.clone()), ids, mask, self.loss.averages_logps());
-        let reference = Tensor::<1>::from_data(TensorData::new(self.reference_of(indices), [2 * indices.len()]), &model.device());
-        preference_loss(policy, reference, self.beta, self.loss)
+    fn check_args(pairs: &[TokenPair], settings: &PreferenceSettings, has_reference: bool) -> Result<()> {
+        if pairs.is_empty() {
+            return Err(TrainError::Invalid("preference tuning needs at least one pair".into()));
+        }
+        if settings.loss.needs_reference() && !has_reference {
+            return Err(TrainError::Invalid(format!("the {:?} loss needs a reference model", settings.loss)));
+        }
+        settings.validate()
     }
 
     fn pair(&self, i: usize) -> &TokenPair {
         if i < self.pairs.len() { &self.pairs[i] } else { &self.validation[i - self.pairs.len()] }
+    }
+
+    /// The reference's summed log-probabilities of `indices` (of `pairs`, then `validation`),
+    /// chosen rows first, on `device`.
+    fn reference_sums(&self, indices: &[usize], device: &Device) -> Option<Tensor<1>> {
+        let values: Vec<f32> = match &self.reference {
+            ReferenceScores::Precomputed(s) => indices.iter().map(|&i| s[i].0).chain(indices.iter().map(|&i| s[i].1)).collect(),
+            ReferenceScores::Live(model) => {
+                let batch: Vec<TokenPair> = indices.iter().map(|&i| self.pair(i).clone()).collect();
+                let s = sequence_logps(model, &batch, &self.settings.collate, batch.len());
+                s.iter().map(|p| p.0).chain(s.iter().map(|p| p.1)).collect()
+            }
+            ReferenceScores::None => return None,
+        };
+        let n = values.len();
+        Some(Tensor::from_data(TensorData::new(values, [n]), device))
+    }
+
+    /// The loss and metrics of the policy (`logits` of a batch of ids) over `indices`.
+    fn evaluate(&self, logits: impl Fn(Tensor<2, Int>) -> Tensor<3>, device: &Device, indices: &[usize]) -> (Tensor<1>, PreferenceMetrics) {
+        let batch: Vec<TokenPair> = indices.iter().map(|&i| self.pair(i).clone()).collect();
+        let b = pair_batch(&batch, &self.settings.collate, device);
+        let policy = completion_logps(logits(b.ids.clone()), &b);
+        preference_loss(policy, self.reference_sums(indices, device), self.settings.beta, self.settings.loss)
+    }
+
+    /// The loss and TRL's metrics of `model` (without autodiff) over the validation pairs.
+    pub fn validation_metrics(&self, model: &PhiForCausalLM) -> Option<PreferenceMetrics> {
+        if self.validation.is_empty() {
+            return None;
+        }
+        let indices: Vec<usize> = (self.pairs.len()..self.pairs.len() + self.validation.len()).collect();
+        let device = model.device();
+        let mut total = Weighted::default();
+        for chunk in indices.chunks(SCORE_BATCH) {
+            let (_, m) = self.evaluate(|ids| model.forward(ids), &device, chunk);
+            total.add(&m, chunk.len());
+        }
+        Some(total.mean())
+    }
+}
+
+/// Metrics of several batches, weighted by their pairs: the figures one batch of them all
+/// would give.
+#[derive(Default)]
+struct Weighted {
+    sum: [f64; 7],
+    pairs: usize,
+}
+
+impl Weighted {
+    fn add(&mut self, m: &PreferenceMetrics, pairs: usize) {
+        let v = [m.loss, m.rewards_chosen, m.rewards_rejected, m.rewards_margins, m.rewards_accuracies, m.logps_chosen, m.logps_rejected];
+        self.sum.iter_mut().zip(v).for_each(|(s, x)| *s += x * pairs as f64);
+        self.pairs += pairs;
+    }
+
+    fn mean(&self) -> PreferenceMetrics {
+        let [loss, rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen, logps_rejected] = self.sum.map(|s| s / self.pairs.max(1) as f64);
+        PreferenceMetrics { loss, rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen, logps_rejected }
     }
 }
 
@@ -258,7 +541,7 @@ impl Objective for Dpo<'_> {
     type Batch = Vec<usize>;
 
     fn check(&self, model: &PhiConfig, _cfg: &TrainConfig) -> Result<()> {
-        check_pairs(self.pairs.iter().chain(self.validation), model)
+        check_pairs(self.pairs.iter().chain(self.validation), &self.settings.collate, model)
     }
 
     fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
@@ -266,7 +549,8 @@ impl Objective for Dpo<'_> {
     }
 
     fn tokens(&self, batch: &Vec<usize>) -> usize {
-        batch.iter().map(|&i| 2 * self.pairs[i].prompt_ids.len() + self.pairs[i].chosen_ids.len() + self.pairs[i].rejected_ids.len()).sum()
+        let c = &self.settings.collate;
+        batch.iter().map(|&i| &self.pairs[i]).map(|p| c.row(&p.prompt_ids, &p.chosen_ids).1 + c.row(&p.prompt_ids, &p.rejected_ids).1).sum()
     }
 
     fn weight(&self, batch: &Vec<usize>) -> f64 {
@@ -274,7 +558,7 @@ impl Objective for Dpo<'_> {
     }
 
     fn loss(&self, model: &Forward<'_>, batch: &Vec<usize>) -> BatchLoss {
-        let (loss, metrics) = self.evaluate(model, batch);
+        let (loss, metrics) = self.evaluate(|ids| model.logits(ids), &model.device(), batch);
         BatchLoss { loss, metrics: metrics.named() }
     }
 
@@ -297,24 +581,21 @@ impl Objective for Dpo<'_> {
             }
         }
         // The reference is part of the run: another reference model scores differently.
-        self.reference.iter().for_each(|(c, r)| h.update(&[c.to_le_bytes(), r.to_le_bytes()].concat()));
+        h.update(&self.reference_digest.to_le_bytes());
+        let s = &self.settings;
         format!(
-            "preference {} train / {} validation pairs, {:?} beta {}, pad {}, {:016x}",
+            "preference {} train / {} validation pairs, {:?} beta {}, {:?}, {:016x}",
             self.pairs.len(),
             self.validation.len(),
-            self.loss,
-            self.beta,
-            self.pad,
+            s.loss,
+            s.beta,
+            s.collate,
             h.digest()
         )
     }
 
     fn validate(&self, model: &PhiForCausalLM, _cfg: &TrainConfig) -> Option<f64> {
-        if self.validation.is_empty() {
-            return None;
-        }
-        let refs = &self.reference[self.pairs.len()..];
-        Some(metrics_against(model, self.validation, refs, self.beta, self.loss, self.pad, REFERENCE_BATCH).loss)
+        self.validation_metrics(model).map(|m| m.loss)
     }
 }
 
@@ -322,15 +603,34 @@ impl Objective for Dpo<'_> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PairReport {
     pub pairs: usize,
-    /// `(line number, reason)` of every skipped record.
+    /// `(line number, reason)` of every skipped record (unreadable, or nothing left to learn
+    /// after truncation).
     pub skipped: Vec<(usize, String)>,
+    /// Pairs with a row longer than `max_length`, kept cut.
+    pub truncated: usize,
 }
 
 /// How text records become token ids: the model's tokenizer, chat template and EOS id.
-pub struct PairEncoder<'a> {
-    pub tokenizer: &'a phi_data::Tokenizer,
+pub struct PairEncoder {
+    pub tokenizer: phi_data::Tokenizer,
     pub template: phi_core::chat::ChatTemplate,
     pub eos: u32,
+}
+
+impl PairEncoder {
+    /// The encoder of a model folder: its `tokenizer.json`, its family's chat template, its
+    /// first EOS id (else the tokenizer's). `None` when the folder has no tokenizer (token-id
+    /// records still load).
+    pub fn for_model(dir: &std::path::Path, config: &PhiConfig) -> Result<Option<Self>> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let tokenizer = phi_data::Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let eos = config.eos_token_ids.first().copied().or(tokenizer.eos_id());
+        let template = phi_core::chat::ChatTemplate::for_family(config.family);
+        Ok(eos.map(|eos| PairEncoder { tokenizer, template, eos }))
+    }
 }
 
 fn ids_field(v: &serde_json::Value, key: &str) -> std::result::Result<Option<Vec<u32>>, String> {
@@ -366,7 +666,7 @@ fn messages(v: &serde_json::Value, key: &str) -> std::result::Result<Vec<(String
 /// message list. As TRL does, the prompt is tokenized on its own (message lists rendered with
 /// the chat template and its generation prompt) and every completion ends with EOS (after the
 /// template's end-of-turn marker for message lists).
-pub fn parse_pair(line: &str, encoder: Option<&PairEncoder<'_>>) -> std::result::Result<TokenPair, String> {
+pub fn parse_pair(line: &str, encoder: Option<&PairEncoder>) -> std::result::Result<TokenPair, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     if let Some(prompt_ids) = ids_field(&v, "prompt_ids")? {
         let chosen_ids = ids_field(&v, "chosen_ids")?.ok_or("no `chosen_ids`")?;
@@ -403,18 +703,28 @@ pub fn parse_pair(line: &str, encoder: Option<&PairEncoder<'_>>) -> std::result:
     Ok(TokenPair { prompt_ids: enc.tokenizer.encode(&prompt), chosen_ids: completion("chosen")?, rejected_ids: completion("rejected")? })
 }
 
-/// Loads a JSONL file of preference records ([`parse_pair`]); a bad record is skipped and
-/// reported with its line number and the reason.
-pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder<'_>>) -> Result<(Vec<TokenPair>, PairReport)> {
+/// Loads a JSONL file of preference records ([`parse_pair`]); a bad record, or one that
+/// `collate`'s truncation would leave nothing to learn from, is skipped and reported with its
+/// line number and the reason; pairs that will be cut are counted.
+pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder>, collate: &Collate) -> Result<(Vec<TokenPair>, PairReport)> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let (mut pairs, mut report) = (Vec::new(), PairReport::default());
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let parsed = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_string()).and_then(|line| parse_pair(line, encoder));
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|_| "not valid UTF-8".to_string())
+            .and_then(|line| parse_pair(line, encoder))
+            .and_then(|p| match collate.drops(&p) {
+                Some(why) => Err(why),
+                None => Ok(p),
+            });
         match parsed {
-            Ok(p) => pairs.push(p),
+            Ok(p) => {
+                report.truncated += collate.truncates(&p) as usize;
+                pairs.push(p)
+            }
             Err(why) => report.skipped.push((i + 1, why)),
         }
     }
@@ -423,34 +733,20 @@ pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder<'_>>) -> 
 }
 
 /// The loss and TRL's metrics of `policy` against `reference` over all `pairs` (both models
-/// without autodiff), `batch` pairs at a time: what `phi eval dpo` prints to compare
-/// checkpoints. Metrics are means over pairs, as one batch of them all would give.
-pub fn evaluate_pairs(policy: &PhiForCausalLM, reference: &PhiForCausalLM, pairs: &[TokenPair], beta: f64, kind: PreferenceLoss, pad: u32, batch: usize) -> PreferenceMetrics {
-    let refs = sequence_logps(reference, pairs, pad, batch, kind.averages_logps());
-    metrics_against(policy, pairs, &refs, beta, kind, pad, batch)
-}
-
-/// The loss and metrics of `policy` over `pairs` against their reference log-probabilities
-/// `refs` (`(chosen, rejected)` per pair), `batch` pairs at a time, weighted by pairs.
-fn metrics_against(policy: &PhiForCausalLM, pairs: &[TokenPair], refs: &[(f32, f32)], beta: f64, kind: PreferenceLoss, pad: u32, batch: usize) -> PreferenceMetrics {
+/// without autodiff; no reference for SimPO/ORPO), `batch` pairs at a time: what `phi eval
+/// dpo` prints to compare checkpoints. Metrics are means over pairs, as one batch of them all
+/// would give.
+pub fn evaluate_pairs(policy: &PhiForCausalLM, reference: Option<&PhiForCausalLM>, pairs: &[TokenPair], settings: PreferenceSettings, batch: usize) -> Result<PreferenceMetrics> {
     let device = policy.device();
-    let mut total = PreferenceMetrics { loss: 0.0, rewards_chosen: 0.0, rewards_rejected: 0.0, rewards_margins: 0.0, rewards_accuracies: 0.0, logps_chosen: 0.0, logps_rejected: 0.0 };
-    for (chunk, r) in pairs.chunks(batch.max(1)).zip(refs.chunks(batch.max(1))) {
-        let (ids, mask) = pair_batch(chunk, pad, &device);
-        let logps = completion_logps(policy.forward(ids.clone()), ids, mask, kind.averages_logps());
-        let n = chunk.len();
-        let r: Vec<f32> = r.iter().map(|p| p.0).chain(r.iter().map(|p| p.1)).collect();
-        let (_, m) = preference_loss(logps, Tensor::from_data(TensorData::new(r, [2 * n]), &device), beta, kind);
-        let w = n as f64 / pairs.len() as f64;
-        total.loss += m.loss * w;
-        total.rewards_chosen += m.rewards_chosen * w;
-        total.rewards_rejected += m.rewards_rejected * w;
-        total.rewards_margins += m.rewards_margins * w;
-        total.rewards_accuracies += m.rewards_accuracies * w;
-        total.logps_chosen += m.logps_chosen * w;
-        total.logps_rejected += m.logps_rejected * w;
+    let mut total = Weighted::default();
+    for chunk in pairs.chunks(batch.max(1)) {
+        // Each chunk is an objective of its own pairs, scored against the reference once.
+        let objective = Dpo::new(chunk, &[], reference, settings, 0)?;
+        let indices: Vec<usize> = (0..chunk.len()).collect();
+        let (_, m) = objective.evaluate(|ids| policy.forward(ids), &device, &indices);
+        total.add(&m, chunk.len());
     }
-    total
+    Ok(total.mean())
 }
 
 #[cfg(test)]
@@ -467,48 +763,107 @@ mod tests {
         let device = Device::default();
         let logits = Tensor::<3>::random([2, 4, 7], Distribution::Normal(0.0, 1.0), &device);
         let pairs = [TokenPair { prompt_ids: vec![1, 2], chosen_ids: vec![3, 4], rejected_ids: vec![5] }];
-        let (ids, mask) = pair_batch(&pairs, 0, &device);
-        assert_eq!(v(mask.clone().reshape([8])), [0., 0., 1., 1., 0., 0., 1., 0.]);
-        let got = v(completion_logps(logits.clone(), ids, mask, false));
+        let b = pair_batch(&pairs, &Collate::new(0), &device);
+        assert_eq!(v(b.completion.clone().reshape([8])), [0., 0., 1., 1., 0., 0., 1., 0.]);
+        assert_eq!(v(b.real.clone().reshape([8])), [1., 1., 1., 1., 1., 1., 1., 0.]);
+        let s = completion_logps(logits.clone(), &b);
+        let (got, counts, nll) = (v(s.sums), v(s.counts), v(s.chosen_nll));
         let lp = log_softmax(logits, 2).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let at = |row: usize, pos: usize, tok: usize| lp[(row * 4 + pos) * 7 + tok];
         assert!((got[0] - (at(0, 1, 3) + at(0, 2, 4))).abs() < 1e-5);
         assert!((got[1] - at(1, 1, 5)).abs() < 1e-5);
+        assert_eq!(counts, [2.0, 1.0]);
+        // ORPO's NLL: every scored token of the chosen row, prompt included.
+        assert!((nll[0] + (at(0, 0, 2) + at(0, 1, 3) + at(0, 2, 4)) / 3.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn truncation_keeps_the_start_or_the_end_and_drops_what_has_nothing_left() {
+        let device = Device::default();
+        let p = TokenPair { prompt_ids: vec![1, 2, 3], chosen_ids: vec![4, 5, 6], rejected_ids: vec![7] };
+        let ids = |c: &Collate| {
+            let b = pair_batch(std::slice::from_ref(&p), c, &device);
+            let ids = b.ids.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+            (ids, v(b.completion.reshape([-1])))
+        };
+        let start = Collate { pad: 0, max_length: Some(4), truncation: Truncation::KeepStart };
+        assert_eq!(ids(&start), (vec![1, 2, 3, 4, 1, 2, 3, 7], vec![0., 0., 0., 1., 0., 0., 0., 1.]));
+        let end = Collate { truncation: Truncation::KeepEnd, ..start };
+        assert_eq!(ids(&end), (vec![3, 4, 5, 6, 1, 2, 3, 7], vec![0., 1., 1., 1., 0., 0., 0., 1.]));
+        assert!(start.truncates(&p) && !Collate::new(0).truncates(&p));
+        let short = Collate { max_length: Some(3), ..start };
+        assert!(short.drops(&p).unwrap().contains("the prompt alone has 3 tokens"));
+        assert!(Collate { max_length: Some(3), ..end }.drops(&p).is_none());
+    }
+
+    #[test]
+    fn log1mexp_is_accurate_near_zero_and_far_from_it() {
+        let device = Device::default();
+        let xs = [-5.0f64, -0.7, -0.1, -0.05, -1e-3, -1e-6];
+        let got = v(log1mexp(Tensor::<1>::from_data(xs.map(|x| x as f32), &device)));
+        for (g, x) in got.iter().zip(xs) {
+            let want = (-x.exp_m1()).ln();
+            assert!(((*g as f64) - want).abs() < 1e-4 * want.abs().max(1.0), "{x}: {g} vs {want}");
+        }
     }
 
     #[test]
     fn losses_follow_their_definitions() {
         let device = Device::default();
-        let policy = Tensor::<1>::from_data([-1.0, -2.0, -3.0, -1.5], &device);
-        let reference = Tensor::<1>::from_data([-1.5, -2.0, -2.0, -2.5], &device);
+        let seq = |sums: [f32; 4], counts: [f32; 4]| SequenceLogps {
+            sums: Tensor::from_data(sums, &device),
+            counts: Tensor::from_data(counts, &device),
+            chosen_nll: Tensor::from_data([0.75f32], &device),
+        };
+        let policy = || seq([-1.0, -2.0, -3.0, -1.5], [1.0, 1.0, 1.0, 1.0]);
+        let reference = || Some(Tensor::<1>::from_data([-1.5, -2.0, -2.0, -2.5], &device));
         // chosen ratios 0.5 and 0, rejected ratios -1 and 1: Δ = 1.5 and -1
         let (beta, d) = (0.1f64, [1.5f64, -1.0]);
         let ls = |x: f64| -(1.0 + (-x).exp()).ln();
         let eps = 0.2;
         let want = d.iter().map(|&d| -(1.0 - eps) * ls(beta * d) - eps * ls(-beta * d)).sum::<f64>() / 2.0;
-        let (l, m) = preference_loss(policy.clone(), reference.clone(), beta, PreferenceLoss::Sigmoid { label_smoothing: eps });
+        let (l, m) = preference_loss(policy(), reference(), beta, PreferenceLoss::Sigmoid { label_smoothing: eps });
         assert!((v(l)[0] as f64 - want).abs() < 1e-6);
         assert!((m.rewards_chosen - 0.1 * (0.5 + 0.0) / 2.0).abs() < 1e-6);
         assert!((m.rewards_rejected - 0.1 * (-1.0 + 1.0) / 2.0).abs() < 1e-6);
         assert_eq!(m.rewards_accuracies, 0.5);
         assert!((m.logps_chosen - (-1.5)).abs() < 1e-6 && (m.logps_rejected - (-2.25)).abs() < 1e-6);
-        let want = d.iter().map(|&d| (d - 1.0 / (2.0 * beta)).powi(2)).sum::<f64>() / 2.0;
-        assert!((v(preference_loss(policy.clone(), reference.clone(), beta, PreferenceLoss::Ipo).0)[0] as f64 - want).abs() < 1e-4);
         let want = d.iter().map(|&d| (1.0 - beta * d).max(0.0)).sum::<f64>() / 2.0;
-        assert!((v(preference_loss(policy, reference, beta, PreferenceLoss::Hinge).0)[0] as f64 - want).abs() < 1e-6);
+        assert!((v(preference_loss(policy(), reference(), beta, PreferenceLoss::Hinge).0)[0] as f64 - want).abs() < 1e-6);
+        // IPO averages each log-ratio over its tokens (chosen 2 and 4 tokens, rejected 1 and 5);
+        // its rewards stay the summed ratios, as TRL's.
+        let counted = || seq([-1.0, -2.0, -3.0, -1.5], [2.0, 4.0, 1.0, 5.0]);
+        let d_ipo = [0.5 / 2.0 - (-1.0) / 1.0, 0.0 / 4.0 - 1.0 / 5.0];
+        let want = d_ipo.iter().map(|&d| (d - 1.0 / (2.0 * beta)).powi(2)).sum::<f64>() / 2.0;
+        let (l, m) = preference_loss(counted(), reference(), beta, PreferenceLoss::Ipo);
+        assert!((v(l)[0] as f64 - want).abs() < 1e-4);
+        assert!((m.rewards_chosen - 0.1 * 0.5 / 2.0).abs() < 1e-6);
+        // SimPO: no reference, per-token averages, margin γ.
+        let (gamma, avg) = (0.5, [-0.5f64, -0.5, -3.0, -0.3]);
+        let want = [(avg[0] - avg[2]), (avg[1] - avg[3])].iter().map(|&d| -ls(beta * d - gamma)).sum::<f64>() / 2.0;
+        let (l, m) = preference_loss(counted(), None, beta, PreferenceLoss::Simpo { gamma, label_smoothing: 0.0 });
+        assert!((v(l)[0] as f64 - want).abs() < 1e-6, "simpo");
+        assert!((m.rewards_chosen - beta * (avg[0] + avg[1]) / 2.0).abs() < 1e-6 && (m.logps_rejected - (avg[2] + avg[3]) / 2.0).abs() < 1e-6);
+        // ORPO: NLL minus β·logσ(log-odds ratio) of the averages.
+        let l1m = |x: f64| (-x.exp_m1()).ln();
+        let lo = |c: f64, r: f64| (c - r) - (l1m(c) - l1m(r));
+        let want = 0.75 - beta * (ls(lo(avg[0], avg[2])) + ls(lo(avg[1], avg[3]))) / 2.0;
+        let (l, _) = preference_loss(counted(), None, beta, PreferenceLoss::Orpo);
+        assert!((v(l)[0] as f64 - want).abs() < 1e-5, "orpo {} vs {want}", v(preference_loss(counted(), None, beta, PreferenceLoss::Orpo).0)[0]);
     }
 
     #[test]
     fn text_records_tokenize_the_prompt_alone_and_end_completions_with_eos() {
         let texts = ["hello world", "def f(x): return x", "<|user|> <|assistant|> <|end|>", "good bad answer"];
         let tok = phi_data::Tokenizer::train_bpe(texts.iter().cycle().take(40).copied(), 300).unwrap();
-        let plain = PairEncoder { tokenizer: &tok, template: phi_core::chat::ChatTemplate::Plain, eos: 7 };
+        let plain = PairEncoder { tokenizer: tok, template: phi_core::chat::ChatTemplate::Plain, eos: 7 };
+        let tok = &plain.tokenizer;
         let p = parse_pair(r#"{"prompt": "hello world", "chosen": " good answer", "rejected": " bad"}"#, Some(&plain)).unwrap();
         assert_eq!(p.prompt_ids, tok.encode("hello world"));
         assert_eq!(p.chosen_ids, [tok.encode(" good answer"), vec![7]].concat());
         assert_eq!(p.rejected_ids, [tok.encode(" bad"), vec![7]].concat());
         // Message lists: the prompt with the Phi-3 generation prompt, completions with <|end|>.
-        let phi3 = PairEncoder { template: phi_core::chat::ChatTemplate::Phi3, ..plain };
+        let phi3 = PairEncoder { template: phi_core::chat::ChatTemplate::Phi3, tokenizer: phi_data::Tokenizer::train_bpe(texts.iter().cycle().take(40).copied(), 300).unwrap(), eos: 7 };
         let line = r#"{"prompt": [{"role": "user", "content": "hello world"}], "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]}"#;
         let p = parse_pair(line, Some(&phi3)).unwrap();
         assert_eq!(tok.decode(&p.prompt_ids), "<|user|>\nhello world<|end|>\n<|assistant|>\n");

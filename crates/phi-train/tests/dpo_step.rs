@@ -8,7 +8,7 @@ mod common;
 use burn::tensor::Device;
 use common::fixture;
 use phi_core::PhiForCausalLM;
-use phi_train::preference::{Dpo, PreferenceLoss, TokenPair};
+use phi_train::preference::{Collate, Dpo, PreferenceLoss, PreferenceSettings, TokenPair};
 use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, TrainConfig, Weights, fit};
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
@@ -46,7 +46,8 @@ fn three_dpo_steps_through_fit_match_trl() {
     let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &Device::default()).unwrap();
     let beta = r["beta"].as_f64().unwrap();
     // Validating on the training pairs gives the loss after the last step.
-    let mut objective = Dpo::new(&pairs, &pairs, &reference, beta, PreferenceLoss::Sigmoid { label_smoothing: 0.0 }, 0, 1);
+    let settings = PreferenceSettings { beta, loss: PreferenceLoss::Sigmoid { label_smoothing: 0.0 }, collate: Collate::new(0) };
+    let mut objective = Dpo::new(&pairs, &pairs, Some(&reference), settings, 1).unwrap();
     drop(reference);
     let weights = Weights::Lora { base: fixture("phi-tiny"), adapter: Adapter::Load(fixture("lora-phi-tiny")), quantize: None };
     let out = tempfile::tempdir().unwrap();
@@ -82,5 +83,144 @@ fn three_dpo_steps_through_fit_match_trl() {
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert!((*g as f64 - w).abs() < 1e-4, "lora_B {got:?} vs {want:?}");
+    }
+}
+
+fn tiny_cfg(steps: usize, batch: usize, accum: usize) -> TrainConfig {
+    TrainConfig {
+        batch_size: batch,
+        seq_len: 64,
+        grad_accum: accum,
+        max_steps: steps,
+        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
+        schedule: LrSchedule { peak: 1e-3, warmup_steps: 1, total_steps: 6, floor: 0.0, decay: Decay::Linear },
+        clip_norm: Some(1.0),
+        eval_every: 0,
+        eval_batches: 1,
+        checkpoint_every: 2,
+        keep_checkpoints: 2,
+        seed: 3,
+        peak_flops: 1e12,
+        activation_checkpointing: false,
+        precision: Precision::F32,
+        loss_scaler: Default::default(),
+        on_non_finite: Default::default(),
+    }
+}
+
+fn fixture_pairs() -> Vec<TokenPair> {
+    std::fs::read_to_string(fixture("dpo-phi-tiny/pairs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn settings(loss: PreferenceLoss) -> PreferenceSettings {
+    PreferenceSettings { beta: 0.1, loss, collate: Collate::new(0) }
+}
+
+fn param_bytes(model: &PhiForCausalLM) -> Vec<Vec<u8>> {
+    struct Grab(Vec<Vec<u8>>);
+    impl burn::module::ModuleVisitor for Grab {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.0.push(p.val().into_data().as_bytes().to_vec());
+        }
+    }
+    let mut g = Grab(Vec::new());
+    burn::module::Module::visit(model, &mut g);
+    g.0
+}
+
+#[test]
+fn the_reference_stays_frozen_and_a_live_reference_trains_as_the_precomputed_one() {
+    let pairs = fixture_pairs();
+    let device = Device::default();
+    let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+    // A clone shares the reference's storage: an update leaking into it would show here.
+    let kept = reference.clone();
+    let before = param_bytes(&kept);
+    let weights = Weights::Pretrained(fixture("phi-tiny"));
+    let cfg = tiny_cfg(3, 2, 1);
+    let mut live = Dpo::live(&pairs, &pairs, reference, settings(PreferenceLoss::Sigmoid { label_smoothing: 0.1 }), 5).unwrap();
+    let a = fit(&weights, &mut live, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+    assert_eq!(param_bytes(&kept), before, "the reference changed during training");
+    assert_ne!(param_bytes(&a.model), before, "the policy did not train");
+    let mut once = Dpo::new(&pairs, &pairs, Some(&kept), settings(PreferenceLoss::Sigmoid { label_smoothing: 0.1 }), 5).unwrap();
+    let b = fit(&weights, &mut once, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+    for (x, y) in a.metrics.iter().zip(&b.metrics) {
+        assert!((x.loss - y.loss).abs() < 1e-5 && (x.extra["rewards/margins"] - y.extra["rewards/margins"]).abs() < 1e-5, "{x:?} vs {y:?}");
+    }
+    // The reference scores the validation pairs after training as it did before it.
+    let after = once.validation_metrics(&kept).unwrap();
+    assert!(after.rewards_chosen.abs() < 1e-6 && after.rewards_margins.abs() < 1e-6, "{after:?}");
+}
+
+#[test]
+fn a_lora_optimizer_holds_only_adapter_state() {
+    let pairs = fixture_pairs();
+    let device = Device::default();
+    let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+    let objective = &mut Dpo::new(&pairs, &[], Some(&reference), settings(PreferenceLoss::Ipo), 1).unwrap();
+    let cfg = tiny_cfg(1, 4, 1);
+    let lora = phi_train::lora::LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.0, target_modules: vec!["q_proj".into(), "fc1".into()], use_rslora: false };
+    let weights = Weights::Lora { base: fixture("phi-tiny"), adapter: Adapter::Fresh(lora), quantize: None };
+    let ad = device.clone().autodiff();
+    let mut model = weights.build(&ad, 0).unwrap();
+    let adapted = model.linears_mut().into_iter().filter(|(_, l)| l.lora.is_some()).count();
+    let frozen = param_bytes(&model);
+    let mut trainer = phi_train::Trainer::new(model, &cfg).unwrap();
+    trainer.step(objective).unwrap();
+    let record = trainer.optimizer().to_record();
+    // AdamW keeps two moments per trainable tensor, and the trainable tensors are each adapted
+    // projection's lora_A and lora_B (the base has ~30 tensors more).
+    assert_eq!(record.len(), 2 * 2 * adapted, "AdamW state holds {} tensors; the adapters have {}", record.len(), 2 * adapted);
+    // Only adapter tensors moved (lora_B leaves 0; lora_A keeps its init at step 1 only if its
+    // gradient is 0, so compare the base's tensors: all unchanged).
+    let after = param_bytes(trainer.model());
+    let changed = frozen.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(changed >= 1 && changed <= 2 * adapted, "{changed} tensors changed");
+}
+
+#[test]
+fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
+    let pairs = fixture_pairs();
+    let device = Device::default();
+    let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+    let s = settings(PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
+    let weights = Weights::Lora { base: fixture("phi-tiny"), adapter: Adapter::Load(fixture("lora-phi-tiny")), quantize: None };
+    let run = |cfg: &TrainConfig, dir: &std::path::Path, resume: bool| {
+        let mut o = Dpo::new(&pairs, &pairs[..2], Some(&reference), s, 9).unwrap();
+        fit(&weights, &mut o, cfg, dir, resume, &device, |_| {}).unwrap()
+    };
+    // (The first half validated at its own last step, the whole run did not: losses and
+    // gradients are compared, and the final validation.)
+    let bits = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.extra["rewards/margins"].to_bits())).collect::<Vec<_>>();
+    let whole = tempfile::tempdir().unwrap();
+    let full = run(&tiny_cfg(6, 2, 2), whole.path(), false);
+    let split = tempfile::tempdir().unwrap();
+    run(&tiny_cfg(3, 2, 2), split.path(), true);
+    let resumed = run(&tiny_cfg(6, 2, 2), split.path(), true);
+    assert_eq!(resumed.resumed_from, Some(3));
+    assert_eq!(bits(&resumed.metrics), bits(&full.metrics));
+    assert_eq!(resumed.metrics[5].val_loss.map(f64::to_bits), full.metrics[5].val_loss.map(f64::to_bits));
+    // Two micro-batches of 2 pairs are the step one batch of 4 gives.
+    let big = run(&tiny_cfg(1, 4, 1), tempfile::tempdir().unwrap().path(), false);
+    let acc = run(&tiny_cfg(1, 2, 2), tempfile::tempdir().unwrap().path(), false);
+    let (b, a) = (&big.metrics[0], &acc.metrics[0]);
+    assert!((b.loss - a.loss).abs() < 1e-6 && (b.grad_norm - a.grad_norm).abs() < 1e-6, "{b:?} vs {a:?}");
+    assert!((b.extra["rewards/accuracies"] - a.extra["rewards/accuracies"]).abs() < 1e-9);
+}
+
+#[test]
+fn reference_free_losses_train_without_a_reference() {
+    let pairs = fixture_pairs();
+    let device = Device::default();
+    assert!(Dpo::new(&pairs, &[], None, settings(PreferenceLoss::Hinge), 0).is_err());
+    for loss in [PreferenceLoss::Orpo, PreferenceLoss::Simpo { gamma: 0.5, label_smoothing: 0.0 }] {
+        let mut o = Dpo::new(&pairs, &pairs, None, settings(loss), 0).unwrap();
+        let before = o.validation_metrics(&PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap()).unwrap();
+        let cfg = TrainConfig { schedule: LrSchedule { peak: 3e-3, warmup_steps: 0, total_steps: 0, floor: 3e-3, decay: Decay::Constant }, ..tiny_cfg(5, 4, 1) };
+        let run = fit(&Weights::Pretrained(fixture("phi-tiny")), &mut o, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+        let after = run.metrics.last().unwrap().val_loss.unwrap();
+        assert!(after < before.loss, "{loss:?}: {} → {after}", before.loss);
+        // Rewards are β times the per-token average log-probabilities.
+        assert!((before.rewards_chosen - 0.1 * before.logps_chosen).abs() < 1e-6);
     }
 }

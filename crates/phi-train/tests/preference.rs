@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use common::fixture;
 use phi_core::PhiForCausalLM;
-use phi_train::preference::{PreferenceLoss, TokenPair, completion_logps, pair_batch, preference_loss};
+use phi_train::preference::{Collate, PreferenceLoss, TokenPair, completion_logps, pair_batch, preference_loss};
 use phi_train::{AdamWSettings, grad_norm, lora};
 
 fn reference() -> serde_json::Value {
@@ -37,20 +37,20 @@ fn dpo_log_probs_loss_metrics_and_gradient_match_trl() {
     let device = Device::default().autodiff();
     let policy = lora::load(PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap(), fixture("lora-phi-tiny")).unwrap();
     let reference_model = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device.clone().inner()).unwrap();
-    let (ids, mask) = pair_batch(&pairs(), 0, &device);
+    let batch = pair_batch(&pairs(), &Collate::new(0), &device);
     let n = pairs().len();
-    let policy_logps = completion_logps(policy.forward(ids.clone()), ids.clone(), mask.clone(), false);
-    let (ids_ref, mask_ref) = (ids.clone().inner(), mask.clone().inner());
-    let ref_logps = completion_logps(reference_model.forward(ids_ref.clone()), ids_ref, mask_ref, false);
+    let policy_logps = completion_logps(policy.forward(batch.ids.clone()), &batch);
+    let inner = pair_batch(&pairs(), &Collate::new(0), &device.clone().inner());
+    let ref_logps = completion_logps(reference_model.forward(inner.ids.clone()), &inner).sums;
     let host = |t: burn::tensor::Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let (p, rf) = (host(policy_logps.clone().detach()), host(ref_logps.clone()));
+    let (p, rf) = (host(policy_logps.sums.clone().detach()), host(ref_logps.clone()));
     close("policy_chosen_logps", &p[..n], &floats(&r["policy_chosen_logps"]), 1e-4);
     close("policy_rejected_logps", &p[n..], &floats(&r["policy_rejected_logps"]), 1e-4);
     close("reference_chosen_logps", &rf[..n], &floats(&r["reference_chosen_logps"]), 1e-4);
     close("reference_rejected_logps", &rf[n..], &floats(&r["reference_rejected_logps"]), 1e-4);
 
     let beta = r["beta"].as_f64().unwrap();
-    let (loss, m) = preference_loss(policy_logps, ref_logps.to_device(&device).detach(), beta, PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
+    let (loss, m) = preference_loss(policy_logps, Some(ref_logps.to_device(&device)), beta, PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
     assert!((m.loss - r["loss"].as_f64().unwrap()).abs() < 1e-5, "{m:?}");
     for (got, key) in [
         (m.rewards_chosen, "rewards/chosen"),
@@ -75,17 +75,17 @@ fn three_adamw_steps_on_the_adapter_match_torch() {
     let device = Device::default().autodiff();
     let mut policy = lora::load(PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap(), fixture("lora-phi-tiny")).unwrap();
     let reference_model = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device.clone().inner()).unwrap();
-    let (ids, mask) = pair_batch(&pairs(), 0, &device);
-    let (ids_ref, mask_ref) = (ids.clone().inner(), mask.clone().inner());
+    let batch = pair_batch(&pairs(), &Collate::new(0), &device);
+    let inner = pair_batch(&pairs(), &Collate::new(0), &device.clone().inner());
     // The reference log-probs once, before training: the reference never changes.
-    let ref_logps = completion_logps(reference_model.forward(ids_ref.clone()), ids_ref, mask_ref, false).to_device(&device);
+    let ref_logps = completion_logps(reference_model.forward(inner.ids.clone()), &inner).sums.to_device(&device);
     let betas = floats(&a["betas"]);
     let settings = AdamWSettings { beta1: betas[0], beta2: betas[1], eps: a["eps"].as_f64().unwrap(), weight_decay: 0.0, no_decay_for_bias_norm_embedding: false };
     let mut optim = settings.build(&policy);
     let mut losses = Vec::new();
     for step in 0..4 {
-        let logps = completion_logps(policy.forward(ids.clone()), ids.clone(), mask.clone(), false);
-        let (loss, m) = preference_loss(logps, ref_logps.clone(), r["beta"].as_f64().unwrap(), PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
+        let logps = completion_logps(policy.forward(batch.ids.clone()), &batch);
+        let (loss, m) = preference_loss(logps, Some(ref_logps.clone()), r["beta"].as_f64().unwrap(), PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
         losses.push(m.loss);
         if step == 3 {
             break;

@@ -222,3 +222,151 @@ impl BenchArgs {
         }
     }
 }
+
+fn parse_truncation(s: &str) -> Result<phi::train::preference::Truncation, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("`{s}`: expected keep_start or keep_end"))
+}
+
+/// The preference loss and batching flags shared by `phi dpo` and `phi eval dpo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PreferenceArgs {
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// sigmoid (DPO), ipo, hinge, or the reference-free simpo and orpo.
+    #[arg(long, default_value = "sigmoid")]
+    pub loss: String,
+    /// cDPO's ε for the sigmoid (and simpo) loss.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// SimPO's target reward margin γ.
+    #[arg(long, default_value_t = 0.5)]
+    pub simpo_gamma: f64,
+    /// Cut each prompt + completion row to this many tokens (default: the model's context).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// keep_start (TRL's default; pairs whose prompt fills max_length are skipped) or keep_end.
+    #[arg(long, value_parser = parse_truncation, default_value = "keep_start")]
+    pub truncation: phi::train::preference::Truncation,
+}
+
+impl PreferenceArgs {
+    pub fn loss(&self) -> Result<phi::train::preference::PreferenceLoss, String> {
+        phi::train::preference::PreferenceLoss::from_name(&self.loss, self.label_smoothing, self.simpo_gamma).map_err(|e| format!("--loss: {e}"))
+    }
+}
+
+/// Flags of `phi dpo` and the `dpo_exercises` example ([`phi::dpo::DpoOptions`]).
+#[derive(clap::Parser, Debug)]
+pub struct DpoArgs {
+    /// The policy's HF model folder (the SFT model; the base of a LoRA run).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// JSONL preference pairs: `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/
+    /// `rejected` as text or message lists (tokenized with the policy's tokenizer.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Held-out pairs (default: the last --holdout fraction of --data).
+    #[arg(long)]
+    pub val_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    pub holdout: f64,
+    #[arg(long, default_value = "runs/dpo")]
+    pub out: PathBuf,
+    /// The reference model folder (default: the policy as it starts — with --adapter the
+    /// adapter as loaded, with --lora the base).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Keep the reference in memory and run it on every batch (TRL's default) instead of
+    /// scoring every pair with it once before training.
+    #[arg(long)]
+    pub live_reference: bool,
+    /// Train a fresh LoRA adapter instead of every parameter.
+    #[arg(long)]
+    pub lora: bool,
+    /// Train this PEFT adapter further (the policy is its base).
+    #[arg(long, conflicts_with = "lora")]
+    pub adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// PEFT target module names (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
+    pub targets: Vec<String>,
+    /// QLoRA-style: quantize the frozen base projections (int8 or int4).
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<BaseQuantization>,
+    #[command(flatten)]
+    pub preference: PreferenceArgs,
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Peak learning rate (TRL's default 1e-6), decayed linearly to 0.
+    #[arg(long, default_value_t = 1e-6)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Pairs per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    #[arg(long, value_parser = parse_precision, default_value = "f32")]
+    pub precision: Precision,
+    /// Validate every this many steps (0: at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
+    #[arg(long)]
+    pub fresh: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+}
+
+impl DpoArgs {
+    pub fn options(self) -> Result<phi::dpo::DpoOptions, String> {
+        use phi::dpo::Tuning;
+        let tuning = match (self.lora, self.adapter) {
+            (_, Some(dir)) => Tuning::Adapter(dir),
+            (true, None) => Tuning::Lora(phi::train::lora::LoraConfig {
+                r: self.rank,
+                lora_alpha: self.alpha,
+                lora_dropout: 0.0,
+                target_modules: self.targets,
+                use_rslora: false,
+            }),
+            (false, None) => Tuning::Full,
+        };
+        Ok(phi::dpo::DpoOptions {
+            tuning,
+            quantize: self.quantize,
+            reference: self.reference,
+            live_reference: self.live_reference,
+            val_data: self.val_data,
+            holdout: self.holdout,
+            beta: self.preference.beta,
+            loss: self.preference.loss()?,
+            max_length: self.preference.max_length,
+            truncation: self.preference.truncation,
+            steps: self.steps,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            clip: self.clip,
+            precision: self.precision,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            fresh: self.fresh,
+            seed: self.seed,
+            device: self.device,
+            ..phi::dpo::DpoOptions::new(self.policy, self.data, self.out)
+        })
+    }
+}

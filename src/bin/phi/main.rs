@@ -11,7 +11,7 @@ use phi::device::Backend as DeviceArg;
 mod args;
 mod data;
 
-use args::{BenchArgs, FinetuneArgs, RecipeArgs};
+use args::{BenchArgs, DpoArgs, FinetuneArgs, PreferenceArgs, RecipeArgs};
 
 // Tensor ops allocate and free multi-megabyte buffers at a high rate; glibc's malloc hands them
 // back to the kernel each time (page faults on every reuse), mimalloc keeps them.
@@ -41,6 +41,9 @@ enum Command {
     },
     /// LoRA fine-tuning on exercises (see the `finetune_lora` example).
     Finetune(FinetuneArgs),
+    /// Preference tuning (DPO, IPO, hinge, SimPO, ORPO) on JSONL pairs, full or LoRA, exact to
+    /// TRL (see the `dpo_exercises` example).
+    Dpo(DpoArgs),
     /// Write an HF-layout folder from a checkpoint, with a PEFT LoRA adapter merged into the
     /// weights (`--merge`) or beside them in `OUT/adapter`.
     Export {
@@ -146,14 +149,8 @@ enum EvalCommand {
         /// as text or message lists (tokenized with the policy's tokenizer.json).
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value_t = 0.1)]
-        beta: f64,
-        /// sigmoid (DPO), ipo or hinge.
-        #[arg(long, default_value = "sigmoid")]
-        loss: String,
-        /// cDPO's ε for the sigmoid loss.
-        #[arg(long, default_value_t = 0.0)]
-        label_smoothing: f64,
+        #[command(flatten)]
+        preference: PreferenceArgs,
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
         /// One JSON object instead of a table.
@@ -340,68 +337,103 @@ fn humaneval(
 
 #[allow(clippy::too_many_arguments)]
 fn eval_dpo(
-    policy_dir: &std::path::Path,
-    adapter: Option<&std::path::Path>,
-    reference: Option<&std::path::Path>,
-    data: &std::path::Path,
-    beta: f64,
-    loss: &str,
-    label_smoothing: f64,
+    policy: PathBuf,
+    adapter: Option<PathBuf>,
+    reference: Option<PathBuf>,
+    data: PathBuf,
+    p: PreferenceArgs,
     batch_size: usize,
     json: bool,
     device: DeviceArg,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::train::preference::{PairEncoder, PreferenceLoss, check_pairs, evaluate_pairs, load_pairs};
-    let kind = match loss {
-        "sigmoid" => PreferenceLoss::Sigmoid { label_smoothing },
-        "ipo" => PreferenceLoss::Ipo,
-        "hinge" => PreferenceLoss::Hinge,
-        other => return Err(format!("--loss `{other}`: expected sigmoid, ipo or hinge").into()),
+    let opts = phi::dpo::EvalOptions {
+        policy,
+        adapter,
+        reference,
+        data,
+        beta: p.beta,
+        loss: p.loss()?,
+        max_length: p.max_length,
+        truncation: p.truncation,
+        batch_size,
+        device,
     };
-    if !(beta.is_finite() && beta > 0.0) {
-        return Err(format!("--beta {beta} must be a positive number").into());
-    }
-    if !(0.0..0.5).contains(&label_smoothing) {
-        return Err(format!("--label-smoothing {label_smoothing} must be in [0, 0.5)").into());
-    }
-    let device = device.device()?;
-    let base = PhiForCausalLM::from_pretrained(policy_dir, &device)?;
-    let policy = match adapter {
-        Some(a) => phi::train::lora::load(base.clone(), a)?,
-        None => base.clone(),
-    };
-    let reference = match reference {
-        Some(dir) => PhiForCausalLM::from_pretrained(dir, &device)?,
-        None => base,
-    };
-    let tok_path = policy_dir.join("tokenizer.json");
-    let tok = if tok_path.is_file() { Some(phi::data::Tokenizer::from_file(&tok_path)?) } else { None };
-    let eos = policy.config().eos_token_ids.first().copied().or_else(|| tok.as_ref().and_then(|t| t.eos_id()));
-    let encoder = match (&tok, eos) {
-        (Some(tokenizer), Some(eos)) => Some(PairEncoder { tokenizer, template: phi::core::chat::ChatTemplate::for_family(policy.config().family), eos }),
-        _ => None,
-    };
-    let (pairs, report) = load_pairs(data, encoder.as_ref())?;
-    for (line, why) in report.skipped.iter().take(10) {
-        eprintln!("{}: skipped line {line}: {why}", data.display());
-    }
-    if pairs.is_empty() {
-        return Err(format!("{}: no usable preference pairs ({} skipped)", data.display(), report.skipped.len()).into());
-    }
-    check_pairs(&pairs, policy.config()).map_err(|e| format!("{}: {e}", data.display()))?;
-    // Padding is masked out of every sum; any id the model has will do.
-    let pad = policy.config().pad_token_id.or(eos).unwrap_or(0);
-    let m = evaluate_pairs(&policy, &reference, &pairs, beta, kind, pad, batch_size);
+    let (m, report) = phi::dpo::evaluate(&opts)?;
+    print_skipped(&opts.data, &report);
     if json {
         let mut v = serde_json::to_value(m)?;
-        v["pairs"] = pairs.len().into();
+        v["pairs"] = report.pairs.into();
         v["skipped"] = report.skipped.len().into();
+        v["truncated"] = report.truncated.into();
         println!("{v}");
     } else {
-        println!("{} pairs ({} skipped), beta {beta}, {loss}", pairs.len(), report.skipped.len());
+        println!("{} pairs ({} skipped, {} truncated), beta {}, {}", report.pairs, report.skipped.len(), report.truncated, p.beta, p.loss);
         for (k, v) in serde_json::to_value(m)?.as_object().into_iter().flatten() {
             println!("  {k:<20} {v}");
         }
+    }
+    Ok(())
+}
+
+fn print_skipped(path: &std::path::Path, report: &phi::train::preference::PairReport) {
+    for (line, why) in report.skipped.iter().take(10) {
+        eprintln!("{}: skipped line {line}: {why}", path.display());
+    }
+    if report.skipped.len() > 10 {
+        eprintln!("{}: … and {} more skipped", path.display(), report.skipped.len() - 10);
+    }
+}
+
+fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let opts = args.options()?;
+    let run = phi::dpo::prepare(&opts)?;
+    print_skipped(&opts.data, &run.report);
+    println!(
+        "{}: {} pairs for training, {} held out ({} skipped, {} truncated to {} tokens)",
+        opts.data.display(),
+        run.pairs.len(),
+        run.validation.len(),
+        run.report.skipped.len(),
+        run.report.truncated,
+        run.settings.collate.max_length.unwrap_or(0)
+    );
+    if let (Some(path), Some(r)) = (&opts.val_data, &run.val_report) {
+        print_skipped(path, r);
+    }
+    let reference = match (&opts.reference, run.settings.loss.needs_reference(), opts.live_reference) {
+        (_, false, _) => "none (reference-free loss)".to_string(),
+        (r, true, live) => format!(
+            "{}, {}",
+            r.as_ref().map_or("the policy as it starts".to_string(), |d| d.display().to_string()),
+            if live { "run on every batch" } else { "scored once before training" }
+        ),
+    };
+    println!("loss {:?}, beta {}; reference: {reference}", run.settings.loss, run.settings.beta);
+    let bar = indicatif::ProgressBar::new(opts.steps as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
+    // Fault injection for the tests: die as `kill -9` would, right after this step's metrics line.
+    let abort_after = std::env::var("PHI_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok());
+    let done = phi::dpo::train(&run, |m| {
+        if abort_after == Some(m.step) {
+            std::process::abort();
+        }
+        bar.set_position(m.step as u64);
+        let get = |k: &str| m.extra.get(k).copied().unwrap_or(f64::NAN);
+        bar.set_message(format!("loss {:.4}  acc {:.2}  margin {:.3}", m.loss, get("rewards/accuracies"), get("rewards/margins")));
+    })?;
+    bar.finish();
+    if let Some(from) = done.outcome.resumed_from {
+        println!("(resumed from the checkpoint at step {from})");
+    }
+    if let (Some(b), Some(a)) = (done.before, done.after) {
+        println!("held-out pairs     before → after");
+        let (bv, av) = (serde_json::to_value(b)?, serde_json::to_value(a)?);
+        for (k, v) in bv.as_object().into_iter().flatten() {
+            println!("  {k:<18} {:>9.4} → {:.4}", v.as_f64().unwrap_or(f64::NAN), av[k].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    for dir in &done.written {
+        println!("wrote {}", dir.display());
     }
     Ok(())
 }
@@ -641,6 +673,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => phi::bench::run(a.options()),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
+        Command::Dpo(args) => dpo(args),
         Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
             chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
         }
@@ -664,8 +697,8 @@ fn main() -> ExitCode {
             }
             (None, None) => Err("phi eval humaneval: pass --model DIR or --completions FILE".into()),
         },
-        Command::Eval(EvalCommand::Dpo { policy, adapter, reference, data, beta, loss, label_smoothing, batch_size, json, device }) => {
-            eval_dpo(&policy, adapter.as_deref(), reference.as_deref(), &data, beta, &loss, label_smoothing, batch_size, json, device)
+        Command::Eval(EvalCommand::Dpo { policy, adapter, reference, data, preference, batch_size, json, device }) => {
+            eval_dpo(policy, adapter, reference, data, preference, batch_size, json, device)
         }
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, device)
