@@ -107,7 +107,7 @@ fn dpo(out: &std::path::Path, extra: &[&str], abort_after: Option<usize>) -> std
         .arg(fixture("dpo-phi-tiny/pairs.jsonl"))
         .arg("--out")
         .arg(out)
-        .args(["--steps", "6", "--batch-size", "2", "--grad-accum", "2", "--lr", "1e-3", "--warmup-steps", "1", "--checkpoint-every", "2"])
+        .args(["--batch-size", "2", "--grad-accum", "2", "--lr", "1e-3", "--checkpoint-every", "2"])
         .args(extra);
     if let Some(step) = abort_after {
         cmd.env("PHI_TEST_ABORT_AFTER_STEP", step.to_string());
@@ -130,7 +130,8 @@ fn steps(dir: &std::path::Path) -> Vec<(u64, u64, u64, u64)> {
 #[test]
 fn lora_dpo_killed_mid_run_resumes_bitwise_and_writes_a_peft_adapter() {
     let root = tempfile::tempdir().unwrap();
-    let lora = ["--adapter", fixture("lora-phi-tiny").to_str().unwrap()];
+    let adapter = fixture("lora-phi-tiny");
+    let lora = ["--adapter", adapter.to_str().unwrap(), "--steps", "6", "--warmup-steps", "1"];
     let (whole, split) = (root.path().join("whole"), root.path().join("split"));
     let r = dpo(&whole, &lora, None);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -181,8 +182,8 @@ fn full_parameter_dpo_against_an_explicit_live_reference_writes_a_model_folder()
     let r = dpo(&root.path().join("orpo"), &["--loss", "orpo", "--steps", "2", "--fresh"], None);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(String::from_utf8_lossy(&r.stdout).contains("reference-free"));
-    let r = dpo(&root.path().join("bad"), &["--warmup-steps", "9"], None);
+    let r = dpo(&root.path().join("bad"), &["--steps", "6", "--warmup-steps", "9"], None);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--warmup-steps 9"));
-    let r = dpo(&root.path().join("bad"), &["--beta", "-1"], None);
+    let r = dpo(&root.path().join("bad"), &["--beta=-1"], None);
     assert!(String::from_utf8_lossy(&r.stderr).contains("beta -1"));
 }
