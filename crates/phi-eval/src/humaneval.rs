@@ -155,27 +155,27 @@ pub struct Sample {
 /// Runs every `(problem, completion)` pair in its own sandbox on `workers` threads; results in
 /// input order.
 pub fn judge(pairs: &[(&Problem, String)], sandbox: &Sandbox, workers: usize) -> Result<Vec<Sample>, String> {
+    let programs: Vec<String> = pairs.iter().map(|(p, c)| program(p, c)).collect();
+    let outcomes = run_programs(&programs, sandbox, workers)?;
+    Ok(pairs.iter().zip(outcomes).map(|((p, c), outcome)| Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome }).collect())
+}
+
+/// Runs every program in its own fresh sandbox, `workers` at a time; outcomes in input order.
+pub fn run_programs(programs: &[String], sandbox: &Sandbox, workers: usize) -> Result<Vec<Outcome>, String> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Outcome, String>>>> = pairs.iter().map(|_| Default::default()).collect();
+    let results: Vec<std::sync::Mutex<Option<Result<Outcome, String>>>> = programs.iter().map(|_| Default::default()).collect();
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some((p, c)) = pairs.get(i) else { break };
-                    *results[i].lock().unwrap() = Some(run_program(&program(p, c), sandbox));
+                    let Some(p) = programs.get(i) else { break };
+                    *results[i].lock().unwrap() = Some(run_program(p, sandbox));
                 }
             });
         }
     });
-    pairs
-        .iter()
-        .zip(results)
-        .map(|((p, c), r)| {
-            let outcome = r.into_inner().unwrap().expect("every pair ran")?;
-            Ok(Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome })
-        })
-        .collect()
+    results.into_iter().map(|r| r.into_inner().unwrap().expect("every program ran")).collect()
 }
 
 /// Reads a samples file in the HumanEval package's format: one JSON object per line with
