@@ -83,16 +83,30 @@ impl TestedExercise {
         )
     }
 
+    /// The exercise as a HumanEval-style problem (prompt, reference body; judged with
+    /// [`TestedExercise::program`], not with a `check` function), for
+    /// [`crate::humaneval::generate_completions`].
+    pub fn problem(&self) -> crate::humaneval::Problem {
+        crate::humaneval::Problem {
+            task_id: self.name.clone(),
+            prompt: self.prompt.clone(),
+            canonical_solution: self.response.clone(),
+            test: String::new(),
+            entry_point: self.name.clone(),
+        }
+    }
+
     /// Whether `body` passes the examples, run in a fresh `sandbox`.
     pub fn passes(&self, body: &str, sandbox: &Sandbox) -> Result<bool, String> {
         crate::humaneval::run_program(&self.program(body), sandbox).map(|o| o == crate::humaneval::Outcome::Passed)
     }
 }
 
-/// Bodies that differ from `body` by one small, plausible bug, each with its kind: the first
-/// integer literal off by one, the first comparison flipped, the first `if` never taken, the
-/// first `and`/`or` swapped, the first boolean return negated. Comments and string literals
-/// are left alone (lines inside triple-quoted strings are skipped whole).
+/// Bodies that differ from `body` by one small, plausible bug, each with its kind: an integer
+/// literal off by one, a comparison flipped, an `if` never taken, an `and`/`or` swapped, a
+/// boolean return negated — one mutant per kind and line (the line's first site), in line
+/// order. Comments and string literals are left alone (lines inside triple-quoted strings are
+/// skipped whole).
 pub fn mutants(body: &str) -> Vec<(&'static str, String)> {
     let lines: Vec<&str> = body.split_inclusive('\n').collect();
     let mut out: Vec<(&'static str, String)> = Vec::new();
@@ -120,7 +134,6 @@ pub fn mutants(body: &str) -> Vec<(&'static str, String)> {
                 if m != body && !out.iter().any(|(_, o)| *o == m) {
                     out.push((kind, m));
                 }
-                break;
             }
         }
     }
@@ -259,6 +272,8 @@ mod tests {
         assert_eq!(get("dropped_branch"), "    if False:\n        return s[1] + 'a < b'\n    return x == 2 and ok\n");
         assert_eq!(get("swapped_bool_op"), "    if x > hi:  # 1 < 2\n        return s[1] + 'a < b'\n    return x == 2 or ok\n");
         assert!(m.iter().all(|(_, b)| b != body));
+        // One per kind and line: the second line's `s[1]` and the third's `2` are off by one too.
+        assert_eq!(m.iter().filter(|(k, _)| *k == "off_by_one").count(), 3);
         assert!(mutants("    return True\n").iter().any(|(k, b)| *k == "negated_return" && b == "    return False\n"));
         // Floats and names with digits are not integers.
         assert_eq!(off_by_one("x = a1 + 2.5\n"), None);

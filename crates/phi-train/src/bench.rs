@@ -20,6 +20,9 @@ pub enum Workload {
     Train,
     /// The same step with the base frozen and LoRA adapters (r 8, every projection) trained.
     Lora,
+    /// The SFT step and the DPO step (reference scored once before, or run on every batch) on
+    /// the same model and the same tokens per step.
+    Dpo,
     All,
 }
 
@@ -31,8 +34,9 @@ impl std::str::FromStr for Workload {
             "generate" => Workload::Generate,
             "train" => Workload::Train,
             "lora" => Workload::Lora,
+            "dpo" => Workload::Dpo,
             "all" => Workload::All,
-            _ => return Err(format!("`{s}`: expected forward, generate, train, lora or all")),
+            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, dpo or all")),
         })
     }
 }
@@ -216,6 +220,67 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
     (a.batch * a.seq) as f64 / median(times)
 }
 
+/// Which step [`bench_preference`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreferenceBench {
+    /// SFT on `batch` sequences of `seq` tokens, the second half learned.
+    Sft,
+    /// DPO on `batch / 2` pairs (prompt `seq / 2`, each completion `seq / 2` tokens: the same
+    /// `batch × seq` tokens through the policy), reference log-probs computed before the timing.
+    DpoPrecomputed,
+    /// The same with the reference model kept and run on every batch (TRL's default).
+    DpoLive,
+}
+
+/// Training tokens/s (tokens through the policy) of [`crate::Trainer::step`] on the SFT or DPO
+/// objective, full-parameter with the baseline's settings, median of `steps` after one warm-up.
+pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, which: PreferenceBench) -> f64 {
+    use crate::preference::{Dpo, PreferenceSettings, TokenPair};
+    let ad = device.clone().autodiff();
+    let model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
+    // Rows per micro-batch are `batch` either way: `batch` sequences, or `batch / 2` pairs.
+    let batch_size = if which == PreferenceBench::Sft { a.batch } else { (a.batch / 2).max(1) };
+    let cfg = crate::TrainConfig { batch_size, ..baseline_train_config(a) };
+    let (half, n) = (a.seq / 2, (a.steps + 1) * a.batch);
+    let ids = |i: usize, len: usize| -> Vec<u32> { random_ids(len, a.vocab, 10 + i as u64).into_iter().map(|t| t as u32).collect() };
+    let mut trainer = crate::Trainer::new(model, &cfg).expect("valid bench settings");
+    let mut times = Vec::new();
+    let mut time = |step: &mut dyn FnMut()| {
+        for i in 0..=a.steps {
+            let t = Instant::now();
+            step();
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    };
+    match which {
+        PreferenceBench::Sft => {
+            let examples: Vec<phi_data::sft::SftExample> =
+                (0..n).map(|i| phi_data::sft::SftExample { ids: ids(i, a.seq + 1), learn: (0..=a.seq).map(|j| j > half).collect() }).collect();
+            let mut objective = crate::sft::Sft::new(&examples, &[], 0, 0).expect("bench data");
+            time(&mut || {
+                trainer.step(&mut objective).expect("a finite bench step");
+            });
+        }
+        PreferenceBench::DpoPrecomputed | PreferenceBench::DpoLive => {
+            let pairs: Vec<TokenPair> = (0..n).map(|i| TokenPair { prompt_ids: ids(3 * i, half), chosen_ids: ids(3 * i + 1, a.seq - half), rejected_ids: ids(3 * i + 2, a.seq - half) }).collect();
+            let reference = PhiForCausalLM::init(config.clone(), device, 1).expect("valid bench config");
+            let settings = PreferenceSettings::dpo(0);
+            let mut objective = if which == PreferenceBench::DpoLive {
+                Dpo::live(&pairs, &[], reference, settings, 0)
+            } else {
+                Dpo::new(&pairs, &[], Some(&reference), settings, 0)
+            }
+            .expect("bench data");
+            time(&mut || {
+                trainer.step(&mut objective).expect("a finite bench step");
+            });
+        }
+    }
+    (a.batch * a.seq) as f64 / median(times)
+}
+
 /// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
 pub fn bench_generate(model: &PhiForCausalLM, a: &BenchOptions) -> f64 {
     let prompt: Vec<u32> = random_ids(32, a.vocab, 2).into_iter().map(|t| t as u32).collect();
@@ -260,25 +325,32 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         let torch = torch_results(&a, arch)?;
         let mut workloads = vec![];
         if matches!(a.workload, Workload::Train | Workload::All) {
-            workloads.push(("train_step", bench_train(&config, &a, &device, false)));
+            workloads.push(("train_step", bench_train(&config, &a, &device, false), peak_rss_mib()));
         }
         if a.workload == Workload::Lora {
-            workloads.push(("lora_step", bench_train(&config, &a, &device, true)));
+            workloads.push(("lora_step", bench_train(&config, &a, &device, true), peak_rss_mib()));
+        }
+        if a.workload == Workload::Dpo {
+            // Precomputed before live: peak memory only grows, so the live reference's extra
+            // memory shows in the last line's peak.
+            workloads.push(("sft_step", bench_preference(&config, &a, &device, PreferenceBench::Sft), peak_rss_mib()));
+            workloads.push(("dpo_step", bench_preference(&config, &a, &device, PreferenceBench::DpoPrecomputed), peak_rss_mib()));
+            workloads.push(("dpo_step_live", bench_preference(&config, &a, &device, PreferenceBench::DpoLive), peak_rss_mib()));
         }
         if matches!(a.workload, Workload::Forward | Workload::All) {
-            workloads.push(("forward", bench_forward(&model, &a, &device)));
+            workloads.push(("forward", bench_forward(&model, &a, &device), peak_rss_mib()));
         }
         if matches!(a.workload, Workload::Generate | Workload::All) {
-            workloads.push(("generate", bench_generate(&model, &a)));
+            workloads.push(("generate", bench_generate(&model, &a), peak_rss_mib()));
         }
-        for (name, ours) in workloads {
+        for (name, ours, peak) in workloads {
             let theirs = torch
                 .iter()
                 .find(|v| v["workload"] == name)
                 .and_then(|v| v["tokens_per_s"].as_f64());
             let result = json!({
                 "workload": name, "arch": arch, "params": params, "batch": a.batch, "seq": a.seq,
-                "peak_rss_mib": peak_rss_mib(),
+                "peak_rss_mib": peak,
                 "device": format!("{:?}", a.device).to_lowercase(), "threads": threads,
                 "tokens_per_s": ours, "torch_tokens_per_s": theirs, "ratio_vs_torch": theirs.map(|t| ours / t),
             });
@@ -287,7 +359,8 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 let ratio = theirs.map_or(String::from("-"), |t| format!("{:.2}x", ours / t));
                 let theirs = theirs.map_or(String::from("-"), |t| format!("{t:.0}"));
-                println!("{name:<9} {arch:<5} phi {ours:>10.0} tok/s   torch {theirs:>10} tok/s   ratio {ratio}");
+                let peak = peak.map_or(String::from("-"), |p| format!("{p:.0} MiB"));
+                println!("{name:<13} {arch:<5} phi {ours:>10.0} tok/s   torch {theirs:>10} tok/s   ratio {ratio:>6}   peak RSS {peak}");
             }
         }
     }

@@ -94,18 +94,23 @@ fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::error
     Ok(crate::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
 }
 
-/// Exercises from source files the base did not pre-train on: the standard-library files that
-/// `train_phi1`'s default corpus budget left out (else the shipped corpus).
-fn held_out_exercises() -> Vec<phi_data::exercises::Exercise> {
+/// Source files the default base did not pre-train on: the standard-library files that
+/// `train_phi1`'s default corpus budget left out (else the shipped corpus). The built-in
+/// exercises come from these.
+pub fn held_out_files() -> Vec<PathBuf> {
     let (_, pretrain) = default_corpus(&RecipeOptions::default());
-    let held_out: Vec<PathBuf> = match python_stdlib_dir() {
+    match python_stdlib_dir() {
         Some(root) => collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"])
             .into_iter()
             .filter(|f| !pretrain.contains(f))
             .collect(),
         None => collect_files(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/corpus/python")), ".py", &[]),
-    };
-    held_out.iter().filter_map(|f| std::fs::read_to_string(f).ok()).flat_map(|src| extract(&src, 12)).collect()
+    }
+}
+
+/// Exercises from [`held_out_files`], at most 12 body lines each.
+fn held_out_exercises() -> Vec<phi_data::exercises::Exercise> {
+    held_out_files().iter().filter_map(|f| std::fs::read_to_string(f).ok()).flat_map(|src| extract(&src, 12)).collect()
 }
 
 fn to_examples(ex: &[phi_data::exercises::Exercise], tok: &Tokenizer, eos: u32, max_len: usize) -> (Vec<SftExample>, usize) {

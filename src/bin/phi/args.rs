@@ -168,7 +168,7 @@ impl FinetuneArgs {
 /// Flags of `phi bench` ([`phi::bench::BenchOptions`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// forward, generate, train, lora or all.
+    /// forward, generate, train, lora, dpo (SFT vs DPO step, reference precomputed vs live) or all.
     pub workload: phi::bench::Workload,
     /// phi, phi3 or both.
     #[arg(long, default_value = "both")]
