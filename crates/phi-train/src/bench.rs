@@ -20,9 +20,15 @@ pub enum Workload {
     Train,
     /// The same step with the base frozen and LoRA adapters (r 8, every projection) trained.
     Lora,
-    /// The SFT step and the DPO step (reference scored once before, or run on every batch) on
-    /// the same model and the same tokens per step.
+    /// The SFT step on the same tokens per step as the DPO steps.
+    Sft,
+    /// The DPO step, reference log-probabilities computed once before.
     Dpo,
+    /// The DPO step with the reference model kept and run on every batch.
+    DpoLive,
+    /// `sft`, `dpo` and `dpo-live` in one process (speed; run them one per process to compare
+    /// peak memory).
+    Preference,
     All,
 }
 
@@ -34,9 +40,12 @@ impl std::str::FromStr for Workload {
             "generate" => Workload::Generate,
             "train" => Workload::Train,
             "lora" => Workload::Lora,
+            "sft" => Workload::Sft,
             "dpo" => Workload::Dpo,
+            "dpo-live" => Workload::DpoLive,
+            "preference" => Workload::Preference,
             "all" => Workload::All,
-            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, dpo or all")),
+            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, sft, dpo, dpo-live, preference or all")),
         })
     }
 }
@@ -267,10 +276,13 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
             let pairs: Vec<TokenPair> = (0..n).map(|i| TokenPair { prompt_ids: ids(3 * i, half), chosen_ids: ids(3 * i + 1, a.seq - half), rejected_ids: ids(3 * i + 2, a.seq - half) }).collect();
             let reference = PhiForCausalLM::init(config.clone(), device, 1).expect("valid bench config");
             let settings = PreferenceSettings::dpo(0);
+            // Precomputed: the reference is scored, then dropped before training starts.
             let mut objective = if which == PreferenceBench::DpoLive {
                 Dpo::live(&pairs, &[], reference, settings, 0)
             } else {
-                Dpo::new(&pairs, &[], Some(&reference), settings, 0)
+                let o = Dpo::new(&pairs, &[], Some(&reference), settings, 0);
+                drop(reference);
+                o
             }
             .expect("bench data");
             time(&mut || {
@@ -330,11 +342,14 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         if a.workload == Workload::Lora {
             workloads.push(("lora_step", bench_train(&config, &a, &device, true), peak_rss_mib()));
         }
-        if a.workload == Workload::Dpo {
-            // Precomputed before live: peak memory only grows, so the live reference's extra
-            // memory shows in the last line's peak.
+        // (Peak memory only grows within a process: compare it between one-workload runs.)
+        if matches!(a.workload, Workload::Sft | Workload::Preference) {
             workloads.push(("sft_step", bench_preference(&config, &a, &device, PreferenceBench::Sft), peak_rss_mib()));
+        }
+        if matches!(a.workload, Workload::Dpo | Workload::Preference) {
             workloads.push(("dpo_step", bench_preference(&config, &a, &device, PreferenceBench::DpoPrecomputed), peak_rss_mib()));
+        }
+        if matches!(a.workload, Workload::DpoLive | Workload::Preference) {
             workloads.push(("dpo_step_live", bench_preference(&config, &a, &device, PreferenceBench::DpoLive), peak_rss_mib()));
         }
         if matches!(a.workload, Workload::Forward | Workload::All) {

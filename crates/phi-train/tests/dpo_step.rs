@@ -200,6 +200,11 @@ fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
     assert_eq!(resumed.resumed_from, Some(3));
     assert_eq!(bits(&resumed.metrics), bits(&full.metrics));
     assert_eq!(resumed.metrics[5].val_loss.map(f64::to_bits), full.metrics[5].val_loss.map(f64::to_bits));
+    // A checkpoint made against another reference is not this run's.
+    let other = phi_train::lora::load(PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap(), fixture("lora-phi-tiny")).unwrap();
+    let mut o = Dpo::new(&pairs, &pairs[..2], Some(&other), s, 9).unwrap();
+    let err = fit(&weights, &mut o, &tiny_cfg(7, 2, 2), split.path(), true, &device, |_| {}).err().expect("another reference must not resume");
+    assert!(err.to_string().contains("not the same run"), "{err}");
     // Two micro-batches of 2 pairs are the step one batch of 4 gives.
     let big = run(&tiny_cfg(1, 4, 1), tempfile::tempdir().unwrap().path(), false);
     let acc = run(&tiny_cfg(1, 2, 2), tempfile::tempdir().unwrap().path(), false);

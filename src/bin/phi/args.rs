@@ -168,7 +168,8 @@ impl FinetuneArgs {
 /// Flags of `phi bench` ([`phi::bench::BenchOptions`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// forward, generate, train, lora, dpo (SFT vs DPO step, reference precomputed vs live) or all.
+    /// forward, generate, train, lora, sft, dpo, dpo-live (DPO step with the reference run on
+    /// every batch), preference (sft + dpo + dpo-live) or all.
     pub workload: phi::bench::Workload,
     /// phi, phi3 or both.
     #[arg(long, default_value = "both")]
