@@ -186,4 +186,24 @@ fn full_parameter_dpo_against_an_explicit_live_reference_writes_a_model_folder()
     assert!(String::from_utf8_lossy(&r.stderr).contains("--warmup-steps 9"));
     let r = dpo(&root.path().join("bad"), &["--beta=-1"], None);
     assert!(String::from_utf8_lossy(&r.stderr).contains("beta -1"));
+    // Flags that would be silently unused are refused.
+    for (flags, says) in [
+        (&["--loss", "orpo", "--live-reference"][..], "reference-free"),
+        (&["--loss", "ipo", "--label-smoothing", "0.1"][..], "label smoothing is for the sigmoid and simpo losses"),
+        (&["--simpo-gamma", "1"][..], "simpo gamma is for the simpo loss"),
+        (&["--rank", "4"][..], "--lora"),
+        (&["--holdout", "0.2", "--val-data", "x.jsonl"][..], "cannot be used with"),
+    ] {
+        let r = dpo(&root.path().join("bad"), flags, None);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && err.contains(says), "{flags:?}: {err}");
+    }
+    // A run never writes its outputs over its own inputs: training the model it wrote, into the
+    // same folder, is refused before anything happens.
+    let mut again = phi();
+    again.args(["dpo", "--policy"]).arg(out.join("model")).arg("--data").arg(fixture("dpo-phi-tiny/pairs.jsonl")).arg("--out").arg(&out);
+    let r = again.output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("which this run writes at its end"), "{err}");
+    phi::core::PhiForCausalLM::from_pretrained(out.join("model"), &Default::default()).unwrap();
 }

@@ -62,17 +62,21 @@ impl TestedExercise {
     /// The module with `body` as the function's body, then its docstring's examples run
     /// against that function (exit status 0 when every example passes).
     ///
-    /// The function is taken right after its definition, so that a C accelerator imported
-    /// later in the module (`from _heapq import *`) cannot stand in for it; `__name__` is not
-    /// `"__main__"`, so the module's own script part does not run.
+    /// Only the body is used: `body` is cut at its first line indented no deeper than the
+    /// `def` (module-level code after it could otherwise rebind the name under test). The
+    /// function is taken right after its definition and put back under its name after the rest
+    /// of the module, so that a C accelerator imported later (`from _heapq import *`) answers
+    /// neither the examples nor recursive calls; `__name__` is not `"__main__"`, so the module's
+    /// own script part does not run. The examples run with doctest's default options.
     pub fn program(&self, body: &str) -> String {
         let name = &self.name;
+        let body = function_body(body);
         format!(
             "{before}{prompt}{body}\n_phi_under_test = {name}\n__name__ = 'exercise'\n{after}\n\
              import doctest as _phi_doctest, sys as _phi_sys\n\
+             globals()[{name:?}] = _phi_under_test\n\
              _phi_globs = dict(globals())\n\
-             _phi_globs[{name:?}] = _phi_under_test\n\
-             _phi_runner = _phi_doctest.DocTestRunner(optionflags=_phi_doctest.ELLIPSIS | _phi_doctest.NORMALIZE_WHITESPACE)\n\
+             _phi_runner = _phi_doctest.DocTestRunner()\n\
              for _phi_test in _phi_doctest.DocTestFinder(recurse=False).find(_phi_under_test, {name:?}, globs=_phi_globs):\n    \
                  _phi_runner.run(_phi_test, out=lambda s: None)\n\
              _phi_result = _phi_runner.summarize(verbose=False)\n\
@@ -100,6 +104,19 @@ impl TestedExercise {
     pub fn passes(&self, body: &str, sandbox: &Sandbox) -> Result<bool, String> {
         crate::humaneval::run_program(&self.program(body), sandbox).map(|o| o == crate::humaneval::Outcome::Passed)
     }
+}
+
+/// `completion` up to its first non-blank line that is not indented (the end of a top-level
+/// function's body).
+pub fn function_body(completion: &str) -> &str {
+    let mut at = 0;
+    for line in completion.split_inclusive('\n') {
+        if !line.trim().is_empty() && !line.starts_with([' ', '\t']) {
+            return &completion[..at];
+        }
+        at += line.len();
+    }
+    completion
 }
 
 /// Bodies that differ from `body` by one small, plausible bug, each with its kind: an integer
@@ -209,7 +226,9 @@ fn flip_comparison(line: &str) -> Option<String> {
     replace_in_code(line, |code| {
         // Longest operators first, so that `<=` is not read as `<`.
         for (op, with) in [("<=", "<"), (">=", ">"), ("==", "!="), ("!=", "=="), (" < ", " <= "), (" > ", " >= ")] {
-            if let Some(a) = code.find(op) {
+            // `<<=` and `>>=` are shift assignments, not comparisons.
+            let found = code.match_indices(op).map(|(a, _)| a).find(|&a| !(op.len() == 2 && a > 0 && code.as_bytes()[a - 1] == op.as_bytes()[0] && op.as_bytes()[0] != b'='));
+            if let Some(a) = found {
                 return Some((a, a + op.len(), with.to_string()));
             }
         }
@@ -275,8 +294,10 @@ mod tests {
         // One per kind and line: the third line's `2` is off by one too (the comment's are not).
         assert_eq!(m.iter().filter(|(k, _)| *k == "off_by_one").count(), 2);
         assert!(mutants("    return True\n").iter().any(|(k, b)| *k == "negated_return" && b == "    return False\n"));
-        // Floats and names with digits are not integers.
+        // Floats and names with digits are not integers; shift assignments are not comparisons.
         assert_eq!(off_by_one("x = a1 + 2.5\n"), None);
+        assert_eq!(flip_comparison("    x <<= y >= z\n").as_deref(), Some("    x <<= y > z\n"));
+        assert_eq!(function_body("    return 1\n\nclamp = max\n    x\n"), "    return 1\n\n");
     }
 
     #[test]
@@ -287,9 +308,11 @@ mod tests {
         assert_eq!(ex.passes("    return x\n", &sandbox), Ok(false));
         let (_, flipped) = mutants(&ex.response).into_iter().find(|(k, _)| *k == "dropped_branch").unwrap();
         assert_eq!(ex.passes(&flipped, &sandbox), Ok(false));
-        // A C accelerator imported after the function does not stand in for it.
+        // A C accelerator imported after the function does not stand in for it, and a completion
+        // that rebinds the name at module level is cut before that.
         let shadowed = TestedExercise { after: "clamp = lambda x, lo, hi: 3\n".into(), ..ex.clone() };
         assert_eq!(shadowed.passes("    return x\n", &sandbox), Ok(false));
+        assert_eq!(ex.passes("    return x\nclamp = lambda x, lo, hi: 3\n", &sandbox), Ok(false));
         // No examples attempted is a failure, not a pass.
         let none = TestedExercise { prompt: "def clamp(x, lo, hi):\n    \"\"\"No examples.\"\"\"\n".into(), ..ex.clone() };
         assert_eq!(none.passes(&ex.response, &sandbox), Ok(false));

@@ -140,6 +140,22 @@ impl DpoOptions {
         if self.quantize.is_some() && matches!(self.tuning, Tuning::Full) {
             return Err("--quantize needs LoRA (--lora or --adapter): a quantized base cannot be trained in full".into());
         }
+        if !self.loss.needs_reference() && (self.reference.is_some() || self.live_reference) {
+            return Err(format!("the {:?} loss is reference-free: --reference and --live-reference do not apply", self.loss));
+        }
+        // The outputs are written at the end: none of the inputs may be among them.
+        let inputs = [Some(&self.policy), self.reference.as_ref(), Some(&self.data), self.val_data.as_ref(), match &self.tuning {
+            Tuning::Adapter(dir) => Some(dir),
+            _ => None,
+        }];
+        for sub in output_names(&self.tuning) {
+            let out = self.out.join(sub);
+            for input in inputs.iter().flatten() {
+                if within(input, &out) || within(input, &crate::export::partial_of(&out)) {
+                    return Err(format!("{} is inside {}, which this run writes at its end: choose another --out", input.display(), out.display()));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -150,6 +166,12 @@ impl DpoOptions {
             Tuning::Adapter(dir) => Weights::Lora { base: self.policy.clone(), adapter: Adapter::Load(dir.clone()), quantize: self.quantize },
         }
     }
+}
+
+/// Whether `path` is `dir` or lies under it (by their canonical forms where they exist).
+fn within(path: &Path, dir: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    canon(path).starts_with(canon(dir))
 }
 
 /// A checked run, ready to [`train`].
@@ -366,8 +388,15 @@ pub fn evaluate(o: &EvalOptions) -> Res<(PreferenceMetrics, PairReport)> {
         None => base.clone(),
     };
     let reference = match (&o.reference, settings.loss.needs_reference()) {
-        (_, false) => None,
-        (Some(dir), true) => Some(PhiForCausalLM::from_pretrained(dir, &device)?),
+        (Some(_), false) => return Err(format!("the {:?} loss is reference-free: --reference does not apply", settings.loss).into()),
+        (None, false) => None,
+        (Some(dir), true) => {
+            let r = PhiForCausalLM::from_pretrained(dir, &device)?;
+            if r.config().vocab_size != base.config().vocab_size {
+                return Err(format!("{}: the reference's vocab_size {} is not the policy's {}", dir.display(), r.config().vocab_size, base.config().vocab_size).into());
+            }
+            Some(r)
+        }
         (None, true) => Some(base),
     };
     let m = evaluate_pairs(&policy, reference.as_ref(), &pairs, settings, o.batch_size)?;

@@ -46,7 +46,7 @@ fn is_export_file(name: &str) -> bool {
     FILES.contains(&name.strip_suffix(".tmp").unwrap_or(name))
 }
 
-fn partial_of(out: &Path) -> PathBuf {
+pub fn partial_of(out: &Path) -> PathBuf {
     let mut p = out.as_os_str().to_owned();
     p.push(".partial");
     PathBuf::from(p)

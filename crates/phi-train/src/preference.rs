@@ -15,6 +15,7 @@
 //! let policy = SequenceLogps {
 //!     sums: Tensor::from_data([-10.0, -12.0, -14.0, -11.0], &device),
 //!     counts: Tensor::from_data([3.0, 4.0, 2.0, 5.0], &device),
+//!     lengths: Tensor::from_data([3.0, 4.0, 2.0, 5.0], &device),
 //!     chosen_nll: Tensor::from_data([3.0], &device),
 //! };
 //! let reference = Tensor::<1>::from_data([-11.0, -12.0, -13.0, -12.0], &device);
@@ -55,14 +56,21 @@ pub enum PreferenceLoss {
 }
 
 impl PreferenceLoss {
-    /// From TRL's `loss_type` name; `label_smoothing` applies to sigmoid and simpo, `gamma` to
-    /// simpo.
-    pub fn from_name(name: &str, label_smoothing: f64, gamma: f64) -> std::result::Result<Self, String> {
+    /// From TRL's `loss_type` name. `label_smoothing` (0 for none) applies to sigmoid and
+    /// simpo only, `gamma` to simpo only (default 0.5, TRL's `simpo_gamma`): given to another
+    /// loss, either is an error rather than silently unused.
+    pub fn from_name(name: &str, label_smoothing: f64, gamma: Option<f64>) -> std::result::Result<Self, String> {
+        if gamma.is_some() && name != "simpo" {
+            return Err(format!("simpo gamma is for the simpo loss, not `{name}`"));
+        }
+        if label_smoothing != 0.0 && !["sigmoid", "simpo"].contains(&name) {
+            return Err(format!("label smoothing is for the sigmoid and simpo losses, not `{name}`"));
+        }
         Ok(match name {
             "sigmoid" => PreferenceLoss::Sigmoid { label_smoothing },
             "ipo" => PreferenceLoss::Ipo,
             "hinge" => PreferenceLoss::Hinge,
-            "simpo" => PreferenceLoss::Simpo { gamma, label_smoothing },
+            "simpo" => PreferenceLoss::Simpo { gamma: gamma.unwrap_or(0.5), label_smoothing },
             "orpo" => PreferenceLoss::Orpo,
             other => return Err(format!("unknown preference loss `{other}`: expected sigmoid, ipo, hinge, simpo or orpo")),
         })
@@ -207,8 +215,11 @@ pub fn pair_batch(pairs: &[TokenPair], collate: &Collate, device: &Device) -> Pa
 pub struct SequenceLogps {
     /// `[2n]` log-probability of each row's completion tokens, summed; chosen rows first.
     pub sums: Tensor<1>,
-    /// `[2n]` completion tokens scored in each row.
+    /// `[2n]` completion tokens scored in each row (the averages of SimPO and ORPO).
     pub counts: Tensor<1>,
+    /// `[2n]` completion tokens in each row, a token at position 0 (scored by nothing) included:
+    /// what TRL's IPO divides by.
+    pub lengths: Tensor<1>,
     /// `[1]` mean negative log-probability over every scored token (prompt and completion) of
     /// the chosen rows: ORPO's NLL term.
     pub chosen_nll: Tensor<1>,
@@ -221,12 +232,16 @@ pub fn completion_logps(logits: Tensor<3>, batch: &PairBatch) -> SequenceLogps {
     let log_probs = log_softmax(logits.narrow(1, 0, t - 1).reshape([n * (t - 1), v]), 1);
     let picked = log_probs.gather(1, batch.ids.clone().narrow(1, 1, t - 1).reshape([n * (t - 1), 1])).reshape([n, t - 1]);
     let mask = batch.completion.clone().narrow(1, 1, t - 1);
-    let sums = (picked.clone() * mask.clone()).sum_dim(1).reshape([n]);
+    // Masked positions are set to 0, not multiplied by it: a non-finite value there (padding)
+    // must not reach the sums.
+    let masked = |values: Tensor<2>, keep: Tensor<2>| values.mask_fill(keep.equal_elem(0.0), 0.0);
+    let sums = masked(picked.clone(), mask.clone()).sum_dim(1).reshape([n]);
     let counts = mask.sum_dim(1).reshape([n]);
+    let lengths = batch.completion.clone().sum_dim(1).reshape([n]);
     let real = batch.real.clone().narrow(1, 1, t - 1).narrow(0, 0, n / 2);
     let chosen = picked.narrow(0, 0, n / 2);
-    let chosen_nll = (chosen * real.clone()).sum().neg() / real.sum().clamp_min(1.0);
-    SequenceLogps { sums, counts, chosen_nll }
+    let chosen_nll = masked(chosen, real.clone()).sum().neg() / real.sum().clamp_min(1.0);
+    SequenceLogps { sums, counts, lengths, chosen_nll }
 }
 
 fn mean(x: &[f32]) -> f64 {
@@ -251,6 +266,7 @@ fn log1mexp(x: Tensor<1>) -> Tensor<1> {
 pub fn preference_loss(policy: SequenceLogps, reference: Option<Tensor<1>>, beta: f64, kind: PreferenceLoss) -> (Tensor<1>, PreferenceMetrics) {
     let n = policy.sums.dims()[0] / 2;
     let counts = policy.counts.clamp_min(1.0);
+    let lengths = policy.lengths.clamp_min(1.0);
     let (score, reference) = if kind.reference_free() { (policy.sums / counts.clone(), None) } else { (policy.sums, reference) };
     let ratio = match reference {
         Some(r) => score.clone() - r.detach(),
@@ -261,7 +277,7 @@ pub fn preference_loss(policy: SequenceLogps, reference: Option<Tensor<1>>, beta
     let loss = match kind {
         PreferenceLoss::Sigmoid { label_smoothing } => sigmoid_loss((chosen.clone() - rejected.clone()) * beta, label_smoothing).mean(),
         PreferenceLoss::Ipo => {
-            let (cc, rc) = (counts.clone().narrow(0, 0, n), counts.narrow(0, n, n));
+            let (cc, rc) = (lengths.clone().narrow(0, 0, n), lengths.narrow(0, n, n));
             (chosen.clone() / cc - rejected.clone() / rc - 1.0 / (2.0 * beta)).powi_scalar(2).mean()
         }
         PreferenceLoss::Hinge => relu(((chosen.clone() - rejected.clone()) * beta).neg() + 1.0).mean(),
@@ -414,9 +430,15 @@ pub fn check_pairs<'p>(pairs: impl IntoIterator<Item = &'p TokenPair>, collate: 
 /// Pairs a reference or an evaluation scores at once.
 const SCORE_BATCH: usize = 8;
 
-fn digest(scores: &[(f32, f32)]) -> u64 {
+/// What identifies a reference in a run's fingerprint: its scores of the first training pairs,
+/// in one batch — the same whether it is precomputed or live, so a run may resume either way,
+/// and different for another reference model.
+fn reference_digest(model: &PhiForCausalLM, pairs: &[TokenPair], settings: &PreferenceSettings) -> u64 {
+    let head = &pairs[..pairs.len().min(SCORE_BATCH)];
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    scores.iter().for_each(|(c, r)| h.update(&[c.to_le_bytes(), r.to_le_bytes()].concat()));
+    for (c, r) in sequence_logps(model, head, &settings.collate, SCORE_BATCH) {
+        h.update(&[c.to_le_bytes(), r.to_le_bytes()].concat());
+    }
     h.digest()
 }
 
@@ -425,17 +447,13 @@ impl<'a> Dpo<'a> {
     /// keeps only those numbers. `reference` may be `None` only for reference-free losses
     /// (and is not used by them).
     pub fn new(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: Option<&PhiForCausalLM>, settings: PreferenceSettings, seed: u64) -> Result<Self> {
-        Self::check_args(pairs, &settings, reference.is_some())?;
-        let scores = match reference {
+        Self::check_args(pairs, validation, &settings, reference)?;
+        let (scores, reference_digest) = match reference {
             Some(model) if settings.loss.needs_reference() => {
                 let all: Vec<TokenPair> = pairs.iter().chain(validation).cloned().collect();
-                ReferenceScores::Precomputed(sequence_logps(model, &all, &settings.collate, SCORE_BATCH))
+                (ReferenceScores::Precomputed(sequence_logps(model, &all, &settings.collate, SCORE_BATCH)), reference_digest(model, pairs, &settings))
             }
-            _ => ReferenceScores::None,
-        };
-        let reference_digest = match &scores {
-            ReferenceScores::Precomputed(s) => digest(s),
-            _ => 0,
+            _ => (ReferenceScores::None, 0),
         };
         Ok(Dpo { pairs, validation, reference: scores, reference_digest, settings, sampler: TokenSampler::new(pairs.len(), seed) })
     }
@@ -443,24 +461,25 @@ impl<'a> Dpo<'a> {
     /// Keeps `reference` (a model without autodiff) and scores each batch with it as training
     /// goes: TRL's default, two models in memory.
     pub fn live(pairs: &'a [TokenPair], validation: &'a [TokenPair], reference: PhiForCausalLM, settings: PreferenceSettings, seed: u64) -> Result<Self> {
-        Self::check_args(pairs, &settings, true)?;
+        Self::check_args(pairs, validation, &settings, Some(&reference))?;
         if !settings.loss.needs_reference() {
             return Self::new(pairs, validation, None, settings, seed);
         }
-        // The first pairs' scores identify the reference in the run's fingerprint.
-        let head = &pairs[..pairs.len().min(SCORE_BATCH)];
-        let reference_digest = digest(&sequence_logps(&reference, head, &settings.collate, SCORE_BATCH));
+        let reference_digest = reference_digest(&reference, pairs, &settings);
         Ok(Dpo { pairs, validation, reference: ReferenceScores::Live(reference), reference_digest, settings, sampler: TokenSampler::new(pairs.len(), seed) })
     }
 
-    fn check_args(pairs: &[TokenPair], settings: &PreferenceSettings, has_reference: bool) -> Result<()> {
+    /// Checks the settings, and the pairs against the reference before it scores them.
+    fn check_args(pairs: &[TokenPair], validation: &[TokenPair], settings: &PreferenceSettings, reference: Option<&PhiForCausalLM>) -> Result<()> {
         if pairs.is_empty() {
             return Err(TrainError::Invalid("preference tuning needs at least one pair".into()));
         }
-        if settings.loss.needs_reference() && !has_reference {
-            return Err(TrainError::Invalid(format!("the {:?} loss needs a reference model", settings.loss)));
+        settings.validate()?;
+        match reference {
+            Some(model) => check_pairs(pairs.iter().chain(validation), &settings.collate, model.config()),
+            None if settings.loss.needs_reference() => Err(TrainError::Invalid(format!("the {:?} loss needs a reference model", settings.loss))),
+            None => Ok(()),
         }
-        settings.validate()
     }
 
     fn pair(&self, i: usize) -> &TokenPair {
@@ -767,12 +786,16 @@ mod tests {
         assert_eq!(v(b.completion.clone().reshape([8])), [0., 0., 1., 1., 0., 0., 1., 0.]);
         assert_eq!(v(b.real.clone().reshape([8])), [1., 1., 1., 1., 1., 1., 1., 0.]);
         let s = completion_logps(logits.clone(), &b);
-        let (got, counts, nll) = (v(s.sums), v(s.counts), v(s.chosen_nll));
+        let (got, counts, lengths, nll) = (v(s.sums), v(s.counts), v(s.lengths), v(s.chosen_nll));
         let lp = log_softmax(logits, 2).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let at = |row: usize, pos: usize, tok: usize| lp[(row * 4 + pos) * 7 + tok];
         assert!((got[0] - (at(0, 1, 3) + at(0, 2, 4))).abs() < 1e-5);
         assert!((got[1] - at(1, 1, 5)).abs() < 1e-5);
-        assert_eq!(counts, [2.0, 1.0]);
+        assert_eq!((counts, lengths), (vec![2.0, 1.0], vec![2.0, 1.0]));
+        // A completion token at position 0 is in the length (TRL's IPO), not in the count.
+        let b0 = pair_batch(&[TokenPair { prompt_ids: vec![], chosen_ids: vec![3, 4], rejected_ids: vec![5, 6] }], &Collate::new(0), &device);
+        let s0 = completion_logps(Tensor::<3>::random([2, 2, 7], Distribution::Normal(0.0, 1.0), &device), &b0);
+        assert_eq!((v(s0.counts), v(s0.lengths)), (vec![1.0, 1.0], vec![2.0, 2.0]));
         // ORPO's NLL: every scored token of the chosen row, prompt included.
         assert!((nll[0] + (at(0, 0, 2) + at(0, 1, 3) + at(0, 2, 4)) / 3.0).abs() < 1e-5);
     }
@@ -813,6 +836,7 @@ mod tests {
         let seq = |sums: [f32; 4], counts: [f32; 4]| SequenceLogps {
             sums: Tensor::from_data(sums, &device),
             counts: Tensor::from_data(counts, &device),
+            lengths: Tensor::from_data(counts, &device),
             chosen_nll: Tensor::from_data([0.75f32], &device),
         };
         let policy = || seq([-1.0, -2.0, -3.0, -1.5], [1.0, 1.0, 1.0, 1.0]);

@@ -200,6 +200,15 @@ fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
     assert_eq!(resumed.resumed_from, Some(3));
     assert_eq!(bits(&resumed.metrics), bits(&full.metrics));
     assert_eq!(resumed.metrics[5].val_loss.map(f64::to_bits), full.metrics[5].val_loss.map(f64::to_bits));
+    // The same reference run live resumes a run that precomputed it (and trains on alike).
+    let mixed = tempfile::tempdir().unwrap();
+    run(&tiny_cfg(3, 2, 2), mixed.path(), true);
+    let mut live = Dpo::live(&pairs, &pairs[..2], reference.clone(), s, 9).unwrap();
+    let resumed = fit(&weights, &mut live, &tiny_cfg(6, 2, 2), mixed.path(), true, &device, |_| {}).unwrap();
+    assert_eq!(resumed.resumed_from, Some(3));
+    for (x, y) in resumed.metrics.iter().zip(&full.metrics) {
+        assert!((x.loss - y.loss).abs() < 1e-5, "{x:?} vs {y:?}");
+    }
     // A checkpoint made against another reference is not this run's.
     let other = phi_train::lora::load(PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap(), fixture("lora-phi-tiny")).unwrap();
     let mut o = Dpo::new(&pairs, &pairs[..2], Some(&other), s, 9).unwrap();

@@ -239,9 +239,9 @@ pub struct PreferenceArgs {
     /// cDPO's ε for the sigmoid (and simpo) loss.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
-    /// SimPO's target reward margin γ.
-    #[arg(long, default_value_t = 0.5)]
-    pub simpo_gamma: f64,
+    /// SimPO's target reward margin γ (default 0.5).
+    #[arg(long)]
+    pub simpo_gamma: Option<f64>,
     /// Cut each prompt + completion row to this many tokens (default: the model's context).
     #[arg(long)]
     pub max_length: Option<usize>,
@@ -269,8 +269,9 @@ pub struct DpoArgs {
     /// Held-out pairs (default: the last --holdout fraction of --data).
     #[arg(long)]
     pub val_data: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.1)]
-    pub holdout: f64,
+    /// The fraction of --data held out without --val-data (default 0.1, from 10 pairs on).
+    #[arg(long, conflicts_with = "val_data")]
+    pub holdout: Option<f64>,
     #[arg(long, default_value = "runs/dpo")]
     pub out: PathBuf,
     /// The reference model folder (default: the policy as it starts — with --adapter the
@@ -287,13 +288,16 @@ pub struct DpoArgs {
     /// Train this PEFT adapter further (the policy is its base).
     #[arg(long, conflicts_with = "lora")]
     pub adapter: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    pub rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub alpha: f64,
-    /// PEFT target module names (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
-    pub targets: Vec<String>,
+    /// LoRA rank of a fresh adapter (with --lora; default 8).
+    #[arg(long, requires = "lora")]
+    pub rank: Option<usize>,
+    /// LoRA alpha of a fresh adapter (with --lora; default 16).
+    #[arg(long, requires = "lora")]
+    pub alpha: Option<f64>,
+    /// PEFT target module names of a fresh adapter (with --lora; default
+    /// q_proj,k_proj,v_proj,dense,fc1,fc2; Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', requires = "lora")]
+    pub targets: Option<Vec<String>>,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<BaseQuantization>,
@@ -336,10 +340,10 @@ impl DpoArgs {
         let tuning = match (self.lora, self.adapter) {
             (_, Some(dir)) => Tuning::Adapter(dir),
             (true, None) => Tuning::Lora(phi::train::lora::LoraConfig {
-                r: self.rank,
-                lora_alpha: self.alpha,
+                r: self.rank.unwrap_or(8),
+                lora_alpha: self.alpha.unwrap_or(16.0),
                 lora_dropout: 0.0,
-                target_modules: self.targets,
+                target_modules: self.targets.unwrap_or_else(|| ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"].map(String::from).to_vec()),
                 use_rslora: false,
             }),
             (false, None) => Tuning::Full,
@@ -350,7 +354,7 @@ impl DpoArgs {
             reference: self.reference,
             live_reference: self.live_reference,
             val_data: self.val_data,
-            holdout: self.holdout,
+            holdout: self.holdout.unwrap_or(0.1),
             beta: self.preference.beta,
             loss: self.preference.loss()?,
             max_length: self.preference.max_length,
