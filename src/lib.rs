@@ -21,3 +21,4 @@ pub use phi_train::{bench, dpo, export, finetune, overrides, recipes};
 pub use phi_eval::humaneval;
 pub use phi_eval as eval;
 pub use phi_sandbox as sandbox;
+pub use phi_serve as serve;

@@ -446,3 +446,36 @@ fn export_and_prepare_refuse_folders_that_are_not_theirs() {
     let r = phi().args(["data", "prepare", "--vocab-size", "300", "--input"]).arg(&corpus).arg("--out").arg(&app).output().unwrap();
     refused(r, &app, common::snapshot(&app));
 }
+
+#[test]
+fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, Read, Write};
+    let dir = phi3_tiny_with_tokenizer();
+    let mut child = phi()
+        .args(["serve", "--name", "tiny", "--port", "0", "--model"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let body = r#"{"model": "tiny", "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 3, "temperature": 0}"#;
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"chat.completion\""), "{reply}");
+    // Ctrl-C: the server stops and exits 0.
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "phi serve did not stop on SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -78,6 +78,25 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
+    /// An OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions
+    /// (streaming with `stream: true`); Ctrl-C stops it.
+    Serve {
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT LoRA adapter on the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The model id clients name (default: the model folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceArg,
+    },
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -180,12 +199,12 @@ enum EvalCommand {
 }
 
 /// Stop ids: the model's own (config and `generation_config.json`) and the tokenizer's `<|end|>`.
-fn stop_ids(model_dir: &std::path::Path, model: &PhiForCausalLM, tok: &phi::data::Tokenizer) -> Vec<u32> {
-    let mut ids = phi::core::generation::stop_token_ids(model_dir, model.config());
-    ids.extend(tok.token_to_id("<|end|>"));
-    ids.sort();
-    ids.dedup();
-    ids
+/// Writes `text` now (a closed pipe is left to the next write to report) and hands it back.
+fn print(out: &mut impl Write, text: String) -> String {
+    if !text.is_empty() {
+        let _ = write!(out, "{text}").and_then(|_| out.flush());
+    }
+    text
 }
 
 fn chat(
@@ -201,7 +220,7 @@ fn chat(
     let device = device.device()?;
     let model = PhiForCausalLM::from_pretrained(model_dir, &device)?;
     let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
-    let stop = stop_ids(model_dir, &model, &tok);
+    let stop = phi::serve::text::stop_ids(model_dir, &model, &tok);
     let context = model.config().max_position_embeddings;
     let budget = context.saturating_sub(max_new_tokens.min(context / 2));
     let mut history: Vec<(String, String)> = Vec::new();
@@ -237,15 +256,17 @@ fn chat(
         let config = GenerationConfig::sampling(max_new_tokens.min(context - ids.len()), temperature, seed + turn)
             .with_top_p(top_p)
             .with_stop_tokens(stop.clone());
-        let mut stream = TextStream::new(&tok);
+        let mut stream = phi::serve::text::TextStream::new(&tok, &[]);
+        let mut reply = String::new();
         model.generate_streaming(&ids, &config, |t| {
             if !stop.contains(&t) {
-                stream.push(t, &mut out);
+                reply.push_str(&print(&mut out, stream.push(t)));
             }
             true
         })?;
+        reply.push_str(&print(&mut out, stream.finish()));
         writeln!(out)?;
-        history.push(("assistant".into(), stream.text()));
+        history.push(("assistant".into(), reply));
         turn += 1;
     }
     Ok(())
@@ -500,31 +521,6 @@ struct GenerateArgs {
 
 /// Prints generated text as it comes. The whole continuation is decoded each time and only
 /// what is new is printed, so multi-byte characters split across tokens come out whole.
-struct TextStream<'a> {
-    tokenizer: &'a phi::data::Tokenizer,
-    ids: Vec<u32>,
-    printed: usize,
-}
-
-impl<'a> TextStream<'a> {
-    fn new(tokenizer: &'a phi::data::Tokenizer) -> Self {
-        TextStream { tokenizer, ids: Vec::new(), printed: 0 }
-    }
-
-    fn push(&mut self, token: u32, out: &mut impl Write) {
-        self.ids.push(token);
-        let text = self.tokenizer.decode(&self.ids);
-        if !text.ends_with('\u{FFFD}') && text.len() > self.printed {
-            let _ = write!(out, "{}", &text[self.printed..]).and_then(|_| out.flush());
-            self.printed = text.len();
-        }
-    }
-
-    fn text(&self) -> String {
-        self.tokenizer.decode(&self.ids)
-    }
-}
-
 fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
     let model = PhiForCausalLM::from_pretrained(&a.model, &device)?;
@@ -556,11 +552,12 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!("the prompt {text:?} encodes to no tokens").into());
             }
             write!(out, "{text}")?;
-            let mut stream = TextStream::new(&tokenizer);
+            let mut stream = phi::serve::text::TextStream::new(&tokenizer, &[]);
             model.generate_streaming(&ids, &config, |t| {
-                stream.push(t, &mut out);
+                print(&mut out, stream.push(t));
                 true
             })?;
+            print(&mut out, stream.finish());
         }
         (None, None) => unreachable!("clap requires one of --prompt / --prompt-ids"),
     }
@@ -674,6 +671,13 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
+        Command::Serve { model, adapter, name, host, port, device } => {
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, device };
+            phi::serve::run(&opts, |addr, name| {
+                println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
+                let _ = std::io::stdout().flush();
+            })
+        }
         Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
             chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
         }

@@ -1,0 +1,186 @@
+//! `phi serve`'s API over plain HTTP/1.1 (a TCP socket, no client library): phi3-tiny (random
+//! weights, context 128) with a word-level tokenizer over its 512 ids, served in-process on
+//! 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+
+use phi_core::GenerationConfig;
+use phi_serve::ServedModel;
+use serde_json::{Value, json};
+
+/// phi3-tiny in a scratch folder with a word-level tokenizer: "the cat sat" are 3, 4, 5, the
+/// rest are "wN".
+fn model_dir() -> tempfile::TempDir {
+    let fixture = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../phi-core/tests/fixtures/phi3-tiny"));
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, Value> = (0..512)
+        .map(|i| {
+            let word = match i {
+                3 => "the".to_string(),
+                4 => "cat".into(),
+                5 => "sat".into(),
+                6 => "[UNK]".into(),
+                _ => format!("w{i}"),
+            };
+            (word, i.into())
+        })
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    dir
+}
+
+fn start(dir: &std::path::Path) -> SocketAddr {
+    let model = ServedModel::load(dir, None, Some("tiny".into()), &Default::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            phi_serve::serve(listener, model, std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// One HTTP/1.1 request; `(status, headers, body)` with a chunked body put back together.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.unwrap_or("");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let (mut out, mut rest) = (String::new(), rest);
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (status, _, text) = http(addr, "POST", path, Some(&body.to_string()));
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+#[test]
+fn chat_completions_are_the_model_greedy_reply_with_usage_and_stream_the_same_text() {
+    let dir = model_dir();
+    let addr = start(dir.path());
+    let (status, _, text) = http(addr, "GET", "/v1/models", None);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"][0]["id"], "tiny");
+
+    let messages = json!([{"role": "system", "content": "the cat"}, {"role": "user", "content": "the cat sat"}]);
+    let (status, v) = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 6}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+
+    // The same through phi-core: the Phi-3 chat prompt, greedy, stop ids left out of the text.
+    let served = ServedModel::load(dir.path(), None, None, &Default::default()).unwrap();
+    let prompt = served.template.prompt([("system", "the cat"), ("user", "the cat sat")]);
+    let ids = served.tokenizer.encode(&prompt);
+    let out = served.model.generate(&ids, &GenerationConfig::greedy(6).with_stop_tokens(served.stop_ids.clone())).unwrap();
+    let new: Vec<u32> = out[ids.len()..].iter().copied().filter(|t| !served.stop_ids.contains(t)).collect();
+    assert_eq!(content, served.tokenizer.decode(&new));
+    let usage = &v["usage"];
+    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(ids.len() as u64), Some((out.len() - ids.len()) as u64)));
+    assert_eq!(usage["total_tokens"].as_u64(), Some(out.len() as u64));
+    let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
+    assert_eq!(finish, if out.len() - ids.len() == 6 && !served.stop_ids.contains(out.last().unwrap()) { "length" } else { "stop" });
+
+    // Streamed: server-sent events whose deltas join into the same text, then [DONE].
+    let body = json!({"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 6, "stream": true}).to_string();
+    let (status, head, events) = http(addr, "POST", "/v1/chat/completions", Some(&body));
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    let data: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let joined: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(joined, content);
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], finish);
+    assert_eq!(chunks.last().unwrap()["usage"], *usage);
+}
+
+#[test]
+fn completions_take_n_seed_and_stop_strings() {
+    let dir = model_dir();
+    let addr = start(dir.path());
+    let req = json!({"model": "tiny", "prompt": "the cat sat", "temperature": 1.0, "seed": 7, "n": 2, "max_tokens": 5});
+    let (status, a) = post(addr, "/v1/completions", req.clone());
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["object"], "text_completion");
+    assert_eq!(a["choices"].as_array().unwrap().len(), 2);
+    // Same seed, same texts.
+    let (_, b) = post(addr, "/v1/completions", req);
+    assert_eq!(a["choices"], b["choices"]);
+    // A stop string ends the text before it.
+    let greedy = json!({"model": "tiny", "prompt": "the cat sat", "temperature": 0, "max_tokens": 8});
+    let (_, g) = post(addr, "/v1/completions", greedy.clone());
+    let text = g["choices"][0]["text"].as_str().unwrap().to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() >= 3, "{text}");
+    let mut with_stop = greedy;
+    with_stop["stop"] = json!([words[2]]);
+    let (_, s) = post(addr, "/v1/completions", with_stop);
+    let cut = s["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(cut, &text[..text.find(words[2]).unwrap()], "{text}");
+    assert_eq!(s["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_concurrent_requests_are_served() {
+    let dir = model_dir();
+    let addr = start(dir.path());
+    let (status, _, text) = http(addr, "POST", "/v1/chat/completions", Some("{not json"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((status, v["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{v}");
+    let (status, v) = post(addr, "/v1/chat/completions", json!({"model": "gpt-4", "messages": [{"role": "user", "content": "the"}]}));
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("model_not_found")), "{v}");
+    let long = vec!["the"; 200].join(" ");
+    let (status, v) = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": long}));
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{v}");
+    let (status, v) = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "temperature": 3}));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("temperature")), "{v}");
+    let (status, v) = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "robot", "content": "the"}]}));
+    assert_eq!(status, 400, "{v}");
+    let (status, _, text) = http(addr, "GET", "/v2/nothing", None);
+    assert_eq!(status, 404);
+    assert!(text.contains("\"error\""));
+
+    // Requests at once are all answered (each decodes on its own thread).
+    let threads: Vec<_> = (0..4)
+        .map(|i| std::thread::spawn(move || post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the cat", "seed": i, "max_tokens": 4}))))
+        .collect();
+    for t in threads {
+        let (status, v) = t.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
+}
