@@ -175,8 +175,8 @@ impl PhiForCausalLM {
         }
         let mut tokens = prompt.to_vec();
         let max_len = self.config().max_position_embeddings;
-        if tokens.len() + config.max_new_tokens > max_len {
-            return Err(Error::SequenceTooLong { len: tokens.len() + config.max_new_tokens, max: max_len });
+        if config.max_new_tokens > max_len.saturating_sub(tokens.len()) {
+            return Err(Error::SequenceTooLong { len: tokens.len().saturating_add(config.max_new_tokens), max: max_len });
         }
         let mut sampler = Sampler::new(config);
         let mut cache = self.new_cache();

@@ -3,21 +3,23 @@
 //! An OpenAI-compatible HTTP server for any model the framework loads (a HF folder, with a PEFT
 //! adapter if given): `GET /v1/models`, `POST /v1/chat/completions` (the model family's chat
 //! template) and `POST /v1/completions`, with `temperature`, `top_p`, `max_tokens`, `stop`,
-//! `seed`, `n`, `stream` (server-sent events) and `usage`. Built on axum + tokio, the Rust
-//! ecosystem's HTTP stack. Each request decodes on its own blocking thread with its own handle
-//! on the (shared, read-only) weights, so requests are served concurrently; there is no batched
-//! decoding across requests yet.
+//! `seed`, `n`, `stream` (server-sent events, `stream_options.include_usage`) and `usage`. Built
+//! on axum + tokio, the Rust ecosystem's HTTP stack. Requests decode concurrently, each on its
+//! own blocking thread with a handle on the shared, read-only weights, at most
+//! [`Limits::max_concurrent`] at once with [`Limits::max_waiting`] more queued (beyond that: 429);
+//! there is no batched decoding across requests yet. A request whose client goes away stops
+//! decoding at its next token, and so does every request when the server shuts down.
 //!
 //! Bad requests get OpenAI's error object with a 4xx status: malformed JSON or parameters (400),
 //! an unknown model or path (404), a prompt the context cannot hold (400,
-//! `context_length_exceeded`).
+//! `context_length_exceeded`), a full server (429).
 //!
 //! ```no_run
-//! use phi_serve::{ServedModel, serve};
+//! use phi_serve::{Limits, ServedModel, serve};
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let model = ServedModel::load("runs/dpo/merged".as_ref(), None, None, &burn::tensor::Device::default())?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! serve(listener, model, async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! serve(listener, model, Limits::default(), async { tokio::signal::ctrl_c().await.ok(); }).await?;
 //! # Ok(()) }
 //! ```
 
@@ -27,6 +29,7 @@ pub mod text;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
@@ -75,25 +78,81 @@ impl ServedModel {
     }
 }
 
-/// The routes, for a caller that runs its own server.
-pub fn router(model: ServedModel) -> Router {
+/// How much a server takes on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests decoding at once.
+    pub max_concurrent: usize,
+    /// Requests waiting for a slot; one more gets 429.
+    pub max_waiting: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()), max_waiting: 64 }
+    }
+}
+
+/// The server's state: the model, admission and a stop flag every decode checks.
+struct App {
+    model: ServedModel,
+    /// Permits for requests in the building (decoding or waiting).
+    admitted: Arc<tokio::sync::Semaphore>,
+    /// Permits to decode.
+    decoding: Arc<tokio::sync::Semaphore>,
+    stopping: AtomicBool,
+}
+
+fn app(model: ServedModel, limits: Limits) -> Arc<App> {
+    let n = limits.max_concurrent.max(1);
+    Arc::new(App {
+        model,
+        admitted: Arc::new(tokio::sync::Semaphore::new(n + limits.max_waiting)),
+        decoding: Arc::new(tokio::sync::Semaphore::new(n)),
+        stopping: AtomicBool::new(false),
+    })
+}
+
+fn routes(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async { ApiError::not_found("no such endpoint (try /v1/models, /v1/chat/completions, /v1/completions)", "not_found") })
-        .with_state(Arc::new(model))
+        .with_state(app)
 }
 
-/// Serves `model` on `listener` until `shutdown` completes, then finishes the requests in
-/// flight and returns.
-pub async fn serve(listener: tokio::net::TcpListener, model: ServedModel, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(model)).with_graceful_shutdown(shutdown).await
+/// The routes, for a caller that runs its own server.
+pub fn router(model: ServedModel, limits: Limits) -> Router {
+    routes(app(model, limits))
 }
 
-type Shared = State<Arc<ServedModel>>;
+/// Serves `model` on `listener` until `shutdown` completes; then decoding stops at the next
+/// token of every request in flight, their replies end, and it returns.
+pub async fn serve(listener: tokio::net::TcpListener, model: ServedModel, limits: Limits, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let app = app(model, limits);
+    let flag = app.clone();
+    axum::serve(listener, routes(app))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            flag.stopping.store(true, Ordering::SeqCst);
+        })
+        .await
+}
 
-async fn models(State(s): Shared) -> Json<Value> {
+type Shared = State<Arc<App>>;
+
+/// Sets its flag when dropped: a handler's future is dropped when its client goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn models(State(app): Shared) -> Json<Value> {
+    let s = &app.model;
     Json(json!({ "object": "list", "data": [{ "id": s.name, "object": "model", "created": s.created, "owned_by": "phi" }] }))
 }
 
@@ -101,30 +160,38 @@ async fn models(State(s): Shared) -> Json<Value> {
 struct Plan {
     prompt: Vec<u32>,
     max_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
     stop: Vec<String>,
     seed: u64,
-    sampling: Sampling,
 }
 
 /// At most this many choices per request.
 const MAX_N: usize = 16;
+/// Stop strings: at most this many, of at most this many bytes (text up to that long is held
+/// back while it could still become one).
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
 
-fn plan(s: &ServedModel, model: &str, prompt: Vec<u32>, sampling: Sampling, default_max: Option<usize>) -> Result<Plan, ApiError> {
+fn plan(s: &ServedModel, model: &str, prompt: Vec<u32>, p: Sampling, default_max: Option<usize>, prompt_param: &'static str) -> Result<Plan, ApiError> {
     if model != s.name {
         return Err(ApiError::not_found(format!("The model `{model}` does not exist; this server serves `{}`", s.name), "model_not_found"));
     }
-    let p = &sampling;
-    if !(p.temperature.is_finite() && (0.0..=2.0).contains(&p.temperature)) {
-        return Err(ApiError::invalid(format!("temperature {} is not in [0, 2]", p.temperature), Some("temperature")));
+    let (temperature, top_p, n) = (p.temperature.unwrap_or(1.0), p.top_p.unwrap_or(1.0), p.n.unwrap_or(1));
+    if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+        return Err(ApiError::invalid(format!("temperature {temperature} is not in [0, 2]"), Some("temperature")));
     }
-    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-        return Err(ApiError::invalid(format!("top_p {} is not in (0, 1]", p.top_p), Some("top_p")));
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(format!("top_p {top_p} is not in (0, 1]"), Some("top_p")));
     }
-    if !(1..=MAX_N).contains(&p.n) {
-        return Err(ApiError::invalid(format!("n {} is not in [1, {MAX_N}]", p.n), Some("n")));
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(format!("n {n} is not in [1, {MAX_N}]"), Some("n")));
     }
     if prompt.is_empty() {
-        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
+        return Err(ApiError::invalid("the prompt encodes to no tokens", Some(prompt_param)));
     }
     let context = s.model.config().max_position_embeddings;
     let room = context.saturating_sub(prompt.len());
@@ -133,31 +200,32 @@ fn plan(s: &ServedModel, model: &str, prompt: Vec<u32>, sampling: Sampling, defa
         Some(m) => m,
         None => default_max.unwrap_or(room).min(room),
     };
-    if room == 0 || prompt.len() + max_tokens > context {
+    if room == 0 || max_tokens > room {
         return Err(ApiError {
             code: Some("context_length_exceeded"),
             ..ApiError::invalid(
                 format!("This model's maximum context length is {context} tokens; the prompt has {} and max_tokens asks for {max_tokens}", prompt.len()),
-                Some("messages"),
+                Some(prompt_param),
             )
         });
     }
-    let stop = p.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    if stop.len() > 4 {
-        return Err(ApiError::invalid("at most 4 stop sequences", Some("stop")));
+    let stop = p.stop.map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(format!("at most {MAX_STOPS} stop sequences of at most {MAX_STOP_BYTES} bytes"), Some("stop")));
     }
     let seed = p.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    Ok(Plan { prompt, max_tokens, stop, seed, sampling })
+    let include_usage = p.stream_options.is_some_and(|o| o.include_usage);
+    Ok(Plan { prompt, max_tokens, temperature, top_p, n, stream: p.stream.unwrap_or(false), include_usage, stop, seed })
 }
 
 /// One choice, generated on the calling (blocking) thread; `emit` receives the text as it
-/// becomes final and stops generation by returning `false` (a client gone).
-fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, mut emit: impl FnMut(&str) -> bool) -> Result<(String, &'static str, usize), ApiError> {
-    let config = GenerationConfig::sampling(plan.max_tokens, plan.sampling.temperature, plan.seed.wrapping_add(choice as u64))
-        .with_top_p(plan.sampling.top_p)
+/// becomes final; `cancelled` is asked before every token (a client gone, a server stopping).
+fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> bool, mut emit: impl FnMut(&str)) -> Result<(String, &'static str, usize), ApiError> {
+    let config = GenerationConfig::sampling(plan.max_tokens, plan.temperature, plan.seed.wrapping_add(choice as u64))
+        .with_top_p(plan.top_p)
         .with_stop_tokens(s.stop_ids.clone());
     let mut stream = TextStream::new(&s.tokenizer, &plan.stop);
-    let (mut text, mut count, mut finish, mut gone) = (String::new(), 0usize, "length", false);
+    let (mut text, mut count, mut finish) = (String::new(), 0usize, "length");
     s.model
         .generate_streaming(&plan.prompt, &config, |t| {
             count += 1;
@@ -166,23 +234,25 @@ fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, mut emit: impl FnMu
                 return false;
             }
             let piece = stream.push(t);
-            text.push_str(&piece);
-            if !piece.is_empty() && !emit(&piece) {
-                gone = true;
-                return false;
+            if !piece.is_empty() {
+                emit(&piece);
+                text.push_str(&piece);
             }
             if stream.stopped() {
                 finish = "stop";
                 return false;
             }
-            true
+            !cancelled()
         })
         .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
     let rest = stream.finish();
-    if !rest.is_empty() && !gone {
-        emit(&rest);
+    if stream.stopped() {
+        finish = "stop";
     }
-    text.push_str(&rest);
+    if !rest.is_empty() {
+        emit(&rest);
+        text.push_str(&rest);
+    }
     Ok((text, finish, count))
 }
 
@@ -196,44 +266,61 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| ApiError::invalid(format!("malformed request: {}", e.body_text()), None))
 }
 
-async fn chat(State(s): Shared, req: Result<Json<ChatRequest>, JsonRejection>) -> Response {
-    let r = match body(req) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    for (i, m) in r.messages.iter().enumerate() {
-        if !["system", "user", "assistant"].contains(&m.role.as_str()) {
-            return ApiError::invalid(format!("messages[{i}] has role `{}` (system, user or assistant)", m.role), Some("messages")).into_response();
-        }
-    }
+/// The messages as `(role, text)`: OpenAI's `developer` role is the system turn.
+fn messages(r: &ChatRequest) -> Result<Vec<(String, String)>, ApiError> {
     if r.messages.is_empty() {
-        return ApiError::invalid("messages is empty", Some("messages")).into_response();
+        return Err(ApiError::invalid("messages is empty", Some("messages")));
     }
-    let prompt = s.template.prompt(r.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())));
-    let ids = s.tokenizer.encode(&prompt);
-    let plan = match plan(&s, &r.model, ids, r.sampling, None) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    respond(s, plan, Kind::Chat).await
+    r.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                r @ ("system" | "user" | "assistant") => r,
+                other => return Err(ApiError::invalid(format!("messages[{i}] has role `{other}` (system, developer, user or assistant)"), Some("messages"))),
+            };
+            let text = m.content.text().map_err(|e| ApiError::invalid(format!("messages[{i}] has {e}"), Some("messages")))?;
+            Ok((role.to_string(), text))
+        })
+        .collect()
 }
 
-async fn completions(State(s): Shared, req: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
-    let r = match body(req) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+/// Tokenizes off the async threads (a long prompt must not stall other connections).
+async fn encode(app: &Arc<App>, text: String) -> Result<Vec<u32>, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.model.tokenizer.encode(&text)).await.map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))
+}
+
+async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>) -> Response {
+    let result = async {
+        let r = body(req)?;
+        let turns = messages(&r)?;
+        let prompt = app.model.template.prompt(turns.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+        let ids = encode(&app, prompt).await?;
+        plan(&app.model, &r.model, ids, r.sampling, None, "messages")
     };
-    let prompt = match r.prompt {
-        Prompt::One(p) => p,
-        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
-        Prompt::Many(v) => return ApiError::invalid(format!("{} prompts in one request: this server takes one", v.len()), Some("prompt")).into_response(),
+    match result.await {
+        Ok(plan) => respond(app, plan, Kind::Chat).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(State(app): Shared, req: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
+    let result = async {
+        let r = body(req)?;
+        let prompt = match r.prompt {
+            Prompt::One(p) => p,
+            Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
+            Prompt::Many(v) => return Err(ApiError::invalid(format!("{} prompts in one request: this server takes one", v.len()), Some("prompt"))),
+        };
+        let ids = encode(&app, prompt).await?;
+        plan(&app.model, &r.model, ids, r.sampling, Some(16), "prompt")
     };
-    let ids = s.tokenizer.encode(&prompt);
-    let plan = match plan(&s, &r.model, ids, r.sampling, Some(16)) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    respond(s, plan, Kind::Completion).await
+    match result.await {
+        Ok(plan) => respond(app, plan, Kind::Completion).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -261,14 +348,31 @@ impl Kind {
     }
 }
 
-async fn respond(s: Arc<ServedModel>, plan: Plan, kind: Kind) -> Response {
-    let (id, created, model) = (id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), s.created, s.name.clone());
-    if !plan.sampling.stream {
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
+    // Admission: a slot in the building, then a turn to decode.
+    let Ok(admitted) = app.admitted.clone().try_acquire_owned() else {
+        let e = ApiError { status: axum::http::StatusCode::TOO_MANY_REQUESTS, kind: "rate_limit_error", ..ApiError::internal("the server is busy: too many requests decoding or waiting; retry later") };
+        return e.into_response();
+    };
+    let Ok(decoding) = app.decoding.clone().acquire_owned().await else {
+        return ApiError::internal("the server is stopping").into_response();
+    };
+    let (id, created, model) = (id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), app.model.name.clone());
+    if !plan.stream {
+        let gone = Arc::new(AtomicBool::new(false));
+        // Dropped with this future when the client goes away: decoding then stops.
+        let _cancel = CancelOnDrop(gone.clone());
         let result = tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, decoding);
+            let cancelled = || gone.load(Ordering::SeqCst) || app.stopping.load(Ordering::SeqCst);
             let mut choices = Vec::new();
             let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
-            for i in 0..plan.sampling.n {
-                let (text, finish, count) = generate_one(&s, &plan, i, |_| true)?;
+            for i in 0..plan.n {
+                let (text, finish, count) = generate_one(&app.model, &plan, i, &cancelled, |_| {})?;
                 usage.completion_tokens += count;
                 choices.push(kind.choice(i, &text, Some(finish), false));
             }
@@ -282,28 +386,32 @@ async fn respond(s: Arc<ServedModel>, plan: Plan, kind: Kind) -> Response {
             Err(e) => ApiError::internal(format!("the generation task failed: {e}")).into_response(),
         };
     }
-    // Streaming: chunks go out as server-sent events while a blocking thread decodes.
+    // Streaming: chunks go out as server-sent events while a blocking thread decodes; a
+    // closed channel (the client gone) stops it at the next token.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    let chunk = move |choice: Value, usage: Option<Usage>| {
-        let mut v = json!({ "id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice] });
+    let chunk = move |choices: Value, usage: Option<Usage>| {
+        let mut v = json!({ "id": id, "object": kind.object(true), "created": created, "model": model, "choices": choices });
         if let Some(u) = usage {
             v["usage"] = json!(u);
         }
         Event::default().data(v.to_string())
     };
     tokio::task::spawn_blocking(move || {
+        let _permits = (admitted, decoding);
         let send = |e: Event| tx.blocking_send(e).is_ok();
+        let cancelled = || tx.is_closed() || app.stopping.load(Ordering::SeqCst);
         let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
-        for i in 0..plan.sampling.n {
-            if kind == Kind::Chat && !send(chunk(json!({ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }), None)) {
+        for i in 0..plan.n {
+            if kind == Kind::Chat && !send(chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]), None)) {
                 return;
             }
-            match generate_one(&s, &plan, i, |piece| send(chunk(kind.choice(i, piece, None, true), None))) {
+            match generate_one(&app.model, &plan, i, &cancelled, |piece| {
+                send(chunk(json!([kind.choice(i, piece, None, true)]), None));
+            }) {
                 Ok((_, finish, count)) => {
                     usage.completion_tokens += count;
                     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-                    let last = i + 1 == plan.sampling.n;
-                    if !send(chunk(kind.choice(i, "", Some(finish), true), last.then_some(usage))) {
+                    if !send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None)) {
                         return;
                     }
                 }
@@ -312,6 +420,9 @@ async fn respond(s: Arc<ServedModel>, plan: Plan, kind: Kind) -> Response {
                     return;
                 }
             }
+        }
+        if plan.include_usage {
+            send(chunk(json!([]), Some(usage)));
         }
         send(Event::default().data("[DONE]"));
     });
@@ -328,6 +439,8 @@ pub struct ServeOptions {
     pub name: Option<String>,
     pub host: String,
     pub port: u16,
+    /// Requests decoding at once (up to 64 more wait).
+    pub max_concurrent: usize,
     pub device: phi_core::device::Backend,
 }
 
@@ -340,13 +453,22 @@ pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) 
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(|e| format!("{}:{}: {e}", o.host, o.port))?;
         on_ready(listener.local_addr()?, &model.name);
-        serve(listener, model, shutdown_signal()).await?;
+        serve(listener, model, Limits { max_concurrent: o.max_concurrent, ..Limits::default() }, shutdown_signal()).await?;
         Ok(())
     })
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
+/// Ctrl-C, or SIGTERM on Unix; a second Ctrl-C exits at once.
 async fn shutdown_signal() {
+    first_signal().await;
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+}
+
+async fn first_signal() {
     let ctrl_c = async {
         tokio::signal::ctrl_c().await.ok();
     };

@@ -5,11 +5,47 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-/// A chat message.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A chat message. `content` may be text, a list of parts (their `text` parts are joined) or
+/// null.
+#[derive(Debug, Clone, Deserialize)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    #[serde(default)]
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+    #[default]
+    Null,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Content {
+    /// The text, or the kind of a part that is not text.
+    pub fn text(&self) -> Result<String, String> {
+        match self {
+            Content::Text(t) => Ok(t.clone()),
+            Content::Null => Ok(String::new()),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => Ok(t.as_str()),
+                    (kind, _) => Err(format!("a `{kind}` content part (this server takes text)")),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `stop`: one string or a list.
@@ -29,31 +65,31 @@ impl Stop {
     }
 }
 
-/// The sampling parameters both endpoints take.
+/// The sampling parameters both endpoints take (null means the default, as OpenAI).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Sampling {
-    /// OpenAI's default is 1; 0 is greedy.
-    #[serde(default = "one")]
-    pub temperature: f64,
-    #[serde(default = "one")]
-    pub top_p: f64,
+    /// Default 1 (OpenAI's); 0 is greedy.
+    pub temperature: Option<f64>,
+    /// Default 1.
+    pub top_p: Option<f64>,
     /// Default: whatever the context leaves (chat), 16 (completions, as OpenAI).
+    /// `max_completion_tokens`, newer clients' name, is the same.
+    #[serde(alias = "max_completion_tokens")]
     pub max_tokens: Option<usize>,
     pub stop: Option<Stop>,
     /// Same seed, same reply; choice `i` of `n` uses `seed + i`. Default: drawn per request.
     pub seed: Option<u64>,
-    #[serde(default = "one_n")]
-    pub n: usize,
+    /// Default 1.
+    pub n: Option<usize>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options`: `include_usage` adds a last chunk with no choices and the usage.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
     #[serde(default)]
-    pub stream: bool,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn one_n() -> usize {
-    1
+    pub include_usage: bool,
 }
 
 /// `POST /v1/chat/completions`.

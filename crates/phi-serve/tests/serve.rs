@@ -47,7 +47,7 @@ fn start(dir: &std::path::Path) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            phi_serve::serve(listener, model, std::future::pending()).await.unwrap();
+            phi_serve::serve(listener, model, phi_serve::Limits::default(), std::future::pending()).await.unwrap();
         });
     });
     rx.recv().unwrap()
@@ -114,8 +114,9 @@ fn chat_completions_are_the_model_greedy_reply_with_usage_and_stream_the_same_te
     let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
     assert_eq!(finish, if out.len() - ids.len() == 6 && !served.stop_ids.contains(out.last().unwrap()) { "length" } else { "stop" });
 
-    // Streamed: server-sent events whose deltas join into the same text, then [DONE].
-    let body = json!({"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 6, "stream": true}).to_string();
+    // Streamed: server-sent events whose deltas join into the same text, the usage in a last
+    // chunk without choices (asked for with stream_options), then [DONE].
+    let body = json!({"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}}).to_string();
     let (status, head, events) = http(addr, "POST", "/v1/chat/completions", Some(&body));
     assert_eq!(status, 200);
     assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
@@ -125,8 +126,20 @@ fn chat_completions_are_the_model_greedy_reply_with_usage_and_stream_the_same_te
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let joined: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(joined, content);
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], finish);
-    assert_eq!(chunks.last().unwrap()["usage"], *usage);
+    let (last, usage_chunk) = (&chunks[chunks.len() - 2], &chunks[chunks.len() - 1]);
+    assert_eq!(last["choices"][0]["finish_reason"], finish);
+    assert_eq!((usage_chunk["choices"].as_array().map(Vec::len), &usage_chunk["usage"]), (Some(0), usage));
+
+    // What newer clients send: nulls for defaults, max_completion_tokens, content as parts, the
+    // developer role (the system turn).
+    let parts = json!([
+        {"role": "developer", "content": [{"type": "text", "text": "the cat"}]},
+        {"role": "user", "content": [{"type": "text", "text": "the cat"}, {"type": "text", "text": " sat"}]}
+    ]);
+    let req = json!({"model": "tiny", "messages": parts, "temperature": 0, "top_p": null, "n": null, "stream": null, "max_completion_tokens": 6});
+    let (status, v) = post(addr, "/v1/chat/completions", req);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"].as_str(), Some(content.as_str()));
 }
 
 #[test]
@@ -171,6 +184,12 @@ fn bad_requests_get_openai_errors_and_concurrent_requests_are_served() {
     assert_eq!((status, v["error"]["param"].as_str()), (400, Some("temperature")), "{v}");
     let (status, v) = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "robot", "content": "the"}]}));
     assert_eq!(status, 400, "{v}");
+    let image = json!({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]});
+    let (status, v) = post(addr, "/v1/chat/completions", image);
+    assert!(status == 400 && v["error"]["message"].as_str().unwrap().contains("image_url"), "{v}");
+    // A max_tokens that would overflow a sum is refused, not wrapped.
+    let (status, v) = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "max_tokens": u64::MAX}));
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{v}");
     let (status, _, text) = http(addr, "GET", "/v2/nothing", None);
     assert_eq!(status, 404);
     assert!(text.contains("\"error\""));

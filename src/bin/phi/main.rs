@@ -94,6 +94,10 @@ enum Command {
         /// 0 picks a free port (printed).
         #[arg(long, default_value_t = 8000)]
         port: u16,
+        /// Requests decoding at once (default: the number of cores); up to 64 more wait, and
+        /// beyond that a request gets 429.
+        #[arg(long)]
+        max_concurrent: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
     },
@@ -664,6 +668,13 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let cli = Cli::parse();
+    // A server writes to sockets: a client that resets its connection must cost that request,
+    // not the process. (The handler is process-wide, so only the server sets it.)
+    #[cfg(unix)]
+    if matches!(cli.command, Command::Serve { .. }) {
+        // SAFETY: `signal` with SIG_IGN installs no handler; no other thread exists yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    }
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Data(cmd) => data::run(cmd),
@@ -671,8 +682,9 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
-        Command::Serve { model, adapter, name, host, port, device } => {
-            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, device };
+        Command::Serve { model, adapter, name, host, port, max_concurrent, device } => {
+            let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device };
             phi::serve::run(&opts, |addr, name| {
                 println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
                 let _ = std::io::stdout().flush();
