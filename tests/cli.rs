@@ -466,6 +466,31 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"chat.completion\""), "{reply}");
+    // `phi data annotate` with the server as its judge (a short prompt: the context is 128).
+    let work = tempfile::tempdir().unwrap();
+    let prompt = work.path().join("short.txt");
+    std::fs::write(&prompt, "Rate: {document}").unwrap();
+    let out = work.path().join("annotations.jsonl");
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
+    let annotate = |n: &str| {
+        phi()
+            .args(["data", "annotate", "--model", "tiny", "--n", n, "--max-tokens", "4", "--max-doc-chars", "30", "--endpoint"])
+            .arg(format!("http://{addr}/v1"))
+            .arg("--input")
+            .arg(&corpus)
+            .arg("--prompt")
+            .arg(&prompt)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let r = annotate("3");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("3 sampled: 0 already answered, 3 asked"), "{}", String::from_utf8_lossy(&r.stdout));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    let r = annotate("4");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("4 sampled: 3 already answered, 1 asked"), "{}", String::from_utf8_lossy(&r.stdout));
     // Ctrl-C: the server stops and exits 0.
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());

@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod annotate;
+pub mod client;
 pub mod openai;
 pub mod text;
 

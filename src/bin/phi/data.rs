@@ -20,6 +20,10 @@ pub enum DataCommand {
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
     },
+    /// Labels for the quality classifier from any OpenAI-compatible endpoint (`phi serve`, vLLM,
+    /// llama.cpp, a hosted API): a seeded sample of documents scored on a versioned 0–5 rubric,
+    /// appended to --out as answers arrive; a rerun never asks again for what it has.
+    Annotate(AnnotateArgs),
     /// Summary of a prepared dataset; every shard is verified (header, size, checksum, ids).
     Inspect {
         /// A folder written by `phi data prepare`.
@@ -68,6 +72,44 @@ impl InputArgs {
             .chain(self.jsonl.iter().map(|p| Input::Jsonl { path: p.clone(), field: self.text_field.clone(), kind }))
             .collect()
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AnnotateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Or a prepared dataset's kept documents (`phi data prepare --keep-documents`).
+    #[arg(long)]
+    pub prepared: Option<PathBuf>,
+    /// The API base, e.g. http://127.0.0.1:8000/v1 (the key comes from OPENAI_API_KEY if set).
+    #[arg(long)]
+    pub endpoint: String,
+    /// The model name the endpoint serves.
+    #[arg(long)]
+    pub model: String,
+    /// Documents to sample.
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Your own prompt (a text file holding `{document}` once) instead of the built-in
+    /// educational-value rubric for code (edu-code-v1).
+    #[arg(long)]
+    pub prompt: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Retries per request on connection errors, 429 and 5xx (exponential backoff).
+    #[arg(long, default_value_t = 4)]
+    pub retries: usize,
+    /// Documents are cut to this many characters.
+    #[arg(long, default_value_t = 6000)]
+    pub max_doc_chars: usize,
+    /// Tokens the judge may answer with.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    #[arg(long, default_value = "annotations.jsonl")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -188,7 +230,57 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
             tok.save(&out)?;
             println!("wrote {} (vocab {}, {:.1}s)", out.display(), tok.vocab_size(), t.elapsed().as_secs_f64());
         }
+        DataCommand::Annotate(a) => annotate(a)?,
         DataCommand::Inspect { dir } => inspect(&dir)?,
+    }
+    Ok(())
+}
+
+fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::serve::annotate::{AnnotateOptions, PromptTemplate};
+    let documents = match (&a.prepared, a.input.inputs().is_empty()) {
+        (Some(dir), true) => phi_data::prepare::prepared_documents(dir)?,
+        (None, false) => phi_data::prepare::documents_with_origin(&a.input.inputs())?,
+        (Some(_), false) => return Err("give --prepared or --input/--jsonl, not both".into()),
+        (None, true) => return Err("nothing to annotate: give --input DIR, --jsonl FILE or --prepared DATA".into()),
+    };
+    let prompt = match &a.prompt {
+        Some(p) => PromptTemplate::from_file(p)?,
+        None => PromptTemplate::builtin(),
+    };
+    let client = phi::serve::client::Client::new(&a.endpoint, &a.model, std::env::var("OPENAI_API_KEY").ok());
+    let opts = AnnotateOptions {
+        n: a.n,
+        seed: a.seed,
+        concurrency: a.concurrency,
+        retries: a.retries,
+        max_doc_chars: a.max_doc_chars,
+        max_tokens: a.max_tokens,
+        ..AnnotateOptions::new(documents, client, prompt, a.out.clone())
+    };
+    println!("{} candidate documents; sampling {} (seed {}), prompt {}, judge `{}` at {}", opts.documents.len(), a.n, a.seed, opts.prompt.version, a.model, a.endpoint);
+    let bar = indicatif::ProgressBar::new(a.n.min(opts.documents.len()) as u64);
+    let t = std::time::Instant::now();
+    let r = phi::serve::annotate::annotate(&opts, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    println!(
+        "{} sampled: {} already answered, {} asked in {:.1}s ({} retried): {} scored, {} without a parsable score, {} failed",
+        r.sampled,
+        r.already,
+        r.asked,
+        t.elapsed().as_secs_f64(),
+        r.retried,
+        r.scored,
+        r.unparsed,
+        r.failed.len()
+    );
+    println!("score histogram 0..5: {:?}; tokens: {} prompt, {} completion", r.histogram, r.prompt_tokens, r.completion_tokens);
+    for (origin, why) in r.failed.iter().take(5) {
+        eprintln!("failed: {origin}: {why}");
+    }
+    println!("appended to {}", a.out.display());
+    if !r.failed.is_empty() {
+        return Err(format!("{} requests failed (a rerun asks for them again)", r.failed.len()).into());
     }
     Ok(())
 }

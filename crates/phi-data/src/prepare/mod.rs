@@ -251,6 +251,31 @@ pub fn documents(inputs: &[Input]) -> Result<Vec<String>, DataError> {
     Ok(out)
 }
 
+/// Every readable UTF-8 document of `inputs` with where it came from (`path`, or `path:line`
+/// for JSONL), unfiltered, in the inputs' order (what `phi data annotate` samples from).
+pub fn documents_with_origin(inputs: &[Input]) -> Result<Vec<(String, String)>, DataError> {
+    let mut out = Vec::new();
+    input::for_each_chunk(&input::list_sources(inputs)?, 64_000_000, |docs| {
+        out.extend(docs.into_iter().filter_map(|d| d.text.ok().map(|t| (d.origin, t))));
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(DataError::Invalid(format!("no readable documents in {inputs:?}")));
+    }
+    Ok(out)
+}
+
+/// The documents a prepared dataset kept (`documents.jsonl`, written with `keep_documents`),
+/// with their origin as `documents.jsonl:LINE`.
+pub fn prepared_documents(dir: &Path) -> Result<Vec<(String, String)>, DataError> {
+    let path = dir.join("documents.jsonl");
+    if !path.is_file() {
+        return Err(DataError::Invalid(format!("{}: no documents.jsonl (prepare with --keep-documents to keep them)", dir.display())));
+    }
+    let origin = path.display().to_string();
+    Ok(kept_documents(&path)?.enumerate().map(|(i, k)| (format!("{origin}:{}", i + 1), k.text)).collect())
+}
+
 /// [`prepare`], unless `out` already holds a dataset with the same fingerprint.
 pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
     if let Ok(m) = Manifest::read(out) {

@@ -1,0 +1,90 @@
+//! A small blocking client for any OpenAI-compatible endpoint (`phi serve`, vLLM, llama.cpp's
+//! server, mistral.rs, hosted APIs): one chat completion, with retries and exponential backoff
+//! on the failures worth retrying (connection errors, 408, 409, 429, 5xx). Built on `ureq`
+//! (rustls for HTTPS), so the callers that fan out use plain threads.
+//!
+//! ```no_run
+//! use phi_serve::client::Client;
+//! let client = Client::new("http://127.0.0.1:8000/v1", "merged", std::env::var("OPENAI_API_KEY").ok());
+//! let reply = client.chat(&[("user", "def add(a, b):")], 0.0, 64, 3)?;
+//! println!("{}", reply.text);
+//! # Ok::<(), String>(())
+//! ```
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Where to send requests.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The API base, e.g. `http://127.0.0.1:8000/v1` (`/chat/completions` is appended).
+    pub base: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    /// The first retry waits this long; each next one twice as long (at most 30 s).
+    pub backoff: Duration,
+    agent: ureq::Agent,
+}
+
+/// One reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub text: String,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Attempts it took (1 = no retry).
+    pub attempts: usize,
+}
+
+impl Client {
+    pub fn new(base: &str, model: &str, api_key: Option<String>) -> Self {
+        let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(600))).http_status_as_error(false).build();
+        Client { base: base.trim_end_matches('/').to_string(), model: model.to_string(), api_key, backoff: Duration::from_millis(500), agent: config.into() }
+    }
+
+    /// A chat completion of `messages` (`(role, content)`), retried up to `retries` times.
+    pub fn chat(&self, messages: &[(&str, &str)], temperature: f64, max_tokens: usize, retries: usize) -> Result<Reply, String> {
+        let body = json!({
+            "model": self.model,
+            "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        });
+        let url = format!("{}/chat/completions", self.base);
+        let mut last = String::new();
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                std::thread::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(6)).min(Duration::from_secs(30)));
+            }
+            let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+            if let Some(key) = &self.api_key {
+                req = req.header("Authorization", &format!("Bearer {key}"));
+            }
+            let mut resp = match req.send(body.to_string().as_bytes()) {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            if status == 200 {
+                let v: Value = serde_json::from_str(&text).map_err(|e| format!("{url}: the reply is not JSON ({e})"))?;
+                let content = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| format!("{url}: the reply has no choices[0].message.content: {v}"))?;
+                return Ok(Reply {
+                    text: content.to_string(),
+                    prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
+                    completion_tokens: v["usage"]["completion_tokens"].as_u64(),
+                    attempts: attempt + 1,
+                });
+            }
+            last = format!("{url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
+            if !matches!(status, 408 | 409 | 429 | 500..=599) {
+                break;
+            }
+        }
+        Err(last)
+    }
+}
