@@ -35,24 +35,7 @@ fn phi3_tiny_with_tokenizer() -> tempfile::TempDir {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture("phi3-tiny").join(f), dir.path().join(f)).unwrap();
     }
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..512)
-        .map(|i| {
-            let word = match i {
-                3 => "the".to_string(),
-                4 => "cat".into(),
-                5 => "sat".into(),
-                6 => "[UNK]".into(),
-                _ => format!("w{i}"),
-            };
-            (word, i.into())
-        })
-        .collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    });
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::copy(fixture("word-tokenizer-512").join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
     dir
 }
 

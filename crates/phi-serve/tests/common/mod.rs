@@ -4,34 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use phi_serve::ServedModel;
-use serde_json::{Value, json};
 
-/// phi3-tiny in a scratch folder with a word-level tokenizer: "the cat sat" are 3, 4, 5, the
-/// rest are "wN".
+/// phi3-tiny in a scratch folder with the word-level fixture tokenizer (`the cat sat` are 3, 4,
+/// 5, the rest are `wN`).
 pub fn model_dir() -> tempfile::TempDir {
-    let fixture = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../phi-core/tests/fixtures/phi3-tiny"));
+    let fixtures = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../phi-core/tests/fixtures"));
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(fixtures.join("phi3-tiny").join(f), dir.path().join(f)).unwrap();
     }
-    let vocab: serde_json::Map<String, Value> = (0..512)
-        .map(|i| {
-            let word = match i {
-                3 => "the".to_string(),
-                4 => "cat".into(),
-                5 => "sat".into(),
-                6 => "[UNK]".into(),
-                _ => format!("w{i}"),
-            };
-            (word, i.into())
-        })
-        .collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    });
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::copy(fixtures.join("word-tokenizer-512/tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
     dir
 }
 
