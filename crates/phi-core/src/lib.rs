@@ -17,6 +17,7 @@ pub mod block;
 pub mod chat;
 pub mod config;
 pub mod device;
+pub mod embeddings;
 pub mod error;
 pub mod generation;
 pub mod kv_cache;

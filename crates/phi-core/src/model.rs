@@ -215,6 +215,28 @@ impl PhiForCausalLM {
         Ok((logits, hidden))
     }
 
+    /// One hidden state, HF's `hidden_states[layer]` (0 the embeddings, `i` the output of layer
+    /// `i - 1`, `num_hidden_layers` the final norm's output), `[batch, seq, hidden]`, without
+    /// running the later layers or the head.
+    pub fn hidden_state(&self, input_ids: Tensor<2, Int>, layer: usize) -> Result<Tensor<3>> {
+        let last = self.config.num_hidden_layers;
+        if layer > last {
+            return Err(Error::arg("layer", format!("{layer} is past the last hidden state ({last})")));
+        }
+        self.check_ids(&input_ids)?;
+        let [_, t] = input_ids.dims();
+        if t > self.rope.max_positions() {
+            return Err(Error::SequenceTooLong { len: t, max: self.rope.max_positions() });
+        }
+        let rope = self.rope.at(0, t, self.rope.uses_long(t), &input_ids.device());
+        let m = &self.model;
+        let mut x = m.embed_dropout.forward(m.embed_tokens.forward(input_ids));
+        for block in m.layers.iter().take(layer) {
+            x = block.forward(x, &rope, None);
+        }
+        Ok(if layer == last { m.final_layernorm.forward(x) } else { x })
+    }
+
     /// Runs the new tokens `input_ids` after those already in `cache`, appending theirs to it.
     /// With `last_only`, the head runs on the last position only (`[batch, 1, vocab]`).
     pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache, last_only: bool) -> Result<Tensor<3>> {

@@ -14,11 +14,14 @@ fn check_forward(model_dir: &str, tag: &str) {
     let model = PhiForCausalLM::from_pretrained(fixture(model_dir), &device).unwrap();
     let reference = load_reference(fixture(model_dir).join("reference.safetensors"));
     let ids = reference[&format!("input_ids{tag}")].ids_tensor(&device);
-    let (logits, hidden) = model.forward_with_hidden_states(ids).unwrap();
+    let (logits, hidden) = model.forward_with_hidden_states(ids.clone()).unwrap();
     assert_eq!(hidden.len(), model.config().num_hidden_layers + 1);
     for (i, h) in hidden.into_iter().enumerate() {
         let d = max_abs_diff("hidden", h, &reference[&format!("hidden{tag}_{i}")]);
         assert!(d < TOL, "{model_dir}{tag}: hidden_{i} differs by {d}");
+        // The same state alone, without the later layers or the head (what embeddings use).
+        let d = max_abs_diff("hidden", model.hidden_state(ids.clone(), i).unwrap(), &reference[&format!("hidden{tag}_{i}")]);
+        assert!(d < TOL, "{model_dir}{tag}: hidden_state({i}) differs by {d}");
     }
     let d = max_abs_diff("logits", logits, &reference[&format!("logits{tag}")]);
     eprintln!("{model_dir}{tag}: max |logits - reference| = {d:e}");

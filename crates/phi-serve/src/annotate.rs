@@ -5,7 +5,8 @@
 //!
 //! A seeded sample of the documents is sent, a bounded number at a time, with a versioned
 //! prompt; each answer is appended to `annotations.jsonl` as it arrives (document hash, origin,
-//! score or null, the raw answer, the prompt version, the model), so a run can be stopped at any
+//! the text the judge saw, score or null, the raw answer, the prompt version, the model) — a
+//! labelled set a classifier can train on by itself — so a run can be stopped at any
 //! point and a rerun never asks again for a document it has an answer for under that prompt.
 //!
 //! ```no_run
@@ -106,6 +107,8 @@ pub struct Annotation {
     /// XXH3-64 of the document text, hex.
     pub hash: String,
     pub origin: String,
+    /// The text the judge saw (the document, cut to `max_doc_chars`).
+    pub text: String,
     /// `None` when the answer held no score.
     pub score: Option<u8>,
     pub answer: String,
@@ -233,7 +236,7 @@ pub fn annotate(o: &AnnotateOptions, on_done: impl Fn(usize) + Sync) -> Result<A
                     match result {
                         Ok(reply) => {
                             let score = parse_score(&reply.text);
-                            let line = Annotation { hash: hash.clone(), origin: origin.to_string(), score, answer: reply.text, prompt_version: o.prompt.version.clone(), model: o.client.model.clone() };
+                            let line = Annotation { hash: hash.clone(), origin: origin.to_string(), text: cut.to_string(), score, answer: reply.text, prompt_version: o.prompt.version.clone(), model: o.client.model.clone() };
                             let mut f = file.lock().unwrap();
                             let written = writeln!(f, "{}", serde_json::to_string(&line).expect("annotation serializes")).and_then(|_| f.flush());
                             if let Err(e) = written {

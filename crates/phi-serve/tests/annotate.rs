@@ -80,6 +80,7 @@ fn answers_are_appended_scored_and_never_asked_twice() {
             None
         };
         assert_eq!(a.score, want, "{a:?}");
+        assert_eq!(a.text, docs().iter().find(|d| d.0 == a.origin).unwrap().1);
         assert_eq!(a.prompt_version, "edu-code-v1");
     }
     assert_eq!(r.histogram[4] + r.histogram[1], r.scored);
