@@ -290,7 +290,9 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
             });
         }
     }
-    (a.batch * a.seq) as f64 / median(times)
+    // Rows actually put through the policy per step (an odd `batch` gives `batch - 1` pair rows).
+    let rows = if which == PreferenceBench::Sft { a.batch } else { 2 * batch_size };
+    (rows * a.seq) as f64 / median(times)
 }
 
 /// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
