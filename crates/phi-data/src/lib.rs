@@ -29,7 +29,7 @@ pub mod shard;
 pub mod tokenizer;
 
 pub use error::DataError;
-pub use prepare::{Manifest, PrepareConfig, prepare};
+pub use prepare::{Manifest, PrepareConfig, prepare, prepare_with};
 pub use sampler::{Mixture, MixtureSampler, MixtureState, SamplerState, TokenDataset, TokenSampler};
 pub use shard::Shard;
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -405,3 +405,75 @@ fn validation_split_is_never_empty_with_two_to_eight_documents() {
     let m = prepare(&cfg, &out.path().join("one"), false).unwrap();
     assert_eq!((m.splits["train"].documents, m.splits["validation"].documents), (1, 0));
 }
+
+/// Scores a module by the number in its name (`m7` → 7 / 3): a stand-in for a classifier.
+struct NameScorer;
+
+impl phi_data::prepare::DocumentScorer for NameScorer {
+    fn score(&self, texts: &[&str]) -> Result<Vec<f32>, String> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let name = t.split("Helpers for m").nth(1).and_then(|r| r.split(':').next()).and_then(|n| n.parse::<f32>().ok());
+                name.map_or(f32::NAN, |n| n / 3.0)
+            })
+            .collect())
+    }
+    fn batch(&self) -> usize {
+        4
+    }
+    fn describe(&self) -> String {
+        "by name".into()
+    }
+}
+
+#[test]
+fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethreshold() {
+    use phi_data::prepare::{ScoreFilter, prepare_with};
+    let src = tempfile::tempdir().unwrap();
+    corpus(src.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let gpt2 = fixture("tokenizers/gpt2/tokenizer.json");
+    let mut c = config(src.path(), TokenizerSource::File(gpt2.clone()));
+    c.keep_documents = true;
+    c.classifier = Some(ScoreFilter { classifier: Some(tmp.path().join("clf")), min_score: 5.0 });
+    // The fingerprint reads the classifier file, and the stage needs its scorer.
+    std::fs::create_dir_all(tmp.path().join("clf")).unwrap();
+    std::fs::write(tmp.path().join("clf/classifier.json"), "{}").unwrap();
+    let e = prepare(&c, &tmp.path().join("x"), false).unwrap_err().to_string();
+    assert!(e.contains("needs its scorer"), "{e}");
+
+    let out = tmp.path().join("scored");
+    let m = prepare_with(&c, Some(&NameScorer), &out, false).unwrap();
+    // After the other stages 28 modules remain (m3's copy and m5's near copy are dropped, the
+    // originals kept); m15..m29 score >= 5.
+    let stage = m.report.stages.last().unwrap();
+    assert_eq!((stage.name.as_str(), stage.documents_in, stage.documents_kept), ("classifier", 30, 15));
+    let s = m.report.scores.as_ref().unwrap();
+    assert_eq!((s.kept, s.dropped, s.scorer.as_str(), s.min_score), (15, 15, "by name", 5.0));
+    assert_eq!(s.histogram.values().sum::<u64>(), 30);
+    assert_eq!(s.histogram[&9], 3, "m27, m28, m29 score 9, 9.33, 9.67: {:?}", s.histogram);
+    assert!(s.kept_examples.iter().all(|(_, v)| *v >= 5.0) && s.dropped_examples.iter().all(|(_, v)| *v < 5.0));
+    assert!(m.report.table().contains("kept 15 at >= 5"), "{}", m.report.table());
+    assert_eq!(m.splits["train"].documents + m.splits["validation"].documents, 15);
+    // Every kept document carries its score.
+    let docs = std::fs::read_to_string(out.join("documents.jsonl")).unwrap();
+    let scores: Vec<f64> = docs.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap()).collect();
+    assert_eq!(scores.len(), 15);
+    assert!(scores.iter().all(|&v| v >= 5.0));
+
+    // Re-threshold from the stored scores, without a scorer.
+    let mut again = PrepareConfig::new(vec![Input::Jsonl { path: out.join("documents.jsonl"), field: "text".into(), kind: phi_data::filters::DocKind::Python }], TokenizerSource::File(gpt2));
+    again.classifier = Some(ScoreFilter { classifier: None, min_score: 8.0 });
+    again.validation_fraction = 0.2;
+    let m2 = prepare(&again, &tmp.path().join("rethresholded"), false).unwrap();
+    assert_eq!(m2.report.scores.as_ref().unwrap().kept, 6, "m24..m29: {:?}", m2.report.scores);
+    assert_eq!(m2.report.scores.as_ref().unwrap().scorer, "stored scores");
+    // A scorer without a stage is refused, and documents without a stored score are dropped.
+    let e = prepare_with(&again, Some(&NameScorer), &tmp.path().join("y"), false).unwrap_err().to_string();
+    assert!(e.contains("no classifier stage"), "{e}");
+    let mut raw = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    raw.classifier = Some(ScoreFilter { classifier: None, min_score: 0.0 });
+    let e = prepare(&raw, &tmp.path().join("z"), false).unwrap_err().to_string();
+    assert!(e.contains("no stored score"), "{e}");
+}

@@ -46,6 +46,8 @@ pub(crate) struct Doc {
     pub kind: DocKind,
     pub text: Result<String, &'static str>,
     pub bytes: u64,
+    /// A JSONL record's numeric `score` (a classifier's, kept by an earlier `prepare`).
+    pub score: Option<f32>,
 }
 
 fn metadata(path: &Path) -> Result<(u64, u64), DataError> {
@@ -141,9 +143,9 @@ fn read_whole(source: &SourceFile) -> Doc {
     match std::fs::read(&source.path) {
         Ok(bytes) => {
             let n = bytes.len() as u64;
-            Doc { origin, kind, text: String::from_utf8(bytes).map_err(|_| "not utf-8"), bytes: n }
+            Doc { origin, kind, text: String::from_utf8(bytes).map_err(|_| "not utf-8"), bytes: n, score: None }
         }
-        Err(_) => Doc { origin, kind, text: Err("unreadable"), bytes: source.bytes },
+        Err(_) => Doc { origin, kind, text: Err("unreadable"), bytes: source.bytes, score: None },
     }
 }
 
@@ -186,14 +188,18 @@ fn read_jsonl(
             .map(|(line_no, line)| {
                 let origin = format!("{}:{line_no}", path.display());
                 let n = line.len() as u64;
+                let mut score = None;
                 let text = match String::from_utf8(line) {
                     Err(_) => Err("not utf-8"),
                     Ok(line) => match serde_json::from_str::<serde_json::Value>(&line) {
-                        Ok(v) => v.get(field).and_then(|t| t.as_str()).map(str::to_owned).ok_or("record without the text field"),
+                        Ok(v) => {
+                            score = v.get("score").and_then(serde_json::Value::as_f64).map(|s| s as f32);
+                            v.get(field).and_then(|t| t.as_str()).map(str::to_owned).ok_or("record without the text field")
+                        }
                         Err(_) => Err("not a JSON line"),
                     },
                 };
-                Doc { origin, kind, text, bytes: n }
+                Doc { origin, kind, text, bytes: n, score }
             })
             .collect();
         f(docs)?;

@@ -1,8 +1,8 @@
 //! `phi data prepare`: raw corpus → quality-filtered, deduplicated, decontaminated token shards.
 //!
 //! ```text
-//! input (glob / JSONL) ─▶ read ─▶ quality ─▶ exact dedup ─▶ near dedup ─▶ decontaminate
-//!                                                                              │ kept documents (temporary JSONL)
+//! input (glob / JSONL) ─▶ read ─▶ quality ─▶ exact dedup ─▶ near dedup ─▶ decontaminate ─▶ classifier (optional)
+//!                                                                                               │ kept documents (temporary JSONL)
 //!                        tokenizer (given, or BPE trained on the training split) ◀┘
 //!                                          └─▶ tokenize (parallel) ─▶ train-*.bin / validation-*.bin + manifest.json
 //! ```
@@ -25,6 +25,7 @@
 
 mod input;
 mod report;
+mod score;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use input::Input;
 pub use report::{Dropped, PrepareReport, SplitReport, StageReport};
+pub use score::{DocumentScorer, ScoreFilter, ScoreReport};
 
 use crate::error::DataError;
 use crate::filters::QualityFilters;
@@ -77,8 +79,12 @@ pub struct PrepareConfig {
     pub shard_tokens: usize,
     /// Input read per chunk (memory bound of the streaming stages).
     pub chunk_mb: usize,
-    /// Also keep the filtered documents as `documents.jsonl`.
+    /// Also keep the filtered documents as `documents.jsonl` (with their scores when the
+    /// classifier stage ran).
     pub keep_documents: bool,
+    /// The classifier stage, last before tokenizing; `None` skips it.
+    #[serde(default)]
+    pub classifier: Option<ScoreFilter>,
 }
 
 impl PrepareConfig {
@@ -97,6 +103,7 @@ impl PrepareConfig {
             shard_tokens: 64 << 20,
             chunk_mb: 64,
             keep_documents: false,
+            classifier: None,
         }
     }
 }
@@ -235,6 +242,11 @@ pub fn fingerprint(config: &PrepareConfig) -> Result<String, DataError> {
     if let TokenizerSource::File(p) = &config.tokenizer {
         h.update(&std::fs::read(p).map_err(|e| DataError::io(p, e))?);
     }
+    // A retrained classifier in the same folder is another dataset.
+    if let Some(clf) = config.classifier.as_ref().and_then(|c| c.classifier.as_ref()) {
+        let file = clf.join("classifier.json");
+        h.update(&std::fs::read(&file).map_err(|e| DataError::io(&file, e))?);
+    }
     Ok(format!("{:016x}", h.digest()))
 }
 
@@ -286,6 +298,12 @@ pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: bool) -> R
     Ok((prepare(config, out, progress)?, false))
 }
 
+/// Runs the pipeline into `out` (replacing a previous prepared dataset there); a config with a
+/// classifier stage needs [`prepare_with`] and the classifier's scorer.
+pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Manifest, DataError> {
+    prepare_with(config, None, out, progress)
+}
+
 fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
@@ -304,12 +322,27 @@ fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
 struct Kept {
     validation: bool,
     text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
 }
 
-/// Runs the pipeline into `out` (replacing a previous prepared dataset there).
-pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Manifest, DataError> {
+/// [`prepare`] with the scorer of the config's classifier stage (`config.classifier` with a
+/// `classifier` folder); `scorer` must be `None` when the config has no such stage.
+pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: bool) -> Result<Manifest, DataError> {
     let wall = Instant::now();
     check_config(config)?;
+    match (config.classifier.as_ref().and_then(|c| c.classifier.as_ref()), scorer) {
+        (Some(clf), None) => {
+            return Err(DataError::Invalid(format!(
+                "the classifier stage ({}) needs its scorer: load it with phi_classify::Scorer::load and call prepare_with",
+                clf.display()
+            )));
+        }
+        (None, Some(s)) => {
+            return Err(DataError::Invalid(format!("a scorer ({}) was given but the config has no classifier stage with a classifier folder", s.describe())));
+        }
+        _ => {}
+    }
     // `out` is replaced at the end: refuse now, before any work, unless it is ours to replace.
     crate::owned::check(out, &DATASET_LAYOUT)?;
     let fingerprint = fingerprint(config)?;
@@ -328,8 +361,8 @@ pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Man
 
     // Stages 1–4, streaming.
     let kept_path = partial.join("documents.jsonl");
-    let (stages, mut counts) = filter_stages(config, &sources, &kept_path, progress)?;
-    let mut report = PrepareReport { stages, ..Default::default() };
+    let (stages, scores, mut counts) = filter_stages(config, scorer, &sources, &kept_path, progress)?;
+    let mut report = PrepareReport { stages, scores, ..Default::default() };
     if counts[0] + counts[1] == 0 {
         return Err(DataError::Invalid(format!(
             "every document was dropped; nothing to train on:\n{}",
@@ -407,6 +440,11 @@ pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Man
 
 fn check_config(c: &PrepareConfig) -> Result<(), DataError> {
     let bad = |m: String| Err(DataError::Invalid(m));
+    if let Some(f) = &c.classifier {
+        if !f.min_score.is_finite() {
+            return bad(format!("classifier min_score = {}: must be a number", f.min_score));
+        }
+    }
     if !(0.0..1.0).contains(&c.validation_fraction) {
         return bad(format!("validation_fraction = {} must be in [0, 1)", c.validation_fraction));
     }
@@ -472,14 +510,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
-/// Stages 1–4; writes the kept documents to `kept_path`. Returns the stage reports and the
-/// numbers of kept training and validation documents.
-fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_path: &Path, progress: bool) -> Result<(Vec<StageReport>, [u64; 2]), DataError> {
+/// Stages 1–5; writes the kept documents to `kept_path`. Returns the stage reports, the
+/// classifier stage's scores, and the numbers of kept training and validation documents.
+fn filter_stages(
+    config: &PrepareConfig,
+    scorer: Option<&dyn DocumentScorer>,
+    sources: &[input::SourceFile],
+    kept_path: &Path,
+    progress: bool,
+) -> Result<(Vec<StageReport>, Option<ScoreReport>, [u64; 2]), DataError> {
     let mut read = StageReport::new("read");
     let mut quality = StageReport::new("quality");
     let mut exact = StageReport::new("exact dedup");
     let mut near = StageReport::new("near dedup");
     let mut decon = StageReport::new("decontaminate");
+    let mut classify = StageReport::new("classifier");
+    let mut scores = config.classifier.as_ref().map(|f| ScoreReport {
+        scorer: scorer.map_or_else(|| "stored scores".to_string(), |s| s.describe()),
+        min_score: f.min_score,
+        ..Default::default()
+    });
     let mut eval_texts = if config.decontaminate_humaneval { crate::evalsets::humaneval() } else { Vec::new() };
     for p in &config.eval_sets {
         eval_texts.extend(crate::evalsets::load(p)?);
@@ -500,7 +550,7 @@ fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_pat
                 Ok(text) if text.trim().is_empty() => read.drop_doc("empty", d.bytes, &d.origin),
                 Ok(text) => {
                     read.keep(text.len() as u64);
-                    live.push(Live { origin: d.origin, kind: d.kind, text });
+                    live.push(Live { origin: d.origin, kind: d.kind, text, score: d.score });
                 }
                 Err(reason) => read.drop_doc(reason, d.bytes, &d.origin),
             }
@@ -546,11 +596,16 @@ fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_pat
         };
         decon.seconds += t.elapsed().as_secs_f64();
 
+        let live = match (&config.classifier, &mut scores) {
+            (Some(filter), Some(report)) => classifier_stage(filter, scorer, report, &mut classify, live)?,
+            _ => live,
+        };
+
         let threshold = split_threshold(config.validation_fraction);
-        for Live { text, .. } in live {
+        for Live { text, score, .. } in live {
             let validation = split_key(&text) < threshold;
             kept[validation as usize] += 1;
-            let line = serde_json::to_string(&Kept { validation, text }).expect("serializes");
+            let line = serde_json::to_string(&Kept { validation, text, score }).expect("serializes");
             writeln!(out, "{line}").map_err(|e| DataError::io(kept_path, e))?;
         }
         Ok(())
@@ -570,7 +625,56 @@ fn filter_stages(config: &PrepareConfig, sources: &[input::SourceFile], kept_pat
     if decontaminator.is_some() {
         stages.push(decon);
     }
-    Ok((stages, kept))
+    if let Some(s) = &mut scores {
+        s.seconds = classify.seconds;
+        s.documents_per_second = (s.kept + s.dropped) as f64 / classify.seconds.max(1e-9);
+        stages.push(classify);
+    }
+    Ok((stages, scores, kept))
+}
+
+/// Stage 5 on one chunk: scores (from the scorer in batches, or the documents' stored scores)
+/// and drops those below the threshold; kept documents carry their score on.
+fn classifier_stage(
+    filter: &ScoreFilter,
+    scorer: Option<&dyn DocumentScorer>,
+    report: &mut ScoreReport,
+    stage_report: &mut StageReport,
+    live: Vec<Live>,
+) -> Result<Vec<Live>, DataError> {
+    let t = Instant::now();
+    let scored: Vec<Option<f32>> = match scorer {
+        Some(s) => {
+            let mut out = Vec::with_capacity(live.len());
+            for batch in live.chunks(s.batch().max(1)) {
+                let texts: Vec<&str> = batch.iter().map(|d| d.text.as_str()).collect();
+                let got = s.score(&texts).map_err(|e| DataError::Invalid(format!("classifier stage ({}): {e}", s.describe())))?;
+                if got.len() != texts.len() {
+                    return Err(DataError::Invalid(format!("classifier stage ({}): {} scores for {} documents", s.describe(), got.len(), texts.len())));
+                }
+                out.extend(got.into_iter().map(Some));
+            }
+            out
+        }
+        None => live.iter().map(|d| d.score).collect(),
+    };
+    let mut verdicts = Vec::with_capacity(live.len());
+    let mut live = live;
+    for (d, s) in live.iter_mut().zip(scored) {
+        d.score = s.filter(|s| s.is_finite());
+        verdicts.push(match d.score {
+            None if s.is_some() => Some("score is not a number"),
+            None => Some("no stored score"),
+            Some(s) => {
+                let keep = s >= filter.min_score;
+                report.book(&d.origin, s, keep);
+                (!keep).then_some("score below min_score")
+            }
+        });
+    }
+    let live = stage(stage_report, live, verdicts);
+    stage_report.seconds += t.elapsed().as_secs_f64();
+    Ok(live)
 }
 
 /// Books one stage: `verdicts[i]` is the reason to drop document `i`, if any.
@@ -595,6 +699,8 @@ struct Live {
     origin: String,
     kind: crate::filters::DocKind,
     text: String,
+    /// The classifier's (or, before stage 5, the input record's stored) score.
+    score: Option<f32>,
 }
 
 fn kept_documents(path: &Path) -> Result<impl Iterator<Item = Kept> + Send + use<>, DataError> {

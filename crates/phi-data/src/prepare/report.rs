@@ -62,6 +62,9 @@ pub struct SplitReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrepareReport {
     pub stages: Vec<StageReport>,
+    /// The classifier stage's scores, when it ran.
+    #[serde(default)]
+    pub scores: Option<super::ScoreReport>,
     pub train: SplitReport,
     pub validation: SplitReport,
     /// Seconds spent training the tokenizer (0 when one was given).
@@ -74,7 +77,7 @@ pub struct PrepareReport {
 }
 
 /// The last two components of a path: enough to tell `email/__init__.py` from `json/__init__.py`.
-fn short(origin: &str) -> String {
+pub(crate) fn short(origin: &str) -> String {
     let parts: Vec<&str> = origin.rsplitn(3, '/').collect();
     parts.iter().take(2).rev().copied().collect::<Vec<_>>().join("/")
 }
@@ -113,6 +116,9 @@ impl PrepareReport {
             if i == 0 {
                 out += &format!("{}\n", "-".repeat(widths.iter().sum::<usize>() + 8 + 24));
             }
+        }
+        if let Some(s) = &self.scores {
+            out += &s.lines();
         }
         out += &format!(
             "train: {} documents, {} tokens in {} shard(s); validation: {} documents, {} tokens in {} shard(s)\n",
