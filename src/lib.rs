@@ -10,7 +10,10 @@
 //!   run orchestration: [`recipes`] (the Phi pre-training recipes), [`finetune`], [`bench`],
 //!   [`export`] (model folders that never replace a folder that is not ours);
 //! - [`eval`] (`phi-eval`): HumanEval, judged in [`sandbox`] (`phi-sandbox`, OS-level isolation
-//!   for model-written programs), and perplexity.
+//!   for model-written programs), and perplexity;
+//! - [`serve`] (`phi-serve`): the OpenAI-compatible server, its client, LLM annotation;
+//! - [`classify`] (`phi-classify`): the learned quality filter (embeddings, random forest and
+//!   logistic heads, cross-validation) and the scorer of `prepare`'s classifier stage.
 
 pub use phi_core as core;
 pub use phi_data as data;
@@ -22,3 +25,4 @@ pub use phi_eval::humaneval;
 pub use phi_eval as eval;
 pub use phi_sandbox as sandbox;
 pub use phi_serve as serve;
+pub use phi_classify as classify;

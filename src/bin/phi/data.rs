@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use phi_data::filters::DocKind;
-use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource};
+use phi::device::Backend;
+use phi_data::prepare::{Input, Manifest, PrepareConfig, ScoreFilter, TokenizerSource};
 use phi_data::quality::NearDup;
 
 #[derive(clap::Subcommand, Debug)]
@@ -24,6 +25,11 @@ pub enum DataCommand {
     /// llama.cpp, a hosted API): a seeded sample of documents scored on a versioned 0–5 rubric,
     /// appended to --out as answers arrive; a rerun never asks again for what it has.
     Annotate(AnnotateArgs),
+    /// The learned quality filter: train it on labels, then `phi data prepare --classifier`.
+    Classifier {
+        #[command(subcommand)]
+        cmd: ClassifierCommand,
+    },
     /// Summary of a prepared dataset; every shard is verified (header, size, checksum, ids).
     Inspect {
         /// A folder written by `phi data prepare`.
@@ -112,6 +118,58 @@ pub struct AnnotateArgs {
     pub out: PathBuf,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum ClassifierCommand {
+    /// Embed labelled documents with a Phi model, cross-validate a random forest and a logistic
+    /// head (k folds), fit both on all labels and save them with the model's identity.
+    Train(ClassifierTrainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ClassifierTrainArgs {
+    /// `phi data annotate` output (records with `text` and `score`; null scores are skipped).
+    #[arg(long)]
+    pub annotations: Vec<PathBuf>,
+    /// Your own labels: JSONL records `{"text": …, "score": 3}` or `{"path": "file.py", "score": 3}`
+    /// (paths relative to the JSONL file); later records relabel earlier ones.
+    #[arg(long)]
+    pub labels: Vec<PathBuf>,
+    /// The model folder whose embeddings the classifier learns on (config, weights, tokenizer.json).
+    #[arg(long)]
+    pub embed_model: PathBuf,
+    /// The classifier folder to write (classifier.json, report.txt).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Labels at least this are "keep" (the prepare stage then keeps scores >= it - 0.5).
+    #[arg(long, default_value_t = 3.0)]
+    pub keep_threshold: f32,
+    /// Trees of the random forest.
+    #[arg(long, default_value_t = 100)]
+    pub trees: usize,
+    /// L2 strength of the logistic head.
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// The head that scores by default (default: the better cross-validated F1 at keep).
+    #[arg(long)]
+    pub head: Option<phi::classify::HeadKind>,
+    /// Which hidden state to embed with (0 = embeddings; default: the last, after the final norm).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Tokens of a document that are embedded (default: the model's context).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Chunks per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct PrepareArgs {
     #[command(flatten)]
@@ -155,9 +213,31 @@ pub struct PrepareArgs {
     /// Tokens per shard (closed at the next document boundary).
     #[arg(long)]
     pub shard_tokens: Option<usize>,
-    /// Keep the filtered documents as documents.jsonl next to the shards.
+    /// Keep the filtered documents as documents.jsonl next to the shards (with their scores
+    /// when the classifier stage runs).
     #[arg(long)]
     pub keep_documents: bool,
+    /// The classifier stage: score every document left after decontamination with this
+    /// classifier (`phi data classifier train`) and drop those below --min-score.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Keep scores at least this (default: the classifier's, half a class below its keep
+    /// threshold). Without --classifier: filter on the `score` the JSONL inputs already carry
+    /// (a prepared dataset's documents.jsonl), without scoring again.
+    #[arg(long, allow_hyphen_values = true)]
+    pub min_score: Option<f32>,
+    /// The classifier's embedding model, if it moved since training (its files must be the same).
+    #[arg(long)]
+    pub embed_model: Option<PathBuf>,
+    /// Score with this head instead of the classifier's choice.
+    #[arg(long)]
+    pub classifier_head: Option<phi::classify::HeadKind>,
+    /// Documents per forward pass of the classifier stage.
+    #[arg(long, default_value_t = 16)]
+    pub classifier_batch: usize,
+    /// Where the classifier's embedding model runs.
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -177,7 +257,8 @@ impl PrepareArgs {
             let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let schema = phi::overrides::Schema::of::<PrepareConfig>()
                 .with::<phi_data::filters::QualityFilters>("filters")
-                .with::<NearDup>("near_dedup");
+                .with::<NearDup>("near_dedup")
+                .with::<ScoreFilter>("classifier");
             phi::overrides::check_keys(&over, &schema).map_err(|e| format!("{}: {e}", path.display()))?;
             phi::recipes::merge_toml(&mut base, over);
             c = base.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;
@@ -207,7 +288,29 @@ impl PrepareArgs {
         c.validation_fraction = self.validation_fraction.unwrap_or(c.validation_fraction);
         c.shard_tokens = self.shard_tokens.unwrap_or(c.shard_tokens);
         c.keep_documents |= self.keep_documents;
+        match (&self.classifier, self.min_score) {
+            (Some(dir), min) => {
+                // The classifier's own cut unless --min-score says otherwise.
+                let min_score = match min {
+                    Some(m) => m,
+                    None => phi::classify::Classifier::load(dir)?.min_score,
+                };
+                c.classifier = Some(ScoreFilter { classifier: Some(dir.clone()), min_score });
+            }
+            (None, Some(min_score)) => c.classifier = Some(ScoreFilter { classifier: None, min_score }),
+            (None, None) => {}
+        }
+        if c.classifier.as_ref().is_none_or(|f| f.classifier.is_none()) && (self.embed_model.is_some() || self.classifier_head.is_some()) {
+            return Err("--embed-model and --classifier-head go with --classifier".into());
+        }
         Ok(c)
+    }
+
+    /// The classifier stage's scorer, when the config has a classifier.
+    fn scorer(&self, c: &PrepareConfig) -> Result<Option<phi::classify::Scorer>, String> {
+        let Some(dir) = c.classifier.as_ref().and_then(|f| f.classifier.as_ref()) else { return Ok(None) };
+        let device = self.device.device()?;
+        phi::classify::Scorer::load(dir, self.embed_model.as_deref(), &device, self.classifier_head, self.classifier_batch).map(Some)
     }
 }
 
@@ -215,7 +318,8 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         DataCommand::Prepare(args) => {
             let config = args.config()?;
-            let manifest = phi_data::prepare(&config, &args.out, !args.json)?;
+            let scorer = args.scorer(&config)?;
+            let manifest = phi_data::prepare_with(&config, scorer.as_ref().map(|s| s as &dyn phi_data::prepare::DocumentScorer), &args.out, !args.json)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&manifest.report)?);
             } else {
@@ -231,6 +335,7 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
             println!("wrote {} (vocab {}, {:.1}s)", out.display(), tok.vocab_size(), t.elapsed().as_secs_f64());
         }
         DataCommand::Annotate(a) => annotate(a)?,
+        DataCommand::Classifier { cmd: ClassifierCommand::Train(a) } => train_classifier(a)?,
         DataCommand::Inspect { dir } => inspect(&dir)?,
     }
     Ok(())
@@ -282,6 +387,27 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !r.failed.is_empty() {
         return Err(format!("{} requests failed (a rerun asks for them again)", r.failed.len()).into());
     }
+    Ok(())
+}
+
+fn train_classifier(a: ClassifierTrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::classify::{HeadSettings, TrainOptions};
+    let files: Vec<&Path> = a.annotations.iter().chain(&a.labels).map(PathBuf::as_path).collect();
+    if files.is_empty() {
+        return Err("no labels: give --annotations FILE (phi data annotate) and/or --labels FILE".into());
+    }
+    let options = TrainOptions {
+        folds: a.folds,
+        threshold: a.keep_threshold,
+        heads: HeadSettings { trees: a.trees, alpha: a.alpha, seed: a.seed },
+        head: a.head,
+    };
+    let device = a.device.device()?;
+    let t = std::time::Instant::now();
+    let clf = phi::classify::train_classifier(&files, &a.embed_model, &device, a.layer, a.max_tokens, a.batch, &options)?;
+    clf.save(&a.out)?;
+    print!("{}", clf.report());
+    println!("wrote {} ({:.1}s)", a.out.join(phi::classify::classifier::FILE).display(), t.elapsed().as_secs_f64());
     Ok(())
 }
 
