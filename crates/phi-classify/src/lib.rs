@@ -26,6 +26,7 @@ pub mod cv;
 pub mod embedder;
 pub mod heads;
 pub mod labels;
+pub mod proxy;
 
 use std::path::Path;
 

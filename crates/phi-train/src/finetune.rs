@@ -80,7 +80,7 @@ impl Default for FinetuneOptions {
 }
 
 /// The base checkpoint: given, or `train_phi1`'s newest, or a short `train_phi1` run now.
-fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
+pub fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
     if let Some(b) = &args.base {
         return Ok(b.clone());
     }
