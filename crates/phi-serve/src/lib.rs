@@ -24,6 +24,7 @@
 //! ```
 
 pub mod annotate;
+pub mod bench;
 pub mod client;
 pub mod openai;
 pub mod text;

@@ -29,6 +29,9 @@ pub enum Workload {
     /// `sft`, `dpo` and `dpo-live` in one process (speed; run them one per process to compare
     /// peak memory).
     Preference,
+    /// `phi serve` at several numbers of concurrent clients (`phi_serve::bench`: this crate
+    /// cannot depend on the server).
+    Serve,
     All,
 }
 
@@ -38,6 +41,7 @@ impl std::str::FromStr for Workload {
         Ok(match s {
             "forward" => Workload::Forward,
             "generate" => Workload::Generate,
+            "serve" => Workload::Serve,
             "train" => Workload::Train,
             "lora" => Workload::Lora,
             "sft" => Workload::Sft,
@@ -45,7 +49,7 @@ impl std::str::FromStr for Workload {
             "dpo-live" => Workload::DpoLive,
             "preference" => Workload::Preference,
             "all" => Workload::All,
-            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, sft, dpo, dpo-live, preference or all")),
+            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, sft, dpo, dpo-live, preference, serve or all")),
         })
     }
 }
@@ -325,6 +329,9 @@ fn torch_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
 }
 
 pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
+    if a.workload == Workload::Serve {
+        return Err("the serve workload runs in phi_serve::bench (the `phi` tool dispatches it)".into());
+    }
     let device = a.device.device()?;
     let archs: &[&str] = match a.arch {
         Arch::Phi => &["phi"],

@@ -169,7 +169,8 @@ impl FinetuneArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// forward, generate, train, lora, sft, dpo, dpo-live (DPO step with the reference run on
-    /// every batch), preference (sft + dpo + dpo-live) or all.
+    /// every batch), preference (sft + dpo + dpo-live), serve (`phi serve` over HTTP at
+    /// --clients concurrent clients) or all.
     pub workload: phi::bench::Workload,
     /// phi, phi3 or both.
     #[arg(long, default_value = "both")]
@@ -201,6 +202,12 @@ pub struct BenchArgs {
     pub python: String,
     #[arg(long, default_value = "cpu")]
     pub device: Backend,
+    /// serve: the numbers of concurrent clients, one level after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub clients: Vec<usize>,
+    /// serve: requests per level.
+    #[arg(long, default_value_t = 32)]
+    pub requests: usize,
 }
 
 impl BenchArgs {

@@ -678,6 +678,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Data(cmd) => data::run(cmd),
+        Command::Bench(a) if a.workload == phi::bench::Workload::Serve => bench_serve(a),
         Command::Bench(a) => phi::bench::run(a.options()),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
@@ -732,4 +733,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `phi bench serve`: the server over HTTP at each number of concurrent clients.
+fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (clients, requests) = (a.clients.clone(), a.requests);
+    let o = a.options();
+    let config = phi::bench::baseline_config(&o, o.arch == phi::bench::Arch::Phi3);
+    let limits = phi::serve::Limits::default();
+    let params = config.num_parameters();
+    let b = phi::serve::bench::ServeBench { config, clients, requests, max_tokens: o.gen_tokens, limits };
+    if !o.json {
+        println!(
+            "phi serve, {params} parameters (random), {} new tokens per request, max {} decoding at once ({} waiting)",
+            o.gen_tokens, limits.max_concurrent, limits.max_waiting
+        );
+        println!("clients  requests  tokens/s  requests/s  p50 ms  p95 ms");
+    }
+    phi::serve::bench::run(&b, &o.device.device()?, |r| {
+        if o.json {
+            println!("{}", serde_json::to_string(r).expect("serializes"));
+        } else {
+            println!("{:>7}  {:>8}  {:>8.0}  {:>10.1}  {:>6.0}  {:>6.0}", r.clients, r.requests, r.tokens_per_s, r.requests_per_s, r.p50_ms, r.p95_ms);
+        }
+    })?;
+    Ok(())
 }

@@ -1,0 +1,135 @@
+//! `phi bench serve`: requests/s and tokens/s of `phi serve` at several numbers of concurrent
+//! clients, over real HTTP on 127.0.0.1, on the bench-small shape (random weights; a byte-level
+//! BPE trained on synthetic words gives it a tokenizer of the same vocabulary).
+//!
+//! Every client sends chat completions one after another (a short prompt, `max_tokens` sampled
+//! tokens at temperature 1 — a random model never stops early, so every reply is `max_tokens`
+//! long); the server runs with the limits a user gets by default.
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use phi_core::chat::ChatTemplate;
+use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::Tokenizer;
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::{Limits, ServedModel, serve};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ServeBench {
+    /// The model's shape; its vocabulary is replaced by the trained tokenizer's.
+    pub config: PhiConfig,
+    /// Concurrent clients, one level after another.
+    pub clients: Vec<usize>,
+    /// Requests per level (at least 2 per client).
+    pub requests: usize,
+    pub max_tokens: usize,
+    pub limits: Limits,
+}
+
+/// One level's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServeBenchRow {
+    pub clients: usize,
+    pub requests: usize,
+    pub completion_tokens: u64,
+    pub seconds: f64,
+    pub requests_per_s: f64,
+    pub tokens_per_s: f64,
+    /// Median and 95th-percentile request latency.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+/// A tokenizer of about `vocab` ids, trained on seeded pseudo-words.
+fn synthetic_tokenizer(vocab: usize) -> Result<Tokenizer, String> {
+    let syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "gu", "fa", "zo", "bi", "che", "wa", "xe", "qu", "yo", "ha", "ju"];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let texts: Vec<String> = (0..4000)
+        .map(|_| (0..60).map(|_| (0..1 + next(4)).map(|_| syllables[next(syllables.len())]).collect::<String>()).collect::<Vec<_>>().join(" "))
+        .collect();
+    Tokenizer::train_bpe(texts.iter(), vocab).map_err(|e| e.to_string())
+}
+
+/// Runs every level; `on_row` sees each as it finishes.
+pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRow)) -> Result<Vec<ServeBenchRow>, String> {
+    let tokenizer = synthetic_tokenizer(b.config.vocab_size)?;
+    let mut config = b.config.clone();
+    config.vocab_size = tokenizer.vocab_size();
+    config.eos_token_ids = vec![];
+    let model = PhiForCausalLM::init(config.clone(), device, 0).map_err(|e| e.to_string())?;
+    let template = ChatTemplate::for_family(config.family);
+    let served = ServedModel { name: "bench".into(), model, tokenizer, template, stop_ids: vec![], created: 0 };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(serve(listener, served, b.limits, async {
+        stopped.await.ok();
+    }));
+    let base = format!("http://{addr}/v1");
+
+    let mut rows = Vec::new();
+    let prompt = "kalomi nesuta ripode gufazo: write more";
+    // One warm-up request (allocations, first-use paths).
+    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 0)?;
+    for &clients in &b.clients {
+        let clients = clients.max(1);
+        let per_client = b.requests.div_ceil(clients).max(2);
+        let t = Instant::now();
+        let results: Vec<Result<Vec<(f64, u64)>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    let base = &base;
+                    s.spawn(move || {
+                        let client = Client::new(base, "bench", None);
+                        (0..per_client)
+                            .map(|_| {
+                                let t = Instant::now();
+                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 0)?;
+                                Ok((t.elapsed().as_secs_f64() * 1e3, r.completion_tokens.unwrap_or(0)))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a client thread panicked".into()))).collect()
+        });
+        let seconds = t.elapsed().as_secs_f64();
+        let mut latencies = Vec::new();
+        let mut tokens = 0;
+        for r in results {
+            for (ms, n) in r? {
+                latencies.push(ms);
+                tokens += n;
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        let row = ServeBenchRow {
+            clients,
+            requests: latencies.len(),
+            completion_tokens: tokens,
+            seconds,
+            requests_per_s: latencies.len() as f64 / seconds,
+            tokens_per_s: tokens as f64 / seconds,
+            p50_ms: pct(0.5),
+            p95_ms: pct(0.95),
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    stop.send(()).ok();
+    runtime.block_on(server).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    Ok(rows)
+}
