@@ -98,6 +98,18 @@ fn classifier_train_then_prepare_with_it_then_rethreshold_stored_scores() {
     let kept = manifest["report"]["scores"]["kept"].as_u64().unwrap();
     assert!((18..=22).contains(&kept), "{}", manifest["report"]["scores"]);
     assert_eq!(manifest["config"]["classifier"]["min_score"], 2.5);
+    assert_eq!(manifest["config"]["classifier"]["head"], saved["head"], "the scoring head is recorded");
+
+    // A `[classifier]` table from --config keeps what the flags do not name; another head is
+    // another dataset.
+    let toml = tmp.path().join("prep.toml");
+    std::fs::write(&toml, "[classifier]\nmin_score = 3.9\n").unwrap();
+    let other_head = if saved["head"] == "forest" { "logistic" } else { "forest" };
+    let d2 = tmp.path().join("data2");
+    run(prep(&d2).arg("--config").arg(&toml).arg("--classifier").arg(&clf).args(["--classifier-head", other_head]));
+    let m2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d2.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!((m2["config"]["classifier"]["min_score"].as_f64(), m2["config"]["classifier"]["head"].as_str()), (Some(3.9), Some(other_head)));
+    assert_ne!(m2["fingerprint"], manifest["fingerprint"]);
 
     // Re-threshold the kept documents by their stored scores: no model needed.
     let stored: Vec<f64> = std::fs::read_to_string(data.join("documents.jsonl"))
@@ -129,4 +141,10 @@ fn classifier_train_then_prepare_with_it_then_rethreshold_stored_scores() {
     assert!(e.contains("classifier.json"), "{e}");
     let e = fails(phi().args(["data", "classifier", "train", "--embed-model"]).arg(&model).arg("--out").arg(tmp.path().join("c2")));
     assert!(e.contains("no labels"), "{e}");
+    // Too few labels for the folds, and an --out that is not ours: refused before embedding.
+    let e = fails(phi().args(["data", "classifier", "train", "--folds", "50", "--labels"]).arg(&mine).arg("--embed-model").arg(&model).arg("--out").arg(tmp.path().join("c3")));
+    assert!(e.contains("50-fold") && e.contains("have 10"), "{e}");
+    let e = fails(phi().args(["data", "classifier", "train", "--labels"]).arg(&mine).arg("--embed-model").arg(&model).arg("--out").arg(&model));
+    assert!(e.contains("not a quality classifier"), "{e}");
+    assert!(model.join("model.safetensors").is_file());
 }

@@ -60,6 +60,25 @@ pub struct TrainOptions {
     pub head: Option<HeadKind>,
 }
 
+impl TrainOptions {
+    /// The settings, and enough labelled documents for the folds: checked before any embedding.
+    pub fn check(&self, documents: usize) -> Result<(), String> {
+        if self.folds < 2 || documents < self.folds {
+            return Err(format!("{}-fold cross-validation needs folds >= 2 and at least {} labelled documents (have {documents})", self.folds, self.folds.max(2)));
+        }
+        if self.heads.trees == 0 {
+            return Err("trees = 0: the random forest needs at least one tree".into());
+        }
+        if !(self.heads.alpha.is_finite() && self.heads.alpha >= 0.0) {
+            return Err(format!("alpha = {}: the L2 strength must be a number >= 0", self.heads.alpha));
+        }
+        if !self.threshold.is_finite() {
+            return Err(format!("keep threshold = {}: must be a number", self.threshold));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions { folds: 5, threshold: 3.0, heads: HeadSettings::default(), head: None }
@@ -72,6 +91,7 @@ impl Classifier {
         if x.len() != y.len() {
             return Err(format!("{} embeddings for {} labels", x.len(), y.len()));
         }
+        o.check(x.len())?;
         if let Some(r) = x.iter().find(|r| r.len() != embedder.hidden_size) {
             return Err(format!("an embedding of {} values; the model's hidden size is {}", r.len(), embedder.hidden_size));
         }
@@ -128,8 +148,9 @@ impl Classifier {
             std::fs::write(&t, bytes).map_err(|e| format!("{}: {e}", t.display()))?;
             std::fs::rename(&t, &p).map_err(|e| format!("{}: {e}", p.display()))
         };
-        write("report.txt", "report.tmp", self.report().as_bytes())?;
-        write(FILE, "classifier.tmp", serde_json::to_string(self).map_err(|e| e.to_string())?.as_bytes())
+        // The classifier (our marker) first: a folder with only a report would not be ours.
+        write(FILE, "classifier.tmp", serde_json::to_string(self).map_err(|e| e.to_string())?.as_bytes())?;
+        write("report.txt", "report.tmp", self.report().as_bytes())
     }
 
     pub fn load(dir: &Path) -> Result<Self, String> {
@@ -182,6 +203,12 @@ impl Scorer {
     }
 }
 
+impl Scorer {
+    pub fn head(&self) -> HeadKind {
+        self.head
+    }
+}
+
 impl DocumentScorer for Scorer {
     fn score(&self, texts: &[&str]) -> Result<Vec<f32>, String> {
         let x = self.embedder.embed(texts)?;
@@ -194,5 +221,9 @@ impl DocumentScorer for Scorer {
 
     fn describe(&self) -> String {
         format!("{} ({} head)", self.dir.display(), self.head)
+    }
+
+    fn head(&self) -> Option<String> {
+        Some(self.head.to_string())
     }
 }

@@ -19,7 +19,7 @@ use crate::heads::{Forest, HeadKind, Logistic};
 /// How well one predictor did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    /// Rounded prediction = rounded label.
+    /// The nearest of the labels' classes to the prediction = the rounded label.
     pub accuracy: f32,
     /// Mean over the labels' classes of each class's F1.
     pub macro_f1: f32,

@@ -130,7 +130,7 @@ impl Embedder {
         }
         let max_tokens = max_tokens.unwrap_or(c.max_position_embeddings);
         if max_tokens == 0 || batch == 0 {
-            return Err("max_tokens and batch must be at least 1".into());
+            return Err(format!("max_tokens = {max_tokens}, batch = {batch}: both must be at least 1"));
         }
         let identity = EmbedderIdentity {
             model: dir.to_path_buf(),

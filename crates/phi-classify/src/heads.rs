@@ -58,19 +58,25 @@ pub struct Forest {
 
 impl Forest {
     /// `trees` in all; each split considers √features candidates, as random forests usually do.
+    /// The same seed grows the same trees on any machine (the parts do not depend on the cores).
     pub fn fit(x: &[Vec<f32>], y: &[f32], trees: usize, seed: u64) -> Result<Self, String> {
+        if trees == 0 {
+            return Err("a random forest needs at least one tree".into());
+        }
         let m = matrix(x)?;
         let y = y.to_vec();
         let features = x.first().map_or(1, Vec::len);
-        let parts = rayon::current_num_threads().clamp(1, trees.max(1));
+        let parts = trees.min(8);
         let parts: Vec<(usize, Rf)> = (0..parts)
             .into_par_iter()
             .map(|p| {
-                let n = (trees / parts + usize::from(p < trees % parts)).max(1);
+                let n = trees / parts + usize::from(p < trees % parts);
+                // smartcore seeds tree i of a forest with `seed + i`: parts start `trees` apart,
+                // so no two trees share a seed.
                 let params = RandomForestRegressorParameters::default()
                     .with_n_trees(n)
                     .with_m(((features as f64).sqrt().round() as usize).max(1))
-                    .with_seed(seed.wrapping_mul(1_000_003).wrapping_add(p as u64));
+                    .with_seed(seed.wrapping_mul(0x9E37_79B9).wrapping_add((p * trees) as u64));
                 RandomForestRegressor::fit(&m, &y, params).map(|f| (n, f)).map_err(|e| format!("random forest: {e}"))
             })
             .collect::<Result<_, _>>()?;

@@ -52,6 +52,7 @@ pub fn train_classifier(
     if labeled.is_empty() {
         return Err(format!("no labelled documents in {label_files:?} ({} records, {} without a score)", report.records, report.unscored));
     }
+    options.check(labeled.len())?;
     let embedder = Embedder::load(model, device, layer, max_tokens, batch)?;
     let texts: Vec<&str> = labeled.iter().map(|l| l.text.as_str()).collect();
     let x = embedder.embed(&texts)?;

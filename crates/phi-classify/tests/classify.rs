@@ -159,7 +159,7 @@ fn a_classifier_on_model_embeddings_is_tied_to_its_model_and_filters_prepare() {
     config.keep_documents = true;
     config.validation_fraction = 0.1;
     assert_eq!(clf.min_score, 2.5, "halfway between the classes of 'keep' (3) and below");
-    config.classifier = Some(ScoreFilter { classifier: Some(out.clone()), min_score: clf.min_score });
+    config.classifier = Some(ScoreFilter { classifier: Some(out.clone()), min_score: clf.min_score, head: Some(scorer.head().to_string()) });
     let m = prepare_with(&config, Some(&scorer), &tmp.path().join("data"), false).unwrap();
     let r = m.report.scores.as_ref().unwrap();
     print!("{}", m.report.table());

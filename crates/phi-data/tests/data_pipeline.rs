@@ -436,7 +436,7 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
     let gpt2 = fixture("tokenizers/gpt2/tokenizer.json");
     let mut c = config(src.path(), TokenizerSource::File(gpt2.clone()));
     c.keep_documents = true;
-    c.classifier = Some(ScoreFilter { classifier: Some(tmp.path().join("clf")), min_score: 5.0 });
+    c.classifier = Some(ScoreFilter { classifier: Some(tmp.path().join("clf")), min_score: 5.0, head: None });
     // The fingerprint reads the classifier file, and the stage needs its scorer.
     std::fs::create_dir_all(tmp.path().join("clf")).unwrap();
     std::fs::write(tmp.path().join("clf/classifier.json"), "{}").unwrap();
@@ -464,7 +464,7 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
 
     // Re-threshold from the stored scores, without a scorer.
     let mut again = PrepareConfig::new(vec![Input::Jsonl { path: out.join("documents.jsonl"), field: "text".into(), kind: phi_data::filters::DocKind::Python }], TokenizerSource::File(gpt2));
-    again.classifier = Some(ScoreFilter { classifier: None, min_score: 8.0 });
+    again.classifier = Some(ScoreFilter { classifier: None, min_score: 8.0, head: None });
     again.validation_fraction = 0.2;
     let m2 = prepare(&again, &tmp.path().join("rethresholded"), false).unwrap();
     assert_eq!(m2.report.scores.as_ref().unwrap().kept, 6, "m24..m29: {:?}", m2.report.scores);
@@ -473,7 +473,48 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
     let e = prepare_with(&again, Some(&NameScorer), &tmp.path().join("y"), false).unwrap_err().to_string();
     assert!(e.contains("no classifier stage"), "{e}");
     let mut raw = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
-    raw.classifier = Some(ScoreFilter { classifier: None, min_score: 0.0 });
+    raw.classifier = Some(ScoreFilter { classifier: None, min_score: 0.0, head: None });
     let e = prepare(&raw, &tmp.path().join("z"), false).unwrap_err().to_string();
     assert!(e.contains("no stored score"), "{e}");
+
+    // Re-thresholding into the folder that holds the input is refused: the run would replace it.
+    let e = prepare(&again, &out, false).unwrap_err().to_string();
+    assert!(e.contains("inside the output folder") && out.join("documents.jsonl").is_file(), "{e}");
+    // Without the stage, an input's own `score` field is not carried into documents.jsonl.
+    let mut plain = again.clone();
+    plain.classifier = None;
+    plain.keep_documents = true;
+    let m3 = prepare(&plain, &tmp.path().join("plain"), false).unwrap();
+    assert!(m3.report.scores.is_none());
+    let docs = std::fs::read_to_string(tmp.path().join("plain/documents.jsonl")).unwrap();
+    assert!(!docs.contains("\"score\""), "{}", &docs[..200]);
+    // A scorer whose head is not the one the config records is refused.
+    struct Headed;
+    impl phi_data::prepare::DocumentScorer for Headed {
+        fn score(&self, t: &[&str]) -> Result<Vec<f32>, String> {
+            Ok(vec![1.0; t.len()])
+        }
+        fn describe(&self) -> String {
+            "headed".into()
+        }
+        fn head(&self) -> Option<String> {
+            Some("forest".into())
+        }
+    }
+    c.classifier.as_mut().unwrap().head = Some("logistic".into());
+    let e = prepare_with(&c, Some(&Headed), &tmp.path().join("w"), false).unwrap_err().to_string();
+    assert!(e.contains("logistic head") && e.contains("forest"), "{e}");
+    // A scorer that returns NaN is an error naming the document.
+    struct Nan;
+    impl phi_data::prepare::DocumentScorer for Nan {
+        fn score(&self, t: &[&str]) -> Result<Vec<f32>, String> {
+            Ok(vec![f32::NAN; t.len()])
+        }
+        fn describe(&self) -> String {
+            "nan".into()
+        }
+    }
+    c.classifier.as_mut().unwrap().head = None;
+    let e = prepare_with(&c, Some(&Nan), &tmp.path().join("w"), false).unwrap_err().to_string();
+    assert!(e.contains("the score of") && e.contains(".py is NaN"), "{e}");
 }

@@ -33,6 +33,8 @@ pub struct ServeBench {
 /// One level's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServeBenchRow {
+    /// The model's parameters (its vocabulary is the trained tokenizer's).
+    pub params: u64,
     pub clients: usize,
     pub requests: usize,
     pub completion_tokens: u64,
@@ -82,7 +84,7 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
     let mut rows = Vec::new();
     let prompt = "kalomi nesuta ripode gufazo: write more";
     // One warm-up request (allocations, first-use paths).
-    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 0)?;
+    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 3)?;
     for &clients in &b.clients {
         let clients = clients.max(1);
         let per_client = b.requests.div_ceil(clients).max(2);
@@ -96,7 +98,8 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
                         (0..per_client)
                             .map(|_| {
                                 let t = Instant::now();
-                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 0)?;
+                                // Retried (with backoff) if the server's queue is full: 429.
+                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 3)?;
                                 Ok((t.elapsed().as_secs_f64() * 1e3, r.completion_tokens.unwrap_or(0)))
                             })
                             .collect()
@@ -117,6 +120,7 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         let row = ServeBenchRow {
+            params: config.num_parameters(),
             clients,
             requests: latencies.len(),
             completion_tokens: tokens,

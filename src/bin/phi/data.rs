@@ -288,17 +288,31 @@ impl PrepareArgs {
         c.validation_fraction = self.validation_fraction.unwrap_or(c.validation_fraction);
         c.shard_tokens = self.shard_tokens.unwrap_or(c.shard_tokens);
         c.keep_documents |= self.keep_documents;
-        match (&self.classifier, self.min_score) {
-            (Some(dir), min) => {
-                // The classifier's own cut unless --min-score says otherwise.
-                let min_score = match min {
-                    Some(m) => m,
-                    None => phi::classify::Classifier::load(dir)?.min_score,
-                };
-                c.classifier = Some(ScoreFilter { classifier: Some(dir.clone()), min_score });
+        // The flags change only what they name of a `[classifier]` table from --config.
+        if self.classifier.is_some() || self.min_score.is_some() {
+            let f = c.classifier.get_or_insert(ScoreFilter { classifier: None, min_score: f32::NAN, head: None });
+            if let Some(dir) = &self.classifier {
+                f.classifier = Some(dir.clone());
             }
-            (None, Some(min_score)) => c.classifier = Some(ScoreFilter { classifier: None, min_score }),
-            (None, None) => {}
+            if let Some(m) = self.min_score {
+                f.min_score = m;
+            }
+        }
+        if let Some(f) = &mut c.classifier {
+            match &f.classifier {
+                Some(dir) => {
+                    // The classifier's cut and head unless told otherwise.
+                    let clf = phi::classify::Classifier::load(dir)?;
+                    if f.min_score.is_nan() {
+                        f.min_score = clf.min_score;
+                    }
+                    let head = self.classifier_head.map(|h| h.to_string()).or(f.head.take()).unwrap_or_else(|| clf.head.to_string());
+                    head.parse::<phi::classify::HeadKind>().map_err(|e| format!("classifier head: {e}"))?;
+                    f.head = Some(head);
+                }
+                None if f.min_score.is_nan() => return Err("the classifier stage needs --classifier CLF, or --min-score to filter on stored scores".into()),
+                None => {}
+            }
         }
         if c.classifier.as_ref().is_none_or(|f| f.classifier.is_none()) && (self.embed_model.is_some() || self.classifier_head.is_some()) {
             return Err("--embed-model and --classifier-head go with --classifier".into());
@@ -308,9 +322,11 @@ impl PrepareArgs {
 
     /// The classifier stage's scorer, when the config has a classifier.
     fn scorer(&self, c: &PrepareConfig) -> Result<Option<phi::classify::Scorer>, String> {
-        let Some(dir) = c.classifier.as_ref().and_then(|f| f.classifier.as_ref()) else { return Ok(None) };
+        let Some(f) = c.classifier.as_ref().filter(|f| f.classifier.is_some()) else { return Ok(None) };
+        let dir = f.classifier.as_ref().expect("checked");
+        let head = f.head.as_deref().map(str::parse).transpose()?;
         let device = self.device.device()?;
-        phi::classify::Scorer::load(dir, self.embed_model.as_deref(), &device, self.classifier_head, self.classifier_batch).map(Some)
+        phi::classify::Scorer::load(dir, self.embed_model.as_deref(), &device, head, self.classifier_batch).map(Some)
     }
 }
 
@@ -402,6 +418,8 @@ fn train_classifier(a: ClassifierTrainArgs) -> Result<(), Box<dyn std::error::Er
         heads: HeadSettings { trees: a.trees, alpha: a.alpha, seed: a.seed },
         head: a.head,
     };
+    // Refused before any embedding, not after: a folder that is not a classifier of ours.
+    phi_data::owned::check(&a.out, &phi::classify::classifier::LAYOUT)?;
     let device = a.device.device()?;
     let t = std::time::Instant::now();
     let clf = phi::classify::train_classifier(&files, &a.embed_model, &device, a.layer, a.max_tokens, a.batch, &options)?;

@@ -739,23 +739,33 @@ fn main() -> ExitCode {
 fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (clients, requests) = (a.clients.clone(), a.requests);
     let o = a.options();
-    let config = phi::bench::baseline_config(&o, o.arch == phi::bench::Arch::Phi3);
+    let archs: &[bool] = match o.arch {
+        phi::bench::Arch::Phi => &[false],
+        phi::bench::Arch::Phi3 => &[true],
+        phi::bench::Arch::Both => &[false, true],
+    };
     let limits = phi::serve::Limits::default();
-    let params = config.num_parameters();
-    let b = phi::serve::bench::ServeBench { config, clients, requests, max_tokens: o.gen_tokens, limits };
-    if !o.json {
-        println!(
-            "phi serve, {params} parameters (random), {} new tokens per request, max {} decoding at once ({} waiting)",
-            o.gen_tokens, limits.max_concurrent, limits.max_waiting
-        );
-        println!("clients  requests  tokens/s  requests/s  p50 ms  p95 ms");
-    }
-    phi::serve::bench::run(&b, &o.device.device()?, |r| {
-        if o.json {
-            println!("{}", serde_json::to_string(r).expect("serializes"));
-        } else {
-            println!("{:>7}  {:>8}  {:>8.0}  {:>10.1}  {:>6.0}  {:>6.0}", r.clients, r.requests, r.tokens_per_s, r.requests_per_s, r.p50_ms, r.p95_ms);
+    let device = o.device.device()?;
+    for &phi3 in archs {
+        let arch = if phi3 { "phi3" } else { "phi" };
+        let config = phi::bench::baseline_config(&o, phi3);
+        let b = phi::serve::bench::ServeBench { config, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
+        if !o.json {
+            println!(
+                "phi serve, {arch} bench shape (random weights), {} new tokens per request, max {} decoding at once ({} waiting)",
+                o.gen_tokens, limits.max_concurrent, limits.max_waiting
+            );
+            println!(" params  clients  requests  tokens/s  requests/s  p50 ms  p95 ms");
         }
-    })?;
+        phi::serve::bench::run(&b, &device, |r| {
+            if o.json {
+                let mut v = serde_json::to_value(r).expect("serializes");
+                v["arch"] = arch.into();
+                println!("{v}");
+            } else {
+                println!("{:>6.2}M  {:>7}  {:>8}  {:>8.0}  {:>10.1}  {:>6.0}  {:>6.0}", r.params as f64 / 1e6, r.clients, r.requests, r.tokens_per_s, r.requests_per_s, r.p50_ms, r.p95_ms);
+            }
+        })?;
+    }
     Ok(())
 }

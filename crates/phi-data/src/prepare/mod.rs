@@ -7,7 +7,7 @@
 //!                                          └─▶ tokenize (parallel) ─▶ train-*.bin / validation-*.bin + manifest.json
 //! ```
 //!
-//! Stages 1–4 stream the input in chunks of `chunk_mb`: memory is one chunk plus a hash per
+//! Stages 1–5 stream the input in chunks of `chunk_mb`: memory is one chunk plus a hash per
 //! document and a MinHash signature per kept document. Every shard is written atomically, and
 //! the whole output folder is built under `<out>.partial` and renamed into place when complete,
 //! so a reader never sees a half-prepared dataset. The report counts what each stage kept and
@@ -290,12 +290,17 @@ pub fn prepared_documents(dir: &Path) -> Result<Vec<(String, String)>, DataError
 
 /// [`prepare`], unless `out` already holds a dataset with the same fingerprint.
 pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
+    prepare_with_or_reuse(config, None, out, progress)
+}
+
+/// [`prepare_with`], unless `out` already holds a dataset with the same fingerprint.
+pub fn prepare_with_or_reuse(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
     if let Ok(m) = Manifest::read(out) {
         if m.fingerprint == fingerprint(config)? {
             return Ok((m, true));
         }
     }
-    Ok((prepare(config, out, progress)?, false))
+    Ok((prepare_with(config, scorer, out, progress)?, false))
 }
 
 /// Runs the pipeline into `out` (replacing a previous prepared dataset there); a config with a
@@ -341,7 +346,15 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
         (None, Some(s)) => {
             return Err(DataError::Invalid(format!("a scorer ({}) was given but the config has no classifier stage with a classifier folder", s.describe())));
         }
-        _ => {}
+        (Some(_), Some(s)) => {
+            let want = config.classifier.as_ref().and_then(|c| c.head.clone());
+            if let (Some(want), Some(got)) = (want, s.head()) {
+                if want != got {
+                    return Err(DataError::Invalid(format!("the config's classifier stage scores with the {want} head, the scorer ({}) with {got}", s.describe())));
+                }
+            }
+        }
+        (None, None) => {}
     }
     // `out` is replaced at the end: refuse now, before any work, unless it is ours to replace.
     crate::owned::check(out, &DATASET_LAYOUT)?;
@@ -353,13 +366,26 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
+    // An input inside the output (re-thresholding `out/documents.jsonl` into `out`) would be
+    // replaced by the run that reads it.
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    for s in &sources {
+        let src = canon(&s.path);
+        if [out, partial.as_path()].iter().any(|o| src.starts_with(canon(o))) {
+            return Err(DataError::Invalid(format!(
+                "input {} is inside the output folder {}, which this run replaces: write to another --out",
+                s.path.display(),
+                out.display()
+            )));
+        }
+    }
     // A `.partial` left by a run that died is cleared; one that is not ours stops us.
     crate::owned::remove_owned(&partial, &PARTIAL_LAYOUT)?;
     std::fs::create_dir_all(&partial).map_err(|e| DataError::io(&partial, e))?;
     let marker = serde_json::json!({ "format": FORMAT, "version": crate::shard::VERSION, "partial_of": out });
     write_atomic(&partial.join(PARTIAL_MARKER), marker.to_string().as_bytes())?;
 
-    // Stages 1–4, streaming.
+    // Stages 1–5, streaming.
     let kept_path = partial.join("documents.jsonl");
     let (stages, scores, mut counts) = filter_stages(config, scorer, &sources, &kept_path, progress)?;
     let mut report = PrepareReport { stages, scores, ..Default::default() };
@@ -598,7 +624,9 @@ fn filter_stages(
 
         let live = match (&config.classifier, &mut scores) {
             (Some(filter), Some(report)) => classifier_stage(filter, scorer, report, &mut classify, live)?,
-            _ => live,
+            // A `score` field of the input (labels, upvotes) is not a classifier's score: it is
+            // not carried into documents.jsonl, where a later --min-score would filter on it.
+            _ => live.into_iter().map(|d| Live { score: None, ..d }).collect(),
         };
 
         let threshold = split_threshold(config.validation_fraction);
@@ -651,6 +679,9 @@ fn classifier_stage(
                 let got = s.score(&texts).map_err(|e| DataError::Invalid(format!("classifier stage ({}): {e}", s.describe())))?;
                 if got.len() != texts.len() {
                     return Err(DataError::Invalid(format!("classifier stage ({}): {} scores for {} documents", s.describe(), got.len(), texts.len())));
+                }
+                if let Some((d, v)) = batch.iter().zip(&got).find(|(_, v)| !v.is_finite()) {
+                    return Err(DataError::Invalid(format!("classifier stage ({}): the score of {} is {v}", s.describe(), d.origin)));
                 }
                 out.extend(got.into_iter().map(Some));
             }

@@ -24,6 +24,11 @@ pub trait DocumentScorer: Sync {
     }
     /// What scores (for the report), e.g. the classifier's folder and head.
     fn describe(&self) -> String;
+    /// Which of the classifier's heads scores, when it has several; checked against
+    /// [`ScoreFilter::head`].
+    fn head(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The stage's settings, part of [`PrepareConfig`](super::PrepareConfig) (and so of the
@@ -35,6 +40,10 @@ pub struct ScoreFilter {
     pub classifier: Option<PathBuf>,
     /// Documents scoring below this are dropped.
     pub min_score: f32,
+    /// The classifier head that scores (recorded, so that datasets scored by different heads
+    /// have different fingerprints; the scorer must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 /// What the stage saw: the score histogram and examples on both sides of the threshold.
