@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plain = prepare_with(&config, None, &out.join("data-heuristic"), true)?;
     println!("heuristics + dedup + decontamination:\n{}", plain.report.table());
     let scorer = Scorer::load(&clf_dir, None, &device, None, 16)?;
-    config.classifier = Some(ScoreFilter { classifier: Some(clf_dir.clone()), min_score: clf.min_score });
+    config.classifier = Some(ScoreFilter { classifier: Some(clf_dir.clone()), min_score: clf.min_score, head: Some(scorer.head().to_string()) });
     let scored = prepare_with(&config, Some(&scorer as &dyn DocumentScorer), &out.join("data-classified"), true)?;
     println!("... then the classifier stage ({}):\n{}", scorer.describe(), scored.report.table());
     let s = scored.report.scores.as_ref().expect("the stage ran");

@@ -174,7 +174,7 @@ impl Classifier {
 /// let scorer = Scorer::load("clf".as_ref(), None, &device, None, 16)?; // the model folder it was trained with
 /// println!("{:?}", scorer.score(&["def add(a, b):\n    return a + b\n"])?);
 /// let mut config = PrepareConfig::new(vec![Input::Files { root: "corpus".into(), pattern: "**/*.py".into(), exclude: vec![] }], TokenizerSource::Train { vocab_size: 8192 });
-/// config.classifier = Some(ScoreFilter { classifier: Some("clf".into()), min_score: 3.0 });
+/// config.classifier = Some(ScoreFilter { classifier: Some("clf".into()), min_score: 2.5, head: None });
 /// prepare_with(&config, Some(&scorer), "data/filtered".as_ref(), true)?;
 /// # Ok(()) }
 /// ```
