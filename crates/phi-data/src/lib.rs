@@ -16,6 +16,7 @@
 
 pub mod assemble;
 pub mod corpus;
+pub mod curriculum;
 pub mod error;
 pub mod evalsets;
 pub mod exercises;

@@ -34,4 +34,4 @@ pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
 pub use objective::{BatchLoss, CausalLm, Forward, Objective};
 pub use step::{Trainer, optimizer_for};
-pub use trainer::{Adapter, MAX_CONSECUTIVE_SKIPS, OnNonFinite, Start, StepMetrics, TrainConfig, TrainOutcome, Weights, evaluate, evaluate_with_progress, fit, flops_per_token, non_finite_weights, train};
+pub use trainer::{Adapter, MAX_CONSECUTIVE_SKIPS, OnNonFinite, Start, StepMetrics, TrainConfig, TrainOutcome, Weights, evaluate, evaluate_with_progress, fit, flops_per_token, non_finite_weights, train, train_curriculum, anneal_over_last_stage};

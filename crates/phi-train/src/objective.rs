@@ -9,6 +9,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::curriculum::{Curriculum, CurriculumSampler};
 use phi_data::{Mixture, MixtureSampler, TokenDataset};
 
 use crate::error::{Result, TrainError};
@@ -84,22 +85,43 @@ pub trait Objective {
 
     /// Held-out loss (no gradients), `None` without validation data.
     fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64>;
+
+    /// The data stage the last batch came from (a curriculum's), logged with each step.
+    fn stage(&self) -> Option<String> {
+        None
+    }
+
+    /// What the data gave over the run (a curriculum's tokens per dataset per stage), written
+    /// as `data_report.json` at the end.
+    fn data_report(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
-/// Causal-LM pre-training: windows of `seq_len + 1` tokens drawn from a weighted mixture,
-/// validated on held-out windows in order.
+/// Causal-LM pre-training: windows of `seq_len + 1` tokens drawn from a weighted mixture or a
+/// staged curriculum, validated on held-out windows in order.
 pub struct CausalLm<'a> {
-    train: &'a Mixture,
+    windows: Windows<'a>,
     validation: &'a TokenDataset,
-    sampler: MixtureSampler<'a>,
     seq_len: usize,
+}
+
+/// Where the training windows come from.
+enum Windows<'a> {
+    Mixture(&'a Mixture, MixtureSampler<'a>),
+    Curriculum(&'a Curriculum, CurriculumSampler<'a>),
 }
 
 impl<'a> CausalLm<'a> {
     /// Windows of `seq_len` (+1 for the shifted targets) from `train`, shuffled with `seed`.
     pub fn new(train: &'a Mixture, validation: &'a TokenDataset, seq_len: usize, seed: u64) -> Result<Self> {
         train.check(seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
-        Ok(CausalLm { train, validation, sampler: train.sampler(seq_len, seed), seq_len })
+        Ok(CausalLm { windows: Windows::Mixture(train, train.sampler(seq_len, seed)), validation, seq_len })
+    }
+
+    /// Windows drawn by `curriculum` (built for the run's seq_len, batch and steps).
+    pub fn curriculum(curriculum: &'a Curriculum, validation: &'a TokenDataset, seed: u64) -> Self {
+        CausalLm { windows: Windows::Curriculum(curriculum, curriculum.sampler(seed)), validation, seq_len: curriculum.seq_len() }
     }
 }
 
@@ -117,7 +139,22 @@ impl Objective for CausalLm<'_> {
         if cfg.seq_len != self.seq_len {
             return Err(TrainError::Invalid(format!("the data is drawn in windows of {} tokens but seq_len is {}", self.seq_len, cfg.seq_len)));
         }
-        let bound = self.train.vocab_bound().max(self.validation.vocab_bound());
+        if let Windows::Curriculum(c, _) = &self.windows {
+            if c.windows_per_step() != cfg.batch_size * cfg.grad_accum || c.max_steps() != cfg.max_steps {
+                return Err(TrainError::Invalid(format!(
+                    "the curriculum was planned for {} windows per step and {} steps, the run has batch_size × grad_accum = {} and max_steps = {}",
+                    c.windows_per_step(),
+                    c.max_steps(),
+                    cfg.batch_size * cfg.grad_accum,
+                    cfg.max_steps
+                )));
+            }
+        }
+        let train_bound = match &self.windows {
+            Windows::Mixture(m, _) => m.vocab_bound(),
+            Windows::Curriculum(c, _) => c.vocab_bound(),
+        };
+        let bound = train_bound.max(self.validation.vocab_bound());
         if bound > model.vocab_size {
             return Err(TrainError::Invalid(format!(
                 "the data uses token ids up to {} but the model's vocab_size is {}",
@@ -129,7 +166,10 @@ impl Objective for CausalLm<'_> {
     }
 
     fn next_batch(&mut self, batch_size: usize) -> Vec<u32> {
-        self.sampler.next_batch(batch_size)
+        match &mut self.windows {
+            Windows::Mixture(_, s) => s.next_batch(batch_size),
+            Windows::Curriculum(_, s) => s.next_batch(batch_size),
+        }
     }
 
     fn tokens(&self, batch: &Vec<u32>) -> usize {
@@ -147,17 +187,50 @@ impl Objective for CausalLm<'_> {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(self.sampler.state()).expect("sampler state serializes")
+        match &self.windows {
+            Windows::Mixture(_, s) => serde_json::to_value(s.state()),
+            Windows::Curriculum(_, s) => serde_json::to_value(s.state()),
+        }
+        .expect("sampler state serializes")
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        let state = serde_json::from_value(state.clone()).map_err(|e| TrainError::Invalid(format!("the data sampler's state: {e}")))?;
-        self.sampler = self.train.resume(self.seq_len, &state).map_err(|e| TrainError::Invalid(format!("resuming the data sampler: {e}")))?;
+        let bad = |e: String| TrainError::Invalid(format!("resuming the data sampler: {e}"));
+        match &mut self.windows {
+            Windows::Mixture(m, s) => {
+                let state = serde_json::from_value(state.clone()).map_err(|e| bad(e.to_string()))?;
+                *s = m.resume(self.seq_len, &state).map_err(|e| bad(e.to_string()))?;
+            }
+            Windows::Curriculum(c, s) => {
+                let state = serde_json::from_value(state.clone()).map_err(|e| bad(e.to_string()))?;
+                *s = c.resume(&state).map_err(|e| bad(e.to_string()))?;
+            }
+        }
         Ok(())
     }
 
     fn fingerprint(&self) -> String {
-        crate::checkpoint::data_fingerprint(self.train, self.validation)
+        match &self.windows {
+            Windows::Mixture(m, _) => crate::checkpoint::data_fingerprint(m, self.validation),
+            Windows::Curriculum(c, _) => format!("train {} / validation {:016x}", c.fingerprint(), self.validation.fingerprint()),
+        }
+    }
+
+    fn stage(&self) -> Option<String> {
+        match &self.windows {
+            Windows::Curriculum(_, s) => Some(s.stage().to_string()),
+            Windows::Mixture(..) => None,
+        }
+    }
+
+    fn data_report(&self) -> Option<serde_json::Value> {
+        match &self.windows {
+            Windows::Curriculum(c, s) => Some(serde_json::json!({
+                "stages": c.stage_names().iter().zip(c.stage_bounds()).map(|(n, (a, b))| serde_json::json!({"name": n, "start_step": a, "end_step": b})).collect::<Vec<_>>(),
+                "tokens": s.report(),
+            })),
+            Windows::Mixture(..) => None,
+        }
     }
 
     fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {

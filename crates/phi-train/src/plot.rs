@@ -63,6 +63,17 @@ fn draw(metrics: &[StepMetrics], title: &str, path: &Path) -> Result<(), Box<dyn
         .draw_secondary_series(LineSeries::new(lr, RGBColor(150, 150, 150).stroke_width(1)))?
         .label("learning rate")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RGBColor(150, 150, 150)));
+    // A curriculum's stage changes: a dashed vertical line and the new stage's name.
+    for w in metrics.windows(2) {
+        if let (Some(a), Some(b)) = (&w[0].stage, &w[1].stage) {
+            if a != b {
+                let x = w[0].step as f64 + 0.5;
+                let grey = RGBColor(90, 90, 90);
+                chart.draw_series(DashedLineSeries::new([(x, lo - pad), (x, hi + pad)], 6, 4, grey.stroke_width(1)))?;
+                chart.draw_series(std::iter::once(Text::new(b.clone(), (x, hi + pad * 0.2), ("sans-serif", 14).into_font().color(&grey))))?;
+            }
+        }
+    }
     chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
     root.present()?;
     Ok(())
@@ -86,6 +97,7 @@ mod tests {
                 mfu: 0.0,
                 loss_scale: None,
                 skipped: false,
+                stage: Some(if s <= 25 { "broad" } else { "anneal" }.into()),
                 extra: Default::default(),
             })
             .collect();

@@ -170,6 +170,9 @@ pub struct RecipeOptions {
     pub corpus: Option<PathBuf>,
     /// Datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT` for a mixture.
     pub data: Vec<String>,
+    /// A staged curriculum over prepared datasets instead (a TOML file, see
+    /// `phi_data::curriculum::CurriculumFile`).
+    pub curriculum: Option<PathBuf>,
     /// At most this many MB of source text (CPU runs stay short).
     pub max_corpus_mb: f64,
     pub vocab_size: usize,
@@ -190,6 +193,7 @@ impl Default for RecipeOptions {
             steps: None,
             corpus: None,
             data: Vec::new(),
+            curriculum: None,
             max_corpus_mb: 4.0,
             vocab_size: 2048,
             fresh: false,
@@ -344,10 +348,34 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
         crate::checkpoint::remove_all(&out.join("checkpoints"))?;
     }
     let t = Instant::now();
-    let (train_data, val_data, tokenizer) = training_data(&args, &out)?;
+    let (train_data, val_data, tokenizer) = match &args.curriculum {
+        Some(path) => {
+            if !args.data.is_empty() {
+                return Err("--curriculum names its own datasets: give it or --data, not both".into());
+            }
+            let loaded = phi_data::curriculum::load_curriculum(path, cfg.seq_len, cfg.batch_size * cfg.grad_accum, cfg.max_steps)?;
+            for (name, dir, tokens) in &loaded.datasets {
+                println!("data: {name} = {} ({tokens} train tokens)", dir.display());
+            }
+            if loaded.anneal {
+                crate::anneal_over_last_stage(&mut cfg, &loaded.curriculum);
+                cfg.validate(&model_config)?;
+            }
+            let c = &loaded.curriculum;
+            for ((name, (a, b)), plan) in c.stage_names().iter().zip(c.stage_bounds()).zip(c.plan()) {
+                let parts: Vec<String> = c.source_names().iter().zip(plan).filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {}", n * cfg.seq_len as u64)).collect();
+                println!("stage {name}: steps {a}..{b}, tokens: {}", parts.join(", "));
+            }
+            (TrainData::Curriculum(loaded.curriculum), loaded.validation, loaded.tokenizer)
+        }
+        None => {
+            let (m, v, t) = training_data(&args, &out)?;
+            (TrainData::Mixture(m), v, t)
+        }
+    };
     println!(
         "tokens: {} train / {} validation, vocab {} ({:.1}s)",
-        train_data.datasets().map(TokenDataset::num_tokens).sum::<usize>(),
+        train_data.tokens(),
         val_data.num_tokens(),
         tokenizer.vocab_size(),
         t.elapsed().as_secs_f64()
@@ -380,15 +408,28 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
             .expect("valid template"),
     );
     let mut last_val = None;
-    let outcome = train(&model_config, &cfg, &train_data, &val_data, &out, start, &device, |m| {
+    let on_step = |m: &crate::StepMetrics| {
         bar.set_position(m.step as u64);
         if m.val_loss.is_some() {
             last_val = m.val_loss;
         }
         let val = last_val.map_or(String::new(), |v| format!(" val {v:.3}"));
-        bar.set_message(format!("loss {:.3}{val} lr {:.1e} {:.0} tok/s mfu {:.2}%", m.loss, m.lr, m.tokens_per_s, 100.0 * m.mfu));
-    })?;
+        let stage = m.stage.as_ref().map_or(String::new(), |s| format!("[{s}] "));
+        bar.set_message(format!("{stage}loss {:.3}{val} lr {:.1e} {:.0} tok/s mfu {:.2}%", m.loss, m.lr, m.tokens_per_s, 100.0 * m.mfu));
+    };
+    let outcome = match &train_data {
+        TrainData::Mixture(m) => train(&model_config, &cfg, m, &val_data, &out, start, &device, on_step)?,
+        TrainData::Curriculum(c) => crate::train_curriculum(&model_config, &cfg, c, &val_data, &out, start, &device, on_step)?,
+    };
     bar.finish();
+    if let Ok(report) = std::fs::read_to_string(out.join("data_report.json")).map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
+        if let (TrainData::Curriculum(_), Ok(r)) = (&train_data, report) {
+            println!("tokens per dataset per stage (target = the stage's tokens × the dataset's weight share):");
+            for row in r["tokens"].as_array().into_iter().flatten() {
+                println!("  {:<12} {:<12} {:>12} (target {:.0})", row["stage"].as_str().unwrap_or(""), row["source"].as_str().unwrap_or(""), row["tokens"], row["target"].as_f64().unwrap_or(0.0));
+            }
+        }
+    }
     if let Some(from) = outcome.resumed_from {
         println!("(resumed from the checkpoint at step {from})");
     }
@@ -399,6 +440,21 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
     sample(&outcome.model, &tokenizer, eos)?;
     Ok(())
+}
+
+/// A run's training windows: a weighted mixture or a staged curriculum.
+enum TrainData {
+    Mixture(Mixture),
+    Curriculum(phi_data::curriculum::Curriculum),
+}
+
+impl TrainData {
+    fn tokens(&self) -> usize {
+        match self {
+            TrainData::Mixture(m) => m.datasets().map(TokenDataset::num_tokens).sum(),
+            TrainData::Curriculum(c) => c.train_tokens(),
+        }
+    }
 }
 
 fn sample(model: &PhiForCausalLM, tokenizer: &phi_data::Tokenizer, eos: u32) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,6 @@
-//! Learning-rate schedules: linear warmup, then constant, cosine or linear decay to a floor.
+//! Learning-rate schedules: linear warmup, then constant, cosine or linear decay to a floor, or
+//! warmup-stable-decay (constant until `decay_start`, then linear to the floor: the anneal over
+//! a curriculum's last stage).
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +10,9 @@ pub enum Decay {
     Constant,
     Cosine,
     Linear,
+    /// Warmup-stable-decay: `peak` until step `decay_start`, then linear to `floor` at
+    /// `total_steps` (TOML: `decay = { wsd = { decay_start = 900 } }`).
+    Wsd { decay_start: usize },
 }
 
 /// The learning rate as a pure function of the step, so that a resumed run continues exactly.
@@ -33,9 +38,18 @@ impl LrSchedule {
         if step < self.warmup_steps {
             return self.peak * (step + 1) as f64 / self.warmup_steps as f64;
         }
+        if let Decay::Wsd { decay_start } = self.decay {
+            if step < decay_start {
+                return self.peak;
+            }
+            let span = self.total_steps.saturating_sub(decay_start);
+            let progress = if span == 0 { 1.0 } else { ((step - decay_start) as f64 / span as f64).min(1.0) };
+            return self.floor + (self.peak - self.floor) * (1.0 - progress);
+        }
         let span = self.total_steps.saturating_sub(self.warmup_steps);
         let progress = if span == 0 { 1.0 } else { ((step - self.warmup_steps) as f64 / span as f64).min(1.0) };
         match self.decay {
+            Decay::Wsd { .. } => unreachable!("handled above"),
             Decay::Constant => self.peak,
             Decay::Linear => self.floor + (self.peak - self.floor) * (1.0 - progress),
             Decay::Cosine => {
@@ -66,5 +80,14 @@ mod tests {
         let lrs: Vec<f64> = (0..6).map(|i| s.lr(i)).collect();
         assert_eq!(lrs, vec![1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
         assert_eq!(LrSchedule::constant(2e-4).lr(1000), 2e-4);
+    }
+
+    #[test]
+    fn warmup_stable_then_linear_anneal() {
+        let s = LrSchedule { peak: 1.0, warmup_steps: 2, total_steps: 10, floor: 0.0, decay: Decay::Wsd { decay_start: 6 } };
+        let lrs: Vec<f64> = (0..12).map(|i| s.lr(i)).collect();
+        assert_eq!(lrs, vec![0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+        let toml = "peak = 1.0\nwarmup_steps = 2\ntotal_steps = 10\nfloor = 0.0\ndecay = { wsd = { decay_start = 6 } }\n";
+        assert_eq!(toml::from_str::<LrSchedule>(toml).unwrap(), s);
     }
 }

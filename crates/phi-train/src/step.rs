@@ -219,6 +219,7 @@ impl Trainer {
             mfu: tokens_per_s * flops / cfg.peak_flops,
             loss_scale,
             skipped: !apply,
+            stage: None,
             extra: extra.into_iter().collect(),
         })
     }

@@ -113,6 +113,14 @@ impl TrainConfig {
         if !(s.floor.is_finite() && s.floor >= 0.0 && s.floor <= s.peak) {
             return Err(invalid("schedule.floor", format!("{} must be finite, ≥ 0 and ≤ schedule.peak ({})", s.floor, s.peak)));
         }
+        if let crate::Decay::Wsd { decay_start } = s.decay {
+            if decay_start < s.warmup_steps || decay_start >= s.total_steps {
+                return Err(invalid(
+                    "schedule.decay.wsd.decay_start",
+                    format!("{decay_start} must lie in [warmup_steps ({}), total_steps ({}))", s.warmup_steps, s.total_steps),
+                ));
+            }
+        }
         if s.decay != crate::Decay::Constant && s.total_steps <= s.warmup_steps {
             return Err(invalid(
                 "schedule.total_steps",
@@ -166,6 +174,9 @@ pub struct StepMetrics {
     /// `on_non_finite = "skip"`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// The data stage of the step (a curriculum's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// The objective's own figures (e.g. DPO's `rewards/margins`), averaged over the step.
     #[serde(flatten)]
     pub extra: std::collections::BTreeMap<String, f64>,
@@ -353,12 +364,54 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate(model_config)?;
     let mut objective = CausalLm::new(train_data, val_data, cfg.seq_len, cfg.seed)?;
+    fit_causal_lm(model_config, cfg, &mut objective, out_dir, start, device, on_step)
+}
+
+/// [`train`] on windows drawn by a staged `curriculum` (built for this run's `seq_len`,
+/// `batch_size × grad_accum` and `max_steps`): each step logs its stage, checkpoints carry
+/// the curriculum's cursors, and `out_dir/data_report.json` says how many tokens each dataset
+/// gave in each stage. [`anneal_over_last_stage`] makes the schedule follow the stages.
+#[allow(clippy::too_many_arguments)]
+pub fn train_curriculum(
+    model_config: &PhiConfig,
+    cfg: &TrainConfig,
+    curriculum: &phi_data::curriculum::Curriculum,
+    val_data: &TokenDataset,
+    out_dir: &Path,
+    start: Start,
+    device: &Device,
+    on_step: impl FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
+    cfg.validate(model_config)?;
+    let mut objective = CausalLm::curriculum(curriculum, val_data, cfg.seed);
+    fit_causal_lm(model_config, cfg, &mut objective, out_dir, start, device, on_step)
+}
+
+/// Warmup, then the peak learning rate until the last stage starts, then linear to 0 at the
+/// end: the anneal on the last stage's mix (OLMo's and MiniCPM's warmup-stable-decay).
+pub fn anneal_over_last_stage(cfg: &mut TrainConfig, curriculum: &phi_data::curriculum::Curriculum) {
+    let decay_start = curriculum.stage_bounds().last().map_or(0, |b| b.0);
+    cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(decay_start);
+    cfg.schedule.total_steps = cfg.max_steps;
+    cfg.schedule.floor = 0.0;
+    cfg.schedule.decay = crate::Decay::Wsd { decay_start };
+}
+
+fn fit_causal_lm(
+    model_config: &PhiConfig,
+    cfg: &TrainConfig,
+    objective: &mut CausalLm<'_>,
+    out_dir: &Path,
+    start: Start,
+    device: &Device,
+    on_step: impl FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
     let (weights, resume) = match start {
         Start::Scratch => (Weights::Scratch(model_config.clone()), false),
         Start::Pretrained(dir) => (Weights::Pretrained(dir), false),
         Start::ResumeAuto => (Weights::Scratch(model_config.clone()), true),
     };
-    fit(&weights, &mut objective, cfg, out_dir, resume, device, on_step)
+    fit(&weights, objective, cfg, out_dir, resume, device, on_step)
 }
 
 /// Trains `weights` on `objective` for `cfg.max_steps` optimizer steps: validation every
@@ -437,6 +490,7 @@ pub fn fit<O: Objective>(
 
     for _ in start_step..cfg.max_steps {
         let mut m = trainer.step(objective)?;
+        m.stage = objective.stage();
         let done = m.step;
         let last = done == cfg.max_steps;
         if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
@@ -476,6 +530,10 @@ pub fn fit<O: Objective>(
                 std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
             })?;
         }
+    }
+    if let Some(report) = objective.data_report() {
+        let path = out_dir.join("data_report.json");
+        phi_core::weights::write_atomic(&path, serde_json::to_string_pretty(&report).expect("serializes").as_bytes())?;
     }
     // The curve is a convenience: a failure to draw it must not cost the finished run.
     let png = out_dir.join("loss.png");

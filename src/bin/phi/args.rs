@@ -50,6 +50,11 @@ pub struct RecipeArgs {
     /// repeatable for a mixture (e.g. `--data textbooks:0.8 --data code:0.2`).
     #[arg(long)]
     pub data: Vec<String>,
+    /// A staged curriculum over prepared datasets instead: a TOML file with [[datasets]]
+    /// (name, path, max_epochs) and [[stages]] (name, until_tokens or until_step, weights),
+    /// `validation` and `anneal` (see the README).
+    #[arg(long, conflicts_with = "data")]
+    pub curriculum: Option<PathBuf>,
     /// At most this many MB of source text (CPU runs stay short).
     #[arg(long, default_value_t = phi::recipes::RecipeOptions::default().max_corpus_mb)]
     pub max_corpus_mb: f64,
@@ -79,6 +84,7 @@ impl RecipeArgs {
             steps: self.steps,
             corpus: self.corpus,
             data: self.data,
+            curriculum: self.curriculum,
             max_corpus_mb: self.max_corpus_mb,
             vocab_size: self.vocab_size,
             fresh: self.fresh,

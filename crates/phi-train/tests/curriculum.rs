@@ -1,0 +1,104 @@
+//! A staged curriculum in a real training run: every step logs its stage, the tokens each
+//! dataset gave per stage match the plan, the learning rate anneals over the last stage, and a
+//! run killed just before, at or just after a stage boundary resumes bitwise.
+
+use burn::tensor::Device;
+use phi_core::PhiConfig;
+use phi_data::TokenDataset;
+use phi_data::curriculum::{Curriculum, Source, StageSpec};
+use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, StepMetrics, TrainConfig, anneal_over_last_stage, checkpoint, train_curriculum};
+
+/// Datasets told apart by their ids: "web" counts in 0..32, "books" in 32..64.
+fn sources() -> Vec<Source> {
+    let stream = |n: u32, lo: u32| -> Vec<u32> { (0..n).map(|i| lo + if i % 5 == 0 { (i * 2654435761u32) >> 27 } else { i % 32 }).collect() };
+    vec![Source::new("web", TokenDataset::from_tokens(stream(4000, 0))), Source::new("books", TokenDataset::from_tokens(stream(1200, 32))).max_epochs(3.0)]
+}
+
+fn setup() -> (PhiConfig, TrainConfig, Curriculum) {
+    let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
+    model.max_position_embeddings = 64;
+    let mut cfg = TrainConfig {
+        batch_size: 2,
+        seq_len: 16,
+        grad_accum: 2,
+        max_steps: 20,
+        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
+        schedule: LrSchedule { peak: 3e-3, warmup_steps: 3, total_steps: 20, floor: 3e-4, decay: Decay::Cosine },
+        clip_norm: Some(1.0),
+        eval_every: 5,
+        eval_batches: 2,
+        checkpoint_every: 1,
+        keep_checkpoints: 30,
+        seed: 4,
+        peak_flops: 1e11,
+        activation_checkpointing: false,
+        precision: Precision::F32,
+        loss_scaler: LossScaler::default(),
+        on_non_finite: phi_train::OnNonFinite::Stop,
+    };
+    // 10 steps × 4 windows × 16 tokens = 640 tokens of a 3:1 mix, then books-heavy.
+    let stages = vec![StageSpec::until_tokens("broad", 640, [("web", 0.75), ("books", 0.25)]), StageSpec::rest("anneal", [("web", 0.25), ("books", 0.75)])];
+    let c = Curriculum::new(sources(), stages, cfg.seq_len, cfg.batch_size * cfg.grad_accum, cfg.max_steps).unwrap();
+    anneal_over_last_stage(&mut cfg, &c);
+    (model, cfg, c)
+}
+
+fn bits(m: &[StepMetrics]) -> Vec<(usize, u64, u64, Option<u64>, Option<String>)> {
+    m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.val_loss.map(f64::to_bits), m.stage.clone())).collect()
+}
+
+#[test]
+fn stages_are_logged_planned_annealed_and_resumed_bitwise_across_the_boundary() {
+    let (model, cfg, c) = setup();
+    let val = TokenDataset::from_tokens((0..400).map(|i| i % 64).collect());
+    let device = Device::default();
+    assert_eq!(c.stage_bounds(), vec![(0, 10), (10, 20)]);
+
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train_curriculum(&model, &cfg, &c, &val, full_dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let stages: Vec<&str> = full.metrics.iter().map(|m| m.stage.as_deref().unwrap()).collect();
+    assert_eq!(stages, [["broad"; 10], ["anneal"; 10]].concat());
+    // Warmup, the peak through the first stage, then linear to 0 over the last.
+    let lr: Vec<f64> = full.metrics.iter().map(|m| m.lr).collect();
+    assert!(lr[3..=10].iter().all(|&l| l == 3e-3), "{lr:?}");
+    assert!(lr[10..].windows(2).all(|w| w[1] < w[0]) && lr[19] < 3e-4, "{lr:?}");
+    // Tokens per dataset per stage: the plan, within 1% (here: exactly).
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(full_dir.path().join("data_report.json")).unwrap()).unwrap();
+    let rows = report["tokens"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        let (tokens, target) = (r["tokens"].as_f64().unwrap(), r["target"].as_f64().unwrap());
+        assert!((tokens - target).abs() <= 0.01 * target, "{r}");
+    }
+    assert_eq!(rows[0]["tokens"], 480);
+    assert!(full_dir.path().join("loss.png").is_file());
+
+    // Killed after the checkpoint of step 9, 10 (the boundary) or 11, then resumed.
+    for kill_after in [9usize, 10, 11] {
+        let dir = tempfile::tempdir().unwrap();
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            train_curriculum(&model, &cfg, &c, &val, dir.path(), Start::Scratch, &device, |m| {
+                if m.step == kill_after + 1 {
+                    panic!("killed");
+                }
+            })
+        }));
+        assert!(killed.is_err());
+        assert_eq!(checkpoint::latest(&dir.path().join("checkpoints")).unwrap(), checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), kill_after));
+        let resumed = train_curriculum(&model, &cfg, &c, &val, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+        assert_eq!(resumed.resumed_from, Some(kill_after));
+        assert_eq!(bits(&resumed.metrics), bits(&full.metrics), "killed after step {kill_after}");
+        let w = |d: &std::path::Path| std::fs::read(checkpoint::checkpoint_dir(&d.join("checkpoints"), 20).join("model.safetensors")).unwrap();
+        assert!(w(dir.path()) == w(full_dir.path()), "final weights, killed after step {kill_after}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("data_report.json")).unwrap(), std::fs::read_to_string(full_dir.path().join("data_report.json")).unwrap());
+    }
+
+    // Another curriculum (other weights) is another run: its checkpoints are not resumed from.
+    let other = Curriculum::new(sources(), vec![StageSpec::until_tokens("broad", 640, [("web", 0.5), ("books", 0.5)]), StageSpec::rest("anneal", [("books", 1.0)])], 16, 4, 20).unwrap();
+    let e = train_curriculum(&model, &cfg, &other, &val, full_dir.path(), Start::ResumeAuto, &device, |_| {}).err().unwrap().to_string();
+    assert!(e.contains("curriculum"), "{e}");
+    // A curriculum planned for another batch is refused before training.
+    let bad = TrainConfig { grad_accum: 1, ..cfg.clone() };
+    let e = train_curriculum(&model, &bad, &c, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &device, |_| {}).err().unwrap().to_string();
+    assert!(e.contains("planned for 4 windows per step"), "{e}");
+}
