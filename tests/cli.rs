@@ -263,6 +263,30 @@ fn data_prepare_inspect_train_tokenizer_and_train_on_a_mixture() {
     let state = std::fs::read_to_string(out.path().join("run/checkpoints/step-00000002/trainer_state.json")).unwrap();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["sampler"]["samplers"].as_array().unwrap().len(), 2, "{state}");
+
+    // The same two datasets as a curriculum: "code" alone for 2 steps, then a mix, annealed.
+    let cur = out.path().join("cur.toml");
+    std::fs::write(
+        &cur,
+        "anneal = true\n[[datasets]]\nname = \"code\"\npath = \"code\"\n[[datasets]]\nname = \"raw\"\npath = \"raw\"\nmax_epochs = 50.0\n\
+         [[stages]]\nname = \"first\"\nuntil_step = 2\nweights = { code = 1.0 }\n[[stages]]\nname = \"mix\"\nweights = { code = 0.5, raw = 0.5 }\n",
+    )
+    .unwrap();
+    let run = phi().args(["train", "--steps", "4", "--curriculum"]).arg(&cur).arg("--config").arg(&toml).arg("--out").arg(out.path().join("cur-run")).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(text.contains("stage first: steps 0..2") && text.contains("stage mix: steps 2..4") && text.contains("tokens per dataset per stage"), "{text}");
+    let metrics = std::fs::read_to_string(out.path().join("cur-run/metrics.jsonl")).unwrap();
+    let stages: Vec<String> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["stage"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stages, ["first", "first", "mix", "mix"]);
+    let lr: Vec<f64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    assert!(lr[0] == lr[1] && lr[2] > lr[3], "stable, then the anneal: {lr:?}");
+    assert!(out.path().join("cur-run/data_report.json").is_file());
+    // A curriculum that names a dataset it does not have is refused, naming it.
+    std::fs::write(&cur, "[[datasets]]\nname = \"code\"\npath = \"code\"\n[[stages]]\nname = \"x\"\nweights = { books = 1.0 }\n").unwrap();
+    let run = phi().args(["train", "--steps", "4", "--curriculum"]).arg(&cur).arg("--config").arg(&toml).arg("--out").arg(out.path().join("cur-bad")).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("cur.toml") && err.contains("`books`, which is not a dataset"), "{err}");
 }
 
 #[test]
