@@ -511,3 +511,31 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn data_synth_with_a_local_model_logs_resumes_and_refuses_a_foreign_folder() {
+    let model = phi3_tiny_with_tokenizer();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("synth");
+    let synth = |n: &str| {
+        phi()
+            .args(["data", "synth", "--kind", "textbook", "--n", n, "--max-tokens", "8", "--min-chars", "1", "--local"])
+            .arg(model.path())
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let r = synth("3");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8(r.stdout).unwrap();
+    assert!(text.contains("3 asked") && text.contains("tokens:") && text.contains("coverage"), "{text}");
+    assert_eq!(std::fs::read_to_string(dir.join("generations.jsonl")).unwrap().lines().count(), 3);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["verification"]["generations"], 3);
+    let text = String::from_utf8(synth("5").stdout).unwrap();
+    assert!(text.contains("3 already answered, 2 asked"), "{text}");
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let r = synth("5");
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("notes.txt"));
+}

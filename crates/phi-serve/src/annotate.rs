@@ -172,24 +172,8 @@ pub struct AnnotateReport {
 /// run killed mid-write) is ignored; any other line that is not an annotation is an error, so a
 /// file that is not ours is never appended to.
 fn answered(out: &Path, version: &str, model: &str) -> Result<HashSet<String>, String> {
-    let text = match std::fs::read_to_string(out) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(format!("{}: {e}", out.display())),
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut done = HashSet::new();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Annotation>(line) {
-            Ok(a) if a.prompt_version == version && a.model == model => {
-                done.insert(a.hash);
-            }
-            Ok(_) => {}
-            Err(_) if line.trim().is_empty() || (i + 1 == lines.len() && !text.ends_with('\n')) => {}
-            Err(e) => return Err(format!("{}: line {} is not an annotation ({e}); not appending to a file that is not ours", out.display(), i + 1)),
-        }
-    }
-    Ok(done)
+    let all: Vec<Annotation> = crate::log::read_log(out, "an annotation")?;
+    Ok(all.into_iter().filter(|a| a.prompt_version == version && a.model == model).map(|a| a.hash).collect())
 }
 
 /// Samples, asks and appends; `on_done(answers so far)` after each answer.
@@ -207,18 +191,7 @@ pub fn annotate(o: &AnnotateOptions, on_done: impl Fn(usize) + Sync) -> Result<A
     let mut report = AnnotateReport { sampled: docs.len(), ..Default::default() };
     let todo: Vec<_> = docs.into_iter().filter(|d| !done.contains(&d.2)).collect();
     report.already = report.sampled - todo.len();
-    if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    // A torn last line (ours: every other line was read as an annotation above) is cut off, so
-    // that the next answer starts on a line of its own.
-    let bytes = std::fs::read(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    if bytes.last().is_some_and(|&c| c != b'\n') {
-        let keep = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
-        file.set_len(keep as u64).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    }
-    let file = Mutex::new(file);
+    let file = Mutex::new(crate::log::open_append(&o.out)?);
     let state = Mutex::new(report);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {

@@ -26,6 +26,8 @@
 pub mod annotate;
 pub mod bench;
 pub mod client;
+pub mod log;
+pub mod synth;
 pub mod openai;
 pub mod text;
 
@@ -488,4 +490,53 @@ async fn first_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+/// `phi serve` on 127.0.0.1 (an ephemeral port) in a background thread, for in-process clients
+/// (`phi data synth --local`): stopped and joined when dropped.
+pub struct LocalServer {
+    /// The API base, `http://127.0.0.1:PORT/v1`.
+    pub url: String,
+    pub model: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalServer {
+    pub fn start(model: ServedModel, limits: Limits) -> Result<Self, String> {
+        let name = model.name.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                    Ok(l) => l,
+                    Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
+                };
+                let addr = listener.local_addr().map_err(|e| e.to_string());
+                tx.send(addr).unwrap_or(());
+                let _ = serve(listener, model, limits, async {
+                    stopped.await.ok();
+                })
+                .await;
+            });
+        });
+        let addr = rx.recv().map_err(|e| e.to_string())??;
+        Ok(LocalServer { url: format!("http://{addr}/v1"), model: name, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            s.send(()).ok();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
 }

@@ -25,6 +25,11 @@ pub enum DataCommand {
     /// llama.cpp, a hosted API): a seeded sample of documents scored on a versioned 0–5 rubric,
     /// appended to --out as answers arrive; a rerun never asks again for what it has.
     Annotate(AnnotateArgs),
+    /// Synthetic textbook material or exercises from any OpenAI-compatible endpoint (or a local
+    /// model): seeded topic × audience × style prompts, a resumable log, exercises kept only if
+    /// their solution passes their own tests in the sandbox, MinHash dedup, HumanEval
+    /// decontamination; --out/kept.jsonl feeds `phi data prepare --jsonl`.
+    Synth(SynthArgs),
     /// The learned quality filter: train it on labels, then `phi data prepare --classifier`.
     Classifier {
         #[command(subcommand)]
@@ -115,6 +120,44 @@ pub struct AnnotateArgs {
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
     #[arg(long, default_value = "annotations.jsonl")]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// textbook or exercise.
+    #[arg(long)]
+    pub kind: phi::serve::synth::SynthKind,
+    /// Prompts to ask (a rerun with a larger --n asks only the new ones).
+    #[arg(long, default_value_t = 100)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A TOML file with your own `topics`, `audiences`, `styles`, `verbs`, `nouns` lists.
+    #[arg(long)]
+    pub lists: Option<PathBuf>,
+    /// The API base, e.g. http://127.0.0.1:8000/v1 (the key comes from OPENAI_API_KEY if set).
+    #[arg(long, required_unless_present = "local", conflicts_with = "local")]
+    pub endpoint: Option<String>,
+    /// The model name the endpoint serves.
+    #[arg(long, requires = "endpoint")]
+    pub model: Option<String>,
+    /// Generate in-process with this model folder instead (served on 127.0.0.1).
+    #[arg(long)]
+    pub local: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 4)]
+    pub retries: usize,
+    /// Textbook material shorter than this many characters is dropped.
+    #[arg(long, default_value_t = 300)]
+    pub min_chars: usize,
+    /// The output folder: generations.jsonl, kept.jsonl, report.json.
+    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -351,6 +394,7 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
             println!("wrote {} (vocab {}, {:.1}s)", out.display(), tok.vocab_size(), t.elapsed().as_secs_f64());
         }
         DataCommand::Annotate(a) => annotate(a)?,
+        DataCommand::Synth(a) => synth(a)?,
         DataCommand::Classifier { cmd: ClassifierCommand::Train(a) } => train_classifier(a)?,
         DataCommand::Inspect { dir } => inspect(&dir)?,
     }
@@ -402,6 +446,71 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("appended to {}", a.out.display());
     if !r.failed.is_empty() {
         return Err(format!("{} requests failed (a rerun asks for them again)", r.failed.len()).into());
+    }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use phi::serve::synth::{Lists, SynthRun, run};
+    let lists = match &a.lists {
+        Some(p) => Lists::from_file(p)?,
+        None => Lists::builtin(),
+    };
+    // The model: an endpoint, or a local folder served in-process for the run.
+    let local = match &a.local {
+        Some(dir) => Some(phi::serve::LocalServer::start(phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?, phi::serve::Limits::default())?),
+        None => None,
+    };
+    let client = match (&local, &a.endpoint, &a.model) {
+        (Some(l), _, _) => phi::serve::client::Client::new(&l.url, &l.model, None),
+        (None, Some(url), Some(model)) => phi::serve::client::Client::new(url, model, std::env::var("OPENAI_API_KEY").ok()),
+        _ => return Err("give --endpoint URL --model NAME, or --local DIR".into()),
+    };
+    let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| format!("the sandbox cannot isolate here ({e}); model-written tests run only isolated"))?;
+    let o = SynthRun {
+        lists,
+        kind: a.kind,
+        n: a.n,
+        seed: a.seed,
+        client,
+        temperature: a.temperature,
+        max_tokens: a.max_tokens,
+        concurrency: a.concurrency,
+        retries: a.retries,
+        min_chars: a.min_chars,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        out: a.out.clone(),
+    };
+    println!("{} {:?} prompts (seed {}) from `{}` at {}", a.n, a.kind, a.seed, o.client.model, o.client.base);
+    let bar = indicatif::ProgressBar::new(a.n as u64);
+    let t = std::time::Instant::now();
+    let (g, v) = run(&o, &sandbox, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    println!(
+        "generation: {} prompts, {} already answered, {} asked in {:.1}s ({} retried, {} failed); tokens: {} prompt + {} completion",
+        g.prompts,
+        g.already,
+        g.asked,
+        t.elapsed().as_secs_f64(),
+        g.retried,
+        g.failed.len(),
+        g.prompt_tokens,
+        g.completion_tokens
+    );
+    println!("verification: {} generations in the log, {} kept", v.generations, v.kept);
+    for (why, n) in &v.dropped {
+        println!("  dropped {n}: {why}");
+    }
+    println!(
+        "diversity: {:.3} distinct word 4-grams, near-duplicate rate {:.3}, topic × audience coverage {}/{}",
+        v.distinct_4grams, v.near_duplicate_rate, v.topic_audience_covered, v.topic_audience_total
+    );
+    println!("wrote {} (phi data prepare --jsonl {0} --kind python ...)", a.out.join("kept.jsonl").display());
+    for (id, why) in g.failed.iter().take(5) {
+        eprintln!("failed: {id}: {why}");
+    }
+    if !g.failed.is_empty() {
+        return Err(format!("{} requests failed (a rerun asks for them again)", g.failed.len()).into());
     }
     Ok(())
 }
