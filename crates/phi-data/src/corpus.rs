@@ -17,6 +17,16 @@ pub fn python_stdlib_dir() -> Option<PathBuf> {
 /// Files under `root` whose name ends with `suffix`, skipping folders named in `exclude`
 /// (and `site-packages`), sorted so that the corpus order is reproducible.
 pub fn collect_files(root: &Path, suffix: &str, exclude: &[&str]) -> Vec<PathBuf> {
+    collect(root, suffix, exclude, false)
+}
+
+/// [`collect_files`], with `site-packages` (a Python installation's third-party code: real code
+/// of mixed quality, vendored and generated files included).
+pub fn collect_files_with_site_packages(root: &Path, suffix: &str, exclude: &[&str]) -> Vec<PathBuf> {
+    collect(root, suffix, exclude, true)
+}
+
+fn collect(root: &Path, suffix: &str, exclude: &[&str], site_packages: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -25,7 +35,7 @@ pub fn collect_files(root: &Path, suffix: &str, exclude: &[&str]) -> Vec<PathBuf
             let path = e.path();
             let name = e.file_name().to_string_lossy().to_string();
             if path.is_dir() {
-                if !exclude.contains(&name.as_str()) && name != "site-packages" && name != "__pycache__" {
+                if !exclude.contains(&name.as_str()) && (site_packages || name != "site-packages") && name != "__pycache__" {
                     stack.push(path);
                 }
             } else if name.ends_with(suffix) {

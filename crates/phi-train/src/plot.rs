@@ -79,6 +79,69 @@ fn draw(metrics: &[StepMetrics], title: &str, path: &Path) -> Result<(), Box<dyn
     Ok(())
 }
 
+/// The data-quality experiment's picture: per arm, a bar of the mean held-out loss with the
+/// spread over seeds (min–max), and the mean validation curves.
+pub fn write_experiment_plot(bars: &[(String, f64, f64, f64)], curves: &[(String, Vec<(usize, f64)>)], path: &Path) -> Result<(), String> {
+    if bars.is_empty() {
+        return Err("no arms to plot".into());
+    }
+    register_font();
+    let tmp = path.with_extension("tmp.png");
+    draw_experiment(bars, curves, &tmp).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn draw_experiment(bars: &[(String, f64, f64, f64)], curves: &[(String, Vec<(usize, f64)>)], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(520);
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let finite = |v: f64| v.is_finite();
+    let (lo, hi) = bars.iter().flat_map(|b| [b.2, b.3]).chain(curves.iter().flat_map(|c| c.1.iter().map(|p| p.1))).filter(|v| finite(*v)).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+
+    // The bars get their own range: the curves start far higher.
+    let (blo, bhi) = bars.iter().flat_map(|b| [b.1, b.2, b.3]).filter(|v| finite(*v)).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (blo, bhi) = if blo.is_finite() { (blo, bhi) } else { (0.0, 1.0) };
+    let bpad = ((bhi - blo) * 0.5).max(1e-3);
+    let (lo_b, hi_b) = (blo - bpad, bhi + bpad);
+    let mut chart = ChartBuilder::on(&left)
+        .caption("held-out loss (mean, min-max over seeds)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..bars.len() as f64, lo_b..hi_b)?;
+    chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("loss").label_style(("sans-serif", 14)).draw()?;
+    for (i, (name, mean, min, max)) in bars.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let x = i as f64;
+        chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, lo_b), (x + 0.85, *mean)], c.mix(0.5).filled())))?;
+        chart.draw_series(std::iter::once(PathElement::new([(x + 0.5, *min), (x + 0.5, *max)], BLACK.stroke_width(2))))?;
+        for y in [*min, *max] {
+            chart.draw_series(std::iter::once(PathElement::new([(x + 0.4, y), (x + 0.6, y)], BLACK.stroke_width(2))))?;
+        }
+        chart.draw_series(std::iter::once(Text::new(format!("{name} {mean:.3}"), (x + 0.15, lo_b + bpad * 0.2), ("sans-serif", 14).into_font())))?;
+    }
+
+    let last = curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)).max().unwrap_or(1) as f64;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("held-out loss during training (mean over seeds)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..last.max(1.0), (lo - pad)..(hi + pad))?;
+    chart.configure_mesh().x_desc("step").y_desc("loss").label_style(("sans-serif", 14)).draw()?;
+    for (i, (name, points)) in curves.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let pts: Vec<(f64, f64)> = points.iter().filter(|p| p.1.is_finite()).map(|&(s, v)| (s as f64, v)).collect();
+        chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))?.label(name.clone()).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

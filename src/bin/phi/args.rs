@@ -388,3 +388,77 @@ impl DpoArgs {
         })
     }
 }
+
+/// `phi experiment data-quality` (and the `data_quality` example).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataQualityArgs {
+    /// The raw corpus, a folder of .py files (default: the local Python installation's standard
+    /// library with its site-packages).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value = "runs/data_quality")]
+    pub out: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    pub seeds: Vec<u64>,
+    /// Optimizer steps of every run: the same token budget for every arm.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// At most this many MB of the corpus (a spread-out subset of its files).
+    #[arg(long, default_value_t = 6.0)]
+    pub max_corpus_mb: f64,
+    /// Share of the corpus's files held out for evaluation.
+    #[arg(long, default_value_t = 0.05)]
+    pub held_out: f64,
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Add the classifier arm with this classifier (`phi data classifier train`).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Its cut (default: the classifier's).
+    #[arg(long, allow_hyphen_values = true)]
+    pub min_score: Option<f32>,
+    /// Add an arm mixing the best filtered data with this verified synthetic data (kept.jsonl).
+    #[arg(long)]
+    pub synthetic: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.2)]
+    pub synthetic_weight: f64,
+    /// HumanEval problems evaluated (the first N).
+    #[arg(long, default_value_t = 164)]
+    pub humaneval: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: Backend,
+}
+
+impl DataQualityArgs {
+    /// Runs the experiment, printing progress and the table.
+    pub fn run(self) -> Result<(), Box<dyn std::error::Error>> {
+        use phi::eval::experiment::{ExperimentOptions, default_corpus, run};
+        let corpus = self.corpus.clone().or_else(default_corpus).ok_or("no python3 standard library found: give --corpus DIR")?;
+        let mut o = ExperimentOptions::new(corpus, self.out.clone());
+        o.seeds = self.seeds;
+        o.steps = self.steps;
+        o.max_corpus_mb = self.max_corpus_mb;
+        o.held_out_fraction = self.held_out;
+        o.vocab_size = self.vocab_size;
+        o.synthetic = self.synthetic;
+        o.synthetic_weight = self.synthetic_weight;
+        o.humaneval = self.humaneval;
+        o.device = self.device;
+        let device = self.device.device()?;
+        let scorer = match &self.classifier {
+            Some(dir) => {
+                let s = phi::classify::Scorer::load(dir, None, &device, None, 16)?;
+                let min_score = self.min_score.unwrap_or(s.classifier().min_score);
+                o.classifier = Some(phi::data::prepare::ScoreFilter { classifier: Some(dir.clone()), min_score, head: Some(s.head().to_string()) });
+                Some(s)
+            }
+            None => None,
+        };
+        let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| format!("the sandbox cannot isolate here ({e}); model-written code runs only isolated"))?;
+        let t = std::time::Instant::now();
+        let r = run(&o, scorer.as_ref().map(|s| s as &dyn phi::data::prepare::DocumentScorer), &sandbox, |line| println!("{line}"))?;
+        print!("{}", r.table());
+        println!("wrote {} and {} ({:.0}s)", o.out.join("results.json").display(), o.out.join("results.png").display(), t.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

@@ -11,7 +11,14 @@ use phi::device::Backend as DeviceArg;
 mod args;
 mod data;
 
-use args::{BenchArgs, DpoArgs, FinetuneArgs, PreferenceArgs, RecipeArgs};
+use args::{BenchArgs, DataQualityArgs, DpoArgs, FinetuneArgs, PreferenceArgs, RecipeArgs};
+
+#[derive(clap::Subcommand, Debug)]
+enum ExperimentCommand {
+    /// The seed's claim measured: the same model and token budget on raw vs filtered (vs
+    /// classified, vs + synthetic) data, ≥ 3 seeds each; results.json and results.png.
+    DataQuality(DataQualityArgs),
+}
 
 // Tensor ops allocate and free multi-megabyte buffers at a high rate; glibc's malloc hands them
 // back to the kernel each time (page faults on every reuse), mimalloc keeps them.
@@ -31,6 +38,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Benchmarks on the bench-small shape, optionally against the PyTorch baseline.
     Bench(BenchArgs),
+    /// Experiments: `data-quality` trains the same model on raw, filtered, classified and
+    /// synthetic-mixed data and evaluates each on the same held-out sets.
+    Experiment {
+        #[command(subcommand)]
+        cmd: ExperimentCommand,
+    },
     /// Pre-train with a Phi recipe (a CPU-sized model by default, `--full` for the published one).
     Train {
         /// phi-1, phi-1.5, phi-2 or phi-3-mini.
@@ -678,6 +691,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Data(cmd) => data::run(cmd),
+        Command::Experiment { cmd: ExperimentCommand::DataQuality(a) } => a.run(),
         Command::Bench(a) if a.workload == phi::bench::Workload::Serve => bench_serve(a),
         Command::Bench(a) => phi::bench::run(a.options()),
         Command::Inspect { model } => inspect(&model),
