@@ -1,0 +1,46 @@
+//! `phi experiment data-quality` end to end on the shipped corpus, at toy size: every arm and
+//! seed trained and evaluated, results.json and results.png written, a rerun reuses the runs,
+//! and a folder that is not an experiment is refused.
+
+use phi_eval::experiment::{ExperimentOptions, run};
+use phi_sandbox::{Limits, Sandbox};
+
+#[test]
+fn two_arms_two_seeds_on_the_shipped_corpus() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/corpus/python");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dq");
+    let mut o = ExperimentOptions::new(corpus, out.clone());
+    o.seeds = vec![0, 1];
+    o.steps = 3;
+    o.held_out_fraction = 0.3;
+    o.vocab_size = 400;
+    o.humaneval = 2;
+    let sandbox = Sandbox::new(Limits::default()).expect("this machine must be able to isolate (Landlock, user namespaces)");
+    let mut lines = Vec::new();
+    let r = run(&o, None, &sandbox, |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(r.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["raw", "filtered"]);
+    assert!(r.held_out_files > 0 && r.held_out_files < r.corpus_files, "{r:?}");
+    assert!(r.arms[0].train_documents >= r.arms[1].train_documents, "filtering keeps at most what raw has");
+    for a in &r.arms {
+        assert_eq!(a.seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), [0, 1]);
+        for s in &a.seeds {
+            assert!(s.held_out_loss.is_finite() && !s.curve.is_empty() && (0.0..=1.0).contains(&s.humaneval_pass_at_1), "{s:?}");
+        }
+    }
+    // Seeds differ; the same seed on the same data is the same run.
+    assert_ne!(r.arms[0].seeds[0].held_out_loss, r.arms[0].seeds[1].held_out_loss);
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(saved["arms"].as_array().unwrap().len(), 2);
+    assert!(out.join("results.png").is_file());
+    assert!(r.table().contains("held-out loss"));
+    // A rerun reuses the prepared data and the finished runs: the same figures.
+    let again = run(&o, None, &sandbox, |_| {}).unwrap();
+    assert_eq!(again.arms[1].seeds[1].held_out_loss.to_bits(), r.arms[1].seeds[1].held_out_loss.to_bits());
+    // Not an experiment folder: refused, untouched.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let e = run(&ExperimentOptions { out: mine.clone(), ..o.clone() }, None, &sandbox, |_| {}).unwrap_err();
+    assert!(e.contains("not a data-quality experiment") && mine.join("notes.txt").is_file(), "{e}");
+}
