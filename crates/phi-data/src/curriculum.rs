@@ -21,7 +21,7 @@
 //!     StageSpec::until_tokens("broad", 48_000, [("web", 0.8), ("books", 0.2)]),
 //!     StageSpec::rest("anneal", [("books", 1.0)]),
 //! ];
-//! let sources = vec![Source::new("web", web), Source::new("books", books).max_epochs(4.0)];
+//! let sources = vec![Source::new("web", web), Source::new("books", books).max_epochs(8.0)];
 //! // seq_len 16, 4 windows per optimizer step, 1000 steps.
 //! let c = Curriculum::new(sources, stages, 16, 4, 1000).unwrap();
 //! let mut s = c.sampler(0);
