@@ -38,15 +38,7 @@ fn judge() -> (String, Arc<AtomicUsize>) {
             }
         }),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        })
-    });
-    (format!("http://{}/v1", rx.recv().unwrap()), hits)
+    (common::spawn(app), hits)
 }
 
 fn docs() -> Vec<(String, String)> {

@@ -1,6 +1,8 @@
 //! `phi data synth`'s engine against a scripted teacher: resumable generation, and verification
 //! that drops a wrong reference solution, a copy of a HumanEval solution and duplicates.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -52,15 +54,7 @@ fn teacher() -> (String, Arc<AtomicUsize>) {
             }
         }),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        })
-    });
-    (format!("http://{}/v1", rx.recv().unwrap()), hits)
+    (common::spawn(app), hits)
 }
 
 #[test]

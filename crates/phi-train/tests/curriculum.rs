@@ -2,11 +2,13 @@
 //! dataset gave per stage match the plan, the learning rate anneals over the last stage, and a
 //! run killed just before, at or just after a stage boundary resumes bitwise.
 
+mod common;
+
 use burn::tensor::Device;
 use phi_core::PhiConfig;
 use phi_data::TokenDataset;
 use phi_data::curriculum::{Curriculum, Source, StageSpec};
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, StepMetrics, TrainConfig, anneal_over_last_stage, checkpoint, train_curriculum};
+use phi_train::{Start, StepMetrics, TrainConfig, anneal_over_last_stage, checkpoint, train_curriculum};
 
 /// Datasets told apart by their ids: "web" counts in 0..32, "books" in 32..64.
 fn sources() -> Vec<Source> {
@@ -15,27 +17,11 @@ fn sources() -> Vec<Source> {
 }
 
 fn setup() -> (PhiConfig, TrainConfig, Curriculum) {
-    let mut model = PhiConfig::phi_family(32, 2, 4, 64, 0.5);
-    model.max_position_embeddings = 64;
-    let mut cfg = TrainConfig {
-        batch_size: 2,
-        seq_len: 16,
-        grad_accum: 2,
-        max_steps: 20,
-        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
-        schedule: LrSchedule { peak: 3e-3, warmup_steps: 3, total_steps: 20, floor: 3e-4, decay: Decay::Cosine },
-        clip_norm: Some(1.0),
-        eval_every: 5,
-        eval_batches: 2,
-        checkpoint_every: 1,
-        keep_checkpoints: 30,
-        seed: 4,
-        peak_flops: 1e11,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: LossScaler::default(),
-        on_non_finite: phi_train::OnNonFinite::Stop,
-    };
+    // The guard tests' tiny model and config, run longer, with accumulation and validation.
+    let (model, base, _, _) = common::tiny();
+    let mut cfg = TrainConfig { grad_accum: 2, max_steps: 20, eval_every: 5, keep_checkpoints: 30, seed: 4, ..base };
+    cfg.schedule.warmup_steps = 3;
+    cfg.schedule.total_steps = 20;
     // 10 steps × 4 windows × 16 tokens = 640 tokens of a 3:1 mix, then books-heavy.
     let stages = vec![StageSpec::until_tokens("broad", 640, [("web", 0.75), ("books", 0.25)]), StageSpec::rest("anneal", [("web", 0.25), ("books", 0.75)])];
     let c = Curriculum::new(sources(), stages, cfg.seq_len, cfg.batch_size * cfg.grad_accum, cfg.max_steps).unwrap();

@@ -1,4 +1,5 @@
 //! Shared by the phi-serve tests: a served tiny model.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,3 +32,16 @@ pub fn start(dir: &std::path::Path) -> SocketAddr {
     rx.recv().unwrap()
 }
 
+
+/// Serves `app` (a scripted endpoint) on 127.0.0.1 in a background thread; returns its API base.
+pub fn spawn(app: axum::Router) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        })
+    });
+    format!("http://{}/v1", rx.recv().unwrap())
+}
