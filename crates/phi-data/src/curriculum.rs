@@ -168,6 +168,9 @@ pub fn load_curriculum(path: &Path, seq_len: usize, windows_per_step: usize, max
     let file: CurriculumFile = toml::from_str(&text).map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let at = |e: DataError| DataError::Invalid(format!("{}: {e}", path.display()));
+    if file.datasets.is_empty() || file.stages.is_empty() {
+        return Err(at(DataError::Invalid("needs at least one [[datasets]] and one [[stages]] table".into())));
+    }
     let mut sources = Vec::new();
     let mut datasets = Vec::new();
     let mut first_tokenizer: Option<(PathBuf, Vec<u8>)> = None;
@@ -197,7 +200,7 @@ pub fn load_curriculum(path: &Path, seq_len: usize, windows_per_step: usize, max
         s.max_epochs = d.max_epochs;
         sources.push(s);
     }
-    let validation = validation.ok_or_else(|| at(DataError::Invalid(format!("validation = {:?} is not one of the datasets", file.validation))))?;
+    let validation = validation.ok_or_else(|| at(DataError::Invalid(format!("validation = \"{}\" is not one of the datasets", file.validation.clone().unwrap_or_default()))))?;
     let curriculum = Curriculum::new(sources, file.stages, seq_len, windows_per_step, max_steps).map_err(at)?;
     Ok(LoadedCurriculum { curriculum, validation, tokenizer: tokenizer.expect("at least one dataset"), anneal: file.anneal, datasets })
 }

@@ -5,15 +5,16 @@
 //! - **raw**: the corpus as it is (no quality filters, no dedup);
 //! - **filtered**: heuristic quality filters + exact and near dedup;
 //! - **classified** (with a classifier): filtered, then the learned filter;
-//! - **+synthetic** (with verified synthetic data): the best of the above mixed with it.
+//! - **+synth** (with verified synthetic data): the last of the above mixed with it.
 //!
 //! Before any arm sees the corpus, a share of its files is carved out (by content hash): the
 //! held-out set. Every arm is decontaminated against the held-out files and HumanEval — that
 //! is evaluation hygiene, not a data-quality measure, so the raw arm gets it too. Evaluation:
 //! loss on the held-out files that pass the quality filters ("clean held-out code", the
-//! validation curve during training and the final figure), and greedy pass@1 on HumanEval and
-//! on the held-out files' functions whose docstring examples their reference passes, in the
-//! sandbox. All arms share one tokenizer (trained on the raw training files), so losses compare.
+//! validation curve during training and the final figure), loss on all the held-out files
+//! (unfiltered, so the filters' own idea of clean code does not decide alone), and greedy
+//! pass@1 on HumanEval and on functions whose docstring examples their reference passes, from
+//! files no arm trains on, in the sandbox. All arms share one tokenizer (trained on the raw training files), so losses compare.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,9 @@ pub struct ExperimentOptions {
     pub synthetic_weight: f64,
     /// HumanEval problems evaluated (the first N).
     pub humaneval: usize,
+    /// At most this many held-out exercises (functions with docstring examples from files no
+    /// arm trains on: the held-out files, and the corpus files outside the budget's subset).
+    pub exercises: usize,
     pub device: phi_core::device::Backend,
 }
 
@@ -67,6 +71,7 @@ impl ExperimentOptions {
             synthetic: None,
             synthetic_weight: 0.2,
             humaneval: 164,
+            exercises: 64,
             device: phi_core::device::Backend::Cpu,
         }
     }
@@ -76,10 +81,13 @@ impl ExperimentOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeedResult {
     pub seed: u64,
-    /// Mean loss per token on the clean held-out code.
+    /// Mean loss per token on the clean held-out code (all of it).
     pub held_out_loss: f64,
-    pub humaneval_pass_at_1: f64,
-    pub exercises_pass_at_1: f64,
+    /// The same on every held-out file, unfiltered.
+    pub held_out_loss_all: f64,
+    /// `None` when there was nothing to evaluate.
+    pub humaneval_pass_at_1: Option<f64>,
+    pub exercises_pass_at_1: Option<f64>,
     /// (step, held-out loss) during training.
     pub curve: Vec<(usize, f64)>,
 }
@@ -125,12 +133,15 @@ impl ExperimentResults {
             "{} files ({} held out: {} tokens of clean code, {} exercises; HumanEval {}); {} steps = {} tokens per run, {:.2}M parameters\n",
             self.corpus_files, self.held_out_files, self.held_out_tokens, self.held_out_exercises, self.humaneval_problems, self.steps, self.tokens_per_run, self.model_parameters as f64 / 1e6
         );
-        s += "arm          train docs  train tokens  held-out loss (mean [min, max])  HumanEval pass@1  exercises pass@1\n";
+        s += "arm          train docs  train tokens  held-out loss, clean (mean [min, max])  all held-out  HumanEval pass@1  exercises pass@1\n";
+        let rate = |a: &ArmResult, f: &dyn Fn(&SeedResult) -> Option<f64>| {
+            if a.seeds.iter().any(|r| f(r).is_none()) { "n/a".to_string() } else { format!("{:.3}", a.spread(|r| f(r).unwrap_or(0.0)).0) }
+        };
         for a in &self.arms {
             let (m, lo, hi) = a.spread(|r| r.held_out_loss);
-            let (h, _, _) = a.spread(|r| r.humaneval_pass_at_1);
-            let (e, _, _) = a.spread(|r| r.exercises_pass_at_1);
-            s += &format!("{:<12} {:>10}  {:>12}  {m:>8.4} [{lo:.4}, {hi:.4}]          {h:>16.3}  {e:>16.3}\n", a.name, a.train_documents, a.train_tokens);
+            let (all, _, _) = a.spread(|r| r.held_out_loss_all);
+            let (h, e) = (rate(a, &|r| r.humaneval_pass_at_1), rate(a, &|r| r.exercises_pass_at_1));
+            s += &format!("{:<12} {:>10}  {:>12}  {m:>8.4} [{lo:.4}, {hi:.4}]                 {all:>12.4}  {h:>16}  {e:>16}\n", a.name, a.train_documents, a.train_tokens);
         }
         s
     }
@@ -146,6 +157,12 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     if o.seeds.is_empty() || o.steps == 0 {
         return Err("at least one seed and one step".into());
     }
+    if (1..o.seeds.len()).any(|i| o.seeds[..i].contains(&o.seeds[i])) {
+        return Err(format!("seeds {:?}: a seed given twice would count one run twice", o.seeds));
+    }
+    if o.synthetic.is_some() && !(o.synthetic_weight > 0.0 && o.synthetic_weight < 1.0) {
+        return Err(format!("synthetic_weight = {}: the synthetic data's share must be in (0, 1)", o.synthetic_weight));
+    }
     if o.classifier.as_ref().is_some_and(|c| c.classifier.is_some()) != scorer.is_some() {
         return Err("the classifier arm needs both its settings and its scorer".into());
     }
@@ -155,14 +172,15 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         return Err(format!("{} exists and is not a data-quality experiment of ours (no experiment.json): use another --out", o.out.display()));
     }
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    std::fs::write(&marker, serde_json::json!({"format": "phi-data-quality-experiment", "version": 1}).to_string()).map_err(|e| format!("{}: {e}", marker.display()))?;
 
     // The corpus, a spread-out subset within the budget, split by content hash.
     let files = phi_data::corpus::collect_files_with_site_packages(&o.corpus, ".py", &["test", "tests"]);
     let budget = (o.max_corpus_mb * 1e6) as u64;
     let total: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
     let every = (total as f64 / budget.max(1) as f64).ceil().max(1.0) as usize;
-    let files: Vec<PathBuf> = files.into_iter().step_by(every).collect();
+    let (files, outside): (Vec<(usize, PathBuf)>, Vec<(usize, PathBuf)>) = files.into_iter().enumerate().partition(|(i, _)| i % every == 0);
+    let files: Vec<PathBuf> = files.into_iter().map(|(_, f)| f).collect();
+    let outside: Vec<PathBuf> = outside.into_iter().map(|(_, f)| f).collect();
     let (mut train_files, mut held) = (Vec::new(), Vec::new());
     for f in &files {
         let Ok(text) = std::fs::read_to_string(f) else { continue };
@@ -172,6 +190,25 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         return Err(format!("{}: {} files give {} training and {} held-out files: need both", o.corpus.display(), files.len(), train_files.len(), held.len()));
     }
     say(&format!("corpus: {} files from {} ({} held out)", files.len(), o.corpus.display(), held.len()));
+    // What the folder's tokenizer, data and runs were made with: a rerun with other settings
+    // would mix them (a tokenizer trained on files now held out, runs of another length).
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    train_files.iter().chain(&held).for_each(|f| h.update(f.as_os_str().as_encoded_bytes()));
+    let settings = serde_json::json!({
+        "corpus": o.corpus, "max_corpus_mb": o.max_corpus_mb, "held_out_fraction": o.held_out_fraction,
+        "vocab_size": o.vocab_size, "steps": o.steps, "files_xxh3": format!("{:016x}", h.digest()),
+    });
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", marker.display()))?;
+        if let Some(old) = old.get("settings").and_then(|s| s.as_object()) {
+            let differ: Vec<String> = old.iter().filter(|(k, v)| settings.get(k.as_str()) != Some(v)).map(|(k, v)| format!("{k} (was {v}, now {})", settings[k.as_str()])).collect();
+            if !differ.is_empty() {
+                return Err(format!("{} holds an experiment with other settings: {}; use another --out", o.out.display(), differ.join(", ")));
+            }
+        }
+    }
+    let marker_json = serde_json::json!({"format": "phi-data-quality-experiment", "version": 1, "settings": settings});
+    phi_core::weights::write_atomic(&marker, marker_json.to_string().as_bytes()).map_err(|e| e.to_string())?;
 
     // One tokenizer for every arm, from the raw training files.
     let tok_path = o.out.join("tokenizer.json");
@@ -185,12 +222,36 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     let mut clean = PrepareConfig::new(vec![Input::List { files: held.clone() }], TokenizerSource::File(tok_path.clone()));
     clean.validation_fraction = 0.0;
     clean.decontaminate_humaneval = false;
-    let (m, _) = phi_data::prepare::prepare_or_reuse(&clean, &o.out.join("held-out"), false).map_err(|e| e.to_string())?;
+    let (m, _) = phi_data::prepare::prepare_or_reuse(&clean, &o.out.join("held-out"), false).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
     let held_tokens = m.dataset(&o.out.join("held-out"), "train").map_err(|e| e.to_string())?;
-    let candidates: Vec<TestedExercise> = held.iter().filter_map(|f| std::fs::read_to_string(f).ok()).flat_map(|s| extract(&s, 20)).collect();
+    let mut all = clean.clone();
+    all.filters = None;
+    all.exact_dedup = false;
+    all.near_dedup = None;
+    let (m, _) = phi_data::prepare::prepare_or_reuse(&all, &o.out.join("held-out-all"), false).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
+    let held_all = m.dataset(&o.out.join("held-out-all"), "train").map_err(|e| e.to_string())?;
+    // Exercises: functions whose docstring examples their reference passes (and a body that does
+    // nothing fails), from files no arm trains on; their files join the decontamination set.
+    let mut candidates: Vec<(PathBuf, TestedExercise)> = Vec::new();
+    for f in held.iter().chain(&outside) {
+        let Ok(src) = std::fs::read_to_string(f) else { continue };
+        if src.contains(">>> ") {
+            candidates.extend(extract(&src, 20).into_iter().map(|e| (f.clone(), e)));
+        }
+    }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verdicts = run_programs(&candidates.iter().map(|e| e.program(&e.response)).collect::<Vec<_>>(), sandbox, workers)?;
-    let exercises: Vec<TestedExercise> = candidates.into_iter().zip(verdicts).filter(|(_, v)| *v == Outcome::Passed).map(|(e, _)| e).collect();
+    let programs: Vec<String> = candidates.iter().flat_map(|(_, e)| [e.program(&e.response), e.program("    pass\n")]).collect();
+    let verdicts = run_programs(&programs, sandbox, workers)?;
+    let mut exercises: Vec<TestedExercise> = Vec::new();
+    let mut exercise_files: Vec<PathBuf> = Vec::new();
+    for ((f, e), v) in candidates.into_iter().zip(verdicts.chunks(2)) {
+        if v[0] == Outcome::Passed && v[1] != Outcome::Passed && exercises.len() < o.exercises {
+            exercises.push(e);
+            if !held.contains(&f) && !exercise_files.contains(&f) {
+                exercise_files.push(f);
+            }
+        }
+    }
     let mut humaneval = crate::humaneval::load_problems()?;
     humaneval.truncate(o.humaneval);
     say(&format!("held out: {} tokens of clean code, {} tested exercises; HumanEval: {} problems", held_tokens.num_tokens(), exercises.len(), humaneval.len()));
@@ -204,7 +265,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
             c.near_dedup = None;
         }
         c.decontaminate_humaneval = true;
-        c.eval_sets = held.clone();
+        c.eval_sets = held.iter().chain(&exercise_files).cloned().collect();
         c.validation_fraction = 0.0;
         c
     };
@@ -227,7 +288,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     if let Some(path) = &o.synthetic {
         let mut c = PrepareConfig::new(vec![Input::Jsonl { path: path.clone(), field: "text".into(), kind: phi_data::filters::DocKind::Python }], TokenizerSource::File(tok_path.clone()));
         c.filters = None;
-        c.eval_sets = held.clone();
+        c.eval_sets = held.iter().chain(&exercise_files).cloned().collect();
         c.validation_fraction = 0.0;
         let dir = o.out.join("data-synthetic");
         let (m, _) = phi_data::prepare::prepare_or_reuse(&c, &dir, false).map_err(|e| format!("synthetic data: {e}"))?;
@@ -244,8 +305,14 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     let eos = tokenizer.eos_id().ok_or("the tokenizer has no <|endoftext|>")?;
     model.bos_token_id = Some(eos);
     model.eos_token_ids = vec![eos];
+    let windows = held_tokens.num_windows(recipe.mini.seq_len);
+    if windows == 0 {
+        return Err(format!("the clean held-out code is {} tokens, less than one window of {}: hold out more (held_out_fraction)", held_tokens.num_tokens(), recipe.mini.seq_len + 1));
+    }
     let cfg = TrainConfig {
         max_steps: o.steps,
+        // Validation scores every held-out window, not the recipe's sample of them.
+        eval_batches: windows.div_ceil(recipe.mini.batch_size),
         eval_every: (o.steps / 8).max(1),
         checkpoint_every: 0,
         keep_checkpoints: 1,
@@ -279,19 +346,25 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
             let out = train(&model, &cfg, &mixture, &held_tokens, &run_dir, Start::ResumeAuto, &device, |_| {}).map_err(|e| format!("arm {name}, seed {seed}: {e}"))?;
             let curve: Vec<(usize, f64)> = out.metrics.iter().filter_map(|m| m.val_loss.map(|v| (m.step, v))).collect();
             let held_out_loss = curve.last().map_or(f64::NAN, |c| c.1);
-            let pass = |problems: &[crate::humaneval::Problem], prog: &dyn Fn(usize, &str) -> String| -> Result<f64, String> {
+            let held_out_loss_all = phi_train::evaluate(&out.model, &held_all, cfg.seq_len, cfg.batch_size, usize::MAX);
+            let pass = |problems: &[crate::humaneval::Problem], prog: &dyn Fn(usize, &str) -> String| -> Result<Option<f64>, String> {
                 if problems.is_empty() {
-                    return Ok(0.0);
+                    return Ok(None);
                 }
                 let completions = generate_completions(&out.model, &tokenizer, problems, 1, 0.0, 128, |_| {})?;
                 let programs: Vec<String> = completions.iter().enumerate().map(|(i, (_, c))| prog(i, c)).collect();
                 let verdicts = run_programs(&programs, sandbox, workers)?;
-                Ok(verdicts.iter().filter(|v| **v == Outcome::Passed).count() as f64 / problems.len() as f64)
+                Ok(Some(verdicts.iter().filter(|v| **v == Outcome::Passed).count() as f64 / problems.len() as f64))
             };
             let humaneval_pass_at_1 = pass(&humaneval, &|i, c| program(&humaneval[i], c))?;
             let exercises_pass_at_1 = pass(&ex_problems, &|i, c| exercises[i].program(c))?;
-            say(&format!("arm {name}, seed {seed}: held-out loss {held_out_loss:.4}, HumanEval pass@1 {humaneval_pass_at_1:.3}, exercises pass@1 {exercises_pass_at_1:.3}"));
-            arm.seeds.push(SeedResult { seed, held_out_loss, humaneval_pass_at_1, exercises_pass_at_1, curve });
+            let show = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.3}"));
+            say(&format!(
+                "arm {name}, seed {seed}: held-out loss {held_out_loss:.4} (all held-out files {held_out_loss_all:.4}), HumanEval pass@1 {}, exercises pass@1 {}",
+                show(humaneval_pass_at_1),
+                show(exercises_pass_at_1)
+            ));
+            arm.seeds.push(SeedResult { seed, held_out_loss, held_out_loss_all, humaneval_pass_at_1, exercises_pass_at_1, curve });
         }
         results.arms.push(arm);
     }

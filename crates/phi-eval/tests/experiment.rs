@@ -25,7 +25,8 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     for a in &r.arms {
         assert_eq!(a.seeds.iter().map(|s| s.seed).collect::<Vec<_>>(), [0, 1]);
         for s in &a.seeds {
-            assert!(s.held_out_loss.is_finite() && !s.curve.is_empty() && (0.0..=1.0).contains(&s.humaneval_pass_at_1), "{s:?}");
+            assert!(s.held_out_loss.is_finite() && s.held_out_loss_all.is_finite() && !s.curve.is_empty(), "{s:?}");
+            assert!(s.humaneval_pass_at_1.is_some_and(|p| (0.0..=1.0).contains(&p)), "{s:?}");
         }
     }
     // Seeds differ; the same seed on the same data is the same run.
@@ -37,6 +38,11 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     // A rerun reuses the prepared data and the finished runs: the same figures.
     let again = run(&o, None, &sandbox, |_| {}).unwrap();
     assert_eq!(again.arms[1].seeds[1].held_out_loss.to_bits(), r.arms[1].seeds[1].held_out_loss.to_bits());
+    // Other settings in the same folder, and a seed given twice, are refused.
+    let e = run(&ExperimentOptions { vocab_size: 500, ..o.clone() }, None, &sandbox, |_| {}).unwrap_err();
+    assert!(e.contains("other settings") && e.contains("vocab_size"), "{e}");
+    let e = run(&ExperimentOptions { seeds: vec![1, 1], ..o.clone() }, None, &sandbox, |_| {}).unwrap_err();
+    assert!(e.contains("twice"), "{e}");
     // Not an experiment folder: refused, untouched.
     let mine = dir.path().join("mine");
     std::fs::create_dir_all(&mine).unwrap();

@@ -272,6 +272,8 @@ pub struct Kept {
     /// An exercise's `check(candidate)` tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<String>,
+    /// The model that wrote it.
+    pub model: String,
 }
 
 /// What verification kept and dropped, and how diverse the result is.
@@ -304,11 +306,16 @@ fn code_of(text: &str) -> String {
 
 /// Splits an exercise's code into the function (up to `def check`) and the tests.
 fn split_exercise(code: &str, function: &str) -> Result<(String, String), &'static str> {
-    if !code.contains(&format!("def {function}(")) {
-        return Err("no function of the requested name");
-    }
+    let def = code.find(&format!("def {function}(")).ok_or("no function of the requested name")?;
     let at = code.find("def check(").ok_or("no check(candidate) tests")?;
-    Ok((code[..at].trim_end().to_string() + "\n", code[at..].trim_end().to_string() + "\n"))
+    if at < def {
+        return Err("the tests come before the function");
+    }
+    let tests = code[at..].trim_end().to_string() + "\n";
+    if !tests.contains("assert") {
+        return Err("the tests assert nothing");
+    }
+    Ok((code[..at].trim_end().to_string() + "\n", tests))
 }
 
 /// Keeps what passes: exercises whose solution passes their own tests in `sandbox` (`workers`
@@ -323,7 +330,7 @@ pub fn verify(generations: &[Generation], lists: &Lists, sandbox: &phi_sandbox::
     let mut programs: Vec<(usize, String)> = Vec::new();
     for g in generations.iter().filter(|g| seen.insert(g.prompt.id.clone())) {
         let p = &g.prompt;
-        let mut kept = Kept { id: p.id.clone(), kind: p.kind, topic: p.topic.clone(), audience: p.audience.clone(), style: p.style.clone(), text: String::new(), tests: None };
+        let mut kept = Kept { id: p.id.clone(), kind: p.kind, topic: p.topic.clone(), audience: p.audience.clone(), style: p.style.clone(), text: String::new(), tests: None, model: g.model.clone() };
         match (p.kind, &p.function) {
             (SynthKind::Exercise, Some(f)) => match split_exercise(&code_of(&g.text), f) {
                 Ok((function, tests)) => {
@@ -431,6 +438,8 @@ mod tests {
         assert!(t.starts_with("def check(candidate):") && t.contains("assert"));
         assert_eq!(split_exercise(&code_of(text), "other"), Err("no function of the requested name"));
         assert_eq!(split_exercise("def f(x):\n    return x\n", "f"), Err("no check(candidate) tests"));
+        assert_eq!(split_exercise("def check(c):\n    assert c(1)\ndef f(x):\n    return x\n", "f"), Err("the tests come before the function"));
+        assert_eq!(split_exercise("def f(x):\n    return x\ndef check(c):\n    pass\n", "f"), Err("the tests assert nothing"));
     }
 }
 
@@ -453,7 +462,8 @@ pub struct SynthRun {
     pub out: std::path::PathBuf,
 }
 
-/// Generates what the log lacks, then verifies everything the log holds.
+/// Generates what the log lacks, then verifies this run's prompts as this model answered them
+/// (the log may also hold other models' answers and other prompts: they stay, unverified).
 pub fn run(o: &SynthRun, sandbox: &phi_sandbox::Sandbox, on_done: impl Fn(usize) + Sync) -> Result<(GenerateReport, VerifyReport), String> {
     // The folder is ours, or new: nothing else is written next to a user's files.
     if let Ok(entries) = std::fs::read_dir(&o.out) {
@@ -475,7 +485,11 @@ pub fn run(o: &SynthRun, sandbox: &phi_sandbox::Sandbox, on_done: impl Fn(usize)
         out: log.clone(),
     };
     let generated = generate(&options, on_done)?;
-    let all: Vec<Generation> = crate::log::read_log(&log, "a generation")?;
+    let current: HashSet<&str> = options.prompts.iter().map(|p| p.id.as_str()).collect();
+    let all: Vec<Generation> = crate::log::read_log::<Generation>(&log, "a generation")?
+        .into_iter()
+        .filter(|g| g.model == o.client.model && current.contains(g.prompt.id.as_str()))
+        .collect();
     let (kept, verified) = verify(&all, &o.lists, sandbox, o.workers, o.min_chars)?;
     let write = |name: &str, tmp: &str, text: String| -> Result<(), String> {
         let (t, p) = (o.out.join(tmp), o.out.join(name));

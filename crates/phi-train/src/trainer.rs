@@ -388,9 +388,10 @@ pub fn train_curriculum(
 }
 
 /// Warmup, then the peak learning rate until the last stage starts, then linear to 0 at the
-/// end: the anneal on the last stage's mix (OLMo's and MiniCPM's warmup-stable-decay).
+/// end: the anneal on the last stage's mix (OLMo's and MiniCPM's warmup-stable-decay). A warmup
+/// longer than the stages before the last is kept: the decay then starts when it ends.
 pub fn anneal_over_last_stage(cfg: &mut TrainConfig, curriculum: &phi_data::curriculum::Curriculum) {
-    let decay_start = curriculum.stage_bounds().last().map_or(0, |b| b.0);
+    let decay_start = curriculum.stage_bounds().last().map_or(0, |b| b.0).max(cfg.schedule.warmup_steps).min(cfg.max_steps.saturating_sub(1));
     cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(decay_start);
     cfg.schedule.total_steps = cfg.max_steps;
     cfg.schedule.floor = 0.0;

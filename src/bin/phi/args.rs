@@ -53,7 +53,7 @@ pub struct RecipeArgs {
     /// A staged curriculum over prepared datasets instead: a TOML file with [[datasets]]
     /// (name, path, max_epochs) and [[stages]] (name, until_tokens or until_step, weights),
     /// `validation` and `anneal` (see the README).
-    #[arg(long, conflicts_with = "data")]
+    #[arg(long, conflicts_with_all = ["data", "corpus"])]
     pub curriculum: Option<PathBuf>,
     /// At most this many MB of source text (CPU runs stay short).
     #[arg(long, default_value_t = phi::recipes::RecipeOptions::default().max_corpus_mb)]
@@ -425,6 +425,9 @@ pub struct DataQualityArgs {
     /// HumanEval problems evaluated (the first N).
     #[arg(long, default_value_t = 164)]
     pub humaneval: usize,
+    /// At most this many held-out exercises (docstring-tested functions from files no arm trains on).
+    #[arg(long, default_value_t = 64)]
+    pub exercises: usize,
     #[arg(long, default_value = "cpu")]
     pub device: Backend,
 }
@@ -443,6 +446,7 @@ impl DataQualityArgs {
         o.synthetic = self.synthetic;
         o.synthetic_weight = self.synthetic_weight;
         o.humaneval = self.humaneval;
+        o.exercises = self.exercises;
         o.device = self.device;
         let device = self.device.device()?;
         let scorer = match &self.classifier {
