@@ -6,39 +6,18 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use phi_serve::annotate::{AnnotateOptions, Annotation, PromptTemplate, annotate};
 use phi_serve::client::Client;
-use serde_json::{Value, json};
+
 
 /// A judge that answers 500 to its first request, then scores by what the document says.
 fn judge() -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |Json(body): Json<Value>| {
-            let counter = counter.clone();
-            async move {
-                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response();
-                }
-                let prompt = body["messages"][0]["content"].as_str().unwrap_or("").to_string();
-                let answer = if prompt.contains("good") {
-                    "Clear and well commented.\nEducational score: 4"
-                } else if prompt.contains("bad") {
-                    "Boilerplate. Educational score: 1"
-                } else {
-                    "I cannot tell."
-                };
-                let r: Response = Json(json!({"choices": [{"message": {"role": "assistant", "content": answer}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})).into_response();
-                r
-            }
-        }),
-    );
-    (common::spawn(app), hits)
+    common::scripted((10, 5), |n, prompt| match n {
+        0 => Err(500),
+        _ if prompt.contains("good") => Ok("Clear and well commented.\nEducational score: 4".into()),
+        _ if prompt.contains("bad") => Ok("Boilerplate. Educational score: 1".into()),
+        _ => Ok("I cannot tell.".into()),
+    })
 }
 
 fn docs() -> Vec<(String, String)> {

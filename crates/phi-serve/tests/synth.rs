@@ -6,12 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::Json;
-use axum::response::IntoResponse;
 use phi_sandbox::{Limits, Sandbox};
 use phi_serve::client::Client;
 use phi_serve::synth::{GenerateOptions, Generation, Lists, SynthKind, generate, prompts, verify};
-use serde_json::{Value, json};
+
 
 const HUMANEVAL_0: &str = "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n";
 
@@ -35,26 +33,14 @@ fn exercise(name: &str) -> String {
 }
 
 fn teacher() -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |Json(body): Json<Value>| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let prompt = body["messages"][0]["content"].as_str().unwrap_or("").to_string();
-                let answer = match prompt.split("a function `").nth(1).and_then(|r| r.split('`').next()) {
-                    Some(name) => exercise(name),
-                    None if prompt.contains("beginner") => "Too short.".to_string(),
-                    // Distinct material for each prompt (words drawn from its hash).
-                    None => format!("# A section\n\n{}\n", exercise(&prompt).split_whitespace().filter(|w| w.starts_with('w')).collect::<Vec<_>>().join(" ").repeat(3)),
-                };
-                Json(json!({"choices": [{"message": {"role": "assistant", "content": answer}}], "usage": {"prompt_tokens": 20, "completion_tokens": 50}})).into_response()
-            }
-        }),
-    );
-    (common::spawn(app), hits)
+    common::scripted((20, 50), |_, prompt| {
+        Ok(match prompt.split("a function `").nth(1).and_then(|r| r.split('`').next()) {
+            Some(name) => exercise(name),
+            None if prompt.contains("beginner") => "Too short.".to_string(),
+            // Distinct material for each prompt (words drawn from its hash).
+            None => format!("# A section\n\n{}\n", exercise(prompt).split_whitespace().filter(|w| w.starts_with('w')).collect::<Vec<_>>().join(" ").repeat(3)),
+        })
+    })
 }
 
 #[test]

@@ -45,3 +45,34 @@ pub fn spawn(app: axum::Router) -> String {
     });
     format!("http://{}/v1", rx.recv().unwrap())
 }
+
+/// A scripted OpenAI-compatible endpoint: `answer(request number, prompt)` gives the reply's
+/// content (`Ok`, with `tokens` = (prompt, completion) usage) or an HTTP status to fail with.
+/// Returns the API base and the request counter.
+pub fn scripted(
+    tokens: (u64, u64),
+    answer: impl Fn(usize, &str) -> Result<String, u16> + Clone + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::response::IntoResponse;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let (counter, answer) = (counter.clone(), answer.clone());
+            async move {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let prompt = body["messages"][0]["content"].as_str().unwrap_or("").to_string();
+                match answer(n, &prompt) {
+                    Ok(content) => axum::Json(serde_json::json!({
+                        "choices": [{"message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": tokens.0, "completion_tokens": tokens.1},
+                    }))
+                    .into_response(),
+                    Err(status) => (axum::http::StatusCode::from_u16(status).unwrap(), "scripted failure").into_response(),
+                }
+            }
+        }),
+    );
+    (spawn(app), hits)
+}
