@@ -10,7 +10,6 @@ use phi_sandbox::{Limits, Sandbox};
 use phi_serve::client::Client;
 use phi_serve::synth::{GenerateOptions, Generation, Lists, SynthKind, generate, prompts, verify};
 
-
 const HUMANEVAL_0: &str = "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n";
 
 /// An exercise for `name`: its docstring and tests drawn from the name's hash (so different
