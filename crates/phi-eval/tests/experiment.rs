@@ -1,4 +1,5 @@
-//! `phi experiment data-quality` end to end on the shipped corpus, at toy size: every arm and
+//! `phi experiment data-quality` end to end on the shipped corpus, at toy size: every arm (the
+//! synthetic one too) and
 //! seed trained and evaluated, results.json and results.png written, a rerun reuses the runs,
 //! and a folder that is not an experiment is refused.
 
@@ -11,6 +12,16 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dq");
     let mut o = ExperimentOptions::new(corpus, out.clone());
+    // Verified synthetic exercises, as `phi data synth` keeps them: a third arm mixes them in.
+    let synthetic = dir.path().join("kept.jsonl");
+    let records: String = (0..6)
+        .map(|i| {
+            let body: String = (0..40).map(|j| format!("    total += values[{j}] * {}\n", i * 7 + j)).collect();
+            serde_json::json!({ "text": format!("def weighted_sum_{i}(values):\n    \"\"\"Sum of weighted values.\"\"\"\n    total = 0\n{body}    return total\n") }).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&synthetic, records).unwrap();
+    o.synthetic = Some(synthetic);
     o.seeds = vec![0, 1];
     o.steps = 3;
     o.held_out_fraction = 0.3;
@@ -19,7 +30,8 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     let sandbox = Sandbox::new(Limits::default()).expect("this machine must be able to isolate (Landlock, user namespaces)");
     let mut lines = Vec::new();
     let r = run(&o, None, &sandbox, |l| lines.push(l.to_string())).unwrap();
-    assert_eq!(r.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["raw", "filtered"]);
+    assert_eq!(r.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["raw", "filtered", "filtered+synth"]);
+    assert!(r.arms[2].train_documents > r.arms[1].train_documents && r.arms[2].data.contains("synthetic"), "{:?}", r.arms[2]);
     assert!(r.held_out_files > 0 && r.held_out_files < r.corpus_files, "{r:?}");
     assert!(r.arms[0].train_documents >= r.arms[1].train_documents, "filtering keeps at most what raw has");
     for a in &r.arms {
@@ -32,7 +44,7 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     // Seeds differ; the same seed on the same data is the same run.
     assert_ne!(r.arms[0].seeds[0].held_out_loss, r.arms[0].seeds[1].held_out_loss);
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(saved["arms"].as_array().unwrap().len(), 2);
+    assert_eq!(saved["arms"].as_array().unwrap().len(), 3);
     assert!(out.join("results.png").is_file());
     assert!(r.table().contains("held-out loss"));
     // A rerun reuses the prepared data and the finished runs: the same figures.
@@ -43,6 +55,8 @@ fn two_arms_two_seeds_on_the_shipped_corpus() {
     assert!(e.contains("other settings") && e.contains("vocab_size"), "{e}");
     let e = run(&ExperimentOptions { seeds: vec![1, 1], ..o.clone() }, None, &sandbox, |_| {}).unwrap_err();
     assert!(e.contains("twice"), "{e}");
+    let e = run(&ExperimentOptions { synthetic_weight: 1.0, ..o.clone() }, None, &sandbox, |_| {}).unwrap_err();
+    assert!(e.contains("synthetic_weight = 1"), "{e}");
     // Not an experiment folder: refused, untouched.
     let mine = dir.path().join("mine");
     std::fs::create_dir_all(&mine).unwrap();
