@@ -27,7 +27,7 @@ pub const FILE: &str = "classifier.json";
 pub static LAYOUT: Layout = Layout {
     what: "a quality classifier (phi data classifier train)",
     markers: &[Marker { file: FILE, format: FORMAT, version: VERSION }],
-    file: |n| matches!(n, FILE | "report.txt" | "classifier.tmp" | "report.tmp"),
+    file: |n| matches!(n, FILE | "report.txt" | "classifier.json.tmp" | "report.txt.tmp"),
     dir: |_| None,
 };
 
@@ -143,14 +143,10 @@ impl Classifier {
     pub fn save(&self, dir: &Path) -> Result<(), String> {
         phi_data::owned::check(dir, &LAYOUT).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let write = |name: &str, tmp: &str, bytes: &[u8]| -> Result<(), String> {
-            let (t, p) = (dir.join(tmp), dir.join(name));
-            std::fs::write(&t, bytes).map_err(|e| format!("{}: {e}", t.display()))?;
-            std::fs::rename(&t, &p).map_err(|e| format!("{}: {e}", p.display()))
-        };
+        let write = |name: &str, bytes: &[u8]| phi_core::weights::write_atomic(&dir.join(name), bytes).map_err(|e| e.to_string());
         // The classifier (our marker) first: a folder with only a report would not be ours.
-        write(FILE, "classifier.tmp", serde_json::to_string(self).map_err(|e| e.to_string())?.as_bytes())?;
-        write("report.txt", "report.tmp", self.report().as_bytes())
+        write(FILE, serde_json::to_string(self).map_err(|e| e.to_string())?.as_bytes())?;
+        write("report.txt", self.report().as_bytes())
     }
 
     pub fn load(dir: &Path) -> Result<Self, String> {

@@ -24,7 +24,8 @@ use crate::shard::Shard;
 
 /// SplitMix64: the one small PRNG behind shuffles and mixture draws (no dependency on a `rand`
 /// version, so a state written today resumes identically tomorrow).
-pub(crate) fn splitmix(x: u64) -> u64 {
+/// SplitMix64's output function: the seeded, counter-keyed randomness of the samplers.
+pub fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -15,7 +15,7 @@ use phi_data::Tokenizer;
 use serde::Serialize;
 
 use crate::client::Client;
-use crate::{Limits, ServedModel, serve};
+use crate::{Limits, LocalServer, ServedModel};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -72,14 +72,9 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
     let template = ChatTemplate::for_family(config.family);
     let served = ServedModel { name: "bench".into(), model, tokenizer, template, stop_ids: vec![], created: 0 };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(serve(listener, served, b.limits, async {
-        stopped.await.ok();
-    }));
-    let base = format!("http://{addr}/v1");
+    // Stopped when it goes out of scope, at the end.
+    let server = LocalServer::start(served, b.limits)?;
+    let base = server.url.clone();
 
     let mut rows = Vec::new();
     let prompt = "kalomi nesuta ripode gufazo: write more";
@@ -133,7 +128,5 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
         on_row(&row);
         rows.push(row);
     }
-    stop.send(()).ok();
-    runtime.block_on(server).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     Ok(rows)
 }

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use phi_data::sampler::splitmix;
+
 use crate::client::Client;
 
 /// What the prompts are drawn from.
@@ -126,13 +128,6 @@ pub struct SynthPrompt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
     pub prompt: String,
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// `n` distinct prompts, the same for the same lists, kind and seed. Fewer when the lists
@@ -469,7 +464,7 @@ pub fn run(o: &SynthRun, sandbox: &phi_sandbox::Sandbox, on_done: impl Fn(usize)
     if let Ok(entries) = std::fs::read_dir(&o.out) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if !matches!(name.as_str(), "generations.jsonl" | "kept.jsonl" | "report.json" | "kept.tmp" | "report.tmp") {
+            if !matches!(name.as_str(), "generations.jsonl" | "kept.jsonl" | "report.json" | "kept.jsonl.tmp" | "report.json.tmp") {
                 return Err(format!("{}: holds {name}, which phi data synth does not write; use another --out", o.out.display()));
             }
         }
@@ -491,13 +486,9 @@ pub fn run(o: &SynthRun, sandbox: &phi_sandbox::Sandbox, on_done: impl Fn(usize)
         .filter(|g| g.model == o.client.model && current.contains(g.prompt.id.as_str()))
         .collect();
     let (kept, verified) = verify(&all, &o.lists, sandbox, o.workers, o.min_chars)?;
-    let write = |name: &str, tmp: &str, text: String| -> Result<(), String> {
-        let (t, p) = (o.out.join(tmp), o.out.join(name));
-        std::fs::write(&t, text).map_err(|e| format!("{}: {e}", t.display()))?;
-        std::fs::rename(&t, &p).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    write("kept.jsonl", "kept.tmp", kept.iter().map(|k| serde_json::to_string(k).expect("serializes") + "\n").collect())?;
+    let write = |name: &str, text: String| phi_core::weights::write_atomic(&o.out.join(name), text.as_bytes()).map_err(|e| e.to_string());
+    write("kept.jsonl", kept.iter().map(|k| serde_json::to_string(k).expect("serializes") + "\n").collect())?;
     let report = serde_json::json!({ "generation": generated, "verification": verified });
-    write("report.json", "report.tmp", serde_json::to_string_pretty(&report).expect("serializes"))?;
+    write("report.json", serde_json::to_string_pretty(&report).expect("serializes"))?;
     Ok((generated, verified))
 }

@@ -25,9 +25,14 @@ pub fn write_loss_curve(metrics: &[StepMetrics], title: &str, path: &Path) -> Re
     if metrics.is_empty() {
         return Err("no metrics to plot".into());
     }
+    write_png(path, |tmp| draw(metrics, title, tmp))
+}
+
+/// Draws with `draw` into a temporary PNG beside `path`, then renames it into place.
+fn write_png(path: &Path, draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>) -> Result<(), String> {
     register_font();
     let tmp = path.with_extension("tmp.png");
-    draw(metrics, title, &tmp).map_err(|e| format!("{}: {e}", path.display()))?;
+    draw(&tmp).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -85,10 +90,7 @@ pub fn write_experiment_plot(bars: &[(String, f64, f64, f64)], curves: &[(String
     if bars.is_empty() {
         return Err("no arms to plot".into());
     }
-    register_font();
-    let tmp = path.with_extension("tmp.png");
-    draw_experiment(bars, curves, &tmp).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    write_png(path, |tmp| draw_experiment(bars, curves, tmp))
 }
 
 fn draw_experiment(bars: &[(String, f64, f64, f64)], curves: &[(String, Vec<(usize, f64)>)], path: &Path) -> Result<(), Box<dyn std::error::Error>> {

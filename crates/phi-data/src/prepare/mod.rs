@@ -624,13 +624,14 @@ fn filter_stages(
 
         let live = match (&config.classifier, &mut scores) {
             (Some(filter), Some(report)) => classifier_stage(filter, scorer, report, &mut classify, live)?,
-            // A `score` field of the input (labels, upvotes) is not a classifier's score: it is
-            // not carried into documents.jsonl, where a later --min-score would filter on it.
-            _ => live.into_iter().map(|d| Live { score: None, ..d }).collect(),
+            _ => live,
         };
 
         let threshold = split_threshold(config.validation_fraction);
         for Live { text, score, .. } in live {
+            // A `score` field of the input (labels, upvotes) is not a classifier's score: it is
+            // not carried into documents.jsonl, where a later --min-score would filter on it.
+            let score = score.filter(|_| config.classifier.is_some());
             let validation = split_key(&text) < threshold;
             kept[validation as usize] += 1;
             let line = serde_json::to_string(&Kept { validation, text, score }).expect("serializes");
