@@ -144,9 +144,11 @@ impl Tokenizer {
         let byte_level = ByteLevel::default().add_prefix_space(false);
         // After the byte-level mapping every byte is one char, so this caps pre-tokens at
         // MAX_PRETOKEN_BYTES bytes; shorter ones pass through whole. Part of the saved
-        // tokenizer.json, so encoding (here and in `transformers`) cuts the same way.
+        // tokenizer.json, so encoding (here and in `transformers`) cuts the same way. `[\s\S]`,
+        // not `(?s).`: Python `tokenizers` compiles the pattern with Oniguruma, which refuses the
+        // inline flag, so a tokenizer.json with it does not load there.
         let cap = Split::new(
-            SplitPattern::Regex(format!("(?s).{{1,{MAX_PRETOKEN_BYTES}}}")),
+            SplitPattern::Regex(format!("[\\s\\S]{{1,{MAX_PRETOKEN_BYTES}}}")),
             tokenizers::SplitDelimiterBehavior::Isolated,
             false,
         )
@@ -206,6 +208,10 @@ mod tests {
         tok.save(dir.join("tokenizer.json")).unwrap();
         let back = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         assert_eq!(back.encode(text), tok.encode(text));
+        // Python `tokenizers` (transformers) compiles saved patterns with Oniguruma, which
+        // refuses inline flags such as `(?s)`: the file must carry none to load there.
+        let saved = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        assert!(!saved.contains("(?"), "an inline regex flag in the saved tokenizer");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
