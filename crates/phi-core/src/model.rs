@@ -62,6 +62,10 @@ pub struct PhiForCausalLM {
     config: PhiConfig,
     #[module(skip)]
     rope: Arc<RopeTables>,
+    /// The tied head (`embed_tokens.weight`) in a narrow format, after
+    /// [`pack_weights`](Self::pack_weights); the table itself stays f32 for the lookup.
+    #[module(skip)]
+    pub(crate) packed_head: Option<Arc<crate::quant::PackedMatrix>>,
 }
 
 listing!(PhiForCausalLM, |this, key, out| {
@@ -131,6 +135,7 @@ impl PhiForCausalLM {
             lm_head: (!c.tie_word_embeddings).then(|| Linear::new(c.hidden_size, c.vocab_size, c.lm_head_bias, &device)),
             rope: Arc::new(RopeTables::new(c)),
             config,
+            packed_head: None,
         };
         let std = model.config.initializer_range;
         load_leaves(model.leaves_mut(), src, std)?;
@@ -172,7 +177,13 @@ impl PhiForCausalLM {
     }
 
     /// Every weight under its HF checkpoint key, as f32 (a projection back in HF's `[out, in]`).
+    ///
+    /// # Panics
+    /// On a model whose weights were packed for inference ([`pack_weights`](Self::pack_weights)).
     pub fn state_dict(&self) -> StateDict {
+        if let Some(format) = self.packed_format() {
+            panic!("state_dict of a model packed as {format} for inference: its f32 weights are gone");
+        }
         let mut out = StateDict::default();
         for (key, role, p) in self.named_params() {
             match p {
@@ -188,6 +199,9 @@ impl PhiForCausalLM {
     /// [`from_pretrained`](Self::from_pretrained) load. Each file is written atomically.
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
+        if let Some(format) = self.packed_format() {
+            return Err(Error::arg("model", format!("its projections are packed as {format} for inference and their f32 weights are gone; save before packing")));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let config = serde_json::to_string_pretty(&self.config.to_hf_json()).expect("JSON value serializes");
         write_atomic(&dir.join("config.json"), config.as_bytes())?;
@@ -308,6 +322,9 @@ impl PhiForCausalLM {
         }
         Ok(match &self.lm_head {
             Some(head) => head.forward(x),
+            None if self.packed_head.is_some() => {
+                crate::quant::packed_linear(self.packed_head.as_ref().expect("checked"), x, None)
+            }
             None => {
                 // Tied: `x · Eᵀ`. A 2-D matmul reads the transposed view in place (strided gemm).
                 let [b, t, h] = x.dims();

@@ -67,6 +67,11 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub lora: Option<LoraAdapter>,
+    /// The weight in a narrow format for CPU inference, set by
+    /// [`PhiForCausalLM::pack_weights`](crate::PhiForCausalLM::pack_weights); `weight` is then
+    /// emptied (see [`crate::quant`]).
+    #[module(skip)]
+    pub packed: Option<std::sync::Arc<crate::quant::PackedMatrix>>,
 }
 
 params!(Linear, |this, out| {
@@ -78,11 +83,15 @@ params!(Linear, |this, out| {
 impl Linear {
     /// An empty `d_in → d_out` projection, to be loaded (see [`crate::tree`]).
     pub fn new(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Self {
-        Linear { weight: pending([d_in, d_out], device), bias: bias.then(|| pending([d_out], device)), lora: None }
+        Linear { weight: pending([d_in, d_out], device), bias: bias.then(|| pending([d_out], device)), lora: None, packed: None }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let y = match &self.packed {
+            Some(p) => crate::quant::packed_linear(p, x.clone(), bias),
+            None => linear(x.clone(), self.weight.val(), bias),
+        };
         match &self.lora {
             None => y,
             Some(l) => y + linear(linear(l.dropout.forward(x), l.lora_a.val(), None), l.lora_b.val(), None) * l.scale,
@@ -91,6 +100,9 @@ impl Linear {
 
     /// `(in, out)` features.
     pub fn dims(&self) -> (usize, usize) {
+        if let Some(p) = &self.packed {
+            return p.dims();
+        }
         let [d_in, d_out] = self.weight.val().dims();
         (d_in, d_out)
     }

@@ -35,6 +35,7 @@ mod flex;
 mod gelu_grad;
 mod math;
 mod norm_grad;
+pub mod packed;
 mod rope_grad;
 mod swiglu_grad;
 

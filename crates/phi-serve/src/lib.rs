@@ -447,13 +447,18 @@ pub struct ServeOptions {
     /// Requests decoding at once (up to 64 more wait).
     pub max_concurrent: usize,
     pub device: phi_core::device::Backend,
+    /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`).
+    pub weights: Option<phi_core::WeightFormat>,
 }
 
 /// Loads the model, binds, calls `on_ready` with the address and the model's id, and serves
 /// until Ctrl-C (SIGINT) or SIGTERM; requests in flight finish first.
 pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<(), Box<dyn std::error::Error>> {
     let device = o.device.device()?;
-    let model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
+    let mut model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
+    if let Some(format) = o.weights {
+        model.model.pack_weights(format)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(|e| format!("{}:{}: {e}", o.host, o.port))?;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
+use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM, WeightFormat};
 use serde_json::{Value, json};
 
 use phi_core::device::Backend;
@@ -94,6 +94,12 @@ pub struct BenchOptions {
     /// Python interpreter for `torch` (needs torch and transformers).
     pub python: String,
     pub device: Backend,
+    /// generate: the weight formats to decode with, one after another (`None` = f32).
+    pub weights: Vec<Option<WeightFormat>>,
+    /// generate: a PyTorch decode script (benches/torch_decode.py) run in f32 and in bf16.
+    pub torch_decode: Option<String>,
+    /// Training workloads: the step's compute precision (the baseline script's is f32).
+    pub precision: crate::Precision,
 }
 
 impl Default for BenchOptions {
@@ -113,6 +119,9 @@ impl Default for BenchOptions {
             torch: None,
             python: "python3".into(),
             device: Backend::Cpu,
+            weights: vec![None],
+            torch_decode: None,
+            precision: crate::Precision::F32,
         }
     }
 }
@@ -191,7 +200,7 @@ pub fn baseline_train_config(a: &BenchOptions) -> crate::TrainConfig {
         seed: 0,
         peak_flops: 1e12,
         activation_checkpointing: false,
-        precision: crate::Precision::F32,
+        precision: a.precision,
         loss_scaler: Default::default(),
         on_non_finite: Default::default(),
     }
@@ -310,8 +319,21 @@ pub fn bench_generate(model: &PhiForCausalLM, a: &BenchOptions) -> f64 {
 
 fn torch_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
     let Some(script) = &a.torch else { return Ok(vec![]) };
+    torch_script(a, script, arch, &[])
+}
+
+/// `torch_decode.py` in f32 and bf16 (one process each, so each peak RSS is its own).
+fn torch_decode_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
+    let Some(script) = &a.torch_decode else { return Ok(vec![]) };
+    let mut out = torch_script(a, script, arch, &["--dtype", "f32"])?;
+    out.extend(torch_script(a, script, arch, &["--dtype", "bf16"])?);
+    Ok(out)
+}
+
+fn torch_script(a: &BenchOptions, script: &str, arch: &str, extra: &[&str]) -> Result<Vec<Value>, String> {
     let out = Command::new(&a.python)
         .arg(script)
+        .args(extra)
         .args(["--arch", arch])
         .args(["--hidden", &a.hidden.to_string(), "--layers", &a.layers.to_string()])
         .args(["--heads", &a.heads.to_string(), "--vocab", &a.vocab.to_string()])
@@ -344,7 +366,7 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         let params = config.num_parameters();
         let model = PhiForCausalLM::init(config.clone(), &device, 0)?;
         let torch = torch_results(&a, arch)?;
-        let mut workloads = vec![];
+        let mut workloads: Vec<(&str, f64, Option<f64>)> = vec![];
         if matches!(a.workload, Workload::Train | Workload::All) {
             workloads.push(("train_step", bench_train(&config, &a, &device, false), peak_rss_mib()));
         }
@@ -364,7 +386,8 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         if matches!(a.workload, Workload::Forward | Workload::All) {
             workloads.push(("forward", bench_forward(&model, &a, &device), peak_rss_mib()));
         }
-        if matches!(a.workload, Workload::Generate | Workload::All) {
+        let narrow = a.weights.iter().any(Option::is_some);
+        if matches!(a.workload, Workload::Generate | Workload::All) && !narrow {
             workloads.push(("generate", bench_generate(&model, &a), peak_rss_mib()));
         }
         for (name, ours, peak) in workloads {
@@ -387,8 +410,73 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{name:<13} {arch:<5} phi {ours:>10.0} tok/s   torch {theirs:>10} tok/s   ratio {ratio:>6}   peak RSS {peak}");
             }
         }
+        if matches!(a.workload, Workload::Generate | Workload::All) && narrow {
+            bench_generate_weights(model, &a, arch, params, threads)?;
+        }
     }
     Ok(())
+}
+
+/// Greedy decode with each of `a.weights`, against our f32 (when listed) and PyTorch f32 and
+/// bf16 (with `torch_decode`). Peak RSS is reset before each decode, so it is the decode's own
+/// high-water mark (the model plus what decoding allocates); the last format packs the model in
+/// place, so a one-format run's figure holds no f32 copy.
+fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, params: u64, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let torch = torch_decode_results(a, arch)?;
+    let torch_tps = |dtype: &str| {
+        torch.iter().find(|v| v["workload"] == "generate" && v["dtype"] == dtype).and_then(|v| v["tokens_per_s"].as_f64())
+    };
+    let (torch_f32, torch_bf16) = (torch_tps("f32"), torch_tps("bf16"));
+    let mut ours_f32 = None;
+    let mut model = Some(model);
+    for (i, &format) in a.weights.iter().enumerate() {
+        let mut m = if i + 1 == a.weights.len() { model.take().expect("kept until the last") } else { model.clone().expect("kept") };
+        let bytes = match format {
+            Some(f) => m.pack_weights(f)?.bytes_after,
+            None => 0,
+        };
+        reset_peak_rss();
+        let tps = bench_generate(&m, a);
+        let peak = peak_rss_mib();
+        drop(m);
+        let label = format.map_or("f32".to_string(), |f| f.to_string());
+        if format.is_none() {
+            ours_f32 = Some(tps);
+        }
+        let result = json!({
+            "workload": "generate", "weights": label, "arch": arch, "params": params, "threads": threads,
+            "prompt": 32, "new_tokens": a.gen_tokens, "tokens_per_s": tps, "peak_rss_mib": peak,
+            "packed_bytes": (bytes > 0).then_some(bytes),
+            "vs_our_f32": ours_f32.map(|f| tps / f),
+            "torch_f32_tokens_per_s": torch_f32, "torch_bf16_tokens_per_s": torch_bf16,
+            "vs_torch_f32": torch_f32.map(|t| tps / t), "vs_torch_bf16": torch_bf16.map(|t| tps / t),
+        });
+        if a.json {
+            println!("{result}");
+        } else {
+            let r = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
+            let peak = peak.map_or("-".to_string(), |p| format!("{p:.0} MiB"));
+            println!(
+                "generate {label:<5} {arch:<5} phi {tps:>7.2} tok/s   vs our f32 {:>6}   vs torch f32 {:>6}   vs torch bf16 {:>6}   peak RSS {peak}",
+                r(ours_f32.map(|f| tps / f)), r(torch_f32.map(|t| tps / t)), r(torch_bf16.map(|t| tps / t))
+            );
+        }
+    }
+    for dtype in ["f32", "bf16"] {
+        if let Some(v) = torch.iter().find(|v| v["dtype"] == dtype) {
+            if a.json {
+                println!("{}", json!({"workload": "generate", "weights": dtype, "arch": arch, "torch": true, "tokens_per_s": v["tokens_per_s"], "peak_rss_mib": v["peak_rss_mib"]}));
+            } else {
+                println!("torch    {dtype:<5} {arch:<5}     {:>7.2} tok/s   peak RSS {:.0} MiB", v["tokens_per_s"].as_f64().unwrap_or(f64::NAN), v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a new peak-RSS window (Linux: writing 5 to `clear_refs` resets `VmHWM`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), in MiB.

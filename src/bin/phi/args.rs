@@ -30,6 +30,46 @@ fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
     }
 }
 
+/// `--dtype` / `--quantize` of the inference commands (generate, chat, serve, eval perplexity):
+/// how the CPU holds the frozen weights (`phi_core::quant`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WeightArgs {
+    /// Weight storage: f32 (default) or bf16 (read directly by the CPU kernels; activations stay
+    /// f32).
+    #[arg(long, value_parser = parse_weight_dtype)]
+    pub dtype: Option<WeightDtype>,
+    /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32; activations
+    /// stay f32).
+    #[arg(long = "quantize", conflicts_with = "dtype", value_parser = parse_weight_quantize)]
+    pub quantize: Option<phi::core::WeightFormat>,
+}
+
+/// `--dtype`: f32 keeps the weights as they load.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightDtype(Option<phi::core::WeightFormat>);
+
+fn parse_weight_dtype(s: &str) -> Result<WeightDtype, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" => Ok(WeightDtype(None)),
+        "bf16" => Ok(WeightDtype(Some(phi::core::WeightFormat::Bf16))),
+        _ => Err(format!("`{s}`: expected f32 or bf16")),
+    }
+}
+
+fn parse_weight_quantize(s: &str) -> Result<phi::core::WeightFormat, String> {
+    match s.parse()? {
+        phi::core::WeightFormat::Bf16 => Err(format!("`{s}`: expected int8 or int4 (bf16 is --dtype bf16)")),
+        f => Ok(f),
+    }
+}
+
+impl WeightArgs {
+    /// The packed format asked for, if any.
+    pub fn format(self) -> Option<phi::core::WeightFormat> {
+        self.quantize.or(self.dtype.and_then(|d| d.0))
+    }
+}
+
 /// Flags of `phi train` and the `train_*` examples ([`phi::recipes::RecipeOptions`]).
 #[derive(clap::Parser, Debug)]
 pub struct RecipeArgs {
@@ -214,6 +254,20 @@ pub struct BenchArgs {
     /// serve: requests per level.
     #[arg(long, default_value_t = 32)]
     pub requests: usize,
+    /// generate: decode with each of these weight formats (f32, bf16, int8, int4), reported
+    /// against the first f32 one.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_bench_weights)]
+    pub weights: Vec<Option<phi::core::WeightFormat>>,
+    /// generate: also run this PyTorch decode script (benches/torch_decode.py) in f32 and bf16.
+    #[arg(long)]
+    pub torch_decode: Option<String>,
+    /// Training workloads: compute precision, f32 (the baseline's), bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+fn parse_bench_weights(s: &str) -> Result<Option<phi::core::WeightFormat>, String> {
+    if s.eq_ignore_ascii_case("f32") { Ok(None) } else { s.parse().map(Some).map_err(|e: String| format!("{e} or f32")) }
 }
 
 impl BenchArgs {
@@ -233,6 +287,9 @@ impl BenchArgs {
             torch: self.torch,
             python: self.python,
             device: self.device,
+            weights: self.weights,
+            torch_decode: self.torch_decode,
+            precision: self.precision,
         }
     }
 }

@@ -11,7 +11,7 @@ use phi::device::Backend as DeviceArg;
 mod args;
 mod data;
 
-use args::{BenchArgs, DataQualityArgs, DpoArgs, FinetuneArgs, PreferenceArgs, RecipeArgs};
+use args::{BenchArgs, DataQualityArgs, DpoArgs, FinetuneArgs, PreferenceArgs, RecipeArgs, WeightArgs};
 
 #[derive(clap::Subcommand, Debug)]
 enum ExperimentCommand {
@@ -90,6 +90,8 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
+        #[command(flatten)]
+        weights: WeightArgs,
     },
     /// An OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions
     /// (streaming with `stream: true`); Ctrl-C stops it.
@@ -113,6 +115,8 @@ enum Command {
         max_concurrent: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
+        #[command(flatten)]
+        weights: WeightArgs,
     },
     /// Evaluate a model.
     #[command(subcommand)]
@@ -212,6 +216,8 @@ enum EvalCommand {
         max_batches: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
+        #[command(flatten)]
+        weights: WeightArgs,
     },
 }
 
@@ -232,10 +238,11 @@ fn chat(
     top_p: f64,
     seed: u64,
     device: DeviceArg,
+    weights: WeightArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::BufRead;
     let device = device.device()?;
-    let model = PhiForCausalLM::from_pretrained(model_dir, &device)?;
+    let model = PhiForCausalLM::from_pretrained_packed(model_dir, &device, weights.format())?;
     let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
     let stop = phi::serve::text::stop_ids(model_dir, &model, &tok);
     let context = model.config().max_position_embeddings;
@@ -483,9 +490,10 @@ fn perplexity(
     batch_size: usize,
     max_batches: usize,
     device: DeviceArg,
+    weights: WeightArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let device = device.device()?;
-    let m = PhiForCausalLM::from_pretrained(model, &device)?;
+    let m = PhiForCausalLM::from_pretrained_packed(model, &device, weights.format())?;
     let tokenizer = if phi::data::assemble::needs_tokenizer(data) {
         let tok = phi::data::Tokenizer::from_file(model.join("tokenizer.json"))?;
         let eos = m.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("no EOS token to join documents")?;
@@ -534,13 +542,15 @@ struct GenerateArgs {
     no_cache: bool,
     #[arg(long, default_value = "cpu")]
     device: DeviceArg,
+    #[command(flatten)]
+    weights: WeightArgs,
 }
 
 /// Prints generated text as it comes. The whole continuation is decoded each time and only
 /// what is new is printed, so multi-byte characters split across tokens come out whole.
 fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
-    let model = PhiForCausalLM::from_pretrained(&a.model, &device)?;
+    let model = PhiForCausalLM::from_pretrained_packed(&a.model, &device, a.weights.format())?;
     let mut stop = model.config().eos_token_ids.clone();
     stop.extend(&a.stop);
     let config = GenerationConfig {
@@ -697,16 +707,16 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
-        Command::Serve { model, adapter, name, host, port, max_concurrent, device } => {
+        Command::Serve { model, adapter, name, host, port, max_concurrent, device, weights } => {
             let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device };
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format() };
             phi::serve::run(&opts, |addr, name| {
                 println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
                 let _ = std::io::stdout().flush();
             })
         }
-        Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device } => {
-            chat(&model, system, max_new_tokens, temperature, top_p, seed, device)
+        Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device, weights } => {
+            chat(&model, system, max_new_tokens, temperature, top_p, seed, device, weights)
         }
         Command::Eval(EvalCommand::Humaneval {
             model,
@@ -731,8 +741,8 @@ fn main() -> ExitCode {
         Command::Eval(EvalCommand::Dpo { policy, adapter, reference, data, preference, batch_size, json, device }) => {
             eval_dpo(policy, adapter, reference, data, preference, batch_size, json, device)
         }
-        Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device }) => {
-            perplexity(&model, &data, seq_len, batch_size, max_batches, device)
+        Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device, weights }) => {
+            perplexity(&model, &data, seq_len, batch_size, max_batches, device, weights)
         }
         Command::Export { model, adapter, merge, out } => export(&model, adapter.as_deref(), merge, &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {

@@ -1,0 +1,575 @@
+//! Matrix products against narrow frozen weights (bf16, int8, int4) for CPU inference.
+//!
+//! Decoding one token multiplies a single row by every weight matrix, so its speed is set by how
+//! many weight bytes are read, not by arithmetic: f32 weights cost 4 bytes a value, bf16 2, int8
+//! 1 (+ a scale per 32), int4 ½. A [`PackedMatrix`] stores a projection `[out, in]` (each output's
+//! weights contiguous, the layout a row-times-matrix product streams through) and multiplies by
+//! reading those narrow values directly — nothing is widened to f32 in memory. Activations and
+//! accumulation stay f32.
+//!
+//! Quantization is burn's symmetric per-block scheme (`Q8S` / `Q4S`, blocks of 32 along the input
+//! dimension, one f32 scale per block: `scale = max|w| / 127` or `/ 7`, `q = round(w / scale)`);
+//! the tests check the values against burn's own `quantize_dynamic`. Only the storage is ours:
+//! burn's flex backend keeps quantized values one byte each (int4 too) and dequantizes a whole
+//! matrix before multiplying, which reads more bytes than f32 does.
+//!
+//! ```
+//! use phi_kernels::packed::{PackedMatrix, WeightFormat};
+//!
+//! // A 64 → 3 projection in burn's `[in, out]` layout.
+//! let w: Vec<f32> = (0..64 * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
+//! let packed = PackedMatrix::pack(&w, 64, 3, WeightFormat::Int8).unwrap();
+//! let x = vec![0.5f32; 64];
+//! let mut y = vec![0.0f32; 3];
+//! packed.matmul(&x, 1, &mut y);
+//! let exact: Vec<f32> = (0..3).map(|j| (0..64).map(|i| 0.5 * w[i * 3 + j]).sum()).collect();
+//! assert!(y.iter().zip(&exact).all(|(a, b)| (a - b).abs() < 0.05));
+//! ```
+
+use rayon::prelude::*;
+
+/// Values per quantization block (burn's `per_block([32])`), along the input dimension.
+pub const BLOCK: usize = 32;
+
+/// How a frozen weight matrix is stored for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// bfloat16, rounded to nearest even: 2 bytes a value, no scales.
+    Bf16,
+    /// Symmetric int8 in blocks of 32 with an f32 scale each (burn's `Q8S`).
+    Int8,
+    /// Symmetric int4 (−7…7) in blocks of 32 with an f32 scale each (burn's `Q4S`), two a byte.
+    Int4,
+}
+
+impl WeightFormat {
+    /// Storage bits per weight value, scales included.
+    pub fn bits_per_value(self) -> f64 {
+        match self {
+            WeightFormat::Bf16 => 16.0,
+            WeightFormat::Int8 => 8.0 + 32.0 / BLOCK as f64,
+            WeightFormat::Int4 => 4.0 + 32.0 / BLOCK as f64,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bf16" => Ok(WeightFormat::Bf16),
+            "int8" => Ok(WeightFormat::Int8),
+            "int4" => Ok(WeightFormat::Int4),
+            _ => Err(format!("`{s}`: expected bf16, int8 or int4")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+            WeightFormat::Int4 => "int4",
+        })
+    }
+}
+
+/// A `[out, in]` weight matrix in a narrow [`WeightFormat`].
+///
+/// Layout, row `j` (output `j`) after row `j - 1`:
+/// - bf16: `in` values;
+/// - int8: `in` signed bytes, scales `[out, in / 32]`;
+/// - int4: `in / 2` bytes; within each block of 32, byte `i` holds value `i` in its low nibble and
+///   value `i + 16` in its high nibble, each stored as `q + 8` — the order one 16-byte load
+///   unpacks into two runs of 16 consecutive values.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    format: WeightFormat,
+    d_in: usize,
+    d_out: usize,
+    data: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix({} {}→{}, {} bytes)", self.format, self.d_in, self.d_out, self.bytes())
+    }
+}
+
+impl PackedMatrix {
+    /// Packs `w`, given in burn's `[in, out]` layout (row-major, `d_in × d_out`).
+    ///
+    /// Errors when `w` is not `d_in × d_out`, on a non-finite weight, and for int8/int4 when
+    /// `d_in` is not a multiple of 32 (every Phi projection's is).
+    pub fn pack(w: &[f32], d_in: usize, d_out: usize, format: WeightFormat) -> Result<Self, String> {
+        if w.len() != d_in * d_out {
+            return Err(format!("{} values for a {d_in}×{d_out} matrix", w.len()));
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(format!("weight [{}, {}] is {}", i / d_out, i % d_out, w[i]));
+        }
+        Self::pack_out_in(&transpose(w, d_in, d_out), d_in, d_out, format)
+    }
+
+    /// Packs `wt`, given `[out, in]` (HF's layout, and an embedding table's `[vocab, hidden]`
+    /// used as the tied LM head).
+    pub fn pack_out_in(wt: &[f32], d_in: usize, d_out: usize, format: WeightFormat) -> Result<Self, String> {
+        if wt.len() != d_in * d_out {
+            return Err(format!("{} values for a {d_out}×{d_in} matrix", wt.len()));
+        }
+        if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
+            return Err(format!("weight [{}, {}] (in, out) is {}", i % d_in, i / d_in, wt[i]));
+        }
+        if format != WeightFormat::Bf16 && d_in % BLOCK != 0 {
+            return Err(format!("{format} needs in-features divisible by {BLOCK}, got {d_in}"));
+        }
+        let row = |j: usize| -> &[f32] { &wt[j * d_in..(j + 1) * d_in] };
+        let (data, scales) = match format {
+            WeightFormat::Bf16 => {
+                let data = (0..d_out)
+                    .into_par_iter()
+                    .flat_map_iter(|j| row(j).iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()))
+                    .collect();
+                (data, vec![])
+            }
+            WeightFormat::Int8 | WeightFormat::Int4 => {
+                let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
+                let rows: Vec<(Vec<u8>, Vec<f32>)> = (0..d_out)
+                    .into_par_iter()
+                    .map(|j| {
+                        let r = row(j);
+                        let mut bytes = Vec::with_capacity(d_in);
+                        let mut scales = Vec::with_capacity(d_in / BLOCK);
+                        for block in r.chunks_exact(BLOCK) {
+                            let (scale, q) = quantize_block(block, levels);
+                            scales.push(scale);
+                            match format {
+                                WeightFormat::Int8 => bytes.extend(q.iter().map(|&v| v as u8)),
+                                _ => bytes.extend((0..BLOCK / 2).map(|i| ((q[i] + 8) as u8) | (((q[i + 16] + 8) as u8) << 4))),
+                            }
+                        }
+                        (bytes, scales)
+                    })
+                    .collect();
+                let mut data = Vec::with_capacity(rows.iter().map(|r| r.0.len()).sum());
+                let mut scales = Vec::with_capacity(d_out * d_in / BLOCK);
+                for (b, s) in rows {
+                    data.extend(b);
+                    scales.extend(s);
+                }
+                (data, scales)
+            }
+        };
+        Ok(PackedMatrix { format, d_in, d_out, data, scales })
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// `(in, out)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.d_in, self.d_out)
+    }
+
+    /// Bytes held: values and scales.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.scales.len()
+    }
+
+    /// The weights as f32 in burn's `[in, out]` layout: what the products below compute with.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let mut out = vec![0.0f32; d_in * d_out];
+        let mut row = vec![0.0f32; d_in];
+        for j in 0..d_out {
+            self.row_f32(j, &mut row);
+            for (i, v) in row.iter().enumerate() {
+                out[i * d_out + j] = *v;
+            }
+        }
+        out
+    }
+
+    /// The weights as f32 `[out, in]` (each output's row contiguous), built in parallel: what a
+    /// many-row product multiplies by, through an ordinary gemm on the transposed view.
+    pub fn dequantize_out_in(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.d_in * self.d_out];
+        out.par_chunks_mut(self.d_in).enumerate().for_each(|(j, row)| self.row_f32(j, row));
+        out
+    }
+
+    /// Output row `j`'s weights as f32.
+    fn row_f32(&self, j: usize, out: &mut [f32]) {
+        let n = self.d_in;
+        match self.format {
+            WeightFormat::Bf16 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let at = 2 * (j * n + i);
+                    *o = f32::from_bits((u16::from_le_bytes([self.data[at], self.data[at + 1]]) as u32) << 16);
+                }
+            }
+            WeightFormat::Int8 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = self.data[j * n + i] as i8 as f32 * self.scales[(j * n + i) / BLOCK];
+                }
+            }
+            WeightFormat::Int4 => {
+                let bytes = &self.data[j * n / 2..(j + 1) * n / 2];
+                for (b, block) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let scale = self.scales[j * n / BLOCK + b];
+                    let packed = &bytes[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+                    for i in 0..BLOCK / 2 {
+                        block[i] = ((packed[i] & 0x0f) as i32 - 8) as f32 * scale;
+                        block[i + 16] = ((packed[i] >> 4) as i32 - 8) as f32 * scale;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y = x Wᵀ` for `rows` input rows: `x` is `[rows, in]`, `y` `[rows, out]` (overwritten).
+    ///
+    /// Outputs are split across threads; each task streams its outputs' weights once and
+    /// multiplies every input row by them while they are in cache.
+    pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        assert_eq!(x.len(), rows * d_in, "x is not [{rows}, {d_in}]");
+        assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
+        let kernel = Kernel::detect();
+        // Outputs per task: about 256 KiB of weights, so tasks are many and each is worth waking
+        // a thread for.
+        let per_task = ((256 << 10) / (self.bytes() / d_out).max(1)).clamp(8, 1024);
+        let mut by_output = vec![0.0f32; d_out * rows];
+        let work = |(t, chunk): (usize, &mut [f32])| {
+            let first = t * per_task;
+            for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
+                let j = first + o;
+                for (r, v) in out.iter_mut().enumerate() {
+                    *v = self.dot(kernel, j, &x[r * d_in..(r + 1) * d_in]);
+                }
+            }
+        };
+        if d_out * d_in < 1 << 16 {
+            by_output.chunks_mut(per_task * rows).enumerate().for_each(work);
+        } else {
+            by_output.par_chunks_mut(per_task * rows).enumerate().for_each(work);
+        }
+        for j in 0..d_out {
+            for r in 0..rows {
+                y[r * d_out + j] = by_output[j * rows + r];
+            }
+        }
+    }
+
+    /// Output `j`'s weights · `x`.
+    fn dot(&self, kernel: Kernel, j: usize, x: &[f32]) -> f32 {
+        let n = self.d_in;
+        match self.format {
+            WeightFormat::Bf16 => {
+                let w = &self.data[2 * j * n..2 * (j + 1) * n];
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `Kernel::Avx2` is only returned when the CPU has AVX2 and FMA.
+                    Kernel::Avx2 => unsafe { x86::dot_bf16(w, x) },
+                    Kernel::Portable => portable::dot_bf16(w, x),
+                }
+            }
+            WeightFormat::Int8 => {
+                let (w, s) = (&self.data[j * n..(j + 1) * n], &self.scales[j * n / BLOCK..(j + 1) * n / BLOCK]);
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Kernel::Avx2 => unsafe { x86::dot_int8(w, s, x) },
+                    Kernel::Portable => portable::dot_int8(w, s, x),
+                }
+            }
+            WeightFormat::Int4 => {
+                let (w, s) = (&self.data[j * n / 2..(j + 1) * n / 2], &self.scales[j * n / BLOCK..(j + 1) * n / BLOCK]);
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Kernel::Avx2 => unsafe { x86::dot_int4(w, s, x) },
+                    Kernel::Portable => portable::dot_int4(w, s, x),
+                }
+            }
+        }
+    }
+}
+
+/// `[rows, cols]` → `[cols, rows]`, in 32 × 32 tiles so that neither side is read with a stride
+/// that misses the cache on every value.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; rows * cols];
+    // Each task fills TILE output rows (= TILE input columns).
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(t, chunk)| {
+        let c0 = t * TILE;
+        let c1 = (c0 + TILE).min(cols);
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..c1 {
+                    chunk[(c - c0) * rows + r] = w[r * cols + c];
+                }
+            }
+        }
+    });
+    out
+}
+
+/// burn's symmetric quantization of one block: `scale = max|v| / levels`, `q = round(v / scale)`
+/// clamped to `±levels` (an all-zero block gets scale 0 and zeros).
+fn quantize_block(block: &[f32], levels: f32) -> (f32, [i32; BLOCK]) {
+    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut q = [0i32; BLOCK];
+    if amax == 0.0 {
+        return (0.0, q);
+    }
+    let scale = amax / levels;
+    for (q, v) in q.iter_mut().zip(block) {
+        *q = (v / scale).round().clamp(-levels, levels) as i32;
+    }
+    (scale, q)
+}
+
+/// Which inner loops this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+}
+
+/// Scalar inner loops: any CPU, and the reference the SIMD ones are tested against.
+mod portable {
+    use super::BLOCK;
+
+    pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        for (i, (pair, xv)) in w.chunks_exact(2).zip(x).enumerate() {
+            acc[i % 8] += f32::from_bits((u16::from_le_bytes([pair[0], pair[1]]) as u32) << 16) * xv;
+        }
+        acc.iter().sum()
+    }
+
+    pub fn dot_int8(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        let mut total = 0.0f32;
+        for ((qb, xb), s) in w.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(scales) {
+            let mut acc = [0.0f32; 8];
+            for (i, (q, xv)) in qb.iter().zip(xb).enumerate() {
+                acc[i % 8] += *q as i8 as f32 * xv;
+            }
+            total += acc.iter().sum::<f32>() * s;
+        }
+        total
+    }
+
+    pub fn dot_int4(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        let mut total = 0.0f32;
+        for ((qb, xb), s) in w.chunks_exact(BLOCK / 2).zip(x.chunks_exact(BLOCK)).zip(scales) {
+            let mut acc = [0.0f32; 8];
+            for (i, b) in qb.iter().enumerate() {
+                acc[i % 8] += ((b & 0x0f) as i32 - 8) as f32 * xb[i];
+                acc[(i + 4) % 8] += ((b >> 4) as i32 - 8) as f32 * xb[i + 16];
+            }
+            total += acc.iter().sum::<f32>() * s;
+        }
+        total
+    }
+}
+
+/// AVX2 + FMA inner loops: widen 8 narrow values at a time to f32 lanes in registers.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::BLOCK;
+    use std::arch::x86_64::*;
+
+    /// Sum of the 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `w` holds `2 * x.len()` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+        let n = x.len();
+        debug_assert_eq!(w.len(), 2 * n);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n, so 32 bytes of `w` from 2i and 16 floats of `x` from i are in bounds.
+            unsafe {
+                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
+                // bf16 → f32 is the 16 bits shifted to the top of the word.
+                let lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16);
+                let hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16);
+                a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+                a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            }
+            i += 16;
+        }
+        let mut total = hsum(_mm256_add_ps(a0, a1));
+        for k in i..n {
+            total += f32::from_bits((u16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as u32) << 16) * x[k];
+        }
+        total
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `w.len() == x.len() == BLOCK * scales.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_int8(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        assert!(w.len() == x.len() && x.len() == BLOCK * scales.len());
+        let mut total = _mm256_setzero_ps();
+        for (b, &s) in scales.iter().enumerate() {
+            // SAFETY: block b covers bytes/floats [32b, 32b + 32), in bounds by the assert.
+            unsafe {
+                let (q, xp) = (w.as_ptr().add(b * BLOCK), x.as_ptr().add(b * BLOCK));
+                let mut acc = _mm256_setzero_ps();
+                for k in 0..4 {
+                    let bytes = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                    acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(8 * k)), acc);
+                }
+                total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
+            }
+        }
+        hsum(total)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `2 * w.len() == x.len() == BLOCK * scales.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_int4(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        assert!(2 * w.len() == x.len() && x.len() == BLOCK * scales.len());
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi32(8);
+        let mut total = _mm256_setzero_ps();
+        for (b, &s) in scales.iter().enumerate() {
+            // SAFETY: block b covers bytes [16b, 16b + 16) and floats [32b, 32b + 32).
+            unsafe {
+                let raw = _mm_loadu_si128(w.as_ptr().add(b * BLOCK / 2) as *const __m128i);
+                let xp = x.as_ptr().add(b * BLOCK);
+                // Low nibbles are values 0..16 of the block, high nibbles 16..32.
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight));
+                let mut acc = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(xp));
+                acc = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), acc);
+                acc = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(xp.add(16)), acc);
+                acc = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), acc);
+                total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
+            }
+        }
+        hsum(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(d_in: usize, d_out: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..d_in * d_out)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect()
+    }
+
+    /// `x W` with the dequantized weights, in f64.
+    fn reference(x: &[f32], rows: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; rows * d_out];
+        for r in 0..rows {
+            for j in 0..d_out {
+                y[r * d_out + j] = (0..d_in).map(|i| x[r * d_in + i] as f64 * w[i * d_out + j] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn products_equal_the_dequantized_matrix_on_every_kernel() {
+        let (d_in, d_out, rows) = (96, 300, 3);
+        let w = matrix(d_in, d_out, 1);
+        let x = matrix(rows, d_in, 2);
+        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+            let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
+            let expect = reference(&x, rows, &p.dequantize(), d_in, d_out);
+            let mut y = vec![f32::NAN; rows * d_out];
+            p.matmul(&x, rows, &mut y);
+            let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{format}: {worst}");
+            // The portable loops, whatever this CPU picks.
+            for j in 0..d_out {
+                for r in 0..rows {
+                    let v = p.dot(Kernel::Portable, j, &x[r * d_in..(r + 1) * d_in]);
+                    assert!((v - expect[r * d_out + j]).abs() < 1e-5, "{format} portable [{r}, {j}]");
+                }
+            }
+        }
+        // bf16 with a length that is not a multiple of 16 takes the scalar tail.
+        let w = matrix(21, 5, 3);
+        let p = PackedMatrix::pack(&w, 21, 5, WeightFormat::Bf16).unwrap();
+        let x = matrix(1, 21, 4);
+        let mut y = vec![0.0; 5];
+        p.matmul(&x, 1, &mut y);
+        let expect = reference(&x, 1, &p.dequantize(), 21, 5);
+        assert!(y.iter().zip(&expect).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn quantization_is_burns_symmetric_per_block_scheme() {
+        use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
+        use burn::tensor::{Device, Tensor, TensorData};
+        let (d_in, d_out) = (64, 40);
+        let w = matrix(d_in, d_out, 5);
+        let device = Device::flex();
+        for (format, value) in [(WeightFormat::Int8, QuantValue::Q8S), (WeightFormat::Int4, QuantValue::Q4S)] {
+            let ours = PackedMatrix::pack(&w, d_in, d_out, format).unwrap().dequantize();
+            // burn quantizes blocks along the last dimension: give it `[out, in]`.
+            let t = Tensor::<2>::from_data(TensorData::new(w.clone(), [d_in, d_out]), &device).transpose();
+            let scheme = QuantScheme::default().with_value(value).per_block([BLOCK as u8], ScaleDtype::F32);
+            let theirs = t.quantize_dynamic(&scheme).dequantize().transpose().into_data().to_vec::<f32>().unwrap();
+            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-6, "{format}: differs from burn by {worst}");
+            // And it is a quantization: within half a step of the original.
+            let step = if format == WeightFormat::Int8 { 0.1 / 127.0 } else { 0.1 / 7.0 };
+            assert!(ours.iter().zip(&w).all(|(a, b)| (a - b).abs() <= step / 2.0 + 1e-6));
+        }
+        let bf = PackedMatrix::pack(&w, d_in, d_out, WeightFormat::Bf16).unwrap().dequantize();
+        assert!(bf.iter().zip(&w).all(|(a, b)| *a == half::bf16::from_f32(*b).to_f32()));
+    }
+
+    #[test]
+    fn bad_shapes_and_values_are_refused() {
+        assert!(PackedMatrix::pack(&[0.0; 10], 4, 3, WeightFormat::Bf16).unwrap_err().contains("10 values"));
+        assert!(PackedMatrix::pack(&[0.0; 40], 20, 2, WeightFormat::Int8).unwrap_err().contains("divisible by 32"));
+        let mut w = vec![0.0; 64];
+        w[33] = f32::NAN;
+        assert!(PackedMatrix::pack(&w, 32, 2, WeightFormat::Int4).unwrap_err().contains("[16, 1]"));
+        // An all-zero block packs to zeros, not NaN.
+        let p = PackedMatrix::pack(&[0.0; 64], 32, 2, WeightFormat::Int4).unwrap();
+        assert!(p.dequantize().iter().all(|v| *v == 0.0));
+        assert_eq!(p.bytes(), 32 + 2 * 4);
+    }
+}

@@ -1,0 +1,2 @@
+//! NVPTX-target items cubecl-cuda reads.
+pub mod ptx_version;

@@ -1,0 +1,2 @@
+//! Target-independent items cubecl-cuda reads.
+pub mod lowered_features;
