@@ -30,7 +30,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::model::PhiForCausalLM;
-use crate::tree::LeafMut;
+use crate::tree::{Leaf, LeafMut};
 
 pub use phi_kernels::packed::{PackedMatrix, WeightFormat};
 
@@ -59,7 +59,7 @@ pub(crate) fn packed_linear<const D: usize>(p: &PackedMatrix, x: Tensor<D>, bias
         let wt = Tensor::<2>::from_data(TensorData::new(p.dequantize_out_in(), [d_out, d_in]), &device);
         return linear(x, wt.transpose(), bias);
     }
-    let xs = x.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32");
+    let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
     let mut y = vec![0.0f32; rows * d_out];
     p.matmul(&xs, rows, &mut y);
     let mut shape = dims;
@@ -93,6 +93,21 @@ impl PhiForCausalLM {
         if let Some(f) = self.packed_format() {
             return Err(Error::arg("model", format!("already packed as {f}")));
         }
+        // Everything that could refuse is checked before the first weight is replaced, so an
+        // error leaves the model as it was.
+        for (key, leaf) in self.leaves() {
+            let (d_in, values) = match leaf {
+                Leaf::Linear(lin) => (lin.dims().0, lin.weight.val()),
+                Leaf::Tied => (self.config().hidden_size, self.model.embed_tokens.weight.val()),
+                _ => continue,
+            };
+            if format != WeightFormat::Bf16 && d_in % phi_kernels::packed::BLOCK != 0 {
+                return Err(Error::arg(key, format!("{format} needs in-features divisible by {}, got {d_in}", phi_kernels::packed::BLOCK)));
+            }
+            if values.clone().is_nan().any().into_scalar::<bool>() || values.is_inf().any().into_scalar::<bool>() {
+                return Err(Error::arg(key, "holds a NaN or infinite weight"));
+            }
+        }
         let mut report = PackReport { format, matrices: 0, bytes_before: 0, bytes_after: 0 };
         let mut tied = false;
         for (key, leaf) in self.leaves_mut() {
@@ -101,7 +116,7 @@ impl PhiForCausalLM {
                     let (d_in, d_out) = lin.dims();
                     let w = lin.weight.val();
                     let device = w.device();
-                    let values = w.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32");
+                    let values = w.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
                     let packed = PackedMatrix::pack(&values, d_in, d_out, format).map_err(|e| Error::arg(key.clone(), e))?;
                     drop(values);
                     report.matrices += 1;
@@ -118,7 +133,7 @@ impl PhiForCausalLM {
         if tied {
             let e = self.model.embed_tokens.weight.val();
             let [vocab, hidden] = e.dims();
-            let values = e.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32");
+            let values = e.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
             let packed = PackedMatrix::pack_out_in(&values, hidden, vocab, format).map_err(|e| Error::arg("lm_head (tied)", e))?;
             report.matrices += 1;
             report.bytes_before += 4 * vocab * hidden;
@@ -132,5 +147,79 @@ impl PhiForCausalLM {
     pub fn packed_format(&self) -> Option<WeightFormat> {
         let head = self.lm_head.as_ref().and_then(|h| h.packed.as_ref());
         self.packed_head.as_ref().or(head).map(|p| p.format())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PhiConfig;
+    use burn::tensor::{Device, Int};
+
+    fn model(tied: bool) -> PhiForCausalLM {
+        let mut c = PhiConfig::phi_family(64, 2, 4, 96, 0.5);
+        c.tie_word_embeddings = tied;
+        PhiForCausalLM::init(c, &Device::flex(), 0).unwrap()
+    }
+
+    #[test]
+    fn packed_logits_stay_close_to_f32_on_decode_and_prompt_paths() {
+        for tied in [false, true] {
+            let f32_model = model(tied);
+            // 3 rows take the packed kernels, 12 rows the widened-weights gemm.
+            for len in [3usize, 12] {
+                let ids: Vec<i64> = (0..len as i64).map(|i| (i * 7) % 96).collect();
+                let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &Device::flex());
+                let exact = f32_model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+                for (format, tol) in [(WeightFormat::Bf16, 0.02), (WeightFormat::Int8, 0.02), (WeightFormat::Int4, 0.3)] {
+                    let mut m = f32_model.clone();
+                    let report = m.pack_weights(format).unwrap();
+                    assert_eq!(report.matrices, 2 * 6 + 1, "{format}: every projection and the head");
+                    assert_eq!(m.packed_format(), Some(format));
+                    let got = m.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+                    let worst = got.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(worst < tol, "tied {tied}, {len} rows, {format}: {worst}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_model_refuses_repacking_and_saving_and_writes_nothing() {
+        let mut m = model(false);
+        m.pack_weights(WeightFormat::Int4).unwrap();
+        let e = m.pack_weights(WeightFormat::Int8).unwrap_err().to_string();
+        assert!(e.contains("already packed as int4"), "{e}");
+        let dir = std::env::temp_dir().join(format!("packed-save-{}", std::process::id()));
+        let e = m.save_pretrained(&dir).unwrap_err().to_string();
+        assert!(e.contains("packed as int4") && e.contains("save before packing"), "{e}");
+        assert!(!dir.exists(), "nothing may be written");
+    }
+
+    #[test]
+    fn in_features_not_a_multiple_of_32_are_named() {
+        // hidden 48: every projection reading the hidden state has 48 in-features.
+        let c = PhiConfig::phi_family(48, 1, 4, 64, 0.5);
+        let mut m = PhiForCausalLM::init(c, &Device::flex(), 0).unwrap();
+        let e = m.pack_weights(WeightFormat::Int8).unwrap_err().to_string();
+        assert!(e.contains("model.layers.0.self_attn.q_proj") && e.contains("divisible by 32"), "{e}");
+        // A NaN in the last layer is found before anything is packed: the model is untouched.
+        let mut m = model(false);
+        for (key, lin) in m.linears_mut() {
+            if key == "model.layers.1.mlp.fc2" {
+                let w = lin.weight.val();
+                let [i, o] = w.dims();
+                let mut v = w.into_data().try_to_vec::<f32>().unwrap();
+                v[5] = f32::NAN;
+                lin.set_weight(Tensor::from_data(TensorData::new(v, [i, o]), &Device::flex()), false);
+            }
+        }
+        let e = m.pack_weights(WeightFormat::Int8).unwrap_err().to_string();
+        assert!(e.contains("model.layers.1.mlp.fc2") && e.contains("NaN"), "{e}");
+        assert_eq!(m.packed_format(), None);
+        assert!(m.linears_mut().iter().all(|(_, l)| l.packed.is_none()));
+        // bf16 has no blocks and packs in-features of 48.
+        let mut m = PhiForCausalLM::init(PhiConfig::phi_family(48, 1, 4, 64, 0.5), &Device::flex(), 0).unwrap();
+        m.pack_weights(WeightFormat::Bf16).unwrap();
     }
 }

@@ -549,7 +549,7 @@ mod tests {
             // burn quantizes blocks along the last dimension: give it `[out, in]`.
             let t = Tensor::<2>::from_data(TensorData::new(w.clone(), [d_in, d_out]), &device).transpose();
             let scheme = QuantScheme::default().with_value(value).per_block([BLOCK as u8], ScaleDtype::F32);
-            let theirs = t.quantize_dynamic(&scheme).dequantize().transpose().into_data().to_vec::<f32>().unwrap();
+            let theirs = t.quantize_dynamic(&scheme).dequantize().transpose().into_data().try_to_vec::<f32>().unwrap();
             let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-6, "{format}: differs from burn by {worst}");
             // And it is a quantization: within half a step of the original.
