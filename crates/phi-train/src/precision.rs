@@ -8,7 +8,7 @@
 //! halved, and after `growth_interval` good steps it doubles (torch's `GradScaler` policy).
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 use phi_core::PhiForCausalLM;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,28 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name settings files and `--precision` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// An error unless `device` computes in this precision. A backend without the dtype does not
+    /// fail loudly: wgpu's WGSL compiler has no bf16, and casting to it there trained three steps
+    /// of wrong numbers, then overflowed. So ask before any work.
+    pub fn check_device(self, device: &Device) -> crate::Result<()> {
+        match self.dtype() {
+            Some(dtype) if !device.supports_dtype(dtype) => Err(crate::TrainError::Invalid(format!(
+                "precision = \"{}\": this device ({device:?}) cannot compute in {dtype:?}; use another precision (f16 or f32) or another backend (cuda, or cpu for bf16)",
+                self.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub fn dtype(self) -> Option<FloatDType> {
         match self {
             Precision::F32 => None,

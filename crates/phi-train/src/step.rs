@@ -57,6 +57,7 @@ impl Trainer {
         if !device.is_autodiff() {
             return Err(TrainError::Invalid("a Trainer needs the model on an autodiff device (device.autodiff())".into()));
         }
+        cfg.precision.check_device(&device)?;
         let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
         Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None })
     }

@@ -432,6 +432,7 @@ pub fn fit<O: Objective>(
     let model_config = weights.model_config()?;
     cfg.validate(&model_config)?;
     objective.check(&model_config, cfg)?;
+    cfg.precision.check_device(device)?;
     let ad = if cfg.activation_checkpointing {
         device.clone().autodiff().gradient_checkpointing()
     } else {

@@ -125,6 +125,16 @@ fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
     let _turn = take_turn();
     let (model, cfg, train_tokens, val_tokens, _data) = tiny();
     let cfg = TrainConfig { max_steps: 4, eval_every: 0, checkpoint_every: 0, ..cfg };
+    if !Device::default().supports_dtype(burn::tensor::DType::BF16) {
+        // wgpu's WGSL compiler has no bf16: the run is refused up front, naming the setting,
+        // and nothing is written.
+        let dir = tempfile::tempdir().unwrap();
+        let bf16 = TrainConfig { precision: Precision::Bf16, ..cfg.clone() };
+        let e = train(&model, &bf16, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &Device::default(), |_| {}).err().expect("bf16 refused").to_string();
+        assert!(e.contains("precision = \"bf16\"") && e.contains("cannot compute in"), "{e}");
+        assert!(!dir.path().join("checkpoints").exists() && !dir.path().join("metrics.jsonl").exists());
+        return;
+    }
     let run = |cfg: &TrainConfig| {
         let (out, dir) = fresh_run(&model, cfg, &train_tokens, &val_tokens);
         let weights = std::fs::read(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 4).join("model.safetensors")).unwrap();
