@@ -57,6 +57,11 @@ with torch.no_grad():
             f.write("5")
     except OSError:
         pass
+    # The prompt and the first token alone, then the whole run: the difference is the decode of
+    # the tokens after the first (llama-bench's "tg"), where the weights' bytes set the pace.
+    t = time.perf_counter()
+    model.generate(prompt, max_new_tokens=1, min_new_tokens=1, **kw)
+    first = time.perf_counter() - t
     t = time.perf_counter()
     out = model.generate(prompt, max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens, **kw)
     dt = time.perf_counter() - t
@@ -74,5 +79,7 @@ def peak_rss_mib():
 
 new = out.shape[1] - prompt.shape[1]
 print(json.dumps({"workload": "generate", "dtype": a.dtype, "arch": a.arch, "new_tokens": new, "seconds": dt,
-                  "tokens_per_s": new / dt, "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__,
+                  "tokens_per_s": new / dt, "first_token_s": first,
+                  "decode_tokens_per_s": (new - 1) / (dt - first) if new > 1 and dt > first else None,
+                  "peak_rss_mib": peak_rss_mib(), "torch": torch.__version__,
                   "threads": torch.get_num_threads()}))

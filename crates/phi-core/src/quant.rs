@@ -5,8 +5,9 @@
 //! [`PhiForCausalLM::pack_weights`] converts every projection, and the LM head (tied or not),
 //! into a [`PackedMatrix`] and frees the f32 weights; [`Linear::forward`](crate::nn::Linear)
 //! then multiplies by the packed values directly (phi-kernels' `packed` kernels) when a call has
-//! few rows — decoding — and through an ordinary gemm on weights widened per call when it has
-//! many (a prompt, a perplexity window), where arithmetic rather than bytes sets the pace.
+//! few rows — decoding — and, when it has many (a prompt, a perplexity window), where arithmetic
+//! rather than bytes sets the pace, through gemm on the weights widened a cache-sized tile at a
+//! time.
 //! Norms, embeddings (the lookup), biases, the KV cache and all activations stay f32.
 //!
 //! ```
@@ -25,7 +26,6 @@
 use std::sync::Arc;
 
 use burn::backend::DispatchDevice;
-use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -33,10 +33,6 @@ use crate::model::PhiForCausalLM;
 use crate::tree::{Leaf, LeafMut};
 
 pub use phi_kernels::packed::{PackedMatrix, WeightFormat};
-
-/// Above this many rows a call widens the weights once and runs a gemm: its arithmetic, not
-/// the weight bytes, is then what costs.
-const GEMM_ROWS: usize = 8;
 
 /// What [`PhiForCausalLM::pack_weights`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,14 +47,10 @@ pub struct PackReport {
 
 /// `x Wᵀ + b` with a packed `W`, `x` `[…, in]` → `[…, out]`.
 pub(crate) fn packed_linear<const D: usize>(p: &PackedMatrix, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    let (d_in, d_out) = p.dims();
+    let (_, d_out) = p.dims();
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let device = x.device();
-    if rows > GEMM_ROWS {
-        let wt = Tensor::<2>::from_data(TensorData::new(p.dequantize_out_in(), [d_out, d_in]), &device);
-        return linear(x, wt.transpose(), bias);
-    }
     let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
     let mut y = vec![0.0f32; rows * d_out];
     p.matmul(&xs, rows, &mut y);

@@ -28,6 +28,13 @@
 
 use rayon::prelude::*;
 
+/// Up to this many rows a product streams the narrow weights through the dot kernels once for
+/// all rows (decoding, a small batch); above it, [`PackedMatrix::matmul`] widens tiles for gemm.
+pub const DOT_ROWS: usize = 8;
+
+/// Inputs per gemm pass of the tiled product: a tile of widened weights is outputs × this.
+const K_SEGMENT: usize = 2048;
+
 /// Values per quantization block (burn's `per_block([32])`), along the input dimension.
 pub const BLOCK: usize = 32;
 
@@ -203,27 +210,34 @@ impl PackedMatrix {
 
     /// Output row `j`'s weights as f32.
     fn row_f32(&self, j: usize, out: &mut [f32]) {
-        let n = self.d_in;
+        self.row_part_f32(j, 0, out);
+    }
+
+    /// Output row `j`'s weights from input `lo` on (a multiple of [`BLOCK`]), `out.len()` of them.
+    fn row_part_f32(&self, j: usize, lo: usize, out: &mut [f32]) {
+        let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
+        // Block-wise with slices, so that the loops have no bounds checks and vectorize.
         match self.format {
             WeightFormat::Bf16 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let at = 2 * (j * n + i);
-                    *o = f32::from_bits((u16::from_le_bytes([self.data[at], self.data[at + 1]]) as u32) << 16);
+                for (o, b) in out.iter_mut().zip(self.data[2 * start..2 * end].chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
                 }
             }
             WeightFormat::Int8 => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = self.data[j * n + i] as i8 as f32 * self.scales[(j * n + i) / BLOCK];
+                let (bytes, scales) = (&self.data[start..end], &self.scales[start / BLOCK..end / BLOCK]);
+                for ((block, q), &scale) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(BLOCK)).zip(scales) {
+                    for (o, &v) in block.iter_mut().zip(q) {
+                        *o = v as i8 as f32 * scale;
+                    }
                 }
             }
             WeightFormat::Int4 => {
-                let bytes = &self.data[j * n / 2..(j + 1) * n / 2];
-                for (b, block) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let scale = self.scales[j * n / BLOCK + b];
-                    let packed = &bytes[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                    for i in 0..BLOCK / 2 {
-                        block[i] = ((packed[i] & 0x0f) as i32 - 8) as f32 * scale;
-                        block[i + 16] = ((packed[i] >> 4) as i32 - 8) as f32 * scale;
+                let (bytes, scales) = (&self.data[start / 2..end / 2], &self.scales[start / BLOCK..end / BLOCK]);
+                for ((block, packed), &scale) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(BLOCK / 2)).zip(scales) {
+                    let (lo, hi) = block.split_at_mut(BLOCK / 2);
+                    for ((l, h), &p) in lo.iter_mut().zip(hi.iter_mut()).zip(packed) {
+                        *l = ((p & 0x0f) as i32 - 8) as f32 * scale;
+                        *h = ((p >> 4) as i32 - 8) as f32 * scale;
                     }
                 }
             }
@@ -238,6 +252,9 @@ impl PackedMatrix {
         let (d_in, d_out) = (self.d_in, self.d_out);
         assert_eq!(x.len(), rows * d_in, "x is not [{rows}, {d_in}]");
         assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
+        if rows > DOT_ROWS {
+            return self.matmul_tiled(x, rows, y);
+        }
         let kernel = Kernel::detect();
         // Outputs per task: about 256 KiB of weights, so tasks are many and each is worth waking
         // a thread for.
@@ -248,7 +265,7 @@ impl PackedMatrix {
             for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
                 let j = first + o;
                 for (r, v) in out.iter_mut().enumerate() {
-                    *v = self.dot(kernel, j, &x[r * d_in..(r + 1) * d_in]);
+                    *v = self.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
                 }
             }
         };
@@ -264,34 +281,93 @@ impl PackedMatrix {
         }
     }
 
-    /// Output `j`'s weights · `x`.
-    fn dot(&self, kernel: Kernel, j: usize, x: &[f32]) -> f32 {
-        let n = self.d_in;
+    /// Many rows (a prompt, a perplexity window): arithmetic sets the pace, so gemm does it.
+    /// The weights are widened to f32 a tile of outputs at a time, in a buffer that stays in
+    /// cache while gemm reads it — never the whole matrix, which would write and re-read 4 bytes a
+    /// weight through memory.
+    fn matmul_tiled(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        // A tile is ≤ 512 KiB of f32 weights (half an L2): outputs × up to K_SEGMENT inputs,
+        // with at least 16 outputs so that gemm's micro-kernels have full panels, and more with
+        // many rows, as every tile re-reads its slice of `x`. Long rows (phi-1.5's fc2 has 8192
+        // in-features) go in K_SEGMENT passes accumulated in place rather than in thin tiles:
+        // 16-output tiles made gemm re-pack all of `x` per tile and ran at half speed.
+        let k_seg = d_in.min(K_SEGMENT);
+        let tile = ((128 << 10) / k_seg).max(rows / 8).clamp(16, 1024).min(d_out);
+        let tiles: Vec<(usize, Vec<f32>)> = (0..d_out.div_ceil(tile))
+            .into_par_iter()
+            .map(|t| {
+                let (j0, n) = (t * tile, tile.min(d_out - t * tile));
+                let mut w = vec![0.0f32; n * k_seg];
+                let mut out = vec![0.0f32; rows * n];
+                for lo in (0..d_in).step_by(k_seg) {
+                    let k = k_seg.min(d_in - lo);
+                    for (o, row) in w.chunks_exact_mut(k).take(n).enumerate() {
+                        self.row_part_f32(j0 + o, lo, row);
+                    }
+                    // out[rows, n] (+)= x[rows, lo..lo + k] · w[n, k]ᵀ: w read as a column-major
+                    // [k, n] (column stride k, row stride 1).
+                    // SAFETY: every pointer/stride pair addresses only inside its buffer: `out`
+                    // is rows × n, `x` from `lo` is rows × d_in with k ≤ d_in - lo columns used,
+                    // `w` holds n × k ≤ n × k_seg values.
+                    unsafe {
+                        gemm::gemm(
+                            rows, n, k,
+                            out.as_mut_ptr(), 1, n as isize, lo > 0,
+                            x.as_ptr().add(lo), 1, d_in as isize,
+                            w.as_ptr(), k as isize, 1,
+                            1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                }
+                (j0, out)
+            })
+            .collect();
+        for (j0, out) in tiles {
+            let n = out.len() / rows;
+            for (r, src) in out.chunks_exact(n).enumerate() {
+                y[r * d_out + j0..r * d_out + j0 + n].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// Output `j`'s weights from input `lo` on · `x` (`lo` is a multiple of [`BLOCK`]).
+    fn dot(&self, kernel: Kernel, j: usize, lo: usize, x: &[f32]) -> f32 {
+        let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + x.len());
         match self.format {
             WeightFormat::Bf16 => {
-                let w = &self.data[2 * j * n..2 * (j + 1) * n];
+                let w = &self.data[2 * start..2 * end];
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `Kernel::Avx2` is only returned when the CPU has AVX2 and FMA.
                     Kernel::Avx2 => unsafe { x86::dot_bf16(w, x) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `Kernel::Avx512` is only returned when the CPU has AVX-512F.
+                    Kernel::Avx512 => unsafe { x86::dot_bf16_512(w, x) },
                     Kernel::Portable => portable::dot_bf16(w, x),
                 }
             }
             WeightFormat::Int8 => {
-                let (w, s) = (&self.data[j * n..(j + 1) * n], &self.scales[j * n / BLOCK..(j + 1) * n / BLOCK]);
+                let (w, s) = (&self.data[start..end], &self.scales[start / BLOCK..end / BLOCK]);
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
                     Kernel::Avx2 => unsafe { x86::dot_int8(w, s, x) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Kernel::Avx512 => unsafe { x86::dot_int8_512(w, s, x) },
                     Kernel::Portable => portable::dot_int8(w, s, x),
                 }
             }
             WeightFormat::Int4 => {
-                let (w, s) = (&self.data[j * n / 2..(j + 1) * n / 2], &self.scales[j * n / BLOCK..(j + 1) * n / BLOCK]);
+                let (w, s) = (&self.data[start / 2..end / 2], &self.scales[start / BLOCK..end / BLOCK]);
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
                     Kernel::Avx2 => unsafe { x86::dot_int4(w, s, x) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Kernel::Avx512 => unsafe { x86::dot_int4_512(w, s, x) },
                     Kernel::Portable => portable::dot_int4(w, s, x),
                 }
             }
@@ -338,17 +414,33 @@ fn quantize_block(block: &[f32], levels: f32) -> (f32, [i32; BLOCK]) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     Portable,
 }
 
 impl Kernel {
+    /// The widest this CPU has. `PHI_PORTABLE_KERNELS` (any value) forces the scalar loops,
+    /// `PHI_NO_AVX512` the AVX2 ones — to compare, or to rule a kernel out.
     fn detect() -> Kernel {
+        Kernel::available()[0]
+    }
+
+    /// Every kernel this CPU can run, widest first (the tests check each against the others).
+    fn available() -> Vec<Kernel> {
+        let mut all = vec![];
         #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Kernel::Avx2;
+        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() {
+            if std::env::var_os("PHI_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+                all.push(Kernel::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Kernel::Avx2);
+            }
         }
-        Kernel::Portable
+        all.push(Kernel::Portable);
+        all
     }
 }
 
@@ -390,7 +482,7 @@ mod portable {
     }
 }
 
-/// AVX2 + FMA inner loops: widen 8 narrow values at a time to f32 lanes in registers.
+/// AVX2 + FMA and AVX-512 inner loops: widen 8 (16) narrow values at a time to f32 lanes in registers.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::BLOCK;
@@ -411,21 +503,28 @@ mod x86 {
     pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
         let n = x.len();
         debug_assert_eq!(w.len(), 2 * n);
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        // Four accumulators: an FMA's latency is four of its issue slots, so one chain would
+        // leave the FMA units idle most of the time.
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: i + 16 ≤ n, so 32 bytes of `w` from 2i and 16 floats of `x` from i are in bounds.
             unsafe {
+                if i % 32 == 0 {
+                    // A line at a time, 1 KiB ahead (see dot_int4).
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
+                }
                 let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
                 // bf16 → f32 is the 16 bits shifted to the top of the word.
                 let lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16);
                 let hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16);
-                a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
-                a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+                let k = (i / 16) % 2 * 2;
+                acc[k] = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(x.as_ptr().add(i)), acc[k]);
+                acc[k + 1] = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc[k + 1]);
             }
             i += 16;
         }
-        let mut total = hsum(_mm256_add_ps(a0, a1));
+        let mut total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
         for k in i..n {
             total += f32::from_bits((u16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as u32) << 16) * x[k];
         }
@@ -437,21 +536,24 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_int8(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
         assert!(w.len() == x.len() && x.len() == BLOCK * scales.len());
-        let mut total = _mm256_setzero_ps();
+        // Short dependency chains: a block's four products in two pairs, blocks alternating
+        // between two totals.
+        let mut total = [_mm256_setzero_ps(); 2];
         for (b, &s) in scales.iter().enumerate() {
             // SAFETY: block b covers bytes/floats [32b, 32b + 32), in bounds by the assert.
             unsafe {
-                let (q, xp) = (w.as_ptr().add(b * BLOCK), x.as_ptr().add(b * BLOCK));
-                let mut acc = _mm256_setzero_ps();
-                for k in 0..4 {
-                    let bytes = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
-                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                    acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(8 * k)), acc);
+                if b % 2 == 0 {
+                    // A line (two blocks) at a time, 1 KiB ahead (see dot_int4).
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(b * BLOCK + 1024) as *const i8);
                 }
-                total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
+                let (q, xp) = (w.as_ptr().add(b * BLOCK), x.as_ptr().add(b * BLOCK));
+                let v = |k: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k) as *const __m128i)));
+                let p = _mm256_fmadd_ps(v(1), _mm256_loadu_ps(xp.add(8)), _mm256_mul_ps(v(0), _mm256_loadu_ps(xp)));
+                let r = _mm256_fmadd_ps(v(3), _mm256_loadu_ps(xp.add(24)), _mm256_mul_ps(v(2), _mm256_loadu_ps(xp.add(16))));
+                total[b % 2] = _mm256_fmadd_ps(_mm256_add_ps(p, r), _mm256_set1_ps(s), total[b % 2]);
             }
         }
-        hsum(total)
+        hsum(_mm256_add_ps(total[0], total[1]))
     }
 
     /// # Safety
@@ -461,24 +563,109 @@ mod x86 {
         assert!(2 * w.len() == x.len() && x.len() == BLOCK * scales.len());
         let mask = _mm_set1_epi8(0x0f);
         let eight = _mm256_set1_epi32(8);
-        let mut total = _mm256_setzero_ps();
+        let mut total = [_mm256_setzero_ps(); 2];
         for (b, &s) in scales.iter().enumerate() {
             // SAFETY: block b covers bytes [16b, 16b + 16) and floats [32b, 32b + 32).
             unsafe {
+                if b % 4 == 0 {
+                    // A line (four blocks) at a time, 1 KiB ahead: int4 does four times the
+                    // arithmetic a byte that bf16 does, and the hardware prefetcher alone fell
+                    // behind. A prefetch past the end of `w` is only a hint.
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(b * BLOCK / 2 + 1024) as *const i8);
+                }
                 let raw = _mm_loadu_si128(w.as_ptr().add(b * BLOCK / 2) as *const __m128i);
                 let xp = x.as_ptr().add(b * BLOCK);
                 // Low nibbles are values 0..16 of the block, high nibbles 16..32.
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight));
-                let mut acc = _mm256_mul_ps(widen(lo), _mm256_loadu_ps(xp));
-                acc = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), acc);
-                acc = _mm256_fmadd_ps(widen(hi), _mm256_loadu_ps(xp.add(16)), acc);
-                acc = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), acc);
-                total = _mm256_fmadd_ps(acc, _mm256_set1_ps(s), total);
+                let p = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), _mm256_mul_ps(widen(lo), _mm256_loadu_ps(xp)));
+                let r = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), _mm256_mul_ps(widen(hi), _mm256_loadu_ps(xp.add(16))));
+                total[b % 2] = _mm256_fmadd_ps(_mm256_add_ps(p, r), _mm256_set1_ps(s), total[b % 2]);
             }
         }
-        hsum(total)
+        hsum(_mm256_add_ps(total[0], total[1]))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `w` holds `2 * x.len()` bytes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_512(w: &[u8], x: &[f32]) -> f32 {
+        let n = x.len();
+        debug_assert_eq!(w.len(), 2 * n);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n, so 32 bytes of `w` from 2i and 16 floats of `x` from i are in bounds.
+            unsafe {
+                if i % 32 == 0 {
+                    // A line at a time, 1 KiB ahead (see dot_int4).
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
+                }
+                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
+                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+                let k = (i / 16) % 2;
+                acc[k] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(i)), acc[k]);
+            }
+            i += 16;
+        }
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        for k in i..n {
+            total += f32::from_bits((u16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as u32) << 16) * x[k];
+        }
+        total
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `w.len() == x.len() == BLOCK * scales.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_int8_512(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        assert!(w.len() == x.len() && x.len() == BLOCK * scales.len());
+        let mut total = [_mm512_setzero_ps(); 2];
+        for (b, &s) in scales.iter().enumerate() {
+            // SAFETY: block b covers bytes/floats [32b, 32b + 32), in bounds by the assert.
+            unsafe {
+                if b % 2 == 0 {
+                    // A line (two blocks) at a time, 1 KiB ahead (see dot_int4).
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(b * BLOCK + 1024) as *const i8);
+                }
+                let (q, xp) = (w.as_ptr().add(b * BLOCK), x.as_ptr().add(b * BLOCK));
+                let v = |k: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16 * k) as *const __m128i)));
+                let p = _mm512_fmadd_ps(v(1), _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(v(0), _mm512_loadu_ps(xp)));
+                total[b % 2] = _mm512_fmadd_ps(p, _mm512_set1_ps(s), total[b % 2]);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `2 * w.len() == x.len() == BLOCK * scales.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_int4_512(w: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        assert!(2 * w.len() == x.len() && x.len() == BLOCK * scales.len());
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm512_set1_epi32(8);
+        let mut total = [_mm512_setzero_ps(); 2];
+        for (b, &s) in scales.iter().enumerate() {
+            // SAFETY: block b covers bytes [16b, 16b + 16) and floats [32b, 32b + 32).
+            unsafe {
+                if b % 4 == 0 {
+                    // A line (four blocks) at a time, 1 KiB ahead: int4 does four times the
+                    // arithmetic a byte that bf16 does, and the hardware prefetcher alone fell
+                    // behind. A prefetch past the end of `w` is only a hint.
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(b * BLOCK / 2 + 1024) as *const i8);
+                }
+                let raw = _mm_loadu_si128(w.as_ptr().add(b * BLOCK / 2) as *const __m128i);
+                let xp = x.as_ptr().add(b * BLOCK);
+                // Low nibbles are values 0..16 of the block, high nibbles 16..32: 16 lanes each.
+                let widen = |v: __m128i| _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(v), eight));
+                let lo = widen(_mm_and_si128(raw, mask));
+                let hi = widen(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                let p = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
+                total[b % 2] = _mm512_fmadd_ps(p, _mm512_set1_ps(s), total[b % 2]);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(total[0], total[1]))
     }
 }
 
@@ -519,13 +706,29 @@ mod tests {
             p.matmul(&x, rows, &mut y);
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-5, "{format}: {worst}");
-            // The portable loops, whatever this CPU picks.
-            for j in 0..d_out {
-                for r in 0..rows {
-                    let v = p.dot(Kernel::Portable, j, &x[r * d_in..(r + 1) * d_in]);
-                    assert!((v - expect[r * d_out + j]).abs() < 1e-5, "{format} portable [{r}, {j}]");
+            // Every kernel this CPU has, whichever `matmul` picks (the portable loops always).
+            for kernel in Kernel::available() {
+                for j in 0..d_out {
+                    for r in 0..rows {
+                        let v = p.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
+                        assert!((v - expect[r * d_out + j]).abs() < 1e-5, "{format} {kernel:?} [{r}, {j}]");
+                    }
                 }
             }
+        }
+        // Many rows take the tiled gemm path: several tiles, the last one short (64-output tiles
+        // for K_SEGMENT = 2048; 300 = 4 × 64 + 44), and two passes along the input, the second
+        // short (2144 = 2048 + 96).
+        let (d_in, rows) = (K_SEGMENT + 96, DOT_ROWS + 5);
+        let w = matrix(d_in, d_out, 5);
+        let x = matrix(rows, d_in, 6);
+        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+            let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
+            let expect = reference(&x, rows, &p.dequantize(), d_in, d_out);
+            let mut y = vec![f32::NAN; rows * d_out];
+            p.matmul(&x, rows, &mut y);
+            let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{format}, {rows} rows: {worst}");
         }
         // bf16 with a length that is not a multiple of 16 takes the scalar tail.
         let w = matrix(21, 5, 3);

@@ -310,11 +310,33 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
 
 /// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
 pub fn bench_generate(model: &PhiForCausalLM, a: &BenchOptions) -> f64 {
+    bench_generate_split(model, a).tokens_per_s
+}
+
+/// How fast greedy generation goes, whole and in its two phases.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateRate {
+    /// New tokens over the whole call, prompt included (what PyTorch's `generate` is timed at).
+    pub tokens_per_s: f64,
+    /// The prompt and the first new token (time to first token).
+    pub first_token_s: f64,
+    /// The tokens after the first over the time after it: decoding alone (llama-bench's "tg"),
+    /// where every token reads all the weights once.
+    pub decode_tokens_per_s: f64,
+}
+
+/// [`bench_generate`], with the prompt phase timed apart from the decode.
+pub fn bench_generate_split(model: &PhiForCausalLM, a: &BenchOptions) -> GenerateRate {
     let prompt: Vec<u32> = random_ids(32, a.vocab, 2).into_iter().map(|t| t as u32).collect();
     model.generate(&prompt, &GenerationConfig::greedy(4)).expect("warm-up generation");
     let t = Instant::now();
+    model.generate(&prompt, &GenerationConfig::greedy(1)).expect("generation");
+    let first = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let out = model.generate(&prompt, &GenerationConfig::greedy(a.gen_tokens)).expect("generation");
-    (out.len() - prompt.len()) as f64 / t.elapsed().as_secs_f64()
+    let all = t.elapsed().as_secs_f64();
+    let new = (out.len() - prompt.len()) as f64;
+    GenerateRate { tokens_per_s: new / all, first_token_s: first, decode_tokens_per_s: (new - 1.0) / (all - first).max(1e-9) }
 }
 
 fn torch_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
@@ -423,11 +445,13 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
 /// place, so a one-format run's figure holds no f32 copy.
 fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, params: u64, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
     let torch = torch_decode_results(a, arch)?;
-    let torch_tps = |dtype: &str| {
-        torch.iter().find(|v| v["workload"] == "generate" && v["dtype"] == dtype).and_then(|v| v["tokens_per_s"].as_f64())
+    let torch_rate = |dtype: &str, key: &str| {
+        torch.iter().find(|v| v["workload"] == "generate" && v["dtype"] == dtype).and_then(|v| v[key].as_f64())
     };
-    let (torch_f32, torch_bf16) = (torch_tps("f32"), torch_tps("bf16"));
+    let (torch_f32, torch_bf16) = (torch_rate("f32", "tokens_per_s"), torch_rate("bf16", "tokens_per_s"));
+    let (torch_f32_dec, torch_bf16_dec) = (torch_rate("f32", "decode_tokens_per_s"), torch_rate("bf16", "decode_tokens_per_s"));
     let mut ours_f32 = None;
+    let mut ours_f32_dec = None;
     let mut model = Some(model);
     for (i, &format) in a.weights.iter().enumerate() {
         let mut m = if i + 1 == a.weights.len() { model.take().expect("kept until the last") } else { model.clone().expect("kept") };
@@ -436,20 +460,24 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
             None => 0,
         };
         reset_peak_rss();
-        let tps = bench_generate(&m, a);
+        let rate = bench_generate_split(&m, a);
         let peak = peak_rss_mib();
         drop(m);
+        let (tps, dec) = (rate.tokens_per_s, rate.decode_tokens_per_s);
         let label = format.map_or("f32".to_string(), |f| f.to_string());
         if format.is_none() {
             ours_f32 = Some(tps);
+            ours_f32_dec = Some(dec);
         }
         let result = json!({
             "workload": "generate", "weights": label, "arch": arch, "params": params, "threads": threads,
             "prompt": 32, "new_tokens": a.gen_tokens, "tokens_per_s": tps, "peak_rss_mib": peak,
+            "first_token_s": rate.first_token_s, "decode_tokens_per_s": dec,
             "packed_bytes": (bytes > 0).then_some(bytes),
-            "vs_our_f32": ours_f32.map(|f| tps / f),
+            "vs_our_f32": ours_f32.map(|f| tps / f), "decode_vs_our_f32": ours_f32_dec.map(|f| dec / f),
             "torch_f32_tokens_per_s": torch_f32, "torch_bf16_tokens_per_s": torch_bf16,
             "vs_torch_f32": torch_f32.map(|t| tps / t), "vs_torch_bf16": torch_bf16.map(|t| tps / t),
+            "decode_vs_torch_f32": torch_f32_dec.map(|t| dec / t), "decode_vs_torch_bf16": torch_bf16_dec.map(|t| dec / t),
         });
         if a.json {
             println!("{result}");
@@ -457,17 +485,28 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
             let r = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
             let peak = peak.map_or("-".to_string(), |p| format!("{p:.0} MiB"));
             println!(
-                "generate {label:<5} {arch:<5} phi {tps:>7.2} tok/s   vs our f32 {:>6}   vs torch f32 {:>6}   vs torch bf16 {:>6}   peak RSS {peak}",
-                r(ours_f32.map(|f| tps / f)), r(torch_f32.map(|t| tps / t)), r(torch_bf16.map(|t| tps / t))
+                "generate {label:<5} {arch:<5} phi {tps:>7.2} tok/s (decode {dec:>6.2}, first token {:.2} s)   vs our f32 {:>6} (decode {:>6})   vs torch f32 {:>6} (decode {:>6})   vs torch bf16 {:>6} (decode {:>6})   peak RSS {peak}",
+                rate.first_token_s,
+                r(ours_f32.map(|f| tps / f)), r(ours_f32_dec.map(|f| dec / f)),
+                r(torch_f32.map(|t| tps / t)), r(torch_f32_dec.map(|t| dec / t)),
+                r(torch_bf16.map(|t| tps / t)), r(torch_bf16_dec.map(|t| dec / t)),
             );
         }
     }
     for dtype in ["f32", "bf16"] {
         if let Some(v) = torch.iter().find(|v| v["dtype"] == dtype) {
             if a.json {
-                println!("{}", json!({"workload": "generate", "weights": dtype, "arch": arch, "torch": true, "tokens_per_s": v["tokens_per_s"], "peak_rss_mib": v["peak_rss_mib"]}));
+                println!(
+                    "{}",
+                    json!({"workload": "generate", "weights": dtype, "arch": arch, "torch": true, "tokens_per_s": v["tokens_per_s"],
+                           "decode_tokens_per_s": v["decode_tokens_per_s"], "first_token_s": v["first_token_s"], "peak_rss_mib": v["peak_rss_mib"]})
+                );
             } else {
-                println!("torch    {dtype:<5} {arch:<5}     {:>7.2} tok/s   peak RSS {:.0} MiB", v["tokens_per_s"].as_f64().unwrap_or(f64::NAN), v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+                let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "torch    {dtype:<5} {arch:<5}     {:>7.2} tok/s (decode {:>6.2}, first token {:.2} s)   peak RSS {:.0} MiB",
+                    f("tokens_per_s"), f("decode_tokens_per_s"), f("first_token_s"), f("peak_rss_mib")
+                );
             }
         }
     }
