@@ -100,6 +100,10 @@ pub struct BenchOptions {
     pub torch_decode: Option<String>,
     /// Training workloads: the step's compute precision (the baseline script's is f32).
     pub precision: crate::Precision,
+    /// generate: runs the packing of a model (its argument) so that the f32 weights it frees go
+    /// back to the OS. The `phi` binary's allocator keeps freed memory otherwise (see its
+    /// `returning_freed_memory`), and the decode's peak RSS would be the f32 model's.
+    pub around_pack: Option<fn(&mut dyn FnMut())>,
 }
 
 impl Default for BenchOptions {
@@ -122,6 +126,7 @@ impl Default for BenchOptions {
             weights: vec![None],
             torch_decode: None,
             precision: crate::Precision::F32,
+            around_pack: None,
         }
     }
 }
@@ -456,7 +461,15 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
     for (i, &format) in a.weights.iter().enumerate() {
         let mut m = if i + 1 == a.weights.len() { model.take().expect("kept until the last") } else { model.clone().expect("kept") };
         let bytes = match format {
-            Some(f) => m.pack_weights(f)?.bytes_after,
+            Some(f) => {
+                let mut packed = None;
+                let mut pack = || packed = Some(m.pack_weights(f));
+                match a.around_pack {
+                    Some(around) => around(&mut pack),
+                    None => pack(),
+                }
+                packed.expect("the packing ran")?.bytes_after
+            }
             None => 0,
         };
         reset_peak_rss();

@@ -242,7 +242,7 @@ fn chat(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::BufRead;
     let device = device.device()?;
-    let model = PhiForCausalLM::from_pretrained_packed(model_dir, &device, weights.format())?;
+    let model = load_for_decoding(model_dir, &device, weights.format())?;
     let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
     let stop = phi::serve::text::stop_ids(model_dir, &model, &tok);
     let context = model.config().max_position_embeddings;
@@ -493,7 +493,7 @@ fn perplexity(
     weights: WeightArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let device = device.device()?;
-    let m = PhiForCausalLM::from_pretrained_packed(model, &device, weights.format())?;
+    let m = load_for_decoding(model, &device, weights.format())?;
     let tokenizer = if phi::data::assemble::needs_tokenizer(data) {
         let tok = phi::data::Tokenizer::from_file(model.join("tokenizer.json"))?;
         let eos = m.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("no EOS token to join documents")?;
@@ -550,7 +550,7 @@ struct GenerateArgs {
 /// what is new is printed, so multi-byte characters split across tokens come out whole.
 fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
-    let model = PhiForCausalLM::from_pretrained_packed(&a.model, &device, a.weights.format())?;
+    let model = load_for_decoding(&a.model, &device, a.weights.format())?;
     let mut stop = model.config().eos_token_ids.clone();
     stop.extend(&a.stop);
     let config = GenerationConfig {
@@ -678,6 +678,31 @@ fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
 /// mimalloc's `mi_option_purge_delay` (mimalloc.h, v2): -1 keeps freed memory committed, so the
 /// next forward pass reuses it instead of page-faulting it in again.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Runs `f` with mimalloc returning freed memory to the OS at once. Packing a model for
+/// narrow-weight decoding frees its f32 weights; with purging off they stayed resident (an int4
+/// phi-1.5 held 7.3 GiB instead of 2.6). Purging must be on when the memory is freed: mimalloc
+/// records nothing to purge later for memory freed while it is off.
+pub(crate) fn returning_freed_memory(f: &mut dyn FnMut()) {
+    // SAFETY: mimalloc's options and collection are safe to call from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    f();
+    // SAFETY: as above; purging goes back off for the decode's own buffers.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}
+
+/// [`PhiForCausalLM::from_pretrained_packed`], with the f32 weights packing frees returned.
+fn load_for_decoding(dir: &std::path::Path, device: &burn::tensor::Device, format: Option<phi::core::WeightFormat>) -> phi::core::Result<PhiForCausalLM> {
+    if format.is_none() {
+        return PhiForCausalLM::from_pretrained(dir, device);
+    }
+    let mut loaded = None;
+    returning_freed_memory(&mut || loaded = Some(PhiForCausalLM::from_pretrained_packed(dir, device, format)));
+    loaded.expect("the load ran")
+}
 
 fn main() -> ExitCode {
     // SAFETY: called before any other thread exists.
