@@ -290,7 +290,7 @@ impl BenchArgs {
             weights: self.weights,
             torch_decode: self.torch_decode,
             precision: self.precision,
-            around_pack: Some(crate::returning_freed_memory),
+            around_pack: None,
         }
     }
 }

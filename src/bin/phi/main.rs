@@ -728,7 +728,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Experiment { cmd: ExperimentCommand::DataQuality(a) } => a.run(),
         Command::Bench(a) if a.workload == phi::bench::Workload::Serve => bench_serve(a),
-        Command::Bench(a) => phi::bench::run(a.options()),
+        Command::Bench(a) => phi::bench::run(phi::bench::BenchOptions { around_pack: Some(returning_freed_memory), ..a.options() }),
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
