@@ -449,16 +449,30 @@ pub struct ServeOptions {
     pub device: phi_core::device::Backend,
     /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`).
     pub weights: Option<phi_core::WeightFormat>,
+    /// Runs the load and the packing (its argument) so that the f32 weights packing frees go
+    /// back to the OS; the `phi` binary passes its allocator's (see `phi_train::bench::BenchOptions::around_pack`).
+    pub around_pack: Option<fn(&mut dyn FnMut())>,
 }
 
 /// Loads the model, binds, calls `on_ready` with the address and the model's id, and serves
 /// until Ctrl-C (SIGINT) or SIGTERM; requests in flight finish first.
 pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<(), Box<dyn std::error::Error>> {
     let device = o.device.device()?;
-    let mut model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
-    if let Some(format) = o.weights {
-        model.model.pack_weights(format)?;
+    let mut loaded = None;
+    let mut load = || {
+        loaded = Some((|| -> Result<ServedModel, Box<dyn std::error::Error>> {
+            let mut model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
+            if let Some(format) = o.weights {
+                model.model.pack_weights(format)?;
+            }
+            Ok(model)
+        })())
+    };
+    match (o.weights, o.around_pack) {
+        (Some(_), Some(around)) => around(&mut load),
+        _ => load(),
     }
+    let model = loaded.expect("the load ran")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(|e| format!("{}:{}: {e}", o.host, o.port))?;

@@ -734,7 +734,7 @@ fn main() -> ExitCode {
         Command::Dpo(args) => dpo(args),
         Command::Serve { model, adapter, name, host, port, max_concurrent, device, weights } => {
             let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format() };
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
             phi::serve::run(&opts, |addr, name| {
                 println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
                 let _ = std::io::stdout().flush();
