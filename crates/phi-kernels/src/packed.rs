@@ -188,33 +188,18 @@ impl PackedMatrix {
 
     /// The weights as f32 in burn's `[in, out]` layout: what the products below compute with.
     pub fn dequantize(&self) -> Vec<f32> {
-        let (d_in, d_out) = (self.d_in, self.d_out);
-        let mut out = vec![0.0f32; d_in * d_out];
-        let mut row = vec![0.0f32; d_in];
-        for j in 0..d_out {
-            self.row_f32(j, &mut row);
-            for (i, v) in row.iter().enumerate() {
-                out[i * d_out + j] = *v;
-            }
-        }
-        out
+        transpose(&self.dequantize_out_in(), self.d_out, self.d_in)
     }
 
-    /// The weights as f32 `[out, in]` (each output's row contiguous), built in parallel: what a
-    /// many-row product multiplies by, through an ordinary gemm on the transposed view.
+    /// The weights as f32 `[out, in]` (each output's row contiguous), built in parallel.
     pub fn dequantize_out_in(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.d_in * self.d_out];
-        out.par_chunks_mut(self.d_in).enumerate().for_each(|(j, row)| self.row_f32(j, row));
+        out.par_chunks_mut(self.d_in).enumerate().for_each(|(j, row)| self.row_f32(j, 0, row));
         out
-    }
-
-    /// Output row `j`'s weights as f32.
-    fn row_f32(&self, j: usize, out: &mut [f32]) {
-        self.row_part_f32(j, 0, out);
     }
 
     /// Output row `j`'s weights from input `lo` on (a multiple of [`BLOCK`]), `out.len()` of them.
-    fn row_part_f32(&self, j: usize, lo: usize, out: &mut [f32]) {
+    fn row_f32(&self, j: usize, lo: usize, out: &mut [f32]) {
         let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
         // Block-wise with slices, so that the loops have no bounds checks and vectorize.
         match self.format {
@@ -303,7 +288,7 @@ impl PackedMatrix {
                 for lo in (0..d_in).step_by(k_seg) {
                     let k = k_seg.min(d_in - lo);
                     for (o, row) in w.chunks_exact_mut(k).take(n).enumerate() {
-                        self.row_part_f32(j0 + o, lo, row);
+                        self.row_f32(j0 + o, lo, row);
                     }
                     // out[rows, n] (+)= x[rows, lo..lo + k] · w[n, k]ᵀ: w read as a column-major
                     // [k, n] (column stride k, row stride 1).
@@ -422,9 +407,11 @@ enum Kernel {
 
 impl Kernel {
     /// The widest this CPU has. `PHI_PORTABLE_KERNELS` (any value) forces the scalar loops,
-    /// `PHI_NO_AVX512` the AVX2 ones — to compare, or to rule a kernel out.
+    /// `PHI_NO_AVX512` the AVX2 ones — to compare, or to rule a kernel out. Decided once per
+    /// process: `matmul` asks on every call, ~150 times a decoded token.
     fn detect() -> Kernel {
-        Kernel::available()[0]
+        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Kernel::available()[0])
     }
 
     /// Every kernel this CPU can run, widest first (the tests check each against the others).
@@ -524,11 +511,8 @@ mod x86 {
             }
             i += 16;
         }
-        let mut total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        for k in i..n {
-            total += f32::from_bits((u16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as u32) << 16) * x[k];
-        }
-        total
+        let total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        total + super::portable::dot_bf16(&w[2 * i..], &x[i..])
     }
 
     /// # Safety
@@ -609,11 +593,8 @@ mod x86 {
             }
             i += 16;
         }
-        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        for k in i..n {
-            total += f32::from_bits((u16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as u32) << 16) * x[k];
-        }
-        total
+        let total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        total + super::portable::dot_bf16(&w[2 * i..], &x[i..])
     }
 
     /// # Safety
