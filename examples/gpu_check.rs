@@ -118,7 +118,7 @@ fn parity(a: &Args, device: &Device) -> Result<(), Box<dyn std::error::Error>> {
         let (ids_shape, ids) = &r[&format!("input_ids{tag}")];
         let ids: Vec<i64> = ids.iter().map(|&v| v as i64).collect();
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [ids_shape[0], ids_shape[1]]), device);
-        let logits = model.try_forward(x)?.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let logits = model.try_forward(x)?.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let (_, expect) = &r[&format!("logits{tag}")];
         let diff = logits.iter().zip(expect).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
         let ok = diff <= a.tolerance as f64 && logits.len() == expect.len();
@@ -181,7 +181,7 @@ fn decode(a: &Args, device: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 let logits = model.forward_cached(x, &mut cache, true)?; // [b, 1, vocab]
                 // Reading the ids back waits for the device, as a server streaming tokens must.
                 let next = logits.argmax(2).reshape([b, 1]);
-                let ids = next.into_data().convert::<i64>().into_vec::<i64>().map_err(|e| format!("{e:?}"))?;
+                let ids = next.into_data().convert::<i64>().try_into_vec::<i64>().map_err(|e| format!("{e:?}"))?;
                 x = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, 1]), device);
             }
             Ok(start.elapsed().as_secs_f64())

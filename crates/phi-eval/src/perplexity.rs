@@ -25,8 +25,8 @@ pub struct Perplexity {
     pub tokens: usize,
 }
 
-/// Mean next-token loss over the windows of `data` (`seq_len` tokens each, clamped so that a
-/// window and its last target fit the model's context), `batch_size` windows a batch, at most `max_batches` batches (0: all).
+/// Mean next-token loss over the windows of `data` (`seq_len` scored tokens each, clamped to the
+/// model's context), `batch_size` windows a batch, at most `max_batches` batches (0: all).
 /// `on_batch(done, total)` reports progress.
 pub fn perplexity(
     model: &PhiForCausalLM,
@@ -43,9 +43,9 @@ pub fn perplexity(
     if seq_len == 0 || batch_size == 0 {
         return Err(format!("seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1"));
     }
-    // A window is `seq_len + 1` tokens and all of them go through the model, so the context
-    // bounds `seq_len + 1` (at `seq_len == max_position_embeddings` the forward pass refused).
-    let seq_len = seq_len.min(model.config().max_position_embeddings.saturating_sub(1).max(1));
+    // A window is `seq_len + 1` tokens; the first `seq_len` go through the model, each predicting
+    // the next, so the whole context can be scored at once.
+    let seq_len = seq_len.min(model.config().max_position_embeddings.max(1));
     let windows = data.num_windows(seq_len);
     if windows == 0 {
         return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", data.num_tokens(), seq_len + 1));
@@ -61,13 +61,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_seq_len_of_the_whole_context_is_clamped_so_that_window_and_target_fit() {
+    fn the_whole_context_is_scored_and_a_longer_seq_len_clamped_to_it() {
         let mut config = phi_core::PhiConfig::phi_family(32, 1, 2, 50, 0.5);
         config.max_position_embeddings = 16;
         let model = PhiForCausalLM::init(config, &burn::tensor::Device::default(), 0).unwrap();
         let data = TokenDataset::from_tokens((0..200u32).map(|i| i * 7 % 50).collect());
-        // 16 = the context: windows of 17 tokens would not fit; 15 + 1 do.
+        // 16 = the context: windows of 17 tokens, the first 16 through the model.
         let p = perplexity(&model, &data, 16, 2, 1, |_, _| {}).unwrap();
-        assert!(p.loss.is_finite() && p.tokens == 2 * 15, "{p:?}");
+        assert!(p.loss.is_finite() && p.tokens == 2 * 16, "{p:?}");
+        let longer = perplexity(&model, &data, 40, 2, 1, |_, _| {}).unwrap();
+        assert_eq!((longer.loss, longer.tokens), (p.loss, p.tokens));
     }
 }

@@ -62,9 +62,16 @@ fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     }
 }
 
-/// Mean next-token cross-entropy: positions `0..seq-1` of `logits` `[batch, seq, vocab]` predict
-/// `ids[:, 1..]`. On flex (f32) one fused op with its own backward, else [`causal_lm_loss_ops`].
+/// Mean next-token cross-entropy of `logits` `[batch, seq, vocab]`: position `p` predicts
+/// `ids[:, p + 1]`. `ids` is `[batch, seq + 1]` — a training window whose first `seq` tokens went
+/// through the model, so every position predicts and the model never runs a position it cannot
+/// score — or `[batch, seq]`, the last position then predicting nothing. On flex (f32) one fused
+/// op with its own backward, else [`causal_lm_loss_ops`].
+///
+/// # Panics
+/// When `ids` is neither one longer than the logits nor as long.
 pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
+    predicting_positions(&logits, &ids);
     if on_flex(&logits) && logits.dtype() == DType::F32 {
         return Tensor::from_dispatch(cross_entropy::causal_lm_loss(logits.into_dispatch(), ids.into_dispatch()));
     }
@@ -73,10 +80,23 @@ pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
 
 /// [`causal_lm_loss`] as plain burn ops (log-softmax, gather, mean).
 pub fn causal_lm_loss_ops(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
-    let [b, t, v] = logits.dims();
-    let n = b * (t - 1);
-    let log_probs = burn::tensor::activation::log_softmax(logits.narrow(1, 0, t - 1).reshape([n, v]), 1);
-    log_probs.gather(1, ids.narrow(1, 1, t - 1).reshape([n, 1])).mean().neg()
+    let [b, _, v] = logits.dims();
+    let m = predicting_positions(&logits, &ids);
+    let n = b * m;
+    let log_probs = burn::tensor::activation::log_softmax(logits.narrow(1, 0, m).reshape([n, v]), 1);
+    log_probs.gather(1, ids.narrow(1, 1, m).reshape([n, 1])).mean().neg()
+}
+
+/// How many positions of each sequence predict a next id in [`causal_lm_loss`]: `seq` when
+/// `ids` is one longer than the logits, `seq − 1` when as long.
+pub fn predicting_positions(logits: &Tensor<3>, ids: &Tensor<2, Int>) -> usize {
+    let ([b, t, _], [bi, s]) = (logits.dims(), ids.dims());
+    assert!(
+        b == bi && (s == t || s == t + 1),
+        "next-token loss: logits [{b}, {t}, _] against ids [{bi}, {s}]; expected ids [{b}, {}] or [{b}, {t}]",
+        t + 1
+    );
+    s - 1
 }
 
 /// `gelu_new` / `gelu_pytorch_tanh`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.

@@ -103,28 +103,52 @@ fn fused_loss_and_its_gradient_match_ops() {
     let ad = device.clone().autodiff();
     let (b, t, v) = (3, 7, 301); // a vocabulary that is not a multiple of the SIMD width
     let logits = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 3.0), &device);
-    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 7919) % v) as i64).collect();
-    let ids = |d: &Device| Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), d);
-    // Forward, no autodiff.
-    let fused = phi_kernels::causal_lm_loss(logits.clone(), ids(&device)).into_scalar::<f32>();
-    let plain = phi_kernels::causal_lm_loss_ops(logits.clone(), ids(&device)).into_scalar::<f32>();
-    assert!((fused - plain).abs() < 1e-5 * plain.abs(), "{fused} vs {plain}");
-    // Forward and backward under autodiff, scaled by 3 to check the incoming gradient is used.
-    let grad_of = |fused: bool| {
-        let x = Tensor::<3>::from_data(logits.to_data(), &ad).require_grad();
-        let loss = if fused { phi_kernels::causal_lm_loss(x.clone(), ids(&ad)) } else { phi_kernels::causal_lm_loss_ops(x.clone(), ids(&ad)) };
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = (loss * 3.0).backward();
-        // The fused op reuses the logits buffer only when nobody else holds it: x is intact.
-        assert_eq!(max_diff(x.clone().inner(), logits.clone()), 0.0);
-        (value, x.grad(&grads).unwrap())
-    };
-    let ((lf, gf), (lp, gp)) = (grad_of(true), grad_of(false));
-    assert!((lf - lp).abs() < 1e-5 * lp.abs(), "{lf} vs {lp}");
-    let d = max_diff(gf.clone(), gp);
-    assert!(d < 1e-7, "gradients differ by {d}");
-    // The last position predicts nothing: its gradient is exactly zero.
-    assert_eq!(gf.narrow(1, t - 1, 1).abs().max().into_scalar::<f32>(), 0.0);
+    // ids as long as the logits (the last position predicts nothing), then a whole training
+    // window, one longer (every position predicts).
+    for s in [t, t + 1] {
+        let ids: Vec<i64> = (0..b * s).map(|i| ((i * 7919) % v) as i64).collect();
+        let ids = |d: &Device| Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, s]), d);
+        // Forward, no autodiff.
+        let fused = phi_kernels::causal_lm_loss(logits.clone(), ids(&device)).into_scalar::<f32>();
+        let plain = phi_kernels::causal_lm_loss_ops(logits.clone(), ids(&device)).into_scalar::<f32>();
+        assert!((fused - plain).abs() < 1e-5 * plain.abs(), "ids of {s}: {fused} vs {plain}");
+        // The mean over exactly the predicting positions, from the log-softmax by hand.
+        let lp = burn::tensor::activation::log_softmax(logits.clone(), 2).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let all = ids(&device).into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+        let m = s - 1;
+        let by_hand = -(0..b).flat_map(|bi| (0..m).map(move |p| (bi, p))).map(|(bi, p)| lp[(bi * t + p) * v + all[bi * s + p + 1] as usize] as f64).sum::<f64>() / (b * m) as f64;
+        assert!((fused as f64 - by_hand).abs() < 1e-5 * by_hand.abs(), "ids of {s}: {fused} vs {by_hand} by hand");
+        // Forward and backward under autodiff, scaled by 3 to check the incoming gradient is used.
+        let grad_of = |fused: bool| {
+            let x = Tensor::<3>::from_data(logits.to_data(), &ad).require_grad();
+            let loss = if fused { phi_kernels::causal_lm_loss(x.clone(), ids(&ad)) } else { phi_kernels::causal_lm_loss_ops(x.clone(), ids(&ad)) };
+            let value = loss.clone().into_scalar::<f32>();
+            let grads = (loss * 3.0).backward();
+            // The fused op reuses the logits buffer only when nobody else holds it: x is intact.
+            assert_eq!(max_diff(x.clone().inner(), logits.clone()), 0.0);
+            (value, x.grad(&grads).unwrap())
+        };
+        let ((lf, gf), (lp, gp)) = (grad_of(true), grad_of(false));
+        assert!((lf - lp).abs() < 1e-5 * lp.abs(), "ids of {s}: {lf} vs {lp}");
+        let d = max_diff(gf.clone(), gp);
+        assert!(d < 1e-7, "ids of {s}: gradients differ by {d}");
+        let last = gf.narrow(1, t - 1, 1).abs().max().into_scalar::<f32>();
+        if s == t {
+            // The last position predicts nothing: its gradient is exactly zero.
+            assert_eq!(last, 0.0);
+        } else {
+            assert!(last > 0.0, "with a whole window the last position predicts too");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "expected ids [3, 8] or [3, 7]")]
+fn loss_refuses_ids_of_another_length() {
+    use burn::tensor::Int;
+    let device = Device::default();
+    let logits = Tensor::<3>::zeros([3, 7, 11], &device);
+    let _ = phi_kernels::causal_lm_loss(logits, Tensor::<2, Int>::zeros([3, 9], &device));
 }
 
 #[test]

@@ -4,9 +4,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
 
-/// Mean cross-entropy of `logits[:, :-1]` against `ids[:, 1:]`: every position predicts the
-/// next token. `logits` `[batch, seq, vocab]`, `ids` `[batch, seq]`. On flex this is one fused
-/// op with its own backward (`phi_kernels::causal_lm_loss`); elsewhere plain burn ops.
+/// Mean next-token cross-entropy: position `p` of `logits` `[batch, seq, vocab]` predicts
+/// `ids[:, p + 1]`. Pass the whole window, `ids` `[batch, seq + 1]`, with the logits of its first
+/// `seq` tokens (every position predicts; what the training objectives do), or `ids` as long as
+/// the logits (the last position predicts nothing). On flex this is one fused op with its own
+/// backward (`phi_kernels::causal_lm_loss`); elsewhere plain burn ops.
 pub fn causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<1> {
     phi_kernels::causal_lm_loss(logits, ids)
 }
@@ -19,13 +21,15 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     picked.mean().neg()
 }
 
-/// Next-token cross-entropy averaged over the positions where `mask` `[batch, seq - 1]` is 1
-/// (SFT: response tokens only; prompt and padding positions contribute exactly zero).
+/// Next-token cross-entropy averaged over the positions where `mask` is 1 (SFT: response tokens
+/// only; prompt and padding positions contribute exactly zero). `ids` is one longer than the
+/// logits or as long, as in [`causal_lm_loss`]; `mask` has one column per predicting position.
 pub fn masked_causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<1> {
-    let [b, t, v] = logits.dims();
-    let n = b * (t - 1);
-    let log_probs = log_softmax(logits.narrow(1, 0, t - 1).reshape([n, v]), 1);
-    let picked = log_probs.gather(1, ids.narrow(1, 1, t - 1).reshape([n, 1])).reshape([n]);
+    let [b, _, v] = logits.dims();
+    let m = phi_kernels::predicting_positions(&logits, &ids);
+    let n = b * m;
+    let log_probs = log_softmax(logits.narrow(1, 0, m).reshape([n, v]), 1);
+    let picked = log_probs.gather(1, ids.narrow(1, 1, m).reshape([n, 1])).reshape([n]);
     let mask = mask.reshape([n]);
     let count = mask.clone().sum().clamp_min(1.0);
     (picked * mask).sum().neg() / count

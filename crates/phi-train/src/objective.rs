@@ -131,6 +131,16 @@ pub fn ids_tensor(rows: &[u32], b: usize, n: usize, device: &Device) -> Tensor<2
     Tensor::from_data(TensorData::new(data, [b, n]), device)
 }
 
+/// The model's input and the ids the loss scores, for `b` row-major windows of `seq_len + 1`
+/// tokens: the first `seq_len` tokens of each window `[b, seq_len]`, and the whole windows
+/// `[b, seq_len + 1]`. Only the first `seq_len` go through the model (litgpt's
+/// `input_ids = batch[:, :-1]`): its last position's logits would predict nothing, so training at
+/// `seq_len == max_position_embeddings` fits the context.
+pub fn window_tensors(rows: &[u32], b: usize, seq_len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let inputs: Vec<u32> = rows.chunks(seq_len + 1).flat_map(|w| &w[..seq_len]).copied().collect();
+    (ids_tensor(&inputs, b, seq_len, device), ids_tensor(rows, b, seq_len + 1, device))
+}
+
 impl Objective for CausalLm<'_> {
     /// Row-major `[batch, seq_len + 1]` token ids.
     type Batch = Vec<u32>;
@@ -182,8 +192,8 @@ impl Objective for CausalLm<'_> {
 
     fn loss(&self, model: &Forward<'_>, batch: &Vec<u32>) -> BatchLoss {
         let b = batch.len() / (self.seq_len + 1);
-        let ids = ids_tensor(batch, b, self.seq_len + 1, &model.device());
-        BatchLoss { loss: causal_lm_loss(model.logits(ids.clone()), ids), metrics: Vec::new() }
+        let (inputs, ids) = window_tensors(batch, b, self.seq_len, &model.device());
+        BatchLoss { loss: causal_lm_loss(model.logits(inputs), ids), metrics: Vec::new() }
     }
 
     fn state(&self) -> serde_json::Value {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Result, TrainError};
 use crate::lora::{self, BaseQuantization, LoraConfig};
-use crate::objective::{CausalLm, Objective, ids_tensor};
+use crate::objective::{CausalLm, Objective, window_tensors};
 use crate::step::{Trainer, optimizer_for};
 use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss};
 
@@ -330,8 +330,8 @@ pub fn evaluate_with_progress(
     let (mut total, mut count) = (0.0, 0usize);
     for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
         let b = rows.len() / (seq_len + 1);
-        let ids = ids_tensor(&rows, b, seq_len + 1, &device);
-        let loss = causal_lm_loss(model.forward(ids.clone()), ids).into_scalar::<f32>() as f64;
+        let (inputs, ids) = window_tensors(&rows, b, seq_len, &device);
+        let loss = causal_lm_loss(model.forward(inputs), ids).into_scalar::<f32>() as f64;
         total += loss * (b * seq_len) as f64;
         count += b * seq_len;
         on_batch(count / (batch * seq_len).max(1));

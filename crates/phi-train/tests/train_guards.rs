@@ -99,6 +99,27 @@ fn a_healthy_run_is_untouched_by_the_guards() {
     assert_eq!(checkpoints_are_finite(dir.path()), 6);
 }
 
+#[test]
+fn a_run_at_the_whole_context_trains_and_evaluates_like_a_longer_context() {
+    // The `--full` recipes train at seq_len == max_position_embeddings (phi-1: 2048 on 2048). A
+    // window is seq_len + 1 tokens; only the first seq_len go through the model. The same run on
+    // a model with room to spare computes the same losses: the extra positions are never used.
+    let run = |max_pos: usize| {
+        let (mut model, mut cfg, data, val) = tiny();
+        model.max_position_embeddings = max_pos;
+        (cfg.max_steps, cfg.eval_every, cfg.checkpoint_every) = (3, 1, 0);
+        assert_eq!(cfg.seq_len, 16);
+        let dir = tempfile::tempdir().unwrap();
+        train(&model, &cfg, &data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap().metrics
+    };
+    let (exact, roomy) = (run(16), run(64));
+    assert_eq!(exact.len(), 3);
+    for (a, b) in exact.iter().zip(&roomy) {
+        let (va, vb) = (a.val_loss.expect("evaluated every step"), b.val_loss.unwrap());
+        assert!((a.loss - b.loss).abs() < 1e-5 * b.loss && (va - vb).abs() < 1e-5 * vb, "step {}: {a:?} vs {b:?}", a.step);
+    }
+}
+
 /// The error `validate` gives for `cfg` changed by `edit`.
 fn invalid(edit: impl FnOnce(&mut TrainConfig, &mut PhiConfig)) -> String {
     let (mut model, mut cfg, _, _) = tiny();
