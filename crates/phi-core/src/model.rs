@@ -14,7 +14,7 @@ use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, Norm};
 use crate::rope::RopeTables;
 use crate::tree::{Leaf, LeafMut, Listing, ParamRef, Role, join, listing, part};
-use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, load_leaves, write_atomic};
+use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, load_leaves_then, write_atomic};
 
 /// Embeddings, decoder layers, final norm (`model.*` in the checkpoint).
 #[derive(Module, Debug)]
@@ -121,6 +121,12 @@ impl PhiForCausalLM {
     /// Builds the model from any parameter source, asking for every tensor of its listing
     /// ([`leaves_mut`](Self::leaves_mut)) by its HF key.
     pub fn load(config: PhiConfig, src: &mut impl ParamSource) -> Result<Self> {
+        Self::load_then(config, src, |_, _| Ok(()))
+    }
+
+    /// [`load`](Self::load), handing each leaf module to `loaded` as soon as it is filled
+    /// ([`load_leaves_then`](crate::weights::load_leaves_then)).
+    pub(crate) fn load_then(config: PhiConfig, src: &mut impl ParamSource, loaded: impl FnMut(&str, LeafMut<'_>) -> Result<()>) -> Result<Self> {
         config.validate()?;
         let c = &config;
         let device = src.device().clone();
@@ -138,7 +144,7 @@ impl PhiForCausalLM {
             packed_head: None,
         };
         let std = model.config.initializer_range;
-        load_leaves(model.leaves_mut(), src, std)?;
+        load_leaves_then(model.leaves_mut(), src, std, loaded)?;
         Ok(model)
     }
 

@@ -30,6 +30,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::model::PhiForCausalLM;
+use crate::nn::Linear;
 use crate::tree::{Leaf, LeafMut};
 
 pub use phi_kernels::packed::{PackedMatrix, WeightFormat};
@@ -63,14 +64,77 @@ pub(crate) fn packed_linear<const D: usize>(p: &PackedMatrix, x: Tensor<D>, bias
     }
 }
 
+/// Refuses what `format` cannot pack: in-features not a multiple of the block (int8/int4) and
+/// non-finite weights, naming `key`.
+fn check_packable(key: &str, d_in: usize, values: Tensor<2>, format: WeightFormat) -> Result<()> {
+    if format != WeightFormat::Bf16 && d_in % phi_kernels::packed::BLOCK != 0 {
+        return Err(Error::arg(key, format!("{format} needs in-features divisible by {}, got {d_in}", phi_kernels::packed::BLOCK)));
+    }
+    if values.clone().is_nan().any().into_scalar::<bool>() || values.is_inf().any().into_scalar::<bool>() {
+        return Err(Error::arg(key, "holds a NaN or infinite weight"));
+    }
+    Ok(())
+}
+
+/// Packs one projection, freeing its f32 weight.
+fn pack_linear(key: &str, lin: &mut Linear, format: WeightFormat, report: &mut PackReport) -> Result<()> {
+    let (d_in, d_out) = lin.dims();
+    let w = lin.weight.val();
+    let device = w.device();
+    let values = w.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
+    let packed = PackedMatrix::pack(&values, d_in, d_out, format).map_err(|e| Error::arg(key, e))?;
+    drop(values);
+    report.add(4 * d_in * d_out, packed.bytes());
+    lin.packed = Some(Arc::new(packed));
+    // The f32 weight goes; `dims` now answers from the packed matrix.
+    lin.set_weight(Tensor::zeros([0, 0], &device), true);
+    Ok(())
+}
+
+impl PackReport {
+    fn new(format: WeightFormat) -> Self {
+        PackReport { format, matrices: 0, bytes_before: 0, bytes_after: 0 }
+    }
+
+    fn add(&mut self, before: usize, after: usize) {
+        self.matrices += 1;
+        self.bytes_before += before;
+        self.bytes_after += after;
+    }
+}
+
+/// Errors unless `device` is flex: packed weights are a CPU path.
+fn check_device(device: &burn::tensor::Device) -> Result<()> {
+    if !matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
+        return Err(Error::arg("device", "packed weights are a CPU (flex) path; on a GPU load the model in bf16 instead"));
+    }
+    Ok(())
+}
+
 impl PhiForCausalLM {
-    /// [`from_pretrained`](Self::from_pretrained), then [`pack_weights`](Self::pack_weights)
-    /// when `format` is given.
+    /// [`from_pretrained`](Self::from_pretrained) with every projection and the LM head packed
+    /// into `format` (when given) for CPU inference. Each projection is packed as soon as it is
+    /// read, so the load holds one f32 matrix beside the packed ones (and the f32 embedding,
+    /// which the lookup needs): a phi-1.5 loaded as int4 never holds its 5.6 GB of f32 weights.
+    /// The result is the model [`pack_weights`](Self::pack_weights) makes.
     pub fn from_pretrained_packed(dir: impl AsRef<std::path::Path>, device: &burn::tensor::Device, format: Option<WeightFormat>) -> Result<Self> {
-        let mut model = Self::from_pretrained(dir, device)?;
-        if let Some(format) = format {
-            model.pack_weights(format)?;
-        }
+        let Some(format) = format else {
+            return Self::from_pretrained(dir, device);
+        };
+        check_device(device)?;
+        let dir = dir.as_ref();
+        let config = crate::PhiConfig::from_file(dir.join("config.json"))?;
+        let mut reader = crate::weights::CheckpointReader::open(dir, device, burn::tensor::DType::F32)?;
+        let mut report = PackReport::new(format);
+        let mut model = Self::load_then(config, &mut reader, |key, leaf| match leaf {
+            LeafMut::Linear(lin) => {
+                check_packable(key, lin.dims().0, lin.weight.val(), format)?;
+                pack_linear(key, lin, format, &mut report)
+            }
+            _ => Ok(()),
+        })?;
+        reader.finish()?;
+        model.pack_tied_head(format, &mut report)?;
         Ok(model)
     }
 
@@ -79,60 +143,43 @@ impl PhiForCausalLM {
     /// (save first). Errors off the CPU backend, on a model already packed, and on a projection
     /// whose in-features are not a multiple of 32 (int8/int4), naming it.
     pub fn pack_weights(&mut self, format: WeightFormat) -> Result<PackReport> {
-        if !matches!(self.device().as_dispatch(), DispatchDevice::Flex(_)) {
-            return Err(Error::arg("device", "packed weights are a CPU (flex) path; on a GPU load the model in bf16 instead"));
-        }
+        check_device(&self.device())?;
         if let Some(f) = self.packed_format() {
             return Err(Error::arg("model", format!("already packed as {f}")));
         }
         // Everything that could refuse is checked before the first weight is replaced, so an
         // error leaves the model as it was.
+        let hidden = self.config().hidden_size;
         for (key, leaf) in self.leaves() {
-            let (d_in, values) = match leaf {
-                Leaf::Linear(lin) => (lin.dims().0, lin.weight.val()),
-                Leaf::Tied => (self.config().hidden_size, self.model.embed_tokens.weight.val()),
-                _ => continue,
-            };
-            if format != WeightFormat::Bf16 && d_in % phi_kernels::packed::BLOCK != 0 {
-                return Err(Error::arg(key, format!("{format} needs in-features divisible by {}, got {d_in}", phi_kernels::packed::BLOCK)));
-            }
-            if values.clone().is_nan().any().into_scalar::<bool>() || values.is_inf().any().into_scalar::<bool>() {
-                return Err(Error::arg(key, "holds a NaN or infinite weight"));
-            }
-        }
-        let mut report = PackReport { format, matrices: 0, bytes_before: 0, bytes_after: 0 };
-        let mut tied = false;
-        for (key, leaf) in self.leaves_mut() {
             match leaf {
-                LeafMut::Linear(lin) => {
-                    let (d_in, d_out) = lin.dims();
-                    let w = lin.weight.val();
-                    let device = w.device();
-                    let values = w.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
-                    let packed = PackedMatrix::pack(&values, d_in, d_out, format).map_err(|e| Error::arg(key.clone(), e))?;
-                    drop(values);
-                    report.matrices += 1;
-                    report.bytes_before += 4 * d_in * d_out;
-                    report.bytes_after += packed.bytes();
-                    lin.packed = Some(Arc::new(packed));
-                    // The f32 weight goes; `dims` now answers from the packed matrix.
-                    lin.set_weight(Tensor::zeros([0, 0], &device), true);
-                }
-                LeafMut::Tied => tied = true,
+                Leaf::Linear(lin) => check_packable(&key, lin.dims().0, lin.weight.val(), format)?,
+                Leaf::Tied => check_packable(&key, hidden, self.model.embed_tokens.weight.val(), format)?,
                 _ => {}
             }
         }
-        if tied {
-            let e = self.model.embed_tokens.weight.val();
-            let [vocab, hidden] = e.dims();
-            let values = e.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
-            let packed = PackedMatrix::pack_out_in(&values, hidden, vocab, format).map_err(|e| Error::arg("lm_head (tied)", e))?;
-            report.matrices += 1;
-            report.bytes_before += 4 * vocab * hidden;
-            report.bytes_after += packed.bytes();
-            self.packed_head = Some(Arc::new(packed));
+        let mut report = PackReport::new(format);
+        for (key, leaf) in self.leaves_mut() {
+            if let LeafMut::Linear(lin) = leaf {
+                pack_linear(&key, lin, format, &mut report)?;
+            }
         }
+        self.pack_tied_head(format, &mut report)?;
         Ok(report)
+    }
+
+    /// With a tied head, packs the head's copy of the embedding (the lookup keeps the f32 one).
+    fn pack_tied_head(&mut self, format: WeightFormat, report: &mut PackReport) -> Result<()> {
+        if self.lm_head.is_some() {
+            return Ok(());
+        }
+        let e = self.model.embed_tokens.weight.val();
+        let [vocab, hidden] = e.dims();
+        check_packable("lm_head (tied)", hidden, e.clone(), format)?;
+        let values = e.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
+        let packed = PackedMatrix::pack_out_in(&values, hidden, vocab, format).map_err(|e| Error::arg("lm_head (tied)", e))?;
+        report.add(4 * vocab * hidden, packed.bytes());
+        self.packed_head = Some(Arc::new(packed));
+        Ok(())
     }
 
     /// The format the weights were packed in, if they were.
@@ -174,6 +221,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn packing_while_loading_gives_the_model_that_packing_after_loading_gives() {
+        let dir = std::env::temp_dir().join(format!("packed-load-{}", std::process::id()));
+        for tied in [false, true] {
+            model(tied).save_pretrained(&dir).unwrap();
+            let x = Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 50, 7, 95], [1, 4]), &Device::flex());
+            for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+                let mut after = PhiForCausalLM::from_pretrained(&dir, &Device::flex()).unwrap();
+                after.pack_weights(format).unwrap();
+                let during = PhiForCausalLM::from_pretrained_packed(&dir, &Device::flex(), Some(format)).unwrap();
+                assert_eq!(during.packed_format(), Some(format));
+                let (a, b) = (after.forward(x.clone()).into_data(), during.forward(x.clone()).into_data());
+                assert_eq!(a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap(), "tied {tied}, {format}");
+            }
+        }
+        // A projection int8 cannot pack is named by the load.
+        PhiForCausalLM::init(PhiConfig::phi_family(48, 1, 4, 64, 0.5), &Device::flex(), 0).unwrap().save_pretrained(&dir).unwrap();
+        let e = PhiForCausalLM::from_pretrained_packed(&dir, &Device::flex(), Some(WeightFormat::Int8)).unwrap_err().to_string();
+        assert!(e.contains("model.layers.0.self_attn.q_proj") && e.contains("divisible by 32"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

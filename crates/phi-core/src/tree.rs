@@ -258,6 +258,16 @@ impl<'a> Leaf<'a> {
 }
 
 impl<'a> LeafMut<'a> {
+    /// The same leaf, borrowed for less long: to fill its parameters and use it afterwards.
+    pub fn reborrow(&mut self) -> LeafMut<'_> {
+        match self {
+            LeafMut::Linear(m) => LeafMut::Linear(m),
+            LeafMut::Norm(m) => LeafMut::Norm(m),
+            LeafMut::Embedding(m) => LeafMut::Embedding(m),
+            LeafMut::Tied => LeafMut::Tied,
+        }
+    }
+
     /// The module's parameters under their names, with their roles (none for [`LeafMut::Tied`]).
     pub fn params(self) -> Vec<(&'static str, Role, ParamMut<'a>)> {
         let mut out = Vec::new();
