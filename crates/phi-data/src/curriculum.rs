@@ -223,7 +223,8 @@ fn invalid(m: String) -> DataError {
 }
 
 impl Curriculum {
-    /// `seq_len`: window length (the model sees `seq_len + 1` tokens per window);
+    /// `seq_len`: tokens the model sees per window (a window is `seq_len + 1` tokens: its targets
+    /// are shifted by one);
     /// `windows_per_step`: batch size × gradient accumulation; `max_steps`: the run's length.
     pub fn new(sources: Vec<Source>, stages: Vec<StageSpec>, seq_len: usize, windows_per_step: usize, max_steps: usize) -> Result<Self, DataError> {
         if sources.is_empty() || stages.is_empty() {

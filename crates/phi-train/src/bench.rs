@@ -284,7 +284,7 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
     match which {
         PreferenceBench::Sft => {
             let examples: Vec<phi_data::sft::SftExample> =
-                (0..n).map(|i| phi_data::sft::SftExample { ids: ids(i, a.seq + 1), learn: (0..=a.seq).map(|j| j > half).collect() }).collect();
+                (0..n).map(|i| phi_data::sft::SftExample { ids: ids(i, a.seq), learn: (0..a.seq).map(|j| j > half).collect() }).collect();
             let mut objective = crate::sft::Sft::new(&examples, &[], 0, 0).expect("bench data");
             time(&mut || {
                 trainer.step(&mut objective).expect("a finite bench step");

@@ -27,6 +27,7 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 pub fn masked_causal_lm_loss(logits: Tensor<3>, ids: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<1> {
     let [b, _, v] = logits.dims();
     let m = phi_kernels::predicting_positions(&logits, &ids);
+    assert_eq!(mask.dims(), [b, m], "masked next-token loss: the mask needs one column per predicting position");
     let n = b * m;
     let log_probs = log_softmax(logits.narrow(1, 0, m).reshape([n, v]), 1);
     let picked = log_probs.gather(1, ids.narrow(1, 1, m).reshape([n, 1])).reshape([n]);
