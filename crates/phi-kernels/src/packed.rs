@@ -133,39 +133,36 @@ impl PackedMatrix {
             return Err(format!("{format} needs in-features divisible by {BLOCK}, got {d_in}"));
         }
         let row = |j: usize| -> &[f32] { &wt[j * d_in..(j + 1) * d_in] };
+        // Each output row is written in place into buffers allocated once (collecting per-row
+        // pieces and concatenating them copied every packed byte twice more, into fresh pages).
         let (data, scales) = match format {
             WeightFormat::Bf16 => {
-                let data = (0..d_out)
-                    .into_par_iter()
-                    .flat_map_iter(|j| row(j).iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()))
-                    .collect();
+                let mut data = vec![0u8; 2 * d_in * d_out];
+                data.par_chunks_mut((2 * d_in).max(1)).enumerate().for_each(|(j, out)| {
+                    for (o, &v) in out.chunks_exact_mut(2).zip(row(j)) {
+                        o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+                    }
+                });
                 (data, vec![])
             }
             WeightFormat::Int8 | WeightFormat::Int4 => {
-                let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
-                let rows: Vec<(Vec<u8>, Vec<f32>)> = (0..d_out)
-                    .into_par_iter()
-                    .map(|j| {
-                        let r = row(j);
-                        let mut bytes = Vec::with_capacity(d_in);
-                        let mut scales = Vec::with_capacity(d_in / BLOCK);
-                        for block in r.chunks_exact(BLOCK) {
-                            let (scale, q) = quantize_block(block, levels);
-                            scales.push(scale);
-                            match format {
-                                WeightFormat::Int8 => bytes.extend(q.iter().map(|&v| v as u8)),
-                                _ => bytes.extend((0..BLOCK / 2).map(|i| ((q[i] + 8) as u8) | (((q[i + 16] + 8) as u8) << 4))),
-                            }
+                let (levels, block_bytes) = if format == WeightFormat::Int8 { (127.0, BLOCK) } else { (7.0, BLOCK / 2) };
+                let blocks = d_in / BLOCK;
+                let mut data = vec![0u8; d_out * blocks * block_bytes];
+                let mut scales = vec![0f32; d_out * blocks];
+                let rows = data.par_chunks_mut((blocks * block_bytes).max(1)).zip(scales.par_chunks_mut(blocks.max(1)));
+                rows.enumerate().for_each(|(j, (bytes, row_scales))| {
+                    let parts = row(j).chunks_exact(BLOCK).zip(bytes.chunks_exact_mut(block_bytes)).zip(row_scales);
+                    for ((block, out), scale) in parts {
+                        let (s, q) = quantize_block(block, levels);
+                        *scale = s;
+                        match format {
+                            WeightFormat::Int8 => out.iter_mut().zip(&q).for_each(|(o, &v)| *o = v as u8),
+                            // Low nibble value i, high nibble value i + 16, each offset by 8.
+                            _ => out.iter_mut().enumerate().for_each(|(i, o)| *o = ((q[i] + 8) as u8) | (((q[i + 16] + 8) as u8) << 4)),
                         }
-                        (bytes, scales)
-                    })
-                    .collect();
-                let mut data = Vec::with_capacity(rows.iter().map(|r| r.0.len()).sum());
-                let mut scales = Vec::with_capacity(d_out * d_in / BLOCK);
-                for (b, s) in rows {
-                    data.extend(b);
-                    scales.extend(s);
-                }
+                    }
+                });
                 (data, scales)
             }
         };
