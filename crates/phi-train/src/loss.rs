@@ -42,6 +42,15 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     #[test]
+    #[should_panic(expected = "the mask needs one column per predicting position")]
+    fn a_mask_of_the_wrong_shape_is_named() {
+        let device = Device::default();
+        let logits = Tensor::<3>::zeros([2, 5, 11], &device);
+        // ids as long as the logits: 4 predicting positions, not 5.
+        let _ = masked_causal_lm_loss(logits, Tensor::<2, Int>::zeros([2, 5], &device), Tensor::<2>::ones([2, 5], &device));
+    }
+
+    #[test]
     fn masked_loss_counts_only_masked_positions() {
         let device = Device::default();
         let logits = Tensor::<3>::random([2, 5, 11], Distribution::Normal(0.0, 1.0), &device);
