@@ -117,7 +117,7 @@ fn rate(v: &[(String, bool)]) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sft = sft_model()?;
     let sandbox = Sandbox::new(Limits::default()).map_err(|e| format!("the sandbox cannot isolate here ({e}); the example runs model-written code only isolated"))?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi::eval::humaneval::MAX_WORKERS);
     let exercises = tested_exercises(&sandbox, workers)?;
     if exercises.len() < 8 {
         return Err(format!("only {} tested exercises: not enough for a held-out split", exercises.len()).into());

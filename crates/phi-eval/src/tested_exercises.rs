@@ -60,27 +60,36 @@ pub fn extract(source: &str, max_body_lines: usize) -> Vec<TestedExercise> {
 
 impl TestedExercise {
     /// The module with `body` as the function's body, then its docstring's examples run
-    /// against that function (exit status 0 when every example passes).
+    /// against that function: it runs to its end when every example passes and raises
+    /// otherwise (judged by the witness, [`phi_sandbox::Sandbox::run_python_to_end`]).
     ///
     /// Only the body is used: `body` is cut at its first line indented no deeper than the
     /// `def` (module-level code after it could otherwise rebind the name under test). The
     /// function is taken right after its definition and put back under its name after the rest
     /// of the module, so that a C accelerator imported later (`from _heapq import *`) answers
     /// neither the examples nor recursive calls; `__name__` is not `"__main__"`, so the module's
-    /// own script part does not run. The examples run with doctest's default options.
+    /// own script part does not run. The examples run with doctest's default options; doctest's
+    /// restoring of the tracer it found (always none: the witness refuses tracers) is skipped,
+    /// since the witness refuses `sys.settrace` outright.
     pub fn program(&self, body: &str) -> String {
         let name = &self.name;
         let body = function_body(body);
         format!(
             "{before}{prompt}{body}\n_phi_under_test = {name}\n__name__ = 'exercise'\n{after}\n\
              import doctest as _phi_doctest, sys as _phi_sys\n\
+             class _PhiSys:\n    \
+                 __getattr__ = lambda self, n: getattr(_phi_sys, n)\n    \
+                 __setattr__ = lambda self, n, v: setattr(_phi_sys, n, v)\n    \
+                 settrace = staticmethod(lambda f: None)\n\
+             _phi_doctest.sys = _PhiSys()\n\
              globals()[{name:?}] = _phi_under_test\n\
              _phi_globs = dict(globals())\n\
              _phi_runner = _phi_doctest.DocTestRunner()\n\
              for _phi_test in _phi_doctest.DocTestFinder(recurse=False).find(_phi_under_test, {name:?}, globs=_phi_globs):\n    \
                  _phi_runner.run(_phi_test, out=lambda s: None)\n\
              _phi_result = _phi_runner.summarize(verbose=False)\n\
-             _phi_sys.exit(0 if _phi_result.attempted and not _phi_result.failed else 1)\n",
+             if not _phi_result.attempted or _phi_result.failed:\n    \
+                 raise AssertionError('%d of %d examples failed' % (_phi_result.failed, _phi_result.attempted))\n",
             before = self.before,
             prompt = self.prompt,
             after = self.after,
@@ -313,6 +322,10 @@ mod tests {
         let shadowed = TestedExercise { after: "clamp = lambda x, lo, hi: 3\n".into(), ..ex.clone() };
         assert_eq!(shadowed.passes("    return x\n", &sandbox), Ok(false));
         assert_eq!(ex.passes("    return x\nclamp = lambda x, lo, hi: 3\n", &sandbox), Ok(false));
+        // Ending the program before the examples have run is not passing them.
+        for early in ["    import sys\n    sys.exit(0)\n", "    import os\n    os._exit(0)\n", "    raise SystemExit(0)\n"] {
+            assert_eq!(ex.passes(early, &sandbox), Ok(false), "{early}");
+        }
         // No examples attempted is a failure, not a pass.
         let none = TestedExercise { prompt: "def clamp(x, lo, hi):\n    \"\"\"No examples.\"\"\"\n".into(), ..ex.clone() };
         assert_eq!(none.passes(&ex.response, &sandbox), Ok(false));

@@ -200,7 +200,7 @@ fn hostile_completions_harm_nothing_and_honest_ones_still_pass() {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((_, c)) = all.get(i) else { break };
-                    let run = sb.run_python(&program(p, c)).unwrap();
+                    let run = sb.run_python_to_end(&program(p, c)).unwrap();
                     let left = survivors(run.uid);
                     *runs[i].lock().unwrap() = Some((run, left));
                 }

@@ -57,6 +57,11 @@ impl Captured {
         s
     }
 
+    /// The kept bytes, head then tail (all of them when nothing was dropped).
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        [&self.head[..], &self.tail[self.tail.len().saturating_sub(self.cap)..]].concat()
+    }
+
     /// The last line that is not blank (where Python puts the exception).
     pub fn last_line(&self) -> Option<String> {
         self.text().lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim_end().to_string())

@@ -51,6 +51,7 @@ pub(crate) enum Stage {
     Landlock,
     LandlockNotEnforced,
     Seccomp,
+    Witness,
     /// `Rlimit + i`: the i-th limit of [`rlimits`].
     Rlimit = 32,
 }
@@ -68,7 +69,7 @@ pub(crate) fn rlimits(l: &Limits) -> [(Resource, &'static str, u64); 6] {
 }
 
 pub(crate) fn describe_stage(code: u8, limits: &Limits) -> String {
-    const NAMES: [&str; 14] = [
+    const NAMES: [&str; 15] = [
         "?",
         "setsid()",
         "setgroups([]) (dropping root's groups)",
@@ -83,6 +84,7 @@ pub(crate) fn describe_stage(code: u8, limits: &Limits) -> String {
         "landlock_restrict_self()",
         "Landlock (the kernel enforced none of the requested filesystem rules)",
         "installing the seccomp filter",
+        "dup2() of the witness's pipes onto descriptors 3 and 4",
     ];
     let lims = rlimits(limits);
     match code {
@@ -103,10 +105,10 @@ pub(crate) fn landlock_abi() -> i32 {
     v.max(0) as i32
 }
 
-/// Writes may only go to `dir` (and /dev/null); everything else is read-only, TCP bind/connect
-/// are refused where the kernel can mediate them, and so are signals and abstract unix sockets
-/// to anything outside the sandbox.
-pub(crate) fn landlock_ruleset(dir: &Path) -> Result<RulesetCreated, SandboxError> {
+/// Writes may only go to `dir` (and /dev/null); reads only to `dir`, `read_roots` and the
+/// random and zero devices; TCP bind/connect are refused where the kernel can mediate them,
+/// and so are signals and abstract unix sockets to anything outside the sandbox.
+pub(crate) fn landlock_ruleset(dir: &Path, read_roots: &[std::path::PathBuf]) -> Result<RulesetCreated, SandboxError> {
     let err = |e: &dyn std::fmt::Display| SandboxError::Unavailable(format!("building the Landlock ruleset for {}: {e}", dir.display()));
     // The newest ABI this code knows; older kernels get what they support (best effort), and the
     // harness reports which ABI was in force.
@@ -118,7 +120,8 @@ pub(crate) fn landlock_ruleset(dir: &Path) -> Result<RulesetCreated, SandboxErro
         .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
         .and_then(|r| r.scope(Scope::from_all(abi)))
         .and_then(|r| r.create())
-        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi))))
+        .and_then(|r| r.add_rules(path_beneath_rules(read_roots, AccessFs::from_read(abi))))
+        .and_then(|r| r.add_rules(path_beneath_rules(["/dev/urandom", "/dev/random", "/dev/zero"], AccessFs::ReadFile)))
         .and_then(|r| r.add_rules(path_beneath_rules(["/dev/null"], AccessFs::ReadFile | AccessFs::WriteFile)))
         .map_err(|e| err(&e))
         .and_then(|r| {
@@ -271,6 +274,9 @@ pub(crate) struct Plan {
     pub report: OwnedFd,
     /// The harness's pid: the supervisor must still be its child after arming the death signal.
     pub harness_pid: libc::pid_t,
+    /// A witnessed run: the nonce pipe's read end and the report pipe's write end, which the
+    /// program gets as descriptors 3 and 4 (both numbered 10 or above here, as is `report`).
+    pub witness: Option<(OwnedFd, OwnedFd)>,
 }
 
 const SETGROUPS: &[u8] = b"/proc/self/setgroups\0";
@@ -387,11 +393,19 @@ impl Plan {
                     return Err(fail(fd, Stage::Rlimit as u8 + i as u8, libc::EINVAL));
                 }
             }
+            // The witness's pipes on 3 and 4 (dup2 clears close-on-exec on the copies).
+            let mut first_private = 3;
+            if let Some((nonce, report)) = &self.witness {
+                if libc::dup2(nonce.as_raw_fd(), 3) != 3 || libc::dup2(report.as_raw_fd(), 4) != 4 {
+                    return Err(fail(fd, Stage::Witness as u8, errno()));
+                }
+                first_private = 5;
+            }
             // Descriptors that other code in the harness opened without close-on-exec (a file,
             // a socket) must not reach the program: mark everything above stdio close-on-exec
             // (not closed: std's exec-status pipe must last until the exec itself).
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
-                for fd in 3..4096 {
+            if libc::syscall(libc::SYS_close_range, first_private as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in first_private..4096 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }

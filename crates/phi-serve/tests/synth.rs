@@ -92,6 +92,11 @@ fn generation_resumes_and_verification_keeps_only_passing_unique_clean_exercises
     assert_eq!((kept.len(), report.kept), (good, good));
     assert!(kept.iter().all(|k| k.kind == SynthKind::Exercise && k.text.starts_with("def ") && k.tests.as_deref().unwrap().starts_with("def check(")));
     assert!(report.distinct_4grams > 0.5 && report.topic_audience_covered > 5 && report.topic_audience_total == 41 * 3, "{report:?}");
+    // A solution that ends the program, status 0, before its tests have returned is not verified.
+    let mut early = gens.iter().find(|g| g.prompt.id == kept[0].id).unwrap().clone();
+    early.text = early.text.replace("    return len(xs)\n", "    import os\n    os._exit(0)\n");
+    let (none, report) = verify(&[early], &lists, &sandbox, 1, 200).unwrap();
+    assert!(none.is_empty() && report.dropped.get("the solution fails its own tests") == Some(&1), "{report:?}");
 
     // Textbook material: too-short answers are dropped.
     let tb = dir.path().join("textbook.jsonl");
