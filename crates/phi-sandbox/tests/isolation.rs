@@ -373,3 +373,21 @@ fn private_tmpdir_child() {
         println!("PRIVATE-TMPDIR-PASSED");
     }
 }
+
+/// Forgeries an adversarial review wrote against the witness (each forged a pass against its
+/// first version): re-running the runner's code in a frame of its own, closing stderr and
+/// patching the refusal's closure, a timer signal handler catching the hook's frame, and a
+/// recursion limit tuned to fail inside the witness's generator. Each must now fail.
+#[test]
+fn the_reviewed_forgeries_of_the_witness_fail() {
+    let sb = sandbox(Limits { timeout: Duration::from_secs(20), cpu_seconds: 20, ..quick() });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/witness_attacks");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let code = std::fs::read_to_string(entry.path()).unwrap();
+        let run = sb.run_python_to_end(&code).unwrap();
+        assert!(!run.ran_to_end, "{} forged a pass: {} {}", entry.path().display(), run.exit, run.stderr.text());
+        n += 1;
+    }
+    assert!(n >= 5);
+}
