@@ -78,6 +78,33 @@ fn chat_streams_replies_keeps_history_and_ends_at_eof() {
 }
 
 #[test]
+fn chat_shows_a_banner_and_its_commands_and_survives_a_line_that_is_not_utf8() {
+    use std::io::Write;
+    let dir = phi3_tiny_with_tokenizer();
+    let mut child = phi()
+        .args(["chat", "--max-new-tokens", "6", "--model"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // After /quit nothing more is read: the last line gets no prompt and no reply.
+    child.stdin.take().unwrap().write_all(b"/help\n\xff\xfe latin-1 \xe9t\xe9\nthe cat\n/reset\n/nonsense\n/quit\nthe cat\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let banner = text.lines().next().unwrap();
+    assert!(banner.contains(&dir.path().display().to_string()) && banner.contains("phi3 family") && banner.contains("Phi-3 chat format"), "{text}");
+    assert!(text.contains("/help shows this, /reset starts a new conversation, /quit"), "{text}");
+    assert!(text.contains("(that line is not UTF-8 text, so it was not sent"), "{text}");
+    assert!(text.contains("(conversation cleared)"), "{text}");
+    assert!(text.contains("(unknown command /nonsense;"), "{text}");
+    assert_eq!(text.matches("> ").count(), 6, "a prompt per line up to /quit: {text:?}");
+    assert!(text.contains('w'), "the reply to `the cat` was printed: {text:?}");
+}
+
+#[test]
 fn missing_model_folder_is_a_clear_error() {
     let out = phi().args(["generate", "--model", "/nonexistent/model", "--prompt-ids", "1"]).output().unwrap();
     assert!(!out.status.success());
@@ -86,11 +113,22 @@ fn missing_model_folder_is_a_clear_error() {
 }
 
 #[test]
+fn a_backend_that_is_not_built_in_is_named_as_the_flag_takes_it() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let out = phi().args(["generate", "--device", "cuda", "--prompt-ids", "1", "--model"]).arg(fixture("phi-tiny")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--device cuda needs the `cuda` cargo feature: rebuild with `--features cuda`"), "{err}");
+}
+
+#[test]
 fn inspect_reports_preset_parameters() {
     let out = phi().args(["inspect", "--model", "phi-2"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("2779683840"), "{text}");
+    assert!(text.contains("parallel / LayerNorm / plain (gelu_new)"), "{text}");
 }
 
 #[test]
@@ -197,6 +235,42 @@ fn finetune_on_a_jsonl_file_reports_bad_records_and_exports() {
     assert!(text.contains("held-out loss (response tokens)"), "{text}");
     assert!(out.path().join("adapter/adapter_config.json").is_file());
     phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
+}
+
+#[test]
+fn train_tokenizer_refuses_a_small_vocabulary_and_a_foreign_file_and_says_when_the_vocabulary_is_smaller() {
+    let work = tempfile::tempdir().unwrap();
+    let corpus = work.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    std::fs::write(corpus.join("a.py"), "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n".repeat(3)).unwrap();
+    let train = |vocab: &str, out: &std::path::Path| phi().args(["data", "train-tokenizer", "--vocab-size", vocab, "--input"]).arg(&corpus).arg("--out").arg(out).output().unwrap();
+    // Below 258, as `phi data prepare` refuses it.
+    let out = work.path().join("tok.json");
+    let r = train("100", &out);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--vocab-size 100") && err.contains("258"), "{err}");
+    assert!(!out.exists());
+    // A file the tool did not write is never replaced.
+    let notes = work.path().join("mynotes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let r = train("300", &notes);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("mynotes.txt") && err.contains("left as it is"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    // A vocabulary larger than the corpus supports: written, and said to be smaller.
+    let r = train("100000", &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let size = phi_data::Tokenizer::from_file(&out).unwrap().vocab_size();
+    assert!(size < 100_000);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains(&format!("the vocabulary came out at {size} tokens, not the 100000 asked for")), "{err}");
+    // Its own file is replaced by the next run, without a warning when the size is met.
+    let r = train("260", &out);
+    assert!(r.status.success() && !String::from_utf8_lossy(&r.stderr).contains("warning"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(phi_data::Tokenizer::from_file(&out).unwrap().vocab_size(), 260);
+    let mut names: Vec<String> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["corpus", "mynotes.txt", "tok.json"], "no temporary files left");
 }
 
 #[test]
@@ -510,6 +584,42 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn data_synth_fits_max_tokens_to_a_local_model_before_asking_and_hints_only_at_what_it_kept() {
+    let model = phi3_tiny_with_tokenizer();
+    let out = tempfile::tempdir().unwrap();
+    let synth = |dir: &str, extra: &[&str]| {
+        phi()
+            .args(["data", "synth", "--kind", "textbook", "--n", "3"])
+            .args(extra)
+            .arg("--local")
+            .arg(model.path())
+            .arg("--out")
+            .arg(out.path().join(dir))
+            .output()
+            .unwrap()
+    };
+    // More than the 128-token context holds: refused before any request, nothing written.
+    let r = synth("big", &["--max-tokens", "1024"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--max-tokens 1024 does not fit") && err.contains("context is 128 tokens"), "{err}");
+    assert!(!out.path().join("big").exists());
+    // The default fits the model; nothing kept (every answer is shorter than --min-chars): no
+    // next step is suggested for an empty kept.jsonl.
+    let r = synth("none", &["--min-chars", "100000"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8(r.stdout).unwrap();
+    let max: usize = text.split("answers of up to ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    assert!(max > 0 && max < 128, "{text}");
+    assert!(text.contains("3 asked") && text.contains("0 failed"), "{text}");
+    assert!(text.contains("nothing was kept") && !text.contains("phi data prepare"), "{text}");
+    // Textbook material is prose: the hint says --kind text.
+    let r = synth("kept", &["--min-chars", "1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8(r.stdout).unwrap();
+    assert!(text.contains("--kind text") && !text.contains("--kind python"), "{text}");
 }
 
 #[test]

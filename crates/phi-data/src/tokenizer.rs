@@ -53,6 +53,12 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// Every token (added ones included) by id: two tokenizers with the same give every id the
+    /// same meaning, whatever else differs in their files.
+    pub fn vocab_by_id(&self) -> std::collections::BTreeMap<u32, String> {
+        self.inner.get_vocab(true).into_iter().map(|(token, id)| (id, token)).collect()
+    }
 }
 
 /// The end-of-text token that separates documents (GPT-2 / Phi-1 convention).
@@ -117,6 +123,10 @@ fn last_pretoken_start(t: &Inner, window: &str) -> Option<usize> {
 /// Longer runs are cut into pieces of this size; no real token is anywhere near as long.
 pub const MAX_PRETOKEN_BYTES: usize = 256;
 
+/// The smallest vocabulary [`Tokenizer::train_bpe`] makes: 256 bytes, `<|endoftext|>` and one
+/// merge (below it there is nothing to learn).
+pub const MIN_BPE_VOCAB: usize = 258;
+
 impl Tokenizer {
     /// Trains a byte-level BPE tokenizer (GPT-2 style: byte alphabet, no unknown token) with
     /// `<|endoftext|>` as a special token, on `texts`.
@@ -132,6 +142,9 @@ impl Tokenizer {
         use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
         use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
         let err = |e: &dyn std::fmt::Display| TokenizerError { path: "<training>".into(), message: e.to_string() };
+        if vocab_size < MIN_BPE_VOCAB {
+            return Err(err(&format!("vocab_size = {vocab_size}: a byte-level BPE needs at least {MIN_BPE_VOCAB} (256 bytes + {EOS} + one merge)")));
+        }
         let mut trainer = TrainerWrapper::BpeTrainer(
             BpeTrainerBuilder::new()
                 .vocab_size(vocab_size)
@@ -183,10 +196,79 @@ impl Tokenizer {
         std::fs::rename(&tmp, path).map_err(|e| err(&e))
     }
 
+    /// Writes like [`Tokenizer::save`], but to a path the user named: a file already there is
+    /// replaced only if [`check_replaceable`] says it is a tokenizer trained here. The temporary
+    /// file is a fresh name of its own, so nothing beside `path` is touched either.
+    pub fn save_replacing_only_ours(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        use std::io::Write;
+        let path = path.as_ref();
+        let err = |p: &Path, e: &dyn std::fmt::Display| TokenizerError { path: p.display().to_string(), message: e.to_string() };
+        check_replaceable(path)?;
+        let json = self.inner.to_string(false).map_err(|e| err(path, &e))?;
+        let name = path.file_name().ok_or_else(|| err(path, &"names no file"))?.to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let written = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(json.as_bytes()).and_then(|_| f.sync_all()));
+        if let Err(e) = written {
+            // Ours only if create_new made it.
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                std::fs::remove_file(&tmp).ok();
+            }
+            return Err(err(&tmp, &e));
+        }
+        // Checked again: the file may have appeared while training.
+        if let Err(e) = check_replaceable(path).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err(path, &e))) {
+            std::fs::remove_file(&tmp).ok();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Id of [`EOS`], if the vocabulary has it.
     pub fn eos_id(&self) -> Option<u32> {
         self.token_to_id(EOS)
     }
+}
+
+/// Whether a trained tokenizer may be written to `path`: nothing is there, or a tokenizer this
+/// module trained is (the same normalizer, pre-tokenizer, post-processor and decoder as
+/// [`Tokenizer::train_bpe`] writes — the byte-level pre-tokenizer capped at
+/// [`MAX_PRETOKEN_BYTES`] is ours alone — a BPE model, and `<|endoftext|>` as its only added
+/// token). Anything else (a user's notes, a downloaded `tokenizer.json`, a folder, a symbolic
+/// link) is an error naming the path: the framework never replaces a file it did not write.
+pub fn check_replaceable(path: &Path) -> Result<(), TokenizerError> {
+    let refuse = |why: String| {
+        Err(TokenizerError {
+            path: path.display().to_string(),
+            message: format!("{why}; it is not a tokenizer this tool trained, so it is left as it is (remove it or write elsewhere)"),
+        })
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TokenizerError { path: path.display().to_string(), message: e.to_string() }),
+        Ok(m) if m.file_type().is_symlink() => return refuse("is a symbolic link".into()),
+        Ok(m) if !m.is_file() => return refuse("exists and is not a file".into()),
+        // Not read whole: a 200k-token vocabulary with its merges is a few tens of MB.
+        Ok(m) if m.len() > 1 << 30 => return refuse(format!("exists and holds {} bytes, far more than a tokenizer", m.len())),
+        Ok(_) => {}
+    }
+    let text = match std::fs::read(path).map(String::from_utf8) {
+        Ok(Ok(t)) => t,
+        Ok(Err(_)) => return refuse("exists and is not text".into()),
+        Err(e) => return Err(TokenizerError { path: path.display().to_string(), message: e.to_string() }),
+    };
+    let Ok(found) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return refuse("exists and is not JSON".into());
+    };
+    // What training writes, whatever the corpus: the parts that do not depend on it.
+    let reference = Tokenizer::train_bpe(std::iter::empty::<&str>(), MIN_BPE_VOCAB)?;
+    let reference: serde_json::Value = serde_json::from_str(&reference.inner.to_string(false).map_err(|e| TokenizerError { path: "<training>".into(), message: e.to_string() })?)
+        .expect("tokenizers writes JSON");
+    let added: Vec<Option<&str>> = found["added_tokens"].as_array().map(|a| a.iter().map(|t| t["content"].as_str()).collect()).unwrap_or_default();
+    let same = ["normalizer", "pre_tokenizer", "post_processor", "decoder"].iter().all(|k| found[k] == reference[k]);
+    if !same || found["model"]["type"] != "BPE" || added != [Some(EOS)] {
+        return refuse("exists and is not a tokenizer trained here".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,6 +295,40 @@ mod tests {
         let saved = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
         assert!(!saved.contains("(?"), "an inline regex flag in the saved tokenizer");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_tokenizer_trained_here_is_replaced_and_a_vocabulary_below_258_is_refused() {
+        let corpus: Vec<String> = (0..20).map(|i| format!("def f{i}(x):\n    return x + {i}\n")).collect();
+        let tok = Tokenizer::train_bpe(corpus.iter(), 300).unwrap();
+        let dir = std::env::temp_dir().join(format!("phi-tok-owned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = dir.join("tok.json");
+        tok.save_replacing_only_ours(&ours).unwrap();
+        // A second run replaces its own file.
+        tok.save_replacing_only_ours(&ours).unwrap();
+        assert_eq!(Tokenizer::from_file(&ours).unwrap().vocab_size(), tok.vocab_size());
+        // A user's file, a downloaded tokenizer, a folder: refused by name, left as they were.
+        let notes = dir.join("mynotes.txt");
+        std::fs::write(&notes, "my notes").unwrap();
+        let gpt2 = dir.join("tokenizer.json");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokenizers/gpt2/tokenizer.json"), &gpt2).unwrap();
+        let before = std::fs::read(&gpt2).unwrap();
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        for path in [&notes, &gpt2, &sub] {
+            let e = tok.save_replacing_only_ours(path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()) && e.contains("not a tokenizer this tool trained"), "{e}");
+        }
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+        assert_eq!(std::fs::read(&gpt2).unwrap(), before);
+        // No temporary file is left behind.
+        let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["mynotes.txt", "sub", "tok.json", "tokenizer.json"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = Tokenizer::train_bpe(corpus.iter(), 257).err().expect("refused").to_string();
+        assert!(e.contains("vocab_size = 257") && e.contains("258"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,13 @@
 //! decoding at its next token, and so does every request when the server shuts down.
 //!
 //! Bad requests get OpenAI's error object with a 4xx status: malformed JSON or parameters (400),
-//! an unknown model or path (404), a prompt the context cannot hold (400,
-//! `context_length_exceeded`), a full server (429).
+//! a parameter this server does not implement (`logprobs`, `echo`, `best_of`, penalties, …: 400
+//! naming it, never silently ignored), an unknown model or path (404), a prompt the context
+//! cannot hold (400, `context_length_exceeded`), a body over [`Limits::max_body_bytes`] (413), a
+//! full server (429). A request cut off by shutdown ends with an error (503, or an error event
+//! on a stream), never with a `length` finish the client did not ask for. The server speaks
+//! HTTP/1.1; a connection that has not sent a request's headers within
+//! [`Limits::header_timeout`] is closed.
 //!
 //! ```no_run
 //! use phi_serve::{Limits, ServedModel, serve};
@@ -38,7 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Json, State};
+use axum::extract::{DefaultBodyLimit, Json, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -90,11 +95,23 @@ pub struct Limits {
     pub max_concurrent: usize,
     /// Requests waiting for a slot; one more gets 429.
     pub max_waiting: usize,
+    /// Largest request body taken (413 beyond it, refused on its `Content-Length` before any of
+    /// it is read). 8 MiB holds a 128k-token prompt several times over.
+    pub max_body_bytes: usize,
+    /// A connection must send a request's headers within this long of being ready for one (a
+    /// new connection, or an idle kept-alive one), else it is closed: a client that trickles
+    /// headers, or never sends any, cannot hold a connection open (used by [`serve`]).
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()), max_waiting: 64 }
+        Limits {
+            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_waiting: 64,
+            max_body_bytes: 8 << 20,
+            header_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }
 
@@ -106,6 +123,7 @@ struct App {
     /// Permits to decode.
     decoding: Arc<tokio::sync::Semaphore>,
     stopping: AtomicBool,
+    limits: Limits,
 }
 
 fn app(model: ServedModel, limits: Limits) -> Arc<App> {
@@ -115,15 +133,27 @@ fn app(model: ServedModel, limits: Limits) -> Arc<App> {
         admitted: Arc::new(tokio::sync::Semaphore::new(n + limits.max_waiting)),
         decoding: Arc::new(tokio::sync::Semaphore::new(n)),
         stopping: AtomicBool::new(false),
+        limits,
     })
 }
 
 fn routes(app: Arc<App>) -> Router {
+    let limit = app.limits.max_body_bytes;
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async { ApiError::not_found("no such endpoint (try /v1/models, /v1/chat/completions, /v1/completions)", "not_found") })
+        // Bodies without a length (chunked) are cut at the limit while read (`body` turns the
+        // rejection into 413); a declared length over it is refused before reading a byte.
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            match declared {
+                Some(n) if n > limit as u64 => ApiError::too_large(format!("the request body is {n} bytes; this server takes at most {limit}")).into_response(),
+                _ => next.run(req).await,
+            }
+        }))
         .with_state(app)
 }
 
@@ -132,17 +162,61 @@ pub fn router(model: ServedModel, limits: Limits) -> Router {
     routes(app(model, limits))
 }
 
-/// Serves `model` on `listener` until `shutdown` completes; then decoding stops at the next
-/// token of every request in flight, their replies end, and it returns.
+/// Serves `model` on `listener` (HTTP/1.1) until `shutdown` completes; then it accepts no more
+/// connections, decoding stops at the next token of every request in flight, their replies end
+/// with an error (503, or an error event on a stream), and it returns once every connection
+/// has closed.
+///
+/// Its own accept loop rather than `axum::serve`, which gives hyper no timer and so cannot
+/// time out a connection that never finishes its headers ([`Limits::header_timeout`]).
 pub async fn serve(listener: tokio::net::TcpListener, model: ServedModel, limits: Limits, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let app = app(model, limits);
-    let flag = app.clone();
-    axum::serve(listener, routes(app))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            flag.stopping.store(true, Ordering::SeqCst);
-        })
-        .await
+    let router = routes(app.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small SSE writes go out as they are made.
+                    stream.set_nodelay(true).ok();
+                    connections.spawn(connection(stream, router.clone(), limits.header_timeout, stopped.clone()));
+                }
+                // A connection reset before it was taken costs only itself.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused) => {}
+                // Out of file descriptors and the like: wait for some to close rather than spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            },
+            // Reaps finished connections, so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    app.stopping.store(true, Ordering::SeqCst);
+    stop.send_replace(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, closed gracefully (the reply in flight finishes, no further request
+/// is read) once `stopped` turns true.
+async fn connection(stream: tokio::net::TcpStream, router: Router, header_timeout: std::time::Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    if !*stopped.borrow_and_update() {
+        tokio::select! {
+            // A failed connection (a client gone, a header timeout) ends only itself.
+            _ = conn.as_mut() => return,
+            _ = stopped.changed() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 type Shared = State<Arc<App>>;
@@ -225,12 +299,15 @@ fn plan(s: &ServedModel, model: &str, prompt: Vec<u32>, p: Sampling, default_max
 
 /// One choice, generated on the calling (blocking) thread; `emit` receives the text as it
 /// becomes final; `cancelled` is asked before every token (a client gone, a server stopping).
+///
+/// A choice that `cancelled` cuts short is an error, not a `length` finish: the client asked for
+/// up to `max_tokens` and would otherwise take a truncated text for a complete one.
 fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> bool, mut emit: impl FnMut(&str)) -> Result<(String, &'static str, usize), ApiError> {
     let config = GenerationConfig::sampling(plan.max_tokens, plan.temperature, plan.seed.wrapping_add(choice as u64))
         .with_top_p(plan.top_p)
         .with_stop_tokens(s.stop_ids.clone());
     let mut stream = TextStream::new(&s.tokenizer, &plan.stop);
-    let (mut text, mut count, mut finish) = (String::new(), 0usize, "length");
+    let (mut text, mut count, mut finish, mut cut) = (String::new(), 0usize, "length", false);
     s.model
         .generate_streaming(&plan.prompt, &config, |t| {
             count += 1;
@@ -247,9 +324,20 @@ fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, cancelled: &dyn Fn(
                 finish = "stop";
                 return false;
             }
-            !cancelled()
+            // The last allowed token ends the choice anyway: only an earlier stop cuts it.
+            if count < plan.max_tokens && cancelled() {
+                cut = true;
+                return false;
+            }
+            true
         })
         .map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+    if cut {
+        return Err(ApiError::stopping(format!(
+            "the server is shutting down: choice {choice} was cut off after {count} of up to {} tokens; retry the request",
+            plan.max_tokens
+        )));
+    }
     let rest = stream.finish();
     if stream.stopped() {
         finish = "stop";
@@ -266,9 +354,12 @@ fn id(prefix: &str) -> String {
     format!("{prefix}-{n:x}")
 }
 
-/// The body as JSON, or OpenAI's 400 error saying why not.
+/// The body as JSON, or OpenAI's error saying why not: 413 for a body over the limit, else 400.
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|e| ApiError::invalid(format!("malformed request: {}", e.body_text()), None))
+    b.map(|Json(v)| v).map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(format!("the request body is over this server's limit: {}", e.body_text())),
+        _ => ApiError::invalid(format!("malformed request: {}", e.body_text()), None),
+    })
 }
 
 /// The messages as `(role, text)`: OpenAI's `developer` role is the system turn.
@@ -300,6 +391,7 @@ async fn encode(app: &Arc<App>, text: String) -> Result<Vec<u32>, ApiError> {
 async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>) -> Response {
     let result = async {
         let r = body(req)?;
+        r.sampling.check_rest()?;
         let turns = messages(&r)?;
         let prompt = app.model.template.prompt(turns.iter().map(|(r, c)| (r.as_str(), c.as_str())));
         let ids = encode(&app, prompt).await?;
@@ -314,6 +406,7 @@ async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>)
 async fn completions(State(app): Shared, req: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
     let result = async {
         let r = body(req)?;
+        r.sampling.check_rest()?;
         let prompt = match r.prompt {
             Prompt::One(p) => p,
             Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
@@ -363,8 +456,10 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
         let e = ApiError { status: axum::http::StatusCode::TOO_MANY_REQUESTS, kind: "rate_limit_error", ..ApiError::internal("the server is busy: too many requests decoding or waiting; retry later") };
         return e.into_response();
     };
-    let Ok(decoding) = app.decoding.clone().acquire_owned().await else {
-        return ApiError::internal("the server is stopping").into_response();
+    let decoding = match app.decoding.clone().acquire_owned().await {
+        Ok(permit) if !app.stopping.load(Ordering::SeqCst) => permit,
+        // Waited for a turn while the server began to stop: no decoding starts now.
+        _ => return ApiError::stopping("the server is shutting down; retry the request").into_response(),
     };
     let (id, created, model) = (id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), app.model.name.clone());
     if !plan.stream {
@@ -420,8 +515,10 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
                         return;
                     }
                 }
+                // The stream ends with the error and no [DONE]: the text sent so far is not a
+                // whole reply.
                 Err(e) => {
-                    send(Event::default().data(json!({ "error": { "message": e.message, "type": e.kind } }).to_string()));
+                    send(Event::default().data(json!({ "error": { "message": e.message, "type": e.kind, "param": e.param, "code": e.code } }).to_string()));
                     return;
                 }
             }
@@ -455,7 +552,8 @@ pub struct ServeOptions {
 }
 
 /// Loads the model, binds, calls `on_ready` with the address and the model's id, and serves
-/// until Ctrl-C (SIGINT) or SIGTERM; requests in flight finish first.
+/// until Ctrl-C (SIGINT) or SIGTERM; requests in flight then end with an error at their next
+/// token.
 pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<(), Box<dyn std::error::Error>> {
     let device = o.device.device()?;
     let mut loaded = None;

@@ -104,6 +104,15 @@ pub enum SynthKind {
     Exercise,
 }
 
+impl std::fmt::Display for SynthKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SynthKind::Textbook => "textbook",
+            SynthKind::Exercise => "exercise",
+        })
+    }
+}
+
 impl std::str::FromStr for SynthKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -169,6 +178,28 @@ pub fn prompts(lists: &Lists, kind: SynthKind, n: usize, seed: u64) -> Vec<Synth
         }
     }
     out
+}
+
+/// `max_tokens` when none is given: room for a textbook section or an exercise.
+pub const DEFAULT_MAX_TOKENS: usize = 1024;
+
+/// The `max_tokens` of every request to `model` (served in-process), decided before the first
+/// one: each prompt, in the model's chat template, plus its answer must fit the model's context,
+/// or every request would be refused. `requested` if the longest prompt leaves that much, else
+/// an error saying what fits; without a request, [`DEFAULT_MAX_TOKENS`] or what the context
+/// leaves, if less.
+pub fn fit_max_tokens(model: &crate::ServedModel, prompts: &[SynthPrompt], requested: Option<usize>) -> Result<usize, String> {
+    let context = model.model.config().max_position_embeddings;
+    let longest = prompts.iter().map(|p| model.tokenizer.encode(&model.template.prompt([("user", p.prompt.as_str())])).len()).max().unwrap_or(0);
+    let room = context.saturating_sub(longest);
+    let fits = format!("the model's context is {context} tokens and the longest prompt takes {longest}");
+    match requested {
+        _ if room == 0 => Err(format!("{fits}: no room is left for an answer; use a model with a longer context")),
+        Some(0) => Err("--max-tokens 0: an answer needs at least one token".into()),
+        Some(m) if m > room => Err(format!("--max-tokens {m} does not fit: {fits}, which leaves {room}; give --max-tokens {room} or less")),
+        Some(m) => Ok(m),
+        None => Ok(DEFAULT_MAX_TOKENS.min(room)),
+    }
 }
 
 /// One answer, as appended to `generations.jsonl`.

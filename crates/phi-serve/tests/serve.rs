@@ -162,3 +162,147 @@ fn bad_requests_get_openai_errors_and_concurrent_requests_are_served() {
         assert_eq!(status, 200, "{v}");
     }
 }
+
+/// Raw bytes to the server; everything it sends back until it closes (a reset after a reply
+/// counts as the close: what arrived before it is returned).
+fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !out.is_empty() => break,
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn unsupported_parameters_are_refused_by_name_and_their_no_op_values_are_taken() {
+    let dir = model_dir();
+    let addr = start(dir.path());
+    let base = json!({"model": "tiny", "prompt": "the cat", "max_tokens": 2, "temperature": 0});
+    let asks = [
+        ("logprobs", json!(3)),
+        ("echo", json!(true)),
+        ("best_of", json!(2)),
+        ("presence_penalty", json!(0.5)),
+        ("frequency_penalty", json!(-1)),
+        ("logit_bias", json!({"5": 10})),
+        ("suffix", json!(" the end")),
+        // A misspelt field is not a default silently used instead.
+        ("max_token", json!(3)),
+    ];
+    for (key, value) in asks {
+        let mut req = base.clone();
+        req[key] = value;
+        let (status, v) = post(addr, "/v1/completions", req);
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(key)), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(key), "{v}");
+    }
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "the"}], "max_tokens": 2, "logprobs": true});
+    let (status, v) = post(addr, "/v1/chat/completions", chat);
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("logprobs")), "{v}");
+    // What clients send as explicit defaults, and fields that do not change the reply.
+    let mut req = base.clone();
+    for (key, value) in [
+        ("logprobs", json!(null)),
+        ("echo", json!(false)),
+        ("best_of", json!(1)),
+        ("presence_penalty", json!(0)),
+        ("frequency_penalty", json!(0.0)),
+        ("logit_bias", json!({})),
+        ("user", json!("me")),
+    ] {
+        req[key] = value;
+    }
+    let (status, v) = post(addr, "/v1/completions", req);
+    assert_eq!(status, 200, "{v}");
+    let (_, plain) = post(addr, "/v1/completions", base);
+    assert_eq!(v["choices"][0]["text"], plain["choices"][0]["text"]);
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_header_stalls_are_cut_off() {
+    let dir = model_dir();
+    let addr = start(dir.path());
+    // A declared 50 MB body is refused on its length, before any of it is sent.
+    let reply = raw(addr, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 52428800\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("\"request_too_large\"") && reply.contains("52428800"), "{reply}");
+
+    let model = || ServedModel::load(dir.path(), None, Some("tiny".into()), &Default::default()).unwrap();
+    let limits = phi_serve::Limits { max_body_bytes: 4096, header_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let mut server = common::Stoppable::start(model(), limits);
+    // A body without a length (chunked) is cut at the limit while it is read: 413, not a
+    // "malformed request".
+    let padding = "x".repeat(16 << 10);
+    let body = json!({"model": "tiny", "prompt": "the", "user": padding}).to_string();
+    let chunked = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let reply = raw(server.addr, chunked.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    // Half a request's headers, or nothing at all: the connection is closed after the header
+    // timeout rather than held open.
+    for stall in [&b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le"[..], b""] {
+        let t = std::time::Instant::now();
+        let reply = raw(server.addr, stall);
+        let waited = t.elapsed();
+        assert!(!reply.contains(" 200 "), "{reply}");
+        assert!(waited >= std::time::Duration::from_millis(250) && waited < std::time::Duration::from_secs(10), "closed after {waited:?}");
+    }
+    // A request that comes in time is served as usual.
+    let (status, v) = post(server.addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "max_tokens": 2}));
+    assert_eq!(status, 200, "{v}");
+    server.stop();
+}
+
+#[test]
+fn shutdown_ends_requests_in_flight_with_an_error_never_a_length_finish() {
+    let dir = model_dir();
+    // A context long enough, and no stop ids, that the requests below are still decoding when
+    // the server stops.
+    let path = dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(4096);
+    config["original_max_position_embeddings"] = json!(4096);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut model = ServedModel::load(dir.path(), None, Some("tiny".into()), &Default::default()).unwrap();
+    model.stop_ids.clear();
+    let mut server = common::Stoppable::start(model, phi_serve::Limits { max_concurrent: 4, ..Default::default() });
+    let addr = server.addr;
+    let long = json!({"model": "tiny", "prompt": "the cat", "max_tokens": 4000, "n": 16, "temperature": 1, "seed": 1});
+    let plain = {
+        let long = long.clone();
+        std::thread::spawn(move || post(addr, "/v1/completions", long))
+    };
+    let mut streamed = long;
+    streamed["stream"] = json!(true);
+    let body = streamed.to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0, "the stream ended before its first token");
+    }
+    // Both are decoding now (the plain one was sent first); stop the server.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    server.signal();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let data: Vec<&str> = rest.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutting_down", "{last}");
+    assert!(last["error"]["message"].as_str().unwrap().contains("cut off"), "{last}");
+    assert!(!rest.contains("[DONE]") && !rest.contains("\"length\""), "a cut-off stream looks complete: {rest}");
+    let (status, v) = plain.join().unwrap();
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("server_shutting_down")), "{v}");
+    assert!(v.get("choices").is_none(), "{v}");
+    server.stop();
+}

@@ -32,6 +32,45 @@ pub fn start(dir: &std::path::Path) -> SocketAddr {
     rx.recv().unwrap()
 }
 
+/// A served model with its own limits that a test stops: `stop()` starts the shutdown and
+/// waits until `serve` returns.
+pub struct Stoppable {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Stoppable {
+    pub fn start(model: ServedModel, limits: phi_serve::Limits) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                phi_serve::serve(listener, model, limits, async {
+                    stopped.await.ok();
+                })
+                .await
+            })
+        });
+        Stoppable { addr: rx.recv().unwrap(), stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Signals shutdown now; returns once the server has returned.
+    pub fn stop(&mut self) {
+        self.signal();
+        self.thread.take().unwrap().join().unwrap().unwrap();
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal(&mut self) {
+        if let Some(s) = self.stop.take() {
+            s.send(()).ok();
+        }
+    }
+}
+
 
 /// Serves `app` (a scripted endpoint) on 127.0.0.1 in a background thread; returns its API base.
 pub fn spawn(app: axum::Router) -> String {
