@@ -137,6 +137,8 @@ fn lora_dpo_killed_mid_run_resumes_bitwise_and_writes_a_peft_adapter() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(stdout.contains("4 pairs for training") && stdout.contains("scored once before training"), "{stdout}");
+    // The loss in words, not its Rust value (`Sigmoid { label_smoothing: 0.0 }`).
+    assert!(stdout.contains("loss sigmoid, beta 0.1"), "{stdout}");
     // Killed after step 3 (its checkpoint is step 2's; step 3's metrics line is on disk).
     let r = dpo(&split, &lora, Some(3));
     assert!(!r.status.success());
@@ -181,7 +183,7 @@ fn full_parameter_dpo_against_an_explicit_live_reference_writes_a_model_folder()
     // Reference-free losses need no reference; a bad flag is named.
     let r = dpo(&root.path().join("orpo"), &["--loss", "orpo", "--steps", "2", "--fresh"], None);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert!(String::from_utf8_lossy(&r.stdout).contains("reference-free"));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("reference-free") && String::from_utf8_lossy(&r.stdout).contains("loss orpo, beta"));
     let r = dpo(&root.path().join("bad"), &["--steps", "6", "--warmup-steps", "9"], None);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--warmup-steps 9"));
     let r = dpo(&root.path().join("bad"), &["--beta=-1"], None);

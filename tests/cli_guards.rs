@@ -203,3 +203,37 @@ fn prepare_of_one_multi_megabyte_line_keeps_memory_bounded() {
     let tok = phi_data::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     assert_eq!(m.splits["train"].tokens, tok.encode(&line).len() as u64 + 1);
 }
+
+#[test]
+fn finetune_refuses_an_output_folder_that_would_overwrite_its_inputs() {
+    let run = tempfile::tempdir().unwrap();
+    // The base is one of the output folder's own checkpoints: the run would prune it away.
+    let base = run.path().join("checkpoints/step-00000010");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("phi-tiny").join(f), base.join(f)).unwrap();
+    }
+    let finetune = |base: &Path, out: &Path, data: Option<&Path>| {
+        let mut cmd = phi();
+        cmd.args(["finetune", "--steps", "2"]).arg("--base").arg(base).arg("--out").arg(out);
+        if let Some(d) = data {
+            cmd.arg("--data").arg(d);
+        }
+        let o = cmd.output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, err) = finetune(&base, run.path(), None);
+    assert!(!ok && err.contains("--base") && err.contains("is inside") && err.contains("checkpoints") && err.contains("choose another --out"), "{err}");
+    // Refused before anything was written: no lock, no metrics, the base as it was.
+    assert!(!run.path().join(".phi-run.lock").exists() && !run.path().join("metrics.jsonl").exists());
+    assert_eq!(std::fs::read(base.join("model.safetensors")).unwrap(), std::fs::read(fixture("phi-tiny/model.safetensors")).unwrap());
+    // --out the base itself: the run would write among the files it reads.
+    let (ok, err) = finetune(&base, &base, None);
+    assert!(!ok && err.contains("is --base itself") && err.contains("only reads"), "{err}");
+    assert!(!base.join(".phi-run.lock").exists());
+    // --data among what the run writes.
+    let other = tempfile::tempdir().unwrap();
+    let data = other.path().join("adapter/sft.jsonl");
+    let (ok, err) = finetune(&base, other.path(), Some(&data));
+    assert!(!ok && err.contains("--data") && err.contains("is inside"), "{err}");
+}

@@ -28,8 +28,14 @@ pub fn collect_files_with_site_packages(root: &Path, suffix: &str, exclude: &[&s
 
 fn collect(root: &Path, suffix: &str, exclude: &[&str], site_packages: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    // Symlinks are followed, each folder once: a link back up the tree would loop forever.
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
+        match std::fs::metadata(&dir) {
+            Ok(meta) if seen.insert(folder_id(&dir, &meta)) => {}
+            _ => continue,
+        }
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
             let path = e.path();
@@ -45,4 +51,17 @@ fn collect(root: &Path, suffix: &str, exclude: &[&str], site_packages: bool) -> 
     }
     out.sort();
     out
+}
+
+/// What identifies a folder however it is reached: device and inode (the canonical path where
+/// there are no inodes).
+#[cfg(unix)]
+pub(crate) fn folder_id(_path: &Path, meta: &std::fs::Metadata) -> (u64, u64, PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), PathBuf::new())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn folder_id(path: &Path, _meta: &std::fs::Metadata) -> (u64, u64, PathBuf) {
+    (0, 0, std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
 }

@@ -75,3 +75,77 @@ fn one_multi_megabyte_line_prepares_with_a_capped_pre_token_length() {
     assert_eq!(ids.len(), per_piece);
     assert!(t.elapsed().as_secs() < 120, "took {:?}", t.elapsed());
 }
+
+/// A small prepared input folder: `n` distinct text files under `in/`.
+fn text_folder(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let input = dir.join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    for i in 0..n {
+        let sub = if i % 2 == 0 { "" } else { "sub/" };
+        std::fs::write(input.join(format!("{sub}doc{i}.txt")), format!("{} number {i}\n", "Some words for a document of text. ".repeat(8 + i))).unwrap();
+    }
+    input
+}
+
+fn files_config(input: &std::path::Path) -> PrepareConfig {
+    let mut cfg = PrepareConfig::new(
+        vec![Input::Files { root: input.to_path_buf(), pattern: "**/*.txt".into(), exclude: vec![] }],
+        TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")),
+    );
+    cfg.filters = None;
+    cfg.near_dedup = None;
+    cfg.validation_fraction = 0.0;
+    cfg
+}
+
+#[test]
+fn a_symlink_cycle_in_the_input_is_walked_once_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = text_folder(dir.path(), 4);
+    // `ln -s .. in/sub/up`: in/sub/up/sub/up/... without end; and a second name for in/sub.
+    std::os::unix::fs::symlink("..", input.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("sub", input.join("alias")).unwrap();
+    let cfg = files_config(&input);
+    let out = dir.path().join("out");
+    // On its own thread, so that a walk that never ends fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c, o) = (cfg.clone(), out.clone());
+    std::thread::spawn(move || tx.send(prepare(&c, &o, false).map_err(|e| e.to_string())));
+    let m = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the walk ends").unwrap();
+    let read = m.report.stages.iter().find(|s| s.name == "read").unwrap();
+    assert_eq!(read.documents_in, 4, "each file once, under its own path");
+    let r = &m.report.repeated_folders;
+    assert_eq!(r.folders, 2, "{r:?}");
+    assert!(r.examples.iter().any(|e| e.ends_with("sub/up")) && r.examples.iter().any(|e| e.ends_with("alias")), "{r:?}");
+    assert!(m.report.table().contains("2 folder(s) reached again through symlinks"), "{}", m.report.table());
+    // A folder reached only through a link is read (once).
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("linked.txt"), "A document that lives outside the folder, linked in.\n".repeat(5)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, input.join("more")).unwrap();
+    std::os::unix::fs::symlink(&input, elsewhere.join("back")).unwrap();
+    let m = prepare(&cfg, &dir.path().join("out2"), false).unwrap();
+    assert_eq!(m.report.stages.iter().find(|s| s.name == "read").unwrap().documents_in, 5);
+    assert_eq!(m.report.repeated_folders.folders, 3, "{:?}", m.report.repeated_folders);
+}
+
+#[test]
+fn a_manifest_naming_files_outside_its_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = text_folder(dir.path(), 3);
+    let out = dir.path().join("data");
+    prepare(&files_config(&input), &out, false).unwrap();
+    let original = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    phi_data::Manifest::read(&out).unwrap();
+    for (edit, key) in [
+        (&(|m: &mut serde_json::Value| m["splits"]["train"]["shards"][0]["file"] = json!("../elsewhere.bin")) as &dyn Fn(&mut serde_json::Value), "splits.train.shards[0].file"),
+        (&|m: &mut serde_json::Value| m["tokenizer"]["file"] = json!("/etc/passwd"), "tokenizer.file"),
+        (&|m: &mut serde_json::Value| m["tokenizer"]["file"] = json!("sub/../../x.json"), "tokenizer.file"),
+    ] {
+        let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+        edit(&mut m);
+        std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
+        let e = phi_data::Manifest::read(&out).unwrap_err().to_string();
+        assert!(e.contains("manifest.json") && e.contains(key) && e.contains("leaves the dataset folder"), "{e}");
+    }
+}

@@ -9,16 +9,23 @@
 //!   trainer_state.json                step, sampler state, schedule, training config, model
 //!                                     config and data fingerprint (what makes it the same run)
 //!   checkpoint.json                   the completion marker: written last, lists every file
-//!                                     with its size
+//!                                     with its size and XXH3-64 checksum
 //! ```
 //!
 //! A checkpoint is complete only when `checkpoint.json` says so: a folder without it (a write
 //! or a deletion that was cut short, or a checkpoint of a version before the marker) is never
-//! resumed from. Old checkpoints are retired by renaming them to a `.tmp-step-*` name first (one
-//! atomic step that takes them out of the listing) and deleting that afterwards; `.tmp-step-*`
-//! folders left by a crash are removed when the next run starts. Nothing is removed or replaced
-//! unless it is ours ([`phi_data::owned`]): a folder holding anything we never write is left
-//! alone, with an error or warning that names it.
+//! resumed from; resuming passes over it with a warning, and a run that reaches its step
+//! replaces it. Resuming checks every listed file against its size and checksum and loads the
+//! weights only if they are all finite; a checkpoint that fails is passed over, with a warning
+//! saying what was wrong, for the newest one before it that passes. Markers of version 1 (before
+//! checksums) record sizes only: those checkpoints are still resumed, checked by size.
+//!
+//! Old checkpoints are retired by renaming them to a `.tmp-step-*` name first (one atomic step
+//! that takes them out of the listing) and deleting that afterwards; `.tmp-step-*` folders left
+//! by a crash are removed when the next run starts. Nothing is removed or replaced unless it is
+//! ours ([`phi_data::owned`]): a `step-*` or `.tmp-step-*` folder under `checkpoints/` holding
+//! anything but the files a checkpoint holds is left alone, with an error or warning that names
+//! it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,7 +40,10 @@ const TMP_PREFIX: &str = ".tmp-step-";
 /// The completion marker of a checkpoint.
 pub const MARKER: &str = "checkpoint.json";
 pub const FORMAT: &str = "phi-checkpoint";
-pub const VERSION: u32 = 1;
+/// 2: every file's checksum in the marker; 1: sizes only (still resumed).
+pub const VERSION: u32 = 2;
+/// The markers a complete checkpoint may carry, newest first.
+const MARKERS: &[Marker] = &[Marker { file: MARKER, format: FORMAT, version: VERSION }, Marker { file: MARKER, format: FORMAT, version: 1 }];
 
 /// What may change when a run resumes: how long it runs and its schedule (training longer is
 /// what resuming is for), how it is observed and saved, and how the same arithmetic is carried
@@ -94,7 +104,7 @@ impl TrainerState {
             return Ok(());
         }
         Err(TrainError::Invalid(format!(
-            "{}: cannot resume, this is not the same run:\n  {}\nStart over with --fresh (Start::Scratch) or use another output folder. \
+            "{}: cannot resume, this is not the same run:\n  {}\nStart over with --fresh or use another output folder. \
              Only these may change on resume: {}.",
             dir.display(),
             diffs.join("\n  "),
@@ -122,10 +132,12 @@ fn diff_json(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, ski
     }
 }
 
-/// A complete checkpoint: our marker, and only the files a checkpoint holds.
+/// A `step-*` folder under `checkpoints/`: a checkpoint, complete (with its marker) or not (a
+/// write, deletion or `--fresh` cut short). Its name in our folder says it is ours; every entry
+/// must still be a checkpoint file, so one holding a file of the user's is never replaced.
 pub static CHECKPOINT_LAYOUT: Layout = Layout {
-    what: "a phi checkpoint (with its checkpoint.json marker)",
-    markers: &[Marker { file: MARKER, format: FORMAT, version: VERSION }],
+    what: "a phi checkpoint (a step-* folder of checkpoint files only)",
+    markers: &[],
     file: is_checkpoint_file,
     dir: |_| None,
 };
@@ -177,20 +189,42 @@ pub fn checkpoint_dir(root: &Path, step: usize) -> PathBuf {
     root.join(format!("{PREFIX}{step:08}"))
 }
 
-/// Complete checkpoints under `root` (a `step-*` folder with a valid marker), oldest first.
-/// Temporary folders and anything without the marker are ignored.
-pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
+/// Every `step-*` folder under `root`, oldest first, with its marker (or why it has none that
+/// is valid: such a folder is an incomplete checkpoint).
+fn step_folders(root: &Path) -> Vec<(usize, PathBuf, std::result::Result<serde_json::Value, String>)> {
     let Ok(entries) = fs::read_dir(root) else { return vec![] };
-    let mut found: Vec<(usize, PathBuf)> = entries
+    let mut found: Vec<_> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let step = step_of(e.file_name().to_str()?)?;
             let path = e.path();
-            owned::read_marker(&path, &CHECKPOINT_LAYOUT.markers[0]).is_ok().then_some((step, path))
+            let marker = read_marker(&path);
+            Some((step, path, marker))
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     found
+}
+
+/// The marker of `dir`, of any version we read.
+fn read_marker(dir: &Path) -> std::result::Result<serde_json::Value, String> {
+    let mut first_error = None;
+    for m in MARKERS {
+        match owned::read_marker(dir, m) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_default())
+}
+
+/// Complete checkpoints under `root` (a `step-*` folder with a valid marker), oldest first.
+/// Temporary folders and anything without the marker are ignored.
+pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
+    step_folders(root).into_iter().filter(|f| f.2.is_ok()).map(|(step, path, _)| (step, path)).collect()
 }
 
 /// The newest complete checkpoint, if any.
@@ -198,19 +232,57 @@ pub fn latest(root: &Path) -> Option<PathBuf> {
     list(root).pop().map(|(_, p)| p)
 }
 
-/// Every file of `dir` is there with the size its marker recorded (a truncated or missing file
-/// is an error naming it).
+/// Every file of `dir` is there with the size and checksum its marker recorded (a truncated,
+/// missing or altered file is an error naming it). A version-1 marker records sizes only.
 pub fn verify(dir: &Path) -> Result<()> {
-    let marker = owned::read_marker(dir, &CHECKPOINT_LAYOUT.markers[0]).map_err(TrainError::Invalid)?;
-    let files = marker.get("files").and_then(|f| f.as_object()).ok_or_else(|| TrainError::Invalid(format!("{}: no \"files\"", dir.join(MARKER).display())))?;
-    for (name, size) in files {
+    let marker_path = dir.join(MARKER);
+    let marker = read_marker(dir).map_err(TrainError::Invalid)?;
+    let bad = |what: String| TrainError::Invalid(format!("{}: {what}", marker_path.display()));
+    let files = marker.get("files").and_then(|f| f.as_object()).ok_or_else(|| bad("no \"files\"".into()))?;
+    let with_checksums = marker.get("version").and_then(|v| v.as_u64()) == Some(VERSION as u64);
+    for (name, entry) in files {
+        // The marker names files of this folder only; anything else is not a marker of ours.
+        if !is_checkpoint_file(name) {
+            return Err(bad(format!("lists {name:?}, which is not a checkpoint file")));
+        }
+        let (size, checksum) = match (with_checksums, entry) {
+            (true, serde_json::Value::Object(e)) => (e.get("bytes").and_then(|b| b.as_u64()), e.get("xxh3").and_then(|c| c.as_str())),
+            (false, e) => (e.as_u64(), None),
+            (true, _) => (None, None),
+        };
+        let size = size.ok_or_else(|| bad(format!("files.{name} = {entry} is not a recorded size{}", if with_checksums { " and checksum" } else { "" })))?;
         let path = dir.join(name);
         let actual = fs::metadata(&path).map_err(|e| TrainError::io(&path, e))?.len();
-        if Some(actual) != size.as_u64() {
+        if actual != size {
             return Err(TrainError::Invalid(format!("{}: {actual} bytes, the checkpoint marker recorded {size}", path.display())));
+        }
+        if with_checksums {
+            let want = checksum.ok_or_else(|| bad(format!("files.{name} has no \"xxh3\"")))?;
+            let got = checksum_of(&path)?;
+            if got != want {
+                return Err(TrainError::Invalid(format!(
+                    "{}: checksum {got}, the checkpoint marker recorded {want} (the file changed after it was written)",
+                    path.display()
+                )));
+            }
         }
     }
     Ok(())
+}
+
+/// XXH3-64 of a file's bytes, hex, read in pieces (weights can be gigabytes).
+fn checksum_of(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| TrainError::io(path, e))?;
+        if n == 0 {
+            return Ok(format!("{:016x}", h.digest()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -238,8 +310,9 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
             let path = entry.map_err(|e| TrainError::io(&tmp, e))?.path();
             let f = fs::File::open(&path).map_err(|e| TrainError::io(&path, e))?;
             f.sync_all().map_err(|e| TrainError::io(&path, e))?;
-            let size = f.metadata().map_err(|e| TrainError::io(&path, e))?.len();
-            files.insert(path.file_name().expect("named").to_string_lossy().into_owned(), size.into());
+            let bytes = f.metadata().map_err(|e| TrainError::io(&path, e))?.len();
+            let entry = serde_json::json!({ "bytes": bytes, "xxh3": checksum_of(&path)? });
+            files.insert(path.file_name().expect("named").to_string_lossy().into_owned(), entry);
         }
         // Last: the marker that makes it a complete checkpoint.
         let marker = serde_json::json!({ "format": FORMAT, "version": VERSION, "step": step, "files": files });
@@ -250,7 +323,7 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
         let _ = owned::remove_owned(&tmp, &TMP_LAYOUT);
         return Err(e);
     }
-    owned::remove_owned(&final_dir, &CHECKPOINT_LAYOUT).map_err(not_ours)?;
+    remove_checkpoint(&final_dir).map_err(not_ours)?;
     fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
     if let Ok(d) = fs::File::open(root) {
         let _ = d.sync_all();
@@ -294,7 +367,30 @@ pub fn remove_stale_tmp(root: &Path) -> Vec<String> {
 /// Removes `root` and the checkpoints in it (`--fresh`), only if everything there is ours;
 /// otherwise an error naming what is not, with nothing removed.
 pub fn remove_all(root: &Path) -> Result<()> {
-    owned::remove_owned(root, &ROOT_LAYOUT).map_err(|e| TrainError::Invalid(format!("cannot start over in {}: {e}", root.display())))
+    let refuse = |e: phi_data::DataError| TrainError::Invalid(format!("cannot start over in {}: {e}", root.display()));
+    owned::check(root, &ROOT_LAYOUT).map_err(refuse)?;
+    // Every marker first: a removal cut short leaves incomplete checkpoints, never one that
+    // claims to be complete with files missing.
+    for (_, dir, _) in step_folders(root) {
+        remove_marker(&dir)?;
+    }
+    owned::remove_owned(root, &ROOT_LAYOUT).map_err(refuse)
+}
+
+/// Removes a `step-*` folder of ours (absent or empty is fine), its marker first.
+fn remove_checkpoint(dir: &Path) -> std::result::Result<(), phi_data::DataError> {
+    if owned::check(dir, &CHECKPOINT_LAYOUT)? == owned::Ownership::Ours {
+        remove_marker(dir).map_err(|e| phi_data::DataError::Invalid(e.to_string()))?;
+    }
+    owned::remove_owned(dir, &CHECKPOINT_LAYOUT)
+}
+
+fn remove_marker(dir: &Path) -> Result<()> {
+    let path = dir.join(MARKER);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::io(&path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// A checkpoint a run resumes from.
@@ -305,20 +401,32 @@ pub struct Resumed<T> {
     pub loaded: T,
 }
 
-/// The newest complete checkpoint under `root` that `load` can read, falling back to older
-/// ones when it cannot (each skip is printed as a warning and pushed onto `warnings`). A
-/// checkpoint that reads but belongs to another run (`same_run` fails) is an error, not a
-/// reason to fall back. `None` when there is no complete checkpoint; an error when there are
-/// some and none can be read.
+/// The newest complete checkpoint under `root` whose files match their checksums and that
+/// `load` can read, falling back to older ones when not (each skip is printed as a warning and
+/// pushed onto `warnings`, saying what was wrong). Incomplete `step-*` folders newer than it
+/// (no valid `checkpoint.json`) are passed over with a warning too. A checkpoint that reads but
+/// belongs to another run (`same_run` fails) is an error, not a reason to fall back. `None`
+/// when there is no complete checkpoint; an error when there are some and none can be read.
 pub fn resume_newest<T>(
     root: &Path,
     same_run: impl Fn(&Path, &TrainerState) -> Result<()>,
     mut load: impl FnMut(&Path) -> Result<T>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Resumed<T>>> {
-    let all = list(root);
+    let all = step_folders(root);
     let mut skipped = Vec::new();
-    for (_, dir) in all.iter().rev() {
+    for (_, dir, marker) in all.iter().rev() {
+        if let Err(why) = marker {
+            let why = if dir.join(MARKER).exists() { format!("its {MARKER} is not valid: {why}") } else { format!("no {MARKER}") };
+            let then = match owned::check(dir, &CHECKPOINT_LAYOUT) {
+                Ok(_) => "replaced when the run reaches its step".to_string(),
+                Err(e) => format!("it is not ours to replace ({e}), so the run will stop at its step unless you move it"),
+            };
+            let w = format!("checkpoint {} is incomplete ({why}); passed over, {then}", dir.display());
+            eprintln_warning(&w);
+            warnings.push(w);
+            continue;
+        }
         let attempt = verify(dir).and_then(|_| read_state(dir));
         let state = match attempt {
             Ok(s) => s,
@@ -337,17 +445,23 @@ pub fn resume_newest<T>(
         return Ok(None);
     }
     Err(TrainError::Invalid(format!(
-        "{}: no checkpoint could be read:\n  {}\nStart over with --fresh (Start::Scratch) or use another output folder.",
+        "{}: no checkpoint could be read:\n  {}\nStart over with --fresh or use another output folder.",
         root.display(),
         skipped.join("\n  ")
     )))
 }
 
 fn skip(dir: &Path, e: TrainError, warnings: &mut Vec<String>) -> String {
-    let w = format!("checkpoint {} is unreadable ({e}); falling back to the one before it", dir.display());
-    eprintln!("warning: {w}");
+    let w = format!("checkpoint {} is not resumed from ({e}); falling back to the one before it", dir.display());
+    eprintln_warning(&w);
     warnings.push(w);
     format!("{}: {e}", dir.display())
+}
+
+/// Resume warnings are printed as they happen (a long load can follow) and returned in
+/// [`crate::TrainOutcome::resume_warnings`].
+fn eprintln_warning(w: &str) {
+    eprintln!("warning: {w}");
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {

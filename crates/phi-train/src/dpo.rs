@@ -141,22 +141,25 @@ impl DpoOptions {
             return Err("--quantize needs LoRA (--lora or --adapter): a quantized base cannot be trained in full".into());
         }
         if !self.loss.needs_reference() && (self.reference.is_some() || self.live_reference) {
-            return Err(format!("the {:?} loss is reference-free: --reference and --live-reference do not apply", self.loss));
+            return Err(format!("the {} loss is reference-free: --reference and --live-reference do not apply", self.loss.name()));
         }
-        // The outputs are written at the end: none of the inputs may be among them.
-        let inputs = [Some(&self.policy), self.reference.as_ref(), Some(&self.data), self.val_data.as_ref(), match &self.tuning {
-            Tuning::Adapter(dir) => Some(dir),
+        // What the run writes under --out (checkpoints, metrics, the outputs at its end) may
+        // not reach what it reads.
+        let adapter = match &self.tuning {
+            Tuning::Adapter(dir) => Some(("--adapter", dir.as_path())),
             _ => None,
-        }];
-        for sub in output_names(&self.tuning) {
-            let out = self.out.join(sub);
-            for input in inputs.iter().flatten() {
-                if within(input, &out) || within(input, &crate::export::partial_of(&out)) {
-                    return Err(format!("{} is inside {}, which this run writes at its end: choose another --out", input.display(), out.display()));
-                }
-            }
-        }
-        Ok(())
+        };
+        let inputs: Vec<(&str, &Path)> = [
+            Some(("--policy", self.policy.as_path())),
+            self.reference.as_deref().map(|p| ("--reference", p)),
+            Some(("--data", self.data.as_path())),
+            self.val_data.as_deref().map(|p| ("--val-data", p)),
+            adapter,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        crate::run_dir::check_inputs(&inputs, &self.out, output_names(&self.tuning))
     }
 
     fn weights(&self) -> Weights {
@@ -166,12 +169,6 @@ impl DpoOptions {
             Tuning::Adapter(dir) => Weights::Lora { base: self.policy.clone(), adapter: Adapter::Load(dir.clone()), quantize: self.quantize },
         }
     }
-}
-
-/// Whether `path` is `dir` or lies under it (by their canonical forms where they exist).
-fn within(path: &Path, dir: &Path) -> bool {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
-    canon(path).starts_with(canon(dir))
 }
 
 /// A checked run, ready to [`train`].
@@ -248,13 +245,17 @@ pub fn prepare(opts: &DpoOptions) -> Res<Prepared> {
         checkpoint_every: opts.checkpoint_every,
         keep_checkpoints: 2,
         seed: opts.seed,
-        peak_flops: 1e12,
+        peak_flops: None,
         activation_checkpointing: false,
         precision: opts.precision,
         loss_scaler: Default::default(),
         on_non_finite: Default::default(),
     };
     train.validate(&model)?;
+    // Before any model is loaded (the reference is scored before training starts): a run that
+    // cannot fit in memory, or a LoRA rank beyond the projections, is refused by name.
+    let (trainable, adapters) = weights.trainable_params(&model)?;
+    crate::memory::check_device(crate::memory::RunShape { model: &model, trainable, adapters, rows_per_item: 2 }, &train, &opts.device.device()?)?;
     Ok(Prepared { opts: opts.clone(), settings, pairs, validation, report, val_report, model, weights, train })
 }
 
@@ -295,6 +296,8 @@ fn reference_model(p: &Prepared, device: &Device) -> Res<PhiForCausalLM> {
 /// result; `on_step` sees every step's metrics, TRL's `rewards/*` and `logps/*` among them.
 pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
     let o = &p.opts;
+    // Held from --fresh to the last output written; `fit` takes it again within.
+    let _lock = crate::run_dir::RunLock::acquire(&o.out)?;
     let device = o.device.device()?;
     let needs_reference = p.settings.loss.needs_reference();
     // The policy as it starts, for the "before" figures; the reference unless one is given.
@@ -326,7 +329,7 @@ pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
 /// the policy's tokenizer goes along.
 fn write_outputs(p: &Prepared, model: &PhiForCausalLM) -> Res<Vec<PathBuf>> {
     let o = &p.opts;
-    let source = format!("preference tuning ({:?}) of {} on {}", p.settings.loss, o.policy.display(), o.data.display());
+    let source = format!("preference tuning ({}) of {} on {}", p.settings.loss, o.policy.display(), o.data.display());
     let tokenizer = o.policy.join("tokenizer.json");
     let copy_tokenizer = |dir: &Path| -> Res<()> {
         if tokenizer.is_file() {
@@ -388,7 +391,7 @@ pub fn evaluate(o: &EvalOptions) -> Res<(PreferenceMetrics, PairReport)> {
         None => base.clone(),
     };
     let reference = match (&o.reference, settings.loss.needs_reference()) {
-        (Some(_), false) => return Err(format!("the {:?} loss is reference-free: --reference does not apply", settings.loss).into()),
+        (Some(_), false) => return Err(format!("the {} loss is reference-free: --reference does not apply", settings.loss.name()).into()),
         (None, false) => None,
         (Some(dir), true) => {
             let r = PhiForCausalLM::from_pretrained(dir, &device)?;

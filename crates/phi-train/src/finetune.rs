@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use phi_data::progress::{Progress, Unit};
 use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::exercises::extract;
@@ -152,7 +152,20 @@ fn check_args(args: &FinetuneOptions) -> Result<(), String> {
     if !(args.clip.is_finite() && args.clip >= 0.0) {
         return Err(format!("--clip {} must be ≥ 0 (0: no clipping)", args.clip));
     }
-    Ok(())
+    // The run prunes checkpoints, rewrites metrics and replaces adapter/ and merged/ under
+    // --out: none of that may reach what it reads (a base among this folder's own checkpoints
+    // would be pruned away under the run). Without --base, the base is the phi-1 recipe's newest
+    // checkpoint.
+    let default_base = Recipe::phi_1().default_out().join("checkpoints");
+    let inputs_base = match &args.base {
+        Some(b) => ("--base", b.as_path()),
+        None => ("the default base (the phi-1 recipe's checkpoints)", default_base.as_path()),
+    };
+    let mut inputs = vec![inputs_base];
+    if let Some(data) = &args.data {
+        inputs.push(("--data", data.as_path()));
+    }
+    crate::run_dir::check_inputs(&inputs, &args.out, &["adapter", "merged"])
 }
 
 pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
@@ -162,7 +175,12 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     for sub in ["adapter", "merged"] {
         crate::export::check_writable(&args.out.join(sub))?;
     }
+    // Held from --fresh to the last output written; `fit` takes it again within.
+    let _lock = crate::run_dir::RunLock::acquire(&args.out)?;
     let base_dir = base_checkpoint(&args)?;
+    // The config first: a folder that is no model (a run's, say) is named as such, with the
+    // models under it, rather than as a missing tokenizer.json.
+    phi_core::PhiConfig::from_file(base_dir.join("config.json"))?;
     let tok_path = base_dir.join("tokenizer.json");
     let tok = Tokenizer::from_file(&tok_path)?;
     let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
@@ -246,7 +264,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: 2,
         seed: 7,
-        peak_flops: 1e12,
+        peak_flops: None,
         activation_checkpointing: false,
         precision: args.precision,
         loss_scaler: Default::default(),
@@ -259,10 +277,10 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         let total = probe.num_params();
         let trainable = lora::trainable_params(&probe);
         println!(
-            "LoRA r={} alpha={} on {:?}: {trainable} trainable of {total} parameters ({:.2}%); AdamW state {:.1} KiB instead of {:.1} KiB for full fine-tuning",
+            "LoRA r={} alpha={} on {}: {trainable} trainable of {total} parameters ({:.2}%); AdamW state {:.1} KiB instead of {:.1} KiB for full fine-tuning",
             config.r,
             config.lora_alpha,
-            config.target_modules,
+            config.target_modules.join(", "),
             100.0 * trainable as f64 / total as f64,
             (8 * trainable) as f64 / 1024.0,
             (8 * total) as f64 / 1024.0
@@ -270,7 +288,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(bits) = quantize {
             let (_, before, after) = lora::quantize_base(probe, bits);
             println!(
-                "base projections quantized to {bits:?}: {:.1} KiB → {:.1} KiB ({:.1}%)",
+                "base projections quantized to {bits}: {:.1} KiB → {:.1} KiB ({:.1}%)",
                 before as f64 / 1024.0,
                 after as f64 / 1024.0,
                 100.0 * after as f64 / before as f64
@@ -280,8 +298,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     if args.fresh {
         crate::checkpoint::remove_all(&args.out.join("checkpoints"))?;
     }
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
+    let bar = Progress::new(args.steps as u64, "finetune", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
     let mut objective = Sft::new(&train, &val, pad, cfg.seed)?;
     let outcome = crate::fit(&weights, &mut objective, &cfg, &args.out, !args.fresh, &device, |m| {
         bar.set_position(m.step as u64);

@@ -28,12 +28,82 @@ pub fn write_loss_curve(metrics: &[StepMetrics], title: &str, path: &Path) -> Re
     write_png(path, |tmp| draw(metrics, title, tmp))
 }
 
-/// Draws with `draw` into a temporary PNG beside `path`, then renames it into place.
+/// Draws with `draw` into a temporary PNG beside `path`, marks it as ours, then renames it into
+/// place — unless `path` holds a file that is not a PNG of ours, which is left as it is.
 fn write_png(path: &Path, draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>) -> Result<(), String> {
+    if let Err(why) = png_is_ours(path) {
+        return Err(format!("{why}; it is left as it is"));
+    }
     register_font();
     let tmp = path.with_extension("tmp.png");
     draw(&tmp).map_err(|e| format!("{}: {e}", path.display()))?;
+    let marked = std::fs::read(&tmp).ok().and_then(|png| with_marker(&png));
+    let marked = marked.ok_or_else(|| format!("{}: the drawn image is not a PNG", tmp.display()))?;
+    std::fs::write(&tmp, marked).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The `tEXt` chunk every PNG phi draws carries (keyword `Software`), which is how a later run
+/// tells its own picture, to be redrawn, from a file of the user's of the same name.
+const PNG_KEYWORD: &[u8] = b"Software";
+const PNG_SOFTWARE: &[u8] = b"phi-train";
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The chunks of a PNG as (type, data), or `None` if it is not one.
+fn png_chunks(png: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut rest = png.strip_prefix(PNG_SIGNATURE)?;
+    let mut chunks = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let kind = rest.get(4..8)?;
+        let data = rest.get(8..8usize.checked_add(len)?)?;
+        chunks.push((kind, data));
+        rest = rest.get(12 + len..)?;
+    }
+    Some(chunks)
+}
+
+/// `Ok` when `path` is absent or a PNG that phi drew; otherwise why not.
+fn png_is_ours(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if m.file_type().is_file() => {}
+        _ => return Err(format!("{} exists and is not a plain file", path.display())),
+    }
+    let png = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = [PNG_KEYWORD, b"\0", PNG_SOFTWARE].concat();
+    let ours = png_chunks(&png).is_some_and(|chunks| chunks.iter().any(|(kind, data)| *kind == b"tEXt" && *data == text.as_slice()));
+    if ours { Ok(()) } else { Err(format!("{} is not a picture phi drew (a file of yours?)", path.display())) }
+}
+
+/// `png` with our `tEXt` chunk after its header chunk.
+fn with_marker(png: &[u8]) -> Option<Vec<u8>> {
+    let chunks = png_chunks(png)?;
+    let (kind, ihdr) = chunks.first()?;
+    if *kind != b"IHDR" {
+        return None;
+    }
+    let at = PNG_SIGNATURE.len() + 12 + ihdr.len();
+    let body = [b"tEXt" as &[u8], PNG_KEYWORD, b"\0", PNG_SOFTWARE].concat();
+    let mut out = Vec::with_capacity(png.len() + body.len() + 8);
+    out.extend_from_slice(&png[..at]);
+    out.extend_from_slice(&(body.len() as u32 - 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out.extend_from_slice(&png[at..]);
+    Some(out)
+}
+
+/// The CRC-32 (ISO-HDLC, as PNG chunks use) of `bytes`; a handful of bytes per picture.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 fn draw(metrics: &[StepMetrics], title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -159,7 +229,7 @@ mod tests {
                 lr: 1e-3 * (s as f64 / 50.0),
                 grad_norm: 1.0,
                 tokens_per_s: 1000.0,
-                mfu: 0.0,
+                mfu: None,
                 loss_scale: None,
                 skipped: false,
                 stage: Some(if s <= 25 { "broad" } else { "anneal" }.into()),
@@ -174,6 +244,16 @@ mod tests {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 10_000, "a drawn chart, not an empty image: {} bytes", bytes.len());
         assert!(write_loss_curve(&[], "empty", &path).is_err());
+        // Marked as ours, with a valid chunk CRC (`crc32(b"IEND")` is the constant every PNG ends with).
+        assert_eq!(crc32(b"IEND"), 0xae42_6082);
+        png_is_ours(&path).unwrap();
+        write_loss_curve(&metrics, "again", &path).unwrap();
+        // A picture of the user's by that name is not ours: left byte for byte.
+        let theirs = [PNG_SIGNATURE, &bytes[8..33]].concat(); // the signature and header chunk alone
+        std::fs::write(&path, &theirs).unwrap();
+        let e = write_loss_curve(&metrics, "test run", &path).unwrap_err();
+        assert!(e.contains("loss.png") && e.contains("not a picture phi drew"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), theirs);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

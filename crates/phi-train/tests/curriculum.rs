@@ -88,3 +88,22 @@ fn stages_are_logged_planned_annealed_and_resumed_bitwise_across_the_boundary() 
     let e = train_curriculum(&model, &bad, &c, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &device, |_| {}).err().unwrap().to_string();
     assert!(e.contains("planned for 4 windows per step"), "{e}");
 }
+
+#[test]
+fn a_data_report_json_that_is_not_ours_is_not_overwritten() {
+    let (model, cfg, c) = setup();
+    let cfg = TrainConfig { eval_every: 0, checkpoint_every: 0, ..cfg };
+    let val = TokenDataset::from_tokens((0..400).map(|i| i % 64).collect());
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = r#"{"experiment": "mine", "tokens": 3}"#;
+    std::fs::write(dir.path().join("data_report.json"), theirs).unwrap();
+    let out = train_curriculum(&model, &cfg, &c, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data_report.json")).unwrap(), theirs);
+    let w = out.warnings.join("\n");
+    assert!(w.contains("data_report.json") && w.contains("not a data report of phi's"), "{w}");
+    // Ours is rewritten by the next run, without a warning.
+    std::fs::remove_file(dir.path().join("data_report.json")).unwrap();
+    train_curriculum(&model, &cfg, &c, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let again = train_curriculum(&model, &cfg, &c, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+}

@@ -43,7 +43,7 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
         checkpoint_every: 10,
         keep_checkpoints: 2,
         seed: 11,
-        peak_flops: 1e11,
+        peak_flops: None,
         activation_checkpointing: false,
         precision: Precision::F32,
         loss_scaler: LossScaler::default(),
@@ -347,7 +347,10 @@ fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() 
     };
     assert_eq!(names(), ["step-00000002", "step-00000003"], "the oldest is gone, with no temporary left");
     let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpts.join("step-00000003/checkpoint.json")).unwrap()).unwrap();
-    assert_eq!((marker["format"].as_str(), marker["step"].as_u64(), marker["files"]["model.safetensors"].as_u64()), (Some("phi-checkpoint"), Some(3), Some(100)));
+    assert_eq!((marker["format"].as_str(), marker["step"].as_u64(), marker["files"]["model.safetensors"]["bytes"].as_u64()), (Some("phi-checkpoint"), Some(3), Some(100)));
+    // XXH3-64 of a hundred 0x01 bytes, as hex.
+    let xxh3 = marker["files"]["model.safetensors"]["xxh3"].as_str().unwrap();
+    assert_eq!(xxh3, format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&[1u8; 100])));
 
     // A user's file inside an old checkpoint: that checkpoint is not pruned, and the run goes on.
     std::fs::write(ckpts.join("step-00000002/my-eval.txt"), b"results").unwrap();
@@ -361,21 +364,28 @@ fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() 
     assert!(e.contains(&ckpts.display().to_string()) && e.contains("my-eval.txt"), "{e}");
     assert_eq!(snapshot(&ckpts), before);
     std::fs::remove_file(ckpts.join("step-00000002/my-eval.txt")).unwrap();
-    // So is one with a file of the user's beside the checkpoints, or a checkpoint without marker.
+    // So is one with a file of the user's beside the checkpoints.
     std::fs::write(ckpts.join("notes.md"), b"mine").unwrap();
     let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
     assert!(e.contains("notes.md"), "{e}");
-    std::fs::remove_file(ckpts.join("notes.md")).unwrap();
-    std::fs::remove_file(ckpts.join("step-00000003/checkpoint.json")).unwrap();
-    let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
-    assert!(e.contains("step-00000003") && e.contains("checkpoint.json"), "{e}");
     assert!(ckpts.join("step-00000004/model.safetensors").exists(), "nothing removed");
-    // Writing over a folder that is not a checkpoint of ours is an error naming it.
-    let e = checkpoint::save(&ckpts, 3, 2, |_| Ok(())).unwrap_err().to_string();
-    assert!(e.contains("step-00000003"), "{e}");
+    std::fs::remove_file(ckpts.join("notes.md")).unwrap();
+    // A checkpoint without its marker (a write, deletion or --fresh cut short) is an incomplete
+    // one of ours: not listed, and replaced by the run that reaches its step — not a dead end.
+    let listed = || checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    std::fs::remove_file(ckpts.join("step-00000003/checkpoint.json")).unwrap();
+    assert_eq!(listed(), [2, 4]);
+    write(3, 5);
+    assert_eq!(listed(), [2, 3, 4]);
+    checkpoint::verify(&ckpts.join("step-00000003")).unwrap();
+    // Writing over a folder that holds a file of the user's is an error naming it.
+    std::fs::write(ckpts.join("step-00000003/notes.txt"), b"mine").unwrap();
+    let e = checkpoint::save(&ckpts, 3, 5, |_| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("step-00000003") && e.contains("notes.txt"), "{e}");
     assert!(ckpts.join("step-00000003/model.safetensors").exists());
-    // Only checkpoints of ours: all removed.
-    std::fs::remove_dir_all(ckpts.join("step-00000003")).unwrap();
+    std::fs::remove_file(ckpts.join("step-00000003/notes.txt")).unwrap();
+    // Only checkpoints of ours, complete or not (what a --fresh cut short leaves): all removed.
+    std::fs::remove_file(ckpts.join("step-00000004/checkpoint.json")).unwrap();
     checkpoint::remove_all(&ckpts).unwrap();
     assert!(!ckpts.exists() && root.path().exists());
 }
@@ -403,4 +413,132 @@ fn a_metrics_jsonl_that_is_not_ours_is_not_overwritten() {
     let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
     assert_eq!(again.metrics.len(), 1);
     assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().count(), 1);
+}
+
+/// Sets the first value of `tensor` in a safetensors file to NaN, in place (same size).
+fn poison(file: &std::path::Path, tensor: &str) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = 8 + n + header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Rewrites a checkpoint's marker as a version-1 one (sizes only), as phi wrote before
+/// checksums.
+fn as_version_1(dir: &std::path::Path) {
+    let path = dir.join("checkpoint.json");
+    let mut marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    marker["version"] = 1.into();
+    for (name, entry) in marker["files"].as_object_mut().unwrap() {
+        *entry = std::fs::metadata(dir.join(name)).unwrap().len().into();
+    }
+    std::fs::write(&path, marker.to_string()).unwrap();
+}
+
+#[test]
+fn resume_passes_over_altered_incomplete_and_non_finite_checkpoints_with_a_warning() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 6, eval_every: 0, checkpoint_every: 2, keep_checkpoints: 3, ..cfg };
+    let device = Device::default();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let ckpts = dir.path().join("checkpoints");
+    let at = |step| checkpoint::checkpoint_dir(&ckpts, step);
+    let resume = || train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    let bits = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits())).collect::<Vec<_>>();
+
+    // One byte of the newest weights changed in place: same size, other checksum.
+    let weights = at(6).join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let e = checkpoint::verify(&at(6)).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
+    let out = resume();
+    assert_eq!(out.resumed_from, Some(4));
+    let w = out.resume_warnings.join("\n");
+    assert!(w.contains("step-00000006") && w.contains("model.safetensors") && w.contains("checksum") && w.contains("falling back"), "{w}");
+    assert_eq!(bits(&out.metrics), bits(&whole.metrics), "continued exactly from step 4");
+    checkpoint::verify(&at(6)).unwrap();
+
+    // The newest without its checkpoint.json: incomplete, passed over with a warning, and
+    // replaced by the run when it gets there.
+    std::fs::remove_file(at(6).join("checkpoint.json")).unwrap();
+    let out = resume();
+    assert_eq!(out.resumed_from, Some(4));
+    let w = out.resume_warnings.join("\n");
+    assert!(w.contains("step-00000006") && w.contains("incomplete") && w.contains("no checkpoint.json"), "{w}");
+    checkpoint::verify(&at(6)).unwrap();
+
+    // NaN weights in a checkpoint of a version before checksums (and before the guard that
+    // keeps them out of checkpoints): not resumed from; the version-1 checkpoint before it is.
+    poison(&at(6).join("model.safetensors"), "model.embed_tokens.weight");
+    as_version_1(&at(6));
+    as_version_1(&at(4));
+    checkpoint::verify(&at(6)).unwrap();
+    let out = resume();
+    assert_eq!(out.resumed_from, Some(4), "{:?}", out.resume_warnings);
+    let w = out.resume_warnings.join("\n");
+    assert!(w.contains("step-00000006") && w.contains("NaN or infinite"), "{w}");
+    assert_eq!(bits(&out.metrics), bits(&whole.metrics));
+    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(at(6).join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(marker["version"], checkpoint::VERSION, "rewritten whole, with checksums");
+}
+
+#[test]
+fn a_second_run_on_a_held_output_folder_fails_at_once_naming_the_holder() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 1, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    // The holder: another thread, as another run in this process (another process is refused
+    // alike: the lock is the kernel's).
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let path = dir.path().to_path_buf();
+    let holder = std::thread::spawn(move || {
+        let lock = phi_train::run_dir::RunLock::acquire(&path).unwrap();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        drop(lock);
+    });
+    held_rx.recv().unwrap();
+    let e = resume_error(&model, &cfg, &train_data, &val, dir.path());
+    assert!(e.contains("another run") && e.contains(&format!("pid {}", std::process::id())) && e.contains(".phi-run.lock"), "{e}");
+    assert!(!dir.path().join("metrics.jsonl").exists() && !dir.path().join("checkpoints").exists(), "nothing written");
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // Released (as a crash releases it): the run goes ahead.
+    train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &Device::default(), |_| {}).unwrap();
+
+    // A file of the user's by the lock's name is not overwritten.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(".phi-run.lock"), b"my notes").unwrap();
+    let e = resume_error(&model, &cfg, &train_data, &val, other.path());
+    assert!(e.contains(".phi-run.lock") && e.contains("not a phi run lock"), "{e}");
+    assert_eq!(std::fs::read(other.path().join(".phi-run.lock")).unwrap(), b"my notes");
+}
+
+#[test]
+fn a_loss_png_that_is_not_ours_is_not_overwritten() {
+    let _turn = take_turn();
+    let (model, cfg, train_data, val, _data) = tiny();
+    let cfg = TrainConfig { max_steps: 2, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = b"\x89PNG\r\n\x1a\n my own plot".to_vec();
+    std::fs::write(dir.path().join("loss.png"), &theirs).unwrap();
+    let out = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("loss.png")).unwrap(), theirs);
+    let w = out.warnings.join("\n");
+    assert!(w.contains("loss.png") && w.contains("not a picture phi drew"), "{w}");
+    // Ours is redrawn by the next run.
+    std::fs::remove_file(dir.path().join("loss.png")).unwrap();
+    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    assert_ne!(std::fs::read(dir.path().join("loss.png")).unwrap(), theirs);
 }

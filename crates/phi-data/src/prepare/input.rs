@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::report::RepeatedFolders;
 use crate::error::DataError;
 use crate::filters::DocKind;
 
@@ -58,7 +59,13 @@ fn metadata(path: &Path) -> Result<(u64, u64), DataError> {
 
 /// Every file the inputs name, in a reproducible order.
 pub(crate) fn list_sources(inputs: &[Input]) -> Result<Vec<SourceFile>, DataError> {
+    Ok(list_sources_walked(inputs)?.0)
+}
+
+/// [`list_sources`], with the folders the walk reached more than once.
+pub(crate) fn list_sources_walked(inputs: &[Input]) -> Result<(Vec<SourceFile>, RepeatedFolders), DataError> {
     let mut out = Vec::new();
+    let mut repeats = RepeatedFolders::default();
     for input in inputs {
         match input {
             Input::Files { root, pattern, exclude } => {
@@ -67,16 +74,7 @@ pub(crate) fn list_sources(inputs: &[Input]) -> Result<Vec<SourceFile>, DataErro
                 }
                 let bad = |p: &str, e: &dyn std::fmt::Display| DataError::Invalid(format!("glob pattern {p:?}: {e}"));
                 let exclude = exclude.iter().map(|p| glob::Pattern::new(p).map_err(|e| bad(p, &e))).collect::<Result<Vec<_>, _>>()?;
-                let full = root.join(pattern);
-                let mut paths: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
-                    .map_err(|e| bad(pattern, &e))?
-                    .filter_map(Result::ok)
-                    .filter(|p| p.is_file())
-                    .filter(|p| {
-                        let rel = p.strip_prefix(root).unwrap_or(p);
-                        !exclude.iter().any(|x| x.matches_path(rel))
-                    })
-                    .collect();
+                let mut paths = walk(root, pattern, &exclude, &mut repeats)?;
                 paths.sort();
                 for path in paths {
                     let (bytes, modified) = metadata(&path)?;
@@ -96,7 +94,60 @@ pub(crate) fn list_sources(inputs: &[Input]) -> Result<Vec<SourceFile>, DataErro
             }
         }
     }
-    Ok(out)
+    Ok((out, repeats))
+}
+
+/// The files under `root` whose path relative to it matches `pattern` and none of `exclude`.
+/// Symlinks are followed (a corpus assembled from links is normal), but each folder is walked
+/// once: a link back up the tree (`ln -s .. in/sub/up`) would otherwise make the walk endless,
+/// its memory growing with every round. Real folders are walked before linked ones, so a
+/// folder reached both ways is listed under its own path; each repeat is counted in `repeats`.
+/// Unreadable sub-folders and dangling links are passed over, as a shell glob does.
+fn walk(root: &Path, pattern: &str, exclude: &[glob::Pattern], repeats: &mut RepeatedFolders) -> Result<Vec<PathBuf>, DataError> {
+    let bad = |why: &str| DataError::Invalid(format!("glob pattern {pattern:?}: {why}"));
+    let relative = pattern.strip_prefix("./").unwrap_or(pattern);
+    if Path::new(relative).is_absolute() || Path::new(relative).components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(bad("must name files inside the input folder (no absolute path, no `..`)"));
+    }
+    let matcher = glob::Pattern::new(relative).map_err(|e| bad(&e.to_string()))?;
+    // As in a shell, `*` stays within one path component; `**` crosses folders.
+    let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+    // Without `**`, matches lie at the pattern's own depth: nothing deeper needs reading.
+    let max_depth = if relative.contains("**") { usize::MAX } else { Path::new(relative).components().count().saturating_sub(1) };
+
+    let mut seen = std::collections::HashSet::new();
+    // (path, path relative to root, depth); real folders first, linked ones after them.
+    let mut real = std::collections::VecDeque::from([(root.to_path_buf(), PathBuf::new(), 0usize)]);
+    let mut linked = std::collections::VecDeque::new();
+    let mut files = Vec::new();
+    while let Some((dir, rel, depth)) = real.pop_front().or_else(|| linked.pop_front()) {
+        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        if !seen.insert(crate::corpus::folder_id(&dir, &meta)) {
+            repeats.add(&dir);
+            continue;
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if depth == 0 => return Err(DataError::io(&dir, e)),
+            Err(_) => continue,
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = rel.join(e.file_name());
+            let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.is_dir() {
+                if depth < max_depth {
+                    (if is_link { &mut linked } else { &mut real }).push_back((path, rel, depth + 1));
+                }
+            } else if meta.is_file() && matcher.matches_path_with(&rel, options) && !exclude.iter().any(|x| x.matches_path(&rel)) {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Reads `sources` in chunks of about `chunk_bytes`, calling `f` on each chunk in order.

@@ -32,12 +32,12 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::progress::{Progress, Unit};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use input::Input;
-pub use report::{Dropped, PrepareReport, SplitReport, StageReport};
+pub use report::{Dropped, PrepareReport, RepeatedFolders, SplitReport, StageReport};
 pub use score::{DocumentScorer, ScoreFilter, ScoreReport};
 
 use crate::error::DataError;
@@ -195,10 +195,25 @@ pub struct Manifest {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // A plain folder (of sources, a run's): say what was expected and where one is.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => return Err(DataError::Invalid(not_a_dataset(dir))),
+            Err(e) => return Err(DataError::io(&path, e)),
+        };
         let m: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
         if m.format != FORMAT || m.version != crate::shard::VERSION {
             return Err(DataError::Invalid(format!("{}: format {} v{}, expected {FORMAT} v{}", path.display(), m.format, m.version, crate::shard::VERSION)));
+        }
+        // A downloaded dataset is untrusted: its manifest must not send the reader (or `phi data
+        // inspect`) to files outside the dataset folder, as a safetensors index may not.
+        let named = std::iter::once(("tokenizer.file".to_string(), &m.tokenizer.file))
+            .chain(m.splits.iter().flat_map(|(split, e)| e.shards.iter().enumerate().map(move |(i, s)| (format!("splits.{split}.shards[{i}].file"), &s.file))));
+        for (key, file) in named {
+            let inside = !file.is_empty() && Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+            if !inside {
+                return Err(DataError::Invalid(format!("{}: {key} = {file:?} leaves the dataset folder; a manifest may only name files inside it", path.display())));
+            }
         }
         Ok(m)
     }
@@ -227,6 +242,36 @@ impl Manifest {
 
     pub fn tokenizer(&self, dir: &Path) -> Result<Tokenizer, DataError> {
         Ok(Tokenizer::from_file(dir.join(&self.tokenizer.file))?)
+    }
+}
+
+/// Why `dir` (a folder without a manifest) is not a prepared dataset, and the nearest that are.
+fn not_a_dataset(dir: &Path) -> String {
+    let mut found = Vec::new();
+    find_datasets(dir, 2, &mut found);
+    found.sort();
+    let nearest = match found.as_slice() {
+        [] => format!("; make one with `phi data prepare --input {} --out DATA`", dir.display()),
+        [one] => format!("; the prepared dataset under it is {}", one.display()),
+        many => format!("; prepared datasets under it: {}", many.iter().take(5).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    format!("{} is not a prepared dataset: it has no {MANIFEST} (phi data prepare writes one with the token shards){nearest}", dir.display())
+}
+
+/// Folders with a manifest under `dir`, at most `depth` levels down (4096 entries a folder at
+/// most: a home directory is not crawled).
+fn find_datasets(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten().take(4096) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.join(MANIFEST).is_file() {
+            out.push(path);
+        } else if depth > 1 {
+            find_datasets(&path, depth - 1, out);
+        }
     }
 }
 
@@ -309,17 +354,15 @@ pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Man
     prepare_with(config, None, out, progress)
 }
 
-fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+fn bar(progress: bool, len: u64, what: &str, unit: Unit) -> Progress {
     if !progress {
-        return ProgressBar::hidden();
+        return Progress::hidden();
     }
-    let b = ProgressBar::new(len);
-    b.set_style(
-        ProgressStyle::with_template("{msg:>14} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
-    b.set_message(what.to_string());
-    b
+    let template = match unit {
+        Unit::Bytes => "{prefix:>14} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed_precise} < {eta_precise}]",
+        Unit::Count(_) | Unit::Stage => "{prefix:>14} {bar:30} {pos}/{len} documents [{elapsed_precise} < {eta_precise}]",
+    };
+    Progress::new(len, what, unit, template)
 }
 
 /// A kept document, as stored between the streaming stages and tokenization.
@@ -359,7 +402,7 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     // `out` is replaced at the end: refuse now, before any work, unless it is ours to replace.
     crate::owned::check(out, &DATASET_LAYOUT)?;
     let fingerprint = fingerprint(config)?;
-    let sources = input::list_sources(&config.inputs)?;
+    let (sources, repeated_folders) = input::list_sources_walked(&config.inputs)?;
     if sources.is_empty() {
         return Err(DataError::Invalid(format!("no input files match {:?}", config.inputs)));
     }
@@ -388,7 +431,7 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     // Stages 1–5, streaming.
     let kept_path = partial.join("documents.jsonl");
     let (stages, scores, mut counts) = filter_stages(config, scorer, &sources, &kept_path, progress)?;
-    let mut report = PrepareReport { stages, scores, ..Default::default() };
+    let mut report = PrepareReport { stages, scores, repeated_folders, ..Default::default() };
     if counts[0] + counts[1] == 0 {
         return Err(DataError::Invalid(format!(
             "every document was dropped; nothing to train on:\n{}",
@@ -416,9 +459,8 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     let (tokenizer, source) = match &config.tokenizer {
         TokenizerSource::File(p) => (Tokenizer::from_file(p)?, p.display().to_string()),
         TokenizerSource::Train { vocab_size } => {
-            let spinner = if progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
-            spinner.set_message(format!("training a byte-level BPE tokenizer (vocab {vocab_size}) on {} documents", counts[0]));
-            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let what = format!("training a byte-level BPE tokenizer (vocab {vocab_size}) on {} documents", counts[0]);
+            let spinner = if progress { Progress::stage(&what) } else { Progress::hidden() };
             let texts = kept_documents(&kept_path)?.filter(|k| !k.validation).map(|k| k.text);
             let tok = Tokenizer::train_bpe(texts, *vocab_size)?;
             spinner.finish_and_clear();
@@ -566,7 +608,7 @@ fn filter_stages(
     let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
     let mut kept = [0u64; 2];
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
-    let bar = bar(progress, total, "filter + dedup");
+    let bar = bar(progress, total, "filter + dedup", Unit::Bytes);
     input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
         bar.inc(docs.iter().map(|d| d.bytes).sum());
         let t = Instant::now();
@@ -807,10 +849,7 @@ fn tokenize(
         documents: 0,
     };
     let mut writers = [writer("train"), writer("validation")];
-    let bar = bar(progress, documents, "tokenize");
-    if progress {
-        bar.set_style(ProgressStyle::with_template("{msg:>14} {bar:30} {pos}/{len} documents [{elapsed_precise} < {eta_precise}]").expect("valid"));
-    }
+    let bar = bar(progress, documents, "tokenize", Unit::Count("documents"));
     let mut docs = kept_documents(kept_path)?.peekable();
     let chunk_bytes = config.chunk_mb * 1_000_000;
     while docs.peek().is_some() {

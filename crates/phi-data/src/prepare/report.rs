@@ -50,6 +50,27 @@ impl StageReport {
     }
 }
 
+/// Folders that a walk reached again (through a symlink back up the tree, or a second link to
+/// one folder) and did not walk twice: how many, and the first few paths.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepeatedFolders {
+    pub folders: u64,
+    pub examples: Vec<String>,
+}
+
+impl RepeatedFolders {
+    pub fn is_empty(&self) -> bool {
+        self.folders == 0
+    }
+
+    pub(crate) fn add(&mut self, path: &std::path::Path) {
+        self.folders += 1;
+        if self.examples.len() < 3 {
+            self.examples.push(path.display().to_string());
+        }
+    }
+}
+
 /// Token counts of one split.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitReport {
@@ -65,6 +86,9 @@ pub struct PrepareReport {
     /// The classifier stage's scores, when it ran.
     #[serde(default)]
     pub scores: Option<super::ScoreReport>,
+    /// Folders the input walk reached again through symlinks, walked only once.
+    #[serde(default, skip_serializing_if = "RepeatedFolders::is_empty")]
+    pub repeated_folders: RepeatedFolders,
     pub train: SplitReport,
     pub validation: SplitReport,
     /// Seconds spent training the tokenizer (0 when one was given).
@@ -119,6 +143,10 @@ impl PrepareReport {
         }
         if let Some(s) = &self.scores {
             out += &s.lines();
+        }
+        if !self.repeated_folders.is_empty() {
+            let r = &self.repeated_folders;
+            out += &format!("{} folder(s) reached again through symlinks, read once (e.g. {})\n", r.folders, r.examples.join(", "));
         }
         out += &format!(
             "train: {} documents, {} tokens in {} shard(s); validation: {} documents, {} tokens in {} shard(s)\n",
