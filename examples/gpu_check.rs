@@ -54,9 +54,10 @@ struct Args {
     /// Training precision: bf16 (default), f16 or f32.
     #[arg(long, default_value = "bf16")]
     precision: String,
-    /// Dense bf16 peak of the GPU, for MFU (H100/H200 SXM: 989 TFLOP/s).
-    #[arg(long, default_value_t = 989e12)]
-    peak_flops: f64,
+    /// Peak FLOP/s of the GPU at this precision, for MFU (default: the table's for the GPU's
+    /// name, phi::train::mfu::GPU_PEAKS; no MFU for a card it does not know).
+    #[arg(long)]
+    peak_flops: Option<f64>,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     decode_batches: Vec<usize>,
@@ -155,11 +156,13 @@ fn train(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let device = a.device.device()?;
     let tokens_per_s = phi::bench::bench_train(&config, &o, &device, false);
     let flops = phi::train::trainer::flops_per_token(&config, a.seq);
+    let peak = phi::train::mfu::device_peak(a.peak_flops, &device, o.precision);
     println!(
         "{}",
         json!({
             "check": "train", "params": config.num_parameters(), "batch": a.batch, "seq": a.seq, "precision": a.precision,
-            "tokens_per_s": tokens_per_s, "flops_per_token": flops, "mfu": tokens_per_s * flops / a.peak_flops, "peak_flops": a.peak_flops,
+            "tokens_per_s": tokens_per_s, "flops_per_token": flops, "mfu": phi::train::mfu::mfu(tokens_per_s, flops, peak), "peak_flops": peak,
+            "device_name": phi::core::device::accelerator_name(&device),
         })
     );
     Ok(())

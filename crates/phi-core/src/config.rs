@@ -303,7 +303,18 @@ impl PhiConfig {
     /// Reads and validates a HF `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            // A folder that exists but is no model (a run folder, a parent of checkpoints): say
+            // so, and where the models are, rather than a bare "No such file".
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.file_name().is_some_and(|n| n == "config.json") => {
+                return Err(match path.parent().filter(|d| d.is_dir()) {
+                    Some(dir) => Error::NotAModelFolder { dir: dir.to_path_buf(), message: not_a_model_folder(dir) },
+                    None => Error::io(path, e),
+                });
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
         let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
@@ -329,8 +340,16 @@ impl PhiConfig {
         })?;
         let hidden_size = f.req_usize("hidden_size")?;
         let num_attention_heads = f.req_usize("num_attention_heads")?;
+        // The head counts divide other fields below (head_dim, the GQA groups): a zero must be
+        // refused here, naming its own key, before any division by it.
+        if num_attention_heads == 0 {
+            return Err(Error::config("num_attention_heads", "must be positive"));
+        }
         let num_key_value_heads = f.usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 {
+            return Err(Error::config("num_key_value_heads", "must be positive"));
+        }
+        if !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(Error::config(
                 "num_key_value_heads",
                 format!("{num_key_value_heads} must divide num_attention_heads ({num_attention_heads})"),
@@ -339,7 +358,7 @@ impl PhiConfig {
         let head_dim = match f.usize("head_dim")? {
             Some(d) => d,
             None => {
-                if hidden_size % num_attention_heads != 0 {
+                if !hidden_size.is_multiple_of(num_attention_heads) {
                     return Err(Error::config(
                         "num_attention_heads",
                         format!("{num_attention_heads} does not divide hidden_size ({hidden_size})"),
@@ -491,8 +510,19 @@ impl PhiConfig {
                 ),
             ));
         }
-        if self.norm_eps <= 0.0 {
-            return Err(Error::config("layer_norm_eps/rms_norm_eps", "must be positive"));
+        // NaN passes a plain `<= 0` test, and a NaN or infinite float here would only show up
+        // as NaN logits: each must be finite.
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::config(self.family.norm_eps_key(), format!("{} must be a positive finite number", self.norm_eps)));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(Error::config("rope_theta", format!("{} must be a positive finite number", self.rope_theta)));
+        }
+        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
+            return Err(Error::config("partial_rotary_factor", format!("{} is not in (0, 1]", self.partial_rotary_factor)));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return Err(Error::config("initializer_range", format!("{} must be a finite number ≥ 0 (the std of the initial weights)", self.initializer_range)));
         }
         for (field, p) in [
             ("resid_pdrop", self.resid_pdrop),
@@ -521,9 +551,24 @@ impl PhiConfig {
                 if v.len() != half {
                     return Err(Error::config(
                         format!("rope_scaling.{field}"),
-                        format!("has {} entries, rotary_ndims/2 = {half} expected", v.len()),
+                        format!(
+                            "has {} entries, rotary_ndims/2 = {half} expected (`head_dim` {} × `partial_rotary_factor` {})",
+                            v.len(),
+                            self.head_dim,
+                            self.partial_rotary_factor
+                        ),
                     ));
                 }
+                // Each divides a frequency: zero, negative or NaN factors give inf/NaN angles.
+                if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x > 0.0)) {
+                    return Err(Error::config(format!("rope_scaling.{field}"), format!("entry {i} is {x}; every factor must be a positive finite number")));
+                }
+            }
+            if !(l.attention_factor.is_finite() && l.attention_factor > 0.0) {
+                return Err(Error::config("rope_scaling.attention_factor", format!("{} must be a positive finite number", l.attention_factor)));
+            }
+            if l.original_max_position_embeddings == 0 {
+                return Err(Error::config("original_max_position_embeddings", "must be positive"));
             }
         }
         Ok(())
@@ -628,6 +673,50 @@ impl PhiConfig {
         m.insert("torch_dtype".into(), json!("float32"));
         m.insert("use_cache".into(), json!(true));
         Value::Object(m)
+    }
+}
+
+/// Folders at most this deep under a non-model folder are searched for models to suggest.
+const MODEL_SEARCH_DEPTH: usize = 2;
+/// Entries read per folder in that search (a home directory must not be crawled).
+const MODEL_SEARCH_ENTRIES: usize = 4096;
+
+/// Model folders (holding `config.json`) under `dir`, at most [`MODEL_SEARCH_DEPTH`] levels
+/// down, sorted by path: a training run's `checkpoints/step-00000300` sorts last when newest.
+pub fn model_folders_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten().take(MODEL_SEARCH_ENTRIES) {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if path.join("config.json").is_file() {
+                out.push(path);
+            } else if depth > 1 {
+                walk(&path, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, MODEL_SEARCH_DEPTH, &mut out);
+    out.sort();
+    out
+}
+
+/// Why `dir` (which has no `config.json`) is not a model folder, and the nearest ones that are.
+fn not_a_model_folder(dir: &Path) -> String {
+    let found = model_folders_under(dir);
+    match found.as_slice() {
+        [] => "no config.json here, so this is not a model folder (a model folder holds config.json and \
+               model.safetensors; a training run keeps its models in <run>/checkpoints/step-…)"
+            .to_string(),
+        [only] => format!("no config.json here, so this is not a model folder; the model folder under it is {}", only.display()),
+        [.., newest] => format!(
+            "no config.json here, so this is not a model folder; it holds {} model folders, the newest by name is {}",
+            found.len(),
+            newest.display()
+        ),
     }
 }
 

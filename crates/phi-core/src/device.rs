@@ -30,6 +30,18 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// The name `--device` takes (`cpu`, `ndarray`, `cuda`, `wgpu`).
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Cpu => "cpu",
+            Backend::Ndarray => "ndarray",
+            Backend::Cuda => "cuda",
+            Backend::Wgpu => "wgpu",
+        })
+    }
+}
+
 impl Backend {
     /// The burn device, or an error naming the cargo feature a backend needs.
     pub fn device(self) -> Result<Device, String> {
@@ -43,10 +55,30 @@ impl Backend {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Ok(Device::wgpu(Default::default())),
             #[allow(unreachable_patterns)]
-            other => Err(format!(
-                "--device {other:?} needs the `{}` cargo feature: rebuild with `--features {0}`",
-                format!("{other:?}").to_lowercase()
-            )),
+            // The cargo features are named as the backends are.
+            other => Err(format!("--device {other} needs the `{other}` cargo feature: rebuild with `--features {other}`")),
         }
     }
+}
+
+/// The accelerator `device` runs on, as it names itself (`NVIDIA H100 80GB HBM3`); `None` for
+/// the CPU backends (flex, ndarray), which report no identity. An autodiff device answers for
+/// the device it wraps.
+pub fn accelerator_name(device: &Device) -> Option<String> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        device.identity().map(|identity| identity.name)
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        // Only burn's cubecl backends have an identity, and none is compiled in.
+        let _ = device;
+        None
+    }
+}
+
+/// Whether `device` computes in host memory (the CPU backends): training there is bounded by
+/// the machine's RAM.
+pub fn is_host(device: &Device) -> bool {
+    accelerator_name(device).is_none()
 }

@@ -12,6 +12,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A folder given as a model that holds no `config.json`; the message says what it is
+    /// instead and names the model folders under it (a training run's checkpoints).
+    #[error("{}: {message}", dir.display())]
+    NotAModelFolder { dir: PathBuf, message: String },
     #[error("{path}: invalid JSON: {source}")]
     Json {
         path: PathBuf,

@@ -20,7 +20,9 @@ impl PhiConfig {
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: num_attention_heads,
-            head_dim: hidden_size / num_attention_heads,
+            // Zero heads (a typo in `phi bench --heads`, say) is left for `validate` to name
+            // rather than a division by zero here.
+            head_dim: hidden_size.checked_div(num_attention_heads).unwrap_or(0),
             hidden_act: Activation::GeluTanh,
             max_position_embeddings: 2048,
             norm_eps: 1e-5,
@@ -63,7 +65,9 @@ impl PhiConfig {
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
-            head_dim: hidden_size / num_attention_heads,
+            // Zero heads (a typo in `phi bench --heads`, say) is left for `validate` to name
+            // rather than a division by zero here.
+            head_dim: hidden_size.checked_div(num_attention_heads).unwrap_or(0),
             hidden_act: Activation::Silu,
             max_position_embeddings: 4096,
             norm_eps: 1e-5,
@@ -151,4 +155,41 @@ impl PhiConfig {
     /// Names accepted by [`PhiConfig::preset`].
     pub const PRESETS: [&'static str; 6] =
         ["phi-1", "phi-1.5", "phi-2", "phi-3-mini", "phi-3-medium", "phi-4-mini"];
+
+    /// The preset a mistyped `name` most likely meant: the same letters and digits
+    /// (`phi2` → `phi-2`), else the first whose name starts with them (`phi3` → `phi-3-mini`),
+    /// else the closest within two edits (`phi-3-mni`). `None` when nothing is that close.
+    pub fn nearest_preset(name: &str) -> Option<&'static str> {
+        let squash = |s: &str| s.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect::<String>();
+        let key = squash(name);
+        if key.is_empty() {
+            return None;
+        }
+        let by_letters = Self::PRESETS.iter().find(|p| squash(p) == key).or_else(|| Self::PRESETS.iter().find(|p| squash(p).starts_with(&key)));
+        if let Some(p) = by_letters {
+            return Some(p);
+        }
+        Self::PRESETS
+            .iter()
+            .map(|p| (edit_distance(&key, &squash(p)), *p))
+            .filter(|(d, _)| *d <= 2)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, p)| p)
+    }
+}
+
+/// Levenshtein distance (the preset names are a few characters: no need for a crate).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }

@@ -242,3 +242,96 @@ fn too_long_sequence_is_an_error() {
     let e = model.generate(&[5; 120], &phi_core::GenerationConfig::greedy(20)).unwrap_err();
     assert!(matches!(e, Error::SequenceTooLong { len: 140, max: 128 }), "{e}");
 }
+
+/// Every numeric field of a real config.json set to 0, -1 or 0.5: refused with an error naming
+/// that key, or accepted and then a model that builds and generates — never a panic (a zero
+/// `num_attention_heads` next to `num_key_value_heads` divided by zero in the parser).
+#[test]
+fn every_config_field_zero_negative_or_fractional_is_named_or_runs_never_panics() {
+    let device = Device::default();
+    for dir in ["phi-tiny", "phi3-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        let base = hub_config(dir);
+        let mut keys: Vec<String> = base.as_object().unwrap().iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k.clone()).collect();
+        // Keys the fixture leaves to their defaults, set on top.
+        for extra in ["head_dim", "num_key_value_heads", "partial_rotary_factor", "rope_theta", "initializer_range", "pad_token_id"] {
+            if !keys.iter().any(|k| k == extra) {
+                keys.push(extra.to_string());
+            }
+        }
+        for key in &keys {
+            for bad in [json!(0), json!(-1), json!(0.5)] {
+                let mut v = base.clone();
+                v.as_object_mut().unwrap().insert(key.clone(), bad.clone());
+                let what = format!("{dir}: {key} = {bad}");
+                let parsed = std::panic::catch_unwind(|| PhiConfig::from_hf_json(&v)).unwrap_or_else(|_| panic!("{what}: the parser panicked"));
+                match parsed {
+                    Err(e) => {
+                        let e = e.to_string();
+                        assert!(e.contains(&format!("`{key}`")), "{what}: the error does not name the key: {e}");
+                    }
+                    Ok(config) => {
+                        let ran = std::panic::catch_unwind(|| {
+                            let model = PhiForCausalLM::init(config, &device, 0)?;
+                            model.generate(&[0], &phi_core::GenerationConfig::greedy(2))
+                        });
+                        let ran = ran.unwrap_or_else(|_| panic!("{what}: accepted, then the model panicked"));
+                        ran.unwrap_or_else(|e| panic!("{what}: accepted, then the model failed: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn inconsistent_head_counts_are_named_not_divided_by() {
+    for (edit, key) in [
+        // The reported panic: zero query heads beside a key/value head count.
+        (json!({"num_attention_heads": 0, "num_key_value_heads": 4}), "num_attention_heads"),
+        (json!({"num_attention_heads": 0}), "num_attention_heads"),
+        (json!({"num_key_value_heads": 0}), "num_key_value_heads"),
+        (json!({"num_attention_heads": 4, "num_key_value_heads": 3}), "num_key_value_heads"),
+        (json!({"num_attention_heads": 5, "num_key_value_heads": 5}), "num_attention_heads"),
+        (json!({"head_dim": 0}), "head_dim"),
+        (json!({"partial_rotary_factor": 0.35}), "partial_rotary_factor"),
+        (json!({"rope_theta": -10000.0}), "rope_theta"),
+        (json!({"rms_norm_eps": -1e-5}), "rms_norm_eps"),
+        (json!({"initializer_range": -0.02}), "initializer_range"),
+    ] {
+        let e = config_error(|o| {
+            for (k, v) in edit.as_object().unwrap() {
+                o.insert(k.clone(), v.clone());
+            }
+        });
+        assert!(e.contains(&format!("`{key}`")), "{edit}: {e}");
+    }
+    // A config built in code with zero heads: named too (the presets divided by it).
+    let e = PhiForCausalLM::init(PhiConfig::phi_family(64, 1, 0, 32, 0.5), &Device::default(), 0).map(|_| ()).expect_err("refused").to_string();
+    assert!(e.contains("`num_attention_heads`"), "{e}");
+}
+
+#[test]
+fn a_folder_without_config_json_names_the_models_under_it() {
+    let run = tempfile::tempdir().unwrap();
+    for step in ["step-00000100", "step-00000300"] {
+        let ckpt = run.path().join("checkpoints").join(step);
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::copy(fixture("phi-tiny/config.json"), ckpt.join("config.json")).unwrap();
+    }
+    let e = PhiForCausalLM::from_pretrained(run.path(), &Device::default()).map(|_| ()).expect_err("no model here").to_string();
+    let newest = run.path().join("checkpoints/step-00000300");
+    assert!(e.contains("not a model folder") && e.contains(&format!("the newest by name is {}", newest.display())), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    let e = PhiConfig::from_file(empty.path().join("config.json")).unwrap_err().to_string();
+    assert!(e.contains("not a model folder") && e.contains("checkpoints/step-"), "{e}");
+    // A folder that does not exist keeps the plain error naming the file.
+    let e = PhiConfig::from_file("/nonexistent/model/config.json").unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/model/config.json"), "{e}");
+}
+
+#[test]
+fn a_mistyped_preset_finds_the_nearest() {
+    for (typed, meant) in [("phi3", Some("phi-3-mini")), ("phi2", Some("phi-2")), ("Phi-1.5", Some("phi-1.5")), ("phi-3-mni", Some("phi-3-mini")), ("phi4", Some("phi-4-mini")), ("llama", None), ("", None)] {
+        assert_eq!(PhiConfig::nearest_preset(typed), meant, "{typed}");
+    }
+}

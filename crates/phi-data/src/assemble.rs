@@ -36,7 +36,19 @@ impl FromStr for DatasetSpec {
                 Err(DataError::Invalid(format!("{spec:?}: the weight of {dir} must be a positive number, not {weight}")))
             }
             Some((dir, weight)) => Ok(DatasetSpec { dir: PathBuf::from(dir), weight }),
-            None => Ok(DatasetSpec { dir: PathBuf::from(spec), weight: 1.0 }),
+            None => {
+                // `DIR:abc` is a mistyped weight, not a folder named so — unless such a folder
+                // exists, or what follows the colon is a path (`c:/data`).
+                if let Some((dir, weight)) = spec.rsplit_once(':')
+                    && !weight.contains(['/', '\\'])
+                    && !Path::new(spec).exists()
+                {
+                    return Err(DataError::Invalid(format!(
+                        "{spec:?}: the weight `{weight}` is not a number (expected DIR or DIR:WEIGHT with a positive weight, e.g. {dir}:0.5; {dir} alone has weight 1)"
+                    )));
+                }
+                Ok(DatasetSpec { dir: PathBuf::from(spec), weight: 1.0 })
+            }
         }
     }
 }
@@ -144,6 +156,14 @@ mod tests {
             let e = bad.parse::<DatasetSpec>().unwrap_err().to_string();
             assert!(e.contains("positive"), "{bad}: {e}");
         }
+        // A weight that is no number is an error naming it, not a folder `d:abc` to open.
+        let e = "data/code:abc".parse::<DatasetSpec>().unwrap_err().to_string();
+        assert!(e.contains("the weight `abc` is not a number") && e.contains("data/code:0.5"), "{e}");
+        // …unless a folder of that name exists.
+        let dir = std::env::temp_dir().join(format!("assemble-colon-{}:x", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(dir.to_str().unwrap().parse::<DatasetSpec>().unwrap().dir, dir);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

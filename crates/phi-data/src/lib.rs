@@ -23,6 +23,7 @@ pub mod exercises;
 pub mod filters;
 pub mod owned;
 pub mod prepare;
+pub mod progress;
 pub mod quality;
 pub mod sampler;
 pub mod sft;

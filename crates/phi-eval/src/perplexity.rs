@@ -13,8 +13,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::path::{Path, PathBuf};
+
 use phi_core::PhiForCausalLM;
-use phi_data::TokenDataset;
+use phi_data::prepare::{MANIFEST, Manifest};
+use phi_data::{TokenDataset, Tokenizer};
 
 /// What [`perplexity`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,6 +57,62 @@ pub fn perplexity(
     let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
     let loss = phi_train::evaluate_with_progress(model, data, seq_len, batch_size, limit, |done| on_batch(done, limit));
     Ok(Perplexity { loss, perplexity: loss.exp(), tokens: windows.min(limit * batch_size) * seq_len })
+}
+
+/// The prepared datasets among `data` that were tokenized with another tokenizer than the
+/// model folder's `tokenizer.json`, each with what differs. Their ids would be scored as other
+/// tokens: a perplexity that looks like a number and means nothing. Tokenizers match when their
+/// files are byte-identical or give every id the same token. Shards and text have no tokenizer
+/// of their own (text is tokenized with the model's); a model folder without `tokenizer.json`
+/// cannot be compared, which counts as a mismatch.
+pub fn tokenizer_mismatches(model_dir: &Path, data: &[PathBuf]) -> Result<Vec<String>, String> {
+    let prepared: Vec<&PathBuf> = data.iter().filter(|p| p.join(MANIFEST).is_file()).collect();
+    if prepared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let model_path = model_dir.join("tokenizer.json");
+    let model_bytes = match std::fs::read(&model_path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Ok(vec![format!(
+                "{} was tokenized with its own tokenizer.json, and the model's cannot be compared with it ({}: {e})",
+                prepared[0].display(),
+                model_path.display()
+            )]);
+        }
+    };
+    let mut model_vocab = None;
+    let mut out = Vec::new();
+    for dir in prepared {
+        let manifest = Manifest::read(dir).map_err(|e| e.to_string())?;
+        let data_path = dir.join(&manifest.tokenizer.file);
+        let data_bytes = std::fs::read(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
+        if data_bytes == model_bytes {
+            continue;
+        }
+        if model_vocab.is_none() {
+            model_vocab = Some(Tokenizer::from_file(&model_path).map_err(|e| e.to_string())?.vocab_by_id());
+        }
+        let model_vocab = model_vocab.as_ref().expect("loaded above");
+        let data_vocab = Tokenizer::from_file(&data_path).map_err(|e| e.to_string())?.vocab_by_id();
+        if &data_vocab == model_vocab {
+            continue;
+        }
+        let example = model_vocab
+            .iter()
+            .find(|(id, token)| data_vocab.get(id) != Some(*token))
+            .map(|(id, token)| format!("id {id} is {token:?} for the model and {:?} in the data", data_vocab.get(id).map_or("nothing", |t| t.as_str())))
+            .unwrap_or_else(|| "the data's vocabulary has ids the model's lacks".to_string());
+        out.push(format!(
+            "{} was tokenized with {} ({} tokens), not the model's {} ({} tokens): {example}",
+            dir.display(),
+            data_path.display(),
+            data_vocab.len(),
+            model_path.display(),
+            model_vocab.len()
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

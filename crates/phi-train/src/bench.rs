@@ -1,5 +1,5 @@
 //! `phi bench`: forward and greedy-generation throughput on the bench-small shape of
-//! `shared/bench/torch_baseline.py`, with that script run in the same invocation so the ratio
+//! `benches/torch_baseline.py`, with that script run in the same invocation so the ratio
 //! compares like with like on the same machine state.
 
 use std::process::Command;
@@ -89,7 +89,7 @@ pub struct BenchOptions {
     pub gen_tokens: usize,
     /// Print one JSON object per result instead of a table.
     pub json: bool,
-    /// Also run this PyTorch baseline script (torch_baseline.py) and report our/torch ratios.
+    /// Also run this PyTorch baseline script (benches/torch_baseline.py) and report our/torch ratios.
     pub torch: Option<String>,
     /// Python interpreter for `torch` (needs torch and transformers).
     pub python: String,
@@ -203,7 +203,7 @@ pub fn baseline_train_config(a: &BenchOptions) -> crate::TrainConfig {
         checkpoint_every: 0,
         keep_checkpoints: 1,
         seed: 0,
-        peak_flops: 1e12,
+        peak_flops: None,
         activation_checkpointing: false,
         precision: a.precision,
         loss_scaler: Default::default(),
@@ -392,6 +392,16 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         let config = baseline_config(&a, arch == "phi3");
         let params = config.num_parameters();
         let model = PhiForCausalLM::init(config.clone(), &device, 0)?;
+        // A training workload that cannot fit (`--batch 100000`) is refused with the estimate
+        // rather than killed by the allocator or the OOM killer.
+        if !matches!(a.workload, Workload::Forward | Workload::Generate) {
+            let cfg = baseline_train_config(&a);
+            cfg.validate(&config)?;
+            // Every training workload puts `batch` rows a micro-batch through the model (the
+            // preference ones as `batch / 2` pairs).
+            let run = crate::memory::RunShape { model: &config, trainable: params, adapters: 0, rows_per_item: 1 };
+            crate::memory::check_device(run, &cfg, &device)?;
+        }
         let torch = torch_results(&a, arch)?;
         let mut workloads: Vec<(&str, f64, Option<f64>)> = vec![];
         if matches!(a.workload, Workload::Train | Workload::All) {
@@ -425,7 +435,7 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             let result = json!({
                 "workload": name, "arch": arch, "params": params, "batch": a.batch, "seq": a.seq,
                 "peak_rss_mib": peak,
-                "device": format!("{:?}", a.device).to_lowercase(), "threads": threads,
+                "device": a.device.to_string(), "threads": threads,
                 "tokens_per_s": ours, "torch_tokens_per_s": theirs, "ratio_vs_torch": theirs.map(|t| ours / t),
             });
             if a.json {

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Distribution, Tensor};
 use phi_core::nn::{LoraAdapter, param};
 use phi_core::weights::{CheckpointReader, Init, ParamSource, StateDict, write_atomic};
-use phi_core::PhiForCausalLM;
+use phi_core::{PhiConfig, PhiForCausalLM};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -55,6 +55,64 @@ impl LoraConfig {
     }
 }
 
+/// Every projection of a model with `config` (what LoRA can target), as `(key, d_in, d_out)`
+/// in checkpoint order — the shapes `PhiForCausalLM::linears_mut` has, known without building
+/// the model.
+pub fn projection_shapes(config: &PhiConfig) -> Vec<(String, usize, usize)> {
+    let (h, i, d) = (config.hidden_size, config.intermediate_size, config.head_dim);
+    let (q, kv) = (config.num_attention_heads * d, config.num_key_value_heads * d);
+    let mut out = Vec::new();
+    for layer in 0..config.num_hidden_layers {
+        let attn = format!("model.layers.{layer}.self_attn");
+        let mlp = format!("model.layers.{layer}.mlp");
+        if config.fused_qkv {
+            out.push((format!("{attn}.qkv_proj"), h, q + 2 * kv));
+            out.push((format!("{attn}.o_proj"), q, h));
+        } else {
+            out.push((format!("{attn}.q_proj"), h, q));
+            out.push((format!("{attn}.k_proj"), h, kv));
+            out.push((format!("{attn}.v_proj"), h, kv));
+            out.push((format!("{attn}.dense"), q, h));
+        }
+        match config.mlp {
+            phi_core::MlpKind::Plain => {
+                out.push((format!("{mlp}.fc1"), h, i));
+                out.push((format!("{mlp}.fc2"), i, h));
+            }
+            phi_core::MlpKind::Gated => {
+                out.push((format!("{mlp}.gate_up_proj"), h, 2 * i));
+                out.push((format!("{mlp}.down_proj"), i, h));
+            }
+        }
+    }
+    if !config.tie_word_embeddings {
+        out.push(("lm_head".to_string(), h, config.vocab_size));
+    }
+    out
+}
+
+/// The adapter parameters `lora` puts on a model with `config`, after checking it fits:
+/// at least one projection matches `target_modules`, and the rank is at most every targeted
+/// projection's smaller side (the update `B·A` of a `d_in × d_out` matrix has rank at most
+/// `min(d_in, d_out)`: a larger `r` adds only parameters, and memory). Nothing is allocated.
+pub fn adapter_params(config: &PhiConfig, lora: &LoraConfig) -> Result<u64> {
+    lora.validate()?;
+    let targeted: Vec<(String, usize, usize)> = projection_shapes(config).into_iter().filter(|(key, _, _)| lora.targets(key)).collect();
+    if targeted.is_empty() {
+        return Err(TrainError::Invalid(format!("no projection matches LoRA target_modules {:?}", lora.target_modules)));
+    }
+    let (key, d_in, d_out) = targeted.iter().min_by_key(|(_, a, b)| (*a).min(*b)).expect("not empty");
+    let limit = (*d_in).min(*d_out);
+    if lora.r > limit {
+        return Err(TrainError::Invalid(format!(
+            "LoRA `rank` (r) {} is larger than the targeted projection {key} ({d_in} → {d_out}): an adapter's update has rank at most {limit}, \
+             so the rank must be at most {limit}",
+            lora.r
+        )));
+    }
+    Ok(targeted.iter().map(|(_, a, b)| lora.r as u64 * (*a + *b) as u64).sum())
+}
+
 /// Parameters that receive gradients (the adapters, once the base is frozen).
 pub fn trainable_params(model: &PhiForCausalLM) -> usize {
     use burn::module::{ModuleVisitor, Param};
@@ -76,6 +134,15 @@ pub fn trainable_params(model: &PhiForCausalLM) -> usize {
 pub enum BaseQuantization {
     Int8,
     Int4,
+}
+
+impl std::fmt::Display for BaseQuantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BaseQuantization::Int8 => "int8",
+            BaseQuantization::Int4 => "int4",
+        })
+    }
 }
 
 /// Quantizes the weights of every projection of a frozen `model` (symmetric, per block of 32
@@ -109,7 +176,11 @@ fn peft_key(prefix: &str, which: &str) -> String {
 /// initialises it (Kaiming-uniform with a = √5, i.e. U(±1/√in)), `B` zero — so the adapted model
 /// starts equal to the base. Errors if no projection matches.
 pub fn attach(model: PhiForCausalLM, config: &LoraConfig) -> Result<PhiForCausalLM> {
-    config.validate()?;
+    // Checked on the shapes before any adapter is allocated: a rank beyond the projections'
+    // sides is refused by name, not attempted.
+    // (A loaded adapter is held to it too: its `r` sizes the tensors allocated before the file's
+    // are read, so an absurd one must not be attempted either.)
+    adapter_params(model.config(), config)?;
     let mut model = model.no_grad();
     let device = model.device();
     let mut attached = 0;
@@ -266,5 +337,30 @@ mod tests {
             expected.sort();
             assert_eq!(saved, expected);
         }
+    }
+
+    /// The shapes known from the config alone (what the rank check and the memory estimate
+    /// use) are the built model's, projection for projection.
+    #[test]
+    fn projection_shapes_are_the_built_models() {
+        for c in [PhiConfig::phi_family(32, 2, 4, 64, 0.5), PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), PhiConfig { tie_word_embeddings: true, ..PhiConfig::phi3_family(32, 1, 4, 1, 40, 64) }] {
+            let mut model = PhiForCausalLM::init(c.clone(), &Device::default(), 0).unwrap();
+            let built: Vec<(String, usize, usize)> = model.linears_mut().into_iter().map(|(k, l)| (k, l.dims().0, l.dims().1)).collect();
+            assert_eq!(super::projection_shapes(&c), built);
+        }
+    }
+
+    #[test]
+    fn a_rank_beyond_the_projections_sides_is_refused_naming_rank_before_allocating() {
+        let c = PhiConfig::phi3_family(32, 2, 4, 2, 48, 64);
+        let lora = |r| LoraConfig { r, ..config(&["qkv_proj", "down_proj"]) };
+        // qkv_proj is 32 → 64, down_proj 48 → 32: rank 32 is the most either can take.
+        assert_eq!(super::adapter_params(&c, &lora(32)).unwrap(), 2 * 32 * ((32 + 64) + (48 + 32)));
+        // 100000 × (32 + 64) adapters would be allocated first without the check.
+        let base = PhiForCausalLM::init(c.clone(), &Device::default(), 0).unwrap();
+        let e = attach(base, &lora(100_000)).err().expect("refused").to_string();
+        assert!(e.contains("`rank`") && e.contains("100000") && e.contains("at most 32"), "{e}");
+        let e = super::adapter_params(&c, &config(&["nothing"])).unwrap_err().to_string();
+        assert!(e.contains("no projection matches"), "{e}");
     }
 }

@@ -71,6 +71,12 @@ pub trait Objective {
     /// one large batch gives, also where micro-batches hold different counts.
     fn weight(&self, batch: &Self::Batch) -> f64;
 
+    /// Sequences each item of a batch puts through the model (2 for a preference pair): what
+    /// the memory estimate ([`crate::memory`]) multiplies `batch_size` by.
+    fn rows_per_item(&self) -> usize {
+        1
+    }
+
     /// The loss of `batch` under `model`, on `model`'s device (autodiff during training).
     fn loss(&self, model: &Forward<'_>, batch: &Self::Batch) -> BatchLoss;
 

@@ -41,7 +41,7 @@ impl Precision {
     pub fn check_device(self, device: &Device) -> crate::Result<()> {
         match self.dtype() {
             Some(dtype) if !device.supports_dtype(dtype) => Err(crate::TrainError::Invalid(format!(
-                "precision = \"{}\": this device ({device:?}) cannot compute in {dtype:?}; use another precision (f16 or f32) or another backend (cuda, or cpu for bf16)",
+                "precision = \"{0}\": this device cannot compute in {0}; use another precision (f16 or f32) or another backend (cuda, or cpu for bf16)",
                 self.name()
             ))),
             _ => Ok(()),

@@ -76,6 +76,17 @@ impl PreferenceLoss {
         })
     }
 
+    /// The loss's name, as `--loss` takes it (TRL's `loss_type`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PreferenceLoss::Sigmoid { .. } => "sigmoid",
+            PreferenceLoss::Ipo => "ipo",
+            PreferenceLoss::Hinge => "hinge",
+            PreferenceLoss::Simpo { .. } => "simpo",
+            PreferenceLoss::Orpo => "orpo",
+        }
+    }
+
     /// Whether the loss compares the policy with a reference model (SimPO and ORPO do not).
     pub fn needs_reference(&self) -> bool {
         !self.reference_free()
@@ -85,6 +96,20 @@ impl PreferenceLoss {
     /// their rewards and `logps/*` metrics are those averages.
     fn reference_free(&self) -> bool {
         matches!(self, PreferenceLoss::Simpo { .. } | PreferenceLoss::Orpo)
+    }
+}
+
+/// The name with the settings that apply to it, as a user reads it: `sigmoid`, `sigmoid (label
+/// smoothing 0.1)`, `simpo (gamma 0.5)`.
+impl std::fmt::Display for PreferenceLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())?;
+        match *self {
+            PreferenceLoss::Sigmoid { label_smoothing } if label_smoothing != 0.0 => write!(f, " (label smoothing {label_smoothing})"),
+            PreferenceLoss::Simpo { gamma, label_smoothing } if label_smoothing != 0.0 => write!(f, " (gamma {gamma}, label smoothing {label_smoothing})"),
+            PreferenceLoss::Simpo { gamma, .. } => write!(f, " (gamma {gamma})"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -477,7 +502,7 @@ impl<'a> Dpo<'a> {
         settings.validate()?;
         match reference {
             Some(model) => check_pairs(pairs.iter().chain(validation), &settings.collate, model.config()),
-            None if settings.loss.needs_reference() => Err(TrainError::Invalid(format!("the {:?} loss needs a reference model", settings.loss))),
+            None if settings.loss.needs_reference() => Err(TrainError::Invalid(format!("the {} loss needs a reference model", settings.loss.name()))),
             None => Ok(()),
         }
     }
@@ -574,6 +599,11 @@ impl Objective for Dpo<'_> {
 
     fn weight(&self, batch: &Vec<usize>) -> f64 {
         batch.len() as f64
+    }
+
+    /// The chosen and the rejected completion of each pair go through the model.
+    fn rows_per_item(&self) -> usize {
+        2
     }
 
     fn loss(&self, model: &Forward<'_>, batch: &Vec<usize>) -> BatchLoss {

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use phi_data::assemble::{DatasetSpec, load_mixture};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
+use phi_data::progress::{Progress, Unit};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
 use phi_core::device::Backend;
 use crate::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
@@ -64,7 +64,8 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
         checkpoint_every: 100,
         keep_checkpoints: 2,
         seed: 1234,
-        peak_flops: 1.0e11,
+        // The device's own (a GPU's from its name; none on a CPU): see `crate::mfu`.
+        peak_flops: None,
         activation_checkpointing: false,
         precision: Precision::F32,
         loss_scaler: LossScaler::default(),
@@ -83,8 +84,6 @@ fn full_train(opt: AdamWSettings, batch_size: usize, seq_len: usize, grad_accum:
         eval_every: 1000,
         eval_batches: 50,
         checkpoint_every: 1000,
-        // H100 dense bf16 peak, for the MFU figure.
-        peak_flops: 989e12,
         precision: Precision::Bf16,
         ..mini_train(opt, schedule.peak, schedule.decay)
     }
@@ -183,6 +182,9 @@ pub struct RecipeOptions {
     pub device: Backend,
     /// Compute dtype (default: the recipe's).
     pub precision: Option<Precision>,
+    /// The device's peak FLOP/s for the MFU figure (default: a GPU's from its name; a CPU
+    /// reports no MFU without it).
+    pub peak_flops: Option<f64>,
 }
 
 impl Default for RecipeOptions {
@@ -200,6 +202,7 @@ impl Default for RecipeOptions {
             config: None,
             device: Backend::Cpu,
             precision: None,
+            peak_flops: None,
         }
     }
 }
@@ -240,7 +243,48 @@ pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
 }
 
 /// `base` with the keys of the TOML file at `path` laid over it (nested tables merge).
+/// (The keys alone: [`run_config`] also fits the schedule to the run's length.)
 pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Result<TrainConfig, String> {
+    merge_overrides(base, read_overrides(path)?, path)
+}
+
+/// A run's training config: `base` (a recipe's) with the keys of the `config` TOML file and
+/// `steps` (`--steps`) laid over it. `--steps N` and `max_steps = N` in the file mean the same:
+/// the run's length. The schedule follows it — `schedule.warmup_steps` and
+/// `schedule.total_steps` are scaled by the run's length over the recipe's, so a short run
+/// still warms up and decays over its own steps (the recipe's 30 of 300 warmup steps become 1
+/// of 10) — except a key the file sets itself, which is kept as written.
+pub fn run_config(base: &TrainConfig, config: Option<&std::path::Path>, steps: Option<usize>) -> Result<TrainConfig, String> {
+    let (mut cfg, explicit) = match config {
+        Some(path) => {
+            let over = read_overrides(path)?;
+            let set = |key: &str| over.get("schedule").and_then(|t| t.get(key)).is_some();
+            let explicit = (set("warmup_steps"), set("total_steps"));
+            (merge_overrides(base, over, path)?, explicit)
+        }
+        None => (base.clone(), (false, false)),
+    };
+    if let Some(steps) = steps {
+        cfg.max_steps = steps;
+    }
+    if cfg.max_steps != base.max_steps && base.max_steps > 0 {
+        let scale = |n: usize| (n as u128 * cfg.max_steps as u128 / base.max_steps as u128) as usize;
+        let s = &mut cfg.schedule;
+        if !explicit.0 {
+            s.warmup_steps = scale(base.schedule.warmup_steps);
+        }
+        if !explicit.1 && base.schedule.total_steps > 0 {
+            s.total_steps = scale(base.schedule.total_steps);
+            // A decaying schedule ends after its warmup (validate's rule), however short the run.
+            if s.decay != Decay::Constant {
+                s.total_steps = s.total_steps.max(s.warmup_steps + 1);
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+fn read_overrides(path: &std::path::Path) -> Result<toml::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let schema = crate::overrides::Schema::of::<TrainConfig>()
@@ -248,6 +292,10 @@ pub fn apply_toml_overrides(base: &TrainConfig, path: &std::path::Path) -> Resul
         .with::<LrSchedule>("schedule")
         .with::<LossScaler>("loss_scaler");
     crate::overrides::check_keys(&over, &schema).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(over)
+}
+
+fn merge_overrides(base: &TrainConfig, over: toml::Value, path: &std::path::Path) -> Result<TrainConfig, String> {
     let mut value = toml::Value::try_from(base).map_err(|e| e.to_string())?;
     merge_toml(&mut value, over);
     value.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))
@@ -326,22 +374,26 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     let out = args.out.clone().unwrap_or_else(|| recipe.default_out());
     let (mut model_config, mut cfg) = if args.full { (recipe.full_model, recipe.full) } else { (recipe.mini_model, recipe.mini) };
-    if let Some(path) = &args.config {
-        cfg = apply_toml_overrides(&cfg, path)?;
-    }
+    cfg = run_config(&cfg, args.config.as_deref(), args.steps)?;
     if let Some(p) = args.precision {
         cfg.precision = p;
     }
-    if let Some(steps) = args.steps {
-        cfg.max_steps = steps;
-        cfg.schedule.total_steps = cfg.schedule.total_steps.min(steps);
-        cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(steps / 10);
+    if let Some(p) = args.peak_flops {
+        cfg.peak_flops = Some(p);
     }
     // Before the data is prepared or a model built: a bad setting is an error naming its key.
     cfg.validate(&model_config).map_err(|e| match &args.config {
         Some(path) => format!("{e} (after the overrides in {})", path.display()),
         None => e.to_string(),
     })?;
+    // A run that cannot fit in memory is refused before the data is prepared (the vocabulary is
+    // then the one asked of the tokenizer) and again once it is known, before any model exists.
+    if args.data.is_empty() && args.curriculum.is_none() {
+        check_memory(&PhiConfig { vocab_size: args.vocab_size, ..model_config.clone() }, &cfg, &device)?;
+    }
+    // One run at a time in `out`, from --fresh and the data preparation to the tokenizer
+    // written beside the last checkpoint; `fit` takes it again within.
+    let _lock = crate::run_dir::RunLock::acquire(&out)?;
     if args.fresh {
         // Before the data is prepared again: only checkpoints of ours go, and a folder holding
         // anything else stops the run here with nothing changed.
@@ -384,6 +436,7 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     let eos = tokenizer.eos_id().ok_or("the tokenizer has no <|endoftext|> token")?;
     model_config.bos_token_id = Some(eos);
     model_config.eos_token_ids = vec![eos];
+    check_memory(&model_config, &cfg, &device)?;
     println!(
         "model: {} family, {:.2}M parameters ({} layers × {}, {} heads, rotary {} of {} dims); {} steps of {} × {} tokens",
         recipe.name,
@@ -402,11 +455,7 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     let val_before = evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
     println!("validation loss before training: {val_before:.3}");
 
-    let bar = ProgressBar::new(cfg.max_steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
+    let bar = Progress::new(cfg.max_steps as u64, "train", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]");
     let mut last_val = None;
     let on_step = |m: &crate::StepMetrics| {
         bar.set_position(m.step as u64);
@@ -415,7 +464,8 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
         }
         let val = last_val.map_or(String::new(), |v| format!(" val {v:.3}"));
         let stage = m.stage.as_ref().map_or(String::new(), |s| format!("[{s}] "));
-        bar.set_message(format!("{stage}loss {:.3}{val} lr {:.1e} {:.0} tok/s mfu {:.2}%", m.loss, m.lr, m.tokens_per_s, 100.0 * m.mfu));
+        let mfu = m.mfu.map_or(String::new(), |u| format!(" mfu {:.2}%", 100.0 * u));
+        bar.set_message(format!("{stage}loss {:.3}{val} lr {:.1e} {:.0} tok/s{mfu}", m.loss, m.lr, m.tokens_per_s));
     };
     let outcome = match &train_data {
         TrainData::Mixture(m) => train(&model_config, &cfg, m, &val_data, &out, start, &device, on_step)?,
@@ -440,6 +490,12 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
     sample(&outcome.model, &tokenizer, eos)?;
     Ok(())
+}
+
+/// Refuses a full-parameter run of `model` that cannot fit in this machine's memory.
+fn check_memory(model: &PhiConfig, cfg: &TrainConfig, device: &Device) -> crate::Result<()> {
+    let run = crate::memory::RunShape { model, trainable: model.num_parameters(), adapters: 0, rows_per_item: 1 };
+    crate::memory::check_device(run, cfg, device)
 }
 
 /// A run's training windows: a weighted mixture or a staged curriculum.
@@ -498,5 +554,43 @@ mod tests {
         assert_eq!(phi1.full.seq_len * phi1.full.batch_size * phi1.full.grad_accum, 2048 * 1024);
         let phi15 = Recipe::phi_1_5();
         assert_eq!((phi15.full.optimizer.beta2, phi15.full.optimizer.eps, phi15.full.schedule.lr(5000)), (0.98, 1e-7, 2e-4));
+    }
+
+    fn overrides(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("over.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn max_steps_in_the_config_and_steps_give_the_same_schedule_fitted_to_the_run() {
+        let base = Recipe::phi_1().mini;
+        assert_eq!((base.max_steps, base.schedule.warmup_steps, base.schedule.total_steps), (300, 30, 300));
+        let (_d, file) = overrides("max_steps = 5\n");
+        let by_file = run_config(&base, Some(&file), None).unwrap();
+        let by_flag = run_config(&base, None, Some(5)).unwrap();
+        assert_eq!(by_file, by_flag);
+        // The schedule is the run's: it decays to the floor at its last step, and reaches its
+        // peak (the recipe's 30-step warmup would have kept a 5-step run below it throughout).
+        let s = &by_flag.schedule;
+        assert_eq!((s.warmup_steps, s.total_steps), (0, 5));
+        assert_eq!(s.lr(0), s.peak);
+        // Longer than the recipe: warmup and decay stretch with it.
+        let long = run_config(&base, None, Some(3000)).unwrap().schedule;
+        assert_eq!((long.warmup_steps, long.total_steps), (300, 3000));
+        // Set in the file, a schedule key is kept as written; the other still follows.
+        let (_d, file) = overrides("max_steps = 100\n[schedule]\nwarmup_steps = 7\n");
+        let s = run_config(&base, Some(&file), None).unwrap().schedule;
+        assert_eq!((s.warmup_steps, s.total_steps), (7, 100));
+        let (_d, file) = overrides("[schedule]\ntotal_steps = 250\n");
+        let c = run_config(&base, Some(&file), Some(50)).unwrap();
+        assert_eq!((c.max_steps, c.schedule.warmup_steps, c.schedule.total_steps), (50, 5, 250));
+        // The recipe's own length: nothing moves.
+        assert_eq!(run_config(&base, None, Some(300)).unwrap(), base);
+        // A constant schedule has no decay to stretch (phi-1.5's total_steps 0 stays 0).
+        let constant = Recipe::phi_1_5().mini;
+        let s = run_config(&constant, None, Some(60)).unwrap().schedule;
+        assert_eq!((s.warmup_steps, s.total_steps), (6, 0));
     }
 }

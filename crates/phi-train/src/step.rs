@@ -12,8 +12,13 @@ use phi_core::PhiForCausalLM;
 use crate::error::{Result, TrainError};
 use crate::objective::{Forward, Objective};
 use crate::precision::compute_copy;
-use crate::trainer::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, StepMetrics, flops_per_token, non_finite_weights};
+use crate::trainer::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, StepMetrics, non_finite_weights};
 use crate::{LossScaler, Precision, TrainConfig, grad_norm, scale_grads};
+
+/// Steps of at most this many tokens (`batch_size × (seq_len + 1) × grad_accum`) hold their
+/// micro-batches' ids on the host at once: 128 MiB of u32 ids, and 30 times the published recipes'
+/// steps (phi-3-mini: 2 × 4096 × 512). Larger steps draw them one by one.
+const PREDRAW_TOKENS: u64 = 1 << 25;
 
 /// A model under training with its optimizer, loss scale and step count: everything a step
 /// changes. Build it with [`Trainer::new`] from a model on an autodiff device.
@@ -41,6 +46,10 @@ pub struct Trainer {
     pub(crate) tokens_seen: u64,
     consecutive_skips: usize,
     last_update: Option<(usize, f64)>,
+    /// The peak MFU is measured against: the config's, else the device's (`None`: no MFU).
+    peak_flops: Option<f64>,
+    /// Steps of at most this many tokens draw their micro-batches up front (see [`Self::step`]).
+    pub(crate) predraw_tokens: u64,
 }
 
 impl Trainer {
@@ -59,7 +68,8 @@ impl Trainer {
         }
         cfg.precision.check_device(&device)?;
         let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
-        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None })
+        let peak_flops = crate::mfu::device_peak(cfg.peak_flops, &device, cfg.precision);
+        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS })
     }
 
     /// The model as it stands (on the autodiff device).
@@ -101,18 +111,48 @@ impl Trainer {
         // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
         self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let micro = cfg.grad_accum.max(1);
-        // All micro-batches first (host data): each one's share of the step is its weight over
-        // the step's total, so the total must be known before the first backward.
-        let batches: Vec<O::Batch> = (0..micro).map(|_| objective.next_batch(cfg.batch_size)).collect();
-        let weights: Vec<f64> = batches.iter().map(|b| objective.weight(b)).collect();
-        let total: f64 = weights.iter().sum();
-        let tokens: u64 = batches.iter().map(|b| objective.tokens(b) as u64).sum();
+        // A step's loss is the mean over all its loss terms: micro-batch i counts w_i / Σw, so
+        // Σw must be known at the first backward. A step of up to `predraw_tokens` tokens draws
+        // its micro-batches first (host data, small) and divides by the known Σw. A larger one
+        // draws them one at a time — nothing held grows with grad_accum — scaling each loss by
+        // w_i / (w_0 · micro), w_0 the first non-zero weight: that is Σw itself, to the bit,
+        // whenever the micro-batches weigh the same (every causal-LM and preference step); when
+        // they differ (SFT's learned tokens) the gradients and the loss are corrected by
+        // w_0 · micro / Σw once at the end.
+        let step_tokens = (cfg.batch_size as u64).saturating_mul(cfg.seq_len as u64 + 1).saturating_mul(micro as u64);
+        let predraw = step_tokens <= self.predraw_tokens;
         let loss_scale = self.scaler.map(|s| s.scale);
         let model = self.model.as_ref().expect("model present");
         let mut accum = GradientsAccumulator::<PhiForCausalLM>::new();
         let mut loss_sum = 0.0;
         let mut extra: Vec<(String, f64)> = Vec::new();
-        for (batch, &w) in batches.iter().zip(&weights) {
+        let (mut total, mut tokens) = (0.0f64, 0u64);
+        let mut drawn = std::collections::VecDeque::new();
+        let mut reference = None::<f64>;
+        if predraw {
+            for _ in 0..micro {
+                let batch = objective.next_batch(cfg.batch_size);
+                let w = objective.weight(&batch);
+                total += w;
+                tokens += objective.tokens(&batch) as u64;
+                drawn.push_back((batch, w));
+            }
+            reference = Some(total);
+        }
+        for _ in 0..micro {
+            let (batch, w) = match drawn.pop_front() {
+                Some(pair) => pair,
+                None => {
+                    let batch = objective.next_batch(cfg.batch_size);
+                    let w = objective.weight(&batch);
+                    total += w;
+                    tokens += objective.tokens(&batch) as u64;
+                    (batch, w)
+                }
+            };
+            if w > 0.0 && reference.is_none() {
+                reference = Some(w * micro as f64);
+            }
             // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
             let copy;
             let forward = match cfg.precision {
@@ -122,13 +162,21 @@ impl Trainer {
                     Forward::new(&copy)
                 }
             };
-            let out = objective.loss(&forward, batch);
+            let out = objective.loss(&forward, &batch);
             // A batch without loss terms (all prompt, say) adds nothing, and no 0/0.
-            let share = if w > 0.0 { total / w } else { f64::INFINITY };
+            let share = match reference {
+                Some(r) if w > 0.0 => r / w,
+                _ => f64::INFINITY,
+            };
             let loss = out.loss / share;
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             for (name, value) in out.metrics {
-                let v = if total > 0.0 { value * w / total } else { 0.0 };
+                // Pre-drawn, each figure is weighted now; streamed, once Σw is known.
+                let v = match (predraw, total > 0.0) {
+                    (true, true) => value * w / total,
+                    (true, false) => 0.0,
+                    (false, _) => value * w,
+                };
                 match extra.iter_mut().find(|(n, _)| *n == name) {
                     Some(e) => e.1 += v,
                     None => extra.push((name, v)),
@@ -140,9 +188,23 @@ impl Trainer {
             };
             accum.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
         }
+        if !predraw {
+            for e in &mut extra {
+                e.1 = if total > 0.0 { e.1 / total } else { 0.0 };
+            }
+        }
+        // Σw / (w_0 · micro): exactly 1 when pre-drawn, and for micro-batches of equal weight.
+        let correction = match reference {
+            Some(r) if total > 0.0 && total != r => r / total,
+            _ => 1.0,
+        };
+        loss_sum *= correction;
         let mut grads = accum.grads();
         if let Some(s) = loss_scale {
             scale_grads(model, &mut grads, 1.0 / s);
+        }
+        if correction != 1.0 {
+            scale_grads(model, &mut grads, correction);
         }
         let grad_norm = grad_norm(model, &grads);
         let lr = cfg.schedule.lr(step);
@@ -208,7 +270,7 @@ impl Trainer {
         self.step = done;
         self.tokens_seen += tokens;
         let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
-        let flops = flops_per_token(self.model().config(), cfg.seq_len);
+        let flops = crate::mfu::flops_per_token(self.model().config(), cfg.seq_len);
         Ok(StepMetrics {
             step: done,
             loss: loss_sum,
@@ -217,7 +279,7 @@ impl Trainer {
             lr,
             grad_norm,
             tokens_per_s,
-            mfu: tokens_per_s * flops / cfg.peak_flops,
+            mfu: crate::mfu::mfu(tokens_per_s, flops, self.peak_flops),
             loss_scale,
             skipped: !apply,
             stage: None,
@@ -231,3 +293,66 @@ pub fn optimizer_for(model: &PhiForCausalLM, cfg: &TrainConfig) -> ModuleOptimiz
     cfg.optimizer.build(model)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::Device;
+    use phi_core::{PhiConfig, PhiForCausalLM};
+    use phi_data::sft::SftExample;
+    use phi_data::{Mixture, TokenDataset};
+
+    use super::Trainer;
+    use crate::objective::{CausalLm, Objective};
+    use crate::{StepMetrics, TrainConfig};
+
+    fn values(model: &PhiForCausalLM) -> Vec<f32> {
+        struct All(Vec<f32>);
+        impl burn::module::ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+                self.0.extend(p.val().into_data().convert::<f32>().iter::<f32>());
+            }
+        }
+        let mut all = All(Vec::new());
+        model.visit(&mut all);
+        all.0
+    }
+
+    /// Two steps of `objective` with the micro-batches drawn up front or one by one.
+    fn run<O: Objective>(mut objective: impl FnMut() -> O, cfg: &TrainConfig) -> [(Vec<f32>, Vec<StepMetrics>); 2] {
+        [u64::MAX, 0].map(|predraw_tokens| {
+            let device = Device::default().autodiff();
+            let model = PhiForCausalLM::init(PhiConfig::phi_family(32, 1, 4, 64, 0.5), &device, 3).unwrap();
+            let mut trainer = Trainer::new(model, cfg).unwrap();
+            trainer.predraw_tokens = predraw_tokens;
+            let mut o = objective();
+            let metrics = (0..2).map(|_| trainer.step(&mut o).unwrap()).collect::<Vec<_>>();
+            (values(trainer.model()), metrics)
+        })
+    }
+
+    fn cfg(batch_size: usize, grad_accum: usize) -> TrainConfig {
+        TrainConfig { batch_size, seq_len: 8, grad_accum, max_steps: 2, clip_norm: None, ..crate::recipes::Recipe::phi_1().mini }
+    }
+
+    #[test]
+    fn micro_batches_drawn_one_by_one_give_the_step_of_those_drawn_up_front() {
+        // Causal LM: every micro-batch weighs the same, and the arithmetic is the same to the bit.
+        let data = Mixture::single(TokenDataset::from_tokens((0..400u32).map(|i| i * 7 % 64).collect()));
+        let val = TokenDataset::from_tokens((0..40u32).collect());
+        let [(up_front, m1), (one_by_one, m2)] = run(|| CausalLm::new(&data, &val, 8, 5).unwrap(), &cfg(2, 3));
+        assert_eq!(up_front, one_by_one);
+        assert_eq!(m1.iter().map(|m| (m.loss, m.grad_norm)).collect::<Vec<_>>(), m2.iter().map(|m| (m.loss, m.grad_norm)).collect::<Vec<_>>());
+        // SFT, micro-batches of 1 and of 5 learned tokens: corrected once Σw is known.
+        let ex: Vec<SftExample> = [1usize, 5]
+            .iter()
+            .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
+            .collect();
+        let [(up_front, m1), (one_by_one, m2)] = run(|| crate::sft::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 2));
+        for (a, b) in m1.iter().zip(&m2) {
+            assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm - b.grad_norm).abs() < 1e-6 * a.grad_norm, "{a:?} vs {b:?}");
+        }
+        let worst = up_front.iter().zip(&one_by_one).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "weights differ by {worst}");
+    }
+}

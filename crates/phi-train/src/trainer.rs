@@ -40,8 +40,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
     pub seed: u64,
-    /// Device peak FLOP/s, for the MFU figure (6N + attention FLOPs per token).
-    pub peak_flops: f64,
+    /// Peak FLOP/s of the device, for the MFU figure (see [`crate::mfu`]). Left out, a GPU's
+    /// comes from its name ([`crate::mfu::GPU_PEAKS`]) and a CPU run reports no MFU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_flops: Option<f64>,
     /// Recompute activations in the backward pass instead of keeping them (burn's balanced
     /// gradient checkpointing): less memory, more compute.
     #[serde(default)]
@@ -79,6 +81,12 @@ pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
 /// products of the size fields from overflowing before anything is allocated.
 const MAX_BATCH_TOKENS: usize = 1 << 31;
 
+/// Upper bound on tokens in one optimizer step (`batch_size × grad_accum × seq_len`): 4.3B, over
+/// 250 times the largest published batches (2M tokens for phi-1's 1024 × 2048, 16M for
+/// the largest LLM runs). Accumulation costs no memory, but a step of more would take the run's
+/// whole budget before its first update.
+pub const MAX_STEP_TOKENS: u64 = 1 << 32;
+
 fn invalid(key: &str, message: impl std::fmt::Display) -> TrainError {
     TrainError::Invalid(format!("training config `{key}`: {message}"))
 }
@@ -100,6 +108,16 @@ impl TrainConfig {
         }
         if self.batch_size.checked_mul(self.seq_len + 1).is_none_or(|t| t > MAX_BATCH_TOKENS) {
             return Err(invalid("batch_size", format!("{} sequences of {} tokens is more than {MAX_BATCH_TOKENS} tokens per micro-batch", self.batch_size, self.seq_len)));
+        }
+        let step_tokens = (self.batch_size as u64).saturating_mul(self.grad_accum as u64).saturating_mul(self.seq_len as u64);
+        if step_tokens > MAX_STEP_TOKENS {
+            return Err(invalid(
+                "grad_accum",
+                format!(
+                    "{} micro-batches of {} × {} tokens is {step_tokens} tokens per optimizer step, more than {MAX_STEP_TOKENS} (phi-1 trained on 2M a step)",
+                    self.grad_accum, self.batch_size, self.seq_len
+                ),
+            ));
         }
         if let Some(c) = self.clip_norm
             && !(c.is_finite() && c > 0.0)
@@ -139,8 +157,10 @@ impl TrainConfig {
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return Err(invalid("optimizer.weight_decay", format!("{} must be finite and ≥ 0", o.weight_decay)));
         }
-        if !(self.peak_flops.is_finite() && self.peak_flops > 0.0) {
-            return Err(invalid("peak_flops", format!("{} must be a positive finite number", self.peak_flops)));
+        if let Some(p) = self.peak_flops
+            && !(p.is_finite() && p > 0.0)
+        {
+            return Err(invalid("peak_flops", format!("{p} must be a positive finite number (leave it out for the device's own)")));
         }
         let l = &self.loss_scaler;
         if !(l.scale.is_finite() && l.scale >= 1.0) {
@@ -166,7 +186,10 @@ pub struct StepMetrics {
     #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
     pub tokens_per_s: f64,
-    pub mfu: f64,
+    /// Model FLOPs utilisation in [0, 1]; `None` without a known peak (a CPU without
+    /// `peak_flops`), see [`crate::mfu`].
+    #[serde(default)]
+    pub mfu: Option<f64>,
     /// f16 runs: the loss scale this step used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
@@ -241,6 +264,19 @@ impl Weights {
         Ok(json)
     }
 
+    /// The parameters this run trains (all, or the LoRA adapters) and, of them, the adapters'
+    /// (0 for a full run), from the configs alone; a LoRA rank beyond the projections' sides is
+    /// an error naming `rank`.
+    pub fn trainable_params(&self, model: &PhiConfig) -> Result<(u64, u64)> {
+        match self.lora_config()? {
+            Some(lora) => {
+                let n = lora::adapter_params(model, &lora)?;
+                Ok((n, n))
+            }
+            None => Ok((model.num_parameters(), 0)),
+        }
+    }
+
     /// The adapter config of a LoRA run.
     pub fn lora_config(&self) -> Result<Option<LoraConfig>> {
         match self {
@@ -302,14 +338,13 @@ pub struct TrainOutcome {
     /// What resuming had to work around (an unreadable newest checkpoint it fell back from, a
     /// stale folder it left alone); also printed as warnings.
     pub resume_warnings: Vec<String>,
+    /// What the run did not write, without failing for it: a `loss.png` or `data_report.json`
+    /// in the output folder that is not ours (left as it is), a loss curve that could not be
+    /// drawn; also printed as warnings.
+    pub warnings: Vec<String>,
 }
 
-/// Training FLOPs per token: 6·N for the matmuls plus 6·L·T·d for attention (forward + backward).
-pub fn flops_per_token(config: &PhiConfig, seq_len: usize) -> f64 {
-    let n = config.num_parameters() as f64;
-    let attn = (config.num_hidden_layers * seq_len * config.num_attention_heads * config.head_dim) as f64;
-    6.0 * n + 6.0 * attn
-}
+pub use crate::mfu::flops_per_token;
 
 /// Mean next-token loss over (at most `max_batches` of) the windows of `data`, in order,
 /// weighted by token count.
@@ -433,13 +468,19 @@ pub fn fit<O: Objective>(
     cfg.validate(&model_config)?;
     objective.check(&model_config, cfg)?;
     cfg.precision.check_device(device)?;
+    // Before the model is built or a batch drawn: a run that cannot fit in memory is refused
+    // with the estimate, not killed by the allocator.
+    let (trainable, adapters) = weights.trainable_params(&model_config)?;
+    crate::memory::check_device(crate::memory::RunShape { model: &model_config, trainable, adapters, rows_per_item: objective.rows_per_item() }, cfg, device)?;
     let ad = if cfg.activation_checkpointing {
         device.clone().autodiff().gradient_checkpointing()
     } else {
         device.clone().autodiff()
     };
     let ckpt_root = out_dir.join("checkpoints");
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    // One run at a time in a folder, held to the end: two would prune each other's checkpoints
+    // and rewrite each other's metrics.jsonl (see `run_dir`).
+    let _lock = crate::run_dir::RunLock::acquire(out_dir)?;
     // What makes a checkpoint this run's: the model, the training config, the data.
     let model_json = weights.identity()?;
     let data_fingerprint = objective.fingerprint();
@@ -453,6 +494,12 @@ pub fn fit<O: Objective>(
             |dir, state| state.check_same_run(dir, &model_json, cfg, &data_fingerprint),
             |dir| {
                 let model = weights.restore(dir, &ad)?;
+                // Weights that are already NaN/inf would only stop the run again at once (as a
+                // divergence), on every rerun: such a checkpoint is passed over like a corrupt one.
+                let (bad, total) = non_finite_weights(&model);
+                if bad > 0 {
+                    return Err(TrainError::Invalid(format!("{bad} of its {total} weights are NaN or infinite")));
+                }
                 let path = dir.join("optimizer.bin");
                 let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
                 Ok((model, optim))
@@ -533,18 +580,41 @@ pub fn fit<O: Objective>(
             })?;
         }
     }
+    // The report and the curve are conveniences: neither may cost the finished run, and
+    // neither replaces a file of the user's of the same name.
+    let mut warnings = Vec::new();
     if let Some(report) = objective.data_report() {
         let path = out_dir.join("data_report.json");
-        phi_core::weights::write_atomic(&path, serde_json::to_string_pretty(&report).expect("serializes").as_bytes())?;
+        match data_report_is_ours(&path) {
+            Ok(()) => phi_core::weights::write_atomic(&path, serde_json::to_string_pretty(&report).expect("serializes").as_bytes())?,
+            Err(why) => warnings.push(format!("data report not written: {why}")),
+        }
     }
-    // The curve is a convenience: a failure to draw it must not cost the finished run.
     let png = out_dir.join("loss.png");
     let c = trainer.model().config();
     let title = format!("{} layers x {} hidden, {} x {} sequences/step", c.num_hidden_layers, c.hidden_size, cfg.batch_size, cfg.grad_accum);
     if let Err(e) = crate::plot::write_loss_curve(&history, &title, &png) {
-        eprintln!("warning: loss curve not written: {e}");
+        warnings.push(format!("loss curve not written: {e}"));
     }
-    Ok(TrainOutcome { model: trainer.valid_model(), metrics: history, resumed_from, resume_warnings })
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(TrainOutcome { model: trainer.valid_model(), metrics: history, resumed_from, resume_warnings, warnings })
+}
+
+/// `Ok` when `path` is absent or a data report of ours (a JSON object of exactly `stages` and
+/// `tokens`, what [`Objective::data_report`] writes); otherwise why it is left alone.
+fn data_report_is_ours(path: &Path) -> std::result::Result<(), String> {
+    let text = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        _ => return Err(format!("{} exists and is not a plain file; it is left as it is", path.display())),
+    };
+    let ours = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.len() == 2 && o.contains_key("stages") && o.contains_key("tokens")))
+        .unwrap_or(false);
+    if ours { Ok(()) } else { Err(format!("{} is not a data report of phi's (a file of yours?); it is left as it is", path.display())) }
 }
 
 /// How many of the model's parameter values are NaN or infinite, and how many there are.

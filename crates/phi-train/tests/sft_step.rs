@@ -56,7 +56,7 @@ fn cfg(batch_size: usize, grad_accum: usize, steps: usize) -> TrainConfig {
         checkpoint_every: 3,
         keep_checkpoints: 2,
         seed: 9,
-        peak_flops: 1e11,
+        peak_flops: None,
         activation_checkpointing: false,
         precision: Precision::F32,
         loss_scaler: Default::default(),

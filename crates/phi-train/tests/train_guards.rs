@@ -153,7 +153,7 @@ fn impossible_settings_are_errors_naming_the_key() {
         ("`optimizer.eps`: 0 must be", Box::new(|c, _| c.optimizer.eps = 0.0)),
         ("`optimizer.weight_decay`: -0.1", Box::new(|c, _| c.optimizer.weight_decay = -0.1)),
         ("`optimizer.weight_decay`: inf", Box::new(|c, _| c.optimizer.weight_decay = f64::INFINITY)),
-        ("`peak_flops`: 0", Box::new(|c, _| c.peak_flops = 0.0)),
+        ("`peak_flops`: 0", Box::new(|c, _| c.peak_flops = Some(0.0))),
         ("`loss_scaler.growth_interval`", Box::new(|c, _| c.loss_scaler.growth_interval = 0)),
     ];
     for (expected, edit) in cases {

@@ -79,7 +79,9 @@ pub struct RecipeArgs {
     /// Output folder (checkpoints, metrics.jsonl, data cache). Default: runs/<recipe>.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Override the number of optimizer steps.
+    /// The number of optimizer steps (the same as `max_steps` in --config). The LR schedule
+    /// follows the run's length: the recipe's warmup and decay steps are scaled by steps over
+    /// the recipe's, unless --config sets `schedule.warmup_steps`/`schedule.total_steps`.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Source files to train on (default: the local python3 standard library, else the corpus
@@ -104,7 +106,8 @@ pub struct RecipeArgs {
     #[arg(long)]
     pub fresh: bool,
     /// A TOML file whose keys override the recipe's training config (`max_steps = 500`,
-    /// `[schedule]` `peak = 3e-4`, `[optimizer]` `weight_decay = 0.0`, …).
+    /// `[schedule]` `peak = 3e-4`, `[optimizer]` `weight_decay = 0.0`, …). `max_steps` here
+    /// and --steps mean the same, schedule scaling included; --steps wins if both are given.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// cpu, ndarray, cuda or wgpu (the last three need their cargo feature).
@@ -114,6 +117,10 @@ pub struct RecipeArgs {
     /// master weights and AdamW state stay f32.
     #[arg(long, value_parser = parse_precision)]
     pub precision: Option<Precision>,
+    /// The device's peak FLOP/s, for the MFU figure (default: a known GPU's from its name;
+    /// without it a CPU run reports no MFU).
+    #[arg(long)]
+    pub peak_flops: Option<f64>,
 }
 
 impl RecipeArgs {
@@ -131,6 +138,7 @@ impl RecipeArgs {
             config: self.config,
             device: self.device,
             precision: self.precision,
+            peak_flops: self.peak_flops,
         }
     }
 }
@@ -240,7 +248,7 @@ pub struct BenchArgs {
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also run this PyTorch baseline script (torch_baseline.py) and report our/torch ratios.
+    /// Also run this PyTorch baseline script (benches/torch_baseline.py) and report our/torch ratios.
     #[arg(long)]
     pub torch: Option<String>,
     /// Python interpreter for --torch (needs torch and transformers).

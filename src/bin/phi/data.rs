@@ -147,8 +147,10 @@ pub struct SynthArgs {
     pub local: Option<PathBuf>,
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 1024)]
-    pub max_tokens: usize,
+    /// Tokens an answer may take (default 1024; with --local at most what the model's context
+    /// leaves after the longest prompt, and a larger value is refused before any request).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
     #[arg(long, default_value_t = 4)]
@@ -387,11 +389,23 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         DataCommand::TrainTokenizer { input, vocab_size, out } => {
+            use phi_data::tokenizer::MIN_BPE_VOCAB;
+            // Both refusals come before reading the corpus, not after training on it.
+            if vocab_size < MIN_BPE_VOCAB {
+                return Err(format!("--vocab-size {vocab_size}: a byte-level BPE needs at least {MIN_BPE_VOCAB} (256 bytes + <|endoftext|> + one merge)").into());
+            }
+            phi_data::tokenizer::check_replaceable(&out)?;
             let t = std::time::Instant::now();
             let files = phi_data::prepare::documents(&input.inputs())?;
             let tok = phi_data::Tokenizer::train_bpe(files.into_iter(), vocab_size)?;
-            tok.save(&out)?;
+            tok.save_replacing_only_ours(&out)?;
             println!("wrote {} (vocab {}, {:.1}s)", out.display(), tok.vocab_size(), t.elapsed().as_secs_f64());
+            if tok.vocab_size() < vocab_size {
+                eprintln!(
+                    "warning: the vocabulary came out at {} tokens, not the {vocab_size} asked for: training stops when no pair of tokens occurs at least twice, and this corpus has no more (more text gives more)",
+                    tok.vocab_size()
+                );
+            }
         }
         DataCommand::Annotate(a) => annotate(a)?,
         DataCommand::Synth(a) => synth(a)?,
@@ -456,9 +470,16 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => Lists::from_file(p)?,
         None => Lists::builtin(),
     };
-    // The model: an endpoint, or a local folder served in-process for the run.
+    // The model: an endpoint, or a local folder served in-process for the run, whose context
+    // decides what max_tokens fits before anything is asked.
+    let mut max_tokens = a.max_tokens.unwrap_or(phi::serve::synth::DEFAULT_MAX_TOKENS);
     let local = match &a.local {
-        Some(dir) => Some(phi::serve::LocalServer::start(phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?, phi::serve::Limits::default())?),
+        Some(dir) => {
+            let model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
+            let prompts = phi::serve::synth::prompts(&lists, a.kind, a.n, a.seed);
+            max_tokens = phi::serve::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
+        }
         None => None,
     };
     let client = match (&local, &a.endpoint, &a.model) {
@@ -474,14 +495,14 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
         seed: a.seed,
         client,
         temperature: a.temperature,
-        max_tokens: a.max_tokens,
+        max_tokens,
         concurrency: a.concurrency,
         retries: a.retries,
         min_chars: a.min_chars,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi::humaneval::MAX_WORKERS),
         out: a.out.clone(),
     };
-    println!("{} {:?} prompts (seed {}) from `{}` at {}", a.n, a.kind, a.seed, o.client.model, o.client.base);
+    println!("{} {} prompts (seed {}) from `{}` at {}, answers of up to {max_tokens} tokens", a.n, a.kind, a.seed, o.client.model, o.client.base);
     let bar = indicatif::ProgressBar::new(a.n as u64);
     let t = std::time::Instant::now();
     let (g, v) = run(&o, &sandbox, |done| bar.set_position(done as u64))?;
@@ -505,7 +526,14 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
         "diversity: {:.3} distinct word 4-grams, near-duplicate rate {:.3}, topic × audience coverage {}/{}",
         v.distinct_4grams, v.near_duplicate_rate, v.topic_audience_covered, v.topic_audience_total
     );
-    println!("wrote {} (phi data prepare --jsonl {0} --kind python ...)", a.out.join("kept.jsonl").display());
+    // The next step only when there is something to take it with: exercises are code, textbook
+    // material is prose.
+    let kept = a.out.join("kept.jsonl");
+    match (v.kept, a.kind) {
+        (0, _) => println!("wrote {}: nothing was kept (see why above)", kept.display()),
+        (_, phi::serve::synth::SynthKind::Exercise) => println!("wrote {} (phi data prepare --jsonl {0} --kind python ...)", kept.display()),
+        (_, phi::serve::synth::SynthKind::Textbook) => println!("wrote {} (phi data prepare --jsonl {0} --kind text ...)", kept.display()),
+    }
     for (id, why) in g.failed.iter().take(5) {
         eprintln!("failed: {id}: {why}");
     }

