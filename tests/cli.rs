@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{fixture, load_reference};
@@ -54,23 +55,27 @@ fn generate_from_text_uses_the_folder_tokenizer() {
     assert!(text.trim().len() > "the cat sat".len(), "nothing generated: {text:?}");
 }
 
-#[test]
-fn chat_streams_replies_keeps_history_and_ends_at_eof() {
+/// `phi chat --model dir`, `input` on its stdin.
+fn chat(dir: &Path, input: &[u8]) -> std::process::Output {
     use std::io::Write;
-    let dir = phi3_tiny_with_tokenizer();
     let mut child = phi()
         .args(["chat", "--max-new-tokens", "6", "--model"])
-        .arg(dir.path())
+        .arg(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_streams_replies_keeps_history_and_ends_at_eof() {
     // Three turns, the second of them a reset; the history of 40 words overflows the
     // 128-token context, so old turns must be dropped rather than erroring.
     let long = "the cat sat ".repeat(14);
-    child.stdin.take().unwrap().write_all(format!("the cat\n/reset\n{long}\n{long}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = chat(phi3_tiny_with_tokenizer().path(), format!("the cat\n/reset\n{long}\n{long}\n").as_bytes());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.matches("> ").count(), 5, "a prompt per input line plus the final one: {text:?}");
@@ -79,19 +84,9 @@ fn chat_streams_replies_keeps_history_and_ends_at_eof() {
 
 #[test]
 fn chat_shows_a_banner_and_its_commands_and_survives_a_line_that_is_not_utf8() {
-    use std::io::Write;
-    let dir = phi3_tiny_with_tokenizer();
-    let mut child = phi()
-        .args(["chat", "--max-new-tokens", "6", "--model"])
-        .arg(dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // After /quit nothing more is read: the last line gets no prompt and no reply.
-    child.stdin.take().unwrap().write_all(b"/help\n\xff\xfe latin-1 \xe9t\xe9\nthe cat\n/reset\n/nonsense\n/quit\nthe cat\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let dir = phi3_tiny_with_tokenizer();
+    let out = chat(dir.path(), b"/help\n\xff\xfe latin-1 \xe9t\xe9\nthe cat\n/reset\n/nonsense\n/quit\nthe cat\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let banner = text.lines().next().unwrap();

@@ -12,25 +12,9 @@ fn phi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_phi"))
 }
 
-fn corpus() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python")
-}
-
 /// `phi train` on the shipped corpus with `toml` as overrides; returns (success, stdout, stderr).
 fn train(out: &Path, toml: &str, extra: &[&str]) -> (bool, String, String) {
-    let config = out.join("over.toml");
-    std::fs::create_dir_all(out).unwrap();
-    std::fs::write(&config, toml).unwrap();
-    let run = phi()
-        .args(["train", "--recipe", "phi-1", "--vocab-size", "300", "--max-corpus-mb", "0.2", "--corpus"])
-        .arg(corpus())
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
+    let run = common::train_phi1(out, toml, extra);
     (run.status.success(), String::from_utf8_lossy(&run.stdout).into_owned(), String::from_utf8_lossy(&run.stderr).into_owned())
 }
 

@@ -7,17 +7,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::fixture;
+use common::{corpus, fixture};
 
 fn phi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_phi"))
-}
-
-fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python")
 }
 
 fn stderr(out: &Output) -> String {
@@ -35,19 +31,7 @@ fn assert_refused(out: &Output, expected: &str) {
 
 /// `phi train` on a fifth of the shipped corpus with `toml` as overrides.
 fn train(out: &Path, toml: &str, extra: &[&str]) -> Output {
-    std::fs::create_dir_all(out).unwrap();
-    let config = out.join("over.toml");
-    std::fs::write(&config, toml).unwrap();
-    phi()
-        .args(["train", "--recipe", "phi-1", "--vocab-size", "300", "--max-corpus-mb", "0.2", "--corpus"])
-        .arg(corpus())
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+    common::train_phi1(out, toml, extra)
 }
 
 #[test]
