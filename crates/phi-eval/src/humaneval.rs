@@ -294,19 +294,27 @@ pub struct SamplesReport {
 /// the problem's tests, and pass@k is averaged over the problems attempted. A `task_id` that
 /// is not a problem is an error.
 pub fn evaluate_samples(problems: &[Problem], samples: &[(String, String)], sandbox: &Sandbox, workers: usize) -> Result<SamplesReport, String> {
+    let pairs = pair_samples(problems, samples)?;
+    Ok(SamplesReport::of(judge(&pairs, sandbox, workers)?))
+}
+
+/// Each sample with its problem; a `task_id` that is not a problem is an error naming the sample.
+fn pair_samples<'p>(problems: &'p [Problem], samples: &[(String, String)]) -> Result<Vec<(&'p Problem, String)>, String> {
     let by_id: std::collections::HashMap<&str, &Problem> = problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
-    let pairs = samples
+    samples
         .iter()
         .enumerate()
-        .map(|(i, (id, c))| {
-            by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| format!("sample {}: unknown task_id {id:?}", i + 1))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let judged = judge(&pairs, sandbox, workers)?;
-    let attempted: std::collections::HashSet<&str> = judged.iter().map(|s| s.task_id.as_str()).collect();
-    let problems_attempted = attempted.len();
-    let pass_at = [1, 10, 100].into_iter().filter_map(|k| score(&judged, k).map(|v| (k, v))).collect();
-    Ok(SamplesReport { samples: judged, problems_attempted, pass_at })
+        .map(|(i, (id, c))| by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| format!("sample {}: unknown task_id {id:?}", i + 1)))
+        .collect()
+}
+
+impl SamplesReport {
+    /// Problems attempted and pass@k of judged samples.
+    fn of(samples: Vec<Sample>) -> Self {
+        let problems_attempted = samples.iter().map(|s| s.task_id.as_str()).collect::<std::collections::HashSet<_>>().len();
+        let pass_at = [1, 10, 100].into_iter().filter_map(|k| score(&samples, k).map(|v| (k, v))).collect();
+        SamplesReport { samples, problems_attempted, pass_at }
+    }
 }
 
 /// [`evaluate_samples`] that keeps its work: each verdict is appended to `<out>.partial` as it
@@ -333,12 +341,7 @@ pub fn evaluate_samples_into(
         return Err(format!("{what} (expected one {{\"task_id\": …, \"completion\": …}} per line)"));
     }
     check_results_path(out, samples_file)?;
-    let by_id: std::collections::HashMap<&str, &Problem> = problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
-    let pairs = samples
-        .iter()
-        .enumerate()
-        .map(|(i, (id, c))| by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| format!("sample {}: unknown task_id {id:?}", i + 1)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let pairs = pair_samples(problems, samples)?;
     let partial = partial_of(out);
     let mut outcomes: Vec<Option<Outcome>> = read_partial(&partial, samples)?;
     let todo: Vec<usize> = (0..samples.len()).filter(|&i| outcomes[i].is_none()).collect();
@@ -365,9 +368,7 @@ pub fn evaluate_samples_into(
         .collect();
     write_jsonl(out, &judged).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::remove_file(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-    let problems_attempted = judged.iter().map(|s| s.task_id.as_str()).collect::<std::collections::HashSet<_>>().len();
-    let pass_at = [1, 10, 100].into_iter().filter_map(|k| score(&judged, k).map(|v| (k, v))).collect();
-    Ok(SamplesReport { samples: judged, problems_attempted, pass_at })
+    Ok(SamplesReport::of(judged))
 }
 
 /// `<out>.partial`: where [`evaluate_samples_into`] appends verdicts as they come.

@@ -444,15 +444,8 @@ impl Sandbox {
         limits: &Limits,
         witness: Option<&Witness>,
     ) -> Result<Prepared, SandboxError> {
-        use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills both descriptors, which we own from here on.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(SandboxError::Io(format!("pipe: {}", std::io::Error::last_os_error())));
-        }
-        // SAFETY: fresh descriptors from pipe2.
-        let (rx, tx) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+        let (rx, tx) = pipe()?;
         // At 10 or above, like the witness's descriptors: the child puts those on 3 and 4.
         let tx_child = high_fd(&tx)?;
         let root = is_root();
