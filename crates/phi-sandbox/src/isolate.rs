@@ -393,19 +393,11 @@ impl Plan {
                     return Err(fail(fd, Stage::Rlimit as u8 + i as u8, libc::EINVAL));
                 }
             }
-            // The witness's pipes on 3 and 4 (dup2 clears close-on-exec on the copies).
-            let mut first_private = 3;
-            if let Some((nonce, report)) = &self.witness {
-                if libc::dup2(nonce.as_raw_fd(), 3) != 3 || libc::dup2(report.as_raw_fd(), 4) != 4 {
-                    return Err(fail(fd, Stage::Witness as u8, errno()));
-                }
-                first_private = 5;
-            }
             // Descriptors that other code in the harness opened without close-on-exec (a file,
             // a socket) must not reach the program: mark everything above stdio close-on-exec
             // (not closed: std's exec-status pipe must last until the exec itself).
-            if libc::syscall(libc::SYS_close_range, first_private as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
-                for fd in first_private..4096 {
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in 3..4096 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
             }
@@ -423,6 +415,14 @@ impl Plan {
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(fail(fd, Stage::DeathSignal as u8, errno()));
+                }
+            }
+            // The witness's pipes on 3 and 4 (dup2 clears close-on-exec on the copies). Last:
+            // any descriptor of the set-up, the Landlock ruleset's among them, may be 3 or 4
+            // until then (restrict_self has closed it by now).
+            if let Some((nonce, report)) = &self.witness {
+                if libc::dup2(nonce.as_raw_fd(), 3) != 3 || libc::dup2(report.as_raw_fd(), 4) != 4 {
+                    return Err(fail(fd, Stage::Witness as u8, errno()));
                 }
             }
         }
