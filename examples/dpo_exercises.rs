@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use phi::eval::humaneval::{Outcome, generate_completions, run_programs};
 use phi::eval::tested_exercises::{TestedExercise, extract, mutants};
 use phi::eval::{Limits, Sandbox};
+use phi::progress::{Progress, Unit};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,7 +37,7 @@ fn sft_model() -> Result<PathBuf, Box<dyn std::error::Error>> {
 /// Exercises with examples whose reference passes: from the files `finetune_lora` draws from
 /// (code the base never pre-trained on), and — as those hold few functions with examples —
 /// from the rest of the standard library too (the base pre-trained on part of it).
-fn tested_exercises(sandbox: &Sandbox, workers: usize) -> Result<Vec<TestedExercise>, String> {
+fn tested_exercises(sandbox: &Sandbox, workers: usize) -> phi::eval::Result<Vec<TestedExercise>> {
     let held_out = phi::finetune::held_out_files();
     let rest: Vec<PathBuf> = phi::data::corpus::python_stdlib_dir()
         .map(|root| phi::data::corpus::collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"]))
@@ -84,7 +85,7 @@ fn greedy(model: &phi::core::PhiForCausalLM, tok: &phi::data::Tokenizer, exercis
 const MUTANTS_PER_EXERCISE: usize = 6;
 
 /// `(prompt, chosen, rejected, kind)` for every failing candidate of every exercise.
-fn pairs(exercises: &[TestedExercise], own: &[(String, bool)], sandbox: &Sandbox, workers: usize) -> Result<Vec<(String, String, String, String)>, String> {
+fn pairs(exercises: &[TestedExercise], own: &[(String, bool)], sandbox: &Sandbox, workers: usize) -> phi::eval::Result<Vec<(String, String, String, String)>> {
     let mut candidates = Vec::new();
     for (i, e) in exercises.iter().enumerate() {
         if !own[i].1 && !own[i].0.trim().is_empty() {
@@ -172,7 +173,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("DPO (LoRA r=8, sigmoid, beta {}), {} steps of {} pairs; the reference is the SFT model, scored once", run.settings.beta, opts.steps, opts.batch_size);
-    let bar = indicatif::ProgressBar::new(opts.steps as u64);
+    let bar = Progress::new(opts.steps as u64, "dpo", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}");
+    // The run's warnings (if any) are printed as they happen, above the bar.
     let done = phi::dpo::train(&run, |m| {
         bar.set_position(m.step as u64);
         bar.set_message(format!("loss {:.4} acc {:.2}", m.loss, m.extra.get("rewards/accuracies").copied().unwrap_or(f64::NAN)));

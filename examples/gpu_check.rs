@@ -155,7 +155,7 @@ fn train(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = phi::bench::baseline_config(&o, false);
     let device = a.device.device()?;
     let tokens_per_s = phi::bench::bench_train(&config, &o, &device, false);
-    let flops = phi::train::trainer::flops_per_token(&config, a.seq);
+    let flops = phi::train::flops_per_token(&config, a.seq);
     let peak = phi::train::mfu::device_peak(a.peak_flops, &device, o.precision);
     println!(
         "{}",

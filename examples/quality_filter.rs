@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use phi::classify::{Scorer, TrainOptions, train_classifier};
 use phi::data::prepare::{DocumentScorer, Input, PrepareConfig, ScoreFilter, TokenizerSource, prepare_with};
+use phi::progress::PrepareBars;
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 
@@ -39,7 +40,7 @@ fn labels(inputs: &[Input], out: &Path) -> Result<PathBuf, Box<dyn std::error::E
     let documents: Vec<(String, String)> = phi::data::prepare::documents_with_origin(inputs)?.into_iter().filter(|(_, t)| !t.trim().is_empty()).collect();
     match (std::env::var("PHI_JUDGE_ENDPOINT"), std::env::var("PHI_JUDGE_MODEL")) {
         (Ok(endpoint), Ok(model)) => {
-            use phi::serve::annotate::{AnnotateOptions, PromptTemplate, annotate};
+            use phi::annotate::{AnnotateOptions, PromptTemplate, annotate};
             let client = phi::serve::client::Client::new(&endpoint, &model, std::env::var("OPENAI_API_KEY").ok());
             let path = out.join("annotations.jsonl");
             let opts = AnnotateOptions { n: LABELS, ..AnnotateOptions::new(documents, client, PromptTemplate::builtin(), path.clone()) };
@@ -84,11 +85,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = PrepareConfig::new(inputs, TokenizerSource::File(model.join("tokenizer.json")));
     config.keep_documents = true;
-    let plain = prepare_with(&config, None, &out.join("data-heuristic"), true)?;
+    let plain = prepare_with(&config, None, &out.join("data-heuristic"), Some(&PrepareBars::new()))?;
     println!("heuristics + dedup + decontamination:\n{}", plain.report.table());
     let scorer = Scorer::load(&clf_dir, None, &device, None, 16)?;
     config.classifier = Some(ScoreFilter { classifier: Some(clf_dir.clone()), min_score: clf.min_score, head: Some(scorer.head().to_string()) });
-    let scored = prepare_with(&config, Some(&scorer as &dyn DocumentScorer), &out.join("data-classified"), true)?;
+    let scored = prepare_with(&config, Some(&scorer as &dyn DocumentScorer), &out.join("data-classified"), Some(&PrepareBars::new()))?;
     println!("... then the classifier stage ({}):\n{}", scorer.describe(), scored.report.table());
     let s = scored.report.scores.as_ref().expect("the stage ran");
     let docs = scored.report.train.documents + scored.report.validation.documents;

@@ -26,7 +26,7 @@ fn a_diverging_training_run_exits_non_zero_naming_the_step() {
     assert!(!ok, "{err}");
     assert!(err.contains("error: step 2: the loss is"), "{err}");
     // Only step 1's checkpoint (finite) exists; nothing of the diverged steps.
-    let ckpts: Vec<_> = phi_train::checkpoint::list(&out.path().join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    let ckpts: Vec<_> = phi_train::checkpoint::list(&out.path().join(phi_train::checkpoint::CHECKPOINTS_DIR)).into_iter().map(|(s, _)| s).collect();
     assert_eq!(ckpts, vec![1]);
 }
 

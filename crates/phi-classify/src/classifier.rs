@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cv::{CvReport, HeadSettings, cross_validate, fit_heads};
 use crate::embedder::{Embedder, EmbedderIdentity};
+use crate::error::{ClassifyError, Result};
 use crate::heads::{Forest, HeadKind, Logistic};
 use crate::labels::LabelReport;
 
@@ -62,18 +63,18 @@ pub struct TrainOptions {
 
 impl TrainOptions {
     /// The settings, and enough labelled documents for the folds: checked before any embedding.
-    pub fn check(&self, documents: usize) -> Result<(), String> {
+    pub fn check(&self, documents: usize) -> Result<()> {
         if self.folds < 2 || documents < self.folds {
-            return Err(format!("{}-fold cross-validation needs folds >= 2 and at least {} labelled documents (have {documents})", self.folds, self.folds.max(2)));
+            return Err(ClassifyError::Folds { folds: self.folds, needed: self.folds.max(2), documents });
         }
         if self.heads.trees == 0 {
-            return Err("trees = 0: the random forest needs at least one tree".into());
+            return Err(ClassifyError::Setting { key: "trees", value: "0".into(), message: "the random forest needs at least one tree" });
         }
         if !(self.heads.alpha.is_finite() && self.heads.alpha >= 0.0) {
-            return Err(format!("alpha = {}: the L2 strength must be a number >= 0", self.heads.alpha));
+            return Err(ClassifyError::Setting { key: "alpha", value: self.heads.alpha.to_string(), message: "the L2 strength must be a number >= 0" });
         }
         if !self.threshold.is_finite() {
-            return Err(format!("keep threshold = {}: must be a number", self.threshold));
+            return Err(ClassifyError::Setting { key: "keep threshold", value: self.threshold.to_string(), message: "must be a number" });
         }
         Ok(())
     }
@@ -87,13 +88,13 @@ impl Default for TrainOptions {
 
 impl Classifier {
     /// Cross-validates both heads on (`x`, `y`), then fits them on all of it.
-    pub fn train(x: &[Vec<f32>], y: &[f32], embedder: EmbedderIdentity, labels: LabelReport, o: &TrainOptions) -> Result<Self, String> {
+    pub fn train(x: &[Vec<f32>], y: &[f32], embedder: EmbedderIdentity, labels: LabelReport, o: &TrainOptions) -> Result<Self> {
         if x.len() != y.len() {
-            return Err(format!("{} embeddings for {} labels", x.len(), y.len()));
+            return Err(ClassifyError::Counts { embeddings: x.len(), labels: y.len() });
         }
         o.check(x.len())?;
         if let Some(r) = x.iter().find(|r| r.len() != embedder.hidden_size) {
-            return Err(format!("an embedding of {} values; the model's hidden size is {}", r.len(), embedder.hidden_size));
+            return Err(ClassifyError::EmbeddingSize { len: r.len(), hidden_size: embedder.hidden_size });
         }
         let cv = cross_validate(x, y, o.folds, o.threshold, &o.heads)?;
         let (forest, logistic) = fit_heads(x, y, &o.heads)?;
@@ -113,7 +114,7 @@ impl Classifier {
     }
 
     /// Scores of `x` (embeddings) by `head`.
-    pub fn predict(&self, head: HeadKind, x: &[Vec<f32>]) -> Result<Vec<f32>, String> {
+    pub fn predict(&self, head: HeadKind, x: &[Vec<f32>]) -> Result<Vec<f32>> {
         match head {
             HeadKind::Forest => self.forest.predict(x),
             HeadKind::Logistic => Ok(self.logistic.predict(x)),
@@ -140,23 +141,25 @@ impl Classifier {
 
     /// Writes `dir/classifier.json` and `dir/report.txt`, each atomically; refuses a folder
     /// that is not one of ours.
-    pub fn save(&self, dir: &Path) -> Result<(), String> {
-        phi_data::owned::check(dir, &LAYOUT).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let write = |name: &str, bytes: &[u8]| phi_core::weights::write_atomic(&dir.join(name), bytes).map_err(|e| e.to_string());
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        phi_data::owned::check(dir, &LAYOUT)?;
+        std::fs::create_dir_all(dir).map_err(|e| ClassifyError::io(dir, e))?;
+        let write = |name: &str, bytes: &[u8]| phi_core::weights::write_atomic(&dir.join(name), bytes);
         // The classifier (our marker) first: a folder with only a report would not be ours.
-        write(FILE, serde_json::to_string(self).map_err(|e| e.to_string())?.as_bytes())?;
-        write("report.txt", self.report().as_bytes())
+        let json = serde_json::to_string(self).map_err(|source| ClassifyError::Json { path: dir.join(FILE), source })?;
+        write(FILE, json.as_bytes())?;
+        Ok(write("report.txt", self.report().as_bytes())?)
     }
 
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e} (not a classifier folder?)", path.display()))?;
-        let head: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ClassifyError::NotAClassifier { path: path.clone(), source })?;
+        let json = |source| ClassifyError::Json { path: path.clone(), source };
+        let head: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
         if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) || head.get("version").and_then(|v| v.as_u64()) != Some(VERSION as u64) {
-            return Err(format!("{}: not a {FORMAT} v{VERSION} file (format {:?}, version {:?})", path.display(), head.get("format"), head.get("version")));
+            return Err(ClassifyError::Format { path: path.clone(), format: head.get("format").cloned(), version: head.get("version").cloned() });
         }
-        serde_json::from_value(head).map_err(|e| format!("{}: {e}", path.display()))
+        serde_json::from_value(head).map_err(json)
     }
 }
 
@@ -168,10 +171,11 @@ impl Classifier {
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let device = phi_core::device::Backend::Cpu.device()?;
 /// let scorer = Scorer::load("clf".as_ref(), None, &device, None, 16)?; // the model folder it was trained with
-/// println!("{:?}", scorer.score(&["def add(a, b):\n    return a + b\n"])?);
+/// let scores = scorer.score(&["def add(a, b):\n    return a + b\n"])?; // one per document
+/// assert_eq!(scores.len(), 1);
 /// let mut config = PrepareConfig::new(vec![Input::Files { root: "corpus".into(), pattern: "**/*.py".into(), exclude: vec![] }], TokenizerSource::Train { vocab_size: 8192 });
 /// config.classifier = Some(ScoreFilter { classifier: Some("clf".into()), min_score: 2.5, head: None });
-/// prepare_with(&config, Some(&scorer), "data/filtered".as_ref(), true)?;
+/// prepare_with(&config, Some(&scorer), "data/filtered".as_ref(), None)?;
 /// # Ok(()) }
 /// ```
 pub struct Scorer {
@@ -186,7 +190,7 @@ impl Scorer {
     /// Loads the classifier in `dir` and its embedding model: `model`, or the folder it was
     /// trained with; a model whose files differ from those it was trained on is an error.
     /// `head`: the classifier's choice when `None`. `batch`: documents per forward pass.
-    pub fn load(dir: &Path, model: Option<&Path>, device: &Device, head: Option<HeadKind>, batch: usize) -> Result<Self, String> {
+    pub fn load(dir: &Path, model: Option<&Path>, device: &Device, head: Option<HeadKind>, batch: usize) -> Result<Self> {
         let classifier = Classifier::load(dir)?;
         let model_dir = model.map_or_else(|| classifier.embedder.model.clone(), Path::to_path_buf);
         let embedder = Embedder::load_as(&model_dir, device, &classifier.embedder, batch)?;
@@ -206,9 +210,9 @@ impl Scorer {
 }
 
 impl DocumentScorer for Scorer {
-    fn score(&self, texts: &[&str]) -> Result<Vec<f32>, String> {
-        let x = self.embedder.embed(texts)?;
-        self.classifier.predict(self.head, &x)
+    fn score(&self, texts: &[&str]) -> std::result::Result<Vec<f32>, String> {
+        let x = self.embedder.embed(texts).map_err(|e| e.to_string())?;
+        self.classifier.predict(self.head, &x).map_err(|e| e.to_string())
     }
 
     fn batch(&self) -> usize {

@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ClassifyError, Result};
 use crate::heads::{Forest, HeadKind, Logistic};
 
 /// How well one predictor did.
@@ -181,17 +182,17 @@ impl Default for HeadSettings {
 }
 
 /// Both heads fit on `x`, `y`.
-pub fn fit_heads(x: &[Vec<f32>], y: &[f32], s: &HeadSettings) -> Result<(Forest, Logistic), String> {
+pub fn fit_heads(x: &[Vec<f32>], y: &[f32], s: &HeadSettings) -> Result<(Forest, Logistic)> {
     let classes: Vec<i32> = y.iter().map(|&v| class_of(v)).collect();
     Ok((Forest::fit(x, y, s.trees, s.seed)?, Logistic::fit(x, &classes, s.alpha)?))
 }
 
 /// `folds`-fold cross-validation of both heads (a seeded shuffle, then every `folds`-th
 /// document to a fold).
-pub fn cross_validate(x: &[Vec<f32>], y: &[f32], folds: usize, threshold: f32, s: &HeadSettings) -> Result<CvReport, String> {
+pub fn cross_validate(x: &[Vec<f32>], y: &[f32], folds: usize, threshold: f32, s: &HeadSettings) -> Result<CvReport> {
     let n = x.len();
     if folds < 2 || n < folds {
-        return Err(format!("{folds}-fold cross-validation needs folds >= 2 and at least {folds} labelled documents (have {n})"));
+        return Err(ClassifyError::Folds { folds, needed: folds, documents: n });
     }
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(s.seed));

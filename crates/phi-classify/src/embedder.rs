@@ -15,6 +15,8 @@ use phi_data::Tokenizer;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ClassifyError, Result};
+
 /// What embeds: the model's files and the settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedderIdentity {
@@ -36,14 +38,13 @@ pub struct EmbedderIdentity {
 impl EmbedderIdentity {
     /// Checks the files of `dir` against this identity, config first, before anything is
     /// loaded; `Err` names the first file that differs.
-    pub fn check_folder(&self, dir: &Path) -> Result<Hashes, String> {
-        let differs = |what: &str, got: &str, want: &str| {
-            format!(
-                "the classifier was trained on the embeddings of {} but {} has another {what} (xxh3 {got}, expected {want}): \
-                 scores from another model's embeddings would be meaningless",
-                self.model.display(),
-                dir.display()
-            )
+    pub fn check_folder(&self, dir: &Path) -> Result<Hashes> {
+        let differs = |what: &'static str, got: &str, want: &str| ClassifyError::OtherModel {
+            trained: self.model.clone(),
+            dir: dir.to_path_buf(),
+            what,
+            got: got.to_string(),
+            expected: want.to_string(),
         };
         let config = xxh3_files(&[dir.join("config.json")])?;
         if config != self.config_xxh3 {
@@ -69,14 +70,14 @@ pub struct Hashes {
     tokenizer: String,
 }
 
-fn xxh3_files(paths: &[PathBuf]) -> Result<String, String> {
+fn xxh3_files(paths: &[PathBuf]) -> Result<String> {
     let mut h = xxhash_rust::xxh3::Xxh3Default::new();
     let mut buf = vec![0u8; 8 << 20];
     for p in paths {
         h.update(p.file_name().map_or(&[][..], |n| n.as_encoded_bytes()));
-        let mut f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let mut f = std::fs::File::open(p).map_err(|e| ClassifyError::io(p, e))?;
         loop {
-            let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+            let n = f.read(&mut buf).map_err(|e| ClassifyError::io(p, e))?;
             if n == 0 {
                 break;
             }
@@ -86,20 +87,20 @@ fn xxh3_files(paths: &[PathBuf]) -> Result<String, String> {
     Ok(format!("{:016x}", h.digest()))
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|e| ClassifyError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     weights.sort();
     if weights.is_empty() {
-        return Err(format!("{}: no *.safetensors weights", dir.display()));
+        return Err(ClassifyError::NoWeights { dir: dir.to_path_buf() });
     }
     Ok(weights)
 }
 
-fn hash_folder(dir: &Path) -> Result<Hashes, String> {
+fn hash_folder(dir: &Path) -> Result<Hashes> {
     Ok(Hashes { config: xxh3_files(&[dir.join("config.json")])?, weights: xxh3_files(&weight_files(dir)?)?, tokenizer: xxh3_files(&[dir.join("tokenizer.json")])? })
 }
 
@@ -114,23 +115,23 @@ pub struct Embedder {
 impl Embedder {
     /// Loads `dir` (config, weights, `tokenizer.json`). `max_tokens`: `None` is the model's
     /// context; `batch`: chunks per forward pass.
-    pub fn load(dir: &Path, device: &Device, layer: Option<usize>, max_tokens: Option<usize>, batch: usize) -> Result<Self, String> {
+    pub fn load(dir: &Path, device: &Device, layer: Option<usize>, max_tokens: Option<usize>, batch: usize) -> Result<Self> {
         Embedder::load_hashed(dir, device, layer, max_tokens, batch, hash_folder(dir)?)
     }
 
-    fn load_hashed(dir: &Path, device: &Device, layer: Option<usize>, max_tokens: Option<usize>, batch: usize, h: Hashes) -> Result<Self, String> {
-        let model = PhiForCausalLM::from_pretrained(dir, device).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fn load_hashed(dir: &Path, device: &Device, layer: Option<usize>, max_tokens: Option<usize>, batch: usize, h: Hashes) -> Result<Self> {
+        let model = PhiForCausalLM::from_pretrained(dir, device).map_err(|source| ClassifyError::Model { dir: dir.to_path_buf(), source })?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e} (embedding text needs the model's tokenizer)", tok_path.display()))?;
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|source| ClassifyError::Tokenizer { path: tok_path.clone(), source })?;
         let c = model.config();
         if let Some(l) = layer {
             if l > c.num_hidden_layers {
-                return Err(format!("layer {l}: {} has hidden states 0..={}", dir.display(), c.num_hidden_layers));
+                return Err(ClassifyError::Layer { layer: l, dir: dir.to_path_buf(), layers: c.num_hidden_layers });
             }
         }
         let max_tokens = max_tokens.unwrap_or(c.max_position_embeddings);
         if max_tokens == 0 || batch == 0 {
-            return Err(format!("max_tokens = {max_tokens}, batch = {batch}: both must be at least 1"));
+            return Err(ClassifyError::EmbedSettings { max_tokens, batch });
         }
         let identity = EmbedderIdentity {
             model: dir.to_path_buf(),
@@ -143,7 +144,7 @@ impl Embedder {
     }
 
     /// Loads `dir` with the settings of `expected`, refusing another model.
-    pub fn load_as(dir: &Path, device: &Device, expected: &EmbedderIdentity, batch: usize) -> Result<Self, String> {
+    pub fn load_as(dir: &Path, device: &Device, expected: &EmbedderIdentity, batch: usize) -> Result<Self> {
         let hashes = expected.check_folder(dir)?;
         Embedder::load_hashed(dir, device, expected.layer, Some(expected.max_tokens), batch, hashes)
     }
@@ -154,7 +155,7 @@ impl Embedder {
 
     /// One `hidden_size` vector per text: the mean of the chosen hidden state over the text's
     /// first `max_tokens` tokens (tokenized in parallel).
-    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let ids: Vec<Vec<u32>> = texts
             .par_iter()
             .map(|t| {
@@ -163,6 +164,6 @@ impl Embedder {
                 ids
             })
             .collect();
-        embed(&self.model, &ids, &self.config).map_err(|e| e.to_string())
+        Ok(embed(&self.model, &ids, &self.config)?)
     }
 }

@@ -9,6 +9,8 @@ use smartcore::ensemble::random_forest_regressor::{RandomForestRegressor, Random
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters};
 
+use crate::error::{ClassifyError, Result};
+
 /// Which head scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,12 +20,12 @@ pub enum HeadKind {
 }
 
 impl std::str::FromStr for HeadKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ClassifyError;
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "forest" => Ok(HeadKind::Forest),
             "logistic" => Ok(HeadKind::Logistic),
-            _ => Err(format!("`{s}`: expected forest or logistic")),
+            _ => Err(ClassifyError::UnknownHead(s.to_string())),
         }
     }
 }
@@ -37,12 +39,16 @@ impl std::fmt::Display for HeadKind {
     }
 }
 
-fn matrix(x: &[Vec<f32>]) -> Result<DenseMatrix<f32>, String> {
+fn matrix(x: &[Vec<f32>]) -> Result<DenseMatrix<f32>> {
     let cols = x.first().map_or(0, Vec::len);
     if x.iter().any(|r| r.len() != cols) {
-        return Err("embeddings of different lengths".into());
+        return Err(ClassifyError::Ragged);
     }
-    DenseMatrix::new(x.len(), cols, x.concat(), false).map_err(|e| e.to_string())
+    DenseMatrix::new(x.len(), cols, x.concat(), false).map_err(|source| ClassifyError::Smartcore { what: "embedding matrix", source })
+}
+
+fn forest_error(source: smartcore::error::Failed) -> ClassifyError {
+    ClassifyError::Smartcore { what: "random forest", source }
 }
 
 type Rf = RandomForestRegressor<f32, f32, DenseMatrix<f32>, Vec<f32>>;
@@ -59,9 +65,9 @@ pub struct Forest {
 impl Forest {
     /// `trees` in all; each split considers √features candidates, as random forests usually do.
     /// The same seed grows the same trees on any machine (the parts do not depend on the cores).
-    pub fn fit(x: &[Vec<f32>], y: &[f32], trees: usize, seed: u64) -> Result<Self, String> {
+    pub fn fit(x: &[Vec<f32>], y: &[f32], trees: usize, seed: u64) -> Result<Self> {
         if trees == 0 {
-            return Err("a random forest needs at least one tree".into());
+            return Err(ClassifyError::NoTrees);
         }
         let m = matrix(x)?;
         let y = y.to_vec();
@@ -77,19 +83,19 @@ impl Forest {
                     .with_n_trees(n)
                     .with_m(((features as f64).sqrt().round() as usize).max(1))
                     .with_seed(seed.wrapping_mul(0x9E37_79B9).wrapping_add((p * trees) as u64));
-                RandomForestRegressor::fit(&m, &y, params).map(|f| (n, f)).map_err(|e| format!("random forest: {e}"))
+                RandomForestRegressor::fit(&m, &y, params).map(|f| (n, f)).map_err(forest_error)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_>>()?;
         Ok(Forest { parts })
     }
 
-    pub fn predict(&self, x: &[Vec<f32>]) -> Result<Vec<f32>, String> {
+    pub fn predict(&self, x: &[Vec<f32>]) -> Result<Vec<f32>> {
         let m = matrix(x)?;
         let mut sum = vec![0f32; x.len()];
         let mut trees = 0f32;
         for (n, p) in &self.parts {
             let n = *n as f32;
-            let y = p.predict(&m).map_err(|e| format!("random forest: {e}"))?;
+            let y = p.predict(&m).map_err(forest_error)?;
             sum.iter_mut().zip(y).for_each(|(s, v)| *s += v * n);
             trees += n;
         }
@@ -111,7 +117,7 @@ pub struct Logistic {
 }
 
 impl Logistic {
-    pub fn fit(x: &[Vec<f32>], y: &[i32], alpha: f32) -> Result<Self, String> {
+    pub fn fit(x: &[Vec<f32>], y: &[i32], alpha: f32) -> Result<Self> {
         let n = x.len().max(1) as f64;
         let d = x.first().map_or(0, Vec::len);
         let mut mean = vec![0f64; d];
@@ -135,7 +141,7 @@ impl Logistic {
         let z = matrix(&x.iter().map(|r| head.standardize(r)).collect::<Vec<_>>())?;
         let params = LogisticRegressionParameters::default().with_alpha(alpha);
         let lr: LogisticRegression<f32, i32, DenseMatrix<f32>, Vec<i32>> =
-            LogisticRegression::fit(&z, &y.to_vec(), params).map_err(|e| format!("logistic regression: {e}"))?;
+            LogisticRegression::fit(&z, &y.to_vec(), params).map_err(|source| ClassifyError::Smartcore { what: "logistic regression", source })?;
         use smartcore::linalg::basic::arrays::Array;
         let (rows, cols) = lr.coefficients().shape();
         head.weights = (0..rows).map(|r| (0..cols).map(|c| *lr.coefficients().get((r, c))).collect()).collect();

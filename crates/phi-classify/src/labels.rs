@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
+use crate::error::{ClassifyError, Result};
+
 /// One training example.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labeled {
@@ -33,35 +35,36 @@ pub struct LabelReport {
 }
 
 /// Reads and merges label files, in order.
-pub fn read_labels(files: &[&Path]) -> Result<(Vec<Labeled>, LabelReport), String> {
+pub fn read_labels(files: &[&Path]) -> Result<(Vec<Labeled>, LabelReport)> {
     let mut report = LabelReport::default();
     let mut by_text: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<Labeled> = Vec::new();
     for file in files {
-        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let f = std::fs::File::open(file).map_err(|e| ClassifyError::io(file, e))?;
         for (i, line) in BufReader::new(f).lines().enumerate() {
+            let bad = |message: String| ClassifyError::BadLabel { path: file.to_path_buf(), line: i + 1, message };
             let at = format!("{}:{}", file.display(), i + 1);
-            let line = line.map_err(|e| format!("{at}: {e}"))?;
+            let line = line.map_err(|e| bad(e.to_string()))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("{at}: not a JSON record ({e})"))?;
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON record ({e})")))?;
             report.records += 1;
             let score = match v.get("score") {
                 Some(serde_json::Value::Null) => {
                     report.unscored += 1;
                     continue;
                 }
-                Some(s) => s.as_f64().filter(|s| s.is_finite()).ok_or_else(|| format!("{at}: `score` = {s} is not a number"))? as f32,
-                None => return Err(format!("{at}: no `score` field (a label record is {{\"text\": …, \"score\": 3}})")),
+                Some(s) => s.as_f64().filter(|s| s.is_finite()).ok_or_else(|| bad(format!("`score` = {s} is not a number")))? as f32,
+                None => return Err(bad("no `score` field (a label record is {\"text\": …, \"score\": 3})".into())),
             };
             let text = match (v.get("text").and_then(|t| t.as_str()), v.get("path").and_then(|p| p.as_str())) {
                 (Some(t), _) => t.to_string(),
                 (None, Some(p)) => {
                     let path = file.parent().unwrap_or(Path::new(".")).join(p);
-                    std::fs::read_to_string(&path).map_err(|e| format!("{at}: `path` {}: {e}", path.display()))?
+                    std::fs::read_to_string(&path).map_err(|e| bad(format!("`path` {}: {e}", path.display())))?
                 }
-                (None, None) => return Err(format!("{at}: no `text` (or `path`) field")),
+                (None, None) => return Err(bad("no `text` (or `path`) field".into())),
             };
             let labeled = Labeled { text, score, origin: at };
             match by_text.get(&labeled.text) {

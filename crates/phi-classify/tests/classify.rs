@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use phi_classify::cv::cross_validate;
-use phi_classify::{Classifier, HeadKind, HeadSettings, Scorer, TrainOptions, read_labels, train_classifier};
+use phi_classify::{Classifier, ClassifyError, HeadKind, HeadSettings, Scorer, TrainOptions, read_labels, train_classifier};
 use phi_data::prepare::{DocumentScorer, Input, PrepareConfig, ScoreFilter, TokenizerSource, prepare_with};
 use rand::{Rng, SeedableRng};
 
@@ -67,7 +67,7 @@ fn label_files_skip_unscored_relabel_read_paths_and_name_bad_records() {
         ("not json", "not a JSON record"),
     ] {
         std::fs::write(&b, format!("{{\"text\":\"ok\",\"score\":1}}\n{line}\n")).unwrap();
-        let e = read_labels(&[&b]).unwrap_err();
+        let e = read_labels(&[&b]).unwrap_err().to_string();
         assert!(e.contains("mine.jsonl:2") && e.contains(want), "{line}: {e}");
     }
 }
@@ -124,7 +124,8 @@ fn a_classifier_on_model_embeddings_is_tied_to_its_model_and_filters_prepare() {
 
     // Another model, or the same config with other weights, is refused by name.
     let e = Scorer::load(&out, Some(&fixture("phi-tiny")), &device, None, 8).err().unwrap();
-    assert!(e.contains("config.json"), "{e}");
+    assert!(matches!(e, ClassifyError::OtherModel { what: "config.json", .. }), "{e:?}");
+    assert!(e.to_string().contains("config.json"), "{e}");
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     for f in ["config.json", "tokenizer.json"] {
@@ -135,11 +136,13 @@ fn a_classifier_on_model_embeddings_is_tied_to_its_model_and_filters_prepare() {
     w[last] ^= 1;
     std::fs::write(other.join("model.safetensors"), w).unwrap();
     let e = Scorer::load(&out, Some(&other), &device, None, 8).err().unwrap();
-    assert!(e.contains("weights"), "{e}");
+    assert!(matches!(e, ClassifyError::OtherModel { what: "weights (*.safetensors)", .. }), "{e:?}");
+    assert!(e.to_string().contains("weights"), "{e}");
     // Not a classifier folder; and a folder of someone else's is never overwritten.
-    assert!(Classifier::load(tmp.path()).unwrap_err().contains("classifier.json"));
+    let e = Classifier::load(tmp.path()).unwrap_err();
+    assert!(matches!(e, ClassifyError::NotAClassifier { .. }) && e.to_string().contains("classifier.json"), "{e}");
     std::fs::write(tmp.path().join("mine.txt"), "keep").unwrap();
-    assert!(clf.save(tmp.path()).is_err());
+    assert!(matches!(clf.save(tmp.path()), Err(ClassifyError::Data(_))));
     assert_eq!(std::fs::read_to_string(tmp.path().join("mine.txt")).unwrap(), "keep");
 
     // The prepare stage: 20 good and 20 bad documents, the bad ones dropped.
@@ -160,7 +163,7 @@ fn a_classifier_on_model_embeddings_is_tied_to_its_model_and_filters_prepare() {
     config.validation_fraction = 0.1;
     assert_eq!(clf.min_score, 2.5, "halfway between the classes of 'keep' (3) and below");
     config.classifier = Some(ScoreFilter { classifier: Some(out.clone()), min_score: clf.min_score, head: Some(scorer.head().to_string()) });
-    let m = prepare_with(&config, Some(&scorer), &tmp.path().join("data"), false).unwrap();
+    let m = prepare_with(&config, Some(&scorer), &tmp.path().join("data"), None).unwrap();
     let r = m.report.scores.as_ref().unwrap();
     print!("{}", m.report.table());
     assert!(r.kept >= 18 && r.kept <= 22 && r.kept + r.dropped == 40, "{r:?}");

@@ -51,6 +51,11 @@ pub enum Error {
     SequenceTooLong { len: usize, max: usize },
     #[error("invalid argument `{name}`: {message}")]
     InvalidArgument { name: String, message: String },
+    /// A LoRA adapter that cannot go on the model (no projection targeted, a rank beyond a
+    /// targeted projection's sides, an invalid `r` or dropout), or an `adapter_config.json` that
+    /// is not a LoRA adapter's; the message names the field or the file.
+    #[error("{0}")]
+    Lora(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -190,11 +190,11 @@ impl PhiForCausalLM {
                     cache.clear();
                     done = 0;
                 }
-                let logits = self.forward_cached(self.ids_tensor(&tokens[done..]), &mut cache, true)?;
+                let logits = self.forward_cached(self.ids_tensor(&tokens[done..])?, &mut cache, true)?;
                 done = tokens.len();
                 logits
             } else {
-                let logits = self.try_forward(self.ids_tensor(&tokens))?;
+                let logits = self.try_forward(self.ids_tensor(&tokens)?)?;
                 let t = tokens.len();
                 logits.narrow(1, t - 1, 1)
             };

@@ -11,6 +11,12 @@
 //! parameter groups derive. One deliberate difference: a projection's weight is held `[in, out]`,
 //! the transpose of HF's `[out, in]` (transposed once at load and save, see [`nn::Linear`]),
 //! because burn would otherwise copy the transposed matrix on every call.
+//!
+//! LoRA lives here too ([`lora`]): PEFT's config and folder format, attaching, loading, saving
+//! and merging adapters, and each family's default targets — serving and exporting an adapter
+//! need no training crate. What depends on what: [`packed`] (a packed weight matrix) ← [`nn`]
+//! (the layers, listed through [`tree`]) ← attention, MLP, block ← [`model`] ← [`quant`]
+//! (packing a model's weights) and [`lora`] (adapting its projections).
 
 pub mod attention;
 pub mod block;
@@ -21,9 +27,11 @@ pub mod embeddings;
 pub mod error;
 pub mod generation;
 pub mod kv_cache;
+pub mod lora;
 pub mod mlp;
 pub mod model;
 pub mod nn;
+pub mod packed;
 mod presets;
 pub mod quant;
 pub mod rope;

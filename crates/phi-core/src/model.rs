@@ -65,7 +65,7 @@ pub struct PhiForCausalLM {
     /// The tied head (`embed_tokens.weight`) in a narrow format, after
     /// [`pack_weights`](Self::pack_weights); the table itself stays f32 for the lookup.
     #[module(skip)]
-    pub(crate) packed_head: Option<Arc<crate::quant::PackedMatrix>>,
+    pub(crate) packed_head: Option<Arc<crate::packed::PackedMatrix>>,
 }
 
 listing!(PhiForCausalLM, |this, key, out| {
@@ -128,24 +128,34 @@ impl PhiForCausalLM {
     /// ([`load_leaves_then`](crate::weights::load_leaves_then)).
     pub(crate) fn load_then(config: PhiConfig, src: &mut impl ParamSource, loaded: impl FnMut(&str, LeafMut<'_>) -> Result<()>) -> Result<Self> {
         config.validate()?;
-        let c = &config;
         let device = src.device().clone();
-        let mut model = PhiForCausalLM {
-            model: PhiModel {
-                embed_tokens: Embedding::new(c.vocab_size, c.hidden_size, &device),
-                embed_dropout: DropoutConfig::new(c.embd_pdrop).init(),
-                layers: (0..c.num_hidden_layers).map(|_| DecoderLayer::new(c, &device)).collect(),
-                final_layernorm: Norm::new(c.norm, c.hidden_size, c.norm_eps, &device),
-                family: c.family,
-            },
-            lm_head: (!c.tie_word_embeddings).then(|| Linear::new(c.hidden_size, c.vocab_size, c.lm_head_bias, &device)),
-            rope: Arc::new(RopeTables::new(c)),
-            config,
-            packed_head: None,
-        };
+        let mut model = Self::unloaded(config, &device);
+        model.rope = Arc::new(RopeTables::new(&model.config));
         let std = model.config.initializer_range;
         load_leaves_then(model.leaves_mut(), src, std, loaded)?;
         Ok(model)
+    }
+
+    /// The modules `c` describes with every parameter pending and no RoPE tables: the model's
+    /// listing, each parameter's shape included ([`Param::lazy_shape`](burn::module::Param::lazy_shape)),
+    /// with nothing allocated. [`load_then`](Self::load_then) fills it; on its own it answers
+    /// what a model of `c` would hold (e.g. [`crate::lora::projection_shapes`]) and must not be
+    /// run (a forward refuses every sequence: the empty tables hold no position).
+    pub(crate) fn unloaded(config: PhiConfig, device: &Device) -> Self {
+        let c = &config;
+        PhiForCausalLM {
+            model: PhiModel {
+                embed_tokens: Embedding::new(c.vocab_size, c.hidden_size, device),
+                embed_dropout: DropoutConfig::new(c.embd_pdrop).init(),
+                layers: (0..c.num_hidden_layers).map(|_| DecoderLayer::new(c, device)).collect(),
+                final_layernorm: Norm::new(c.norm, c.hidden_size, c.norm_eps, device),
+                family: c.family,
+            },
+            lm_head: (!c.tie_word_embeddings).then(|| Linear::new(c.hidden_size, c.vocab_size, c.lm_head_bias, device)),
+            rope: Arc::default(),
+            config,
+            packed_head: None,
+        }
     }
 
     /// Every module that holds parameters, under its HF key prefix, in checkpoint order:
@@ -180,6 +190,13 @@ impl PhiForCausalLM {
     /// Parameters of this instance (what is allocated, tied weights counted once).
     pub fn num_params(&self) -> usize {
         Module::num_params(self)
+    }
+
+    /// The format the weights were packed in for inference, if they were
+    /// ([`pack_weights`](Self::pack_weights)).
+    pub fn packed_format(&self) -> Option<crate::packed::WeightFormat> {
+        let head = self.lm_head.as_ref().and_then(|h| h.packed.as_ref());
+        self.packed_head.as_ref().or(head).map(|p| p.format())
     }
 
     /// Every weight under its HF checkpoint key, as f32 (a projection back in HF's `[out, in]`).
@@ -219,6 +236,9 @@ impl PhiForCausalLM {
     /// # Panics
     /// On a token id outside the vocabulary or a sequence longer than
     /// `max_position_embeddings`; [`try_forward`](Self::try_forward) returns those as errors.
+    /// Ids are checked against the vocabulary here when `input_ids` lives in host memory; on an
+    /// accelerator, where that check would be a device→host sync per call, ids made by
+    /// [`ids_tensor`](Self::ids_tensor) (or the training objectives) were checked on the host.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         self.try_forward(input_ids).unwrap_or_else(|e| panic!("PhiForCausalLM::forward: {e}"))
     }
@@ -272,11 +292,23 @@ impl PhiForCausalLM {
         self.rope.uses_long(len)
     }
 
+    /// Ids that are already a tensor are checked only where they live in host memory (flex,
+    /// ndarray), where reading them back is a copy. On an accelerator that read is a
+    /// device→host sync on every micro-batch and every decoded token, so ids are checked where
+    /// host ids become a tensor instead: [`ids_tensor`](Self::ids_tensor), and the training
+    /// data's check of its largest id against the vocabulary.
     fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<()> {
+        if !crate::device::is_host(&ids.device()) {
+            return Ok(());
+        }
         let data = ids.to_data().convert::<i64>();
-        let vocab = self.config.vocab_size;
         let values = data.as_slice::<i64>().expect("converted to i64");
-        if let Some((position, &token)) = values.iter().enumerate().find(|(_, t)| **t < 0 || **t as usize >= vocab) {
+        self.check_host_ids(values.iter().copied())
+    }
+
+    fn check_host_ids(&self, ids: impl IntoIterator<Item = i64>) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if let Some((position, token)) = ids.into_iter().enumerate().find(|&(_, t)| t < 0 || t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { token, position, vocab_size: vocab });
         }
         Ok(())
@@ -329,7 +361,7 @@ impl PhiForCausalLM {
         Ok(match &self.lm_head {
             Some(head) => head.forward(x),
             None if self.packed_head.is_some() => {
-                crate::quant::packed_linear(self.packed_head.as_ref().expect("checked"), x, None)
+                crate::packed::packed_linear(self.packed_head.as_ref().expect("checked"), x, None)
             }
             None => {
                 // Tied: `x · Eᵀ`. A 2-D matmul reads the transposed view in place (strided gemm).
@@ -354,10 +386,12 @@ impl PhiForCausalLM {
             .collect()
     }
 
-    /// Token ids as a `[1, n]` tensor on the model's device.
-    pub fn ids_tensor(&self, ids: &[u32]) -> Tensor<2, Int> {
-        let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        Tensor::from_data(TensorData::new(data, [1, ids.len()]), &self.device())
+    /// Token ids as a `[1, n]` tensor on the model's device, checked against the vocabulary
+    /// here, on the host: the forward passes do not read ids back from an accelerator.
+    pub fn ids_tensor(&self, ids: &[u32]) -> Result<Tensor<2, Int>> {
+        self.check_host_ids(ids.iter().map(|&t| i64::from(t)))?;
+        let data: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+        Ok(Tensor::from_data(TensorData::new(data, [1, ids.len()]), &self.device()))
     }
 
     pub fn device(&self) -> Device {

@@ -69,9 +69,9 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// The weight in a narrow format for CPU inference, set by
     /// [`PhiForCausalLM::pack_weights`](crate::PhiForCausalLM::pack_weights); `weight` is then
-    /// emptied (see [`crate::quant`]).
+    /// emptied (see [`crate::quant`]; the matrix is [`crate::packed`]'s).
     #[module(skip)]
-    pub packed: Option<std::sync::Arc<crate::quant::PackedMatrix>>,
+    pub packed: Option<std::sync::Arc<crate::packed::PackedMatrix>>,
 }
 
 params!(Linear, |this, out| {
@@ -89,7 +89,7 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let y = match &self.packed {
-            Some(p) => crate::quant::packed_linear(p, x.clone(), bias),
+            Some(p) => crate::packed::packed_linear(p, x.clone(), bias),
             None => linear(x.clone(), self.weight.val(), bias),
         };
         match &self.lora {

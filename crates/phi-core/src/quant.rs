@@ -10,6 +10,10 @@
 //! time.
 //! Norms, embeddings (the lookup), biases, the KV cache and all activations stay f32.
 //!
+//! This module packs a model (it walks the model's listing, above [`crate::model`]); the packed
+//! matrix and the product a layer runs with it are [`crate::packed`], below [`crate::nn`]
+//! (re-exported here: `phi_core::quant::PackedMatrix` is the same type).
+//!
 //! ```
 //! use burn::tensor::Device;
 //! use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM, WeightFormat};
@@ -26,14 +30,14 @@
 use std::sync::Arc;
 
 use burn::backend::DispatchDevice;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::PhiForCausalLM;
 use crate::nn::Linear;
 use crate::tree::{Leaf, LeafMut};
 
-pub use phi_kernels::packed::{PackedMatrix, WeightFormat};
+pub use crate::packed::{PackedMatrix, WeightFormat};
 
 /// What [`PhiForCausalLM::pack_weights`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,24 +48,6 @@ pub struct PackReport {
     /// Their bytes as f32, and packed (scales included).
     pub bytes_before: usize,
     pub bytes_after: usize,
-}
-
-/// `x Wᵀ + b` with a packed `W`, `x` `[…, in]` → `[…, out]`.
-pub(crate) fn packed_linear<const D: usize>(p: &PackedMatrix, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    let (_, d_out) = p.dims();
-    let dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let device = x.device();
-    let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("converted to f32");
-    let mut y = vec![0.0f32; rows * d_out];
-    p.matmul(&xs, rows, &mut y);
-    let mut shape = dims;
-    shape[D - 1] = d_out;
-    let y = Tensor::<D>::from_data(TensorData::new(y, shape), &device);
-    match bias {
-        Some(b) => y + b.unsqueeze(),
-        None => y,
-    }
 }
 
 /// Refuses what `format` cannot pack: in-features not a multiple of the block (int8/int4) and
@@ -179,19 +165,13 @@ impl PhiForCausalLM {
         self.packed_head = Some(Arc::new(packed));
         Ok(())
     }
-
-    /// The format the weights were packed in, if they were.
-    pub fn packed_format(&self) -> Option<WeightFormat> {
-        let head = self.lm_head.as_ref().and_then(|h| h.packed.as_ref());
-        self.packed_head.as_ref().or(head).map(|p| p.format())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::PhiConfig;
-    use burn::tensor::{Device, Int};
+    use burn::tensor::{Device, Int, TensorData};
 
     fn model(tied: bool) -> PhiForCausalLM {
         let mut c = PhiConfig::phi_family(64, 2, 4, 96, 0.5);

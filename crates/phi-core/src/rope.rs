@@ -11,8 +11,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::config::PhiConfig;
 
 /// Host-side cos/sin tables for positions `0..max_position_embeddings`, one set for the short
-/// (default) frequencies and, with LongRoPE, one for the long ones.
-#[derive(Debug, Clone)]
+/// (default) frequencies and, with LongRoPE, one for the long ones. The default holds no
+/// position (an unloaded model's, see `PhiForCausalLM::unloaded`).
+#[derive(Debug, Clone, Default)]
 pub struct RopeTables {
     head_dim: usize,
     max_positions: usize,

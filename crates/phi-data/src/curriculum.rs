@@ -103,9 +103,11 @@ pub struct Curriculum {
     plan: Vec<Vec<u64>>,
 }
 
-/// A curriculum as a TOML file (`phi train --curriculum cur.toml`): prepared datasets by name,
-/// the stages, whose validation split to use, and whether the learning rate anneals over the
-/// last stage. Paths are relative to the file.
+/// A curriculum over prepared datasets, as data (serde): the datasets by name, the stages,
+/// whose validation split to use, and whether the learning rate anneals over the last stage.
+/// [`load_curriculum`] opens it; dataset paths are relative to the folder it is given. The `phi`
+/// tool reads it from a TOML file (`phi train --curriculum cur.toml`, paths relative to the
+/// file):
 ///
 /// ```toml
 /// validation = "code"   # top-level keys before the tables; default: the first dataset
@@ -131,7 +133,7 @@ pub struct Curriculum {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CurriculumFile {
+pub struct CurriculumSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,
     #[serde(default)]
@@ -140,7 +142,7 @@ pub struct CurriculumFile {
     pub stages: Vec<StageSpec>,
 }
 
-/// A prepared dataset of a curriculum file.
+/// A prepared dataset of a [`CurriculumSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetEntry {
@@ -150,7 +152,7 @@ pub struct DatasetEntry {
     pub max_epochs: Option<f64>,
 }
 
-/// A curriculum file's datasets opened and its plan built.
+/// A [`CurriculumSpec`]'s datasets opened and its plan built.
 pub struct LoadedCurriculum {
     pub curriculum: Curriculum,
     pub validation: TokenDataset,
@@ -160,16 +162,12 @@ pub struct LoadedCurriculum {
     pub datasets: Vec<(String, PathBuf, u64)>,
 }
 
-/// Reads `path` and opens its prepared datasets (verified; all tokenized with one
-/// tokenizer) into a curriculum for a run of `max_steps` steps of `windows_per_step` windows of
-/// `seq_len` tokens.
-pub fn load_curriculum(path: &Path, seq_len: usize, windows_per_step: usize, max_steps: usize) -> Result<LoadedCurriculum, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let file: CurriculumFile = toml::from_str(&text).map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let at = |e: DataError| DataError::Invalid(format!("{}: {e}", path.display()));
+/// Opens the prepared datasets of `file` (their paths relative to `base`; verified; all
+/// tokenized with one tokenizer) into a curriculum for a run of `max_steps` steps of
+/// `windows_per_step` windows of `seq_len` tokens.
+pub fn load_curriculum(file: CurriculumSpec, base: &Path, seq_len: usize, windows_per_step: usize, max_steps: usize) -> Result<LoadedCurriculum, DataError> {
     if file.datasets.is_empty() || file.stages.is_empty() {
-        return Err(at(DataError::Invalid("needs at least one [[datasets]] and one [[stages]] table".into())));
+        return Err(DataError::Invalid("a curriculum needs at least one dataset and one stage".into()));
     }
     let mut sources = Vec::new();
     let mut datasets = Vec::new();
@@ -178,30 +176,30 @@ pub fn load_curriculum(path: &Path, seq_len: usize, windows_per_step: usize, max
     let mut tokenizer = None;
     for d in &file.datasets {
         let dir = base.join(&d.path);
-        let m = crate::Manifest::read(&dir).map_err(at)?;
+        let m = crate::Manifest::read(&dir)?;
         let tok_path = dir.join(&m.tokenizer.file);
         let bytes = std::fs::read(&tok_path).map_err(|e| DataError::io(&tok_path, e))?;
         match &first_tokenizer {
             Some((p, b)) if *b != bytes => {
-                return Err(at(DataError::Invalid(format!("{} and {} were tokenized with different tokenizers: a curriculum needs one", p.display(), dir.display()))));
+                return Err(DataError::Invalid(format!("{} and {} were tokenized with different tokenizers: a curriculum needs one", p.display(), dir.display())));
             }
             Some(_) => {}
             None => {
                 first_tokenizer = Some((dir.clone(), bytes));
-                tokenizer = Some(m.tokenizer(&dir).map_err(at)?);
+                tokenizer = Some(m.tokenizer(&dir)?);
             }
         }
         if file.validation.as_ref().map_or(validation.is_none(), |v| v == &d.name) {
-            validation = Some(m.dataset(&dir, "validation").map_err(at)?);
+            validation = Some(m.dataset(&dir, "validation")?);
         }
-        let train = m.dataset(&dir, "train").map_err(at)?;
+        let train = m.dataset(&dir, "train")?;
         datasets.push((d.name.clone(), dir.clone(), train.num_tokens() as u64));
         let mut s = Source::new(&d.name, train);
         s.max_epochs = d.max_epochs;
         sources.push(s);
     }
-    let validation = validation.ok_or_else(|| at(DataError::Invalid(format!("validation = \"{}\" is not one of the datasets", file.validation.clone().unwrap_or_default()))))?;
-    let curriculum = Curriculum::new(sources, file.stages, seq_len, windows_per_step, max_steps).map_err(at)?;
+    let validation = validation.ok_or_else(|| DataError::Invalid(format!("validation = \"{}\" is not one of the datasets", file.validation.clone().unwrap_or_default())))?;
+    let curriculum = Curriculum::new(sources, file.stages, seq_len, windows_per_step, max_steps)?;
     Ok(LoadedCurriculum { curriculum, validation, tokenizer: tokenizer.expect("at least one dataset"), anneal: file.anneal, datasets })
 }
 

@@ -6,7 +6,8 @@
 //! - [`filters`]: heuristic quality filters for code and prose (Python parsed with tree-sitter).
 //! - [`quality`]: exact and MinHash/LSH near-duplicate removal, n-gram decontamination.
 //! - [`evalsets`]: HumanEval built in, user evaluation sets from files.
-//! - [`prepare`]: the streaming `phi data prepare` pipeline → token shards + `manifest.json`.
+//! - [`prepare`]: the streaming `phi data prepare` pipeline → token shards + `manifest.json`,
+//!   reporting progress to the caller's [`PrepareProgress`] (the library draws nothing).
 //! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
 //! - [`sampler`]: seeded, resumable `[batch, seq_len + 1]` windows over one dataset or a mixture.
 //! - [`sft`], [`exercises`]: instruction data for fine-tuning.
@@ -23,7 +24,6 @@ pub mod exercises;
 pub mod filters;
 pub mod owned;
 pub mod prepare;
-pub mod progress;
 pub mod quality;
 pub mod sampler;
 pub mod sft;
@@ -31,7 +31,7 @@ pub mod shard;
 pub mod tokenizer;
 
 pub use error::DataError;
-pub use prepare::{Manifest, PrepareConfig, prepare, prepare_with};
+pub use prepare::{Manifest, PrepareConfig, PrepareProgress, prepare, prepare_with};
 pub use sampler::{Mixture, MixtureSampler, MixtureState, SamplerState, TokenDataset, TokenSampler};
 pub use shard::Shard;
 pub use tokenizer::{Tokenizer, TokenizerError};

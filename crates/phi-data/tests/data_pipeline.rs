@@ -100,7 +100,7 @@ fn prepare_drops_what_each_stage_should_and_writes_verified_shards() {
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("data");
     let gpt2 = fixture("tokenizers/gpt2/tokenizer.json");
-    let m = prepare(&config(src.path(), TokenizerSource::File(gpt2.clone())), &out, false).unwrap();
+    let m = prepare(&config(src.path(), TokenizerSource::File(gpt2.clone())), &out, None).unwrap();
 
     fn names(v: &[(String, u64, Vec<String>)]) -> Vec<(&str, u64, String)> {
         v.iter().map(|(r, n, e)| (r.as_str(), *n, e.join(","))).collect()
@@ -144,9 +144,9 @@ fn prepare_drops_what_each_stage_should_and_writes_verified_shards() {
 
     // Same inputs and settings: reused; a changed input: prepared again.
     let cfg = config(src.path(), TokenizerSource::File(gpt2));
-    assert!(prepare_or_reuse(&cfg, &out, false).unwrap().1);
+    assert!(prepare_or_reuse(&cfg, &out, None).unwrap().1);
     write(src.path(), "pkg/new.py", &module("fresh", 77));
-    let (again, reused) = prepare_or_reuse(&cfg, &out, false).unwrap();
+    let (again, reused) = prepare_or_reuse(&cfg, &out, None).unwrap();
     assert!(!reused);
     assert_eq!(again.splits["train"].documents + again.splits["validation"].documents, 31);
 }
@@ -158,7 +158,7 @@ fn prepare_trains_a_tokenizer_and_refuses_to_clobber_other_folders() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(src.path(), TokenizerSource::Train { vocab_size: 400 });
     cfg.keep_documents = true;
-    let m = prepare(&cfg, &out.path().join("d"), false).unwrap();
+    let m = prepare(&cfg, &out.path().join("d"), None).unwrap();
     assert_eq!((m.tokenizer.vocab_size, m.bytes_per_token, m.tokenizer.source.as_str()), (400, 2, "trained"));
     let tok = m.tokenizer(&out.path().join("d")).unwrap();
     assert_eq!(tok.decode(&tok.encode("def f(x):\n    return x  # é\n")), "def f(x):\n    return x  # é\n");
@@ -166,14 +166,14 @@ fn prepare_trains_a_tokenizer_and_refuses_to_clobber_other_folders() {
 
     // A folder that is not a prepared dataset is never replaced.
     write(out.path(), "precious/notes.md", "mine");
-    let e = prepare(&cfg, &out.path().join("precious"), false).unwrap_err().to_string();
+    let e = prepare(&cfg, &out.path().join("precious"), None).unwrap_err().to_string();
     assert!(e.contains("not a prepared dataset"), "{e}");
     assert!(out.path().join("precious/notes.md").exists());
 
     // Nothing left after filtering: an error that shows the report.
     let mut strict = cfg.clone();
     strict.filters.as_mut().unwrap().min_bytes = 1_000_000;
-    let e = prepare(&strict, &out.path().join("empty"), false).unwrap_err().to_string();
+    let e = prepare(&strict, &out.path().join("empty"), None).unwrap_err().to_string();
     assert!(e.contains("every document was dropped") && e.contains("too small"), "{e}");
 }
 
@@ -189,7 +189,7 @@ fn jsonl_input_with_bad_records_is_counted_not_fatal() {
     );
     cfg.near_dedup = None; // the records are deliberately alike
     cfg.validation_fraction = 0.0;
-    let m = prepare(&cfg, &dir.path().join("out"), false).unwrap();
+    let m = prepare(&cfg, &dir.path().join("out"), None).unwrap();
     let read = dropped(&m, "read");
     assert_eq!(read.iter().map(|(r, n, e)| (r.as_str(), *n, e[0].as_str())).collect::<Vec<_>>(), [
         ("not a JSON line", 1, "web.jsonl:5"),
@@ -253,7 +253,7 @@ fn a_manifest_that_disagrees_with_its_shards_is_an_error() {
     corpus(src.path());
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("d");
-    let m = prepare(&config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json"))), &dir, false).unwrap();
+    let m = prepare(&config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json"))), &dir, None).unwrap();
     // Replace the first training shard by a valid but different one.
     let first = dir.join(&m.splits["train"].shards[0].file);
     write_shard(&first, 50257, &[1, 2, 3]).unwrap();
@@ -307,7 +307,7 @@ fn prepare_refuses_folders_holding_anything_it_did_not_write() {
     let root = tempfile::tempdir().unwrap();
     let refused = |out: &Path, guarded: &Path, expect: &str| {
         let before = snapshot(guarded);
-        let e = prepare(&cfg, out, false).unwrap_err().to_string();
+        let e = prepare(&cfg, out, None).unwrap_err().to_string();
         assert!(e.contains(&guarded.display().to_string()) && e.contains(expect), "{e}");
         assert_eq!(snapshot(guarded), before, "{} must be untouched", guarded.display());
     };
@@ -333,7 +333,7 @@ fn prepare_refuses_folders_holding_anything_it_did_not_write() {
 
     // Our own dataset with a user's file added to it.
     let data = root.path().join("data");
-    prepare(&cfg, &data, false).unwrap();
+    prepare(&cfg, &data, None).unwrap();
     write(&data, "README.txt", "what this dataset is");
     refused(&data, &data, "README.txt");
     std::fs::remove_file(data.join("README.txt")).unwrap();
@@ -349,7 +349,7 @@ fn prepare_refuses_folders_holding_anything_it_did_not_write() {
     write(&partial, "partial.json", r#"{"format": "phi-token-shards", "version": 1}"#);
     write(&partial, "train-00000.bin.tmp", "half a shard");
     write(&partial, "documents.jsonl", "");
-    prepare(&cfg, &data, false).unwrap();
+    prepare(&cfg, &data, None).unwrap();
     assert!(!partial.exists());
     // Our dataset, and nothing else: replaced; the partial marker is not left in it.
     assert!(Manifest::read(&data).is_ok() && !data.join("partial.json").exists());
@@ -359,7 +359,7 @@ fn prepare_refuses_folders_holding_anything_it_did_not_write() {
     refused(&root.path().join("file"), root.path(), "not a folder");
     // An empty folder holds nothing to lose: used.
     std::fs::create_dir(root.path().join("empty")).unwrap();
-    prepare(&cfg, &root.path().join("empty"), false).unwrap();
+    prepare(&cfg, &root.path().join("empty"), None).unwrap();
 }
 
 #[test]
@@ -372,14 +372,14 @@ fn validation_split_is_never_empty_with_two_to_eight_documents() {
         let mut cfg = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
         cfg.validation_fraction = 0.05; // the recipes' share: 8 documents would rarely get one
         let out = tempfile::tempdir().unwrap();
-        let m = prepare(&cfg, &out.path().join("d"), false).unwrap();
+        let m = prepare(&cfg, &out.path().join("d"), None).unwrap();
         let (train, val) = (&m.splits["train"], &m.splits["validation"]);
         assert_eq!(train.documents + val.documents, n as u64);
         assert!(train.documents >= 1 && val.documents >= 1, "{n} documents: {} train / {} validation", train.documents, val.documents);
         assert_eq!((m.report.train.documents, m.report.validation.documents), (train.documents, val.documents));
         assert!(m.dataset(&out.path().join("d"), "validation").unwrap().num_tokens() > 0);
         // Deterministic: the same document moves on the next run.
-        let again = prepare(&cfg, &out.path().join("d"), false).unwrap();
+        let again = prepare(&cfg, &out.path().join("d"), None).unwrap();
         assert_eq!(again.splits, m.splits, "{n} documents");
     }
     // Every document in validation (a large fraction): one moves to training.
@@ -390,7 +390,7 @@ fn validation_split_is_never_empty_with_two_to_eight_documents() {
     let mut cfg = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
     cfg.validation_fraction = 0.999;
     let out = tempfile::tempdir().unwrap();
-    let m = prepare(&cfg, &out.path().join("d"), false).unwrap();
+    let m = prepare(&cfg, &out.path().join("d"), None).unwrap();
     assert_eq!((m.splits["train"].documents, m.splits["validation"].documents), (1, 2));
 
     // One document cannot make two splits: the error says so (not "every document was dropped").
@@ -398,11 +398,11 @@ fn validation_split_is_never_empty_with_two_to_eight_documents() {
     write(one.path(), "only.py", &module("only", 7));
     let mut cfg = config(one.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
     cfg.validation_fraction = 0.05;
-    let e = prepare(&cfg, &out.path().join("one"), false).unwrap_err().to_string();
+    let e = prepare(&cfg, &out.path().join("one"), None).unwrap_err().to_string();
     assert!(e.contains("only 1 document") && e.contains("validation") && !e.contains("every document was dropped"), "{e}");
     // Without a validation split, one document is enough.
     cfg.validation_fraction = 0.0;
-    let m = prepare(&cfg, &out.path().join("one"), false).unwrap();
+    let m = prepare(&cfg, &out.path().join("one"), None).unwrap();
     assert_eq!((m.splits["train"].documents, m.splits["validation"].documents), (1, 0));
 }
 
@@ -440,11 +440,11 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
     // The fingerprint reads the classifier file, and the stage needs its scorer.
     std::fs::create_dir_all(tmp.path().join("clf")).unwrap();
     std::fs::write(tmp.path().join("clf/classifier.json"), "{}").unwrap();
-    let e = prepare(&c, &tmp.path().join("x"), false).unwrap_err().to_string();
+    let e = prepare(&c, &tmp.path().join("x"), None).unwrap_err().to_string();
     assert!(e.contains("needs its scorer"), "{e}");
 
     let out = tmp.path().join("scored");
-    let m = prepare_with(&c, Some(&NameScorer), &out, false).unwrap();
+    let m = prepare_with(&c, Some(&NameScorer), &out, None).unwrap();
     // After the other stages 28 modules remain (m3's copy and m5's near copy are dropped, the
     // originals kept); m15..m29 score >= 5.
     let stage = m.report.stages.last().unwrap();
@@ -466,25 +466,25 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
     let mut again = PrepareConfig::new(vec![Input::Jsonl { path: out.join("documents.jsonl"), field: "text".into(), kind: phi_data::filters::DocKind::Python }], TokenizerSource::File(gpt2));
     again.classifier = Some(ScoreFilter { classifier: None, min_score: 8.0, head: None });
     again.validation_fraction = 0.2;
-    let m2 = prepare(&again, &tmp.path().join("rethresholded"), false).unwrap();
+    let m2 = prepare(&again, &tmp.path().join("rethresholded"), None).unwrap();
     assert_eq!(m2.report.scores.as_ref().unwrap().kept, 6, "m24..m29: {:?}", m2.report.scores);
     assert_eq!(m2.report.scores.as_ref().unwrap().scorer, "stored scores");
     // A scorer without a stage is refused, and documents without a stored score are dropped.
-    let e = prepare_with(&again, Some(&NameScorer), &tmp.path().join("y"), false).unwrap_err().to_string();
+    let e = prepare_with(&again, Some(&NameScorer), &tmp.path().join("y"), None).unwrap_err().to_string();
     assert!(e.contains("no classifier stage"), "{e}");
     let mut raw = config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
     raw.classifier = Some(ScoreFilter { classifier: None, min_score: 0.0, head: None });
-    let e = prepare(&raw, &tmp.path().join("z"), false).unwrap_err().to_string();
+    let e = prepare(&raw, &tmp.path().join("z"), None).unwrap_err().to_string();
     assert!(e.contains("no stored score"), "{e}");
 
     // Re-thresholding into the folder that holds the input is refused: the run would replace it.
-    let e = prepare(&again, &out, false).unwrap_err().to_string();
+    let e = prepare(&again, &out, None).unwrap_err().to_string();
     assert!(e.contains("inside the output folder") && out.join("documents.jsonl").is_file(), "{e}");
     // Without the stage, an input's own `score` field is not carried into documents.jsonl.
     let mut plain = again.clone();
     plain.classifier = None;
     plain.keep_documents = true;
-    let m3 = prepare(&plain, &tmp.path().join("plain"), false).unwrap();
+    let m3 = prepare(&plain, &tmp.path().join("plain"), None).unwrap();
     assert!(m3.report.scores.is_none());
     let docs = std::fs::read_to_string(tmp.path().join("plain/documents.jsonl")).unwrap();
     assert!(!docs.contains("\"score\""), "{}", &docs[..200]);
@@ -502,7 +502,7 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
         }
     }
     c.classifier.as_mut().unwrap().head = Some("logistic".into());
-    let e = prepare_with(&c, Some(&Headed), &tmp.path().join("w"), false).unwrap_err().to_string();
+    let e = prepare_with(&c, Some(&Headed), &tmp.path().join("w"), None).unwrap_err().to_string();
     assert!(e.contains("logistic head") && e.contains("forest"), "{e}");
     // A scorer that returns NaN is an error naming the document.
     struct Nan;
@@ -515,6 +515,6 @@ fn classifier_stage_keeps_what_scores_at_least_min_score_and_stored_scores_rethr
         }
     }
     c.classifier.as_mut().unwrap().head = None;
-    let e = prepare_with(&c, Some(&Nan), &tmp.path().join("w"), false).unwrap_err().to_string();
+    let e = prepare_with(&c, Some(&Nan), &tmp.path().join("w"), None).unwrap_err().to_string();
     assert!(e.contains("the score of") && e.contains(".py is NaN"), "{e}");
 }

@@ -31,7 +31,7 @@ fn a_jsonl_line_that_is_not_utf8_is_skipped_and_counted_like_other_bad_records()
     );
     cfg.near_dedup = None; // the records are deliberately alike
     cfg.validation_fraction = 0.0;
-    let m = prepare(&cfg, &dir.path().join("out"), false).unwrap();
+    let m = prepare(&cfg, &dir.path().join("out"), None).unwrap();
     let read = m.report.stages.iter().find(|s| s.name == "read").unwrap();
     let utf8 = &read.dropped["not utf-8"];
     assert_eq!(utf8.documents, 1);
@@ -65,7 +65,7 @@ fn one_multi_megabyte_line_prepares_with_a_capped_pre_token_length() {
     cfg.validation_fraction = 0.0;
     let t = std::time::Instant::now();
     let out = dir.path().join("out");
-    let m = prepare(&cfg, &out, false).unwrap();
+    let m = prepare(&cfg, &out, None).unwrap();
     let tok = phi_data::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let ids = tok.encode(&blob);
     assert_eq!(tok.decode(&ids), blob);
@@ -110,7 +110,7 @@ fn a_symlink_cycle_in_the_input_is_walked_once_and_counted() {
     // On its own thread, so that a walk that never ends fails the test instead of hanging it.
     let (tx, rx) = std::sync::mpsc::channel();
     let (c, o) = (cfg.clone(), out.clone());
-    std::thread::spawn(move || tx.send(prepare(&c, &o, false).map_err(|e| e.to_string())));
+    std::thread::spawn(move || tx.send(prepare(&c, &o, None).map_err(|e| e.to_string())));
     let m = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the walk ends").unwrap();
     let read = m.report.stages.iter().find(|s| s.name == "read").unwrap();
     assert_eq!(read.documents_in, 4, "each file once, under its own path");
@@ -124,7 +124,7 @@ fn a_symlink_cycle_in_the_input_is_walked_once_and_counted() {
     std::fs::write(elsewhere.join("linked.txt"), "A document that lives outside the folder, linked in.\n".repeat(5)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, input.join("more")).unwrap();
     std::os::unix::fs::symlink(&input, elsewhere.join("back")).unwrap();
-    let m = prepare(&cfg, &dir.path().join("out2"), false).unwrap();
+    let m = prepare(&cfg, &dir.path().join("out2"), None).unwrap();
     assert_eq!(m.report.stages.iter().find(|s| s.name == "read").unwrap().documents_in, 5);
     assert_eq!(m.report.repeated_folders.folders, 3, "{:?}", m.report.repeated_folders);
 }
@@ -134,7 +134,7 @@ fn a_manifest_naming_files_outside_its_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = text_folder(dir.path(), 3);
     let out = dir.path().join("data");
-    prepare(&files_config(&input), &out, false).unwrap();
+    prepare(&files_config(&input), &out, None).unwrap();
     let original = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     phi_data::Manifest::read(&out).unwrap();
     for (edit, key) in [

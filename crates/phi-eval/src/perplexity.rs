@@ -9,7 +9,9 @@
 //! let model = PhiForCausalLM::from_pretrained("runs/phi-1/checkpoints/step-00000300", &Device::default())?;
 //! let data = eval_dataset(&["runs/phi-1/data".into()], "validation", None)?;
 //! let p = phi_eval::perplexity::perplexity(&model, &data, 256, 8, 0, |_, _| {})?;
-//! println!("loss {:.3}, perplexity {:.1} over {} tokens", p.loss, p.perplexity, p.tokens);
+//! // The perplexity is the exponential of the mean loss over the tokens scored.
+//! assert_eq!(p.perplexity, p.loss.exp());
+//! assert!(p.tokens > 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -18,6 +20,8 @@ use std::path::{Path, PathBuf};
 use phi_core::PhiForCausalLM;
 use phi_data::prepare::{MANIFEST, Manifest};
 use phi_data::{TokenDataset, Tokenizer};
+
+use crate::error::{EvalError, Result};
 
 /// What [`perplexity`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,20 +42,20 @@ pub fn perplexity(
     batch_size: usize,
     max_batches: usize,
     mut on_batch: impl FnMut(usize, usize),
-) -> Result<Perplexity, String> {
+) -> Result<Perplexity> {
     let vocab = model.config().vocab_size;
     if data.vocab_bound() > vocab {
-        return Err(format!("the data has token ids up to {} but the model's vocab_size is {vocab}", data.vocab_bound() - 1));
+        return Err(EvalError::Vocab { max_id: data.vocab_bound() - 1, vocab_size: vocab });
     }
     if seq_len == 0 || batch_size == 0 {
-        return Err(format!("seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1"));
+        return Err(EvalError::ZeroSize { seq_len, batch_size });
     }
     // A window is `seq_len + 1` tokens; the first `seq_len` go through the model, each predicting
     // the next, so the whole context can be scored at once.
     let seq_len = seq_len.min(model.config().max_position_embeddings.max(1));
     let windows = data.num_windows(seq_len);
     if windows == 0 {
-        return Err(format!("{} tokens: fewer than one window of {} (lower --seq-len)", data.num_tokens(), seq_len + 1));
+        return Err(EvalError::TooFewTokens { tokens: data.num_tokens(), window: seq_len + 1 });
     }
     let batches = windows.div_ceil(batch_size);
     let limit = if max_batches == 0 { batches } else { max_batches.min(batches) };
@@ -65,7 +69,7 @@ pub fn perplexity(
 /// files are byte-identical or give every id the same token. Shards and text have no tokenizer
 /// of their own (text is tokenized with the model's); a model folder without `tokenizer.json`
 /// cannot be compared, which counts as a mismatch.
-pub fn tokenizer_mismatches(model_dir: &Path, data: &[PathBuf]) -> Result<Vec<String>, String> {
+pub fn tokenizer_mismatches(model_dir: &Path, data: &[PathBuf]) -> Result<Vec<String>> {
     let prepared: Vec<&PathBuf> = data.iter().filter(|p| p.join(MANIFEST).is_file()).collect();
     if prepared.is_empty() {
         return Ok(Vec::new());
@@ -84,17 +88,17 @@ pub fn tokenizer_mismatches(model_dir: &Path, data: &[PathBuf]) -> Result<Vec<St
     let mut model_vocab = None;
     let mut out = Vec::new();
     for dir in prepared {
-        let manifest = Manifest::read(dir).map_err(|e| e.to_string())?;
+        let manifest = Manifest::read(dir)?;
         let data_path = dir.join(&manifest.tokenizer.file);
-        let data_bytes = std::fs::read(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
+        let data_bytes = std::fs::read(&data_path).map_err(|e| EvalError::io(&data_path, e))?;
         if data_bytes == model_bytes {
             continue;
         }
         if model_vocab.is_none() {
-            model_vocab = Some(Tokenizer::from_file(&model_path).map_err(|e| e.to_string())?.vocab_by_id());
+            model_vocab = Some(Tokenizer::from_file(&model_path)?.vocab_by_id());
         }
         let model_vocab = model_vocab.as_ref().expect("loaded above");
-        let data_vocab = Tokenizer::from_file(&data_path).map_err(|e| e.to_string())?.vocab_by_id();
+        let data_vocab = Tokenizer::from_file(&data_path)?.vocab_by_id();
         if &data_vocab == model_vocab {
             continue;
         }

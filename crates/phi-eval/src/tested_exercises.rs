@@ -11,15 +11,17 @@
 //! use phi_sandbox::{Limits, Sandbox};
 //!
 //! let source = std::fs::read_to_string("/usr/lib/python3.12/statistics.py").unwrap();
-//! let sandbox = Sandbox::new(Limits::default()).map_err(|e| e.to_string())?;
+//! let sandbox = Sandbox::new(Limits::default())?;
+//! let mut pairs = Vec::new(); // (prompt, chosen, rejected)
 //! for ex in extract(&source, 12) {
 //!     let passes = |body: &str| ex.passes(body, &sandbox).unwrap_or(false);
 //!     if passes(&ex.response) {
-//!         let failing: Vec<_> = mutants(&ex.response).into_iter().filter(|(_, m)| !passes(m)).collect();
-//!         println!("{}: {} failing mutants", ex.name, failing.len());
+//!         let failing = mutants(&ex.response).into_iter().filter(|(_, m)| !passes(m));
+//!         pairs.extend(failing.map(|(_kind, m)| (ex.prompt.clone(), ex.response.clone(), m)));
 //!     }
 //! }
-//! # Ok::<(), String>(())
+//! assert!(pairs.iter().all(|(_, chosen, rejected)| chosen != rejected));
+//! # Ok::<(), phi_eval::EvalError>(())
 //! ```
 
 use phi_sandbox::Sandbox;
@@ -110,7 +112,7 @@ impl TestedExercise {
     }
 
     /// Whether `body` passes the examples, run in a fresh `sandbox`.
-    pub fn passes(&self, body: &str, sandbox: &Sandbox) -> Result<bool, String> {
+    pub fn passes(&self, body: &str, sandbox: &Sandbox) -> crate::Result<bool> {
         crate::humaneval::run_program(&self.program(body), sandbox).map(|o| o == crate::humaneval::Outcome::Passed)
     }
 }
@@ -313,21 +315,22 @@ mod tests {
     fn the_reference_passes_a_mutant_fails_and_the_script_part_never_runs() {
         let sandbox = Sandbox::new(phi_sandbox::Limits::default()).expect("this machine must be able to isolate (Landlock, user namespaces)");
         let ex = &extract(SOURCE, 12)[0];
-        assert_eq!(ex.passes(&ex.response, &sandbox), Ok(true));
-        assert_eq!(ex.passes("    return x\n", &sandbox), Ok(false));
+        let passes = |ex: &TestedExercise, body: &str| ex.passes(body, &sandbox).map_err(|e| e.to_string());
+        assert_eq!(passes(ex, &ex.response), Ok(true));
+        assert_eq!(passes(ex, "    return x\n"), Ok(false));
         let (_, flipped) = mutants(&ex.response).into_iter().find(|(k, _)| *k == "dropped_branch").unwrap();
-        assert_eq!(ex.passes(&flipped, &sandbox), Ok(false));
+        assert_eq!(passes(ex, &flipped), Ok(false));
         // A C accelerator imported after the function does not stand in for it, and a completion
         // that rebinds the name at module level is cut before that.
         let shadowed = TestedExercise { after: "clamp = lambda x, lo, hi: 3\n".into(), ..ex.clone() };
-        assert_eq!(shadowed.passes("    return x\n", &sandbox), Ok(false));
-        assert_eq!(ex.passes("    return x\nclamp = lambda x, lo, hi: 3\n", &sandbox), Ok(false));
+        assert_eq!(passes(&shadowed, "    return x\n"), Ok(false));
+        assert_eq!(passes(ex, "    return x\nclamp = lambda x, lo, hi: 3\n"), Ok(false));
         // Ending the program before the examples have run is not passing them.
         for early in ["    import sys\n    sys.exit(0)\n", "    import os\n    os._exit(0)\n", "    raise SystemExit(0)\n"] {
-            assert_eq!(ex.passes(early, &sandbox), Ok(false), "{early}");
+            assert_eq!(passes(ex, early), Ok(false), "{early}");
         }
         // No examples attempted is a failure, not a pass.
         let none = TestedExercise { prompt: "def clamp(x, lo, hi):\n    \"\"\"No examples.\"\"\"\n".into(), ..ex.clone() };
-        assert_eq!(none.passes(&ex.response, &sandbox), Ok(false));
+        assert_eq!(passes(&none, &ex.response), Ok(false));
     }
 }

@@ -49,11 +49,13 @@ fn bad_samples_files_are_errors_naming_the_line() {
     let file = dir.path().join("s.jsonl");
     std::fs::write(&file, "{\"task_id\": \"HumanEval/0\", \"completion\": \"\"}\n\n{\"task_id\": 3}\n").unwrap();
     let e = read_samples(&file).unwrap_err();
-    assert!(e.contains("s.jsonl line 3"), "{e}");
+    assert!(matches!(e, phi_eval::EvalError::Sample { line: 3, .. }), "{e:?}");
+    assert!(e.to_string().contains("s.jsonl line 3"), "{e}");
     std::fs::write(&file, "{\"task_id\": \"HumanEval/999\", \"completion\": \"\"}\n").unwrap();
     let sb = sandbox(Limits::default());
     let e = evaluate_samples(&problems, &read_samples(&file).unwrap(), &sb, 1).unwrap_err();
-    assert!(e.contains("HumanEval/999"), "{e}");
+    assert!(matches!(&e, phi_eval::EvalError::UnknownTask { sample: 1, task_id } if task_id == "HumanEval/999"), "{e:?}");
+    assert!(e.to_string().contains("HumanEval/999"), "{e}");
 }
 
 /// What a directory holds: name → (contents, permission bits, modification time, extended

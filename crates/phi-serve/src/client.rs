@@ -7,13 +7,17 @@
 //! use phi_serve::client::Client;
 //! let client = Client::new("http://127.0.0.1:8000/v1", "merged", std::env::var("OPENAI_API_KEY").ok());
 //! let reply = client.chat(&[("user", "def add(a, b):")], 0.0, 64, 3)?;
-//! println!("{}", reply.text);
-//! # Ok::<(), String>(())
+//! // The first choice's content, and how many tries it took (1 = no retry, at most 1 + 3).
+//! let (text, attempts) = (reply.text, reply.attempts);
+//! assert!((1..=4).contains(&attempts), "{text}");
+//! # Ok::<(), phi_serve::ServeError>(())
 //! ```
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use crate::error::{Result, ServeError};
 
 /// Where to send requests.
 #[derive(Debug, Clone)]
@@ -43,8 +47,9 @@ impl Client {
         Client { base: base.trim_end_matches('/').to_string(), model: model.to_string(), api_key, backoff: Duration::from_millis(500), agent: config.into() }
     }
 
-    /// A chat completion of `messages` (`(role, content)`), retried up to `retries` times.
-    pub fn chat(&self, messages: &[(&str, &str)], temperature: f64, max_tokens: usize, retries: usize) -> Result<Reply, String> {
+    /// A chat completion of `messages` (`(role, content)`), retried up to `retries` times
+    /// (when [`ServeError::is_retryable`]); the error is the last attempt's.
+    pub fn chat(&self, messages: &[(&str, &str)], temperature: f64, max_tokens: usize, retries: usize) -> Result<Reply> {
         let body = json!({
             "model": self.model,
             "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
@@ -52,7 +57,7 @@ impl Client {
             "max_tokens": max_tokens,
         });
         let url = format!("{}/chat/completions", self.base);
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 0..=retries {
             if attempt > 0 {
                 std::thread::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(6)).min(Duration::from_secs(30)));
@@ -64,15 +69,15 @@ impl Client {
             let mut resp = match req.send(body.to_string().as_bytes()) {
                 Ok(r) => r,
                 Err(e) => {
-                    last = format!("{url}: {e}");
+                    last = Some(ServeError::Request { url: url.clone(), source: Box::new(e) });
                     continue;
                 }
             };
             let status = resp.status().as_u16();
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             if status == 200 {
-                let v: Value = serde_json::from_str(&text).map_err(|e| format!("{url}: the reply is not JSON ({e})"))?;
-                let content = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| format!("{url}: the reply has no choices[0].message.content: {v}"))?;
+                let v: Value = serde_json::from_str(&text).map_err(|source| ServeError::ReplyNotJson { url: url.clone(), source })?;
+                let content = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| ServeError::NoContent { url: url.clone(), reply: v.to_string() })?;
                 return Ok(Reply {
                     text: content.to_string(),
                     prompt_tokens: v["usage"]["prompt_tokens"].as_u64(),
@@ -80,11 +85,13 @@ impl Client {
                     attempts: attempt + 1,
                 });
             }
-            last = format!("{url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
-            if !matches!(status, 408 | 409 | 429 | 500..=599) {
+            let e = ServeError::Http { url: url.clone(), status, body: text.chars().take(300).collect() };
+            let retry = e.is_retryable();
+            last = Some(e);
+            if !retry {
                 break;
             }
         }
-        Err(last)
+        Err(last.expect("at least one attempt"))
     }
 }

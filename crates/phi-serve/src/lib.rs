@@ -19,6 +19,13 @@
 //! HTTP/1.1; a connection that has not sent a request's headers within
 //! [`Limits::header_timeout`] is closed.
 //!
+//! The server logs through [`tracing`] (target `phi_serve`): an `info` event for every request
+//! served (`endpoint`, `model`, `status`, `n`, `stream`, `prompt_tokens`, `completion_tokens`,
+//! `ms`) or whose client went away; a `warn` event for every request refused with a 4xx or cut
+//! off by shutdown (503) and an `error` event for any other 5xx (`endpoint`, `status`, `code`,
+//! `param`, `error`: the message the client got); `info` events when it stops. Nothing is
+//! printed unless the program installs a subscriber (`phi serve` does, on stderr).
+//!
 //! ```no_run
 //! use phi_serve::{Limits, ServedModel, serve};
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,11 +35,9 @@
 //! # Ok(()) }
 //! ```
 
-pub mod annotate;
-pub mod bench;
 pub mod client;
+pub mod error;
 pub mod log;
-pub mod synth;
 pub mod openai;
 pub mod text;
 
@@ -53,6 +58,7 @@ use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::Tokenizer;
 use serde_json::{Value, json};
 
+pub use error::{Result, ServeError};
 use openai::{ApiError, ChatRequest, CompletionRequest, Prompt, Sampling, Usage};
 use text::TextStream;
 
@@ -70,13 +76,13 @@ pub struct ServedModel {
 impl ServedModel {
     /// The model in `dir` (with its `tokenizer.json`), a PEFT `adapter` on it if given, served
     /// as `name` (default: the folder's name).
-    pub fn load(dir: &Path, adapter: Option<&Path>, name: Option<String>, device: &burn::tensor::Device) -> Result<Self, Box<dyn std::error::Error>> {
+    pub fn load(dir: &Path, adapter: Option<&Path>, name: Option<String>, device: &burn::tensor::Device) -> Result<Self> {
         let mut model = PhiForCausalLM::from_pretrained(dir, device)?;
         if let Some(a) = adapter {
-            model = phi_train::lora::load(model, a)?;
+            model = phi_core::lora::load(model, a).map_err(ServeError::Adapter)?;
         }
         let path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| format!("{}: {e} (serving text needs the model's tokenizer)", path.display()))?;
+        let tokenizer = Tokenizer::from_file(&path).map_err(|source| ServeError::Tokenizer { path: path.clone(), source })?;
         let stop_ids = text::stop_ids(dir, &model, &tokenizer);
         let template = ChatTemplate::for_family(model.config().family);
         let name = name.unwrap_or_else(|| {
@@ -143,14 +149,22 @@ fn routes(app: Arc<App>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .fallback(|| async { ApiError::not_found("no such endpoint (try /v1/models, /v1/chat/completions, /v1/completions)", "not_found") })
+        .fallback(|uri: axum::http::Uri| async move {
+            let e = ApiError::not_found("no such endpoint (try /v1/models, /v1/chat/completions, /v1/completions)", "not_found");
+            log_failure(uri.path(), &e);
+            e
+        })
         // Bodies without a length (chunked) are cut at the limit while read (`body` turns the
         // rejection into 413); a declared length over it is refused before reading a byte.
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| async move {
             let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
             match declared {
-                Some(n) if n > limit as u64 => ApiError::too_large(format!("the request body is {n} bytes; this server takes at most {limit}")).into_response(),
+                Some(n) if n > limit as u64 => {
+                    let e = ApiError::too_large(format!("the request body is {n} bytes; this server takes at most {limit}"));
+                    log_failure(req.uri().path(), &e);
+                    e.into_response()
+                }
                 _ => next.run(req).await,
             }
         }))
@@ -187,16 +201,21 @@ pub async fn serve(listener: tokio::net::TcpListener, model: ServedModel, limits
                 // A connection reset before it was taken costs only itself.
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused) => {}
                 // Out of file descriptors and the like: wait for some to close rather than spin.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting a connection failed; retrying in 100 ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
             },
             // Reaps finished connections, so the set holds only live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     drop(listener);
+    tracing::info!(connections = connections.len(), "shutting down: no new connections; requests in flight end at their next token");
     app.stopping.store(true, Ordering::SeqCst);
     stop.send_replace(true);
     while connections.join_next().await.is_some() {}
+    tracing::info!("stopped: every connection has closed");
     Ok(())
 }
 
@@ -211,7 +230,12 @@ async fn connection(stream: tokio::net::TcpStream, router: Router, header_timeou
     if !*stopped.borrow_and_update() {
         tokio::select! {
             // A failed connection (a client gone, a header timeout) ends only itself.
-            _ = conn.as_mut() => return,
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "a connection ended with an error");
+                }
+                return;
+            }
             _ = stopped.changed() => {}
         }
     }
@@ -389,6 +413,7 @@ async fn encode(app: &Arc<App>, text: String) -> Result<Vec<u32>, ApiError> {
 }
 
 async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>) -> Response {
+    let log = RequestLog::new("/v1/chat/completions");
     let result = async {
         let r = body(req)?;
         r.sampling.check_rest()?;
@@ -398,12 +423,13 @@ async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>)
         plan(&app.model, &r.model, ids, r.sampling, None, "messages")
     };
     match result.await {
-        Ok(plan) => respond(app, plan, Kind::Chat).await,
-        Err(e) => e.into_response(),
+        Ok(plan) => respond(app, plan, Kind::Chat, log).await,
+        Err(e) => log.refused(e),
     }
 }
 
 async fn completions(State(app): Shared, req: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
+    let log = RequestLog::new("/v1/completions");
     let result = async {
         let r = body(req)?;
         r.sampling.check_rest()?;
@@ -416,8 +442,75 @@ async fn completions(State(app): Shared, req: Result<Json<CompletionRequest>, Js
         plan(&app.model, &r.model, ids, r.sampling, Some(16), "prompt")
     };
     match result.await {
-        Ok(plan) => respond(app, plan, Kind::Completion).await,
-        Err(e) => e.into_response(),
+        Ok(plan) => respond(app, plan, Kind::Completion, log).await,
+        Err(e) => log.refused(e),
+    }
+}
+
+/// A request's log events (see the crate docs): its endpoint, and when it came.
+#[derive(Clone, Copy)]
+struct RequestLog {
+    endpoint: &'static str,
+    start: std::time::Instant,
+}
+
+impl RequestLog {
+    fn new(endpoint: &'static str) -> Self {
+        RequestLog { endpoint, start: std::time::Instant::now() }
+    }
+
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Answered in full.
+    fn served(&self, model: &str, plan: &Plan, usage: &Usage) {
+        tracing::info!(
+            endpoint = self.endpoint,
+            model,
+            status = 200u16,
+            n = plan.n,
+            stream = plan.stream,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ms = self.ms(),
+            "request served"
+        );
+    }
+
+    /// Its client went away before the reply was complete; decoding stopped.
+    fn gone(&self, model: &str, plan: &Plan, usage: &Usage) {
+        tracing::info!(
+            endpoint = self.endpoint,
+            model,
+            n = plan.n,
+            stream = plan.stream,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ms = self.ms(),
+            "request dropped: the client went away"
+        );
+    }
+
+    fn failed(&self, e: &ApiError) {
+        log_failure(self.endpoint, e);
+    }
+
+    /// Logs `e` and makes it the reply.
+    fn refused(&self, e: ApiError) -> Response {
+        self.failed(&e);
+        e.into_response()
+    }
+}
+
+/// A request answered with an error: `warn` for the client's (4xx) and for a server that is
+/// shutting down (503), `error` for any other of the server's (5xx).
+fn log_failure(endpoint: &str, e: &ApiError) {
+    let (status, code, param, error) = (e.status.as_u16(), e.code, e.param.as_deref(), e.message.as_str());
+    if e.status.is_server_error() && e.status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(endpoint, status, code, param, error, "request failed");
+    } else {
+        tracing::warn!(endpoint, status, code, param, error, "request refused");
     }
 }
 
@@ -450,16 +543,16 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
+async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Response {
     // Admission: a slot in the building, then a turn to decode.
     let Ok(admitted) = app.admitted.clone().try_acquire_owned() else {
         let e = ApiError { status: axum::http::StatusCode::TOO_MANY_REQUESTS, kind: "rate_limit_error", ..ApiError::internal("the server is busy: too many requests decoding or waiting; retry later") };
-        return e.into_response();
+        return log.refused(e);
     };
     let decoding = match app.decoding.clone().acquire_owned().await {
         Ok(permit) if !app.stopping.load(Ordering::SeqCst) => permit,
         // Waited for a turn while the server began to stop: no decoding starts now.
-        _ => return ApiError::stopping("the server is shutting down; retry the request").into_response(),
+        _ => return log.refused(ApiError::stopping("the server is shutting down; retry the request")),
     };
     let (id, created, model) = (id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), app.model.name.clone());
     if !plan.stream {
@@ -471,19 +564,40 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
             let cancelled = || gone.load(Ordering::SeqCst) || app.stopping.load(Ordering::SeqCst);
             let mut choices = Vec::new();
             let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
+            let mut failed = None;
             for i in 0..plan.n {
-                let (text, finish, count) = generate_one(&app.model, &plan, i, &cancelled, |_| {})?;
-                usage.completion_tokens += count;
-                choices.push(kind.choice(i, &text, Some(finish), false));
+                match generate_one(&app.model, &plan, i, &cancelled, |_| {}) {
+                    Ok((text, finish, count)) => {
+                        usage.completion_tokens += count;
+                        choices.push(kind.choice(i, &text, Some(finish), false));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-            Ok::<_, ApiError>((choices, usage))
+            match failed {
+                None => {
+                    log.served(&app.model.name, &plan, &usage);
+                    Ok((choices, usage))
+                }
+                Some(e) => {
+                    if gone.load(Ordering::SeqCst) {
+                        log.gone(&app.model.name, &plan, &usage);
+                    } else {
+                        log.failed(&e);
+                    }
+                    Err(e)
+                }
+            }
         })
         .await;
         return match result {
             Ok(Ok((choices, usage))) => Json(json!({ "id": id, "object": kind.object(false), "created": created, "model": model, "choices": choices, "usage": usage })).into_response(),
             Ok(Err(e)) => e.into_response(),
-            Err(e) => ApiError::internal(format!("the generation task failed: {e}")).into_response(),
+            Err(e) => log.refused(ApiError::internal(format!("the generation task failed: {e}"))),
         };
     }
     // Streaming: chunks go out as server-sent events while a blocking thread decodes; a
@@ -501,9 +615,10 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
         let send = |e: Event| tx.blocking_send(e).is_ok();
         let cancelled = || tx.is_closed() || app.stopping.load(Ordering::SeqCst);
         let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
+        let name = app.model.name.as_str();
         for i in 0..plan.n {
             if kind == Kind::Chat && !send(chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]), None)) {
-                return;
+                return log.gone(name, &plan, &usage);
             }
             match generate_one(&app.model, &plan, i, &cancelled, |piece| {
                 send(chunk(json!([kind.choice(i, piece, None, true)]), None));
@@ -512,12 +627,16 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
                     usage.completion_tokens += count;
                     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
                     if !send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None)) {
-                        return;
+                        return log.gone(name, &plan, &usage);
                     }
                 }
                 // The stream ends with the error and no [DONE]: the text sent so far is not a
                 // whole reply.
                 Err(e) => {
+                    if tx.is_closed() {
+                        return log.gone(name, &plan, &usage);
+                    }
+                    log.failed(&e);
                     send(Event::default().data(json!({ "error": { "message": e.message, "type": e.kind, "param": e.param, "code": e.code } }).to_string()));
                     return;
                 }
@@ -526,7 +645,11 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind) -> Response {
         if plan.include_usage {
             send(chunk(json!([]), Some(usage)));
         }
-        send(Event::default().data("[DONE]"));
+        if send(Event::default().data("[DONE]")) {
+            log.served(name, &plan, &usage);
+        } else {
+            log.gone(name, &plan, &usage);
+        }
     });
     let events = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok::<Event, Infallible>);
     Sse::new(events).into_response()
@@ -547,18 +670,18 @@ pub struct ServeOptions {
     /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`).
     pub weights: Option<phi_core::WeightFormat>,
     /// Runs the load and the packing (its argument) so that the f32 weights packing frees go
-    /// back to the OS; the `phi` binary passes its allocator's (see `phi_train::bench::BenchOptions::around_pack`).
+    /// back to the OS; the `phi` binary passes its allocator's (see `phi::bench::BenchOptions::around_pack`).
     pub around_pack: Option<fn(&mut dyn FnMut())>,
 }
 
 /// Loads the model, binds, calls `on_ready` with the address and the model's id, and serves
 /// until Ctrl-C (SIGINT) or SIGTERM; requests in flight then end with an error at their next
 /// token.
-pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<(), Box<dyn std::error::Error>> {
-    let device = o.device.device()?;
+pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<()> {
+    let device = o.device.device().map_err(ServeError::Device)?;
     let mut loaded = None;
     let mut load = || {
-        loaded = Some((|| -> Result<ServedModel, Box<dyn std::error::Error>> {
+        loaded = Some((|| -> Result<ServedModel> {
             let mut model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
             if let Some(format) = o.weights {
                 model.model.pack_weights(format)?;
@@ -571,11 +694,13 @@ pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) 
         _ => load(),
     }
     let model = loaded.expect("the load ran")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ServeError::Runtime)?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(|e| format!("{}:{}: {e}", o.host, o.port))?;
-        on_ready(listener.local_addr()?, &model.name);
-        serve(listener, model, Limits { max_concurrent: o.max_concurrent, ..Limits::default() }, shutdown_signal()).await?;
+        let addr = format!("{}:{}", o.host, o.port);
+        let bind = |source| ServeError::Bind { addr: addr.clone(), source };
+        let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(bind)?;
+        on_ready(listener.local_addr().map_err(bind)?, &model.name);
+        serve(listener, model, Limits { max_concurrent: o.max_concurrent, ..Limits::default() }, shutdown_signal()).await.map_err(bind)?;
         Ok(())
     })
 }
@@ -620,21 +745,22 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    pub fn start(model: ServedModel, limits: Limits) -> Result<Self, String> {
+    pub fn start(model: ServedModel, limits: Limits) -> Result<Self> {
         let name = model.name.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<std::net::SocketAddr>>();
         let thread = std::thread::spawn(move || {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
-                Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
+                Err(e) => return tx.send(Err(ServeError::Runtime(e))).unwrap_or(()),
             };
             rt.block_on(async move {
+                let bind = |source| ServeError::Bind { addr: "127.0.0.1:0".into(), source };
                 let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                     Ok(l) => l,
-                    Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
+                    Err(e) => return tx.send(Err(bind(e))).unwrap_or(()),
                 };
-                let addr = listener.local_addr().map_err(|e| e.to_string());
+                let addr = listener.local_addr().map_err(bind);
                 tx.send(addr).unwrap_or(());
                 let _ = serve(listener, model, limits, async {
                     stopped.await.ok();
@@ -642,7 +768,7 @@ impl LocalServer {
                 .await;
             });
         });
-        let addr = rx.recv().map_err(|e| e.to_string())??;
+        let addr = rx.recv().map_err(|_| ServeError::ServerThread)??;
         Ok(LocalServer { url: format!("http://{addr}/v1"), model: name, stop: Some(stop), thread: Some(thread) })
     }
 }

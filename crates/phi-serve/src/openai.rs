@@ -33,7 +33,7 @@ pub struct Part {
 
 impl Content {
     /// The text, or the kind of a part that is not text.
-    pub fn text(&self) -> Result<String, String> {
+    pub fn text(&self) -> crate::Result<String> {
         match self {
             Content::Text(t) => Ok(t.clone()),
             Content::Null => Ok(String::new()),
@@ -41,7 +41,7 @@ impl Content {
                 .iter()
                 .map(|p| match (p.kind.as_str(), &p.text) {
                     ("text", Some(t)) => Ok(t.as_str()),
-                    (kind, _) => Err(format!("a `{kind}` content part (this server takes text)")),
+                    (kind, _) => Err(crate::ServeError::ContentPart { kind: kind.to_string() }),
                 })
                 .collect(),
         }

@@ -306,3 +306,56 @@ fn shutdown_ends_requests_in_flight_with_an_error_never_a_length_finish() {
     assert!(v.get("choices").is_none(), "{v}");
     server.stop();
 }
+
+/// What the server logs at `info` and above, as the fmt subscriber writes it (no colours): a
+/// global subscriber, as the server's threads are not the test's; every test's events land
+/// here, so a test finds its own by a name only it uses.
+fn captured_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let to = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::INFO).with_writer(move || Buffer(to.clone())).finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        log
+    })
+    .clone()
+}
+
+#[test]
+fn requests_are_logged_as_tracing_events_served_at_info_refused_at_warn() {
+    let log = captured_log();
+    let dir = model_dir();
+    let model = ServedModel::load(dir.path(), None, Some("logged".into()), &Default::default()).unwrap();
+    let mut server = common::Stoppable::start(model, phi_serve::Limits::default());
+    let (status, v) = post(server.addr, "/v1/chat/completions", json!({"model": "logged", "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 2, "temperature": 0}));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post(server.addr, "/v1/completions", json!({"model": "nope-logged", "prompt": "the cat"}));
+    assert_eq!(status, 404, "{v}");
+    let (status, _, _) = http(server.addr, "GET", "/v1/logged-nowhere", None);
+    assert_eq!(status, 404);
+    server.stop();
+    let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle}:\n{text}")).to_string();
+    let served = line("model=\"logged\"");
+    for want in [" INFO ", "request served", "endpoint=\"/v1/chat/completions\"", "status=200", "n=1", "stream=false", "prompt_tokens=", "completion_tokens=", "ms="] {
+        assert!(served.contains(want), "{want}: {served}");
+    }
+    let refused = line("nope-logged");
+    for want in [" WARN ", "request refused", "endpoint=\"/v1/completions\"", "status=404", "code=\"model_not_found\""] {
+        assert!(refused.contains(want), "{want}: {refused}");
+    }
+    let nowhere = line("/v1/logged-nowhere");
+    assert!(nowhere.contains(" WARN ") && nowhere.contains("status=404"), "{nowhere}");
+}

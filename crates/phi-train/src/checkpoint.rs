@@ -37,8 +37,36 @@ use crate::error::{Result, TrainError};
 
 const PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
+
+/// The folder of a run's output folder that holds its checkpoints (`OUT/checkpoints`).
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The completion marker of a checkpoint.
 pub const MARKER: &str = "checkpoint.json";
+/// The model's HF config (full-parameter checkpoints, and exported model folders).
+pub const CONFIG_FILE: &str = "config.json";
+/// The model's weights, HF safetensors (full-parameter checkpoints, exported model folders).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A LoRA checkpoint's (and a PEFT adapter folder's) adapter config and weights (named where
+/// LoRA is, in phi-core).
+pub use phi_core::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+/// The AdamW moments (burn's optimizer record).
+pub const OPTIMIZER_FILE: &str = "optimizer.bin";
+/// [`TrainerState`] as JSON.
+pub const STATE_FILE: &str = "trainer_state.json";
+/// The tokenizer, added to a checkpoint by the recipes so that it is a usable model folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The generation config, which exports add.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// Every file a checkpoint folder may hold.
+pub const CHECKPOINT_FILES: &[&str] =
+    &[MARKER, CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE, GENERATION_CONFIG_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE];
+
+/// A run's output folder: one line of metrics per step.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// A run's output folder: the loss curve drawn at the end.
+pub const LOSS_CURVE_FILE: &str = "loss.png";
+/// A run's output folder: a curriculum's tokens per dataset per stage.
+pub const DATA_REPORT_FILE: &str = "data_report.json";
 pub const FORMAT: &str = "phi-checkpoint";
 /// 2: every file's checksum in the marker; 1: sizes only (still resumed).
 pub const VERSION: u32 = 2;
@@ -103,9 +131,8 @@ impl TrainerState {
         if diffs.is_empty() {
             return Ok(());
         }
-        Err(TrainError::Invalid(format!(
-            "{}: cannot resume, this is not the same run:\n  {}\nStart over with --fresh or use another output folder. \
-             Only these may change on resume: {}.",
+        Err(TrainError::NotResumable(format!(
+            "{}: cannot resume, this is not the same run:\n  {}\nOnly these may change on resume: {}.",
             dir.display(),
             diffs.join("\n  "),
             MAY_CHANGE_ON_RESUME.join(", ")
@@ -170,9 +197,7 @@ pub static ROOT_LAYOUT: Layout = Layout {
 /// The files a checkpoint folder holds (the tokenizer and generation config are added by
 /// recipes and exports), and the temporaries of their atomic writes.
 fn is_checkpoint_file(name: &str) -> bool {
-    const FILES: &[&str] =
-        &[MARKER, "config.json", "model.safetensors", "optimizer.bin", "trainer_state.json", "tokenizer.json", "generation_config.json", "adapter_config.json", "adapter_model.safetensors"];
-    FILES.contains(&name.strip_suffix(".tmp").unwrap_or(name))
+    CHECKPOINT_FILES.contains(&name.strip_suffix(".tmp").unwrap_or(name))
 }
 
 fn step_of(name: &str) -> Option<usize> {
@@ -293,8 +318,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a checkpoint through `write_contents` into a temporary directory, syncs it, writes the
 /// completion marker, renames it to its final name, then keeps only the newest `keep`
-/// checkpoints.
-pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+/// checkpoints. An old checkpoint that may not be removed costs disk, not the run: that is a
+/// warning, pushed onto `warnings` (and emitted with `tracing::warn!`).
+pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&Path) -> Result<()>, warnings: &mut Vec<String>) -> Result<PathBuf> {
     fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
     let final_dir = checkpoint_dir(root, step);
     // A folder already at the final name (a run that resumed from an earlier checkpoint, or an
@@ -332,7 +358,7 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
     for (old_step, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         if let Err(e) = retire(root, *old_step, old) {
             // The new checkpoint is safe; an old one we may not delete costs disk, not the run.
-            eprintln!("warning: old checkpoint not removed: {e}");
+            warn(warnings, format!("old checkpoint not removed: {e}"));
         }
     }
     Ok(final_dir)
@@ -350,14 +376,15 @@ fn retire(root: &Path, step: usize, dir: &Path) -> Result<()> {
 }
 
 /// Removes the `.tmp-step-*` folders under `root` that a crashed write or deletion left, if
-/// they are ours; returns a warning for each one that is not (it is left as it is).
+/// they are ours; returns a warning for each one that is not (it is left as it is), also
+/// emitted with `tracing::warn!`.
 pub fn remove_stale_tmp(root: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(root) else { return vec![] };
     let mut warnings = Vec::new();
     for e in entries.filter_map(|e| e.ok()) {
         if e.file_name().to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
             if let Err(err) = owned::remove_owned(&e.path(), &TMP_LAYOUT) {
-                warnings.push(format!("stale checkpoint folder not removed: {err}"));
+                warn(&mut warnings, format!("stale checkpoint folder not removed: {err}"));
             }
         }
     }
@@ -402,8 +429,8 @@ pub struct Resumed<T> {
 }
 
 /// The newest complete checkpoint under `root` whose files match their checksums and that
-/// `load` can read, falling back to older ones when not (each skip is printed as a warning and
-/// pushed onto `warnings`, saying what was wrong). Incomplete `step-*` folders newer than it
+/// `load` can read, falling back to older ones when not (each skip is a warning pushed onto
+/// `warnings` and emitted with `tracing::warn!`, saying what was wrong). Incomplete `step-*` folders newer than it
 /// (no valid `checkpoint.json`) are passed over with a warning too. A checkpoint that reads but
 /// belongs to another run (`same_run` fails) is an error, not a reason to fall back. `None`
 /// when there is no complete checkpoint; an error when there are some and none can be read.
@@ -422,9 +449,7 @@ pub fn resume_newest<T>(
                 Ok(_) => "replaced when the run reaches its step".to_string(),
                 Err(e) => format!("it is not ours to replace ({e}), so the run will stop at its step unless you move it"),
             };
-            let w = format!("checkpoint {} is incomplete ({why}); passed over, {then}", dir.display());
-            eprintln_warning(&w);
-            warnings.push(w);
+            warn(warnings, format!("checkpoint {} is incomplete ({why}); passed over, {then}", dir.display()));
             continue;
         }
         let attempt = verify(dir).and_then(|_| read_state(dir));
@@ -444,28 +469,29 @@ pub fn resume_newest<T>(
     if skipped.is_empty() {
         return Ok(None);
     }
-    Err(TrainError::Invalid(format!(
-        "{}: no checkpoint could be read:\n  {}\nStart over with --fresh or use another output folder.",
+    Err(TrainError::NotResumable(format!(
+        "{}: no checkpoint could be read:\n  {}",
         root.display(),
         skipped.join("\n  ")
     )))
 }
 
 fn skip(dir: &Path, e: TrainError, warnings: &mut Vec<String>) -> String {
-    let w = format!("checkpoint {} is not resumed from ({e}); falling back to the one before it", dir.display());
-    eprintln_warning(&w);
-    warnings.push(w);
+    warn(warnings, format!("checkpoint {} is not resumed from ({e}); falling back to the one before it", dir.display()));
     format!("{}: {e}", dir.display())
 }
 
-/// Resume warnings are printed as they happen (a long load can follow) and returned in
-/// [`crate::TrainOutcome::resume_warnings`].
-fn eprintln_warning(w: &str) {
-    eprintln!("warning: {w}");
+/// A warning of a run: emitted with `tracing::warn!` as it happens (a long load can follow) and
+/// kept for the caller ([`crate::TrainOutcome`]'s `resume_warnings` and `warnings`). The library
+/// prints nothing itself.
+pub(crate) fn warn(warnings: &mut Vec<String>, w: String) {
+    tracing::warn!("{w}");
+    warnings.push(w);
 }
 
+/// The [`TrainerState`] of the checkpoint in `dir` (its [`STATE_FILE`]).
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
-    let path = dir.join("trainer_state.json");
+    let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
 }

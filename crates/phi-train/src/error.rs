@@ -14,6 +14,11 @@ pub enum TrainError {
     Model(#[from] phi_core::Error),
     #[error("{0}")]
     Invalid(String),
+    /// The output folder's checkpoints cannot be resumed from (another run's, or none of them
+    /// readable); the message says why. The run can start over without resuming
+    /// ([`crate::Resume::No`]) or write to another folder.
+    #[error("{0}\nStart over without resuming (Resume::No) or use another output folder.")]
+    NotResumable(String),
 }
 
 impl TrainError {

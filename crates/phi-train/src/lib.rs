@@ -1,32 +1,40 @@
 //! # phi-train
 //!
-//! The pieces of a step-based training loop for Phi models, each exact to its PyTorch
-//! counterpart: causal-LM cross-entropy, AdamW with torch's hyper-parameters spelled out and a
-//! no-decay group, global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`), and learning
-//! rate schedules (warmup, then cosine or linear decay to a floor).
+//! Training for Phi models, one way in: [`fit()`] trains [`Weights`] (from scratch, a pretrained
+//! folder, or LoRA adapters on a frozen base) on an [`Objective`] ([`CausalLm`] pre-training on a
+//! mixture or a curriculum, [`sft::Sft`], [`preference::Dpo`]) under a [`TrainConfig`] (whose
+//! `Default` follows litgpt's), with validation, `metrics.jsonl`, atomic [`checkpoint`]s and
+//! exact [`Resume`], and returns a [`TrainOutcome`] (the model, the metrics, and the run's
+//! warnings: the library prints nothing, it emits them with `tracing` and returns them).
+//!
+//! Underneath, each piece exact to its PyTorch counterpart: [`Trainer::step`] (module `trainer`:
+//! micro-batch accumulation, mixed precision with loss scaling, non-finite guards; a `Trainer`
+//! starts fresh or [`Trainer::from_checkpoint`]), causal-LM cross-entropy, AdamW with torch's
+//! hyper-parameters spelled out and a no-decay group, global-norm gradient clipping
+//! (`torch.nn.utils.clip_grad_norm_`), and learning rate schedules (warmup, then cosine, linear
+//! or warmup-stable decay to a floor). Module `fit` holds the loop, the config and
+//! [`evaluate`]; `lora` PEFT-format adapters; [`export`] the layout of the model folders the
+//! tool writes; [`run_dir`] one run at a time in an output folder.
+//!
+//! The run orchestration of the `phi` tool (the Phi recipes, `phi finetune`, `phi dpo`,
+//! `phi bench`, writing model folders, the loss curve) is the `phi` crate's, built on this one.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod clip;
-pub mod dpo;
 pub mod error;
 pub mod export;
-pub mod finetune;
+pub mod fit;
 pub mod lora;
 pub mod memory;
 pub mod mfu;
 pub mod objective;
 pub mod loss;
 pub mod optim;
-pub mod overrides;
-pub mod plot;
 pub mod precision;
 pub mod preference;
-pub mod recipes;
 pub mod run_dir;
 pub mod schedule;
 pub mod sft;
-pub mod step;
 pub mod trainer;
 
 pub use clip::{clip_grad_norm, grad_norm, scale_grads};
@@ -36,5 +44,6 @@ pub use optim::{AdamWSettings, no_decay_ids};
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
 pub use objective::{BatchLoss, CausalLm, Forward, Objective};
-pub use step::{Trainer, optimizer_for};
-pub use trainer::{Adapter, MAX_CONSECUTIVE_SKIPS, OnNonFinite, Start, StepMetrics, TrainConfig, TrainOutcome, Weights, evaluate, evaluate_with_progress, fit, flops_per_token, non_finite_weights, train, train_curriculum, anneal_over_last_stage};
+pub use trainer::{Trainer, optimizer_for};
+pub use fit::{Adapter, MAX_CONSECUTIVE_SKIPS, OnNonFinite, Resume, StepMetrics, TrainConfig, TrainOutcome, Weights, evaluate, evaluate_with_progress, fit, non_finite_weights, anneal_over_last_stage};
+pub use mfu::flops_per_token;

@@ -203,15 +203,29 @@ pub fn check_device(run: RunShape<'_>, cfg: &TrainConfig, device: &burn::tensor:
 mod tests {
     use super::*;
 
+    /// The batch shape of the phi-1 recipe's CPU run (the `phi` crate's `Recipe::phi_1().mini`).
     fn cfg(batch_size: usize) -> TrainConfig {
-        let mut c = crate::recipes::Recipe::phi_1().mini;
-        c.batch_size = batch_size;
-        c
+        TrainConfig { batch_size, seq_len: 128, grad_accum: 1, ..TrainConfig::default() }
+    }
+
+    /// The phi-1 recipe's CPU-sized model (`Recipe::phi_1().mini_model`) with a 2048-token vocabulary.
+    fn mini_model() -> PhiConfig {
+        PhiConfig {
+            hidden_size: 128,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            head_dim: 32,
+            intermediate_size: 512,
+            max_position_embeddings: 256,
+            vocab_size: 2048,
+            ..PhiConfig::phi_1()
+        }
     }
 
     #[test]
     fn the_estimate_adds_up_its_parts() {
-        let model = PhiConfig { vocab_size: 2048, ..crate::recipes::Recipe::phi_1().mini_model };
+        let model = mini_model();
         let n = model.num_parameters();
         let run = RunShape { model: &model, trainable: n, adapters: 0, rows_per_item: 1 };
         let e = estimate(run, &cfg(16));
@@ -229,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_huge_batch_is_refused_with_the_estimate_the_memory_and_a_batch_that_fits() {
-        let model = PhiConfig { vocab_size: 2048, ..crate::recipes::Recipe::phi_1().mini_model };
+        let model = mini_model();
         let run = RunShape { model: &model, trainable: model.num_parameters(), adapters: 0, rows_per_item: 1 };
         let available = 8u64 << 30;
         check(run, &cfg(16), available, "test").unwrap();
@@ -244,7 +258,7 @@ mod tests {
 
     #[test]
     fn huge_lora_adapters_name_the_rank() {
-        let model = PhiConfig { vocab_size: 2048, ..crate::recipes::Recipe::phi_1().mini_model };
+        let model = mini_model();
         let adapters = 50_000_000_000;
         let run = RunShape { model: &model, trainable: adapters, adapters, rows_per_item: 1 };
         let e = check(run, &cfg(16), 8 << 30, "test").unwrap_err();

@@ -1,7 +1,7 @@
 //! What a training run optimises, apart from how: an [`Objective`] says what a batch is and how
 //! its loss is computed; [`crate::Trainer`] does everything else once for every objective
 //! (micro-batch accumulation, mixed precision and loss scaling, clipping, the optimizer step,
-//! the schedule, non-finite guards) and [`crate::fit`] adds validation, metrics, checkpoints
+//! the schedule, non-finite guards) and [`crate::fit()`] adds validation, metrics, checkpoints
 //! and exact resume.
 //!
 //! Objectives here: [`CausalLm`] (pre-training on token windows) and [`crate::sft::Sft`]

@@ -416,8 +416,8 @@ enum ReferenceScores {
 /// let settings = PreferenceSettings::dpo(0);
 /// let mut objective = Dpo::new(pairs, &[], Some(base), settings, cfg.seed)?;
 /// let weights = Weights::Lora { base: "sft-model".into(), adapter: Adapter::Fresh(lora), quantize: None };
-/// fit(&weights, &mut objective, cfg, "runs/dpo".as_ref(), true, &burn::tensor::Device::default(), |m| {
-///     println!("{} {:.4} margin {:.3}", m.step, m.loss, m.extra["rewards/margins"])
+/// fit(&weights, &mut objective, cfg, "runs/dpo".as_ref(), Resume::Auto, &burn::tensor::Device::default(), |m| {
+///     tracing::info!(step = m.step, loss = m.loss, margin = m.extra["rewards/margins"], "dpo")
 /// })?;
 /// # Ok(()) }
 /// ```
@@ -671,7 +671,7 @@ impl PairEncoder {
     /// first EOS id (else the tokenizer's). `None` when the folder has no tokenizer (token-id
     /// records still load).
     pub fn for_model(dir: &std::path::Path, config: &PhiConfig) -> Result<Option<Self>> {
-        let path = dir.join("tokenizer.json");
+        let path = dir.join(crate::checkpoint::TOKENIZER_FILE);
         if !path.is_file() {
             return Ok(None);
         }

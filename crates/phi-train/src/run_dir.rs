@@ -3,8 +3,8 @@
 //!
 //! Two runs resuming in one folder trample each other: one prunes the checkpoint whose
 //! optimizer state the other is reading, and each rewrites `metrics.jsonl` under the other.
-//! So [`crate::fit`] (and the orchestrations around it: [`crate::recipes::run`],
-//! [`crate::finetune::run`], [`crate::dpo::train`]) hold an exclusive `flock` on
+//! So [`crate::fit()`] (and the orchestrations around it: the `phi` tool's `recipes::run`,
+//! `finetune::run`, `dpo::train`) hold an exclusive `flock` on
 //! `OUT/.phi-run.lock` for as long as they write there. The kernel drops the lock when the
 //! process ends however it ends, so a crash never leaves a folder locked; the file itself stays
 //! (removing it would let a third run lock a fresh file while a second still holds the old
@@ -137,7 +137,8 @@ fn read_pid(text: &str) -> Option<u64> {
 /// What a run writes in `out`: checkpoints, metrics, the loss curve, the data report, the lock,
 /// and each folder of `finals` (with its `.partial` build) that it writes at its end.
 pub fn written_paths(out: &Path, finals: &[&str]) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = ["checkpoints", "metrics.jsonl", "loss.png", "data_report.json", LOCK_FILE].iter().map(|n| out.join(n)).collect();
+    use crate::checkpoint::{CHECKPOINTS_DIR, DATA_REPORT_FILE, LOSS_CURVE_FILE, METRICS_FILE};
+    let mut paths: Vec<PathBuf> = [CHECKPOINTS_DIR, METRICS_FILE, LOSS_CURVE_FILE, DATA_REPORT_FILE, LOCK_FILE].iter().map(|n| out.join(n)).collect();
     for f in finals {
         paths.push(out.join(f));
         paths.push(crate::export::partial_of(&out.join(f)));
@@ -145,25 +146,28 @@ pub fn written_paths(out: &Path, finals: &[&str]) -> Vec<PathBuf> {
     paths
 }
 
-/// Refuses a run whose writes under `out` would reach one of its `inputs` (flag, path): an input
-/// inside something the run writes or replaces (`--base OUT/checkpoints/step-…` would be pruned
-/// under the run, `--base OUT/merged` replaced by its result), or `out` being an input folder
-/// itself (the run's checkpoints, metrics and outputs would go in among, and over, the files it
-/// reads). An `out` further inside an input folder is the run's own folder and fine.
-pub fn check_inputs(inputs: &[(&str, &Path)], out: &Path, finals: &[&str]) -> std::result::Result<(), String> {
+/// Refuses a run whose writes under `out` would reach one of its `inputs` (name, path): an input
+/// inside something the run writes or replaces (a base model in `OUT/checkpoints/step-…` would be
+/// pruned under the run, one in `OUT/merged` replaced by its result), or `out` being an input
+/// folder itself (the run's checkpoints, metrics and outputs would go in among, and over, the
+/// files it reads). An `out` further inside an input folder is the run's own folder and fine.
+/// The names are the caller's, `out.0` the output folder's (the `phi` tool passes its flags:
+/// `("--out", …)`, `("--base", …)`), and the error says which to change.
+pub fn check_inputs(inputs: &[(&str, &Path)], out: (&str, &Path), finals: &[&str]) -> std::result::Result<(), String> {
+    let (out_name, out) = out;
     let written: Vec<(PathBuf, PathBuf)> = written_paths(out, finals).into_iter().map(|w| (resolve(&w), w)).collect();
     let out_resolved = resolve(out);
-    for (flag, input) in inputs {
+    for (name, input) in inputs {
         let resolved = resolve(input);
         if resolved == out_resolved {
             return Err(format!(
-                "--out {} is {flag} itself: the run would write its checkpoints, metrics and outputs among the files it only reads; choose another --out",
+                "{out_name} {} is {name} itself: the run would write its checkpoints, metrics and outputs among the files it only reads; choose another {out_name}",
                 out.display()
             ));
         }
         if let Some((_, w)) = written.iter().find(|(w_resolved, _)| resolved.starts_with(w_resolved)) {
             let when = if finals.iter().any(|f| w.starts_with(out.join(f)) || *w == crate::export::partial_of(&out.join(f))) { "at its end" } else { "as it trains" };
-            return Err(format!("{flag} {} is inside {}, which this run writes {when}: choose another --out", input.display(), w.display()));
+            return Err(format!("{name} {} is inside {}, which this run writes {when}: choose another {out_name}", input.display(), w.display()));
         }
     }
     Ok(())

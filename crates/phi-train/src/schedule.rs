@@ -87,7 +87,8 @@ mod tests {
         let s = LrSchedule { peak: 1.0, warmup_steps: 2, total_steps: 10, floor: 0.0, decay: Decay::Wsd { decay_start: 6 } };
         let lrs: Vec<f64> = (0..12).map(|i| s.lr(i)).collect();
         assert_eq!(lrs, vec![0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
-        let toml = "peak = 1.0\nwarmup_steps = 2\ntotal_steps = 10\nfloor = 0.0\ndecay = { wsd = { decay_start = 6 } }\n";
-        assert_eq!(toml::from_str::<LrSchedule>(toml).unwrap(), s);
+        // How a settings file spells it (`decay = { wsd = { decay_start = 6 } }` in TOML).
+        let json = r#"{"peak": 1.0, "warmup_steps": 2, "total_steps": 10, "floor": 0.0, "decay": {"wsd": {"decay_start": 6}}}"#;
+        assert_eq!(serde_json::from_str::<LrSchedule>(json).unwrap(), s);
     }
 }

@@ -1,5 +1,5 @@
 //! Supervised fine-tuning as an [`Objective`]: tokenized examples (see `phi_data::sft`) with the
-//! loss on response tokens only, drawn in a seeded order reshuffled every epoch. [`crate::fit`]
+//! loss on response tokens only, drawn in a seeded order reshuffled every epoch. [`crate::fit()`]
 //! runs it with everything pre-training has: accumulation, precision, clipping, checkpoints and
 //! bitwise resume; with [`crate::Weights::Lora`] only the adapters train.
 
@@ -76,7 +76,8 @@ pub fn sft_loss(model: &PhiForCausalLM, examples: &[SftExample], batch_size: usi
 /// # fn demo(train: &[phi_data::sft::SftExample], val: &[phi_data::sft::SftExample], cfg: &TrainConfig, lora: lora::LoraConfig) -> Result<()> {
 /// let mut objective = sft::Sft::new(train, val, /* pad */ 0, cfg.seed)?;
 /// let weights = Weights::Lora { base: "base-model".into(), adapter: Adapter::Fresh(lora), quantize: None };
-/// let out = fit(&weights, &mut objective, cfg, "runs/sft".as_ref(), true, &burn::tensor::Device::default(), |_| {})?;
+/// let out = fit(&weights, &mut objective, cfg, "runs/sft".as_ref(), Resume::Auto, &burn::tensor::Device::default(), |_| {})?;
+/// assert_eq!(out.metrics.last().map(|m| m.step), Some(cfg.max_steps));
 /// # Ok(()) }
 /// ```
 pub struct Sft<'a> {

@@ -1,675 +1,402 @@
-//! The training loop for every objective: [`fit`] runs [`Trainer::step`] with validation,
-//! `metrics.jsonl`, checkpoints and exact resume; [`train`] is `fit` for causal-LM
-//! pre-training on token windows.
+//! The training step, the same for every [`Objective`]: micro-batches → (scaled) backward →
+//! accumulated gradients → non-finite guard → global-norm clipping → AdamW at the scheduled
+//! learning rate. A [`Trainer`] starts fresh ([`Trainer::new`]) or from a checkpoint's saved
+//! state ([`Trainer::from_checkpoint`]); [`crate::fit()`] runs it in a loop; `phi bench train`
+//! times it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
-use phi_core::{PhiConfig, PhiForCausalLM};
-use phi_data::{Mixture, TokenDataset};
-use serde::{Deserialize, Serialize};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use phi_core::PhiForCausalLM;
 
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::TrainerState;
 use crate::error::{Result, TrainError};
-use crate::lora::{self, BaseQuantization, LoraConfig};
-use crate::objective::{CausalLm, Objective, window_tensors};
-use crate::step::{Trainer, optimizer_for};
-use crate::{AdamWSettings, LossScaler, LrSchedule, Precision, causal_lm_loss};
+use crate::fit::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, StepMetrics, non_finite_weights};
+use crate::objective::{Forward, Objective};
+use crate::precision::compute_copy;
+use crate::{LossScaler, Precision, TrainConfig, grad_norm, scale_grads};
 
-/// Hyper-parameters of a run (serialisable: TOML files, checkpoints).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    pub seq_len: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    pub max_steps: usize,
-    pub optimizer: AdamWSettings,
-    pub schedule: LrSchedule,
-    /// Global gradient-norm clip (`None`: no clipping).
-    pub clip_norm: Option<f64>,
-    /// Validation every this many steps (0: only at the end).
-    pub eval_every: usize,
-    /// At most this many validation batches.
-    pub eval_batches: usize,
-    /// Checkpoint every this many steps (0: only at the end).
-    pub checkpoint_every: usize,
-    pub keep_checkpoints: usize,
-    pub seed: u64,
-    /// Peak FLOP/s of the device, for the MFU figure (see [`crate::mfu`]). Left out, a GPU's
-    /// comes from its name ([`crate::mfu::GPU_PEAKS`]) and a CPU run reports no MFU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_flops: Option<f64>,
-    /// Recompute activations in the backward pass instead of keeping them (burn's balanced
-    /// gradient checkpointing): less memory, more compute.
-    #[serde(default)]
-    pub activation_checkpointing: bool,
-    /// Compute dtype of the forward/backward (`f32`, `bf16`, `f16`); master weights and the
-    /// optimizer stay f32. Half precision is for GPU backends.
-    #[serde(default)]
-    pub precision: Precision,
-    /// The initial f16 loss scale and its growth interval (ignored otherwise).
-    #[serde(default)]
-    pub loss_scaler: LossScaler,
-    /// What a step whose loss or gradient norm is NaN/inf does: stop the run with an error
-    /// naming the step (the default), or skip the update (logged with `skipped: true`); more
-    /// than [`MAX_CONSECUTIVE_SKIPS`] skips in a row stop the run all the same.
-    #[serde(default)]
-    pub on_non_finite: OnNonFinite,
-}
+/// Steps of at most this many tokens (`batch_size × (seq_len + 1) × grad_accum`) hold their
+/// micro-batches' ids on the host at once: 128 MiB of u32 ids, and 30 times the published recipes'
+/// steps (phi-3-mini: 2 × 4096 × 512). Larger steps draw them one by one.
+const PREDRAW_TOKENS: u64 = 1 << 25;
 
-/// The policy for a step whose loss or gradient norm is not finite (see
-/// [`TrainConfig::on_non_finite`]). f16 overflows are the loss scaler's business and are
-/// skipped either way while the scale can still come down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnNonFinite {
-    #[default]
-    Stop,
-    Skip,
-}
-
-/// With `on_non_finite = "skip"`, this many non-finite steps in a row end the run: a run that
-/// diverged produces nothing but NaNs, and skipping it to the end would only hide that.
-pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
-
-/// Upper bound on tokens in one micro-batch: far beyond any device, and it keeps the
-/// products of the size fields from overflowing before anything is allocated.
-const MAX_BATCH_TOKENS: usize = 1 << 31;
-
-/// Upper bound on tokens in one optimizer step (`batch_size × grad_accum × seq_len`): 4.3B, over
-/// 250 times the largest published batches (2M tokens for phi-1's 1024 × 2048, 16M for
-/// the largest LLM runs). Accumulation costs no memory, but a step of more would take the run's
-/// whole budget before its first update.
-pub const MAX_STEP_TOKENS: u64 = 1 << 32;
-
-fn invalid(key: &str, message: impl std::fmt::Display) -> TrainError {
-    TrainError::Invalid(format!("training config `{key}`: {message}"))
-}
-
-impl TrainConfig {
-    /// Checks every setting before any work is done; the error names the key. `model` is the
-    /// architecture the run trains (for `seq_len ≤ max_position_embeddings`).
-    pub fn validate(&self, model: &PhiConfig) -> Result<()> {
-        for (key, v) in [("batch_size", self.batch_size), ("seq_len", self.seq_len), ("grad_accum", self.grad_accum), ("max_steps", self.max_steps)] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        if self.seq_len > model.max_position_embeddings {
-            return Err(invalid(
-                "seq_len",
-                format!("{} exceeds the model's max_position_embeddings ({})", self.seq_len, model.max_position_embeddings),
-            ));
-        }
-        if self.batch_size.checked_mul(self.seq_len + 1).is_none_or(|t| t > MAX_BATCH_TOKENS) {
-            return Err(invalid("batch_size", format!("{} sequences of {} tokens is more than {MAX_BATCH_TOKENS} tokens per micro-batch", self.batch_size, self.seq_len)));
-        }
-        let step_tokens = (self.batch_size as u64).saturating_mul(self.grad_accum as u64).saturating_mul(self.seq_len as u64);
-        if step_tokens > MAX_STEP_TOKENS {
-            return Err(invalid(
-                "grad_accum",
-                format!(
-                    "{} micro-batches of {} × {} tokens is {step_tokens} tokens per optimizer step, more than {MAX_STEP_TOKENS} (phi-1 trained on 2M a step)",
-                    self.grad_accum, self.batch_size, self.seq_len
-                ),
-            ));
-        }
-        if let Some(c) = self.clip_norm
-            && !(c.is_finite() && c > 0.0)
-        {
-            return Err(invalid("clip_norm", format!("{c} must be a positive number (leave it out for no clipping)")));
-        }
-        let s = &self.schedule;
-        if !(s.peak.is_finite() && s.peak > 0.0) {
-            return Err(invalid("schedule.peak", format!("{} must be a positive finite learning rate", s.peak)));
-        }
-        if !(s.floor.is_finite() && s.floor >= 0.0 && s.floor <= s.peak) {
-            return Err(invalid("schedule.floor", format!("{} must be finite, ≥ 0 and ≤ schedule.peak ({})", s.floor, s.peak)));
-        }
-        if let crate::Decay::Wsd { decay_start } = s.decay {
-            if decay_start < s.warmup_steps || decay_start >= s.total_steps {
-                return Err(invalid(
-                    "schedule.decay.wsd.decay_start",
-                    format!("{decay_start} must lie in [warmup_steps ({}), total_steps ({}))", s.warmup_steps, s.total_steps),
-                ));
-            }
-        }
-        if s.decay != crate::Decay::Constant && s.total_steps <= s.warmup_steps {
-            return Err(invalid(
-                "schedule.total_steps",
-                format!("{} must exceed schedule.warmup_steps ({}) for a decaying schedule: it is the step where the decay reaches the floor", s.total_steps, s.warmup_steps),
-            ));
-        }
-        let o = &self.optimizer;
-        for (key, b) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(invalid(key, format!("{b} is not in [0, 1)")));
-            }
-        }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(invalid("optimizer.eps", format!("{} must be a positive finite number", o.eps)));
-        }
-        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return Err(invalid("optimizer.weight_decay", format!("{} must be finite and ≥ 0", o.weight_decay)));
-        }
-        if let Some(p) = self.peak_flops
-            && !(p.is_finite() && p > 0.0)
-        {
-            return Err(invalid("peak_flops", format!("{p} must be a positive finite number (leave it out for the device's own)")));
-        }
-        let l = &self.loss_scaler;
-        if !(l.scale.is_finite() && l.scale >= 1.0) {
-            return Err(invalid("loss_scaler.scale", format!("{} must be finite and ≥ 1", l.scale)));
-        }
-        if l.growth_interval == 0 {
-            return Err(invalid("loss_scaler.growth_interval", "must be at least 1"));
-        }
-        Ok(())
-    }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    pub step: usize,
-    /// JSON has no NaN/inf: serde_json writes them as `null`, read back as NaN.
-    #[serde(deserialize_with = "null_as_nan")]
-    pub loss: f64,
-    pub val_loss: Option<f64>,
-    pub val_perplexity: Option<f64>,
-    pub lr: f64,
-    #[serde(deserialize_with = "null_as_nan")]
-    pub grad_norm: f64,
-    pub tokens_per_s: f64,
-    /// Model FLOPs utilisation in [0, 1]; `None` without a known peak (a CPU without
-    /// `peak_flops`), see [`crate::mfu`].
-    #[serde(default)]
-    pub mfu: Option<f64>,
-    /// f16 runs: the loss scale this step used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<f64>,
-    /// The update was skipped (an f16 overflow, or a non-finite step under
-    /// `on_non_finite = "skip"`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
-    /// The data stage of the step (a curriculum's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
-    /// The objective's own figures (e.g. DPO's `rewards/margins`), averaged over the step.
-    #[serde(flatten)]
-    pub extra: std::collections::BTreeMap<String, f64>,
-}
-
-/// A skipped step's loss or gradient norm was NaN/inf and is `null` in `metrics.jsonl`; reading
-/// it back must keep the line (a resumed run would otherwise drop the skipped steps' history).
-fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-/// How a run starts.
-#[derive(Debug, Clone)]
-pub enum Start {
-    /// Fresh weights from the config, seeded.
-    Scratch,
-    /// From a HF-format checkpoint folder (fine-tuning / continued pre-training).
-    Pretrained(PathBuf),
-    /// The newest complete checkpoint under `out_dir/checkpoints` (falling back past unreadable
-    /// ones; one of another model, config or data is an error), else from scratch.
-    ResumeAuto,
-}
-
-/// The weights a run trains and where they come from.
-#[derive(Debug, Clone)]
-pub enum Weights {
-    /// Every parameter, fresh from this config (seeded with the run's seed).
-    Scratch(PhiConfig),
-    /// Every parameter, from a HF-format folder (fine-tuning, continued pre-training).
-    Pretrained(PathBuf),
-    /// LoRA adapters on the frozen base in the HF folder `base` (quantized if asked); only the
-    /// adapters are trained, and checkpoints hold the adapter in PEFT format.
-    Lora { base: PathBuf, adapter: Adapter, quantize: Option<BaseQuantization> },
-}
-
-/// The adapters a LoRA run starts from.
-#[derive(Debug, Clone)]
-pub enum Adapter {
-    /// Fresh adapters (PEFT's initialisation: the adapted model starts equal to the base).
-    Fresh(LoraConfig),
-    /// A PEFT adapter folder, trained further.
-    Load(PathBuf),
-}
-
-impl Weights {
-    /// The model config, without loading weights.
-    pub fn model_config(&self) -> Result<PhiConfig> {
-        match self {
-            Weights::Scratch(c) => Ok(c.clone()),
-            Weights::Pretrained(dir) | Weights::Lora { base: dir, .. } => Ok(PhiConfig::from_file(dir.join("config.json"))?),
-        }
-    }
-
-    /// What a checkpoint of this run must have been made with: the model config (its
-    /// `config.json` form), plus the adapter config and base quantization for LoRA.
-    fn identity(&self) -> Result<serde_json::Value> {
-        let mut json = self.model_config()?.to_hf_json();
-        if let (Some(config), Weights::Lora { quantize, .. }) = (self.lora_config()?, self) {
-            json["phi_lora"] = serde_json::to_value(config).expect("LoRA config serializes");
-            json["phi_base_quantization"] = serde_json::to_value(quantize).expect("serializes");
-        }
-        Ok(json)
-    }
-
-    /// The parameters this run trains (all, or the LoRA adapters) and, of them, the adapters'
-    /// (0 for a full run), from the configs alone; a LoRA rank beyond the projections' sides is
-    /// an error naming `rank`.
-    pub fn trainable_params(&self, model: &PhiConfig) -> Result<(u64, u64)> {
-        match self.lora_config()? {
-            Some(lora) => {
-                let n = lora::adapter_params(model, &lora)?;
-                Ok((n, n))
-            }
-            None => Ok((model.num_parameters(), 0)),
-        }
-    }
-
-    /// The adapter config of a LoRA run.
-    pub fn lora_config(&self) -> Result<Option<LoraConfig>> {
-        match self {
-            Weights::Lora { adapter: Adapter::Fresh(c), .. } => Ok(Some(c.clone())),
-            Weights::Lora { adapter: Adapter::Load(dir), .. } => Ok(Some(lora::read_config(dir)?)),
-            _ => Ok(None),
-        }
-    }
-
-    /// The model at the start of a run, on `device` (an autodiff device).
-    pub fn build(&self, device: &Device, seed: u64) -> Result<PhiForCausalLM> {
-        match self {
-            Weights::Scratch(c) => Ok(PhiForCausalLM::init(c.clone(), device, seed)?),
-            Weights::Pretrained(dir) => Ok(PhiForCausalLM::from_pretrained(dir, device)?),
-            Weights::Lora { base, adapter, quantize } => {
-                let model = PhiForCausalLM::from_pretrained(base, device)?;
-                let model = match adapter {
-                    Adapter::Fresh(config) => lora::attach(model, config)?,
-                    Adapter::Load(dir) => lora::load(model, dir)?,
-                };
-                Ok(quantized(model, *quantize))
-            }
-        }
-    }
-
-    /// Writes what a checkpoint holds of `model` (everything, or the adapter).
-    fn save(&self, model: &PhiForCausalLM, dir: &Path) -> Result<()> {
-        match self.lora_config()? {
-            Some(config) => lora::save(&mut model.valid(), &config, dir),
-            None => Ok(model.valid().save_pretrained(dir)?),
-        }
-    }
-
-    /// The model as a checkpoint in `dir` holds it.
-    fn restore(&self, dir: &Path, device: &Device) -> Result<PhiForCausalLM> {
-        match self {
-            Weights::Lora { base, quantize, .. } => {
-                let model = lora::load(PhiForCausalLM::from_pretrained(base, device)?, dir)?;
-                Ok(quantized(model, *quantize))
-            }
-            _ => Ok(PhiForCausalLM::from_pretrained(dir, device)?),
-        }
-    }
-}
-
-fn quantized(model: PhiForCausalLM, bits: Option<BaseQuantization>) -> PhiForCausalLM {
-    match bits {
-        Some(bits) => lora::quantize_base(model, bits).0,
-        None => model,
-    }
-}
-
-/// What a finished run returns.
-pub struct TrainOutcome {
-    /// The trained model without autodiff (with its adapters unmerged for LoRA).
-    pub model: PhiForCausalLM,
-    pub metrics: Vec<StepMetrics>,
-    pub resumed_from: Option<usize>,
-    /// What resuming had to work around (an unreadable newest checkpoint it fell back from, a
-    /// stale folder it left alone); also printed as warnings.
-    pub resume_warnings: Vec<String>,
-    /// What the run did not write, without failing for it: a `loss.png` or `data_report.json`
-    /// in the output folder that is not ours (left as it is), a loss curve that could not be
-    /// drawn; also printed as warnings.
-    pub warnings: Vec<String>,
-}
-
-pub use crate::mfu::flops_per_token;
-
-/// Mean next-token loss over (at most `max_batches` of) the windows of `data`, in order,
-/// weighted by token count.
-pub fn evaluate(model: &PhiForCausalLM, data: &TokenDataset, seq_len: usize, batch: usize, max_batches: usize) -> f64 {
-    evaluate_with_progress(model, data, seq_len, batch, max_batches, |_| {})
-}
-
-/// [`evaluate`], calling `on_batch` with the number of batches done after each one.
-pub fn evaluate_with_progress(
-    model: &PhiForCausalLM,
-    data: &TokenDataset,
-    seq_len: usize,
-    batch: usize,
-    max_batches: usize,
-    mut on_batch: impl FnMut(usize),
-) -> f64 {
-    let device = model.device();
-    let (mut total, mut count) = (0.0, 0usize);
-    for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
-        let b = rows.len() / (seq_len + 1);
-        let (inputs, ids) = window_tensors(&rows, b, seq_len, &device);
-        let loss = causal_lm_loss(model.forward(inputs), ids).into_scalar::<f32>() as f64;
-        total += loss * (b * seq_len) as f64;
-        count += b * seq_len;
-        on_batch(count / (batch * seq_len).max(1));
-    }
-    if count == 0 { f64::NAN } else { total / count as f64 }
-}
-
-/// Runs causal-LM training on windows drawn from `train_data` (one dataset or a weighted
-/// mixture), validating on `val_data`: [`fit`] with the [`CausalLm`] objective. `out_dir`
-/// receives `metrics.jsonl`, `checkpoints/` and, at the end, `loss.png`.
+/// A model under training with its optimizer, loss scale and step count: everything a step
+/// changes. Build it with [`Trainer::new`] from a model on an autodiff device, or with
+/// [`Trainer::from_checkpoint`] to continue a saved run.
 ///
 /// ```no_run
-/// use phi_train::{Start, train};
-/// # fn demo(cfg: &phi_train::TrainConfig, data: &phi_data::Mixture, val: &phi_data::TokenDataset) -> phi_train::Result<()> {
-/// let model = phi_core::PhiConfig::preset("phi-1").unwrap();
-/// let out = train(&model, cfg, data, val, "runs/demo".as_ref(), Start::ResumeAuto, &burn::tensor::Device::default(), |m| {
-///     println!("step {} loss {:.3}", m.step, m.loss)
-/// })?;
+/// # use phi_train::*;
+/// # fn demo(model: phi_core::PhiForCausalLM, cfg: &TrainConfig, data: &phi_data::Mixture, val: &phi_data::TokenDataset) -> Result<()> {
+/// let mut objective = CausalLm::new(data, val, cfg.seq_len, cfg.seed)?;
+/// let mut trainer = Trainer::new(model, cfg)?;
+/// for _ in 0..cfg.max_steps {
+///     let m = trainer.step(&mut objective)?;
+///     tracing::info!(step = m.step, loss = m.loss, "trained");
+/// }
+/// assert_eq!(trainer.steps_done(), cfg.max_steps);
 /// # Ok(()) }
 /// ```
-pub fn train(
-    model_config: &PhiConfig,
-    cfg: &TrainConfig,
-    train_data: &Mixture,
-    val_data: &TokenDataset,
-    out_dir: &Path,
-    start: Start,
-    device: &Device,
-    on_step: impl FnMut(&StepMetrics),
-) -> Result<TrainOutcome> {
-    cfg.validate(model_config)?;
-    let mut objective = CausalLm::new(train_data, val_data, cfg.seq_len, cfg.seed)?;
-    fit_causal_lm(model_config, cfg, &mut objective, out_dir, start, device, on_step)
+pub struct Trainer {
+    model: Option<PhiForCausalLM>,
+    optim: ModuleOptimizer,
+    cfg: TrainConfig,
+    device: Device,
+    /// f16 runs: the dynamic loss scale.
+    scaler: Option<LossScaler>,
+    /// Optimizer steps done (also the index of the next step's learning rate).
+    step: usize,
+    tokens_seen: u64,
+    consecutive_skips: usize,
+    last_update: Option<(usize, f64)>,
+    /// The peak MFU is measured against: the config's, else the device's (`None`: no MFU).
+    peak_flops: Option<f64>,
+    /// Steps of at most this many tokens draw their micro-batches up front (see [`Self::step`]).
+    predraw_tokens: u64,
 }
 
-/// [`train`] on windows drawn by a staged `curriculum` (built for this run's `seq_len`,
-/// `batch_size × grad_accum` and `max_steps`): each step logs its stage, checkpoints carry
-/// the curriculum's cursors, and `out_dir/data_report.json` says how many tokens each dataset
-/// gave in each stage. [`anneal_over_last_stage`] makes the schedule follow the stages.
-#[allow(clippy::too_many_arguments)]
-pub fn train_curriculum(
-    model_config: &PhiConfig,
-    cfg: &TrainConfig,
-    curriculum: &phi_data::curriculum::Curriculum,
-    val_data: &TokenDataset,
-    out_dir: &Path,
-    start: Start,
-    device: &Device,
-    on_step: impl FnMut(&StepMetrics),
-) -> Result<TrainOutcome> {
-    cfg.validate(model_config)?;
-    let mut objective = CausalLm::curriculum(curriculum, val_data, cfg.seed);
-    fit_causal_lm(model_config, cfg, &mut objective, out_dir, start, device, on_step)
-}
-
-/// Warmup, then the peak learning rate until the last stage starts, then linear to 0 at the
-/// end: the anneal on the last stage's mix (OLMo's and MiniCPM's warmup-stable-decay). A warmup
-/// longer than the stages before the last is kept: the decay then starts when it ends.
-pub fn anneal_over_last_stage(cfg: &mut TrainConfig, curriculum: &phi_data::curriculum::Curriculum) {
-    let decay_start = curriculum.stage_bounds().last().map_or(0, |b| b.0).max(cfg.schedule.warmup_steps).min(cfg.max_steps.saturating_sub(1));
-    cfg.schedule.warmup_steps = cfg.schedule.warmup_steps.min(decay_start);
-    cfg.schedule.total_steps = cfg.max_steps;
-    cfg.schedule.floor = 0.0;
-    cfg.schedule.decay = crate::Decay::Wsd { decay_start };
-}
-
-fn fit_causal_lm(
-    model_config: &PhiConfig,
-    cfg: &TrainConfig,
-    objective: &mut CausalLm<'_>,
-    out_dir: &Path,
-    start: Start,
-    device: &Device,
-    on_step: impl FnMut(&StepMetrics),
-) -> Result<TrainOutcome> {
-    let (weights, resume) = match start {
-        Start::Scratch => (Weights::Scratch(model_config.clone()), false),
-        Start::Pretrained(dir) => (Weights::Pretrained(dir), false),
-        Start::ResumeAuto => (Weights::Scratch(model_config.clone()), true),
-    };
-    fit(&weights, objective, cfg, out_dir, resume, device, on_step)
-}
-
-/// Trains `weights` on `objective` for `cfg.max_steps` optimizer steps: validation every
-/// `eval_every` steps, a line per step in `out_dir/metrics.jsonl`, checkpoints under
-/// `out_dir/checkpoints` and `loss.png` at the end. With `resume`, continues bitwise from the
-/// newest complete checkpoint there (one of another model, config or data is an error naming
-/// every difference), else starts from `weights`.
-pub fn fit<O: Objective>(
-    weights: &Weights,
-    objective: &mut O,
-    cfg: &TrainConfig,
-    out_dir: &Path,
-    resume: bool,
-    device: &Device,
-    mut on_step: impl FnMut(&StepMetrics),
-) -> Result<TrainOutcome> {
-    let model_config = weights.model_config()?;
-    cfg.validate(&model_config)?;
-    objective.check(&model_config, cfg)?;
-    cfg.precision.check_device(device)?;
-    // Before the model is built or a batch drawn: a run that cannot fit in memory is refused
-    // with the estimate, not killed by the allocator.
-    let (trainable, adapters) = weights.trainable_params(&model_config)?;
-    crate::memory::check_device(crate::memory::RunShape { model: &model_config, trainable, adapters, rows_per_item: objective.rows_per_item() }, cfg, device)?;
-    let ad = if cfg.activation_checkpointing {
-        device.clone().autodiff().gradient_checkpointing()
-    } else {
-        device.clone().autodiff()
-    };
-    let ckpt_root = out_dir.join("checkpoints");
-    // One run at a time in a folder, held to the end: two would prune each other's checkpoints
-    // and rewrite each other's metrics.jsonl (see `run_dir`).
-    let _lock = crate::run_dir::RunLock::acquire(out_dir)?;
-    // What makes a checkpoint this run's: the model, the training config, the data.
-    let model_json = weights.identity()?;
-    let data_fingerprint = objective.fingerprint();
-    let mut resume_warnings = checkpoint::remove_stale_tmp(&ckpt_root);
-    for w in &resume_warnings {
-        eprintln!("warning: {w}");
+impl Trainer {
+    /// A trainer for `model` (on an autodiff device) with a fresh optimizer.
+    pub fn new(model: PhiForCausalLM, cfg: &TrainConfig) -> Result<Self> {
+        let optim = optimizer_for(&model, cfg);
+        Self::with_optimizer(model, optim, cfg)
     }
-    let resumed = if resume {
-        checkpoint::resume_newest(
-            &ckpt_root,
-            |dir, state| state.check_same_run(dir, &model_json, cfg, &data_fingerprint),
-            |dir| {
-                let model = weights.restore(dir, &ad)?;
-                // Weights that are already NaN/inf would only stop the run again at once (as a
-                // divergence), on every rerun: such a checkpoint is passed over like a corrupt one.
-                let (bad, total) = non_finite_weights(&model);
-                if bad > 0 {
-                    return Err(TrainError::Invalid(format!("{bad} of its {total} weights are NaN or infinite")));
-                }
-                let path = dir.join("optimizer.bin");
-                let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-                Ok((model, optim))
-            },
-            &mut resume_warnings,
-        )?
-    } else {
-        None
-    };
-    let resumed_from = resumed.as_ref().map(|r| r.state.step);
-    let mut trainer = match resumed {
-        Some(r) => {
-            objective.restore(&r.state.sampler)?;
-            let mut t = Trainer::with_optimizer(r.loaded.0, r.loaded.1, cfg)?;
-            t.step = r.state.step;
-            t.tokens_seen = r.state.tokens_seen;
-            if t.scaler.is_some() {
-                t.scaler = r.state.loss_scaler.or(t.scaler);
-            }
-            t
-        }
-        None => {
-            // Fresh adapters draw from the device RNG: seeded, a run is reproducible.
-            ad.seed(cfg.seed);
-            Trainer::new(weights.build(&ad, cfg.seed)?, cfg)?
-        }
-    };
-    let start_step = trainer.steps_done();
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path, start_step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
 
-    for _ in start_step..cfg.max_steps {
-        let mut m = trainer.step(objective)?;
-        m.stage = objective.stage();
-        let done = m.step;
-        let last = done == cfg.max_steps;
-        if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
-            if let Some(v) = objective.validate(&trainer.valid_model(), cfg) {
-                m.val_loss = Some(v);
-                m.val_perplexity = Some(v.exp());
+    /// A trainer continuing a saved run: `model` and `optim` as the checkpoint holds them (its
+    /// weights and AdamW moments, the model on an autodiff device), `state` its
+    /// `trainer_state.json`. The next step is `state.step + 1`, at that step's learning rate;
+    /// the token count goes on from `state.tokens_seen`, and an f16 run's loss scale from where
+    /// it stood (a checkpoint of an f32/bf16 run, which has none, starts it at
+    /// `cfg.loss_scaler`). `cfg` is this run's config (see
+    /// [`crate::checkpoint::MAY_CHANGE_ON_RESUME`] for what may differ from the saved one).
+    ///
+    /// ```no_run
+    /// # use phi_train::*;
+    /// # fn demo(cfg: &TrainConfig, dir: &std::path::Path, device: &burn::tensor::Device) -> Result<()> {
+    /// let state = checkpoint::read_state(dir)?;
+    /// let model = phi_core::PhiForCausalLM::from_pretrained(dir, &device.clone().autodiff())?;
+    /// let optim = optimizer_for(&model, cfg).load(&dir.join(checkpoint::OPTIMIZER_FILE)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    /// let trainer = Trainer::from_checkpoint(model, optim, cfg, &state)?;
+    /// assert_eq!(trainer.steps_done(), state.step);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_checkpoint(model: PhiForCausalLM, optim: ModuleOptimizer, cfg: &TrainConfig, state: &TrainerState) -> Result<Self> {
+        let mut t = Self::with_optimizer(model, optim, cfg)?;
+        t.step = state.step;
+        t.tokens_seen = state.tokens_seen;
+        if t.scaler.is_some() {
+            t.scaler = state.loss_scaler.or(t.scaler);
+        }
+        Ok(t)
+    }
+
+    fn with_optimizer(model: PhiForCausalLM, optim: ModuleOptimizer, cfg: &TrainConfig) -> Result<Self> {
+        cfg.validate(model.config())?;
+        let device = model.device();
+        if !device.is_autodiff() {
+            return Err(TrainError::Invalid("a Trainer needs the model on an autodiff device (device.autodiff())".into()));
+        }
+        cfg.precision.check_device(&device)?;
+        let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
+        let peak_flops = crate::mfu::device_peak(cfg.peak_flops, &device, cfg.precision);
+        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS })
+    }
+
+    /// The model as it stands (on the autodiff device).
+    pub fn model(&self) -> &PhiForCausalLM {
+        self.model.as_ref().expect("the model is only out during an update")
+    }
+
+    /// The model without autodiff, for evaluation and generation.
+    pub fn valid_model(&self) -> PhiForCausalLM {
+        self.model().valid()
+    }
+
+    pub fn into_model(self) -> PhiForCausalLM {
+        self.model.expect("the model is only out during an update")
+    }
+
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optim
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Optimizer steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Tokens the steps so far have put through the model (a resumed run's include the saved
+    /// run's).
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens_seen
+    }
+
+    /// The f16 dynamic loss scale where it stands (`None` for f32/bf16 runs): what a checkpoint
+    /// saves for [`Self::from_checkpoint`].
+    pub fn loss_scaler(&self) -> Option<LossScaler> {
+        self.scaler
+    }
+
+    /// One optimizer step on `cfg.grad_accum` micro-batches of `objective`. Returns the step's
+    /// metrics (no validation: that is [`crate::fit()`]'s). A non-finite loss or gradient stops
+    /// with an error naming the step (or skips the update, per `on_non_finite`); an update that
+    /// makes weights non-finite is an error.
+    pub fn step<O: Objective>(&mut self, objective: &mut O) -> Result<StepMetrics> {
+        let cfg = &self.cfg;
+        let step = self.step;
+        let done = step + 1;
+        let t0 = Instant::now();
+        // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
+        self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+        let micro = cfg.grad_accum.max(1);
+        // A step's loss is the mean over all its loss terms: micro-batch i counts w_i / Σw, so
+        // Σw must be known at the first backward. A step of up to `predraw_tokens` tokens draws
+        // its micro-batches first (host data, small) and divides by the known Σw. A larger one
+        // draws them one at a time — nothing held grows with grad_accum — scaling each loss by
+        // w_i / (w_0 · micro), w_0 the first non-zero weight: that is Σw itself, to the bit,
+        // whenever the micro-batches weigh the same (every causal-LM and preference step); when
+        // they differ (SFT's learned tokens) the gradients and the loss are corrected by
+        // w_0 · micro / Σw once at the end.
+        let step_tokens = (cfg.batch_size as u64).saturating_mul(cfg.seq_len as u64 + 1).saturating_mul(micro as u64);
+        let predraw = step_tokens <= self.predraw_tokens;
+        let loss_scale = self.scaler.map(|s| s.scale);
+        let model = self.model.as_ref().expect("model present");
+        let mut accum = GradientsAccumulator::<PhiForCausalLM>::new();
+        let mut loss_sum = 0.0;
+        let mut extra: Vec<(String, f64)> = Vec::new();
+        let (mut total, mut tokens) = (0.0f64, 0u64);
+        let mut drawn = std::collections::VecDeque::new();
+        let mut reference = None::<f64>;
+        if predraw {
+            for _ in 0..micro {
+                let batch = objective.next_batch(cfg.batch_size);
+                let w = objective.weight(&batch);
+                total += w;
+                tokens += objective.tokens(&batch) as u64;
+                drawn.push_back((batch, w));
+            }
+            reference = Some(total);
+        }
+        for _ in 0..micro {
+            let (batch, w) = match drawn.pop_front() {
+                Some(pair) => pair,
+                None => {
+                    let batch = objective.next_batch(cfg.batch_size);
+                    let w = objective.weight(&batch);
+                    total += w;
+                    tokens += objective.tokens(&batch) as u64;
+                    (batch, w)
+                }
+            };
+            if w > 0.0 && reference.is_none() {
+                reference = Some(w * micro as f64);
+            }
+            // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
+            let copy;
+            let forward = match cfg.precision {
+                Precision::F32 => Forward::new(model),
+                p => {
+                    copy = compute_copy(model, p);
+                    Forward::new(&copy)
+                }
+            };
+            let out = objective.loss(&forward, &batch);
+            // A batch without loss terms (all prompt, say) adds nothing, and no 0/0.
+            let share = match reference {
+                Some(r) if w > 0.0 => r / w,
+                _ => f64::INFINITY,
+            };
+            let loss = out.loss / share;
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            for (name, value) in out.metrics {
+                // Pre-drawn, each figure is weighted now; streamed, once Σw is known.
+                let v = match (predraw, total > 0.0) {
+                    (true, true) => value * w / total,
+                    (true, false) => 0.0,
+                    (false, _) => value * w,
+                };
+                match extra.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += v,
+                    None => extra.push((name, v)),
+                }
+            }
+            let loss = match loss_scale {
+                Some(s) => loss * s,
+                None => loss,
+            };
+            accum.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+        }
+        if !predraw {
+            for e in &mut extra {
+                e.1 = if total > 0.0 { e.1 / total } else { 0.0 };
             }
         }
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialize"))
-            .map_err(|e| TrainError::io(&metrics_path, e))?;
-        on_step(&m);
-        history.push(m);
-        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
-            // Never a checkpoint with NaN/inf weights (whatever let them through, e.g. a resumed
-            // checkpoint written before this check existed).
-            let (bad, total) = non_finite_weights(trainer.model());
+        // Σw / (w_0 · micro): exactly 1 when pre-drawn, and for micro-batches of equal weight.
+        let correction = match reference {
+            Some(r) if total > 0.0 && total != r => r / total,
+            _ => 1.0,
+        };
+        loss_sum *= correction;
+        let mut grads = accum.grads();
+        if let Some(s) = loss_scale {
+            scale_grads(model, &mut grads, 1.0 / s);
+        }
+        if correction != 1.0 {
+            scale_grads(model, &mut grads, correction);
+        }
+        let grad_norm = grad_norm(model, &grads);
+        let lr = cfg.schedule.lr(step);
+        // An f16 overflow is the scaler's to handle (skip, halve) while the scale can still come
+        // down; any other NaN/inf — in the loss, or in the gradients at the smallest scale — means
+        // the run has diverged, and an update with it would poison every weight.
+        let scale_can_drop = self.scaler.is_some_and(|s| s.scale > 1.0);
+        let non_finite = if !loss_sum.is_finite() {
+            Some(format!("the loss is {loss_sum}"))
+        } else if !grad_norm.is_finite() && !scale_can_drop {
+            Some(format!("the gradient norm is {grad_norm}"))
+        } else {
+            None
+        };
+        let mut apply = match self.scaler.as_mut() {
+            Some(s) => s.update(grad_norm),
+            None => true,
+        };
+        if let Some(what) = &non_finite {
+            self.consecutive_skips += 1;
+            let hint = match self.last_update {
+                Some((at, lr)) => format!(" (the weights are from step {at}'s update, at lr {lr:e})"),
+                None => String::new(),
+            };
+            match cfg.on_non_finite {
+                OnNonFinite::Stop => {
+                    return Err(TrainError::Invalid(format!(
+                        "step {done}: {what}{hint}; training stopped (no checkpoint holds these weights). \
+                         Lower the learning rate (schedule.peak) or set on_non_finite = \"skip\" to skip such steps"
+                    )));
+                }
+                OnNonFinite::Skip if self.consecutive_skips > MAX_CONSECUTIVE_SKIPS => {
+                    return Err(TrainError::Invalid(format!(
+                        "step {done}: {what}{hint}; {} non-finite steps in a row, training stopped (on_non_finite = \"skip\" allows {MAX_CONSECUTIVE_SKIPS})",
+                        self.consecutive_skips
+                    )));
+                }
+                OnNonFinite::Skip => apply = false,
+            }
+        }
+        if apply {
+            if let Some(max) = cfg.clip_norm {
+                let coef = max / (grad_norm + 1e-6);
+                if coef < 1.0 {
+                    scale_grads(model, &mut grads, coef);
+                }
+            }
+            let model = self.model.take().expect("model present");
+            let model = self.optim.step(lr, model, grads);
+            self.consecutive_skips = 0;
+            self.last_update = Some((done, lr));
+            // A finite gradient at a huge learning rate can still push weights past f32's range:
+            // catch it at the step that did it, before it reaches a checkpoint.
+            let (bad, total) = non_finite_weights(&model);
+            self.model = Some(model);
             if bad > 0 {
                 return Err(TrainError::Invalid(format!(
-                    "step {done}: {bad} of {total} weights are NaN or infinite; the checkpoint was not written"
-                )));
-            }
-            let state = TrainerState {
-                step: done,
-                sampler: objective.state(),
-                config: cfg.clone(),
-                tokens_seen: trainer.tokens_seen,
-                loss_scaler: trainer.scaler,
-                model: model_json.clone(),
-                data: data_fingerprint.clone(),
-            };
-            checkpoint::save(&ckpt_root, done, cfg.keep_checkpoints, |dir| {
-                weights.save(trainer.model(), dir)?;
-                let path = dir.join("optimizer.bin");
-                trainer.optimizer().save(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-                let json = serde_json::to_string_pretty(&state).expect("state serializes");
-                let path = dir.join("trainer_state.json");
-                std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
-            })?;
-        }
-    }
-    // The report and the curve are conveniences: neither may cost the finished run, and
-    // neither replaces a file of the user's of the same name.
-    let mut warnings = Vec::new();
-    if let Some(report) = objective.data_report() {
-        let path = out_dir.join("data_report.json");
-        match data_report_is_ours(&path) {
-            Ok(()) => phi_core::weights::write_atomic(&path, serde_json::to_string_pretty(&report).expect("serializes").as_bytes())?,
-            Err(why) => warnings.push(format!("data report not written: {why}")),
-        }
-    }
-    let png = out_dir.join("loss.png");
-    let c = trainer.model().config();
-    let title = format!("{} layers x {} hidden, {} x {} sequences/step", c.num_hidden_layers, c.hidden_size, cfg.batch_size, cfg.grad_accum);
-    if let Err(e) = crate::plot::write_loss_curve(&history, &title, &png) {
-        warnings.push(format!("loss curve not written: {e}"));
-    }
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(TrainOutcome { model: trainer.valid_model(), metrics: history, resumed_from, resume_warnings, warnings })
-}
-
-/// `Ok` when `path` is absent or a data report of ours (a JSON object of exactly `stages` and
-/// `tokens`, what [`Objective::data_report`] writes); otherwise why it is left alone.
-fn data_report_is_ours(path: &Path) -> std::result::Result<(), String> {
-    let text = match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        _ => return Err(format!("{} exists and is not a plain file; it is left as it is", path.display())),
-    };
-    let ours = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.as_object().map(|o| o.len() == 2 && o.contains_key("stages") && o.contains_key("tokens")))
-        .unwrap_or(false);
-    if ours { Ok(()) } else { Err(format!("{} is not a data report of phi's (a file of yours?); it is left as it is", path.display())) }
-}
-
-/// How many of the model's parameter values are NaN or infinite, and how many there are.
-pub fn non_finite_weights<M: Module>(model: &M) -> (u64, u64) {
-    struct Count {
-        bad: Option<Tensor<1, Int>>,
-        total: u64,
-    }
-    impl burn::module::ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            let t = param.val();
-            self.total += t.shape().num_elements() as u64;
-            let bad = t.is_finite().bool_not().int().sum();
-            self.bad = Some(match self.bad.take() {
-                Some(b) => b + bad,
-                None => bad,
-            });
-        }
-    }
-    let mut count = Count { bad: None, total: 0 };
-    model.visit(&mut count);
-    (count.bad.map_or(0, |b| b.into_scalar::<i64>() as u64), count.total)
-}
-
-/// Metrics already logged for steps `1..=up_to` (a resumed run drops what came after its
-/// checkpoint). The file is rewritten next, so one that is not a metrics log of ours is an
-/// error rather than lost; only a torn last line (a kill mid-write) is dropped.
-fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<StepMetrics>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TrainError::io(path, e)),
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<StepMetrics>(line) {
-            Ok(m) if m.step <= up_to => out.push(m),
-            Ok(_) => {}
-            Err(_) if line.trim().is_empty() || (i + 1 == lines.len() && !text.ends_with('\n')) => {}
-            Err(e) => {
-                return Err(TrainError::Invalid(format!(
-                    "{}: line {} is not a phi metrics line ({e}); it is not ours to overwrite (is the output folder one of yours?)",
-                    path.display(),
-                    i + 1
+                    "step {done}: the update at lr {lr:e} made {bad} of {total} weights NaN or infinite; training stopped \
+                     (no checkpoint holds these weights). Lower the learning rate (schedule.peak)"
                 )));
             }
         }
+        self.step = done;
+        self.tokens_seen += tokens;
+        let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
+        let flops = crate::mfu::flops_per_token(self.model().config(), cfg.seq_len);
+        Ok(StepMetrics {
+            step: done,
+            loss: loss_sum,
+            val_loss: None,
+            val_perplexity: None,
+            lr,
+            grad_norm,
+            tokens_per_s,
+            mfu: crate::mfu::mfu(tokens_per_s, flops, self.peak_flops),
+            loss_scale,
+            skipped: !apply,
+            stage: None,
+            extra: extra.into_iter().collect(),
+        })
     }
-    Ok(out)
 }
 
-fn rewrite_metrics(path: &Path, metrics: &[StepMetrics]) -> Result<()> {
-    let text: String = metrics.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
-    phi_core::weights::write_atomic(path, text.as_bytes())?;
-    Ok(())
+/// AdamW for `model` as `cfg` sets it, biases/norms/embeddings exempt from decay if asked.
+pub fn optimizer_for(model: &PhiForCausalLM, cfg: &TrainConfig) -> ModuleOptimizer {
+    cfg.optimizer.build(model)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::Device;
+    use phi_core::{PhiConfig, PhiForCausalLM};
+    use phi_data::sft::SftExample;
+    use phi_data::{Mixture, TokenDataset};
+
+    use super::Trainer;
+    use crate::objective::{CausalLm, Objective};
+    use crate::{StepMetrics, TrainConfig};
+
+    fn values(model: &PhiForCausalLM) -> Vec<f32> {
+        struct All(Vec<f32>);
+        impl burn::module::ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+                self.0.extend(p.val().into_data().convert::<f32>().iter::<f32>());
+            }
+        }
+        let mut all = All(Vec::new());
+        model.visit(&mut all);
+        all.0
+    }
+
+    /// Two steps of `objective` with the micro-batches drawn up front or one by one.
+    fn run<O: Objective>(mut objective: impl FnMut() -> O, cfg: &TrainConfig) -> [(Vec<f32>, Vec<StepMetrics>); 2] {
+        [u64::MAX, 0].map(|predraw_tokens| {
+            let device = Device::default().autodiff();
+            let model = PhiForCausalLM::init(PhiConfig::phi_family(32, 1, 4, 64, 0.5), &device, 3).unwrap();
+            let mut trainer = Trainer::new(model, cfg).unwrap();
+            trainer.predraw_tokens = predraw_tokens;
+            let mut o = objective();
+            let metrics = (0..2).map(|_| trainer.step(&mut o).unwrap()).collect::<Vec<_>>();
+            (values(trainer.model()), metrics)
+        })
+    }
+
+    fn cfg(batch_size: usize, grad_accum: usize) -> TrainConfig {
+        TrainConfig { batch_size, seq_len: 8, grad_accum, max_steps: 2, clip_norm: None, ..TrainConfig::default() }
+    }
+
+    #[test]
+    fn micro_batches_drawn_one_by_one_give_the_step_of_those_drawn_up_front() {
+        // Causal LM: every micro-batch weighs the same, and the arithmetic is the same to the bit.
+        let data = Mixture::single(TokenDataset::from_tokens((0..400u32).map(|i| i * 7 % 64).collect()));
+        let val = TokenDataset::from_tokens((0..40u32).collect());
+        let [(up_front, m1), (one_by_one, m2)] = run(|| CausalLm::new(&data, &val, 8, 5).unwrap(), &cfg(2, 3));
+        assert_eq!(up_front, one_by_one);
+        assert_eq!(m1.iter().map(|m| (m.loss, m.grad_norm)).collect::<Vec<_>>(), m2.iter().map(|m| (m.loss, m.grad_norm)).collect::<Vec<_>>());
+        // SFT, micro-batches of 1 and of 5 learned tokens: corrected once Σw is known.
+        let ex: Vec<SftExample> = [1usize, 5]
+            .iter()
+            .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
+            .collect();
+        let [(up_front, m1), (one_by_one, m2)] = run(|| crate::sft::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 2));
+        for (a, b) in m1.iter().zip(&m2) {
+            assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm - b.grad_norm).abs() < 1e-6 * a.grad_norm, "{a:?} vs {b:?}");
+        }
+        let worst = up_front.iter().zip(&one_by_one).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "weights differ by {worst}");
+    }
+}

@@ -9,7 +9,8 @@ use burn::tensor::Device;
 use common::fixture;
 use phi_core::PhiForCausalLM;
 use phi_train::preference::{Collate, Dpo, PreferenceLoss, PreferenceSettings, TokenPair};
-use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, TrainConfig, Weights, fit};
+use phi_train::checkpoint::{ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, METRICS_FILE};
+use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Resume, TrainConfig, Weights, fit};
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
@@ -36,11 +37,7 @@ fn three_dpo_steps_through_fit_match_trl() {
         checkpoint_every: 0,
         keep_checkpoints: 1,
         seed: 0,
-        peak_flops: None,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     };
     // The reference is the base without the adapter; its log-probs are taken once, here.
     let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &Device::default()).unwrap();
@@ -51,7 +48,7 @@ fn three_dpo_steps_through_fit_match_trl() {
     drop(reference);
     let weights = Weights::Lora { base: fixture("phi-tiny"), adapter: Adapter::Load(fixture("lora-phi-tiny")), quantize: None };
     let out = tempfile::tempdir().unwrap();
-    let run = fit(&weights, &mut objective, &cfg, out.path(), false, &Device::default(), |_| {}).unwrap();
+    let run = fit(&weights, &mut objective, &cfg, out.path(), Resume::No, &Device::default(), |_| {}).unwrap();
 
     let want = floats(&a["losses_before_each_step_and_after_last"]);
     let mut got: Vec<f64> = run.metrics.iter().map(|m| m.loss).collect();
@@ -69,13 +66,13 @@ fn three_dpo_steps_through_fit_match_trl() {
     assert!((first.extra["logps/chosen"] - logps_chosen).abs() < 1e-4);
     assert!((first.grad_norm - r["lora_grad_norm"].as_f64().unwrap()).abs() < 1e-4, "{} vs {}", first.grad_norm, r["lora_grad_norm"]);
     // metrics.jsonl carries them under TRL's names.
-    let line = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let line = std::fs::read_to_string(out.path().join(METRICS_FILE)).unwrap();
     assert!(line.lines().next().unwrap().contains("\"rewards/margins\":"), "{line}");
 
     // The final lora_B of layer 0's q_proj (PEFT layout [out, r]), from the checkpoint the run
     // wrote as a PEFT adapter.
-    let ckpt = phi_train::checkpoint::latest(&out.path().join("checkpoints")).unwrap();
-    let tensors = std::fs::read(ckpt.join("adapter_model.safetensors")).unwrap();
+    let ckpt = phi_train::checkpoint::latest(&out.path().join(CHECKPOINTS_DIR)).unwrap();
+    let tensors = std::fs::read(ckpt.join(ADAPTER_WEIGHTS_FILE)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&tensors).unwrap();
     let b = st.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
     let got: Vec<f32> = b.data().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -94,17 +91,11 @@ fn tiny_cfg(steps: usize, batch: usize, accum: usize) -> TrainConfig {
         max_steps: steps,
         optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
         schedule: LrSchedule { peak: 1e-3, warmup_steps: 1, total_steps: 6, floor: 0.0, decay: Decay::Linear },
-        clip_norm: Some(1.0),
         eval_every: 0,
         eval_batches: 1,
         checkpoint_every: 2,
-        keep_checkpoints: 2,
         seed: 3,
-        peak_flops: None,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     }
 }
 
@@ -139,11 +130,11 @@ fn the_reference_stays_frozen_and_a_live_reference_trains_as_the_precomputed_one
     let weights = Weights::Pretrained(fixture("phi-tiny"));
     let cfg = tiny_cfg(3, 2, 1);
     let mut live = Dpo::live(&pairs, &pairs, reference, settings(PreferenceLoss::Sigmoid { label_smoothing: 0.1 }), 5).unwrap();
-    let a = fit(&weights, &mut live, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+    let a = fit(&weights, &mut live, &cfg, tempfile::tempdir().unwrap().path(), Resume::No, &device, |_| {}).unwrap();
     assert_eq!(param_bytes(&kept), before, "the reference changed during training");
     assert_ne!(param_bytes(&a.model), before, "the policy did not train");
     let mut once = Dpo::new(&pairs, &pairs, Some(&kept), settings(PreferenceLoss::Sigmoid { label_smoothing: 0.1 }), 5).unwrap();
-    let b = fit(&weights, &mut once, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+    let b = fit(&weights, &mut once, &cfg, tempfile::tempdir().unwrap().path(), Resume::No, &device, |_| {}).unwrap();
     for (x, y) in a.metrics.iter().zip(&b.metrics) {
         assert!((x.loss - y.loss).abs() < 1e-5 && (x.extra["rewards/margins"] - y.extra["rewards/margins"]).abs() < 1e-5, "{x:?} vs {y:?}");
     }
@@ -185,7 +176,7 @@ fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
     let reference = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
     let s = settings(PreferenceLoss::Sigmoid { label_smoothing: 0.0 });
     let weights = Weights::Lora { base: fixture("phi-tiny"), adapter: Adapter::Load(fixture("lora-phi-tiny")), quantize: None };
-    let run = |cfg: &TrainConfig, dir: &std::path::Path, resume: bool| {
+    let run = |cfg: &TrainConfig, dir: &std::path::Path, resume: Resume| {
         let mut o = Dpo::new(&pairs, &pairs[..2], Some(&reference), s, 9).unwrap();
         fit(&weights, &mut o, cfg, dir, resume, &device, |_| {}).unwrap()
     };
@@ -193,18 +184,18 @@ fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
     // gradients are compared, and the final validation.)
     let bits = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.extra["rewards/margins"].to_bits())).collect::<Vec<_>>();
     let whole = tempfile::tempdir().unwrap();
-    let full = run(&tiny_cfg(6, 2, 2), whole.path(), false);
+    let full = run(&tiny_cfg(6, 2, 2), whole.path(), Resume::No);
     let split = tempfile::tempdir().unwrap();
-    run(&tiny_cfg(3, 2, 2), split.path(), true);
-    let resumed = run(&tiny_cfg(6, 2, 2), split.path(), true);
+    run(&tiny_cfg(3, 2, 2), split.path(), Resume::Auto);
+    let resumed = run(&tiny_cfg(6, 2, 2), split.path(), Resume::Auto);
     assert_eq!(resumed.resumed_from, Some(3));
     assert_eq!(bits(&resumed.metrics), bits(&full.metrics));
     assert_eq!(resumed.metrics[5].val_loss.map(f64::to_bits), full.metrics[5].val_loss.map(f64::to_bits));
     // The same reference run live resumes a run that precomputed it (and trains on alike).
     let mixed = tempfile::tempdir().unwrap();
-    run(&tiny_cfg(3, 2, 2), mixed.path(), true);
+    run(&tiny_cfg(3, 2, 2), mixed.path(), Resume::Auto);
     let mut live = Dpo::live(&pairs, &pairs[..2], reference.clone(), s, 9).unwrap();
-    let resumed = fit(&weights, &mut live, &tiny_cfg(6, 2, 2), mixed.path(), true, &device, |_| {}).unwrap();
+    let resumed = fit(&weights, &mut live, &tiny_cfg(6, 2, 2), mixed.path(), Resume::Auto, &device, |_| {}).unwrap();
     assert_eq!(resumed.resumed_from, Some(3));
     for (x, y) in resumed.metrics.iter().zip(&full.metrics) {
         assert!((x.loss - y.loss).abs() < 1e-5, "{x:?} vs {y:?}");
@@ -212,11 +203,11 @@ fn dpo_resumes_bitwise_and_accumulation_equals_the_large_batch() {
     // A checkpoint made against another reference is not this run's.
     let other = phi_train::lora::load(PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap(), fixture("lora-phi-tiny")).unwrap();
     let mut o = Dpo::new(&pairs, &pairs[..2], Some(&other), s, 9).unwrap();
-    let err = fit(&weights, &mut o, &tiny_cfg(7, 2, 2), split.path(), true, &device, |_| {}).err().expect("another reference must not resume");
+    let err = fit(&weights, &mut o, &tiny_cfg(7, 2, 2), split.path(), Resume::Auto, &device, |_| {}).err().expect("another reference must not resume");
     assert!(err.to_string().contains("not the same run"), "{err}");
     // Two micro-batches of 2 pairs are the step one batch of 4 gives.
-    let big = run(&tiny_cfg(1, 4, 1), tempfile::tempdir().unwrap().path(), false);
-    let acc = run(&tiny_cfg(1, 2, 2), tempfile::tempdir().unwrap().path(), false);
+    let big = run(&tiny_cfg(1, 4, 1), tempfile::tempdir().unwrap().path(), Resume::No);
+    let acc = run(&tiny_cfg(1, 2, 2), tempfile::tempdir().unwrap().path(), Resume::No);
     let (b, a) = (&big.metrics[0], &acc.metrics[0]);
     assert!((b.loss - a.loss).abs() < 1e-6 && (b.grad_norm - a.grad_norm).abs() < 1e-6, "{b:?} vs {a:?}");
     assert!((b.extra["rewards/accuracies"] - a.extra["rewards/accuracies"]).abs() < 1e-9);
@@ -231,7 +222,7 @@ fn reference_free_losses_train_without_a_reference() {
         let mut o = Dpo::new(&pairs, &pairs, None, settings(loss), 0).unwrap();
         let before = o.validation_metrics(&PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap()).unwrap();
         let cfg = TrainConfig { schedule: LrSchedule { peak: 3e-3, warmup_steps: 0, total_steps: 0, floor: 3e-3, decay: Decay::Constant }, ..tiny_cfg(5, 4, 1) };
-        let run = fit(&Weights::Pretrained(fixture("phi-tiny")), &mut o, &cfg, tempfile::tempdir().unwrap().path(), false, &device, |_| {}).unwrap();
+        let run = fit(&Weights::Pretrained(fixture("phi-tiny")), &mut o, &cfg, tempfile::tempdir().unwrap().path(), Resume::No, &device, |_| {}).unwrap();
         let after = run.metrics.last().unwrap().val_loss.unwrap();
         assert!(after < before.loss, "{loss:?}: {} → {after}", before.loss);
         // Rewards are β times the per-token average log-probabilities.

@@ -10,7 +10,8 @@ use phi_core::{PhiConfig, PhiForCausalLM};
 use phi_data::sft::SftExample;
 use phi_train::lora::LoraConfig;
 use phi_train::sft::Sft;
-use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, TrainConfig, Weights, fit};
+use phi_train::checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE};
+use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, Resume, TrainConfig, Weights, fit};
 
 /// burn's device RNG is one per process and each step reseeds it: training tests take turns.
 static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -54,13 +55,8 @@ fn cfg(batch_size: usize, grad_accum: usize, steps: usize) -> TrainConfig {
         eval_every: 2,
         eval_batches: 4,
         checkpoint_every: 3,
-        keep_checkpoints: 2,
         seed: 9,
-        peak_flops: None,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     }
 }
 
@@ -91,7 +87,7 @@ fn accumulated_micro_batches_give_the_large_batch_step() {
         let run = |batch, accum| {
             let out = tempfile::tempdir().unwrap();
             let mut objective = Sft::new(&train, &val, 0, 9).unwrap();
-            fit(&weights, &mut objective, &cfg(batch, accum, 4), out.path(), false, &Device::default(), |_| {}).unwrap()
+            fit(&weights, &mut objective, &cfg(batch, accum, 4), out.path(), Resume::No, &Device::default(), |_| {}).unwrap()
         };
         let large = run(8, 1);
         let accumulated = run(2, 4);
@@ -125,7 +121,7 @@ fn unequal_micro_batches_are_weighted_by_their_learned_tokens() {
         let mut objective = Sft::new(&ex, &[], 0, 1).unwrap();
         let mut c = cfg(batch, accum, 1);
         c.clip_norm = None;
-        fit(&weights, &mut objective, &c, out.path(), false, &Device::default(), |_| {}).unwrap()
+        fit(&weights, &mut objective, &c, out.path(), Resume::No, &Device::default(), |_| {}).unwrap()
     };
     let (large, accumulated) = (run(2, 1), run(1, 2));
     let (a, b) = (large.metrics[0].loss, accumulated.metrics[0].loss);
@@ -145,14 +141,14 @@ fn sft_stopped_and_resumed_is_bitwise_the_uninterrupted_run() {
         let full = {
             let out = tempfile::tempdir().unwrap();
             let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
-            fit(&weights, &mut objective, &cfg(3, 2, 8), out.path(), false, &Device::default(), |_| {}).unwrap()
+            fit(&weights, &mut objective, &cfg(3, 2, 8), out.path(), Resume::No, &Device::default(), |_| {}).unwrap()
         };
         let out = tempfile::tempdir().unwrap();
         // Stop after step 6 (checkpoints at 3 and 6; the data cycles through epochs by then).
         let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
-        fit(&weights, &mut objective, &cfg(3, 2, 6), out.path(), false, &Device::default(), |_| {}).unwrap();
+        fit(&weights, &mut objective, &cfg(3, 2, 6), out.path(), Resume::No, &Device::default(), |_| {}).unwrap();
         let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
-        let resumed = fit(&weights, &mut objective, &cfg(3, 2, 8), out.path(), true, &Device::default(), |_| {}).unwrap();
+        let resumed = fit(&weights, &mut objective, &cfg(3, 2, 8), out.path(), Resume::Auto, &Device::default(), |_| {}).unwrap();
         assert_eq!(resumed.resumed_from, Some(6));
         let (a, b) = (values(&full.model), values(&resumed.model));
         let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
@@ -161,9 +157,9 @@ fn sft_stopped_and_resumed_is_bitwise_the_uninterrupted_run() {
         assert_eq!(losses(&full), losses(&resumed));
         if matches!(weights, Weights::Lora { .. }) {
             // A LoRA checkpoint holds the adapter (PEFT format), not the base.
-            let ckpt = phi_train::checkpoint::latest(&out.path().join("checkpoints")).unwrap();
-            assert!(ckpt.join("adapter_model.safetensors").is_file() && ckpt.join("adapter_config.json").is_file());
-            assert!(!ckpt.join("model.safetensors").exists());
+            let ckpt = phi_train::checkpoint::latest(&out.path().join(CHECKPOINTS_DIR)).unwrap();
+            assert!(ckpt.join(ADAPTER_WEIGHTS_FILE).is_file() && ckpt.join(ADAPTER_CONFIG_FILE).is_file());
+            assert!(!ckpt.join(WEIGHTS_FILE).exists());
             // and it loads onto the base as a PEFT adapter.
             let reloaded = phi_train::lora::load(PhiForCausalLM::from_pretrained(dir.path(), &Device::default()).unwrap(), &ckpt).unwrap();
             assert!(values(&reloaded) == values(&resumed.model), "the checkpoint's adapter is the trained one");
@@ -180,14 +176,14 @@ fn resuming_with_another_adapter_config_or_other_examples_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let weights = Weights::Lora { base: dir.path().into(), adapter: Adapter::Fresh(lora()), quantize: None };
     let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
-    fit(&weights, &mut objective, &cfg(2, 1, 3), out.path(), false, &Device::default(), |_| {}).unwrap();
+    fit(&weights, &mut objective, &cfg(2, 1, 3), out.path(), Resume::No, &Device::default(), |_| {}).unwrap();
     let other = Weights::Lora { base: dir.path().into(), adapter: Adapter::Fresh(LoraConfig { r: 2, ..lora() }), quantize: None };
     let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
-    let e = fit(&other, &mut objective, &cfg(2, 1, 5), out.path(), true, &Device::default(), |_| {}).err().expect("another adapter config").to_string();
+    let e = fit(&other, &mut objective, &cfg(2, 1, 5), out.path(), Resume::Auto, &Device::default(), |_| {}).err().expect("another adapter config").to_string();
     assert!(e.contains("model.phi_lora.r: 4 in the checkpoint, 2 now"), "{e}");
     let fewer = examples(5, 1);
     let mut objective = Sft::new(&fewer, &val, 0, 3).unwrap();
-    let e = fit(&weights, &mut objective, &cfg(2, 1, 5), out.path(), true, &Device::default(), |_| {}).err().expect("other data").to_string();
+    let e = fit(&weights, &mut objective, &cfg(2, 1, 5), out.path(), Resume::Auto, &Device::default(), |_| {}).err().expect("other data").to_string();
     assert!(e.contains("data: sft 6 train"), "{e}");
 }
 
@@ -202,7 +198,7 @@ fn sft_trains_in_bf16_with_f32_masters() {
     let out = tempfile::tempdir().unwrap();
     let mut objective = Sft::new(&train, &val, 0, 3).unwrap();
     let weights = Weights::Lora { base: dir.path().into(), adapter: Adapter::Fresh(lora()), quantize: None };
-    let r = fit(&weights, &mut objective, &c, out.path(), false, &Device::default(), |_| {}).unwrap();
+    let r = fit(&weights, &mut objective, &c, out.path(), Resume::No, &Device::default(), |_| {}).unwrap();
     let losses: Vec<f64> = r.metrics.iter().map(|m| m.loss).collect();
     assert!(losses.iter().all(|l| l.is_finite()) && losses.last() < losses.first(), "{losses:?}");
     assert!(values(&r.model).iter().all(|v| v.is_finite()));

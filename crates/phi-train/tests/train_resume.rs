@@ -4,11 +4,12 @@
 mod common;
 
 use burn::tensor::Device;
-use common::snapshot;
+use common::{fit_lm, snapshot};
 use phi_core::{BlockKind, Family, MlpKind, NormKind, PhiConfig};
 use phi_data::shard::write_shard;
 use phi_data::{Mixture, TokenDataset};
-use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Start, TrainConfig, checkpoint, train};
+use phi_train::checkpoint::{self, CHECKPOINTS_DIR, CONFIG_FILE, MARKER, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE};
+use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Resume, TrainConfig};
 
 /// burn's device RNG (dropout) is one per process, and every training step reseeds it: tests
 /// that train take turns, or one test's reseeding would land between another's draws.
@@ -21,7 +22,7 @@ fn take_turn() -> std::sync::MutexGuard<'static, ()> {
 /// A run from scratch in a fresh folder (kept alive with the outcome).
 fn fresh_run(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset) -> (phi_train::TrainOutcome, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let out = train(model, cfg, train_data, val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let out = fit_lm(model, cfg, train_data, val, dir.path(), Resume::No, &Device::default()).unwrap();
     (out, dir)
 }
 
@@ -37,17 +38,11 @@ fn tiny() -> (PhiConfig, TrainConfig, Mixture, TokenDataset, tempfile::TempDir) 
         max_steps: 20,
         optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: true },
         schedule: LrSchedule { peak: 3e-3, warmup_steps: 3, total_steps: 20, floor: 3e-4, decay: Decay::Cosine },
-        clip_norm: Some(1.0),
         eval_every: 5,
         eval_batches: 4,
         checkpoint_every: 10,
-        keep_checkpoints: 2,
         seed: 11,
-        peak_flops: None,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: LossScaler::default(),
-        on_non_finite: phi_train::OnNonFinite::Stop,
+        ..TrainConfig::default()
     };
     // A learnable stream: counting modulo 64 with every 7th token random-ish.
     let stream = |n: usize, salt: u32| -> Vec<u32> {
@@ -72,12 +67,12 @@ fn resumed_run_matches_uninterrupted_run_bitwise() {
     let device = Device::default();
 
     let full_dir = tempfile::tempdir().unwrap();
-    let full = train(&model, &cfg, &train_tokens, &val_tokens, full_dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let full = fit_lm(&model, &cfg, &train_tokens, &val_tokens, full_dir.path(), Resume::No, &device).unwrap();
     assert_eq!(full.metrics.len(), 20);
     // Dropout is really applied in training: the same step without it gives another loss.
     let plain = PhiConfig { resid_pdrop: 0.0, embd_pdrop: 0.0, ..model.clone() };
     let one = TrainConfig { max_steps: 1, checkpoint_every: 0, ..cfg.clone() };
-    let no_dropout = train(&plain, &one, &train_tokens, &val_tokens, tempfile::tempdir().unwrap().path(), Start::Scratch, &device, |_| {}).unwrap();
+    let no_dropout = fit_lm(&plain, &one, &train_tokens, &val_tokens, tempfile::tempdir().unwrap().path(), Resume::No, &device).unwrap();
     assert_ne!(no_dropout.metrics[0].loss, full.metrics[0].loss);
     let first = full.metrics[0].val_loss.or(full.metrics[4].val_loss).unwrap();
     let last = full.metrics[19].val_loss.unwrap();
@@ -85,21 +80,21 @@ fn resumed_run_matches_uninterrupted_run_bitwise() {
 
     let dir = tempfile::tempdir().unwrap();
     let half = TrainConfig { max_steps: 10, ..cfg.clone() };
-    train(&model, &half, &train_tokens, &val_tokens, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    fit_lm(&model, &half, &train_tokens, &val_tokens, dir.path(), Resume::Auto, &device).unwrap();
     // A checkpoint write that died half-way: a temporary directory, never picked up.
-    let ckpts = dir.path().join("checkpoints");
+    let ckpts = dir.path().join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(ckpts.join(".tmp-step-00000015-999")).unwrap();
-    std::fs::write(ckpts.join(".tmp-step-00000015-999/config.json"), "{").unwrap();
+    std::fs::write(ckpts.join(".tmp-step-00000015-999").join(CONFIG_FILE), "{").unwrap();
     // And one whose state file never got written.
     std::fs::create_dir_all(ckpts.join("step-00000016")).unwrap();
     assert_eq!(checkpoint::latest(&ckpts).unwrap(), checkpoint::checkpoint_dir(&ckpts, 10));
 
-    let resumed = train(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    let resumed = fit_lm(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Resume::Auto, &device).unwrap();
     assert_eq!(resumed.resumed_from, Some(10));
     let losses = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.val_loss.map(f64::to_bits))).collect::<Vec<_>>();
     assert_eq!(losses(&resumed.metrics), losses(&full.metrics));
     // metrics.jsonl holds each step once.
-    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let lines = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
     assert_eq!(lines.lines().count(), 20);
     // Only the newest `keep_checkpoints` remain, and each loads as a HF checkpoint.
     let kept: Vec<usize> = checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect();
@@ -130,14 +125,14 @@ fn bf16_compute_keeps_f32_masters_and_tracks_the_f32_run() {
         // and nothing is written.
         let dir = tempfile::tempdir().unwrap();
         let bf16 = TrainConfig { precision: Precision::Bf16, ..cfg.clone() };
-        let e = train(&model, &bf16, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &Device::default(), |_| {}).err().expect("bf16 refused").to_string();
+        let e = fit_lm(&model, &bf16, &train_tokens, &val_tokens, dir.path(), Resume::No, &Device::default()).err().expect("bf16 refused").to_string();
         assert!(e.contains("precision = \"bf16\"") && e.contains("cannot compute in"), "{e}");
-        assert!(!dir.path().join("checkpoints").exists() && !dir.path().join("metrics.jsonl").exists());
+        assert!(!dir.path().join(CHECKPOINTS_DIR).exists() && !dir.path().join(METRICS_FILE).exists());
         return;
     }
     let run = |cfg: &TrainConfig| {
         let (out, dir) = fresh_run(&model, cfg, &train_tokens, &val_tokens);
-        let weights = std::fs::read(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 4).join("model.safetensors")).unwrap();
+        let weights = std::fs::read(checkpoint::checkpoint_dir(&dir.path().join(CHECKPOINTS_DIR), 4).join(WEIGHTS_FILE)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
         assert!(st.tensors().iter().all(|(_, t)| t.dtype() == safetensors::Dtype::F32), "master weights stay f32");
         (out.metrics, st.tensor("model.layers.0.mlp.fc1.weight").unwrap().data().to_vec())
@@ -171,7 +166,7 @@ fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
     };
     let device = Device::default();
     let dir = tempfile::tempdir().unwrap();
-    let out = train(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
+    let out = fit_lm(&model, &cfg, &train_tokens, &val_tokens, dir.path(), Resume::No, &device).unwrap();
     let m = &out.metrics;
     assert!(m[0].skipped && m[0].loss_scale == Some(2f64.powi(28)), "{:?}", m[0]);
     let first_applied = m.iter().position(|m| !m.skipped).expect("the scale comes down until steps apply");
@@ -185,7 +180,7 @@ fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
     assert!(m.iter().any(|x| x.loss_scale == Some(after * 2.0)), "{m:?}");
     // The scaler's state is in the checkpoint, so a resumed run scales alike.
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(checkpoint::checkpoint_dir(&dir.path().join("checkpoints"), 16).join("trainer_state.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(checkpoint::checkpoint_dir(&dir.path().join(CHECKPOINTS_DIR), 16).join(STATE_FILE)).unwrap()).unwrap();
     let (last, good) = (&m[15], state["loss_scaler"]["good_steps"].as_u64().unwrap());
     let next_scale = match (last.skipped, good) {
         (true, _) => last.loss_scale.unwrap() / 2.0,
@@ -196,7 +191,7 @@ fn f16_loss_scaling_skips_overflowing_steps_and_backs_off() {
 }
 
 fn resume_error(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset, dir: &std::path::Path) -> String {
-    match train(model, cfg, train_data, val, dir, Start::ResumeAuto, &Device::default(), |_| {}) {
+    match fit_lm(model, cfg, train_data, val, dir, Resume::Auto, &Device::default()) {
         Err(e) => e.to_string(),
         Ok(o) => panic!("resumed from {:?} instead of refusing", o.resumed_from),
     }
@@ -208,8 +203,8 @@ fn resuming_another_run_is_an_error_that_says_what_differs() {
     let (model, cfg, train_data, val, _data) = tiny();
     let cfg = TrainConfig { max_steps: 2, eval_every: 0, checkpoint_every: 2, ..cfg };
     let dir = tempfile::tempdir().unwrap();
-    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
-    let ckpts = dir.path().join("checkpoints");
+    fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &Device::default()).unwrap();
+    let ckpts = dir.path().join(CHECKPOINTS_DIR);
     let before = snapshot(&ckpts);
 
     // Another model (a phi-3 style block with the same sizes, or another width).
@@ -224,7 +219,7 @@ fn resuming_another_run_is_an_error_that_says_what_differs() {
         ..model.clone()
     };
     let e = resume_error(&phi3, &cfg, &train_data, &val, dir.path());
-    assert!(e.contains("not the same run") && e.contains("model.model_type: \"phi\" in the checkpoint, \"phi3\" now") && e.contains("--fresh"), "{e}");
+    assert!(e.contains("not the same run") && e.contains("model.model_type: \"phi\" in the checkpoint, \"phi3\" now") && e.contains("Start over without resuming"), "{e}");
     assert!(e.contains("step-00000002"), "names the checkpoint: {e}");
     let mut wider = PhiConfig::phi_family(48, 2, 4, 64, 0.5);
     wider.max_position_embeddings = 64;
@@ -250,11 +245,11 @@ fn resuming_another_run_is_an_error_that_says_what_differs() {
         eval_every: 1,
         ..cfg.clone()
     };
-    let out = train(&model, &longer, &train_data, &val, dir.path(), Start::ResumeAuto, &Device::default(), |_| {}).unwrap();
+    let out = fit_lm(&model, &longer, &train_data, &val, dir.path(), Resume::Auto, &Device::default()).unwrap();
     assert_eq!((out.resumed_from, out.metrics.len()), (Some(2), 3));
     assert!(out.resume_warnings.is_empty(), "{:?}", out.resume_warnings);
     // Starting over is always possible.
-    let fresh = train(&phi3, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let fresh = fit_lm(&phi3, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Resume::No, &Device::default()).unwrap();
     assert_eq!(fresh.resumed_from, None);
 }
 
@@ -267,19 +262,19 @@ fn a_kill_mid_prune_and_corrupt_newest_checkpoints_fall_back_to_the_previous_com
     let whole = fresh_run(&model, &cfg, &train_data, &val).0;
 
     let dir = tempfile::tempdir().unwrap();
-    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
-    let ckpts = dir.path().join("checkpoints");
+    fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &device).unwrap();
+    let ckpts = dir.path().join(CHECKPOINTS_DIR);
     let at = |step| checkpoint::checkpoint_dir(&ckpts, step);
     assert_eq!(checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), [2, 4, 6]);
 
     // What a kill in the middle of the old pruning left: a step folder with its state and no
     // weights (and no marker): never listed.
     std::fs::create_dir_all(at(8)).unwrap();
-    std::fs::copy(at(6).join("trainer_state.json"), at(8).join("trainer_state.json")).unwrap();
+    std::fs::copy(at(6).join(STATE_FILE), at(8).join(STATE_FILE)).unwrap();
     // What a kill in the middle of today's pruning or writing leaves: `.tmp-step-*` folders.
     let stale = ckpts.join(".tmp-step-00000001-4242-old");
     std::fs::create_dir_all(&stale).unwrap();
-    std::fs::copy(at(2).join("trainer_state.json"), stale.join("trainer_state.json")).unwrap();
+    std::fs::copy(at(2).join(STATE_FILE), stale.join(STATE_FILE)).unwrap();
     std::fs::create_dir_all(ckpts.join(".tmp-step-00000007-4242")).unwrap();
     std::fs::write(ckpts.join(".tmp-step-00000007-4242/model.safetensors.tmp"), b"half").unwrap();
     // A `.tmp-step-*` folder holding a user's file is not ours: left, with a warning.
@@ -287,17 +282,17 @@ fn a_kill_mid_prune_and_corrupt_newest_checkpoints_fall_back_to_the_previous_com
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
     // The newest checkpoint truncated, the one before it garbled in place (same size).
-    let weights = at(6).join("model.safetensors");
+    let weights = at(6).join(WEIGHTS_FILE);
     let len = std::fs::metadata(&weights).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
     let e = checkpoint::verify(&at(6)).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("the checkpoint marker recorded"), "{e}");
-    let optim = at(4).join("optimizer.bin");
+    assert!(e.contains(WEIGHTS_FILE) && e.contains("the checkpoint marker recorded"), "{e}");
+    let optim = at(4).join(OPTIMIZER_FILE);
     let garbage = vec![0x5au8; std::fs::metadata(&optim).unwrap().len() as usize];
     std::fs::write(&optim, garbage).unwrap();
     assert_eq!(checkpoint::latest(&ckpts).unwrap(), at(6), "the marker says complete; reading is what fails");
 
-    let resumed = train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    let resumed = fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::Auto, &device).unwrap();
     assert_eq!(resumed.resumed_from, Some(2), "falls back past both unreadable checkpoints");
     let w = resumed.resume_warnings.join("\n");
     assert!(w.contains("step-00000006") && w.contains("step-00000004") && w.contains("falling back"), "{w}");
@@ -313,32 +308,35 @@ fn a_kill_mid_prune_and_corrupt_newest_checkpoints_fall_back_to_the_previous_com
     for step in [2, 4, 6] {
         checkpoint::verify(&at(step)).unwrap();
     }
-    assert!(at(8).join("trainer_state.json").exists());
+    assert!(at(8).join(STATE_FILE).exists());
 
     // Nothing readable at all: an error that lists each, not a silent start from scratch.
     for step in [2, 4, 6] {
-        std::fs::write(at(step).join("trainer_state.json"), "{").unwrap();
+        std::fs::write(at(step).join(STATE_FILE), "{").unwrap();
     }
     let e = resume_error(&model, &cfg, &train_data, &val, dir.path());
-    assert!(e.contains("no checkpoint could be read") && e.contains("step-00000002") && e.contains("--fresh"), "{e}");
+    assert!(e.contains("no checkpoint could be read") && e.contains("step-00000002") && e.contains("Start over without resuming"), "{e}");
 }
 
 #[test]
 fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() {
     // Checkpoints written directly (no training): files, marker, pruning, removal.
     let root = tempfile::tempdir().unwrap();
-    let ckpts = root.path().join("checkpoints");
+    let ckpts = root.path().join(CHECKPOINTS_DIR);
+    // Writes the checkpoint of `step`, keeping `keep`; the warnings of its pruning.
     let write = |step: usize, keep: usize| {
-        checkpoint::save(&ckpts, step, keep, |dir| {
-            std::fs::write(dir.join("config.json"), "{}").unwrap();
-            std::fs::write(dir.join("model.safetensors"), vec![1u8; 100]).unwrap();
-            std::fs::write(dir.join("trainer_state.json"), "{}").unwrap();
+        let mut warnings = Vec::new();
+        let write_files = |dir: &std::path::Path| {
+            std::fs::write(dir.join(CONFIG_FILE), "{}").unwrap();
+            std::fs::write(dir.join(WEIGHTS_FILE), vec![1u8; 100]).unwrap();
+            std::fs::write(dir.join(STATE_FILE), "{}").unwrap();
             Ok(())
-        })
-        .unwrap()
+        };
+        checkpoint::save(&ckpts, step, keep, write_files, &mut warnings).unwrap();
+        warnings
     };
     for step in 1..=3 {
-        write(step, 2);
+        assert_eq!(write(step, 2), Vec::<String>::new());
     }
     let names = || {
         let mut n: Vec<String> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -346,15 +344,16 @@ fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() 
         n
     };
     assert_eq!(names(), ["step-00000002", "step-00000003"], "the oldest is gone, with no temporary left");
-    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpts.join("step-00000003/checkpoint.json")).unwrap()).unwrap();
-    assert_eq!((marker["format"].as_str(), marker["step"].as_u64(), marker["files"]["model.safetensors"]["bytes"].as_u64()), (Some("phi-checkpoint"), Some(3), Some(100)));
+    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpts.join("step-00000003").join(MARKER)).unwrap()).unwrap();
+    assert_eq!((marker["format"].as_str(), marker["step"].as_u64(), marker["files"][WEIGHTS_FILE]["bytes"].as_u64()), (Some("phi-checkpoint"), Some(3), Some(100)));
     // XXH3-64 of a hundred 0x01 bytes, as hex.
-    let xxh3 = marker["files"]["model.safetensors"]["xxh3"].as_str().unwrap();
+    let xxh3 = marker["files"][WEIGHTS_FILE]["xxh3"].as_str().unwrap();
     assert_eq!(xxh3, format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&[1u8; 100])));
 
     // A user's file inside an old checkpoint: that checkpoint is not pruned, and the run goes on.
     std::fs::write(ckpts.join("step-00000002/my-eval.txt"), b"results").unwrap();
-    write(4, 2);
+    let w = write(4, 2).join("\n");
+    assert!(w.starts_with("old checkpoint not removed: ") && w.contains("step-00000002") && w.contains("my-eval.txt"), "{w}");
     assert_eq!(names(), ["step-00000002", "step-00000003", "step-00000004"]);
     assert_eq!(std::fs::read(ckpts.join("step-00000002/my-eval.txt")).unwrap(), b"results");
 
@@ -368,24 +367,24 @@ fn pruning_retires_old_checkpoints_whole_and_leaves_folders_that_are_not_ours() 
     std::fs::write(ckpts.join("notes.md"), b"mine").unwrap();
     let e = checkpoint::remove_all(&ckpts).unwrap_err().to_string();
     assert!(e.contains("notes.md"), "{e}");
-    assert!(ckpts.join("step-00000004/model.safetensors").exists(), "nothing removed");
+    assert!(ckpts.join("step-00000004").join(WEIGHTS_FILE).exists(), "nothing removed");
     std::fs::remove_file(ckpts.join("notes.md")).unwrap();
     // A checkpoint without its marker (a write, deletion or --fresh cut short) is an incomplete
     // one of ours: not listed, and replaced by the run that reaches its step — not a dead end.
     let listed = || checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-    std::fs::remove_file(ckpts.join("step-00000003/checkpoint.json")).unwrap();
+    std::fs::remove_file(ckpts.join("step-00000003").join(MARKER)).unwrap();
     assert_eq!(listed(), [2, 4]);
     write(3, 5);
     assert_eq!(listed(), [2, 3, 4]);
     checkpoint::verify(&ckpts.join("step-00000003")).unwrap();
     // Writing over a folder that holds a file of the user's is an error naming it.
     std::fs::write(ckpts.join("step-00000003/notes.txt"), b"mine").unwrap();
-    let e = checkpoint::save(&ckpts, 3, 5, |_| Ok(())).unwrap_err().to_string();
+    let e = checkpoint::save(&ckpts, 3, 5, |_| Ok(()), &mut Vec::new()).unwrap_err().to_string();
     assert!(e.contains("step-00000003") && e.contains("notes.txt"), "{e}");
-    assert!(ckpts.join("step-00000003/model.safetensors").exists());
+    assert!(ckpts.join("step-00000003").join(WEIGHTS_FILE).exists());
     std::fs::remove_file(ckpts.join("step-00000003/notes.txt")).unwrap();
     // Only checkpoints of ours, complete or not (what a --fresh cut short leaves): all removed.
-    std::fs::remove_file(ckpts.join("step-00000004/checkpoint.json")).unwrap();
+    std::fs::remove_file(ckpts.join("step-00000004").join(MARKER)).unwrap();
     checkpoint::remove_all(&ckpts).unwrap();
     assert!(!ckpts.exists() && root.path().exists());
 }
@@ -397,22 +396,22 @@ fn a_metrics_jsonl_that_is_not_ours_is_not_overwritten() {
     let cfg = TrainConfig { max_steps: 1, eval_every: 0, checkpoint_every: 0, ..cfg };
     let dir = tempfile::tempdir().unwrap();
     let theirs = b"{\"experiment\": \"mine\"}\nepoch,loss\n1,0.5\n";
-    std::fs::write(dir.path().join("metrics.jsonl"), theirs).unwrap();
-    let e = match train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}) {
+    std::fs::write(dir.path().join(METRICS_FILE), theirs).unwrap();
+    let e = match fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &Device::default()) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("trained over a metrics.jsonl of the user's"),
     };
-    assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
-    assert_eq!(std::fs::read(dir.path().join("metrics.jsonl")).unwrap(), theirs);
+    assert!(e.contains(METRICS_FILE) && e.contains("line 1"), "{e}");
+    assert_eq!(std::fs::read(dir.path().join(METRICS_FILE)).unwrap(), theirs);
     // Ours, with a torn last line from a kill mid-write: the torn line is dropped, the run goes on.
     let mut ours = String::new();
-    let out = train(&model, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    let out = fit_lm(&model, &cfg, &train_data, &val, tempfile::tempdir().unwrap().path(), Resume::No, &Device::default()).unwrap();
     ours.push_str(&serde_json::to_string(&out.metrics[0]).unwrap());
     ours.push_str("\n{\"step\": 2, \"lo");
-    std::fs::write(dir.path().join("metrics.jsonl"), &ours).unwrap();
-    let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
+    std::fs::write(dir.path().join(METRICS_FILE), &ours).unwrap();
+    let again = fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &Device::default()).unwrap();
     assert_eq!(again.metrics.len(), 1);
-    assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().count(), 1);
+    assert_eq!(std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap().lines().count(), 1);
 }
 
 /// Sets the first value of `tensor` in a safetensors file to NaN, in place (same size).
@@ -428,7 +427,7 @@ fn poison(file: &std::path::Path, tensor: &str) {
 /// Rewrites a checkpoint's marker as a version-1 one (sizes only), as phi wrote before
 /// checksums.
 fn as_version_1(dir: &std::path::Path) {
-    let path = dir.join("checkpoint.json");
+    let path = dir.join(MARKER);
     let mut marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     marker["version"] = 1.into();
     for (name, entry) in marker["files"].as_object_mut().unwrap() {
@@ -444,39 +443,39 @@ fn resume_passes_over_altered_incomplete_and_non_finite_checkpoints_with_a_warni
     let cfg = TrainConfig { max_steps: 6, eval_every: 0, checkpoint_every: 2, keep_checkpoints: 3, ..cfg };
     let device = Device::default();
     let dir = tempfile::tempdir().unwrap();
-    let whole = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &device, |_| {}).unwrap();
-    let ckpts = dir.path().join("checkpoints");
+    let whole = fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &device).unwrap();
+    let ckpts = dir.path().join(CHECKPOINTS_DIR);
     let at = |step| checkpoint::checkpoint_dir(&ckpts, step);
-    let resume = || train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &device, |_| {}).unwrap();
+    let resume = || fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::Auto, &device).unwrap();
     let bits = |m: &[phi_train::StepMetrics]| m.iter().map(|m| (m.step, m.loss.to_bits())).collect::<Vec<_>>();
 
     // One byte of the newest weights changed in place: same size, other checksum.
-    let weights = at(6).join("model.safetensors");
+    let weights = at(6).join(WEIGHTS_FILE);
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&weights, bytes).unwrap();
     let e = checkpoint::verify(&at(6)).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("checksum"), "{e}");
+    assert!(e.contains(WEIGHTS_FILE) && e.contains("checksum"), "{e}");
     let out = resume();
     assert_eq!(out.resumed_from, Some(4));
     let w = out.resume_warnings.join("\n");
-    assert!(w.contains("step-00000006") && w.contains("model.safetensors") && w.contains("checksum") && w.contains("falling back"), "{w}");
+    assert!(w.contains("step-00000006") && w.contains(WEIGHTS_FILE) && w.contains("checksum") && w.contains("falling back"), "{w}");
     assert_eq!(bits(&out.metrics), bits(&whole.metrics), "continued exactly from step 4");
     checkpoint::verify(&at(6)).unwrap();
 
     // The newest without its checkpoint.json: incomplete, passed over with a warning, and
     // replaced by the run when it gets there.
-    std::fs::remove_file(at(6).join("checkpoint.json")).unwrap();
+    std::fs::remove_file(at(6).join(MARKER)).unwrap();
     let out = resume();
     assert_eq!(out.resumed_from, Some(4));
     let w = out.resume_warnings.join("\n");
-    assert!(w.contains("step-00000006") && w.contains("incomplete") && w.contains("no checkpoint.json"), "{w}");
+    assert!(w.contains("step-00000006") && w.contains("incomplete") && w.contains(&format!("no {MARKER}")), "{w}");
     checkpoint::verify(&at(6)).unwrap();
 
     // NaN weights in a checkpoint of a version before checksums (and before the guard that
     // keeps them out of checkpoints): not resumed from; the version-1 checkpoint before it is.
-    poison(&at(6).join("model.safetensors"), "model.embed_tokens.weight");
+    poison(&at(6).join(WEIGHTS_FILE), "model.embed_tokens.weight");
     as_version_1(&at(6));
     as_version_1(&at(4));
     checkpoint::verify(&at(6)).unwrap();
@@ -485,7 +484,7 @@ fn resume_passes_over_altered_incomplete_and_non_finite_checkpoints_with_a_warni
     let w = out.resume_warnings.join("\n");
     assert!(w.contains("step-00000006") && w.contains("NaN or infinite"), "{w}");
     assert_eq!(bits(&out.metrics), bits(&whole.metrics));
-    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(at(6).join("checkpoint.json")).unwrap()).unwrap();
+    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(at(6).join(MARKER)).unwrap()).unwrap();
     assert_eq!(marker["version"], checkpoint::VERSION, "rewritten whole, with checksums");
 }
 
@@ -509,11 +508,11 @@ fn a_second_run_on_a_held_output_folder_fails_at_once_naming_the_holder() {
     held_rx.recv().unwrap();
     let e = resume_error(&model, &cfg, &train_data, &val, dir.path());
     assert!(e.contains("another run") && e.contains(&format!("pid {}", std::process::id())) && e.contains(".phi-run.lock"), "{e}");
-    assert!(!dir.path().join("metrics.jsonl").exists() && !dir.path().join("checkpoints").exists(), "nothing written");
+    assert!(!dir.path().join(METRICS_FILE).exists() && !dir.path().join(CHECKPOINTS_DIR).exists(), "nothing written");
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     // Released (as a crash releases it): the run goes ahead.
-    train(&model, &cfg, &train_data, &val, dir.path(), Start::ResumeAuto, &Device::default(), |_| {}).unwrap();
+    fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::Auto, &Device::default()).unwrap();
 
     // A file of the user's by the lock's name is not overwritten.
     let other = tempfile::tempdir().unwrap();
@@ -523,22 +522,26 @@ fn a_second_run_on_a_held_output_folder_fails_at_once_naming_the_holder() {
     assert_eq!(std::fs::read(other.path().join(".phi-run.lock")).unwrap(), b"my notes");
 }
 
+// (A `loss.png` that is not ours: the loss curve is drawn by the `phi` crate after `fit`
+// returns; its tests/loss_curve.rs.)
+
 #[test]
-fn a_loss_png_that_is_not_ours_is_not_overwritten() {
+fn an_old_checkpoint_that_is_not_ours_to_prune_is_a_warning_of_the_run() {
     let _turn = take_turn();
     let (model, cfg, train_data, val, _data) = tiny();
-    let cfg = TrainConfig { max_steps: 2, eval_every: 0, checkpoint_every: 0, ..cfg };
+    let cfg = TrainConfig { max_steps: 2, eval_every: 0, checkpoint_every: 1, keep_checkpoints: 2, ..cfg };
     let dir = tempfile::tempdir().unwrap();
-    let theirs = b"\x89PNG\r\n\x1a\n my own plot".to_vec();
-    std::fs::write(dir.path().join("loss.png"), &theirs).unwrap();
-    let out = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
-    assert_eq!(std::fs::read(dir.path().join("loss.png")).unwrap(), theirs);
+    let first = fit_lm(&model, &cfg, &train_data, &val, dir.path(), Resume::No, &Device::default()).unwrap();
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    // A file of the user's in the oldest checkpoint: pruning it mid-run fails, the run goes on,
+    // and the outcome says so (the library prints nothing).
+    let ckpts = dir.path().join(CHECKPOINTS_DIR);
+    std::fs::write(checkpoint::checkpoint_dir(&ckpts, 1).join("my-eval.txt"), b"results").unwrap();
+    let out = fit_lm(&model, &TrainConfig { max_steps: 3, ..cfg }, &train_data, &val, dir.path(), Resume::Auto, &Device::default()).unwrap();
+    assert_eq!(out.resumed_from, Some(2));
+    assert!(out.resume_warnings.is_empty(), "{:?}", out.resume_warnings);
     let w = out.warnings.join("\n");
-    assert!(w.contains("loss.png") && w.contains("not a picture phi drew"), "{w}");
-    // Ours is redrawn by the next run.
-    std::fs::remove_file(dir.path().join("loss.png")).unwrap();
-    train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
-    let again = train(&model, &cfg, &train_data, &val, dir.path(), Start::Scratch, &Device::default(), |_| {}).unwrap();
-    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
-    assert_ne!(std::fs::read(dir.path().join("loss.png")).unwrap(), theirs);
+    assert!(w.starts_with("old checkpoint not removed: ") && w.contains("step-00000001") && w.contains("my-eval.txt"), "{w}");
+    assert_eq!(checkpoint::list(&ckpts).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(std::fs::read(checkpoint::checkpoint_dir(&ckpts, 1).join("my-eval.txt")).unwrap(), b"results");
 }

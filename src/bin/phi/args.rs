@@ -1,7 +1,6 @@
-//! The command-line flags of `phi train`/`finetune`/`bench` and of the examples, parsed with
-//! clap and turned into the libraries' option structs: the libraries know nothing of clap.
-//! (The `train_*` and `finetune_lora` examples include this file too, so their flags are the
-//! tool's.)
+//! The command-line flags of `phi train`/`finetune`/`dpo`/`bench`/`experiment`, parsed with
+//! clap and turned into the command layer's option structs (`phi::recipes::RecipeOptions`, …):
+//! neither the layer nor the libraries know anything of clap.
 
 use std::path::PathBuf;
 
@@ -20,6 +19,13 @@ fn parse_template(s: &str) -> Result<ChatTemplate, String> {
         "plain" => Ok(ChatTemplate::Plain),
         _ => Err(format!("`{s}`: expected phi3 or plain")),
     }
+}
+
+/// `--targets`' default (`finetune`, `dpo --lora`): phi-core's default LoRA targets of the
+/// Phi-1/1.5/2 family, whatever the base (a Phi-3 base names its own), comma-separated.
+fn default_lora_targets() -> &'static str {
+    static TARGETS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TARGETS.get_or_init(|| phi::core::lora::default_targets(phi::core::Family::Phi).join(","))
 }
 
 fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
@@ -70,7 +76,7 @@ impl WeightArgs {
     }
 }
 
-/// Flags of `phi train` and the `train_*` examples ([`phi::recipes::RecipeOptions`]).
+/// Flags of `phi train` ([`phi::recipes::RecipeOptions`]).
 #[derive(clap::Parser, Debug)]
 pub struct RecipeArgs {
     /// The published model and recipe (needs a GPU backend: `--features cuda --device cuda`).
@@ -143,7 +149,7 @@ impl RecipeArgs {
     }
 }
 
-/// Flags of `phi finetune` and the `finetune_lora` example ([`phi::finetune::FinetuneOptions`]).
+/// Flags of `phi finetune` ([`phi::finetune::FinetuneOptions`]).
 #[derive(clap::Parser, Debug)]
 pub struct FinetuneArgs {
     /// Base checkpoint (HF folder with tokenizer.json). Default: the newest `train_phi1`
@@ -178,7 +184,7 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub fresh: bool,
     /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,dense,fc1,fc2")]
+    #[arg(long, value_delimiter = ',', default_value = default_lora_targets())]
     pub targets: Vec<String>,
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
     /// `{"prompt", "response"}` records (a tenth is held out for validation).
@@ -335,7 +341,7 @@ impl PreferenceArgs {
     }
 }
 
-/// Flags of `phi dpo` and the `dpo_exercises` example ([`phi::dpo::DpoOptions`]).
+/// Flags of `phi dpo` ([`phi::dpo::DpoOptions`]).
 #[derive(clap::Parser, Debug)]
 pub struct DpoArgs {
     /// The policy's HF model folder (the SFT model; the base of a LoRA run).
@@ -418,11 +424,11 @@ impl DpoArgs {
         use phi::dpo::Tuning;
         let tuning = match (self.lora, self.adapter) {
             (_, Some(dir)) => Tuning::Adapter(dir),
-            (true, None) => Tuning::Lora(phi::train::lora::LoraConfig {
+            (true, None) => Tuning::Lora(phi::core::lora::LoraConfig {
                 r: self.rank.unwrap_or(8),
                 lora_alpha: self.alpha.unwrap_or(16.0),
                 lora_dropout: 0.0,
-                target_modules: self.targets.unwrap_or_else(|| ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"].map(String::from).to_vec()),
+                target_modules: self.targets.unwrap_or_else(|| phi::core::lora::default_targets(phi::core::Family::Phi)),
                 use_rslora: false,
             }),
             (false, None) => Tuning::Full,
@@ -455,7 +461,7 @@ impl DpoArgs {
     }
 }
 
-/// `phi experiment data-quality` (and the `data_quality` example).
+/// `phi experiment data-quality`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataQualityArgs {
     /// The raw corpus, a folder of .py files (default: the local Python installation's standard
@@ -501,7 +507,7 @@ pub struct DataQualityArgs {
 impl DataQualityArgs {
     /// Runs the experiment, printing progress and the table.
     pub fn run(self) -> Result<(), Box<dyn std::error::Error>> {
-        use phi::eval::experiment::{ExperimentOptions, default_corpus, run};
+        use phi::experiment::{ExperimentOptions, default_corpus, run};
         let corpus = self.corpus.clone().or_else(default_corpus).ok_or("no python3 standard library found: give --corpus DIR")?;
         let mut o = ExperimentOptions::new(corpus, self.out.clone());
         o.seeds = self.seeds;

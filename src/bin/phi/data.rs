@@ -127,7 +127,7 @@ pub struct AnnotateArgs {
 pub struct SynthArgs {
     /// textbook or exercise.
     #[arg(long)]
-    pub kind: phi::serve::synth::SynthKind,
+    pub kind: phi::synth::SynthKind,
     /// Prompts to ask (a rerun with a larger --n asks only the new ones).
     #[arg(long, default_value_t = 100)]
     pub n: usize,
@@ -347,7 +347,7 @@ impl PrepareArgs {
             match &f.classifier {
                 Some(dir) => {
                     // The classifier's cut and head unless told otherwise.
-                    let clf = phi::classify::Classifier::load(dir)?;
+                    let clf = phi::classify::Classifier::load(dir).map_err(|e| e.to_string())?;
                     if f.min_score.is_nan() {
                         f.min_score = clf.min_score;
                     }
@@ -369,9 +369,9 @@ impl PrepareArgs {
     fn scorer(&self, c: &PrepareConfig) -> Result<Option<phi::classify::Scorer>, String> {
         let Some(f) = c.classifier.as_ref().filter(|f| f.classifier.is_some()) else { return Ok(None) };
         let dir = f.classifier.as_ref().expect("checked");
-        let head = f.head.as_deref().map(str::parse).transpose()?;
+        let head = f.head.as_deref().map(str::parse).transpose().map_err(|e: phi::classify::ClassifyError| e.to_string())?;
         let device = self.device.device()?;
-        phi::classify::Scorer::load(dir, self.embed_model.as_deref(), &device, head, self.classifier_batch).map(Some)
+        phi::classify::Scorer::load(dir, self.embed_model.as_deref(), &device, head, self.classifier_batch).map(Some).map_err(|e| e.to_string())
     }
 }
 
@@ -380,7 +380,10 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
         DataCommand::Prepare(args) => {
             let config = args.config()?;
             let scorer = args.scorer(&config)?;
-            let manifest = phi_data::prepare_with(&config, scorer.as_ref().map(|s| s as &dyn phi_data::prepare::DocumentScorer), &args.out, !args.json)?;
+            // Bars on stderr as the stages go (not with --json: its output is for programs).
+            let bars = (!args.json).then(phi::progress::PrepareBars::new);
+            let progress = bars.as_ref().map(|b| b as &dyn phi_data::PrepareProgress);
+            let manifest = phi_data::prepare_with(&config, scorer.as_ref().map(|s| s as &dyn phi_data::prepare::DocumentScorer), &args.out, progress)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&manifest.report)?);
             } else {
@@ -416,8 +419,11 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::serve::annotate::{AnnotateOptions, PromptTemplate};
+    use phi::annotate::{AnnotateOptions, PromptTemplate};
     let documents = match (&a.prepared, a.input.inputs().is_empty()) {
+        (Some(dir), true) if !dir.join("documents.jsonl").is_file() => {
+            return Err(format!("{}: no documents.jsonl (prepare with --keep-documents to keep them)", dir.display()).into());
+        }
         (Some(dir), true) => phi_data::prepare::prepared_documents(dir)?,
         (None, false) => phi_data::prepare::documents_with_origin(&a.input.inputs())?,
         (Some(_), false) => return Err("give --prepared or --input/--jsonl, not both".into()),
@@ -440,7 +446,7 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("{} candidate documents; sampling {} (seed {}), prompt {}, judge `{}` at {}", opts.documents.len(), a.n, a.seed, opts.prompt.version, a.model, a.endpoint);
     let bar = indicatif::ProgressBar::new(a.n.min(opts.documents.len()) as u64);
     let t = std::time::Instant::now();
-    let r = phi::serve::annotate::annotate(&opts, |done| bar.set_position(done as u64))?;
+    let r = phi::annotate::annotate(&opts, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     println!(
         "{} sampled: {} already answered, {} asked in {:.1}s ({} retried): {} scored, {} without a parsable score, {} failed",
@@ -465,19 +471,19 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use phi::serve::synth::{Lists, SynthRun, run};
+    use phi::synth::{Lists, SynthRun, run};
     let lists = match &a.lists {
         Some(p) => Lists::from_file(p)?,
         None => Lists::builtin(),
     };
     // The model: an endpoint, or a local folder served in-process for the run, whose context
     // decides what max_tokens fits before anything is asked.
-    let mut max_tokens = a.max_tokens.unwrap_or(phi::serve::synth::DEFAULT_MAX_TOKENS);
+    let mut max_tokens = a.max_tokens.unwrap_or(phi::synth::DEFAULT_MAX_TOKENS);
     let local = match &a.local {
         Some(dir) => {
             let model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
-            let prompts = phi::serve::synth::prompts(&lists, a.kind, a.n, a.seed);
-            max_tokens = phi::serve::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let prompts = phi::synth::prompts(&lists, a.kind, a.n, a.seed);
+            max_tokens = phi::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
             Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
         }
         None => None,
@@ -531,8 +537,8 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
     let kept = a.out.join("kept.jsonl");
     match (v.kept, a.kind) {
         (0, _) => println!("wrote {}: nothing was kept (see why above)", kept.display()),
-        (_, phi::serve::synth::SynthKind::Exercise) => println!("wrote {} (phi data prepare --jsonl {0} --kind python ...)", kept.display()),
-        (_, phi::serve::synth::SynthKind::Textbook) => println!("wrote {} (phi data prepare --jsonl {0} --kind text ...)", kept.display()),
+        (_, phi::synth::SynthKind::Exercise) => println!("wrote {} (phi data prepare --jsonl {0} --kind python ...)", kept.display()),
+        (_, phi::synth::SynthKind::Textbook) => println!("wrote {} (phi data prepare --jsonl {0} --kind text ...)", kept.display()),
     }
     for (id, why) in g.failed.iter().take(5) {
         eprintln!("failed: {id}: {why}");

@@ -338,6 +338,30 @@ fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::San
     Ok(sandbox)
 }
 
+/// A phi-eval error in the tool's words: the options it names by their flags (`--out`,
+/// `--seq-len`) rather than by the library's field names.
+fn eval_error(e: phi::eval::EvalError) -> Box<dyn std::error::Error> {
+    use phi::eval::EvalError;
+    match e {
+        EvalError::Out { path, problem } => problem.describe(&path, "--out").into(),
+        EvalError::TooFewTokens { tokens, window } => format!("{tokens} tokens: fewer than one window of {window} (lower --seq-len)").into(),
+        e => e.into(),
+    }
+}
+
+/// `phi serve`'s log: the server's `tracing` events (phi-serve's at `info` and above, or what
+/// `RUST_LOG` asks for in `target=level,…` form) on stderr, a line each; stdout keeps only the
+/// line that says where it serves.
+fn serve_log() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("RUST_LOG").ok().and_then(|s| s.parse::<Targets>().ok()).unwrap_or_else(|| Targets::new().with_target("phi_serve", LevelFilter::INFO));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Fails only when a subscriber is already installed, which then gets the events.
+    let _ = tracing_subscriber::registry().with(lines).with(filter).try_init();
+}
+
 /// `--workers`, checked before anything runs (default: the number of cores).
 fn workers(n: Option<usize>) -> Result<usize, String> {
     let n = n.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi::humaneval::MAX_WORKERS));
@@ -357,7 +381,7 @@ fn humaneval_completions(file: &std::path::Path, out: Option<PathBuf>, timeout: 
     }
     let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let t0 = std::time::Instant::now();
-    let report = evaluate_samples_into(&problems, &samples, Some(file), &sandbox, workers, &out)?;
+    let report = evaluate_samples_into(&problems, &samples, Some(file), &sandbox, workers, &out).map_err(eval_error)?;
     let passed = report.samples.iter().filter(|s| s.outcome == Outcome::Passed).count();
     let pass_at: Vec<String> = report.pass_at.iter().map(|(k, v)| format!("\"pass@{k}\": {v:.4}")).collect();
     if report.problems_attempted < problems.len() {
@@ -390,7 +414,7 @@ fn humaneval(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use phi::humaneval::{evaluate_samples_into, generate_completions, load_problems, score};
     let workers = workers(workers_)?;
-    phi::humaneval::check_results_path(out, None)?;
+    phi::humaneval::check_results_path(out, None).map_err(eval_error)?;
     // The sandbox first: a machine that cannot isolate fails before minutes of generation.
     let sandbox = humaneval_sandbox(timeout, no_sandbox)?;
     let device = device.device()?;
@@ -404,7 +428,7 @@ fn humaneval(
     bar.finish_and_clear();
     let gen_secs = t0.elapsed().as_secs_f64();
     let completions: Vec<(String, String)> = pairs.iter().map(|(p, c)| (p.task_id.clone(), c.clone())).collect();
-    let judged = evaluate_samples_into(&problems, &completions, None, &sandbox, workers, out)?.samples;
+    let judged = evaluate_samples_into(&problems, &completions, None, &sandbox, workers, out).map_err(eval_error)?.samples;
     let passed = judged.iter().filter(|s| s.outcome == phi::humaneval::Outcome::Passed).count();
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
     println!(
@@ -494,7 +518,7 @@ fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
         ),
     };
     println!("loss {}, beta {}; reference: {reference}", run.settings.loss, run.settings.beta);
-    let bar = phi::data::progress::Progress::new(opts.steps as u64, "dpo", phi::data::progress::Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
+    let bar = phi::progress::Progress::new(opts.steps as u64, "dpo", phi::progress::Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
     // Fault injection for the tests: die as `kill -9` would, right after this step's metrics line.
     let abort_after = std::env::var("PHI_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok());
     let done = phi::dpo::train(&run, |m| {
@@ -552,11 +576,12 @@ fn perplexity(
         None
     };
     let data = phi::data::assemble::eval_dataset(data, "validation", tokenizer.as_ref().map(|(t, e)| (t, *e)))?;
-    let bar = phi::data::progress::Progress::new(0, "perplexity", phi::data::progress::Unit::Count("batches"), "{bar:30} {pos}/{len} batches [{elapsed_precise} < {eta_precise}]");
+    let bar = phi::progress::Progress::new(0, "perplexity", phi::progress::Unit::Count("batches"), "{bar:30} {pos}/{len} batches [{elapsed_precise} < {eta_precise}]");
     let p = phi::eval::perplexity::perplexity(&m, &data, seq_len, batch_size, max_batches, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    })
+    .map_err(eval_error)?;
     bar.finish_and_clear();
     println!("{{\"loss\": {}, \"perplexity\": {}, \"tokens\": {}}}", p.loss, p.perplexity, p.tokens);
     Ok(())
@@ -646,10 +671,10 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
     let device = burn::tensor::Device::default();
     let mut m = PhiForCausalLM::from_pretrained(model, &device)?;
     match adapter {
-        Some(adapter) if merge => m = phi::train::lora::merge(phi::train::lora::load(m, adapter)?),
+        Some(adapter) if merge => m = phi::core::lora::merge(phi::core::lora::load(m, adapter)?),
         // Loaded onto the base only to check that it fits (targets, shapes); the base is
         // exported as it is and the adapter files beside it, in `adapter/`.
-        Some(adapter) => drop(phi::train::lora::load(m.clone(), adapter)?),
+        Some(adapter) => drop(phi::core::lora::load(m.clone(), adapter)?),
         None => {}
     }
     let source = match adapter {
@@ -661,7 +686,7 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
         if let (Some(adapter), false) = (adapter, merge) {
             let to = dir.join("adapter");
             std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            for f in [phi::core::lora::ADAPTER_CONFIG_FILE, phi::core::lora::ADAPTER_WEIGHTS_FILE] {
                 std::fs::copy(adapter.join(f), to.join(f)).map_err(|e| format!("{} → {}: {e}", adapter.join(f).display(), to.join(f).display()))?;
             }
         }
@@ -802,6 +827,11 @@ fn main() -> ExitCode {
         // SAFETY: `signal` with SIG_IGN installs no handler; no other thread exists yet.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
+    // The libraries' warnings (a checkpoint passed over, one not pruned, a loss curve not drawn),
+    // as `warning: …` lines on stderr when they happen; `phi serve` has its own log instead.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        phi::progress::print_warnings();
+    }
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Data(cmd) => data::run(cmd),
@@ -814,10 +844,12 @@ fn main() -> ExitCode {
         Command::Serve { model, adapter, name, host, port, max_concurrent, device, weights } => {
             let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
+            serve_log();
             phi::serve::run(&opts, |addr, name| {
                 println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
                 let _ = std::io::stdout().flush();
             })
+            .map_err(Into::into)
         }
         Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device, weights } => {
             chat(&model, system, max_new_tokens, temperature, top_p, seed, device, weights)
@@ -877,7 +909,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for &phi3 in archs {
         let arch = if phi3 { "phi3" } else { "phi" };
         let config = phi::bench::baseline_config(&o, phi3);
-        let b = phi::serve::bench::ServeBench { config, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
+        let b = phi::serve_bench::ServeBench { config, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
         if !o.json {
             println!(
                 "phi serve, {arch} bench shape (random weights), {} new tokens per request, max {} decoding at once ({} waiting)",
@@ -885,7 +917,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             );
             println!(" params  clients  requests  tokens/s  requests/s  p50 ms  p95 ms");
         }
-        phi::serve::bench::run(&b, &device, |r| {
+        phi::serve_bench::run(&b, &device, |r| {
             if o.json {
                 let mut v = serde_json::to_value(r).expect("serializes");
                 v["arch"] = arch.into();

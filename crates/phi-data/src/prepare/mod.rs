@@ -11,19 +11,21 @@
 //! document and a MinHash signature per kept document. Every shard is written atomically, and
 //! the whole output folder is built under `<out>.partial` and renamed into place when complete,
 //! so a reader never sees a half-prepared dataset. The report counts what each stage kept and
-//! dropped, and why.
+//! dropped, and why. Progress goes to the caller's [`PrepareProgress`], if any.
 //!
 //! ```no_run
 //! use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare};
 //! let input = Input::Files { root: "corpus/".into(), pattern: "**/*.py".into(), exclude: vec!["**/tests/**".into()] };
 //! let config = PrepareConfig::new(vec![input], TokenizerSource::Train { vocab_size: 8192 });
-//! let manifest = prepare(&config, "data/code".as_ref(), true)?;
-//! print!("{}", manifest.report.table());
+//! let manifest = prepare(&config, "data/code".as_ref(), None)?;
+//! let table = manifest.report.table(); // what `phi data prepare` prints
+//! assert!(table.contains("near dedup"));
 //! let train = manifest.dataset("data/code".as_ref(), "train")?; // verified, memory-mapped
 //! # Ok::<(), phi_data::DataError>(())
 //! ```
 
 mod input;
+mod progress;
 mod report;
 mod score;
 
@@ -32,11 +34,11 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::progress::{Progress, Unit};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use input::Input;
+pub use progress::{PrepareProgress, Stage, Unit};
 pub use report::{Dropped, PrepareReport, RepeatedFolders, SplitReport, StageReport};
 pub use score::{DocumentScorer, ScoreFilter, ScoreReport};
 
@@ -327,19 +329,19 @@ pub fn documents_with_origin(inputs: &[Input]) -> Result<Vec<(String, String)>, 
 pub fn prepared_documents(dir: &Path) -> Result<Vec<(String, String)>, DataError> {
     let path = dir.join("documents.jsonl");
     if !path.is_file() {
-        return Err(DataError::Invalid(format!("{}: no documents.jsonl (prepare with --keep-documents to keep them)", dir.display())));
+        return Err(DataError::Invalid(format!("{}: no documents.jsonl (prepare with `keep_documents` to keep them)", dir.display())));
     }
     let origin = path.display().to_string();
     Ok(kept_documents(&path)?.enumerate().map(|(i, k)| (format!("{origin}:{}", i + 1), k.text)).collect())
 }
 
 /// [`prepare`], unless `out` already holds a dataset with the same fingerprint.
-pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
+pub fn prepare_or_reuse(config: &PrepareConfig, out: &Path, progress: Option<&dyn PrepareProgress>) -> Result<(Manifest, bool), DataError> {
     prepare_with_or_reuse(config, None, out, progress)
 }
 
 /// [`prepare_with`], unless `out` already holds a dataset with the same fingerprint.
-pub fn prepare_with_or_reuse(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: bool) -> Result<(Manifest, bool), DataError> {
+pub fn prepare_with_or_reuse(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: Option<&dyn PrepareProgress>) -> Result<(Manifest, bool), DataError> {
     if let Ok(m) = Manifest::read(out) {
         if m.fingerprint == fingerprint(config)? {
             return Ok((m, true));
@@ -348,21 +350,11 @@ pub fn prepare_with_or_reuse(config: &PrepareConfig, scorer: Option<&dyn Documen
     Ok((prepare_with(config, scorer, out, progress)?, false))
 }
 
-/// Runs the pipeline into `out` (replacing a previous prepared dataset there); a config with a
-/// classifier stage needs [`prepare_with`] and the classifier's scorer.
-pub fn prepare(config: &PrepareConfig, out: &Path, progress: bool) -> Result<Manifest, DataError> {
+/// Runs the pipeline into `out` (replacing a previous prepared dataset there), telling
+/// `progress` (if any) how far it has got; a config with a classifier stage needs
+/// [`prepare_with`] and the classifier's scorer.
+pub fn prepare(config: &PrepareConfig, out: &Path, progress: Option<&dyn PrepareProgress>) -> Result<Manifest, DataError> {
     prepare_with(config, None, out, progress)
-}
-
-fn bar(progress: bool, len: u64, what: &str, unit: Unit) -> Progress {
-    if !progress {
-        return Progress::hidden();
-    }
-    let template = match unit {
-        Unit::Bytes => "{prefix:>14} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed_precise} < {eta_precise}]",
-        Unit::Count(_) | Unit::Stage => "{prefix:>14} {bar:30} {pos}/{len} documents [{elapsed_precise} < {eta_precise}]",
-    };
-    Progress::new(len, what, unit, template)
 }
 
 /// A kept document, as stored between the streaming stages and tokenization.
@@ -376,7 +368,8 @@ struct Kept {
 
 /// [`prepare`] with the scorer of the config's classifier stage (`config.classifier` with a
 /// `classifier` folder); `scorer` must be `None` when the config has no such stage.
-pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: bool) -> Result<Manifest, DataError> {
+pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>, out: &Path, progress: Option<&dyn PrepareProgress>) -> Result<Manifest, DataError> {
+    let progress = progress.unwrap_or(&());
     let wall = Instant::now();
     check_config(config)?;
     match (config.classifier.as_ref().and_then(|c| c.classifier.as_ref()), scorer) {
@@ -416,7 +409,7 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
         let src = canon(&s.path);
         if [out, partial.as_path()].iter().any(|o| src.starts_with(canon(o))) {
             return Err(DataError::Invalid(format!(
-                "input {} is inside the output folder {}, which this run replaces: write to another --out",
+                "input {} is inside the output folder {}, which this run replaces: write to another output folder",
                 s.path.display(),
                 out.display()
             )));
@@ -459,11 +452,11 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     let (tokenizer, source) = match &config.tokenizer {
         TokenizerSource::File(p) => (Tokenizer::from_file(p)?, p.display().to_string()),
         TokenizerSource::Train { vocab_size } => {
-            let what = format!("training a byte-level BPE tokenizer (vocab {vocab_size}) on {} documents", counts[0]);
-            let spinner = if progress { Progress::stage(&what) } else { Progress::hidden() };
+            let stage = Stage::TrainTokenizer { vocab_size: *vocab_size, documents: counts[0] };
+            progress.start(stage, None);
             let texts = kept_documents(&kept_path)?.filter(|k| !k.validation).map(|k| k.text);
             let tok = Tokenizer::train_bpe(texts, *vocab_size)?;
-            spinner.finish_and_clear();
+            progress.finish(stage);
             (tok, "trained".to_string())
         }
     };
@@ -585,7 +578,7 @@ fn filter_stages(
     scorer: Option<&dyn DocumentScorer>,
     sources: &[input::SourceFile],
     kept_path: &Path,
-    progress: bool,
+    progress: &dyn PrepareProgress,
 ) -> Result<(Vec<StageReport>, Option<ScoreReport>, [u64; 2]), DataError> {
     let mut read = StageReport::new("read");
     let mut quality = StageReport::new("quality");
@@ -608,9 +601,9 @@ fn filter_stages(
     let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
     let mut kept = [0u64; 2];
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
-    let bar = bar(progress, total, "filter + dedup", Unit::Bytes);
+    progress.start(Stage::Filter, Some((total, Unit::Bytes)));
     input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
-        bar.inc(docs.iter().map(|d| d.bytes).sum());
+        progress.advance(Stage::Filter, docs.iter().map(|d| d.bytes).sum());
         let t = Instant::now();
         let mut live: Vec<Live> = Vec::with_capacity(docs.len());
         for d in docs {
@@ -681,7 +674,7 @@ fn filter_stages(
         }
         Ok(())
     })?;
-    bar.finish_and_clear();
+    progress.finish(Stage::Filter);
     out.into_inner().map_err(|e| DataError::io(kept_path, e.into_error()))?.sync_all().map_err(|e| DataError::io(kept_path, e))?;
     let mut stages = vec![read];
     if config.filters.is_some() {
@@ -837,7 +830,7 @@ fn tokenize(
     kept_path: &Path,
     dir: &Path,
     documents: u64,
-    progress: bool,
+    progress: &dyn PrepareProgress,
 ) -> Result<BTreeMap<String, SplitEntry>, DataError> {
     let writer = |name| SplitWriter {
         dir: dir.to_path_buf(),
@@ -849,7 +842,7 @@ fn tokenize(
         documents: 0,
     };
     let mut writers = [writer("train"), writer("validation")];
-    let bar = bar(progress, documents, "tokenize", Unit::Count("documents"));
+    progress.start(Stage::Tokenize, Some((documents, Unit::Documents)));
     let mut docs = kept_documents(kept_path)?.peekable();
     let chunk_bytes = config.chunk_mb * 1_000_000;
     while docs.peek().is_some() {
@@ -864,9 +857,9 @@ fn tokenize(
         for (k, ids) in chunk.iter().zip(encoded) {
             writers[k.validation as usize].write_document(&ids, eos)?;
         }
-        bar.inc(chunk.len() as u64);
+        progress.advance(Stage::Tokenize, chunk.len() as u64);
     }
-    bar.finish_and_clear();
+    progress.finish(Stage::Tokenize);
     let [train, validation] = writers;
     Ok(BTreeMap::from([("train".to_string(), train.finish()?), ("validation".to_string(), validation.finish()?)]))
 }

@@ -10,6 +10,11 @@ mod tiny;
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
+use phi_core::PhiConfig;
+use phi_data::{Mixture, TokenDataset};
+use phi_train::{CausalLm, Resume, TrainConfig, TrainOutcome, Weights, fit};
+
 pub use reference::*;
 pub use snapshot::snapshot;
 pub use tiny::tiny;
@@ -23,4 +28,11 @@ pub fn fixture(name: &str) -> PathBuf {
         _ => here.parent().unwrap().join("phi-core/tests/fixtures"),
     };
     dir.join(name)
+}
+
+/// Causal-LM pre-training of `model` from scratch on windows of `train`, validated on `val`:
+/// [`fit`] with the [`CausalLm`] objective, as `phi train` runs it.
+pub fn fit_lm(model: &PhiConfig, cfg: &TrainConfig, train: &Mixture, val: &TokenDataset, out: &Path, resume: Resume, device: &Device) -> phi_train::Result<TrainOutcome> {
+    let mut objective = CausalLm::new(train, val, cfg.seq_len, cfg.seed)?;
+    fit(&Weights::Scratch(model.clone()), &mut objective, cfg, out, resume, device, |_| {})
 }

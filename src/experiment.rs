@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 
 use phi_data::prepare::{DocumentScorer, Input, PrepareConfig, ScoreFilter, TokenizerSource, prepare_with_or_reuse};
 use phi_data::{Manifest, Mixture, Tokenizer};
+use phi_eval::humaneval::{Outcome, generate_completions, program, run_programs};
+use phi_eval::tested_exercises::{TestedExercise, extract};
 use phi_sandbox::Sandbox;
-use phi_train::recipes::Recipe;
-use phi_train::{Start, TrainConfig, train};
+use phi_train::{CausalLm, Resume, TrainConfig, Weights};
 use serde::{Deserialize, Serialize};
 
-use crate::humaneval::{Outcome, generate_completions, program, run_programs};
-use crate::tested_exercises::{TestedExercise, extract};
+use crate::plot::fit_and_plot;
+use crate::recipes::Recipe;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -152,8 +153,10 @@ fn held_out(text: &str, fraction: f64) -> bool {
 }
 
 /// Runs every arm for every seed (a rerun reuses prepared data and finished runs) and writes
-/// `results.json`; `say` gets progress lines.
+/// `results.json` and `results.png`; `say` gets progress lines. The training runs' warnings are
+/// printed as they happen ([`crate::progress::print_warnings`]).
 pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: &Sandbox, mut say: impl FnMut(&str)) -> Result<ExperimentResults, String> {
+    crate::progress::print_warnings();
     if o.seeds.is_empty() || o.steps == 0 {
         return Err("at least one seed and one step".into());
     }
@@ -222,13 +225,13 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     let mut clean = PrepareConfig::new(vec![Input::List { files: held.clone() }], TokenizerSource::File(tok_path.clone()));
     clean.validation_fraction = 0.0;
     clean.decontaminate_humaneval = false;
-    let (m, _) = phi_data::prepare::prepare_or_reuse(&clean, &o.out.join("held-out"), false).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
+    let (m, _) = phi_data::prepare::prepare_or_reuse(&clean, &o.out.join("held-out"), None).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
     let held_tokens = m.dataset(&o.out.join("held-out"), "train").map_err(|e| e.to_string())?;
     let mut all = clean.clone();
     all.filters = None;
     all.exact_dedup = false;
     all.near_dedup = None;
-    let (m, _) = phi_data::prepare::prepare_or_reuse(&all, &o.out.join("held-out-all"), false).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
+    let (m, _) = phi_data::prepare::prepare_or_reuse(&all, &o.out.join("held-out-all"), None).map_err(|e| format!("the held-out set ({} files): {e}", held.len()))?;
     let held_all = m.dataset(&o.out.join("held-out-all"), "train").map_err(|e| e.to_string())?;
     // Exercises: functions whose docstring examples their reference passes (and a body that does
     // nothing fails), from files no arm trains on; their files join the decontamination set.
@@ -239,9 +242,9 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
             candidates.extend(extract(&src, 20).into_iter().map(|e| (f.clone(), e)));
         }
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(crate::humaneval::MAX_WORKERS);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi_eval::humaneval::MAX_WORKERS);
     let programs: Vec<String> = candidates.iter().flat_map(|(_, e)| [e.program(&e.response), e.program("    pass\n")]).collect();
-    let verdicts = run_programs(&programs, sandbox, workers)?;
+    let verdicts = run_programs(&programs, sandbox, workers).map_err(|e| e.to_string())?;
     let mut exercises: Vec<TestedExercise> = Vec::new();
     let mut exercise_files: Vec<PathBuf> = Vec::new();
     for ((f, e), v) in candidates.into_iter().zip(verdicts.chunks(2)) {
@@ -252,7 +255,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
             }
         }
     }
-    let mut humaneval = crate::humaneval::load_problems()?;
+    let mut humaneval = phi_eval::humaneval::load_problems().map_err(|e| e.to_string())?;
     humaneval.truncate(o.humaneval);
     say(&format!("held out: {} tokens of clean code, {} tested exercises; HumanEval: {} problems", held_tokens.num_tokens(), exercises.len(), humaneval.len()));
 
@@ -281,7 +284,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
     let mut prepared = Vec::new();
     for (name, what, config, s) in &arms {
         let dir = o.out.join(format!("data-{name}"));
-        let (m, reused) = prepare_with_or_reuse(config, *s, &dir, false).map_err(|e| format!("arm {name}: {e}"))?;
+        let (m, reused) = prepare_with_or_reuse(config, *s, &dir, None).map_err(|e| format!("arm {name}: {e}"))?;
         say(&format!("arm {name}: {} documents, {} tokens{}", m.splits["train"].documents, m.splits["train"].tokens, if reused { " (reused)" } else { "" }));
         prepared.push((name.clone(), what.clone(), m.splits["train"].documents, m.splits["train"].tokens, vec![(dir, 1.0)]));
     }
@@ -291,7 +294,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         c.eval_sets = held.iter().chain(&exercise_files).cloned().collect();
         c.validation_fraction = 0.0;
         let dir = o.out.join("data-synthetic");
-        let (m, _) = phi_data::prepare::prepare_or_reuse(&c, &dir, false).map_err(|e| format!("synthetic data: {e}"))?;
+        let (m, _) = phi_data::prepare::prepare_or_reuse(&c, &dir, None).map_err(|e| format!("synthetic data: {e}"))?;
         let (name, _, docs, tokens, parts) = prepared.last().cloned().expect("an arm");
         let mut parts = parts.into_iter().map(|(d, _)| (d, 1.0 - o.synthetic_weight)).collect::<Vec<_>>();
         parts.push((dir, o.synthetic_weight));
@@ -343,17 +346,19 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         for &seed in &o.seeds {
             let run_dir = o.out.join(format!("run-{name}-seed{seed}"));
             let cfg = TrainConfig { seed, ..cfg.clone() };
-            let out = train(&model, &cfg, &mixture, &held_tokens, &run_dir, Start::ResumeAuto, &device, |_| {}).map_err(|e| format!("arm {name}, seed {seed}: {e}"))?;
+            let arm_err = |e: phi_train::TrainError| format!("arm {name}, seed {seed}: {e}");
+            let mut objective = CausalLm::new(&mixture, &held_tokens, cfg.seq_len, cfg.seed).map_err(arm_err)?;
+            let out = fit_and_plot(&Weights::Scratch(model.clone()), &mut objective, &cfg, &run_dir, Resume::Auto, &device, |_| {}).map_err(arm_err)?;
             let curve: Vec<(usize, f64)> = out.metrics.iter().filter_map(|m| m.val_loss.map(|v| (m.step, v))).collect();
             let held_out_loss = curve.last().map_or(f64::NAN, |c| c.1);
             let held_out_loss_all = phi_train::evaluate(&out.model, &held_all, cfg.seq_len, cfg.batch_size, usize::MAX);
-            let pass = |problems: &[crate::humaneval::Problem], prog: &dyn Fn(usize, &str) -> String| -> Result<Option<f64>, String> {
+            let pass = |problems: &[phi_eval::humaneval::Problem], prog: &dyn Fn(usize, &str) -> String| -> Result<Option<f64>, String> {
                 if problems.is_empty() {
                     return Ok(None);
                 }
-                let completions = generate_completions(&out.model, &tokenizer, problems, 1, 0.0, 128, |_| {})?;
+                let completions = generate_completions(&out.model, &tokenizer, problems, 1, 0.0, 128, |_| {}).map_err(|e| e.to_string())?;
                 let programs: Vec<String> = completions.iter().enumerate().map(|(i, (_, c))| prog(i, c)).collect();
-                let verdicts = run_programs(&programs, sandbox, workers)?;
+                let verdicts = run_programs(&programs, sandbox, workers).map_err(|e| e.to_string())?;
                 Ok(Some(verdicts.iter().filter(|v| **v == Outcome::Passed).count() as f64 / problems.len() as f64))
             };
             let humaneval_pass_at_1 = pass(&humaneval, &|i, c| program(&humaneval[i], c))?;
@@ -381,7 +386,7 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         let steps: Vec<usize> = a.seeds[0].curve.iter().map(|c| c.0).collect();
         (a.name.clone(), steps.iter().enumerate().map(|(i, &s)| (s, a.seeds.iter().map(|r| r.curve.get(i).map_or(f64::NAN, |c| c.1)).sum::<f64>() / n)).collect())
     }).collect();
-    if let Err(e) = phi_train::plot::write_experiment_plot(&bars, &curves, &o.out.join("results.png")) {
+    if let Err(e) = crate::plot::write_experiment_plot(&bars, &curves, &o.out.join("results.png")) {
         say(&format!("warning: results.png not written: {e}"));
     }
     Ok(results)

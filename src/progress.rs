@@ -2,10 +2,15 @@
 //! when stderr is a terminal; otherwise — a log file, a pipe, `nohup` — a bar draws nothing,
 //! so a plain line goes to stderr instead when the work starts, every [`INTERVAL`] while it
 //! goes on (checked at each update) and when it ends. A redirected log is then never silent for
-//! minutes.
+//! minutes. [`PrepareBars`] shows `phi_data::prepare`'s stages this way.
+//!
+//! The libraries print nothing; they emit their warnings (a checkpoint passed over on resume, an
+//! old one not pruned, …) as `tracing` events. [`print_warnings`] installs the subscriber that
+//! prints each as a `warning: …` line on stderr the moment it happens, above a bar that is on
+//! screen rather than through it.
 //!
 //! ```no_run
-//! use phi_data::progress::{Progress, Unit};
+//! use phi::progress::{Progress, Unit};
 //!
 //! let p = Progress::new(300, "train", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}");
 //! for step in 1..=300 {
@@ -16,10 +21,12 @@
 //! ```
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use phi_data::prepare::{PrepareProgress, Stage};
 
 /// How often a progress line is written when stderr is not a terminal.
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -41,8 +48,40 @@ pub struct Progress(Inner);
 
 #[derive(Clone)]
 enum Inner {
-    Bar(ProgressBar),
+    /// A bar on the terminal, with its number among the [`SHOWN`] ones.
+    Bar(ProgressBar, u64),
     Lines(Arc<Mutex<Lines>>),
+}
+
+/// The bars on screen (not finished yet), newest last: a line printed while one is drawn goes
+/// above it ([`eprintln_above_bars`]).
+static SHOWN: Mutex<Vec<(u64, indicatif::WeakProgressBar)>> = Mutex::new(Vec::new());
+static NEXT_BAR: AtomicU64 = AtomicU64::new(0);
+
+fn shown(bar: ProgressBar) -> Inner {
+    let id = NEXT_BAR.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut s) = SHOWN.lock() {
+        // Bars dropped without being finished (a run that failed) are gone from the screen too.
+        s.retain(|(_, b)| b.upgrade().is_some());
+        s.push((id, bar.downgrade()));
+    }
+    Inner::Bar(bar, id)
+}
+
+fn gone(id: u64) {
+    if let Ok(mut s) = SHOWN.lock() {
+        s.retain(|(i, _)| *i != id);
+    }
+}
+
+/// Writes `line` to stderr; with a bar on screen, the bar is lifted for it and drawn again below
+/// (so it is neither torn nor overwritten).
+pub fn eprintln_above_bars(line: &str) {
+    let bar = SHOWN.lock().ok().and_then(|s| s.iter().rev().find_map(|(_, b)| b.upgrade()));
+    match bar {
+        Some(b) if !b.is_finished() => b.suspend(|| eprintln!("{line}")),
+        _ => eprintln!("{line}"),
+    }
 }
 
 struct Lines {
@@ -100,7 +139,7 @@ impl Progress {
             bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
             // `{prefix}` in a template shows `what`.
             bar.set_prefix(what.to_string());
-            return Progress(Inner::Bar(bar));
+            return Progress(shown(bar));
         }
         Self::lines(Box::new(std::io::stderr()), INTERVAL, len, what, unit)
     }
@@ -121,14 +160,14 @@ impl Progress {
             let bar = ProgressBar::new_spinner();
             bar.set_message(what.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
-            return Progress(Inner::Bar(bar));
+            return Progress(shown(bar));
         }
         Self::lines(Box::new(std::io::stderr()), INTERVAL, 0, what, Unit::Stage)
     }
 
     /// Nothing shown (a library caller that asked for no progress).
     pub fn hidden() -> Self {
-        Progress(Inner::Bar(ProgressBar::hidden()))
+        Progress(Inner::Bar(ProgressBar::hidden(), u64::MAX))
     }
 
     fn with(&self, f: impl FnOnce(&mut Lines)) {
@@ -142,7 +181,7 @@ impl Progress {
 
     pub fn set_position(&self, pos: u64) {
         match &self.0 {
-            Inner::Bar(b) => b.set_position(pos),
+            Inner::Bar(b, _) => b.set_position(pos),
             Inner::Lines(_) => self.with(|l| {
                 l.pos = pos;
                 l.update();
@@ -152,7 +191,7 @@ impl Progress {
 
     pub fn inc(&self, n: u64) {
         match &self.0 {
-            Inner::Bar(b) => b.inc(n),
+            Inner::Bar(b, _) => b.inc(n),
             Inner::Lines(_) => self.with(|l| {
                 l.pos += n;
                 l.update();
@@ -162,7 +201,7 @@ impl Progress {
 
     pub fn set_length(&self, len: u64) {
         match &self.0 {
-            Inner::Bar(b) => b.set_length(len),
+            Inner::Bar(b, _) => b.set_length(len),
             Inner::Lines(_) => self.with(|l| l.len = len),
         }
     }
@@ -171,7 +210,7 @@ impl Progress {
     pub fn set_message(&self, message: impl Into<String>) {
         let message = message.into();
         match &self.0 {
-            Inner::Bar(b) => b.set_message(message),
+            Inner::Bar(b, _) => b.set_message(message),
             Inner::Lines(_) => self.with(|l| l.message = message),
         }
     }
@@ -179,7 +218,10 @@ impl Progress {
     /// The end: the bar stays drawn; a last line is written.
     pub fn finish(&self) {
         match &self.0 {
-            Inner::Bar(b) => b.finish(),
+            Inner::Bar(b, id) => {
+                b.finish();
+                gone(*id);
+            }
             Inner::Lines(_) => self.with(|l| {
                 if !l.done {
                     l.done = true;
@@ -193,9 +235,114 @@ impl Progress {
     /// all the same, since a log keeps what a terminal clears.
     pub fn finish_and_clear(&self) {
         match &self.0 {
-            Inner::Bar(b) => b.finish_and_clear(),
+            Inner::Bar(b, id) => {
+                b.finish_and_clear();
+                gone(*id);
+            }
             Inner::Lines(_) => self.finish(),
         }
+    }
+}
+
+/// `phi data prepare`'s stages as bars (or lines off a terminal): a byte bar for the filter
+/// stages, a spinner while the tokenizer trains, a document bar while tokenizing; each cleared
+/// when its stage ends.
+#[derive(Default)]
+pub struct PrepareBars(Mutex<Option<Progress>>);
+
+impl PrepareBars {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl PrepareProgress for PrepareBars {
+    fn start(&self, stage: Stage, len: Option<(u64, phi_data::prepare::Unit)>) {
+        let what = stage.to_string();
+        let p = match len {
+            None => Progress::stage(&what),
+            Some((len, phi_data::prepare::Unit::Bytes)) => Progress::new(
+                len,
+                &what,
+                Unit::Bytes,
+                "{prefix:>14} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{elapsed_precise} < {eta_precise}]",
+            ),
+            Some((len, phi_data::prepare::Unit::Documents)) => {
+                Progress::new(len, &what, Unit::Count("documents"), "{prefix:>14} {bar:30} {pos}/{len} documents [{elapsed_precise} < {eta_precise}]")
+            }
+        };
+        if let Ok(mut current) = self.0.lock() {
+            *current = Some(p);
+        }
+    }
+
+    fn advance(&self, _stage: Stage, n: u64) {
+        if let Some(p) = self.0.lock().ok().and_then(|c| c.clone()) {
+            p.inc(n);
+        }
+    }
+
+    fn finish(&self, _stage: Stage) {
+        if let Some(p) = self.0.lock().ok().and_then(|mut c| c.take()) {
+            p.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for PrepareBars {
+    /// A stage cut short by an error: its bar goes.
+    fn drop(&mut self) {
+        if let Some(p) = self.0.get_mut().ok().and_then(Option::take) {
+            p.finish_and_clear();
+        }
+    }
+}
+
+/// Installs the `tracing` subscriber of the `phi` tool, unless the program has one: every
+/// warning of phi's libraries and of this layer (target `phi*`, level `WARN` and above; the
+/// server's request log excepted, `phi serve` has its own) is printed on stderr as
+/// `warning: <message>` when it is emitted, above any bar on screen. Without it the libraries
+/// print nothing. The layer's entry points ([`crate::recipes::run`], [`crate::finetune::run`],
+/// [`crate::dpo::train`], [`crate::experiment::run`]) call it; calling it again does nothing.
+pub fn print_warnings() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = Targets::new().with_target("phi", LevelFilter::WARN).with_target("phi_serve", LevelFilter::OFF);
+    // Fails only when a subscriber is installed already, which then gets the events.
+    let _ = tracing_subscriber::registry().with(WarningLines.with_filter(filter)).try_init();
+}
+
+/// Prints each event as `warning: <message>` (`error: …` for errors), with any other fields
+/// after the message as `key=value`.
+struct WarningLines;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String, Vec<String>);
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                match field.name() {
+                    "message" => self.0 = value.to_string(),
+                    name => self.1.push(format!("{name}={value}")),
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.0 = format!("{value:?}"),
+                    name => self.1.push(format!("{name}={value:?}")),
+                }
+            }
+        }
+        let mut f = Fields(String::new(), Vec::new());
+        event.record(&mut f);
+        let kind = if *event.metadata().level() == tracing::Level::ERROR { "error" } else { "warning" };
+        let mut line = format!("{kind}: {}", f.0);
+        for extra in f.1 {
+            line = format!("{line} {extra}");
+        }
+        eprintln_above_bars(&line);
     }
 }
 

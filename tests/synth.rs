@@ -1,14 +1,15 @@
 //! `phi data synth`'s engine against a scripted teacher: resumable generation, and verification
 //! that drops a wrong reference solution, a copy of a HumanEval solution and duplicates.
 
-mod common;
+#[path = "common/serving.rs"]
+mod serving;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use phi_sandbox::{Limits, Sandbox};
-use phi_serve::client::Client;
-use phi_serve::synth::{GenerateOptions, Generation, Lists, SynthKind, generate, prompts, verify};
+use phi::sandbox::{Limits, Sandbox};
+use phi::serve::client::Client;
+use phi::synth::{GenerateOptions, Generation, Lists, SynthKind, generate, prompts, verify};
 
 const HUMANEVAL_0: &str = "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n";
 
@@ -32,7 +33,7 @@ fn exercise(name: &str) -> String {
 }
 
 fn teacher() -> (String, Arc<AtomicUsize>) {
-    common::scripted((20, 50), |_, prompt| {
+    serving::scripted((20, 50), |_, prompt| {
         Ok(match prompt.split("a function `").nth(1).and_then(|r| r.split('`').next()) {
             Some(name) => exercise(name),
             None if prompt.contains("beginner") => "Too short.".to_string(),

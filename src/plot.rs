@@ -1,5 +1,7 @@
-//! The loss-curve PNG a run writes at the end: training loss per step, validation loss where it
-//! was measured, learning rate on a second axis.
+//! The loss-curve PNG every training command writes at the end (`loss.png` in its output
+//! folder, [`fit_and_plot`]): training loss per step, validation loss where it was measured,
+//! learning rate on a second axis; and the data-quality experiment's picture. A file of that
+//! name that is not a picture phi drew is never replaced.
 //!
 //! Text is drawn with DejaVu Sans Mono, embedded (`assets/`, its licence beside it), so the plot
 //! needs no system fonts.
@@ -7,9 +9,45 @@
 use std::path::Path;
 use std::sync::Once;
 
+use burn::tensor::Device;
+use phi_train::checkpoint::LOSS_CURVE_FILE;
+use phi_train::{Objective, Resume, StepMetrics, TrainConfig, TrainOutcome, Weights};
 use plotters::prelude::*;
 
-use crate::StepMetrics;
+/// [`phi_train::fit`], then the run's loss curve ([`write_run_loss_curve`]): how the tool's
+/// commands train.
+pub fn fit_and_plot<O: Objective>(
+    weights: &Weights,
+    objective: &mut O,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: Resume,
+    device: &Device,
+    on_step: impl FnMut(&StepMetrics),
+) -> phi_train::Result<TrainOutcome> {
+    let mut outcome = phi_train::fit(weights, objective, cfg, out_dir, resume, device, on_step)?;
+    write_run_loss_curve(&mut outcome, cfg, out_dir);
+    Ok(outcome)
+}
+
+/// Draws a finished run's metrics (the whole run's, a resumed one's included) as
+/// `out_dir/loss.png`, titled with the model's and the batch's shape. The curve is a
+/// convenience: when it cannot be drawn, or `loss.png` is not a picture phi drew (a file of the
+/// user's, left as it is), the run still succeeds and the reason is a warning of the run —
+/// emitted with `tracing::warn!` and added to `outcome.warnings`.
+pub fn write_run_loss_curve(outcome: &mut TrainOutcome, cfg: &TrainConfig, out_dir: &Path) {
+    let c = outcome.model.config();
+    let title = format!("{} layers x {} hidden, {} x {} sequences/step", c.num_hidden_layers, c.hidden_size, cfg.batch_size, cfg.grad_accum);
+    // Drawn under the run's lock, as the run wrote: a second run in the folder waits its turn.
+    let drawn = phi_train::run_dir::RunLock::acquire(out_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_lock| write_loss_curve(&outcome.metrics, &title, &out_dir.join(LOSS_CURVE_FILE)));
+    if let Err(e) = drawn {
+        let w = format!("loss curve not written: {e}");
+        tracing::warn!("{w}");
+        outcome.warnings.push(w);
+    }
+}
 
 static FONT: Once = Once::new();
 

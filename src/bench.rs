@@ -29,8 +29,7 @@ pub enum Workload {
     /// `sft`, `dpo` and `dpo-live` in one process (speed; run them one per process to compare
     /// peak memory).
     Preference,
-    /// `phi serve` at several numbers of concurrent clients (`phi_serve::bench`: this crate
-    /// cannot depend on the server).
+    /// `phi serve` at several numbers of concurrent clients ([`crate::serve_bench`]).
     Serve,
     All,
 }
@@ -99,7 +98,7 @@ pub struct BenchOptions {
     /// generate: a PyTorch decode script (benches/torch_decode.py) run in f32 and in bf16.
     pub torch_decode: Option<String>,
     /// Training workloads: the step's compute precision (the baseline script's is f32).
-    pub precision: crate::Precision,
+    pub precision: phi_train::Precision,
     /// generate: runs the packing of a model (its argument) so that the f32 weights it frees go
     /// back to the OS. The `phi` binary's allocator keeps freed memory otherwise (see its
     /// `returning_freed_memory`), and the decode's peak RSS would be the f32 model's.
@@ -125,7 +124,7 @@ impl Default for BenchOptions {
             device: Backend::Cpu,
             weights: vec![None],
             torch_decode: None,
-            precision: crate::Precision::F32,
+            precision: phi_train::Precision::F32,
             around_pack: None,
         }
     }
@@ -188,8 +187,8 @@ pub fn bench_forward(model: &PhiForCausalLM, a: &BenchOptions, device: &Device) 
 
 /// The training settings of the baseline's step: AdamW lr 1e-4, betas (0.9, 0.95), weight
 /// decay 0.1 on every parameter, global-norm clip 1.0, f32.
-pub fn baseline_train_config(a: &BenchOptions) -> crate::TrainConfig {
-    use crate::{AdamWSettings, Decay, LrSchedule, TrainConfig};
+pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
+    use phi_train::{AdamWSettings, Decay, LrSchedule, TrainConfig};
     TrainConfig {
         batch_size: a.batch,
         seq_len: a.seq,
@@ -197,21 +196,17 @@ pub fn baseline_train_config(a: &BenchOptions) -> crate::TrainConfig {
         max_steps: a.steps + 1,
         optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false },
         schedule: LrSchedule { peak: 1e-4, warmup_steps: 0, total_steps: 0, floor: 1e-4, decay: Decay::Constant },
-        clip_norm: Some(1.0),
         eval_every: 0,
         eval_batches: 1,
         checkpoint_every: 0,
         keep_checkpoints: 1,
         seed: 0,
-        peak_flops: None,
-        activation_checkpointing: false,
         precision: a.precision,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     }
 }
 
-/// Training tokens/s of [`crate::Trainer::step`] — the step `phi train`, `phi finetune`
+/// Training tokens/s of [`phi_train::Trainer::step`] — the step `phi train`, `phi finetune`
 /// and every objective run — with the baseline's settings on random token windows, median of
 /// `steps` after one warm-up. With `lora`, the base is frozen and adapters (r 8, every
 /// projection) train.
@@ -219,22 +214,21 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
     let ad = device.clone().autodiff();
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     if lora {
-        let targets = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "qkv_proj", "o_proj", "gate_up_proj", "down_proj"];
-        let cfg = crate::lora::LoraConfig {
+        let cfg = phi_train::lora::LoraConfig {
             r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
-            target_modules: targets.map(String::from).to_vec(),
+            target_modules: phi_core::lora::default_targets(config.family),
             use_rslora: false,
         };
-        model = crate::lora::attach(model, &cfg).expect("projections to adapt");
+        model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
     }
     let cfg = baseline_train_config(a);
     let tokens: Vec<u32> = random_ids((a.steps + 1) * a.batch * (a.seq + 1), a.vocab, 3).into_iter().map(|t| t as u32).collect();
     let data = phi_data::Mixture::single(phi_data::TokenDataset::from_tokens(tokens));
     let val = phi_data::TokenDataset::from_tokens(vec![0; a.seq + 1]);
-    let mut objective = crate::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
-    let mut trainer = crate::Trainer::new(model, &cfg).expect("valid bench settings");
+    let mut objective = phi_train::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
+    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
@@ -259,18 +253,18 @@ pub enum PreferenceBench {
     DpoLive,
 }
 
-/// Training tokens/s (tokens through the policy) of [`crate::Trainer::step`] on the SFT or DPO
+/// Training tokens/s (tokens through the policy) of [`phi_train::Trainer::step`] on the SFT or DPO
 /// objective, full-parameter with the baseline's settings, median of `steps` after one warm-up.
 pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, which: PreferenceBench) -> f64 {
-    use crate::preference::{Dpo, PreferenceSettings, TokenPair};
+    use phi_train::preference::{Dpo, PreferenceSettings, TokenPair};
     let ad = device.clone().autodiff();
     let model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     // Rows per micro-batch are `batch` either way: `batch` sequences, or `batch / 2` pairs.
     let batch_size = if which == PreferenceBench::Sft { a.batch } else { (a.batch / 2).max(1) };
-    let cfg = crate::TrainConfig { batch_size, ..baseline_train_config(a) };
+    let cfg = phi_train::TrainConfig { batch_size, ..baseline_train_config(a) };
     let (half, n) = (a.seq / 2, (a.steps + 1) * a.batch);
     let ids = |i: usize, len: usize| -> Vec<u32> { random_ids(len, a.vocab, 10 + i as u64).into_iter().map(|t| t as u32).collect() };
-    let mut trainer = crate::Trainer::new(model, &cfg).expect("valid bench settings");
+    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
     let mut times = Vec::new();
     let mut time = |step: &mut dyn FnMut()| {
         for i in 0..=a.steps {
@@ -285,7 +279,7 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
         PreferenceBench::Sft => {
             let examples: Vec<phi_data::sft::SftExample> =
                 (0..n).map(|i| phi_data::sft::SftExample { ids: ids(i, a.seq), learn: (0..a.seq).map(|j| j > half).collect() }).collect();
-            let mut objective = crate::sft::Sft::new(&examples, &[], 0, 0).expect("bench data");
+            let mut objective = phi_train::sft::Sft::new(&examples, &[], 0, 0).expect("bench data");
             time(&mut || {
                 trainer.step(&mut objective).expect("a finite bench step");
             });
@@ -379,7 +373,7 @@ fn torch_script(a: &BenchOptions, script: &str, arch: &str, extra: &[&str]) -> R
 
 pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if a.workload == Workload::Serve {
-        return Err("the serve workload runs in phi_serve::bench (the `phi` tool dispatches it)".into());
+        return Err("the serve workload runs in phi::serve_bench (the `phi` tool dispatches it)".into());
     }
     let device = a.device.device()?;
     let archs: &[&str] = match a.arch {
@@ -399,8 +393,8 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             cfg.validate(&config)?;
             // Every training workload puts `batch` rows a micro-batch through the model (the
             // preference ones as `batch / 2` pairs).
-            let run = crate::memory::RunShape { model: &config, trainable: params, adapters: 0, rows_per_item: 1 };
-            crate::memory::check_device(run, &cfg, &device)?;
+            let run = phi_train::memory::RunShape { model: &config, trainable: params, adapters: 0, rows_per_item: 1 };
+            phi_train::memory::check_device(run, &cfg, &device)?;
         }
         let torch = torch_results(&a, arch)?;
         let mut workloads: Vec<(&str, f64, Option<f64>)> = vec![];

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use phi_data::sampler::splitmix;
 
-use crate::client::Client;
+use phi_serve::client::Client;
 
 /// What the prompts are drawn from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +188,7 @@ pub const DEFAULT_MAX_TOKENS: usize = 1024;
 /// or every request would be refused. `requested` if the longest prompt leaves that much, else
 /// an error saying what fits; without a request, [`DEFAULT_MAX_TOKENS`] or what the context
 /// leaves, if less.
-pub fn fit_max_tokens(model: &crate::ServedModel, prompts: &[SynthPrompt], requested: Option<usize>) -> Result<usize, String> {
+pub fn fit_max_tokens(model: &phi_serve::ServedModel, prompts: &[SynthPrompt], requested: Option<usize>) -> Result<usize, String> {
     let context = model.model.config().max_position_embeddings;
     let longest = prompts.iter().map(|p| model.tokenizer.encode(&model.template.prompt([("user", p.prompt.as_str())])).len()).max().unwrap_or(0);
     let room = context.saturating_sub(longest);
@@ -245,10 +245,10 @@ pub fn generate(o: &GenerateOptions, on_done: impl Fn(usize) + Sync) -> Result<G
     if o.concurrency == 0 {
         return Err("concurrency must be at least 1".into());
     }
-    let have: HashSet<String> = crate::log::read_log::<Generation>(&o.out, "a generation")?.into_iter().filter(|g| g.model == o.client.model).map(|g| g.prompt.id).collect();
+    let have: HashSet<String> = phi_serve::log::read_log::<Generation>(&o.out, "a generation").map_err(|e| e.to_string())?.into_iter().filter(|g| g.model == o.client.model).map(|g| g.prompt.id).collect();
     let todo: Vec<&SynthPrompt> = o.prompts.iter().filter(|p| !have.contains(&p.id)).collect();
     let report = Mutex::new(GenerateReport { prompts: o.prompts.len(), already: o.prompts.len() - todo.len(), ..Default::default() });
-    let file = Mutex::new(crate::log::open_append(&o.out)?);
+    let file = Mutex::new(phi_serve::log::open_append(&o.out).map_err(|e| e.to_string())?);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..o.concurrency.min(todo.len().max(1)) {
@@ -276,7 +276,7 @@ pub fn generate(o: &GenerateOptions, on_done: impl Fn(usize) + Sync) -> Result<G
                             r.retried += usize::from(reply.attempts > 1);
                             on_done(r.asked);
                         }
-                        Err(e) => r.failed.push((p.id.clone(), e)),
+                        Err(e) => r.failed.push((p.id.clone(), e.to_string())),
                     }
                 }
             });
@@ -384,7 +384,7 @@ pub fn verify(generations: &[Generation], lists: &Lists, sandbox: &phi_sandbox::
         candidates.push(kept);
     }
     let texts: Vec<String> = programs.iter().map(|(_, p)| p.clone()).collect();
-    let outcomes = phi_eval::humaneval::run_programs(&texts, sandbox, workers)?;
+    let outcomes = phi_eval::humaneval::run_programs(&texts, sandbox, workers).map_err(|e| e.to_string())?;
     let mut failed = HashSet::new();
     for ((i, _), outcome) in programs.iter().zip(outcomes) {
         match outcome {
@@ -512,7 +512,7 @@ pub fn run(o: &SynthRun, sandbox: &phi_sandbox::Sandbox, on_done: impl Fn(usize)
     };
     let generated = generate(&options, on_done)?;
     let current: HashSet<&str> = options.prompts.iter().map(|p| p.id.as_str()).collect();
-    let all: Vec<Generation> = crate::log::read_log::<Generation>(&log, "a generation")?
+    let all: Vec<Generation> = phi_serve::log::read_log::<Generation>(&log, "a generation").map_err(|e| e.to_string())?
         .into_iter()
         .filter(|g| g.model == o.client.model && current.contains(g.prompt.id.as_str()))
         .collect();

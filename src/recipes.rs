@@ -13,10 +13,13 @@ use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM};
 use phi_data::assemble::{DatasetSpec, load_mixture};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::prepare::{Input, Manifest, PrepareConfig, TokenizerSource, prepare_or_reuse};
-use phi_data::progress::{Progress, Unit};
 use phi_data::{Mixture, TokenDataset, Tokenizer};
 use phi_core::device::Backend;
-use crate::{AdamWSettings, Decay, LossScaler, LrSchedule, OnNonFinite, Precision, Start, TrainConfig, evaluate, train};
+use phi_data::curriculum::{CurriculumSpec, LoadedCurriculum};
+use phi_train::{AdamWSettings, CausalLm, Decay, LossScaler, LrSchedule, Precision, Resume, TrainConfig, Weights, evaluate};
+
+use crate::plot::fit_and_plot;
+use crate::progress::{PrepareBars, Progress, Unit};
 
 /// A model family's pre-training recipe.
 pub struct Recipe {
@@ -58,18 +61,11 @@ fn mini_train(optimizer: AdamWSettings, peak: f64, decay: Decay) -> TrainConfig 
         max_steps: 300,
         optimizer,
         schedule: LrSchedule { peak, warmup_steps: 30, total_steps: 300, floor: peak * 0.1, decay },
-        clip_norm: Some(1.0),
         eval_every: 50,
         eval_batches: 16,
         checkpoint_every: 100,
-        keep_checkpoints: 2,
         seed: 1234,
-        // The device's own (a GPU's from its name; none on a CPU): see `crate::mfu`.
-        peak_flops: None,
-        activation_checkpointing: false,
-        precision: Precision::F32,
-        loss_scaler: LossScaler::default(),
-        on_non_finite: OnNonFinite::Stop,
+        ..TrainConfig::default()
     }
 }
 
@@ -169,8 +165,8 @@ pub struct RecipeOptions {
     pub corpus: Option<PathBuf>,
     /// Datasets prepared by `phi data prepare` instead: `DIR` or `DIR:WEIGHT` for a mixture.
     pub data: Vec<String>,
-    /// A staged curriculum over prepared datasets instead (a TOML file, see
-    /// `phi_data::curriculum::CurriculumFile`).
+    /// A staged curriculum over prepared datasets instead (a TOML file of a
+    /// [`phi_data::curriculum::CurriculumSpec`], read by [`read_curriculum`]).
     pub curriculum: Option<PathBuf>,
     /// At most this many MB of source text (CPU runs stay short).
     pub max_corpus_mb: f64,
@@ -304,7 +300,7 @@ fn merge_overrides(base: &TrainConfig, over: toml::Value, path: &std::path::Path
 /// The code corpus: `--corpus`, else the local Python standard library (without its tests),
 /// else the modules shipped in `data/corpus/python`.
 pub fn default_corpus(args: &RecipeOptions) -> (PathBuf, Vec<PathBuf>) {
-    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/corpus/python"));
+    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus/python"));
     let root = args.corpus.clone().or_else(python_stdlib_dir).unwrap_or(shipped.clone());
     // Codec tables (`encodings/`) are data, not code: low-quality text for a code model.
     let mut files = collect_files(&root, ".py", &["test", "tests", "idlelib", "lib2to3", "encodings"]);
@@ -342,7 +338,7 @@ pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mix
     let dir = out.join("data");
     // The data of a resumable run is never replaced in place: the checkpoint would go on with
     // other token ids (and the old data would be gone if the new preparation failed).
-    if let (false, Some(ckpt), Ok(old)) = (args.fresh, crate::checkpoint::latest(&out.join("checkpoints")), Manifest::read(&dir)) {
+    if let (false, Some(ckpt), Ok(old)) = (args.fresh, phi_train::checkpoint::latest(&out.join(phi_train::checkpoint::CHECKPOINTS_DIR)), Manifest::read(&dir)) {
         let now = phi_data::prepare::fingerprint(&config)?;
         if old.fingerprint != now {
             return Err(format!(
@@ -356,7 +352,7 @@ pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mix
             .into());
         }
     }
-    let (m, reused) = prepare_or_reuse(&config, &dir, true)?;
+    let (m, reused) = prepare_or_reuse(&config, &dir, Some(&PrepareBars::new()))?;
     if reused {
         println!("data: reusing {} (same inputs and settings)", dir.display());
     } else {
@@ -365,8 +361,24 @@ pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mix
     Ok((Mixture::single(m.dataset(&dir, "train")?), m.dataset(&dir, "validation")?, m.tokenizer(&dir)?))
 }
 
-/// Runs `recipe` end to end; see the module docs.
+/// The curriculum in the TOML file at `path` ([`phi_data::curriculum::CurriculumSpec`], dataset
+/// paths relative to the file), its datasets opened for a run of `max_steps` steps of
+/// `windows_per_step` windows of `seq_len` tokens; every error names the file.
+pub fn read_curriculum(path: &std::path::Path, seq_len: usize, windows_per_step: usize, max_steps: usize) -> Result<LoadedCurriculum, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
+    let spec: CurriculumSpec = toml::from_str(&text).map_err(|e| at(&e))?;
+    if spec.datasets.is_empty() || spec.stages.is_empty() {
+        return Err(at(&"needs at least one [[datasets]] and one [[stages]] table"));
+    }
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    phi_data::curriculum::load_curriculum(spec, base, seq_len, windows_per_step, max_steps).map_err(|e| at(&e))
+}
+
+/// Runs `recipe` end to end; see the module docs. The training's warnings are printed as they
+/// happen ([`crate::progress::print_warnings`]).
 pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error::Error>> {
+    crate::progress::print_warnings();
     let device: Device = args.device.device()?;
     if args.full && args.device == Backend::Cpu {
         return Err(format!("--full trains the published {} ({:.1}B parameters): use a GPU backend (--features cuda, --device cuda)",
@@ -393,11 +405,11 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     // One run at a time in `out`, from --fresh and the data preparation to the tokenizer
     // written beside the last checkpoint; `fit` takes it again within.
-    let _lock = crate::run_dir::RunLock::acquire(&out)?;
+    let _lock = phi_train::run_dir::RunLock::acquire(&out)?;
     if args.fresh {
         // Before the data is prepared again: only checkpoints of ours go, and a folder holding
         // anything else stops the run here with nothing changed.
-        crate::checkpoint::remove_all(&out.join("checkpoints"))?;
+        phi_train::checkpoint::remove_all(&out.join(phi_train::checkpoint::CHECKPOINTS_DIR))?;
     }
     let t = Instant::now();
     let (train_data, val_data, tokenizer) = match &args.curriculum {
@@ -405,12 +417,12 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
             if !args.data.is_empty() {
                 return Err("--curriculum names its own datasets: give it or --data, not both".into());
             }
-            let loaded = phi_data::curriculum::load_curriculum(path, cfg.seq_len, cfg.batch_size * cfg.grad_accum, cfg.max_steps)?;
+            let loaded = read_curriculum(path, cfg.seq_len, cfg.batch_size * cfg.grad_accum, cfg.max_steps)?;
             for (name, dir, tokens) in &loaded.datasets {
                 println!("data: {name} = {} ({tokens} train tokens)", dir.display());
             }
             if loaded.anneal {
-                crate::anneal_over_last_stage(&mut cfg, &loaded.curriculum);
+                phi_train::anneal_over_last_stage(&mut cfg, &loaded.curriculum);
                 cfg.validate(&model_config)?;
             }
             let c = &loaded.curriculum;
@@ -450,14 +462,14 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
         cfg.batch_size * cfg.grad_accum,
         cfg.seq_len
     );
-    let start = if args.fresh { Start::Scratch } else { Start::ResumeAuto };
+    let resume = if args.fresh { Resume::No } else { Resume::Auto };
     let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
     let val_before = evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
     println!("validation loss before training: {val_before:.3}");
 
     let bar = Progress::new(cfg.max_steps as u64, "train", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]");
     let mut last_val = None;
-    let on_step = |m: &crate::StepMetrics| {
+    let on_step = |m: &phi_train::StepMetrics| {
         bar.set_position(m.step as u64);
         if m.val_loss.is_some() {
             last_val = m.val_loss;
@@ -467,12 +479,13 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
         let mfu = m.mfu.map_or(String::new(), |u| format!(" mfu {:.2}%", 100.0 * u));
         bar.set_message(format!("{stage}loss {:.3}{val} lr {:.1e} {:.0} tok/s{mfu}", m.loss, m.lr, m.tokens_per_s));
     };
-    let outcome = match &train_data {
-        TrainData::Mixture(m) => train(&model_config, &cfg, m, &val_data, &out, start, &device, on_step)?,
-        TrainData::Curriculum(c) => crate::train_curriculum(&model_config, &cfg, c, &val_data, &out, start, &device, on_step)?,
+    let mut objective = match &train_data {
+        TrainData::Mixture(m) => CausalLm::new(m, &val_data, cfg.seq_len, cfg.seed)?,
+        TrainData::Curriculum(c) => CausalLm::curriculum(c, &val_data, cfg.seed),
     };
+    let outcome = fit_and_plot(&Weights::Scratch(model_config.clone()), &mut objective, &cfg, &out, resume, &device, on_step).map_err(in_tool_words)?;
     bar.finish();
-    if let Ok(report) = std::fs::read_to_string(out.join("data_report.json")).map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
+    if let Ok(report) = std::fs::read_to_string(out.join(phi_train::checkpoint::DATA_REPORT_FILE)).map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
         if let (TrainData::Curriculum(_), Ok(r)) = (&train_data, report) {
             println!("tokens per dataset per stage (target = the stage's tokens × the dataset's weight share):");
             for row in r["tokens"].as_array().into_iter().flatten() {
@@ -485,17 +498,26 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     let val_after = outcome.metrics.iter().rev().find_map(|m| m.val_loss).unwrap_or(f64::NAN);
     println!("validation loss: {val_before:.3} → {val_after:.3} (perplexity {:.1} → {:.1})", val_before.exp(), val_after.exp());
-    let ckpt = crate::checkpoint::latest(&out.join("checkpoints")).expect("the last step writes a checkpoint");
-    tokenizer.save(ckpt.join("tokenizer.json"))?;
+    let ckpt = phi_train::checkpoint::latest(&out.join(phi_train::checkpoint::CHECKPOINTS_DIR)).expect("the last step writes a checkpoint");
+    tokenizer.save(ckpt.join(phi_train::checkpoint::TOKENIZER_FILE))?;
     println!("model: {}  (phi generate --model {0} --prompt ...)", ckpt.display());
     sample(&outcome.model, &tokenizer, eos)?;
     Ok(())
 }
 
+/// A training error in the tool's words: a run that cannot resume from its folder's checkpoints
+/// says how to start over (`--fresh`, which `phi train`, `phi finetune` and `phi dpo` take).
+pub(crate) fn in_tool_words(e: phi_train::TrainError) -> Box<dyn std::error::Error> {
+    match e {
+        phi_train::TrainError::NotResumable(why) => format!("{why}\nStart over with --fresh or use another output folder.").into(),
+        e => e.into(),
+    }
+}
+
 /// Refuses a full-parameter run of `model` that cannot fit in this machine's memory.
-fn check_memory(model: &PhiConfig, cfg: &TrainConfig, device: &Device) -> crate::Result<()> {
-    let run = crate::memory::RunShape { model, trainable: model.num_parameters(), adapters: 0, rows_per_item: 1 };
-    crate::memory::check_device(run, cfg, device)
+fn check_memory(model: &PhiConfig, cfg: &TrainConfig, device: &Device) -> phi_train::Result<()> {
+    let run = phi_train::memory::RunShape { model, trainable: model.num_parameters(), adapters: 0, rows_per_item: 1 };
+    phi_train::memory::check_device(run, cfg, device)
 }
 
 /// A run's training windows: a weighted mixture or a staged curriculum.

@@ -4,18 +4,19 @@
 
 use std::path::PathBuf;
 
-use phi_data::progress::{Progress, Unit};
 use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::exercises::extract;
 use phi_core::chat::ChatTemplate;
 use phi_data::sft::{SftExample, Turn};
 use phi_data::Tokenizer;
-use crate::lora::{self, LoraConfig};
-use crate::sft::{Sft, encode, sft_loss};
-use crate::{AdamWSettings, Adapter, Decay, LrSchedule, TrainConfig, Weights};
+use phi_train::checkpoint::{CHECKPOINTS_DIR, CONFIG_FILE, TOKENIZER_FILE};
+use phi_train::lora::{self, LoraConfig};
+use phi_train::sft::{Sft, encode, sft_loss};
+use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, Resume, TrainConfig, Weights};
 
 use phi_core::device::Backend;
+use crate::progress::{Progress, Unit};
 use crate::recipes::{Recipe, RecipeOptions, default_corpus};
 
 /// How to run `phi finetune` / the `finetune_lora` example.
@@ -35,7 +36,7 @@ pub struct FinetuneOptions {
     /// Global gradient-norm clip (0: no clipping).
     pub clip: f64,
     /// Compute precision (bf16/f16 keep f32 master weights; half precision is for GPUs).
-    pub precision: crate::Precision,
+    pub precision: phi_train::Precision,
     /// Save a checkpoint (the adapter and optimizer state) every this many steps (0: at the end).
     pub checkpoint_every: usize,
     /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
@@ -66,10 +67,10 @@ impl Default for FinetuneOptions {
             batch_size: 16,
             grad_accum: 1,
             clip: 1.0,
-            precision: crate::Precision::F32,
+            precision: phi_train::Precision::F32,
             checkpoint_every: 50,
             fresh: false,
-            targets: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"].map(String::from).to_vec(),
+            targets: phi_core::lora::default_targets(phi_core::Family::Phi),
             data: None,
             template: None,
             quantize: None,
@@ -85,13 +86,13 @@ pub fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::e
         return Ok(b.clone());
     }
     let recipe = Recipe::phi_1();
-    let root = recipe.default_out().join("checkpoints");
-    if let Some(dir) = crate::checkpoint::latest(&root).filter(|d| d.join("tokenizer.json").is_file()) {
+    let root = recipe.default_out().join(CHECKPOINTS_DIR);
+    if let Some(dir) = phi_train::checkpoint::latest(&root).filter(|d| d.join(TOKENIZER_FILE).is_file()) {
         return Ok(dir);
     }
     println!("no {} checkpoint in {}: training a small base first", recipe.name, root.display());
     crate::recipes::run(recipe, RecipeOptions { steps: Some(150), ..RecipeOptions::default() })?;
-    Ok(crate::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
+    Ok(phi_train::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
 }
 
 /// Source files the default base did not pre-train on: the standard-library files that
@@ -104,7 +105,7 @@ pub fn held_out_files() -> Vec<PathBuf> {
             .into_iter()
             .filter(|f| !pretrain.contains(f))
             .collect(),
-        None => collect_files(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/corpus/python")), ".py", &[]),
+        None => collect_files(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/corpus/python")), ".py", &[]),
     }
 }
 
@@ -156,7 +157,7 @@ fn check_args(args: &FinetuneOptions) -> Result<(), String> {
     // --out: none of that may reach what it reads (a base among this folder's own checkpoints
     // would be pruned away under the run). Without --base, the base is the phi-1 recipe's newest
     // checkpoint.
-    let default_base = Recipe::phi_1().default_out().join("checkpoints");
+    let default_base = Recipe::phi_1().default_out().join(CHECKPOINTS_DIR);
     let inputs_base = match &args.base {
         Some(b) => ("--base", b.as_path()),
         None => ("the default base (the phi-1 recipe's checkpoints)", default_base.as_path()),
@@ -165,10 +166,13 @@ fn check_args(args: &FinetuneOptions) -> Result<(), String> {
     if let Some(data) = &args.data {
         inputs.push(("--data", data.as_path()));
     }
-    crate::run_dir::check_inputs(&inputs, &args.out, &["adapter", "merged"])
+    phi_train::run_dir::check_inputs(&inputs, ("--out", &args.out), &["adapter", "merged"])
 }
 
+/// Runs the fine-tuning end to end (see the module docs), printing what it does; the training's
+/// warnings are printed as they happen ([`crate::progress::print_warnings`]).
 pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
+    crate::progress::print_warnings();
     check_args(&args)?;
     let device = args.device.device()?;
     // The outputs are written at the end: a folder there that is not ours stops us now.
@@ -176,12 +180,12 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         crate::export::check_writable(&args.out.join(sub))?;
     }
     // Held from --fresh to the last output written; `fit` takes it again within.
-    let _lock = crate::run_dir::RunLock::acquire(&args.out)?;
+    let _lock = phi_train::run_dir::RunLock::acquire(&args.out)?;
     let base_dir = base_checkpoint(&args)?;
     // The config first: a folder that is no model (a run's, say) is named as such, with the
     // models under it, rather than as a missing tokenizer.json.
-    phi_core::PhiConfig::from_file(base_dir.join("config.json"))?;
-    let tok_path = base_dir.join("tokenizer.json");
+    phi_core::PhiConfig::from_file(base_dir.join(CONFIG_FILE))?;
+    let tok_path = base_dir.join(TOKENIZER_FILE);
     let tok = Tokenizer::from_file(&tok_path)?;
     let base = PhiForCausalLM::from_pretrained(&base_dir, &device)?;
     // Training looks every id up in the embedding table: a tokenizer that can produce ids the
@@ -192,7 +196,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
             tok_path.display(),
             tok.vocab_size(),
             base.config().vocab_size,
-            base_dir.join("config.json").display()
+            base_dir.join(CONFIG_FILE).display()
         )
         .into());
     }
@@ -201,7 +205,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let (train, val, probe) = match &args.data {
         Some(path) => {
             let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
-            let (mut examples, report) = crate::sft::load_jsonl(path, template, &tok, eos, max_len)
+            let (mut examples, report) = phi_train::sft::load_jsonl(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",
@@ -262,13 +266,9 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         eval_every: 0,
         eval_batches: usize::MAX,
         checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: 2,
         seed: 7,
-        peak_flops: None,
-        activation_checkpointing: false,
         precision: args.precision,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     };
     {
         // What the run will train, reported before it starts (the probe is dropped after).
@@ -296,14 +296,16 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if args.fresh {
-        crate::checkpoint::remove_all(&args.out.join("checkpoints"))?;
+        phi_train::checkpoint::remove_all(&args.out.join(CHECKPOINTS_DIR))?;
     }
     let bar = Progress::new(args.steps as u64, "finetune", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
     let mut objective = Sft::new(&train, &val, pad, cfg.seed)?;
-    let outcome = crate::fit(&weights, &mut objective, &cfg, &args.out, !args.fresh, &device, |m| {
+    let resume = if args.fresh { Resume::No } else { Resume::Auto };
+    let outcome = crate::plot::fit_and_plot(&weights, &mut objective, &cfg, &args.out, resume, &device, |m| {
         bar.set_position(m.step as u64);
         bar.set_message(format!("loss {:.3}", m.loss));
-    })?;
+    })
+    .map_err(crate::recipes::in_tool_words)?;
     bar.finish();
     if let Some(from) = outcome.resumed_from {
         println!("(resumed from the checkpoint at step {from})");
@@ -325,7 +327,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let merged_dir = args.out.join("merged");
     crate::export::write_model_folder(&merged_dir, &source, |dir| {
         lora::merge(tuned).save_pretrained(dir)?;
-        Ok(tok.save(dir.join("tokenizer.json"))?)
+        Ok(tok.save(dir.join(TOKENIZER_FILE))?)
     })?;
     println!("adapter (PEFT format): {}\nmerged model: {}", adapter_dir.display(), merged_dir.display());
     Ok(())

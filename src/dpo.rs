@@ -2,17 +2,20 @@
 //! and the loss and TRL's metrics of a policy against a reference over such a file.
 //!
 //! [`prepare`] loads and checks everything a run needs (data, models, output folders) and says
-//! what it found; [`train`] runs it through [`crate::fit`] with the [`Dpo`] objective and writes
-//! the result (a HF model folder, or a PEFT adapter plus its merged model).
+//! what it found; [`train`] runs it through [`phi_train::fit()`] with the [`Dpo`] objective,
+//! draws the loss curve and writes the result (a HF model folder, or a PEFT adapter plus its
+//! merged model). The objective itself is [`phi_train::preference`].
 //!
 //! ```no_run
-//! use phi_train::dpo::{DpoOptions, prepare, train};
+//! use phi::dpo::{DpoOptions, prepare, train};
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let opts = DpoOptions { steps: 100, lr: 5e-6, ..DpoOptions::new("runs/sft/merged", "pairs.jsonl", "runs/dpo") };
 //! let run = prepare(&opts)?;
-//! println!("{} pairs ({} skipped, {} truncated)", run.report.pairs, run.report.skipped.len(), run.report.truncated);
-//! let done = train(&run, |m| println!("{} {:.4} acc {:.2}", m.step, m.loss, m.extra["rewards/accuracies"]))?;
-//! println!("held-out margin {:?} → {:?}", done.before.map(|m| m.rewards_margins), done.after.map(|m| m.rewards_margins));
+//! tracing::info!(pairs = run.report.pairs, skipped = run.report.skipped.len(), truncated = run.report.truncated, "pairs");
+//! let done = train(&run, |m| tracing::info!(step = m.step, loss = m.loss, accuracy = m.extra["rewards/accuracies"], "dpo"))?;
+//! if let (Some(before), Some(after)) = (done.before, done.after) {
+//!     assert!(after.rewards_margins.is_finite() && before.rewards_margins.is_finite());
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -23,9 +26,10 @@ use burn::tensor::Device;
 use phi_core::device::Backend;
 use phi_core::{PhiConfig, PhiForCausalLM};
 
-use crate::lora::{self, BaseQuantization, LoraConfig};
-use crate::preference::{Collate, Dpo, PairEncoder, PairReport, PreferenceLoss, PreferenceMetrics, PreferenceSettings, TokenPair, Truncation, check_pairs, evaluate_pairs, load_pairs};
-use crate::{AdamWSettings, Adapter, Decay, LrSchedule, Precision, StepMetrics, TrainConfig, TrainOutcome, Weights};
+use phi_train::lora::{self, BaseQuantization, LoraConfig};
+use phi_train::preference::{Collate, Dpo, PairEncoder, PairReport, PreferenceLoss, PreferenceMetrics, PreferenceSettings, TokenPair, Truncation, check_pairs, evaluate_pairs, load_pairs};
+use phi_train::checkpoint::{CHECKPOINTS_DIR, CONFIG_FILE, TOKENIZER_FILE};
+use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, Precision, Resume, StepMetrics, TrainConfig, TrainOutcome, Weights};
 
 type Res<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -159,7 +163,7 @@ impl DpoOptions {
         .into_iter()
         .flatten()
         .collect();
-        crate::run_dir::check_inputs(&inputs, &self.out, output_names(&self.tuning))
+        phi_train::run_dir::check_inputs(&inputs, ("--out", &self.out), output_names(&self.tuning))
     }
 
     fn weights(&self) -> Weights {
@@ -209,7 +213,7 @@ pub fn prepare(opts: &DpoOptions) -> Res<Prepared> {
     for sub in output_names(&opts.tuning) {
         crate::export::check_writable(&opts.out.join(sub))?;
     }
-    let model = PhiConfig::from_file(opts.policy.join("config.json"))?;
+    let model = PhiConfig::from_file(opts.policy.join(CONFIG_FILE))?;
     let encoder = PairEncoder::for_model(&opts.policy, &model)?;
     let settings = settings_for(&model, encoder.as_ref(), opts.beta, opts.loss, opts.max_length, opts.truncation);
     settings.validate()?;
@@ -237,25 +241,21 @@ pub fn prepare(opts: &DpoOptions) -> Res<Prepared> {
         grad_accum: opts.grad_accum,
         max_steps: opts.steps,
         // TRL's (the Trainer's) AdamW: torch's defaults, no weight decay.
-        optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
+        optimizer: AdamWSettings { weight_decay: 0.0, ..AdamWSettings::default() },
         schedule: LrSchedule { peak: opts.lr, warmup_steps: opts.warmup_steps, total_steps: opts.steps, floor: 0.0, decay: Decay::Linear },
         clip_norm: (opts.clip > 0.0).then_some(opts.clip),
         eval_every: opts.eval_every,
         eval_batches: usize::MAX,
         checkpoint_every: opts.checkpoint_every,
-        keep_checkpoints: 2,
         seed: opts.seed,
-        peak_flops: None,
-        activation_checkpointing: false,
         precision: opts.precision,
-        loss_scaler: Default::default(),
-        on_non_finite: Default::default(),
+        ..TrainConfig::default()
     };
     train.validate(&model)?;
     // Before any model is loaded (the reference is scored before training starts): a run that
     // cannot fit in memory, or a LoRA rank beyond the projections, is refused by name.
     let (trainable, adapters) = weights.trainable_params(&model)?;
-    crate::memory::check_device(crate::memory::RunShape { model: &model, trainable, adapters, rows_per_item: 2 }, &train, &opts.device.device()?)?;
+    phi_train::memory::check_device(phi_train::memory::RunShape { model: &model, trainable, adapters, rows_per_item: 2 }, &train, &opts.device.device()?)?;
     Ok(Prepared { opts: opts.clone(), settings, pairs, validation, report, val_report, model, weights, train })
 }
 
@@ -292,12 +292,15 @@ fn reference_model(p: &Prepared, device: &Device) -> Res<PhiForCausalLM> {
     }
 }
 
-/// Trains a [`prepare`]d run (resuming from its checkpoints unless `fresh`) and writes the
-/// result; `on_step` sees every step's metrics, TRL's `rewards/*` and `logps/*` among them.
+/// Trains a [`prepare`]d run (resuming from its checkpoints unless `fresh`), draws its loss
+/// curve and writes the result; `on_step` sees every step's metrics, TRL's `rewards/*` and
+/// `logps/*` among them. The training's warnings are printed as they happen
+/// ([`crate::progress::print_warnings`]) and kept in the outcome.
 pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
+    crate::progress::print_warnings();
     let o = &p.opts;
     // Held from --fresh to the last output written; `fit` takes it again within.
-    let _lock = crate::run_dir::RunLock::acquire(&o.out)?;
+    let _lock = phi_train::run_dir::RunLock::acquire(&o.out)?;
     let device = o.device.device()?;
     let needs_reference = p.settings.loss.needs_reference();
     // The policy as it starts, for the "before" figures; the reference unless one is given.
@@ -317,9 +320,10 @@ pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
     let before = objective.validation_metrics(&start);
     drop(start);
     if o.fresh {
-        crate::checkpoint::remove_all(&o.out.join("checkpoints"))?;
+        phi_train::checkpoint::remove_all(&o.out.join(CHECKPOINTS_DIR))?;
     }
-    let outcome = crate::fit(&p.weights, &mut objective, &p.train, &o.out, !o.fresh, &device, on_step)?;
+    let resume = if o.fresh { Resume::No } else { Resume::Auto };
+    let outcome = crate::plot::fit_and_plot(&p.weights, &mut objective, &p.train, &o.out, resume, &device, on_step).map_err(crate::recipes::in_tool_words)?;
     let after = objective.validation_metrics(&outcome.model);
     let written = write_outputs(p, &outcome.model)?;
     Ok(DpoRun { before, after, outcome, written })
@@ -330,10 +334,10 @@ pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
 fn write_outputs(p: &Prepared, model: &PhiForCausalLM) -> Res<Vec<PathBuf>> {
     let o = &p.opts;
     let source = format!("preference tuning ({}) of {} on {}", p.settings.loss, o.policy.display(), o.data.display());
-    let tokenizer = o.policy.join("tokenizer.json");
+    let tokenizer = o.policy.join(TOKENIZER_FILE);
     let copy_tokenizer = |dir: &Path| -> Res<()> {
         if tokenizer.is_file() {
-            std::fs::copy(&tokenizer, dir.join("tokenizer.json")).map_err(|e| format!("{}: {e}", tokenizer.display()))?;
+            std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE)).map_err(|e| format!("{}: {e}", tokenizer.display()))?;
         }
         Ok(())
     };

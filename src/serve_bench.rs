@@ -14,8 +14,8 @@ use phi_core::{PhiConfig, PhiForCausalLM};
 use phi_data::Tokenizer;
 use serde::Serialize;
 
-use crate::client::Client;
-use crate::{Limits, LocalServer, ServedModel};
+use phi_serve::client::Client;
+use phi_serve::{Limits, LocalServer, ServedModel};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -73,13 +73,13 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
     let served = ServedModel { name: "bench".into(), model, tokenizer, template, stop_ids: vec![], created: 0 };
 
     // Stopped when it goes out of scope, at the end.
-    let server = LocalServer::start(served, b.limits)?;
+    let server = LocalServer::start(served, b.limits).map_err(|e| e.to_string())?;
     let base = server.url.clone();
 
     let mut rows = Vec::new();
     let prompt = "kalomi nesuta ripode gufazo: write more";
     // One warm-up request (allocations, first-use paths).
-    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 3)?;
+    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 3).map_err(|e| e.to_string())?;
     for &clients in &b.clients {
         let clients = clients.max(1);
         let per_client = b.requests.div_ceil(clients).max(2);
@@ -94,7 +94,7 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
                             .map(|_| {
                                 let t = Instant::now();
                                 // Retried (with backoff) if the server's queue is full: 429.
-                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 3)?;
+                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 3).map_err(|e| e.to_string())?;
                                 Ok((t.elapsed().as_secs_f64() * 1e3, r.completion_tokens.unwrap_or(0)))
                             })
                             .collect()

@@ -115,7 +115,7 @@ fn suggest(key: &str, prefix: &str, root: &Schema) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AdamWSettings, LossScaler, LrSchedule, TrainConfig};
+    use phi_train::{AdamWSettings, LossScaler, LrSchedule, TrainConfig};
 
     fn schema() -> Schema {
         Schema::of::<TrainConfig>().with::<AdamWSettings>("optimizer").with::<LrSchedule>("schedule").with::<LossScaler>("loss_scaler")

@@ -1,18 +1,19 @@
 //! `phi data annotate`'s engine against a scripted OpenAI-compatible endpoint (scores by
 //! content, one 500 to retry) and against `phi serve` itself.
 
-mod common;
+#[path = "common/serving.rs"]
+mod serving;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use phi_serve::annotate::{AnnotateOptions, Annotation, PromptTemplate, annotate};
-use phi_serve::client::Client;
+use phi::annotate::{AnnotateOptions, Annotation, PromptTemplate, annotate};
+use phi::serve::client::Client;
 
 
 /// A judge that answers 500 to its first request, then scores by what the document says.
 fn judge() -> (String, Arc<AtomicUsize>) {
-    common::scripted((10, 5), |n, prompt| match n {
+    serving::scripted((10, 5), |n, prompt| match n {
         0 => Err(500),
         _ if prompt.contains("good") => Ok("Clear and well commented.\nEducational score: 4".into()),
         _ if prompt.contains("bad") => Ok("Boilerplate. Educational score: 1".into()),
@@ -101,8 +102,8 @@ fn a_failing_endpoint_is_reported_not_written_and_phi_serve_is_a_judge() {
 
     // Our own server as the judge: its tiny random model rarely writes a score, and whatever it
     // writes is kept and counted.
-    let model = common::model_dir();
-    let addr = common::start(model.path());
+    let model = serving::model_dir();
+    let addr = serving::start(model.path());
     let client = Client::new(&format!("http://{addr}/v1"), "tiny", None);
     // (Its context is 128 tokens: a short prompt.)
     let short = PromptTemplate { version: "short".into(), text: "Rate this: {document}".into() };

@@ -10,13 +10,14 @@
 //! point and a rerun never asks again for a document it has an answer for under that prompt.
 //!
 //! ```no_run
-//! use phi_serve::annotate::{AnnotateOptions, PromptTemplate, annotate};
-//! use phi_serve::client::Client;
+//! use phi::annotate::{AnnotateOptions, PromptTemplate, annotate};
+//! use phi::serve::client::Client;
 //! # fn demo(docs: Vec<(String, String)>) -> Result<(), String> {
 //! let client = Client::new("http://127.0.0.1:8000/v1", "judge", None);
 //! let opts = AnnotateOptions::new(docs, client, PromptTemplate::builtin(), "annotations.jsonl".into());
 //! let report = annotate(&opts, |_done| {})?;
-//! println!("{} scored, {} unparsed, histogram {:?}", report.scored, report.unparsed, report.histogram);
+//! // Every answer is scored 0–5 or kept unparsed; the histogram counts the scored ones.
+//! assert_eq!(report.histogram.iter().sum::<usize>(), report.scored);
 //! # Ok(()) }
 //! ```
 
@@ -30,7 +31,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::client::Client;
+use phi_serve::client::Client;
 
 /// The built-in prompt: an additive 0–5 educational-value rubric for code, in the spirit of
 /// phi-1's annotation and FineWeb-Edu's prompt. `{document}` is replaced by the document.
@@ -172,7 +173,7 @@ pub struct AnnotateReport {
 /// run killed mid-write) is ignored; any other line that is not an annotation is an error, so a
 /// file that is not ours is never appended to.
 fn answered(out: &Path, version: &str, model: &str) -> Result<HashSet<String>, String> {
-    let all: Vec<Annotation> = crate::log::read_log(out, "an annotation")?;
+    let all: Vec<Annotation> = phi_serve::log::read_log(out, "an annotation").map_err(|e| e.to_string())?;
     Ok(all.into_iter().filter(|a| a.prompt_version == version && a.model == model).map(|a| a.hash).collect())
 }
 
@@ -191,7 +192,7 @@ pub fn annotate(o: &AnnotateOptions, on_done: impl Fn(usize) + Sync) -> Result<A
     let mut report = AnnotateReport { sampled: docs.len(), ..Default::default() };
     let todo: Vec<_> = docs.into_iter().filter(|d| !done.contains(&d.2)).collect();
     report.already = report.sampled - todo.len();
-    let file = Mutex::new(crate::log::open_append(&o.out)?);
+    let file = Mutex::new(phi_serve::log::open_append(&o.out).map_err(|e| e.to_string())?);
     let state = Mutex::new(report);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -228,7 +229,7 @@ pub fn annotate(o: &AnnotateOptions, on_done: impl Fn(usize) + Sync) -> Result<A
                             r.retried += (reply.attempts > 1) as usize;
                             on_done(r.scored + r.unparsed);
                         }
-                        Err(e) => r.failed.push((origin.to_string(), e)),
+                        Err(e) => r.failed.push((origin.to_string(), e.to_string())),
                     }
                 }
             });

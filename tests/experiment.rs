@@ -3,12 +3,12 @@
 //! seed trained and evaluated, results.json and results.png written, a rerun reuses the runs,
 //! and a folder that is not an experiment is refused.
 
-use phi_eval::experiment::{ExperimentOptions, run};
-use phi_sandbox::{Limits, Sandbox};
+use phi::experiment::{ExperimentOptions, run};
+use phi::sandbox::{Limits, Sandbox};
 
 #[test]
 fn two_arms_two_seeds_on_the_shipped_corpus() {
-    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/corpus/python");
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dq");
     let mut o = ExperimentOptions::new(corpus, out.clone());
