@@ -154,8 +154,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let lora = phi::train::lora::LoraConfig { r: 8, lora_alpha: 16.0, lora_dropout: 0.0, target_modules: phi::finetune::FinetuneOptions::default().targets, use_rslora: false };
-    let opts = phi::dpo::DpoOptions {
-        tuning: phi::dpo::Tuning::Lora(lora),
+    let opts = phi::dpo_run::DpoRunOptions {
+        tuning: phi::dpo_run::Tuning::Lora(lora),
         val_data: Some(held_file),
         steps: 120,
         lr: 5e-4,
@@ -164,9 +164,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: 40,
         // The pairs are rebuilt on every run: train them afresh.
         fresh: true,
-        ..phi::dpo::DpoOptions::new(&sft, &train_file, Path::new(OUT).join("dpo"))
+        ..phi::dpo_run::DpoRunOptions::new(&sft, &train_file, Path::new(OUT).join("dpo"))
     };
-    let run = phi::dpo::prepare(&opts)?;
+    let run = phi::dpo_run::prepare(&opts)?;
     for (report, what) in [(Some(&run.report), "train"), (run.val_report.as_ref(), "held-out")] {
         if let Some(r) = report {
             println!("{what} pairs: {} kept, {} skipped (longer than the context), {} truncated", r.pairs, r.skipped.len(), r.truncated);
@@ -175,7 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("DPO (LoRA r=8, sigmoid, beta {}), {} steps of {} pairs; the reference is the SFT model, scored once", run.settings.beta, opts.steps, opts.batch_size);
     let bar = Progress::new(opts.steps as u64, "dpo", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}");
     // The run's warnings (if any) are printed as they happen, above the bar.
-    let done = phi::dpo::train(&run, |m| {
+    let done = phi::dpo_run::train(&run, |m| {
         bar.set_position(m.step as u64);
         bar.set_message(format!("loss {:.4} acc {:.2}", m.loss, m.extra.get("rewards/accuracies").copied().unwrap_or(f64::NAN)));
     })?;

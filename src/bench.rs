@@ -279,7 +279,7 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
         PreferenceBench::Sft => {
             let examples: Vec<phi_data::sft::SftExample> =
                 (0..n).map(|i| phi_data::sft::SftExample { ids: ids(i, a.seq), learn: (0..a.seq).map(|j| j > half).collect() }).collect();
-            let mut objective = phi_train::sft::Sft::new(&examples, &[], 0, 0).expect("bench data");
+            let mut objective = phi_train::sft_objective::Sft::new(&examples, &[], 0, 0).expect("bench data");
             time(&mut || {
                 trainer.step(&mut objective).expect("a finite bench step");
             });

@@ -12,7 +12,7 @@ use phi_data::sft::{SftExample, Turn};
 use phi_data::Tokenizer;
 use phi_train::checkpoint::{CHECKPOINTS_DIR, CONFIG_FILE, TOKENIZER_FILE};
 use phi_train::lora::{self, LoraConfig};
-use phi_train::sft::{Sft, encode, sft_loss};
+use phi_train::sft_objective::{Sft, encode, sft_loss};
 use phi_train::{AdamWSettings, Adapter, Decay, LrSchedule, Resume, TrainConfig, Weights};
 
 use phi_core::device::Backend;
@@ -205,7 +205,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let (train, val, probe) = match &args.data {
         Some(path) => {
             let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
-            let (mut examples, report) = phi_train::sft::load_jsonl(path, template, &tok, eos, max_len)
+            let (mut examples, report) = phi_train::sft_objective::load_jsonl(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",

@@ -13,7 +13,8 @@
 //! The layer, one module per command:
 //! - [`recipes`]: the Phi pre-training recipes and `phi train` (data, training, a sample);
 //!   [`overrides`] checks the keys of its TOML settings files;
-//! - [`finetune`]: `phi finetune`, LoRA on exercises; [`dpo`]: `phi dpo` and `phi eval dpo`;
+//! - [`finetune`]: `phi finetune`, LoRA on exercises; [`dpo_run`]: the `phi dpo` run and
+//!   `phi eval dpo` (the DPO objective itself is `phi_train::preference::Dpo`);
 //! - [`bench`]: `phi bench`'s workloads; [`serve_bench`]: `phi bench serve`;
 //! - [`experiment`]: `phi experiment data-quality`;
 //! - [`synth`] and [`annotate`]: `phi data synth` and `phi data annotate` over any
@@ -35,7 +36,7 @@
 
 pub mod annotate;
 pub mod bench;
-pub mod dpo;
+pub mod dpo_run;
 pub mod experiment;
 pub mod export;
 pub mod finetune;

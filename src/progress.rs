@@ -303,7 +303,7 @@ impl Drop for PrepareBars {
 /// server's request log excepted, `phi serve` has its own) is printed on stderr as
 /// `warning: <message>` when it is emitted, above any bar on screen. Without it the libraries
 /// print nothing. The layer's entry points ([`crate::recipes::run`], [`crate::finetune::run`],
-/// [`crate::dpo::train`], [`crate::experiment::run`]) call it; calling it again does nothing.
+/// [`crate::dpo_run::train`], [`crate::experiment::run`]) call it; calling it again does nothing.
 pub fn print_warnings() {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::{LevelFilter, Targets};

@@ -10,7 +10,10 @@
 //!   reporting progress to the caller's [`PrepareProgress`] (the library draws nothing).
 //! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
 //! - [`sampler`]: seeded, resumable `[batch, seq_len + 1]` windows over one dataset or a mixture.
-//! - [`sft`], [`exercises`]: instruction data for fine-tuning.
+//! - [`sft`], [`exercises`]: instruction data for fine-tuning; [`pairs`]: preference pairs
+//!   (prompt, chosen, rejected) for DPO and its variants. Both parse and check records and
+//!   report bad ones by line; rendering text with a model's chat template is the caller's
+//!   (phi-train's), as this crate does not depend on the model crates.
 //! - [`assemble`]: `DIR:WEIGHT` mixtures of prepared datasets; evaluation data from datasets,
 //!   shards or text.
 //! - [`owned`]: whether a folder is ours to replace or remove (datasets, checkpoints, exports).
@@ -23,6 +26,7 @@ pub mod evalsets;
 pub mod exercises;
 pub mod filters;
 pub mod owned;
+pub mod pairs;
 pub mod prepare;
 pub mod quality;
 pub mod sampler;

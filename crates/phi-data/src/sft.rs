@@ -66,7 +66,7 @@ pub fn parse_record(line: &str) -> Result<Vec<Turn>, String> {
 }
 
 /// Loads a JSONL file of records, each turned into an example by `encode` (which renders and
-/// tokenizes the turns and says whether it cut them to a length limit; `phi_train::sft::encode`
+/// tokenizes the turns and says whether it cut them to a length limit; `phi_train::sft_objective::encode`
 /// does it with a model's chat template). A record that does not parse, or whose response the
 /// limit cut off entirely, is skipped with its line number and the reason.
 pub fn load_jsonl(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, bool)) -> std::io::Result<(Vec<SftExample>, SftReport)> {

@@ -205,8 +205,10 @@ fn step_of(name: &str) -> Option<usize> {
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
-fn invalid(e: phi_data::DataError) -> TrainError {
-    TrainError::Invalid(e.to_string())
+/// The error for `dir`, a checkpoint folder (or one being written or removed) that is not ours
+/// to replace or remove: the [`phi_data::DataError`] says what in it is not.
+fn not_ours(dir: &Path) -> impl Fn(phi_data::DataError) -> TrainError + '_ {
+    move |e| TrainError::checkpoint(dir, e.to_string())
 }
 
 /// `dir/step-00000042`.
@@ -261,8 +263,8 @@ pub fn latest(root: &Path) -> Option<PathBuf> {
 /// missing or altered file is an error naming it). A version-1 marker records sizes only.
 pub fn verify(dir: &Path) -> Result<()> {
     let marker_path = dir.join(MARKER);
-    let marker = read_marker(dir).map_err(TrainError::Invalid)?;
-    let bad = |what: String| TrainError::Invalid(format!("{}: {what}", marker_path.display()));
+    let marker = read_marker(dir).map_err(|why| TrainError::checkpoint(&marker_path, why))?;
+    let bad = |what: String| TrainError::checkpoint(&marker_path, format!("{}: {what}", marker_path.display()));
     let files = marker.get("files").and_then(|f| f.as_object()).ok_or_else(|| bad("no \"files\"".into()))?;
     let with_checksums = marker.get("version").and_then(|v| v.as_u64()) == Some(VERSION as u64);
     for (name, entry) in files {
@@ -279,16 +281,16 @@ pub fn verify(dir: &Path) -> Result<()> {
         let path = dir.join(name);
         let actual = fs::metadata(&path).map_err(|e| TrainError::io(&path, e))?.len();
         if actual != size {
-            return Err(TrainError::Invalid(format!("{}: {actual} bytes, the checkpoint marker recorded {size}", path.display())));
+            return Err(TrainError::checkpoint(&path, format!("{}: {actual} bytes, the checkpoint marker recorded {size}", path.display())));
         }
         if with_checksums {
             let want = checksum.ok_or_else(|| bad(format!("files.{name} has no \"xxh3\"")))?;
             let got = checksum_of(&path)?;
             if got != want {
-                return Err(TrainError::Invalid(format!(
-                    "{}: checksum {got}, the checkpoint marker recorded {want} (the file changed after it was written)",
-                    path.display()
-                )));
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!("{}: checksum {got}, the checkpoint marker recorded {want} (the file changed after it was written)", path.display()),
+                ));
             }
         }
     }
@@ -325,10 +327,10 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
     let final_dir = checkpoint_dir(root, step);
     // A folder already at the final name (a run that resumed from an earlier checkpoint, or an
     // empty one) is replaced only if it is ours: checked before the work, removed after it.
-    let not_ours = |e: phi_data::DataError| TrainError::Invalid(format!("cannot write checkpoint {step}: {e}"));
-    owned::check(&final_dir, &CHECKPOINT_LAYOUT).map_err(not_ours)?;
+    let cannot_write = |e: phi_data::DataError| TrainError::checkpoint(&final_dir, format!("cannot write checkpoint {step}: {e}"));
+    owned::check(&final_dir, &CHECKPOINT_LAYOUT).map_err(cannot_write)?;
     let tmp = root.join(format!("{TMP_PREFIX}{step:08}-{}", std::process::id()));
-    owned::remove_owned(&tmp, &TMP_LAYOUT).map_err(invalid)?;
+    owned::remove_owned(&tmp, &TMP_LAYOUT).map_err(not_ours(&tmp))?;
     fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let written = write_contents(&tmp).and_then(|_| {
         let mut files = serde_json::Map::new();
@@ -349,7 +351,7 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
         let _ = owned::remove_owned(&tmp, &TMP_LAYOUT);
         return Err(e);
     }
-    remove_checkpoint(&final_dir).map_err(not_ours)?;
+    remove_checkpoint(&final_dir).map_err(cannot_write)?;
     fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
     if let Ok(d) = fs::File::open(root) {
         let _ = d.sync_all();
@@ -368,11 +370,11 @@ pub fn save(root: &Path, step: usize, keep: usize, write_contents: impl FnOnce(&
 /// not a checkpoint, and a kill during the deletion leaves a folder the next start clears),
 /// then deleted entry by entry.
 fn retire(root: &Path, step: usize, dir: &Path) -> Result<()> {
-    owned::check(dir, &CHECKPOINT_LAYOUT).map_err(invalid)?;
+    owned::check(dir, &CHECKPOINT_LAYOUT).map_err(not_ours(dir))?;
     let doomed = root.join(format!("{TMP_PREFIX}{step:08}-{}-old", std::process::id()));
-    owned::remove_owned(&doomed, &TMP_LAYOUT).map_err(invalid)?;
+    owned::remove_owned(&doomed, &TMP_LAYOUT).map_err(not_ours(&doomed))?;
     fs::rename(dir, &doomed).map_err(|e| TrainError::io(dir, e))?;
-    owned::remove_owned(&doomed, &TMP_LAYOUT).map_err(invalid)
+    owned::remove_owned(&doomed, &TMP_LAYOUT).map_err(not_ours(&doomed))
 }
 
 /// Removes the `.tmp-step-*` folders under `root` that a crashed write or deletion left, if
@@ -394,7 +396,7 @@ pub fn remove_stale_tmp(root: &Path) -> Vec<String> {
 /// Removes `root` and the checkpoints in it (`--fresh`), only if everything there is ours;
 /// otherwise an error naming what is not, with nothing removed.
 pub fn remove_all(root: &Path) -> Result<()> {
-    let refuse = |e: phi_data::DataError| TrainError::Invalid(format!("cannot start over in {}: {e}", root.display()));
+    let refuse = |e: phi_data::DataError| TrainError::checkpoint(root, format!("cannot start over in {}: {e}", root.display()));
     owned::check(root, &ROOT_LAYOUT).map_err(refuse)?;
     // Every marker first: a removal cut short leaves incomplete checkpoints, never one that
     // claims to be complete with files missing.
@@ -493,5 +495,5 @@ pub(crate) fn warn(warnings: &mut Vec<String>, w: String) {
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))
 }

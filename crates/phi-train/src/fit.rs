@@ -153,32 +153,30 @@ const MAX_BATCH_TOKENS: usize = 1 << 31;
 /// whole budget before its first update.
 pub const MAX_STEP_TOKENS: u64 = 1 << 32;
 
-fn invalid(key: &str, message: impl std::fmt::Display) -> TrainError {
-    TrainError::Invalid(format!("training config `{key}`: {message}"))
-}
-
 impl TrainConfig {
     /// Checks every setting before any work is done; the error names the key. `model` is the
     /// architecture the run trains (for `seq_len ≤ max_position_embeddings`).
     pub fn validate(&self, model: &PhiConfig) -> Result<()> {
         for (key, v) in [("batch_size", self.batch_size), ("seq_len", self.seq_len), ("grad_accum", self.grad_accum), ("max_steps", self.max_steps)] {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
+                return Err(TrainError::config(key, v, "must be at least 1"));
             }
         }
         if self.seq_len > model.max_position_embeddings {
-            return Err(invalid(
+            return Err(TrainError::config(
                 "seq_len",
+                self.seq_len,
                 format!("{} exceeds the model's max_position_embeddings ({})", self.seq_len, model.max_position_embeddings),
             ));
         }
         if self.batch_size.checked_mul(self.seq_len + 1).is_none_or(|t| t > MAX_BATCH_TOKENS) {
-            return Err(invalid("batch_size", format!("{} sequences of {} tokens is more than {MAX_BATCH_TOKENS} tokens per micro-batch", self.batch_size, self.seq_len)));
+            return Err(TrainError::config("batch_size", self.batch_size, format!("{} sequences of {} tokens is more than {MAX_BATCH_TOKENS} tokens per micro-batch", self.batch_size, self.seq_len)));
         }
         let step_tokens = (self.batch_size as u64).saturating_mul(self.grad_accum as u64).saturating_mul(self.seq_len as u64);
         if step_tokens > MAX_STEP_TOKENS {
-            return Err(invalid(
+            return Err(TrainError::config(
                 "grad_accum",
+                self.grad_accum,
                 format!(
                     "{} micro-batches of {} × {} tokens is {step_tokens} tokens per optimizer step, more than {MAX_STEP_TOKENS} (phi-1 trained on 2M a step)",
                     self.grad_accum, self.batch_size, self.seq_len
@@ -188,52 +186,54 @@ impl TrainConfig {
         if let Some(c) = self.clip_norm
             && !(c.is_finite() && c > 0.0)
         {
-            return Err(invalid("clip_norm", format!("{c} must be a positive number (leave it out for no clipping)")));
+            return Err(TrainError::config("clip_norm", c, format!("{c} must be a positive number (leave it out for no clipping)")));
         }
         let s = &self.schedule;
         if !(s.peak.is_finite() && s.peak > 0.0) {
-            return Err(invalid("schedule.peak", format!("{} must be a positive finite learning rate", s.peak)));
+            return Err(TrainError::config("schedule.peak", s.peak, format!("{} must be a positive finite learning rate", s.peak)));
         }
         if !(s.floor.is_finite() && s.floor >= 0.0 && s.floor <= s.peak) {
-            return Err(invalid("schedule.floor", format!("{} must be finite, ≥ 0 and ≤ schedule.peak ({})", s.floor, s.peak)));
+            return Err(TrainError::config("schedule.floor", s.floor, format!("{} must be finite, ≥ 0 and ≤ schedule.peak ({})", s.floor, s.peak)));
         }
         if let crate::Decay::Wsd { decay_start } = s.decay {
             if decay_start < s.warmup_steps || decay_start >= s.total_steps {
-                return Err(invalid(
+                return Err(TrainError::config(
                     "schedule.decay.wsd.decay_start",
+                    decay_start,
                     format!("{decay_start} must lie in [warmup_steps ({}), total_steps ({}))", s.warmup_steps, s.total_steps),
                 ));
             }
         }
         if s.decay != crate::Decay::Constant && s.total_steps <= s.warmup_steps {
-            return Err(invalid(
+            return Err(TrainError::config(
                 "schedule.total_steps",
+                s.total_steps,
                 format!("{} must exceed schedule.warmup_steps ({}) for a decaying schedule: it is the step where the decay reaches the floor", s.total_steps, s.warmup_steps),
             ));
         }
         let o = &self.optimizer;
         for (key, b) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(invalid(key, format!("{b} is not in [0, 1)")));
+                return Err(TrainError::config(key, b, format!("{b} is not in [0, 1)")));
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(invalid("optimizer.eps", format!("{} must be a positive finite number", o.eps)));
+            return Err(TrainError::config("optimizer.eps", o.eps, format!("{} must be a positive finite number", o.eps)));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return Err(invalid("optimizer.weight_decay", format!("{} must be finite and ≥ 0", o.weight_decay)));
+            return Err(TrainError::config("optimizer.weight_decay", o.weight_decay, format!("{} must be finite and ≥ 0", o.weight_decay)));
         }
         if let Some(p) = self.peak_flops
             && !(p.is_finite() && p > 0.0)
         {
-            return Err(invalid("peak_flops", format!("{p} must be a positive finite number (leave it out for the device's own)")));
+            return Err(TrainError::config("peak_flops", p, format!("{p} must be a positive finite number (leave it out for the device's own)")));
         }
         let l = &self.loss_scaler;
         if !(l.scale.is_finite() && l.scale >= 1.0) {
-            return Err(invalid("loss_scaler.scale", format!("{} must be finite and ≥ 1", l.scale)));
+            return Err(TrainError::config("loss_scaler.scale", l.scale, format!("{} must be finite and ≥ 1", l.scale)));
         }
         if l.growth_interval == 0 {
-            return Err(invalid("loss_scaler.growth_interval", "must be at least 1"));
+            return Err(TrainError::config("loss_scaler.growth_interval", l.growth_interval, "must be at least 1"));
         }
         Ok(())
     }
@@ -452,7 +452,7 @@ pub fn anneal_over_last_stage(cfg: &mut TrainConfig, curriculum: &phi_data::curr
 
 /// Trains `weights` on `objective` for `cfg.max_steps` optimizer steps: the only entry into
 /// training, for every objective ([`crate::CausalLm`] pre-training on a mixture or a curriculum,
-/// [`crate::sft::Sft`], [`crate::preference::Dpo`]). `cfg` is validated against the model first,
+/// [`crate::sft_objective::Sft`], [`crate::preference::Dpo`]). `cfg` is validated against the model first,
 /// and the objective's data against both, before any work. Validation every `eval_every`
 /// steps, a line per step in `out_dir/metrics.jsonl`, checkpoints under `out_dir/checkpoints`
 /// and a curriculum's `data_report.json` at the end (the `phi` tool draws `loss.png` from the
@@ -500,10 +500,10 @@ pub fn fit<O: Objective>(
                 // divergence), on every rerun: such a checkpoint is passed over like a corrupt one.
                 let (bad, total) = non_finite_weights(&model);
                 if bad > 0 {
-                    return Err(TrainError::Invalid(format!("{bad} of its {total} weights are NaN or infinite")));
+                    return Err(TrainError::checkpoint(dir, format!("{bad} of its {total} weights are NaN or infinite")));
                 }
                 let path = dir.join(checkpoint::OPTIMIZER_FILE);
-                let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))?;
                 Ok((model, optim))
             },
             &mut resume_warnings,
@@ -556,9 +556,7 @@ pub fn fit<O: Objective>(
             // checkpoint written before this check existed).
             let (bad, total) = non_finite_weights(trainer.model());
             if bad > 0 {
-                return Err(TrainError::Invalid(format!(
-                    "step {done}: {bad} of {total} weights are NaN or infinite; the checkpoint was not written"
-                )));
+                return Err(TrainError::NonFinite { step: done, what: format!("{bad} of {total} weights are NaN or infinite; the checkpoint was not written") });
             }
             let state = TrainerState {
                 step: done,
@@ -572,7 +570,7 @@ pub fn fit<O: Objective>(
             let write = |dir: &Path| {
                 weights.save(trainer.model(), dir)?;
                 let path = dir.join(checkpoint::OPTIMIZER_FILE);
-                trainer.optimizer().save(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+                trainer.optimizer().save(&path).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))?;
                 let json = serde_json::to_string_pretty(&state).expect("state serializes");
                 let path = dir.join(checkpoint::STATE_FILE);
                 std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))
@@ -646,11 +644,14 @@ fn read_metrics(path: &Path, up_to: usize) -> Result<Vec<StepMetrics>> {
             Ok(_) => {}
             Err(_) if line.trim().is_empty() || (i + 1 == lines.len() && !text.ends_with('\n')) => {}
             Err(e) => {
-                return Err(TrainError::Invalid(format!(
-                    "{}: line {} is not a phi metrics line ({e}); it is not ours to overwrite (is the output folder one of yours?)",
-                    path.display(),
-                    i + 1
-                )));
+                return Err(TrainError::OutputFolder {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "{}: line {} is not a phi metrics line ({e}); it is not ours to overwrite (is the output folder one of yours?)",
+                        path.display(),
+                        i + 1
+                    ),
+                });
             }
         }
     }

@@ -194,7 +194,9 @@ pub fn check_device(run: RunShape<'_>, cfg: &TrainConfig, device: &burn::tensor:
         return Ok(());
     }
     match host_available() {
-        Some((available, source)) => check(run, cfg, available, &source).map(|_| ()).map_err(crate::TrainError::Invalid),
+        Some((available, source)) => check(run, cfg, available, &source)
+            .map(|_| ())
+            .map_err(|message| crate::TrainError::Memory { needed: estimate(run, cfg).total(), available, message }),
         None => Ok(()),
     }
 }

@@ -4,8 +4,9 @@
 //! the schedule, non-finite guards) and [`crate::fit()`] adds validation, metrics, checkpoints
 //! and exact resume.
 //!
-//! Objectives here: [`CausalLm`] (pre-training on token windows) and [`crate::sft::Sft`]
-//! (response-only loss on chat/prompt–response examples).
+//! The objectives: [`CausalLm`] here (pre-training on token windows),
+//! [`crate::sft_objective::Sft`] (response-only loss on chat/prompt–response examples) and
+//! [`crate::preference::Dpo`] (preference pairs).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{PhiConfig, PhiForCausalLM};
@@ -121,7 +122,7 @@ enum Windows<'a> {
 impl<'a> CausalLm<'a> {
     /// Windows of `seq_len` (+1 for the shifted targets) from `train`, shuffled with `seed`.
     pub fn new(train: &'a Mixture, validation: &'a TokenDataset, seq_len: usize, seed: u64) -> Result<Self> {
-        train.check(seq_len).map_err(|e| TrainError::Invalid(format!("training data: {e}")))?;
+        train.check(seq_len).map_err(|e| TrainError::Data(format!("training data: {e}")))?;
         Ok(CausalLm { windows: Windows::Mixture(train, train.sampler(seq_len, seed)), validation, seq_len })
     }
 
@@ -153,11 +154,11 @@ impl Objective for CausalLm<'_> {
 
     fn check(&self, model: &PhiConfig, cfg: &TrainConfig) -> Result<()> {
         if cfg.seq_len != self.seq_len {
-            return Err(TrainError::Invalid(format!("the data is drawn in windows of {} tokens but seq_len is {}", self.seq_len, cfg.seq_len)));
+            return Err(TrainError::Data(format!("the data is drawn in windows of {} tokens but seq_len is {}", self.seq_len, cfg.seq_len)));
         }
         if let Windows::Curriculum(c, _) = &self.windows {
             if c.windows_per_step() != cfg.batch_size * cfg.grad_accum || c.max_steps() != cfg.max_steps {
-                return Err(TrainError::Invalid(format!(
+                return Err(TrainError::Data(format!(
                     "the curriculum was planned for {} windows per step and {} steps, the run has batch_size × grad_accum = {} and max_steps = {}",
                     c.windows_per_step(),
                     c.max_steps(),
@@ -172,7 +173,7 @@ impl Objective for CausalLm<'_> {
         };
         let bound = train_bound.max(self.validation.vocab_bound());
         if bound > model.vocab_size {
-            return Err(TrainError::Invalid(format!(
+            return Err(TrainError::Data(format!(
                 "the data uses token ids up to {} but the model's vocab_size is {}",
                 bound - 1,
                 model.vocab_size
@@ -211,7 +212,7 @@ impl Objective for CausalLm<'_> {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        let bad = |e: String| TrainError::Invalid(format!("resuming the data sampler: {e}"));
+        let bad = |e: String| TrainError::Data(format!("resuming the data sampler: {e}"));
         match &mut self.windows {
             Windows::Mixture(m, s) => {
                 let state = serde_json::from_value(state.clone()).map_err(|e| bad(e.to_string()))?;

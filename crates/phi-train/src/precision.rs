@@ -40,10 +40,14 @@ impl Precision {
     /// of wrong numbers, then overflowed. So ask before any work.
     pub fn check_device(self, device: &Device) -> crate::Result<()> {
         match self.dtype() {
-            Some(dtype) if !device.supports_dtype(dtype) => Err(crate::TrainError::Invalid(format!(
-                "precision = \"{0}\": this device cannot compute in {0}; use another precision (f16 or f32) or another backend (cuda, or cpu for bf16)",
-                self.name()
-            ))),
+            Some(dtype) if !device.supports_dtype(dtype) => Err(crate::TrainError::setting(
+                "precision",
+                self.name(),
+                format!(
+                    "precision = \"{0}\": this device cannot compute in {0}; use another precision (f16 or f32) or another backend (cuda, or cpu for bf16)",
+                    self.name()
+                ),
+            )),
             _ => Ok(()),
         }
     }

@@ -27,12 +27,17 @@
 use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_data::pairs::{PairRecord, PairText};
 use phi_data::{SamplerState, TokenSampler};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::objective::{BatchLoss, Forward, Objective};
+
+/// The data side of preference pairs lives in phi-data ([`phi_data::pairs`]: records, their
+/// parsing and checks, the load report); re-exported here, where the objective takes them.
+pub use phi_data::pairs::{PairReport, TokenPair};
 
 /// Which preference loss, with TRL's `loss_type` names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -327,14 +332,6 @@ pub fn preference_loss(policy: SequenceLogps, reference: Option<Tensor<1>>, beta
     (loss, metrics)
 }
 
-/// One preference pair as token ids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenPair {
-    pub prompt_ids: Vec<u32>,
-    pub chosen_ids: Vec<u32>,
-    pub rejected_ids: Vec<u32>,
-}
-
 /// Summed completion log-probabilities of `pairs` under `model` (no gradients), `batch` pairs
 /// at a time: `(chosen, rejected)` per pair — the reference side of the preference losses.
 pub fn sequence_logps(model: &PhiForCausalLM, pairs: &[TokenPair], collate: &Collate, batch: usize) -> Vec<(f32, f32)> {
@@ -364,26 +361,26 @@ impl PreferenceSettings {
         PreferenceSettings { beta: 0.1, loss: PreferenceLoss::Sigmoid { label_smoothing: 0.0 }, collate: Collate::new(pad) }
     }
 
-    /// Checks the settings, naming the one that is wrong.
+    /// Checks the settings, naming the one that is wrong ([`TrainError::Config`] with its key
+    /// in these settings: `beta`, `loss.label_smoothing`, `loss.gamma`, `collate.max_length`).
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Invalid(m));
         if !(self.beta.is_finite() && self.beta > 0.0) {
-            return bad(format!("beta {} must be a positive number", self.beta));
+            return Err(TrainError::setting("beta", self.beta, format!("beta {} must be a positive number", self.beta)));
         }
         if let PreferenceLoss::Sigmoid { label_smoothing: e } | PreferenceLoss::Simpo { label_smoothing: e, .. } = self.loss
             && !(0.0..0.5).contains(&e)
         {
-            return bad(format!("label_smoothing {e} must be in [0, 0.5)"));
+            return Err(TrainError::setting("loss.label_smoothing", e, format!("label_smoothing {e} must be in [0, 0.5)")));
         }
         if let PreferenceLoss::Simpo { gamma, .. } = self.loss
             && !gamma.is_finite()
         {
-            return bad(format!("simpo gamma {gamma} must be a finite number"));
+            return Err(TrainError::setting("loss.gamma", gamma, format!("simpo gamma {gamma} must be a finite number")));
         }
         if let Some(m) = self.collate.max_length
             && m < 2
         {
-            return bad(format!("max_length {m} must be at least 2"));
+            return Err(TrainError::setting("collate.max_length", m, format!("max_length {m} must be at least 2")));
         }
         Ok(())
     }
@@ -432,21 +429,21 @@ pub struct Dpo<'a> {
 }
 
 /// Every pair fits the model as `collate` batches it: ids within its vocabulary, rows within
-/// its context (the error names the pair, counting from 0).
+/// its context (a [`TrainError::Data`] naming the pair, counting from 0).
 pub fn check_pairs<'p>(pairs: impl IntoIterator<Item = &'p TokenPair>, collate: &Collate, model: &PhiConfig) -> Result<()> {
     for (i, p) in pairs.into_iter().enumerate() {
         let longest = collate.longest(p);
         if longest > model.max_position_embeddings {
-            return Err(TrainError::Invalid(format!(
+            return Err(TrainError::Data(format!(
                 "pair {i} has {longest} tokens, more than the model's max_position_embeddings ({}): set max_length",
                 model.max_position_embeddings
             )));
         }
         if let Some(&id) = p.prompt_ids.iter().chain(&p.chosen_ids).chain(&p.rejected_ids).find(|&&id| id as usize >= model.vocab_size) {
-            return Err(TrainError::Invalid(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
+            return Err(TrainError::Data(format!("pair {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
         }
         if let Some(why) = collate.drops(p) {
-            return Err(TrainError::Invalid(format!("pair {i}: {why}")));
+            return Err(TrainError::Data(format!("pair {i}: {why}")));
         }
     }
     Ok(())
@@ -497,12 +494,14 @@ impl<'a> Dpo<'a> {
     /// Checks the settings, and the pairs against the reference before it scores them.
     fn check_args(pairs: &[TokenPair], validation: &[TokenPair], settings: &PreferenceSettings, reference: Option<&PhiForCausalLM>) -> Result<()> {
         if pairs.is_empty() {
-            return Err(TrainError::Invalid("preference tuning needs at least one pair".into()));
+            return Err(TrainError::Data("preference tuning needs at least one pair".into()));
         }
         settings.validate()?;
         match reference {
             Some(model) => check_pairs(pairs.iter().chain(validation), &settings.collate, model.config()),
-            None if settings.loss.needs_reference() => Err(TrainError::Invalid(format!("the {} loss needs a reference model", settings.loss.name()))),
+            None if settings.loss.needs_reference() => {
+                Err(TrainError::setting("loss", settings.loss.name(), format!("the {} loss needs a reference model", settings.loss.name())))
+            }
             None => Ok(()),
         }
     }
@@ -616,7 +615,7 @@ impl Objective for Dpo<'_> {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Invalid(format!("the pair sampler's state: {e}")))?;
+        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Data(format!("the pair sampler's state: {e}")))?;
         self.sampler = TokenSampler::resume(self.pairs.len(), state);
         Ok(())
     }
@@ -648,17 +647,6 @@ impl Objective for Dpo<'_> {
     }
 }
 
-/// What loading a preference file did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PairReport {
-    pub pairs: usize,
-    /// `(line number, reason)` of every skipped record (unreadable, or nothing left to learn
-    /// after truncation).
-    pub skipped: Vec<(usize, String)>,
-    /// Pairs with a row longer than `max_length`, kept cut.
-    pub truncated: usize,
-}
-
 /// How text records become token ids: the model's tokenizer, chat template and EOS id.
 pub struct PairEncoder {
     pub tokenizer: phi_data::Tokenizer,
@@ -675,110 +663,74 @@ impl PairEncoder {
         if !path.is_file() {
             return Ok(None);
         }
-        let tokenizer = phi_data::Tokenizer::from_file(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let tokenizer = phi_data::Tokenizer::from_file(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
         let eos = config.eos_token_ids.first().copied().or(tokenizer.eos_id());
         let template = phi_core::chat::ChatTemplate::for_family(config.family);
         Ok(eos.map(|eos| PairEncoder { tokenizer, template, eos }))
     }
-}
 
-fn ids_field(v: &serde_json::Value, key: &str) -> std::result::Result<Option<Vec<u32>>, String> {
-    match v.get(key) {
-        None => Ok(None),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .map(|x| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32).ok_or_else(|| format!("`{key}` holds {x}, not a token id")))
-            .collect::<std::result::Result<Vec<u32>, String>>()
-            .map(Some),
-        Some(other) => Err(format!("`{key}` is {other}, not a list of token ids")),
+    /// A text record as token ids. As TRL does, the prompt is tokenized on its own (a message
+    /// list rendered with the chat template and its generation prompt) and every completion
+    /// ends with EOS (after the template's end-of-turn marker for a message list); a completion
+    /// that renders to nothing is an error.
+    pub fn encode(&self, prompt: &PairText, chosen: &PairText, rejected: &PairText) -> std::result::Result<TokenPair, String> {
+        fn turns(m: &[phi_data::sft::Turn]) -> impl Iterator<Item = (&str, &str)> {
+            m.iter().map(|t| (t.role.as_str(), t.content.as_str()))
+        }
+        let prompt = match prompt {
+            PairText::Text(s) => s.clone(),
+            PairText::Messages(m) => self.template.prompt(turns(m)),
+        };
+        let completion = |key: &str, c: &PairText| -> std::result::Result<Vec<u32>, String> {
+            let text = match c {
+                PairText::Text(s) => s.clone(),
+                PairText::Messages(m) => self.template.pieces(turns(m)).into_iter().filter(|p| p.response).map(|p| p.text).collect(),
+            };
+            if text.trim().is_empty() {
+                return Err(format!("empty `{key}`"));
+            }
+            let mut ids = self.tokenizer.encode(&text);
+            ids.push(self.eos);
+            Ok(ids)
+        };
+        Ok(TokenPair { prompt_ids: self.tokenizer.encode(&prompt), chosen_ids: completion("chosen", chosen)?, rejected_ids: completion("rejected", rejected)? })
     }
 }
 
-/// `(role, content)` messages of a field that is a message list.
-fn messages(v: &serde_json::Value, key: &str) -> std::result::Result<Vec<(String, String)>, String> {
-    let list = v.as_array().ok_or_else(|| format!("`{key}` is neither text nor a list of messages"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| format!("{key}[{i}] has no `role`"))?;
-            let content = m.get("content").and_then(|c| c.as_str()).ok_or_else(|| format!("{key}[{i}] has no `content`"))?;
-            if !["system", "user", "assistant"].contains(&role) {
-                return Err(format!("{key}[{i}] has unknown role `{role}`"));
-            }
-            Ok((role.to_string(), content.to_string()))
-        })
-        .collect()
+/// A parsed record ([`phi_data::pairs::parse_record`]) as a pair: token ids as they are, text
+/// through `encoder` ([`PairEncoder::encode`]); text without an encoder is an error.
+pub fn encode_record(record: PairRecord, encoder: Option<&PairEncoder>) -> std::result::Result<TokenPair, String> {
+    match record {
+        PairRecord::Ids(pair) => Ok(pair),
+        PairRecord::Text { prompt, chosen, rejected } => encoder
+            .ok_or("a text record needs the model's tokenizer (or give prompt_ids/chosen_ids/rejected_ids)")?
+            .encode(&prompt, &chosen, &rejected),
+    }
 }
 
 /// One JSONL record as a pair: token ids (`prompt_ids`, `chosen_ids`, `rejected_ids`; no
 /// tokenizer needed), or text (`prompt`, `chosen`, `rejected`), each either a string or a
-/// message list. As TRL does, the prompt is tokenized on its own (message lists rendered with
-/// the chat template and its generation prompt) and every completion ends with EOS (after the
-/// template's end-of-turn marker for message lists).
+/// message list ([`phi_data::pairs`] parses and checks it, [`encode_record`] tokenizes it).
 pub fn parse_pair(line: &str, encoder: Option<&PairEncoder>) -> std::result::Result<TokenPair, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    if let Some(prompt_ids) = ids_field(&v, "prompt_ids")? {
-        let chosen_ids = ids_field(&v, "chosen_ids")?.ok_or("no `chosen_ids`")?;
-        let rejected_ids = ids_field(&v, "rejected_ids")?.ok_or("no `rejected_ids`")?;
-        if chosen_ids.is_empty() || rejected_ids.is_empty() {
-            return Err("an empty completion".into());
-        }
-        return Ok(TokenPair { prompt_ids, chosen_ids, rejected_ids });
-    }
-    let enc = encoder.ok_or("a text record needs the model's tokenizer (or give prompt_ids/chosen_ids/rejected_ids)")?;
-    let field = |key: &str| v.get(key).ok_or_else(|| format!("no `{key}` (nor `{key}_ids`)"));
-    let prompt = match field("prompt")? {
-        serde_json::Value::String(s) => s.clone(),
-        other => {
-            let m = messages(other, "prompt")?;
-            enc.template.prompt(m.iter().map(|(r, c)| (r.as_str(), c.as_str())))
-        }
-    };
-    let completion = |key: &str| -> std::result::Result<Vec<u32>, String> {
-        let text = match field(key)? {
-            serde_json::Value::String(s) => s.clone(),
-            other => {
-                let m = messages(other, key)?;
-                enc.template.pieces(m.iter().map(|(r, c)| (r.as_str(), c.as_str()))).into_iter().filter(|p| p.response).map(|p| p.text).collect()
-            }
-        };
-        if text.trim().is_empty() {
-            return Err(format!("empty `{key}`"));
-        }
-        let mut ids = enc.tokenizer.encode(&text);
-        ids.push(enc.eos);
-        Ok(ids)
-    };
-    Ok(TokenPair { prompt_ids: enc.tokenizer.encode(&prompt), chosen_ids: completion("chosen")?, rejected_ids: completion("rejected")? })
+    phi_data::pairs::parse_record(line).and_then(|r| encode_record(r, encoder))
 }
 
-/// Loads a JSONL file of preference records ([`parse_pair`]); a bad record, or one that
-/// `collate`'s truncation would leave nothing to learn from, is skipped and reported with its
-/// line number and the reason; pairs that will be cut are counted.
+/// Loads a JSONL file of preference records ([`phi_data::pairs::load_jsonl`], text through
+/// `encoder`); a bad record, or one that `collate`'s truncation would leave nothing to learn
+/// from, is skipped and reported with its line number and the reason; pairs that will be cut
+/// are counted.
 pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder>, collate: &Collate) -> Result<(Vec<TokenPair>, PairReport)> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let (mut pairs, mut report) = (Vec::new(), PairReport::default());
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let parsed = std::str::from_utf8(raw)
-            .map_err(|_| "not valid UTF-8".to_string())
-            .and_then(|line| parse_pair(line, encoder))
-            .and_then(|p| match collate.drops(&p) {
-                Some(why) => Err(why),
-                None => Ok(p),
-            });
-        match parsed {
-            Ok(p) => {
-                report.truncated += collate.truncates(&p) as usize;
-                pairs.push(p)
+    phi_data::pairs::load_jsonl(path, |record| {
+        let pair = encode_record(record, encoder)?;
+        match collate.drops(&pair) {
+            Some(why) => Err(why),
+            None => {
+                let cut = collate.truncates(&pair);
+                Ok((pair, cut))
             }
-            Err(why) => report.skipped.push((i + 1, why)),
         }
-    }
-    report.pairs = pairs.len();
-    Ok((pairs, report))
+    })
+    .map_err(|e| TrainError::io(path, e))
 }
 
 /// The loss and TRL's metrics of `policy` against `reference` over all `pairs` (both models

@@ -4,7 +4,7 @@
 //! Two runs resuming in one folder trample each other: one prunes the checkpoint whose
 //! optimizer state the other is reading, and each rewrites `metrics.jsonl` under the other.
 //! So [`crate::fit()`] (and the orchestrations around it: the `phi` tool's `recipes::run`,
-//! `finetune::run`, `dpo::train`) hold an exclusive `flock` on
+//! `finetune::run`, `dpo_run::train`) hold an exclusive `flock` on
 //! `OUT/.phi-run.lock` for as long as they write there. The kernel drops the lock when the
 //! process ends however it ends, so a crash never leaves a folder locked; the file itself stays
 //! (removing it would let a third run lock a fresh file while a second still holds the old
@@ -91,7 +91,10 @@ impl RunLock {
             return Ok(RunLock { _held: held });
         }
         let path = out.join(LOCK_FILE);
-        let not_ours = |why: &str| TrainError::Invalid(format!("{}: {why}; it is not a phi run lock, so it is left as it is (a file of yours? move it, or use another output folder)", path.display()));
+        let not_ours = |why: &str| TrainError::OutputFolder {
+            path: path.clone(),
+            message: format!("{}: {why}; it is not a phi run lock, so it is left as it is (a file of yours? move it, or use another output folder)", path.display()),
+        };
         match std::fs::symlink_metadata(&path) {
             Ok(m) if !m.file_type().is_file() => return Err(not_ours("exists and is not a plain file")),
             _ => {}
@@ -101,11 +104,14 @@ impl RunLock {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = read_holder(&mut file).map_or_else(|| "its pid is not written yet".to_string(), |pid| format!("pid {pid}"));
-                return Err(TrainError::Invalid(format!(
-                    "{}: another run is writing in this folder ({holder}; it holds {}). Wait for it to finish, or use another output folder.",
-                    out.display(),
-                    path.display()
-                )));
+                return Err(TrainError::OutputFolder {
+                    path: out.to_path_buf(),
+                    message: format!(
+                        "{}: another run is writing in this folder ({holder}; it holds {}). Wait for it to finish, or use another output folder.",
+                        out.display(),
+                        path.display()
+                    ),
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::io(&path, e)),
         }

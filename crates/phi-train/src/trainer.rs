@@ -77,7 +77,7 @@ impl Trainer {
     /// # fn demo(cfg: &TrainConfig, dir: &std::path::Path, device: &burn::tensor::Device) -> Result<()> {
     /// let state = checkpoint::read_state(dir)?;
     /// let model = phi_core::PhiForCausalLM::from_pretrained(dir, &device.clone().autodiff())?;
-    /// let optim = optimizer_for(&model, cfg).load(&dir.join(checkpoint::OPTIMIZER_FILE)).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    /// let optim = optimizer_for(&model, cfg).load(&dir.join(checkpoint::OPTIMIZER_FILE)).map_err(|e| TrainError::Checkpoint { path: dir.join(checkpoint::OPTIMIZER_FILE), message: e.to_string() })?;
     /// let trainer = Trainer::from_checkpoint(model, optim, cfg, &state)?;
     /// assert_eq!(trainer.steps_done(), state.step);
     /// # Ok(()) }
@@ -96,7 +96,7 @@ impl Trainer {
         cfg.validate(model.config())?;
         let device = model.device();
         if !device.is_autodiff() {
-            return Err(TrainError::Invalid("a Trainer needs the model on an autodiff device (device.autodiff())".into()));
+            return Err(TrainError::Device("a Trainer needs the model on an autodiff device (device.autodiff())".into()));
         }
         cfg.precision.check_device(&device)?;
         let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
@@ -275,16 +275,22 @@ impl Trainer {
             };
             match cfg.on_non_finite {
                 OnNonFinite::Stop => {
-                    return Err(TrainError::Invalid(format!(
-                        "step {done}: {what}{hint}; training stopped (no checkpoint holds these weights). \
-                         Lower the learning rate (schedule.peak) or set on_non_finite = \"skip\" to skip such steps"
-                    )));
+                    return Err(TrainError::NonFinite {
+                        step: done,
+                        what: format!(
+                            "{what}{hint}; training stopped (no checkpoint holds these weights). \
+                             Lower the learning rate (schedule.peak) or set on_non_finite = \"skip\" to skip such steps"
+                        ),
+                    });
                 }
                 OnNonFinite::Skip if self.consecutive_skips > MAX_CONSECUTIVE_SKIPS => {
-                    return Err(TrainError::Invalid(format!(
-                        "step {done}: {what}{hint}; {} non-finite steps in a row, training stopped (on_non_finite = \"skip\" allows {MAX_CONSECUTIVE_SKIPS})",
-                        self.consecutive_skips
-                    )));
+                    return Err(TrainError::NonFinite {
+                        step: done,
+                        what: format!(
+                            "{what}{hint}; {} non-finite steps in a row, training stopped (on_non_finite = \"skip\" allows {MAX_CONSECUTIVE_SKIPS})",
+                            self.consecutive_skips
+                        ),
+                    });
                 }
                 OnNonFinite::Skip => apply = false,
             }
@@ -305,10 +311,13 @@ impl Trainer {
             let (bad, total) = non_finite_weights(&model);
             self.model = Some(model);
             if bad > 0 {
-                return Err(TrainError::Invalid(format!(
-                    "step {done}: the update at lr {lr:e} made {bad} of {total} weights NaN or infinite; training stopped \
-                     (no checkpoint holds these weights). Lower the learning rate (schedule.peak)"
-                )));
+                return Err(TrainError::NonFinite {
+                    step: done,
+                    what: format!(
+                        "the update at lr {lr:e} made {bad} of {total} weights NaN or infinite; training stopped \
+                         (no checkpoint holds these weights). Lower the learning rate (schedule.peak)"
+                    ),
+                });
             }
         }
         self.step = done;
@@ -392,7 +401,7 @@ mod tests {
             .iter()
             .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
             .collect();
-        let [(up_front, m1), (one_by_one, m2)] = run(|| crate::sft::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 2));
+        let [(up_front, m1), (one_by_one, m2)] = run(|| crate::sft_objective::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 2));
         for (a, b) in m1.iter().zip(&m2) {
             assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm - b.grad_norm).abs() < 1e-6 * a.grad_norm, "{a:?} vs {b:?}");
         }

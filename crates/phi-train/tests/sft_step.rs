@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use phi_core::{PhiConfig, PhiForCausalLM};
 use phi_data::sft::SftExample;
 use phi_train::lora::LoraConfig;
-use phi_train::sft::Sft;
+use phi_train::sft_objective::Sft;
 use phi_train::checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE};
 use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, Resume, TrainConfig, Weights, fit};
 

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use common::{fit_lm, tiny};
 use phi_core::PhiConfig;
 use phi_train::checkpoint::{self, CHECKPOINTS_DIR, METRICS_FILE, WEIGHTS_FILE};
-use phi_train::{LrSchedule, OnNonFinite, Resume, StepMetrics, TrainConfig};
+use phi_train::{LrSchedule, OnNonFinite, Resume, StepMetrics, TrainConfig, TrainError};
 
 /// Every value of every checkpoint under `out` is finite (and how many checkpoints there are).
 fn checkpoints_are_finite(out: &Path) -> usize {
@@ -39,6 +39,7 @@ fn a_diverging_run_stops_at_the_first_nan_loss_and_checkpoints_no_nan() {
     cfg.schedule.floor = 1e29;
     let dir = tempfile::tempdir().unwrap();
     let err = fit_lm(&model, &cfg, &data, &val, dir.path(), Resume::No, &Device::default()).map(|_| ()).expect_err("the run must stop");
+    assert!(matches!(&err, TrainError::NonFinite { step: 2, what } if what.starts_with("the loss is")), "{err:?}");
     let msg = err.to_string();
     assert!(msg.starts_with("step 2: the loss is NaN") || msg.starts_with("step 2: the loss is inf"), "{msg}");
     assert!(msg.contains("step 1's update") && msg.contains("schedule.peak") && msg.contains("on_non_finite"), "{msg}");
@@ -55,7 +56,9 @@ fn an_update_that_overflows_the_weights_stops_at_that_step() {
     cfg.schedule.peak = 1e40;
     cfg.schedule.floor = 1e39;
     let dir = tempfile::tempdir().unwrap();
-    let msg = fit_lm(&model, &cfg, &data, &val, dir.path(), Resume::No, &Device::default()).map(|_| ()).expect_err("the run must stop").to_string();
+    let err = fit_lm(&model, &cfg, &data, &val, dir.path(), Resume::No, &Device::default()).map(|_| ()).expect_err("the run must stop");
+    assert!(matches!(err, TrainError::NonFinite { step: 1, .. }), "{err:?}");
+    let msg = err.to_string();
     assert!(msg.starts_with("step 1: the update at lr 1e40 made ") && msg.contains("weights NaN or infinite"), "{msg}");
     assert_eq!(checkpoints_are_finite(dir.path()), 0, "no checkpoint of the poisoned weights");
 }
@@ -196,6 +199,61 @@ fn bad_settings_are_refused_before_any_work() {
 
 // (Settings files with unknown or misspelt keys: the `phi` crate's tests/recipes.rs, where the
 // TOML files are read.)
+
+/// A caller tells the kinds of trouble apart by matching, not by reading the message: a setting
+/// (by its key), data that does not fit the model, a checkpoint, the output folder, memory.
+#[test]
+fn errors_are_kinds_a_caller_can_match() {
+    // A config key, as the config spells it, and the value given; the message is unchanged.
+    let (model, mut cfg, data, val) = tiny();
+    cfg.schedule.total_steps = cfg.schedule.warmup_steps;
+    let e = cfg.validate(&model).expect_err("must be refused");
+    assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "schedule.total_steps" && value == "0"), "{e:?}");
+    assert!(e.to_string().starts_with("training config `schedule.total_steps`: 0 must exceed schedule.warmup_steps (0)"), "{e}");
+    cfg.schedule = LrSchedule { warmup_steps: 2, total_steps: 6, decay: phi_train::Decay::Wsd { decay_start: 1 }, ..cfg.schedule };
+    let e = cfg.validate(&model).expect_err("decay_start before the warmup ends");
+    assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "schedule.decay.wsd.decay_start" && value == "1"), "{e:?}");
+    // An objective's setting, by its key in the objective's settings.
+    use phi_train::preference::{Dpo, PreferenceSettings};
+    let e = PreferenceSettings { beta: -1.0, ..PreferenceSettings::dpo(0) }.validate().expect_err("beta must be positive");
+    assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "beta" && value == "-1"), "{e:?}");
+    assert_eq!(e.to_string(), "beta -1 must be a positive number");
+
+    // Token ids past the model's vocabulary: the data's fault, refused before anything is written.
+    let (mut small, cfg, _, _) = tiny();
+    small.vocab_size = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let e = fit_lm(&small, &cfg, &data, &val, &out, Resume::No, &Device::default()).map(|_| ()).expect_err("ids up to 63");
+    assert!(matches!(&e, TrainError::Data(m) if m.contains("token ids up to 63") && m.contains("vocab_size is 32")), "{e:?}");
+    assert!(!out.exists());
+    let e = phi_train::sft_objective::Sft::new(&[], &[], 0, 0).err().expect("no examples");
+    assert!(matches!(e, TrainError::Data(_)), "{e:?}");
+    let e = Dpo::new(&[], &[], None, PreferenceSettings::dpo(0), 0).err().expect("no pairs");
+    assert!(matches!(e, TrainError::Data(_)), "{e:?}");
+
+    // A checkpoint whose trainer state is not JSON, named by its file.
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join(checkpoint::STATE_FILE), "{ not json").unwrap();
+    let e = checkpoint::read_state(&ckpt).err().expect("not JSON");
+    assert!(matches!(&e, TrainError::Checkpoint { path, .. } if *path == ckpt.join(checkpoint::STATE_FILE)), "{e:?}");
+
+    // An output folder whose lock is something of the user's.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir_all(busy.join(phi_train::run_dir::LOCK_FILE)).unwrap();
+    let e = phi_train::run_dir::RunLock::acquire(&busy).err().expect("not our lock");
+    assert!(matches!(&e, TrainError::OutputFolder { path, .. } if *path == busy.join(phi_train::run_dir::LOCK_FILE)), "{e:?}");
+
+    // A micro-batch no machine holds: refused with the estimate, as a memory error.
+    if phi_train::memory::host_available().is_some() {
+        let (model, cfg, _, _) = tiny();
+        let huge = TrainConfig { batch_size: 1 << 40, ..cfg };
+        let run = phi_train::memory::RunShape { model: &model, trainable: model.num_parameters(), adapters: 0, rows_per_item: 1 };
+        let e = phi_train::memory::check_device(run, &huge, &Device::default()).expect_err("too big");
+        assert!(matches!(&e, TrainError::Memory { needed, available, message } if needed > available && message.contains("lower batch_size")), "{e:?}");
+    }
+}
 
 #[test]
 fn a_config_without_on_non_finite_reads_as_stop() {

@@ -341,7 +341,7 @@ impl PreferenceArgs {
     }
 }
 
-/// Flags of `phi dpo` ([`phi::dpo::DpoOptions`]).
+/// Flags of `phi dpo` ([`phi::dpo_run::DpoRunOptions`]).
 #[derive(clap::Parser, Debug)]
 pub struct DpoArgs {
     /// The policy's HF model folder (the SFT model; the base of a LoRA run).
@@ -420,8 +420,8 @@ pub struct DpoArgs {
 }
 
 impl DpoArgs {
-    pub fn options(self) -> Result<phi::dpo::DpoOptions, String> {
-        use phi::dpo::Tuning;
+    pub fn options(self) -> Result<phi::dpo_run::DpoRunOptions, String> {
+        use phi::dpo_run::Tuning;
         let tuning = match (self.lora, self.adapter) {
             (_, Some(dir)) => Tuning::Adapter(dir),
             (true, None) => Tuning::Lora(phi::core::lora::LoraConfig {
@@ -433,7 +433,7 @@ impl DpoArgs {
             }),
             (false, None) => Tuning::Full,
         };
-        Ok(phi::dpo::DpoOptions {
+        Ok(phi::dpo_run::DpoRunOptions {
             tuning,
             quantize: self.quantize,
             reference: self.reference,
@@ -456,7 +456,7 @@ impl DpoArgs {
             fresh: self.fresh,
             seed: self.seed,
             device: self.device,
-            ..phi::dpo::DpoOptions::new(self.policy, self.data, self.out)
+            ..phi::dpo_run::DpoRunOptions::new(self.policy, self.data, self.out)
         })
     }
 }

@@ -455,7 +455,7 @@ fn eval_dpo(
     json: bool,
     device: DeviceArg,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let opts = phi::dpo::EvalOptions {
+    let opts = phi::dpo_run::EvalOptions {
         policy,
         adapter,
         reference,
@@ -467,7 +467,7 @@ fn eval_dpo(
         batch_size,
         device,
     };
-    let (m, report) = phi::dpo::evaluate(&opts)?;
+    let (m, report) = phi::dpo_run::evaluate(&opts)?;
     print_skipped(&opts.data, &report);
     if json {
         let mut v = serde_json::to_value(m)?;
@@ -495,7 +495,7 @@ fn print_skipped(path: &std::path::Path, report: &phi::train::preference::PairRe
 
 fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let opts = args.options()?;
-    let run = phi::dpo::prepare(&opts)?;
+    let run = phi::dpo_run::prepare(&opts)?;
     print_skipped(&opts.data, &run.report);
     println!(
         "{}: {} pairs for training, {} held out ({} skipped, {} truncated to {} tokens)",
@@ -521,7 +521,7 @@ fn dpo(args: DpoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let bar = phi::progress::Progress::new(opts.steps as u64, "dpo", phi::progress::Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
     // Fault injection for the tests: die as `kill -9` would, right after this step's metrics line.
     let abort_after = std::env::var("PHI_TEST_ABORT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok());
-    let done = phi::dpo::train(&run, |m| {
+    let done = phi::dpo_run::train(&run, |m| {
         if abort_after == Some(m.step) {
             std::process::abort();
         }

@@ -1,7 +1,12 @@
-//! Supervised fine-tuning as an [`Objective`]: tokenized examples (see `phi_data::sft`) with the
-//! loss on response tokens only, drawn in a seeded order reshuffled every epoch. [`crate::fit()`]
-//! runs it with everything pre-training has: accumulation, precision, clipping, checkpoints and
-//! bitwise resume; with [`crate::Weights::Lora`] only the adapters train.
+//! The SFT objective: supervised fine-tuning as an [`Objective`] ([`Sft`]), with the loss on
+//! response tokens only, over examples drawn in a seeded order reshuffled every epoch.
+//! [`crate::fit()`] runs it with everything pre-training has: accumulation, precision, clipping,
+//! checkpoints and bitwise resume; with [`crate::Weights::Lora`] only the adapters train.
+//!
+//! The examples themselves — JSONL records, their checks, the learned-token masks and padding —
+//! are [`phi_data::sft`]'s; this module adds what needs the model: [`encode`] renders a record's
+//! turns with the model's chat template and tokenizes them ([`load_jsonl`] does it for a file),
+//! and [`sft_loss`] is the held-out response loss.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::chat::ChatTemplate;
@@ -74,7 +79,7 @@ pub fn sft_loss(model: &PhiForCausalLM, examples: &[SftExample], batch_size: usi
 /// ```no_run
 /// # use phi_train::*;
 /// # fn demo(train: &[phi_data::sft::SftExample], val: &[phi_data::sft::SftExample], cfg: &TrainConfig, lora: lora::LoraConfig) -> Result<()> {
-/// let mut objective = sft::Sft::new(train, val, /* pad */ 0, cfg.seed)?;
+/// let mut objective = sft_objective::Sft::new(train, val, /* pad */ 0, cfg.seed)?;
 /// let weights = Weights::Lora { base: "base-model".into(), adapter: Adapter::Fresh(lora), quantize: None };
 /// let out = fit(&weights, &mut objective, cfg, "runs/sft".as_ref(), Resume::Auto, &burn::tensor::Device::default(), |_| {})?;
 /// assert_eq!(out.metrics.last().map(|m| m.step), Some(cfg.max_steps));
@@ -91,7 +96,7 @@ impl<'a> Sft<'a> {
     /// Errors if `train` is empty.
     pub fn new(train: &'a [SftExample], validation: &'a [SftExample], pad: u32, seed: u64) -> Result<Self> {
         if train.is_empty() {
-            return Err(TrainError::Invalid("SFT needs at least one training example".into()));
+            return Err(TrainError::Data("SFT needs at least one training example".into()));
         }
         Ok(Sft { train, validation, pad, sampler: TokenSampler::new(train.len(), seed) })
     }
@@ -104,19 +109,19 @@ impl<'a> Objective for Sft<'a> {
         for (what, set) in [("training", self.train), ("validation", self.validation)] {
             for (i, e) in set.iter().enumerate() {
                 if e.ids.len() > model.max_position_embeddings {
-                    return Err(TrainError::Invalid(format!(
+                    return Err(TrainError::Data(format!(
                         "{what} example {i} has {} tokens, more than the model's max_position_embeddings ({})",
                         e.ids.len(),
                         model.max_position_embeddings
                     )));
                 }
                 if let Some(&id) = e.ids.iter().find(|&&id| id as usize >= model.vocab_size) {
-                    return Err(TrainError::Invalid(format!("{what} example {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
+                    return Err(TrainError::Data(format!("{what} example {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
                 }
             }
         }
         if self.pad as usize >= model.vocab_size {
-            return Err(TrainError::Invalid(format!("the padding id {} is outside the model's vocab_size {}", self.pad, model.vocab_size)));
+            return Err(TrainError::Data(format!("the padding id {} is outside the model's vocab_size {}", self.pad, model.vocab_size)));
         }
         Ok(())
     }
@@ -143,7 +148,7 @@ impl<'a> Objective for Sft<'a> {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
-        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Invalid(format!("the SFT sampler's state: {e}")))?;
+        let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Data(format!("the SFT sampler's state: {e}")))?;
         self.sampler = TokenSampler::resume(self.train.len(), state);
         Ok(())
     }

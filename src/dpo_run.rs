@@ -1,15 +1,17 @@
-//! `phi dpo` and `phi eval dpo`: preference tuning of a model folder on a JSONL file of pairs,
-//! and the loss and TRL's metrics of a policy against a reference over such a file.
+//! The `phi dpo` run — preference tuning of a model folder on a JSONL file of pairs — and
+//! `phi eval dpo`, the loss and TRL's metrics of a policy against a reference over such a file.
+//! This is the command's orchestration; the DPO objective it trains with is
+//! [`phi_train::preference::Dpo`], and the pairs are parsed by [`phi_data::pairs`].
 //!
 //! [`prepare`] loads and checks everything a run needs (data, models, output folders) and says
 //! what it found; [`train`] runs it through [`phi_train::fit()`] with the [`Dpo`] objective,
 //! draws the loss curve and writes the result (a HF model folder, or a PEFT adapter plus its
-//! merged model). The objective itself is [`phi_train::preference`].
+//! merged model).
 //!
 //! ```no_run
-//! use phi::dpo::{DpoOptions, prepare, train};
+//! use phi::dpo_run::{DpoRunOptions, prepare, train};
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let opts = DpoOptions { steps: 100, lr: 5e-6, ..DpoOptions::new("runs/sft/merged", "pairs.jsonl", "runs/dpo") };
+//! let opts = DpoRunOptions { steps: 100, lr: 5e-6, ..DpoRunOptions::new("runs/sft/merged", "pairs.jsonl", "runs/dpo") };
 //! let run = prepare(&opts)?;
 //! tracing::info!(pairs = run.report.pairs, skipped = run.report.skipped.len(), truncated = run.report.truncated, "pairs");
 //! let done = train(&run, |m| tracing::info!(step = m.step, loss = m.loss, accuracy = m.extra["rewards/accuracies"], "dpo"))?;
@@ -46,7 +48,7 @@ pub enum Tuning {
 
 /// How to run `phi dpo`.
 #[derive(Debug, Clone)]
-pub struct DpoOptions {
+pub struct DpoRunOptions {
     /// The policy's HF model folder (the SFT model; the base of a LoRA run).
     pub policy: PathBuf,
     pub tuning: Tuning,
@@ -86,10 +88,10 @@ pub struct DpoOptions {
     pub device: Backend,
 }
 
-impl DpoOptions {
+impl DpoRunOptions {
     /// TRL's defaults (sigmoid, β 0.1, lr 1e-6, linear decay, clip 1.0), full-parameter.
     pub fn new(policy: impl Into<PathBuf>, data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
-        DpoOptions {
+        DpoRunOptions {
             policy: policy.into(),
             tuning: Tuning::Full,
             quantize: None,
@@ -177,7 +179,7 @@ impl DpoOptions {
 
 /// A checked run, ready to [`train`].
 pub struct Prepared {
-    pub opts: DpoOptions,
+    pub opts: DpoRunOptions,
     pub settings: PreferenceSettings,
     pub pairs: Vec<TokenPair>,
     pub validation: Vec<TokenPair>,
@@ -208,7 +210,7 @@ fn load(path: &Path, encoder: Option<&PairEncoder>, settings: &PreferenceSetting
 }
 
 /// Loads and checks what a run needs; nothing is trained or written yet.
-pub fn prepare(opts: &DpoOptions) -> Res<Prepared> {
+pub fn prepare(opts: &DpoRunOptions) -> Res<Prepared> {
     opts.check()?;
     for sub in output_names(&opts.tuning) {
         crate::export::check_writable(&opts.out.join(sub))?;
