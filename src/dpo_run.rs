@@ -354,7 +354,7 @@ fn write_outputs(p: &Prepared, model: &PhiForCausalLM) -> Res<Vec<PathBuf>> {
         }
         Some(config) => {
             let adapter = o.out.join("adapter");
-            crate::export::write_model_folder(&adapter, &source, |d| Ok(lora::save(&mut model.clone(), &config, d)?))?;
+            crate::export::write_model_folder(&adapter, &source, |d| Ok(lora::save(model, &config, d)?))?;
             let merged = o.out.join("merged");
             crate::export::write_model_folder(&merged, &source, |d| {
                 lora::merge(model.clone()).save_pretrained(d)?;

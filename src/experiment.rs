@@ -346,7 +346,11 @@ pub fn run(o: &ExperimentOptions, scorer: Option<&dyn DocumentScorer>, sandbox: 
         for &seed in &o.seeds {
             let run_dir = o.out.join(format!("run-{name}-seed{seed}"));
             let cfg = TrainConfig { seed, ..cfg.clone() };
-            let arm_err = |e: phi_train::TrainError| format!("arm {name}, seed {seed}: {e}");
+            // `phi experiment` has no --fresh: an arm's folder that cannot be resumed is removed by hand.
+            let arm_err = |e: phi_train::TrainError| match e {
+                phi_train::TrainError::NotResumable(why) => format!("arm {name}, seed {seed}: {why}\nRemove {} or use another --out.", run_dir.display()),
+                e => format!("arm {name}, seed {seed}: {e}"),
+            };
             let mut objective = CausalLm::new(&mixture, &held_tokens, cfg.seq_len, cfg.seed).map_err(arm_err)?;
             let out = fit_and_plot(&Weights::Scratch(model.clone()), &mut objective, &cfg, &run_dir, Resume::Auto, &device, |_| {}).map_err(arm_err)?;
             let curve: Vec<(usize, f64)> = out.metrics.iter().filter_map(|m| m.val_loss.map(|v| (m.step, v))).collect();

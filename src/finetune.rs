@@ -315,7 +315,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let fifth = (losses.len() / 5).max(1);
     let curve: Vec<String> = losses.chunks(fifth).map(|c| format!("{:.3}", c.iter().sum::<f64>() / c.len() as f64)).collect();
     println!("training loss by fifths of the run: {}", curve.join(" → "));
-    let mut model = outcome.model;
+    let model = outcome.model;
     let tuned = model.clone();
     let loss_after = sft_loss(&tuned, &val, args.batch_size, pad);
     println!("held-out loss (response tokens): {loss_before:.3} → {loss_after:.3}");
@@ -323,7 +323,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
 
     let adapter_dir = args.out.join("adapter");
     let source = format!("LoRA fine-tuning of {}", base_dir.display());
-    crate::export::write_model_folder(&adapter_dir, &source, |dir| Ok(lora::save(&mut model, &config, dir)?))?;
+    crate::export::write_model_folder(&adapter_dir, &source, |dir| Ok(lora::save(&model, &config, dir)?))?;
     let merged_dir = args.out.join("merged");
     crate::export::write_model_folder(&merged_dir, &source, |dir| {
         lora::merge(tuned).save_pretrained(dir)?;

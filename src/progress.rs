@@ -242,6 +242,18 @@ impl Progress {
             Inner::Lines(_) => self.finish(),
         }
     }
+
+    /// Ends a stage that did not finish (an error cut it short): a bar is cleared, and off a
+    /// terminal no `[done …]` line is written for it.
+    pub fn abandon(&self) {
+        match &self.0 {
+            Inner::Bar(b, id) => {
+                b.finish_and_clear();
+                gone(*id);
+            }
+            Inner::Lines(_) => self.with(|l| l.done = true),
+        }
+    }
 }
 
 /// `phi data prepare`'s stages as bars (or lines off a terminal): a byte bar for the filter
@@ -290,10 +302,10 @@ impl PrepareProgress for PrepareBars {
 }
 
 impl Drop for PrepareBars {
-    /// A stage cut short by an error: its bar goes.
+    /// A stage cut short by an error: its bar goes, and nothing says it is done.
     fn drop(&mut self) {
         if let Some(p) = self.0.get_mut().ok().and_then(Option::take) {
-            p.finish_and_clear();
+            p.abandon();
         }
     }
 }

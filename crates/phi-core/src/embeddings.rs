@@ -60,6 +60,8 @@ pub fn embed(model: &PhiForCausalLM, documents: &[Vec<u32>], cfg: &EmbeddingConf
         let n = batch.len();
         // Right padding: attention is causal, so padding never reaches the real positions.
         let ids: Vec<i64> = batch.iter().flat_map(|(_, c)| c.iter().map(|&x| x as i64).chain(std::iter::repeat_n(0, t - c.len()))).collect();
+        // Checked here, on the host: the forward pass does not read ids back from an accelerator.
+        model.check_host_ids(ids.iter().copied())?;
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, t]), &device);
         let states = model.hidden_state(ids, layer)?;
         let mask: Vec<f32> = batch.iter().flat_map(|(_, c)| (0..t).map(move |j| if j < c.len() { 1.0 } else { 0.0 })).collect();

@@ -306,7 +306,7 @@ impl PhiForCausalLM {
         self.check_host_ids(values.iter().copied())
     }
 
-    fn check_host_ids(&self, ids: impl IntoIterator<Item = i64>) -> Result<()> {
+    pub(crate) fn check_host_ids(&self, ids: impl IntoIterator<Item = i64>) -> Result<()> {
         let vocab = self.config.vocab_size;
         if let Some((position, token)) = ids.into_iter().enumerate().find(|&(_, t)| t < 0 || t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { token, position, vocab_size: vocab });

@@ -427,6 +427,9 @@ pub fn evaluate_with_progress(
     mut on_batch: impl FnMut(usize),
 ) -> f64 {
     let device = model.device();
+    // The forward pass checks ids only in host memory; the data's largest id is known here.
+    let vocab = model.config().vocab_size;
+    assert!(data.vocab_bound() <= vocab, "evaluate: the data uses token ids up to {} but the model's vocab_size is {vocab}", data.vocab_bound());
     let (mut total, mut count) = (0.0, 0usize);
     for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
         let b = rows.len() / (seq_len + 1);

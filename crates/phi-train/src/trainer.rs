@@ -147,6 +147,10 @@ impl Trainer {
     /// metrics (no validation: that is [`crate::fit()`]'s). A non-finite loss or gradient stops
     /// with an error naming the step (or skips the update, per `on_non_finite`); an update that
     /// makes weights non-finite is an error.
+    ///
+    /// The objective's data must have passed [`Objective::check`] against this model and config
+    /// ([`crate::fit()`] runs it): on an accelerator the forward pass does not read the token ids
+    /// back to check them against the vocabulary.
     pub fn step<O: Objective>(&mut self, objective: &mut O) -> Result<StepMetrics> {
         let cfg = &self.cfg;
         let step = self.step;
