@@ -559,7 +559,7 @@ mod tests {
             let (full, mini) = (&r.full_model, &r.mini_model);
             mini.validate().unwrap();
             // The full settings fit the full model: phi-1 trains at seq 2048 on its whole
-            // 2048-position context (tests/train_guards.rs runs that case).
+            // 2048-position context (tests/integration/train_guards.rs runs that case).
             r.full.validate(full).unwrap_or_else(|e| panic!("{preset}: {e}"));
             assert_eq!(full.num_parameters(), PhiConfig::preset(preset).unwrap().num_parameters(), "{preset}");
             assert_eq!((mini.block, mini.norm, mini.mlp, mini.hidden_act), (full.block, full.norm, full.mlp, full.hidden_act));
