@@ -153,7 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         kinds(&train_pairs)
     );
 
-    let lora = phi::train::lora::LoraConfig { r: 8, lora_alpha: 16.0, lora_dropout: 0.0, target_modules: phi::finetune::FinetuneOptions::default().targets, use_rslora: false };
+    let lora = phi::train::lora::LoraConfig { r: 8, lora_alpha: 16.0, lora_dropout: 0.0, target_modules: Vec::new(), use_rslora: false };
     let opts = phi::dpo_run::DpoRunOptions {
         tuning: phi::dpo_run::Tuning::Lora(lora),
         val_data: Some(held_file),

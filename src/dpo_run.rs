@@ -40,7 +40,9 @@ type Res<T> = std::result::Result<T, Box<dyn Error>>;
 pub enum Tuning {
     /// Every parameter.
     Full,
-    /// A fresh LoRA adapter on the frozen policy.
+    /// A fresh LoRA adapter on the frozen policy. An empty `target_modules` takes the policy
+    /// family's default targets ([`phi_core::lora::default_targets`]), as PEFT's
+    /// `target_modules=None` takes the model type's.
     Lora(LoraConfig),
     /// A PEFT adapter folder, trained further (the policy folder is its base).
     Adapter(PathBuf),
@@ -168,10 +170,17 @@ impl DpoRunOptions {
         phi_train::run_dir::check_inputs(&inputs, ("--out", &self.out), output_names(&self.tuning))
     }
 
-    fn weights(&self) -> Weights {
+    /// The weights to train; `family` (the policy's) fills a fresh adapter's default targets.
+    fn weights(&self, family: phi_core::Family) -> Weights {
         match &self.tuning {
             Tuning::Full => Weights::Pretrained(self.policy.clone()),
-            Tuning::Lora(c) => Weights::Lora { base: self.policy.clone(), adapter: Adapter::Fresh(c.clone()), quantize: self.quantize },
+            Tuning::Lora(c) => {
+                let mut c = c.clone();
+                if c.target_modules.is_empty() {
+                    c.target_modules = phi_core::lora::default_targets(family);
+                }
+                Weights::Lora { base: self.policy.clone(), adapter: Adapter::Fresh(c), quantize: self.quantize }
+            }
             Tuning::Adapter(dir) => Weights::Lora { base: self.policy.clone(), adapter: Adapter::Load(dir.clone()), quantize: self.quantize },
         }
     }
@@ -236,7 +245,7 @@ pub fn prepare(opts: &DpoRunOptions) -> Res<Prepared> {
             (pairs.split_off(pairs.len() - n), None)
         }
     };
-    let weights = opts.weights();
+    let weights = opts.weights(model.family);
     let train = TrainConfig {
         batch_size: opts.batch_size,
         seq_len: settings.collate.max_length.unwrap_or(model.max_position_embeddings),
@@ -410,4 +419,29 @@ pub fn evaluate(o: &EvalOptions) -> Res<(PreferenceMetrics, PairReport)> {
     };
     let m = evaluate_pairs(&policy, reference.as_ref(), &pairs, settings, o.batch_size)?;
     Ok((m, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phi_core::Family;
+    use phi_core::lora::{LoraConfig, default_targets};
+
+    /// A fresh adapter without named targets takes the policy family's (a Phi-3 policy's are not
+    /// Phi-1's); named ones are kept.
+    #[test]
+    fn a_fresh_adapter_defaults_to_the_policy_familys_targets() {
+        let targets_of = |names: Vec<String>, family| {
+            let mut o = DpoRunOptions::new("policy", "pairs.jsonl", "out");
+            o.tuning = Tuning::Lora(LoraConfig { r: 8, lora_alpha: 16.0, lora_dropout: 0.0, target_modules: names, use_rslora: false });
+            match o.weights(family) {
+                Weights::Lora { adapter: Adapter::Fresh(c), .. } => c.target_modules,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(targets_of(vec![], Family::Phi3), default_targets(Family::Phi3));
+        assert_eq!(targets_of(vec![], Family::Phi), default_targets(Family::Phi));
+        assert_ne!(default_targets(Family::Phi3), default_targets(Family::Phi));
+        assert_eq!(targets_of(vec!["fc1".into()], Family::Phi3), ["fc1"]);
+    }
 }

@@ -41,8 +41,10 @@ pub struct FinetuneOptions {
     pub checkpoint_every: usize,
     /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
     pub fresh: bool,
-    /// PEFT target module names (Phi-3 bases: qkv_proj, o_proj, gate_up_proj, down_proj).
-    pub targets: Vec<String>,
+    /// PEFT target module names; `None`: the base model family's ([`phi_core::lora::default_targets`]:
+    /// q_proj, k_proj, v_proj, dense, fc1, fc2 for Phi-1/1.5/2; qkv_proj, o_proj, gate_up_proj,
+    /// down_proj for Phi-3/3.5/4-mini).
+    pub targets: Option<Vec<String>>,
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
     /// `{"prompt", "response"}` records (a tenth is held out for validation).
     pub data: Option<PathBuf>,
@@ -70,7 +72,7 @@ impl Default for FinetuneOptions {
             precision: phi_train::Precision::F32,
             checkpoint_every: 50,
             fresh: false,
-            targets: phi_core::lora::default_targets(phi_core::Family::Phi),
+            targets: None,
             data: None,
             template: None,
             quantize: None,
@@ -252,7 +254,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let loss_before = sft_loss(&base, &val, args.batch_size, pad);
     let completion_before = complete(&base, &tok, probe, eos)?;
 
-    let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone(), use_rslora: false };
+    let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone().unwrap_or_else(|| phi_core::lora::default_targets(base.config().family)), use_rslora: false };
     let quantize = args.quantize;
     let weights = Weights::Lora { base: base_dir.clone(), adapter: Adapter::Fresh(config.clone()), quantize };
     let cfg = TrainConfig {

@@ -56,7 +56,7 @@ impl Backend {
             Backend::Wgpu => Ok(Device::wgpu(Default::default())),
             #[allow(unreachable_patterns)]
             // The cargo features are named as the backends are.
-            other => Err(format!("--device {other} needs the `{other}` cargo feature: rebuild with `--features {other}`")),
+            other => Err(format!("the {other} backend needs the `{other}` cargo feature: rebuild with `--features {other}`")),
         }
     }
 }

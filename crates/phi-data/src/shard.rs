@@ -300,16 +300,17 @@ impl Shard {
 mod tests {
     use super::*;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("phi-shard-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("s.bin")
+    /// A shard path in a fresh folder, removed when the guard drops.
+    fn temp() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.bin");
+        (dir, path)
     }
 
     #[test]
     fn round_trip_u16_and_u32() {
         for vocab in [50_257usize, 100_352] {
-            let path = temp(&format!("rt{vocab}"));
+            let (_dir, path) = temp();
             let tokens: Vec<u32> = (0..10_000u32).map(|i| (i * 7919) % vocab as u32).collect();
             let mut w = ShardWriter::create(&path, vocab).unwrap();
             w.write(&tokens[..3000]).unwrap();
@@ -329,7 +330,7 @@ mod tests {
 
     #[test]
     fn ids_outside_the_vocabulary_are_refused_when_written() {
-        let path = temp("oov");
+        let (_dir, path) = temp();
         let mut w = ShardWriter::create(&path, 100).unwrap();
         let e = w.write(&[1, 2, 100]).unwrap_err().to_string();
         assert!(e.contains("token id 100") && e.contains("100"), "{e}");

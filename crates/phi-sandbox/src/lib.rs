@@ -126,7 +126,7 @@ pub struct Run {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The isolation could not be set up; nothing ran.
-    #[error("the sandbox cannot run here: {0}; to run model-written code without isolation, at your own risk, pass --no-sandbox")]
+    #[error("the sandbox cannot run here: {0}; model-written code runs without isolation only through Sandbox::unsandboxed, at your own risk")]
     Unavailable(String),
     #[error("{0}")]
     Io(String),
@@ -238,7 +238,7 @@ impl Sandbox {
     /// One line on what is in force, for logs and reports.
     pub fn describe(&self) -> String {
         if !self.isolated {
-            return format!("NO SANDBOX (--no-sandbox): rlimits and timeout only, python {}", self.python.display());
+            return format!("NO SANDBOX (unsandboxed): rlimits and timeout only, python {}", self.python.display());
         }
         let root = if is_root() { "a uid of its own per run" } else { "the harness's uid" };
         format!(

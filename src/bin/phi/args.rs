@@ -21,13 +21,6 @@ fn parse_template(s: &str) -> Result<ChatTemplate, String> {
     }
 }
 
-/// `--targets`' default (`finetune`, `dpo --lora`): phi-core's default LoRA targets of the
-/// Phi-1/1.5/2 family, whatever the base (a Phi-3 base names its own), comma-separated.
-fn default_lora_targets() -> &'static str {
-    static TARGETS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TARGETS.get_or_init(|| phi::core::lora::default_targets(phi::core::Family::Phi).join(","))
-}
-
 fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
     match s {
         "int8" => Ok(BaseQuantization::Int8),
@@ -183,9 +176,10 @@ pub struct FinetuneArgs {
     /// Start over: remove this run's checkpoints (only ours) instead of resuming from them.
     #[arg(long)]
     pub fresh: bool,
-    /// PEFT target module names (Phi-3 bases: qkv_proj,o_proj,gate_up_proj,down_proj).
-    #[arg(long, value_delimiter = ',', default_value = default_lora_targets())]
-    pub targets: Vec<String>,
+    /// PEFT target module names (default: the base model family's: q_proj,k_proj,v_proj,dense,
+    /// fc1,fc2 for Phi-1/1.5/2; qkv_proj,o_proj,gate_up_proj,down_proj for Phi-3/3.5/4-mini).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Option<Vec<String>>,
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
     /// `{"prompt", "response"}` records (a tenth is held out for validation).
     #[arg(long)]
@@ -379,8 +373,9 @@ pub struct DpoArgs {
     /// LoRA alpha of a fresh adapter (with --lora; default 16).
     #[arg(long, requires = "lora")]
     pub alpha: Option<f64>,
-    /// PEFT target module names of a fresh adapter (with --lora; default
-    /// q_proj,k_proj,v_proj,dense,fc1,fc2; Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj).
+    /// PEFT target module names of a fresh adapter (with --lora; default: the policy family's:
+    /// q_proj,k_proj,v_proj,dense,fc1,fc2 for Phi-1/1.5/2; qkv_proj,o_proj,gate_up_proj,down_proj
+    /// for Phi-3/3.5/4-mini).
     #[arg(long, value_delimiter = ',', requires = "lora")]
     pub targets: Option<Vec<String>>,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4).
@@ -428,7 +423,8 @@ impl DpoArgs {
                 r: self.rank.unwrap_or(8),
                 lora_alpha: self.alpha.unwrap_or(16.0),
                 lora_dropout: 0.0,
-                target_modules: self.targets.unwrap_or_else(|| phi::core::lora::default_targets(phi::core::Family::Phi)),
+                // Empty: the policy family's default targets, filled in once its config is read.
+                target_modules: self.targets.unwrap_or_default(),
                 use_rslora: false,
             }),
             (false, None) => Tuning::Full,
@@ -530,7 +526,10 @@ impl DataQualityArgs {
             }
             None => None,
         };
-        let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| format!("the sandbox cannot isolate here ({e}); model-written code runs only isolated"))?;
+        let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| match e {
+            phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot isolate here ({why}); model-written code runs only isolated"),
+            other => other.to_string(),
+        })?;
         let t = std::time::Instant::now();
         let r = run(&o, scorer.as_ref().map(|s| s as &dyn phi::data::prepare::DocumentScorer), &sandbox, |line| println!("{line}"))?;
         print!("{}", r.table());

@@ -333,7 +333,14 @@ fn chat(
 fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::Sandbox, Box<dyn std::error::Error>> {
     use phi::sandbox::{Limits, Sandbox};
     let limits = Limits { timeout: std::time::Duration::from_secs(timeout.max(1)), cpu_seconds: timeout.max(1), ..Default::default() };
-    let sandbox = if no_sandbox { Sandbox::unsandboxed(limits)? } else { Sandbox::new(limits)? };
+    let sandbox = if no_sandbox {
+        Sandbox::unsandboxed(limits)?
+    } else {
+        Sandbox::new(limits).map_err(|e| match e {
+            phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot run here: {why}; to run model-written code without isolation, at your own risk, pass --no-sandbox"),
+            other => other.to_string(),
+        })?
+    };
     eprintln!("sandbox: {}", sandbox.describe());
     Ok(sandbox)
 }

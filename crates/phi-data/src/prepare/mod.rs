@@ -253,7 +253,7 @@ fn not_a_dataset(dir: &Path) -> String {
     find_datasets(dir, 2, &mut found);
     found.sort();
     let nearest = match found.as_slice() {
-        [] => format!("; make one with `phi data prepare --input {} --out DATA`", dir.display()),
+        [] => "; prepare one from its source files first (phi_data::prepare, or the tool's `phi data prepare`)".to_string(),
         [one] => format!("; the prepared dataset under it is {}", one.display()),
         many => format!("; prepared datasets under it: {}", many.iter().take(5).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
     };
