@@ -534,6 +534,8 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
     let mut child = phi()
         .args(["serve", "--name", "tiny", "--port", "0", "--model"])
         .arg(dir.path())
+        // Not a filter: said once, and the default log (phi_serve at info) kept.
+        .env("RUST_LOG", "phi_serve=loud")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -591,6 +593,7 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(served.len(), 5, "{log}");
     assert!(served[0].contains("endpoint=\"/v1/chat/completions\"") && served[0].contains("model=\"tiny\"") && served[0].contains("status=200"), "{log}");
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+    assert_eq!(log.matches("warning: RUST_LOG=\"phi_serve=loud\" is not in `target=level,…` form").count(), 1, "{log}");
 }
 
 #[test]

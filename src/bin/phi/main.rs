@@ -363,7 +363,12 @@ fn serve_log() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("RUST_LOG").ok().and_then(|s| s.parse::<Targets>().ok()).unwrap_or_else(|| Targets::new().with_target("phi_serve", LevelFilter::INFO));
+    let asked = std::env::var("RUST_LOG").ok().and_then(|s| {
+        s.parse::<Targets>()
+            .map_err(|e| eprintln!("warning: RUST_LOG={s:?} is not in `target=level,…` form ({e}); logging phi_serve at info"))
+            .ok()
+    });
+    let filter = asked.unwrap_or_else(|| Targets::new().with_target("phi_serve", LevelFilter::INFO));
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Fails only when a subscriber is already installed, which then gets the events.
     let _ = tracing_subscriber::registry().with(lines).with(filter).try_init();
