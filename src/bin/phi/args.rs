@@ -526,10 +526,7 @@ impl DataQualityArgs {
             }
             None => None,
         };
-        let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| match e {
-            phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot isolate here ({why}); model-written code runs only isolated"),
-            other => other.to_string(),
-        })?;
+        let sandbox = crate::isolated_sandbox(phi::sandbox::Limits::default(), "model-written code runs only isolated")?;
         let t = std::time::Instant::now();
         let r = run(&o, scorer.as_ref().map(|s| s as &dyn phi::data::prepare::DocumentScorer), &sandbox, |line| println!("{line}"))?;
         print!("{}", r.table());

@@ -493,10 +493,7 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(url), Some(model)) => phi::serve::client::Client::new(url, model, std::env::var("OPENAI_API_KEY").ok()),
         _ => return Err("give --endpoint URL --model NAME, or --local DIR".into()),
     };
-    let sandbox = phi::sandbox::Sandbox::new(phi::sandbox::Limits::default()).map_err(|e| match e {
-        phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot isolate here ({why}); model-written tests run only isolated"),
-        other => other.to_string(),
-    })?;
+    let sandbox = crate::isolated_sandbox(phi::sandbox::Limits::default(), "model-written tests run only isolated")?;
     let o = SynthRun {
         lists,
         kind: a.kind,

@@ -329,6 +329,15 @@ fn chat(
     Ok(())
 }
 
+/// An isolating sandbox, or why there is none followed by `then` (what the tool does about it:
+/// the library's message names no flag).
+fn isolated_sandbox(limits: phi::sandbox::Limits, then: &str) -> Result<phi::sandbox::Sandbox, String> {
+    phi::sandbox::Sandbox::new(limits).map_err(|e| match e {
+        phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot run here: {why}; {then}"),
+        other => other.to_string(),
+    })
+}
+
 /// The sandbox every HumanEval program runs in; says on stderr what it guarantees.
 fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::Sandbox, Box<dyn std::error::Error>> {
     use phi::sandbox::{Limits, Sandbox};
@@ -336,10 +345,7 @@ fn humaneval_sandbox(timeout: u64, no_sandbox: bool) -> Result<phi::sandbox::San
     let sandbox = if no_sandbox {
         Sandbox::unsandboxed(limits)?
     } else {
-        Sandbox::new(limits).map_err(|e| match e {
-            phi::sandbox::SandboxError::Unavailable(why) => format!("the sandbox cannot run here: {why}; to run model-written code without isolation, at your own risk, pass --no-sandbox"),
-            other => other.to_string(),
-        })?
+        isolated_sandbox(limits, "to run model-written code without isolation, at your own risk, pass --no-sandbox")?
     };
     eprintln!("sandbox: {}", sandbox.describe());
     Ok(sandbox)
