@@ -45,13 +45,21 @@ impl std::fmt::Display for Backend {
 impl Backend {
     /// The burn device, or an error naming the cargo feature a backend needs.
     pub fn device(self) -> Result<Device, String> {
+        self.device_at(0)
+    }
+
+    /// The backend's device `index` (the GPU of that number on the machine, for a process of a
+    /// data-parallel run: its local rank); the CPU backends and wgpu have one device and ignore
+    /// it.
+    pub fn device_at(self, index: usize) -> Result<Device, String> {
+        let _ = index;
         match self {
             Backend::Cpu => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)]
             Backend::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "cuda")]
-            Backend::Cuda => Ok(Device::cuda(0)),
+            Backend::Cuda => Ok(Device::cuda(index)),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Ok(Device::wgpu(Default::default())),
             #[allow(unreachable_patterns)]

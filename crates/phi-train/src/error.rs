@@ -65,6 +65,12 @@ pub enum TrainError {
     /// device).
     #[error("{0}")]
     Device(String),
+    /// A data-parallel run (see [`crate::dist`]) that cannot go on: a launcher's world this
+    /// build or its MPI cannot join, ranks that disagree (on the checkpoint to resume, the
+    /// gradients they hold), a `grad_accum` the number of processes does not divide. The
+    /// message names the rank and the numbers.
+    #[error("{0}")]
+    Distributed(String),
 }
 
 impl TrainError {

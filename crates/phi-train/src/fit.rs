@@ -411,6 +411,15 @@ pub struct TrainOutcome {
     pub warnings: Vec<String>,
 }
 
+/// The held-out loss of `objective`, each rank taking its part of the validation batches and the
+/// parts summed across ranks (the mean one process gives, up to the summation order).
+fn validate<O: Objective>(objective: &O, model: &PhiForCausalLM, cfg: &TrainConfig, world: &dyn crate::dist::Collective) -> Option<f64> {
+    let (sum, weight) = objective.validate_part(model, cfg, world.rank(), world.size())?;
+    let mut both = [sum, weight];
+    world.sum_f64(&mut both);
+    Some(if both[1] > 0.0 { both[0] / both[1] } else { f64::NAN })
+}
+
 /// Mean next-token loss over (at most `max_batches` of) the windows of `data`, in order,
 /// weighted by token count.
 pub fn evaluate(model: &PhiForCausalLM, data: &TokenDataset, seq_len: usize, batch: usize, max_batches: usize) -> f64 {
@@ -426,20 +435,45 @@ pub fn evaluate_with_progress(
     max_batches: usize,
     mut on_batch: impl FnMut(usize),
 ) -> f64 {
+    let mut done = 0;
+    let (total, count) = evaluate_part(model, data, seq_len, batch, max_batches, 0, 1, |_| {
+        done += 1;
+        on_batch(done)
+    });
+    if count == 0.0 { f64::NAN } else { total / count }
+}
+
+/// The part of [`evaluate`] that process `part` of `parts` takes: batches `part`, `part + parts`,
+/// … of those `evaluate` reads, as `(Σ loss × tokens, Σ tokens)`; `on_batch` is called after
+/// each batch taken.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_part(
+    model: &PhiForCausalLM,
+    data: &TokenDataset,
+    seq_len: usize,
+    batch: usize,
+    max_batches: usize,
+    part: usize,
+    parts: usize,
+    mut on_batch: impl FnMut(usize),
+) -> (f64, f64) {
     let device = model.device();
     // The forward pass checks ids only in host memory; the data's largest id is known here.
     let vocab = model.config().vocab_size;
     assert!(data.vocab_bound() <= vocab, "evaluate: the data uses token ids up to {} but the model's vocab_size is {vocab}", data.vocab_bound());
     let (mut total, mut count) = (0.0, 0usize);
-    for rows in data.sequential_batches(seq_len, batch).take(max_batches.max(1)) {
+    for (i, rows) in data.sequential_batches(seq_len, batch).take(max_batches.max(1)).enumerate() {
+        if !crate::dist::takes(i, part, parts) {
+            continue;
+        }
         let b = rows.len() / (seq_len + 1);
         let (inputs, ids) = window_tensors(&rows, b, seq_len, &device);
         let loss = causal_lm_loss(model.forward(inputs), ids).into_scalar::<f32>() as f64;
         total += loss * (b * seq_len) as f64;
         count += b * seq_len;
-        on_batch(count / (batch * seq_len).max(1));
+        on_batch(i);
     }
-    if count == 0 { f64::NAN } else { total / count as f64 }
+    (total, count as f64)
 }
 
 /// Warmup, then the peak learning rate until the last stage starts, then linear to 0 at the
@@ -463,6 +497,12 @@ pub fn anneal_over_last_stage(cfg: &mut TrainConfig, curriculum: &phi_data::curr
 /// continues bitwise from the newest complete checkpoint there (one of another model, config
 /// or data is an error naming every difference), else starts from `weights`. `on_step` sees
 /// every step's metrics. Warnings are returned in the [`TrainOutcome`], never printed.
+///
+/// In a data-parallel run ([`crate::dist`]: a world [`crate::dist::install`]ed, as `phi` does
+/// under `mpirun`), every rank calls `fit` alike and each step's micro-batches are shared among
+/// them; rank 0 alone holds `out_dir` and writes to it (after the step every rank took part
+/// in), and `on_step` is called on rank 0 only. The other ranks' outcomes hold the model (the
+/// same weights) and this run's metrics only; validation is split across the ranks.
 pub fn fit<O: Objective>(
     weights: &Weights,
     objective: &mut O,
@@ -474,6 +514,11 @@ pub fn fit<O: Objective>(
 ) -> Result<TrainOutcome> {
     let model_config = weights.model_config()?;
     cfg.validate(&model_config)?;
+    // Data-parallel (see `crate::dist`): every rank runs this same loop; rank 0 alone holds the
+    // output folder and writes to it.
+    let world = crate::dist::world();
+    let lead = world.rank() == 0;
+    crate::trainer::check_world(cfg.grad_accum.max(1), world.size())?;
     objective.check(&model_config, cfg)?;
     cfg.precision.check_device(device)?;
     // Before the model is built or a batch drawn: a run that cannot fit in memory is refused
@@ -488,11 +533,13 @@ pub fn fit<O: Objective>(
     let ckpt_root = out_dir.join(checkpoint::CHECKPOINTS_DIR);
     // One run at a time in a folder, held to the end: two would prune each other's checkpoints
     // and rewrite each other's metrics.jsonl (see `run_dir`).
-    let _lock = crate::run_dir::RunLock::acquire(out_dir)?;
+    let _lock = if lead { Some(crate::run_dir::RunLock::acquire(out_dir)?) } else { None };
     // What makes a checkpoint this run's: the model, the training config, the data.
     let model_json = weights.identity()?;
     let data_fingerprint = objective.fingerprint();
-    let mut resume_warnings = checkpoint::remove_stale_tmp(&ckpt_root);
+    let mut resume_warnings = if lead { checkpoint::remove_stale_tmp(&ckpt_root) } else { Vec::new() };
+    // The other ranks read the checkpoints once rank 0 has cleared what a killed run left.
+    world.barrier();
     let resumed = if resume == Resume::Auto {
         checkpoint::resume_newest(
             &ckpt_root,
@@ -515,6 +562,19 @@ pub fn fit<O: Objective>(
         None
     };
     let resumed_from = resumed.as_ref().map(|r| r.state.step);
+    // Every rank must go on from the same step (a file system that shows the ranks different
+    // checkpoints would otherwise train them apart).
+    let (lo, hi) = world.min_max(resumed_from.map_or(0, |s| s as u64 + 1));
+    if lo != hi {
+        let says = |v: u64| if v == 0 { "starts fresh".to_string() } else { format!("resumes from step {}", v - 1) };
+        return Err(TrainError::Distributed(format!(
+            "{}: the ranks disagree on where to start: one {}, another {} (do all ranks see the same {}?)",
+            world.describe(),
+            says(lo),
+            says(hi),
+            ckpt_root.display()
+        )));
+    }
     let mut trainer = match resumed {
         Some(r) => {
             objective.restore(&r.state.sampler)?;
@@ -529,13 +589,15 @@ pub fn fit<O: Objective>(
     };
     let start_step = trainer.steps_done();
     let metrics_path = out_dir.join(checkpoint::METRICS_FILE);
-    let mut history = read_metrics(&metrics_path, start_step)?;
-    rewrite_metrics(&metrics_path, &history)?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
+    // Rank 0's: the other ranks' outcomes hold this run's steps only.
+    let (mut history, mut metrics_file) = if lead {
+        let history = read_metrics(&metrics_path, start_step)?;
+        rewrite_metrics(&metrics_path, &history)?;
+        let file = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+        (history, Some(file))
+    } else {
+        (Vec::new(), None)
+    };
     // What the run did not do without failing for it (pruning, the report).
     let mut warnings = Vec::new();
 
@@ -545,16 +607,19 @@ pub fn fit<O: Objective>(
         let done = m.step;
         let last = done == cfg.max_steps;
         if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || last {
-            if let Some(v) = objective.validate(&trainer.valid_model(), cfg) {
+            if let Some(v) = validate(objective, &trainer.valid_model(), cfg, &*world) {
                 m.val_loss = Some(v);
                 m.val_perplexity = Some(v.exp());
             }
         }
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialize"))
-            .map_err(|e| TrainError::io(&metrics_path, e))?;
-        on_step(&m);
+        if let Some(file) = metrics_file.as_mut() {
+            writeln!(file, "{}", serde_json::to_string(&m).expect("metrics serialize")).map_err(|e| TrainError::io(&metrics_path, e))?;
+            on_step(&m);
+        }
         history.push(m);
-        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last {
+        // Rank 0 writes after every rank has finished the step: the step's reduction waited
+        // for all of them, and the weights are the same everywhere.
+        if lead && ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last) {
             // Never a checkpoint with NaN/inf weights (whatever let them through, e.g. a resumed
             // checkpoint written before this check existed).
             let (bad, total) = non_finite_weights(trainer.model());
@@ -583,7 +648,7 @@ pub fn fit<O: Objective>(
     }
     // The report is a convenience: it may not cost the finished run, nor replace a file of the
     // user's of the same name.
-    if let Some(report) = objective.data_report() {
+    if let Some(report) = objective.data_report().filter(|_| lead) {
         let path = out_dir.join(checkpoint::DATA_REPORT_FILE);
         match data_report_is_ours(&path) {
             Ok(()) => phi_core::weights::write_atomic(&path, serde_json::to_string_pretty(&report).expect("serializes").as_bytes())?,

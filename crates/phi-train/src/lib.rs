@@ -24,7 +24,9 @@
 //! a floor). Module [`fit`] holds the loop, the config and [`evaluate`]; [`lora`] LoRA training
 //! (the adapters themselves are `phi_core::lora`'s, re-exported); [`memory`] refuses a run that
 //! cannot fit before it starts; [`mfu`] the FLOPs utilisation figure; [`export`] the layout of
-//! the model folders the tool writes; [`run_dir`] one run at a time in an output folder.
+//! the model folders the tool writes; [`run_dir`] one run at a time in an output folder;
+//! [`dist`] data-parallel training across processes (`mpirun -np N`, with the `mpi` feature):
+//! each step's micro-batches shared among the ranks, the gradients summed once per step.
 //!
 //! Errors are [`TrainError`]s, one variant per kind of trouble to match on: a setting by its
 //! config key (`Config`), a step that went NaN/inf (`NonFinite`), data that does not fit the
@@ -37,6 +39,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod fit;

@@ -91,7 +91,16 @@ pub trait Objective {
     fn fingerprint(&self) -> String;
 
     /// Held-out loss (no gradients), `None` without validation data.
-    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64>;
+    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {
+        let (sum, weight) = self.validate_part(model, cfg, 0, 1)?;
+        Some(if weight > 0.0 { sum / weight } else { f64::NAN })
+    }
+
+    /// Part `part` of `parts` of the held-out loss, for a data-parallel run (see
+    /// [`crate::dist`]): `(Σ loss × weight, Σ weight)` over this part's validation batches
+    /// (batches `part`, `part + parts`, …), whose sums over the parts give the loss
+    /// [`Self::validate`] gives. `None` without validation data.
+    fn validate_part(&self, model: &PhiForCausalLM, cfg: &TrainConfig, part: usize, parts: usize) -> Option<(f64, f64)>;
 
     /// The data stage the last batch came from (a curriculum's), logged with each step.
     fn stage(&self) -> Option<String> {
@@ -250,7 +259,7 @@ impl Objective for CausalLm<'_> {
         }
     }
 
-    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {
-        Some(crate::evaluate(model, self.validation, self.seq_len, cfg.batch_size, cfg.eval_batches))
+    fn validate_part(&self, model: &PhiForCausalLM, cfg: &TrainConfig, part: usize, parts: usize) -> Option<(f64, f64)> {
+        Some(crate::fit::evaluate_part(model, self.validation, self.seq_len, cfg.batch_size, cfg.eval_batches, part, parts, |_| {}))
     }
 }

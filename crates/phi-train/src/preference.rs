@@ -536,17 +536,23 @@ impl<'a> Dpo<'a> {
 
     /// The loss and TRL's metrics of `model` (without autodiff) over the validation pairs.
     pub fn validation_metrics(&self, model: &PhiForCausalLM) -> Option<PreferenceMetrics> {
+        self.validation_metrics_part(model, 0, 1).map(|(m, _)| m)
+    }
+
+    /// Part `part` of `parts` of [`Self::validation_metrics`] (batches `part`, `part + parts`,
+    /// …): their mean and how many pairs it is over.
+    pub fn validation_metrics_part(&self, model: &PhiForCausalLM, part: usize, parts: usize) -> Option<(PreferenceMetrics, usize)> {
         if self.validation.is_empty() {
             return None;
         }
         let indices: Vec<usize> = (self.pairs.len()..self.pairs.len() + self.validation.len()).collect();
         let device = model.device();
         let mut total = Weighted::default();
-        for chunk in indices.chunks(SCORE_BATCH) {
+        for (_, chunk) in indices.chunks(SCORE_BATCH).enumerate().filter(|(i, _)| crate::dist::takes(*i, part, parts)) {
             let (_, m) = self.evaluate(|ids| model.forward(ids), &device, chunk);
             total.add(&m, chunk.len());
         }
-        Some(total.mean())
+        Some((total.mean(), total.pairs))
     }
 }
 
@@ -642,8 +648,9 @@ impl Objective for Dpo<'_> {
         )
     }
 
-    fn validate(&self, model: &PhiForCausalLM, _cfg: &TrainConfig) -> Option<f64> {
-        self.validation_metrics(model).map(|m| m.loss)
+    fn validate_part(&self, model: &PhiForCausalLM, _cfg: &TrainConfig, part: usize, parts: usize) -> Option<(f64, f64)> {
+        let (m, pairs) = self.validation_metrics_part(model, part, parts)?;
+        Some((m.loss * pairs as f64, pairs as f64))
     }
 }
 

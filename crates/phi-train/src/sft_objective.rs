@@ -61,9 +61,16 @@ fn learned(e: &SftExample) -> usize {
 
 /// Mean response-token loss over `examples` (no gradients), `batch_size` at a time.
 pub fn sft_loss(model: &PhiForCausalLM, examples: &[SftExample], batch_size: usize, pad: u32) -> f64 {
+    let (total, count) = sft_loss_part(model, examples, batch_size, pad, 0, 1);
+    if count == 0.0 { f64::NAN } else { total / count }
+}
+
+/// Part `part` of `parts` of [`sft_loss`] (batches `part`, `part + parts`, …):
+/// `(Σ loss × learned tokens, Σ learned tokens)`.
+pub fn sft_loss_part(model: &PhiForCausalLM, examples: &[SftExample], batch_size: usize, pad: u32, part: usize, parts: usize) -> (f64, f64) {
     let device = model.device();
     let (mut total, mut count) = (0.0, 0.0);
-    for chunk in examples.chunks(batch_size.max(1)) {
+    for (_, chunk) in examples.chunks(batch_size.max(1)).enumerate().filter(|(i, _)| crate::dist::takes(*i, part, parts)) {
         let refs: Vec<&SftExample> = chunk.iter().collect();
         let (ids, mask) = tensors(&refs, pad, &device);
         let weight = mask.clone().sum().into_scalar::<f32>() as f64;
@@ -71,7 +78,7 @@ pub fn sft_loss(model: &PhiForCausalLM, examples: &[SftExample], batch_size: usi
         total += loss * weight;
         count += weight;
     }
-    if count == 0.0 { f64::NAN } else { total / count }
+    (total, count)
 }
 
 /// The SFT objective: batches of examples right-padded with `pad`, loss on learned tokens.
@@ -168,8 +175,8 @@ impl<'a> Objective for Sft<'a> {
         format!("sft {} train / {} validation examples, pad {}, {:016x}", self.train.len(), self.validation.len(), self.pad, h.digest())
     }
 
-    fn validate(&self, model: &PhiForCausalLM, cfg: &TrainConfig) -> Option<f64> {
-        (!self.validation.is_empty()).then(|| sft_loss(model, self.validation, cfg.batch_size, self.pad))
+    fn validate_part(&self, model: &PhiForCausalLM, cfg: &TrainConfig, part: usize, parts: usize) -> Option<(f64, f64)> {
+        (!self.validation.is_empty()).then(|| sft_loss_part(model, self.validation, cfg.batch_size, self.pad, part, parts))
     }
 }
 

@@ -4,6 +4,7 @@
 //! state ([`Trainer::from_checkpoint`]); [`crate::fit()`] runs it in a loop; `phi bench train`
 //! times it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -12,6 +13,7 @@ use burn::tensor::Device;
 use phi_core::PhiForCausalLM;
 
 use crate::checkpoint::TrainerState;
+use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::fit::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, StepMetrics, non_finite_weights};
 use crate::objective::{Forward, Objective};
@@ -55,6 +57,8 @@ pub struct Trainer {
     peak_flops: Option<f64>,
     /// Steps of at most this many tokens draw their micro-batches up front (see [`Self::step`]).
     predraw_tokens: u64,
+    /// The ranks this trainer shares each step with ([`crate::dist::world`] when it was built).
+    world: Arc<dyn Collective>,
 }
 
 impl Trainer {
@@ -101,7 +105,15 @@ impl Trainer {
         cfg.precision.check_device(&device)?;
         let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
         let peak_flops = crate::mfu::device_peak(cfg.peak_flops, &device, cfg.precision);
-        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS })
+        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS, world: crate::dist::world() })
+    }
+
+    /// This trainer shares its steps with the ranks of `world` instead of
+    /// [`crate::dist::world`]'s (see [`Self::step`]): ranks that are threads of one process
+    /// ([`crate::dist::LocalGroup`]), or a program's own communicator.
+    pub fn with_world(mut self, world: Arc<dyn Collective>) -> Self {
+        self.world = world;
+        self
     }
 
     /// The model as it stands (on the autodiff device).
@@ -148,6 +160,11 @@ impl Trainer {
     /// with an error naming the step (or skips the update, per `on_non_finite`); an update that
     /// makes weights non-finite is an error.
     ///
+    /// With several ranks ([`crate::dist::world`] when the trainer was built), rank r runs
+    /// micro-batches r, r+N, … of the step (every rank draws them all, so the data cursor stays
+    /// global) and the gradients, the loss and the metrics are summed across ranks before the
+    /// non-finite guard, clipping and the update, which every rank then applies alike.
+    ///
     /// The objective's data must have passed [`Objective::check`] against this model and config
     /// ([`crate::fit()`] runs it): on an accelerator the forward pass does not read the token ids
     /// back to check them against the vocabulary.
@@ -156,9 +173,13 @@ impl Trainer {
         let step = self.step;
         let done = step + 1;
         let t0 = Instant::now();
-        // Dropout draws from the device RNG: reseed per step so a resumed run draws the same.
-        self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let micro = cfg.grad_accum.max(1);
+        // Data-parallel: every rank draws every micro-batch of the step (host data: the cursor
+        // stays global, and so does Σw) and runs forward and backward on its own — i, i+N, … —
+        // then the gradients, the loss and the metrics are summed across ranks once.
+        let world = self.world.clone();
+        let (rank, ranks) = (world.rank(), world.size());
+        check_world(micro, ranks)?;
         // A step's loss is the mean over all its loss terms: micro-batch i counts w_i / Σw, so
         // Σw must be known at the first backward. A step of up to `predraw_tokens` tokens draws
         // its micro-batches first (host data, small) and divides by the known Σw. A larger one
@@ -178,16 +199,16 @@ impl Trainer {
         let mut drawn = std::collections::VecDeque::new();
         let mut reference = None::<f64>;
         if predraw {
-            for _ in 0..micro {
+            for i in 0..micro {
                 let batch = objective.next_batch(cfg.batch_size);
                 let w = objective.weight(&batch);
                 total += w;
                 tokens += objective.tokens(&batch) as u64;
-                drawn.push_back((batch, w));
+                drawn.push_back((crate::dist::takes(i, rank, ranks).then_some(batch), w));
             }
             reference = Some(total);
         }
-        for _ in 0..micro {
+        for i in 0..micro {
             let (batch, w) = match drawn.pop_front() {
                 Some(pair) => pair,
                 None => {
@@ -195,12 +216,17 @@ impl Trainer {
                     let w = objective.weight(&batch);
                     total += w;
                     tokens += objective.tokens(&batch) as u64;
-                    (batch, w)
+                    (crate::dist::takes(i, rank, ranks).then_some(batch), w)
                 }
             };
             if w > 0.0 && reference.is_none() {
                 reference = Some(w * micro as f64);
             }
+            // Another rank's micro-batch.
+            let Some(batch) = batch else { continue };
+            // Dropout draws from the device RNG: seeded per step and micro-batch, so a resumed run
+            // draws the same, and so does a micro-batch whichever rank runs it.
+            self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step as u64).wrapping_mul(1_000_033).wrapping_add(i as u64));
             // f32: the model itself; bf16/f16: a cast copy whose gradients reach the f32 masters.
             let copy;
             let forward = match cfg.precision {
@@ -236,6 +262,16 @@ impl Trainer {
             };
             accum.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
         }
+        let mut grads = accum.grads();
+        if ranks > 1 {
+            // Every rank's share summed: each rank's loss, metrics and gradients are already
+            // weighted by w_i / Σw (the global Σw), so the sums are the step's.
+            let mut sums: Vec<f64> = std::iter::once(loss_sum).chain(extra.iter().map(|e| e.1)).collect();
+            world.sum_f64(&mut sums);
+            loss_sum = sums[0];
+            extra.iter_mut().zip(&sums[1..]).for_each(|(e, s)| e.1 = *s);
+            crate::dist::all_reduce_grads(model, &mut grads, &*world)?;
+        }
         if !predraw {
             for e in &mut extra {
                 e.1 = if total > 0.0 { e.1 / total } else { 0.0 };
@@ -247,7 +283,6 @@ impl Trainer {
             _ => 1.0,
         };
         loss_sum *= correction;
-        let mut grads = accum.grads();
         if let Some(s) = loss_scale {
             scale_grads(model, &mut grads, 1.0 / s);
         }
@@ -336,13 +371,25 @@ impl Trainer {
             lr,
             grad_norm,
             tokens_per_s,
-            mfu: crate::mfu::mfu(tokens_per_s, flops, self.peak_flops),
+            // Each of the N devices put through its 1/N of the tokens.
+            mfu: crate::mfu::mfu(tokens_per_s / ranks as f64, flops, self.peak_flops),
             loss_scale,
             skipped: !apply,
             stage: None,
             extra: extra.into_iter().collect(),
         })
     }
+}
+
+/// A step's `micro` micro-batches shared by `ranks` processes: each must take as many.
+pub(crate) fn check_world(micro: usize, ranks: usize) -> Result<()> {
+    if micro % ranks != 0 {
+        return Err(TrainError::Distributed(format!(
+            "grad_accum = {micro} micro-batches per step cannot be shared by {ranks} processes: grad_accum must be a multiple of \
+             the number of processes (the global batch, batch_size × grad_accum, is the same at any number of processes)"
+        )));
+    }
+    Ok(())
 }
 
 /// AdamW for `model` as `cfg` sets it, biases/norms/embeddings exempt from decay if asked.
@@ -411,5 +458,69 @@ mod tests {
         }
         let worst = up_front.iter().zip(&one_by_one).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-5, "weights differ by {worst}");
+    }
+
+    /// Three steps of `objective` on `ranks` ranks (threads, [`crate::dist::LocalGroup`]), each
+    /// rank's weights and metrics; `predraw_tokens` as in [`run`].
+    fn data_parallel<O: Objective>(objective: &(impl Fn() -> O + Sync), cfg: &TrainConfig, ranks: usize, predraw_tokens: u64) -> Vec<(Vec<f32>, Vec<StepMetrics>)> {
+        let group = crate::dist::LocalGroup::new(ranks);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .into_iter()
+                .map(|world| {
+                    s.spawn(move || {
+                        let device = Device::default().autodiff();
+                        let model = PhiForCausalLM::init(PhiConfig::phi_family(32, 1, 4, 64, 0.5), &device, 3).unwrap();
+                        let mut trainer = Trainer::new(model, cfg).unwrap().with_world(world);
+                        trainer.predraw_tokens = predraw_tokens;
+                        let mut o = objective();
+                        let metrics = (0..3).map(|_| trainer.step(&mut o).unwrap()).collect::<Vec<_>>();
+                        (values(trainer.model()), metrics)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// `objective` on two ranks against one, micro-batches drawn up front and one by one.
+    fn same_on_two_ranks<O: Objective>(name: &str, objective: impl Fn() -> O + Sync, cfg: &TrainConfig) {
+        for predraw in [u64::MAX, 0] {
+            let one = data_parallel(&objective, cfg, 1, predraw).remove(0);
+            let two = data_parallel(&objective, cfg, 2, predraw);
+            // The ranks apply the same update: the same weights, to the bit.
+            assert_eq!(two[0].0, two[1].0, "{name}: the ranks' weights differ");
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-6);
+            for (a, b) in one.1.iter().zip(&two[0].1) {
+                assert!(a.step == b.step && close(a.loss, b.loss) && close(a.grad_norm, b.grad_norm), "{name}: {a:?} vs {b:?}");
+            }
+            let worst = one.0.iter().zip(&two[0].0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-5, "{name}: one rank and two differ by {worst}");
+        }
+    }
+
+    #[test]
+    fn two_ranks_sharing_each_step_train_as_one() {
+        let data = Mixture::single(TokenDataset::from_tokens((0..400u32).map(|i| i * 7 % 64).collect()));
+        let val = TokenDataset::from_tokens((0..40u32).collect());
+        same_on_two_ranks("causal lm", || CausalLm::new(&data, &val, 8, 5).unwrap(), &cfg(2, 4));
+        // SFT: micro-batches of different weights (1, 5, 3 and 2 learned tokens).
+        let ex: Vec<SftExample> = [1usize, 5, 3, 2]
+            .iter()
+            .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
+            .collect();
+        same_on_two_ranks("sft", || crate::sft_objective::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 4));
+    }
+
+    #[test]
+    fn a_step_the_ranks_cannot_share_evenly_is_an_error_naming_both_numbers() {
+        let data = Mixture::single(TokenDataset::from_tokens((0..400u32).map(|i| i * 7 % 64).collect()));
+        let val = TokenDataset::from_tokens((0..40u32).collect());
+        let world = crate::dist::LocalGroup::new(2).remove(0);
+        let device = Device::default().autodiff();
+        let model = PhiForCausalLM::init(PhiConfig::phi_family(32, 1, 4, 64, 0.5), &device, 3).unwrap();
+        let mut trainer = Trainer::new(model, &cfg(2, 3)).unwrap().with_world(world);
+        let e = trainer.step(&mut CausalLm::new(&data, &val, 8, 5).unwrap()).err().expect("3 micro-batches on 2 ranks");
+        assert!(matches!(&e, crate::TrainError::Distributed(m) if m.contains("grad_accum = 3") && m.contains("2 processes")), "{e}");
     }
 }

@@ -1,0 +1,496 @@
+//! Data-parallel training across processes: one process per device, started by a launcher
+//! (`mpirun -np N`, Slurm's `srun`), each holding the whole model and taking its share of every
+//! optimizer step's micro-batches; gradients are summed across processes once per step, so every
+//! process applies the same update and the weights stay the same everywhere.
+//!
+//! The collectives are an existing engine's, never an algorithm of ours: a [`Collective`] is the
+//! handful of operations the training step needs, implemented by [`Single`] (one process: every
+//! operation is the identity, today's run unchanged) and, with the `mpi` feature, by [`Mpi`]
+//! (OpenMPI's or MPICH's `MPI_Allreduce` through the `mpi` crate). Gradients are staged through
+//! host memory in buckets ([`all_reduce_grads`]): on the CPU backend that is where they are; on a
+//! GPU it costs a device→host→device copy per step, which a direct NCCL path (cudarc's
+//! `nccl::Comm::from_rank` over burn's device buffers) would avoid.
+//!
+//! MPI's world is one per process, so the collective a run uses is process-wide too, as
+//! `torch.distributed`'s default group is: the program installs it once ([`install`], which the
+//! `phi` tool does from [`from_launcher`]) and [`crate::Trainer`] and [`crate::fit()`] use
+//! [`world`]. Without one installed, [`world`] is [`Single`].
+//!
+//! ```no_run
+//! # fn demo() -> phi_train::Result<()> {
+//! // Under `mpirun -np 2 my-trainer`: rank 0 and rank 1 of 2; run alone: None.
+//! if let Some(world) = phi_train::dist::from_launcher()? {
+//!     let _installed = phi_train::dist::install(world);
+//!     // … build the objective and call phi_train::fit as in one process: each rank takes its
+//!     // micro-batches, rank 0 writes the checkpoints and metrics.jsonl.
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, RwLock};
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::{Result, TrainError};
+
+/// The operations data-parallel training needs from a collective engine. Every rank must call
+/// each collective operation in the same order with buffers of the same length (MPI's rule).
+pub trait Collective: Send + Sync {
+    /// This process's rank, `0..size()`.
+    fn rank(&self) -> usize;
+
+    /// The number of processes.
+    fn size(&self) -> usize;
+
+    /// Element-wise sum of `values` over every rank, written back into `values` on every rank.
+    fn sum_f32(&self, values: &mut [f32]);
+
+    /// As [`Self::sum_f32`], in f64 (losses and metrics).
+    fn sum_f64(&self, values: &mut [f64]);
+
+    /// The smallest and the largest of `value` over every rank (agreement checks).
+    fn min_max(&self, value: u64) -> (u64, u64);
+
+    /// Returns once every rank has called it.
+    fn barrier(&self);
+
+    /// Ends every process of the job with `code` (a rank that cannot go on must not leave the
+    /// others waiting in a collective).
+    fn abort(&self, code: i32) -> !;
+
+    /// What this world is, for messages: "rank 1 of 4 (MPI)".
+    fn describe(&self) -> String {
+        format!("rank {} of {}", self.rank(), self.size())
+    }
+}
+
+/// One process alone: rank 0 of 1, every collective the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn sum_f32(&self, _: &mut [f32]) {}
+    fn sum_f64(&self, _: &mut [f64]) {}
+    fn min_max(&self, value: u64) -> (u64, u64) {
+        (value, value)
+    }
+    fn barrier(&self) {}
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// Ranks that are threads of one process, each with its own [`Collective`]: the same
+/// reductions as processes, without a launcher — what the tests use to check a data-parallel
+/// step against one rank, and a way to try a world of N on one machine. Sums are taken in rank
+/// order, so every rank gets the same bits.
+///
+/// ```
+/// # use phi_train::dist::{Collective, LocalGroup};
+/// let ranks = LocalGroup::new(2);
+/// let sums: Vec<f32> = std::thread::scope(|s| {
+///     let handles: Vec<_> = ranks.iter().map(|r| s.spawn(move || {
+///         let mut v = [r.rank() as f32 + 1.0];
+///         r.sum_f32(&mut v);
+///         v[0]
+///     })).collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).collect()
+/// });
+/// assert_eq!(sums, [3.0, 3.0]);
+/// ```
+pub struct LocalGroup {
+    rank: usize,
+    shared: Arc<LocalShared>,
+}
+
+struct LocalShared {
+    size: usize,
+    barrier: std::sync::Barrier,
+    /// Each rank's contribution to the collective under way.
+    slots: std::sync::Mutex<Vec<Vec<f64>>>,
+}
+
+impl LocalGroup {
+    /// The `size` ranks of a new group; hand each to its own thread.
+    pub fn new(size: usize) -> Vec<Arc<dyn Collective>> {
+        assert!(size > 0, "a group has at least one rank");
+        let shared = Arc::new(LocalShared { size, barrier: std::sync::Barrier::new(size), slots: std::sync::Mutex::new(vec![Vec::new(); size]) });
+        (0..size).map(|rank| Arc::new(LocalGroup { rank, shared: shared.clone() }) as Arc<dyn Collective>).collect()
+    }
+
+    /// Every rank's `values`, in rank order, to every rank.
+    fn gather(&self, values: Vec<f64>) -> Vec<Vec<f64>> {
+        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = values;
+        self.shared.barrier.wait();
+        let all = self.shared.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Nobody writes the next collective's values before everyone has read these.
+        self.shared.barrier.wait();
+        all
+    }
+}
+
+impl Collective for LocalGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+    fn sum_f32(&self, values: &mut [f32]) {
+        let all = self.gather(values.iter().map(|&v| v as f64).collect());
+        for (i, v) in values.iter_mut().enumerate() {
+            // In f32, as MPI_SUM on floats adds them.
+            *v = all.iter().map(|r| r[i] as f32).fold(None, |acc: Option<f32>, x| Some(acc.map_or(x, |a| a + x))).unwrap_or(0.0);
+        }
+    }
+    fn sum_f64(&self, values: &mut [f64]) {
+        let all = self.gather(values.to_vec());
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = all.iter().map(|r| r[i]).fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a + x))).unwrap_or(0.0);
+        }
+    }
+    fn min_max(&self, value: u64) -> (u64, u64) {
+        // u64 → f64 is exact up to 2^53; agreement checks compare small counts and steps.
+        let all = self.gather(vec![value as f64]);
+        let v = all.iter().map(|r| r[0] as u64);
+        (v.clone().min().unwrap_or(value), v.max().unwrap_or(value))
+    }
+    fn barrier(&self) {
+        self.shared.barrier.wait();
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+    fn describe(&self) -> String {
+        format!("rank {} of {} (threads)", self.rank, self.shared.size)
+    }
+}
+
+static WORLD: RwLock<Option<Arc<dyn Collective>>> = RwLock::new(None);
+
+/// The collective [`install`]ed for this process, else [`Single`].
+pub fn world() -> Arc<dyn Collective> {
+    WORLD.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Arc::new(Single))
+}
+
+/// Makes `world` the process's collective until the returned guard drops (then [`world`] is
+/// [`Single`] again, and an MPI world, once its last handle goes, finalizes MPI). Keep the guard
+/// for as long as training runs, and drop it before the process exits: MPI launchers treat a
+/// process that exits without finalizing as failed.
+#[must_use = "the world is uninstalled (and MPI finalized) when the guard drops"]
+pub fn install(world: Arc<dyn Collective>) -> Installed {
+    *WORLD.write().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
+    Installed { world }
+}
+
+/// The guard of an [`install`]ed world.
+pub struct Installed {
+    world: Arc<dyn Collective>,
+}
+
+impl Installed {
+    pub fn world(&self) -> &Arc<dyn Collective> {
+        &self.world
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        *WORLD.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Where a launcher says this process stands: `(rank, size, local rank)`, from Open MPI's
+/// `OMPI_COMM_WORLD_*`, PMI's `PMI_RANK`/`PMI_SIZE` (MPICH's hydra, Intel MPI), PMIx's
+/// `PMIX_RANK` (Slurm's `srun --mpi=pmix`) with Slurm's `SLURM_NTASKS`, or Slurm's
+/// `SLURM_PROCID`/`SLURM_NTASKS` alone. `None` when no launcher started the process.
+pub fn launcher_env() -> Option<(usize, usize, usize)> {
+    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<usize>().ok());
+    let local = |fallback: usize| get("OMPI_COMM_WORLD_LOCAL_RANK").or(get("MPI_LOCALRANKID")).or(get("SLURM_LOCALID")).unwrap_or(fallback);
+    if let (Some(r), Some(n)) = (get("OMPI_COMM_WORLD_RANK"), get("OMPI_COMM_WORLD_SIZE")) {
+        return Some((r, n, local(r)));
+    }
+    if let (Some(r), Some(n)) = (get("PMI_RANK"), get("PMI_SIZE")) {
+        return Some((r, n, local(r)));
+    }
+    if let (Some(r), Some(n)) = (get("PMIX_RANK").or(get("SLURM_PROCID")), get("SLURM_NTASKS")) {
+        return Some((r, n, local(r)));
+    }
+    None
+}
+
+/// The world a launcher started this process in: `None` when there is no launcher or it started
+/// one process (today's single-process run, no MPI needed); with the `mpi` feature, MPI
+/// initialized and checked against what the launcher says. An error where a launcher started
+/// several processes and they cannot work together (this build has no `mpi` feature, or MPI
+/// sees another world than the launcher's: each would train alone into the same folder).
+pub fn from_launcher() -> Result<Option<Arc<dyn Collective>>> {
+    let Some((rank, size, _)) = launcher_env() else { return Ok(None) };
+    if size <= 1 {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let mpi = Mpi::init()?;
+        if mpi.size() != size || mpi.rank() != rank {
+            return Err(TrainError::Distributed(format!(
+                "the launcher started this process as rank {rank} of {size}, but MPI sees rank {} of {}: \
+                 the launcher and the MPI library do not match (under Slurm, `srun --mpi=pmix`; or launch with \
+                 the mpirun of the MPI this program was built against)",
+                mpi.rank(),
+                mpi.size()
+            )));
+        }
+        Ok(Some(Arc::new(mpi)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(TrainError::Distributed(format!(
+        "a launcher started this process as rank {rank} of {size}, but this build has no distributed \
+         training (phi-train's `mpi` feature): each process would train alone into the same folder. \
+         Build with the `mpi` feature, or run one process"
+    )))
+}
+
+/// Which of a step's micro-batches a rank takes: `i % size == rank` (rank r takes r, r+N, …), so
+/// the same config trains the same micro-batches in every optimizer step whatever N is.
+pub fn takes(micro_batch: usize, rank: usize, size: usize) -> bool {
+    micro_batch % size == rank
+}
+
+/// Floats per reduction call: 64 MiB of f32, so the staging buffer stays small beside the model
+/// and each `MPI_Allreduce` is large enough to run at the network's bandwidth.
+const BUCKET: usize = 1 << 24;
+
+/// Sums every gradient of `module` across the ranks of `world`, in place, staged through host
+/// memory in buckets of at most [`BUCKET`] floats (a parameter larger than that is its own
+/// bucket). The parameters are visited in the module's order, the same on every rank; a rank
+/// whose gradients do not match the others' in count is an error (before any reduction).
+pub fn all_reduce_grads<M: Module>(module: &M, grads: &mut GradientsParams, world: &dyn Collective) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let mut ids = Ids { grads: &*grads, found: Vec::new() };
+    module.visit(&mut ids);
+    let found = ids.found;
+    let elements: u64 = found.iter().map(|(_, n)| *n as u64).sum();
+    let (lo, hi) = world.min_max(elements.wrapping_mul(1 << 20).wrapping_add(found.len() as u64));
+    if lo != hi {
+        return Err(TrainError::Distributed(format!(
+            "{}: this rank has {} gradients of {elements} values, another rank has others; every rank must train the same parameters",
+            world.describe(),
+            found.len()
+        )));
+    }
+    let mut start = 0;
+    while start < found.len() {
+        let mut end = start;
+        let mut n = 0;
+        while end < found.len() && (end == start || n + found[end].1 <= BUCKET) {
+            n += found[end].1;
+            end += 1;
+        }
+        let mut bucket = Vec::with_capacity(n);
+        let mut taken = Vec::with_capacity(end - start);
+        module.visit(&mut Take { grads: &mut *grads, ids: &found[start..end], bucket: &mut bucket, taken: &mut taken });
+        world.sum_f32(&mut bucket);
+        let mut at = 0;
+        for (id, (shape, device, rank)) in taken {
+            let len: usize = shape.iter().product();
+            let data = TensorData::new(bucket[at..at + len].to_vec(), shape);
+            at += len;
+            match rank {
+                1 => grads.register(id, Tensor::<1>::from_data(data, &device)),
+                2 => grads.register(id, Tensor::<2>::from_data(data, &device)),
+                3 => grads.register(id, Tensor::<3>::from_data(data, &device)),
+                4 => grads.register(id, Tensor::<4>::from_data(data, &device)),
+                r => panic!("a gradient of rank {r}: no Phi parameter has one"),
+            }
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// The parameters that have a gradient, in visiting order, with their sizes.
+struct Ids<'a> {
+    grads: &'a GradientsParams,
+    found: Vec<(ParamId, usize)>,
+}
+
+impl ModuleVisitor for Ids<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            self.found.push((param.id, g.shape().num_elements()));
+        }
+    }
+}
+
+/// Moves the gradients of `ids` into `bucket` (host f32), recording how to put each back.
+struct Take<'a> {
+    grads: &'a mut GradientsParams,
+    ids: &'a [(ParamId, usize)],
+    bucket: &'a mut Vec<f32>,
+    taken: &'a mut Vec<(ParamId, (Vec<usize>, burn::tensor::Device, usize))>,
+}
+
+impl ModuleVisitor for Take<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !self.ids.iter().any(|(id, _)| *id == param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            let device = g.device();
+            let shape = g.dims().to_vec();
+            let values = g.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 gradients");
+            self.bucket.extend_from_slice(&values);
+            self.taken.push((param.id, (shape, device, D)));
+        }
+    }
+}
+
+#[cfg(feature = "mpi")]
+pub use self::mpi_world::Mpi;
+
+#[cfg(feature = "mpi")]
+mod mpi_world {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use mpi::collective::SystemOperation;
+    use mpi::topology::SimpleCommunicator;
+    use mpi::traits::*;
+
+    use super::Collective;
+    use crate::error::{Result, TrainError};
+
+    /// MPI's world communicator (`MPI_COMM_WORLD`), initialized by [`Mpi::init`] and finalized
+    /// when the last handle drops.
+    pub struct Mpi {
+        // Field order: the communicator goes before the universe, whose drop finalizes MPI.
+        comm: Mutex<SimpleCommunicator>,
+        rank: usize,
+        size: usize,
+        /// When the collective now running started (ms since the epoch; 0: none is running),
+        /// for the watchdog.
+        since: Arc<AtomicU64>,
+        _universe: mpi::environment::Universe,
+    }
+
+    // SAFETY: MPI is initialized with MPI_THREAD_SERIALIZED (checked in `init`): any thread may
+    // call MPI as long as no two do at once, which the mutex around the communicator ensures —
+    // every MPI call of this type goes through it. The universe is only dropped (MPI_Finalize).
+    unsafe impl Send for Mpi {}
+    unsafe impl Sync for Mpi {}
+
+    impl Mpi {
+        /// Initializes MPI (once per process). An error where it was already initialized or
+        /// cannot give serialized threading.
+        pub fn init() -> Result<Mpi> {
+            let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+                .ok_or_else(|| TrainError::Distributed("MPI is already initialized in this process".into()))?;
+            if !matches!(threading, mpi::Threading::Serialized | mpi::Threading::Multiple) {
+                return Err(TrainError::Distributed(format!("the MPI library gives {threading:?} threading; training needs at least Serialized")));
+            }
+            let comm = universe.world();
+            let (rank, size) = (comm.rank() as usize, comm.size() as usize);
+            let since = Arc::new(AtomicU64::new(0));
+            let timeout = timeout()?;
+            watchdog(since.clone(), timeout, rank, size);
+            Ok(Mpi { comm: Mutex::new(comm), rank, size, since, _universe: universe })
+        }
+
+        /// Runs `f` on the communicator, under the watchdog.
+        fn run<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+            let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner());
+            self.since.store(now_ms().max(1), Ordering::SeqCst);
+            let out = f(&comm);
+            self.since.store(0, Ordering::SeqCst);
+            out
+        }
+    }
+
+    /// How long one collective may wait for the other ranks: `PHI_COLLECTIVE_TIMEOUT_S`, 1800 s
+    /// by default (torch's default for its CPU collectives). A rank that died is MPI's launcher's
+    /// to notice (it ends the job at once); this is for a rank that hangs — stopped, deadlocked,
+    /// stuck on a dead file system — which no launcher notices. A step whose slowest rank is
+    /// slower than that (or rank 0 writing a large checkpoint while the others wait) needs more.
+    fn timeout() -> Result<Duration> {
+        match std::env::var("PHI_COLLECTIVE_TIMEOUT_S") {
+            Err(_) => Ok(Duration::from_secs(1800)),
+            Ok(v) => match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+                _ => Err(TrainError::Distributed(format!("PHI_COLLECTIVE_TIMEOUT_S={v:?}: expected a positive number of seconds"))),
+            },
+        }
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// A thread that ends the job when a collective has waited longer than `timeout`: a hung rank
+    /// then costs the job, with a message naming this rank and the wait, never a silent hang.
+    fn watchdog(since: Arc<AtomicU64>, timeout: Duration, rank: usize, size: usize) {
+        let spawned = std::thread::Builder::new().name("phi-collective-watchdog".into()).spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500).min(timeout / 4));
+                let at = since.load(Ordering::SeqCst);
+                if at > 0 && now_ms().saturating_sub(at) > timeout.as_millis() as u64 {
+                    // The library prints nothing: the event is the tool's to print (as `error: …`).
+                    tracing::error!(
+                        "rank {rank} of {size}: a collective operation has waited {:.0} s for the other ranks \
+                         (PHI_COLLECTIVE_TIMEOUT_S): a rank hangs or died; ending the job",
+                        timeout.as_secs_f64()
+                    );
+                    SimpleCommunicator::world().abort(3);
+                }
+            }
+        });
+        // Without the thread a hang stays a hang, as with any MPI program; the run itself is fine.
+        drop(spawned);
+    }
+
+    impl Collective for Mpi {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            self.size
+        }
+        fn sum_f32(&self, values: &mut [f32]) {
+            let send = values.to_vec();
+            self.run(|c| c.all_reduce_into(&send[..], values, SystemOperation::sum()));
+        }
+        fn sum_f64(&self, values: &mut [f64]) {
+            let send = values.to_vec();
+            self.run(|c| c.all_reduce_into(&send[..], values, SystemOperation::sum()));
+        }
+        fn min_max(&self, value: u64) -> (u64, u64) {
+            let (mut lo, mut hi) = (0u64, 0u64);
+            self.run(|c| {
+                c.all_reduce_into(&value, &mut lo, SystemOperation::min());
+                c.all_reduce_into(&value, &mut hi, SystemOperation::max());
+            });
+            (lo, hi)
+        }
+        fn barrier(&self) {
+            self.run(|c| c.barrier());
+        }
+        fn abort(&self, code: i32) -> ! {
+            // Not through the mutex: the thread that holds it may be the one waiting forever.
+            mpi::topology::SimpleCommunicator::world().abort(code)
+        }
+        fn describe(&self) -> String {
+            format!("rank {} of {} (MPI)", self.rank, self.size)
+        }
+    }
+}
