@@ -83,6 +83,10 @@ pub struct BenchOptions {
     pub heads: usize,
     pub vocab: usize,
     pub batch: usize,
+    /// train and lora: micro-batches of `batch` sequences per optimizer step (1: the baseline's).
+    /// Under a launcher (`mpirun -np N phi bench train`) the N processes share them, as in
+    /// `phi train`: the same global batch at any N.
+    pub grad_accum: usize,
     pub seq: usize,
     pub steps: usize,
     pub gen_tokens: usize,
@@ -115,6 +119,7 @@ impl Default for BenchOptions {
             heads: 8,
             vocab: 8192,
             batch: 8,
+            grad_accum: 1,
             seq: 256,
             steps: 5,
             gen_tokens: 64,
@@ -192,7 +197,7 @@ pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
     TrainConfig {
         batch_size: a.batch,
         seq_len: a.seq,
-        grad_accum: 1,
+        grad_accum: a.grad_accum.max(1),
         max_steps: a.steps + 1,
         optimizer: AdamWSettings { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, no_decay_for_bias_norm_embedding: false },
         schedule: LrSchedule { peak: 1e-4, warmup_steps: 0, total_steps: 0, floor: 1e-4, decay: Decay::Constant },
@@ -224,7 +229,8 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
         model = phi_train::lora::attach(model, &cfg).expect("projections to adapt");
     }
     let cfg = baseline_train_config(a);
-    let tokens: Vec<u32> = random_ids((a.steps + 1) * a.batch * (a.seq + 1), a.vocab, 3).into_iter().map(|t| t as u32).collect();
+    let micro = a.grad_accum.max(1);
+    let tokens: Vec<u32> = random_ids((a.steps + 1) * micro * a.batch * (a.seq + 1), a.vocab, 3).into_iter().map(|t| t as u32).collect();
     let data = phi_data::Mixture::single(phi_data::TokenDataset::from_tokens(tokens));
     let val = phi_data::TokenDataset::from_tokens(vec![0; a.seq + 1]);
     let mut objective = phi_train::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
@@ -238,7 +244,8 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    (a.batch * a.seq) as f64 / median(times)
+    // The step's tokens, all ranks' together in a data-parallel run.
+    (micro * a.batch * a.seq) as f64 / median(times)
 }
 
 /// Which step [`bench_preference`] times.
@@ -375,7 +382,17 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if a.workload == Workload::Serve {
         return Err("the serve workload runs in phi::serve_bench (the `phi` tool dispatches it)".into());
     }
-    let device = a.device.device()?;
+    let device = crate::world::device(a.device)?;
+    let world = phi_train::dist::world();
+    if world.size() > 1 {
+        // The processes share each step's micro-batches, as in `phi train`.
+        if a.grad_accum % world.size() != 0 {
+            return Err(format!("{}: --grad-accum {} cannot be shared by {} processes: give a multiple of {}", world.describe(), a.grad_accum, world.size(), world.size()).into());
+        }
+        if a.torch.is_some() {
+            return Err("--torch compares one process with PyTorch's: run it without a launcher".into());
+        }
+    }
     let archs: &[&str] = match a.arch {
         Arch::Phi => &["phi"],
         Arch::Phi3 => &["phi3"],

@@ -266,7 +266,7 @@ pub fn prepare(opts: &DpoRunOptions) -> Res<Prepared> {
     // Before any model is loaded (the reference is scored before training starts): a run that
     // cannot fit in memory, or a LoRA rank beyond the projections, is refused by name.
     let (trainable, adapters) = weights.trainable_params(&model)?;
-    phi_train::memory::check_device(phi_train::memory::RunShape { model: &model, trainable, adapters, rows_per_item: 2 }, &train, &opts.device.device()?)?;
+    phi_train::memory::check_device(phi_train::memory::RunShape { model: &model, trainable, adapters, rows_per_item: 2 }, &train, &crate::world::device(opts.device)?)?;
     Ok(Prepared { opts: opts.clone(), settings, pairs, validation, report, val_report, model, weights, train })
 }
 
@@ -311,8 +311,10 @@ pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
     crate::progress::print_warnings();
     let o = &p.opts;
     // Held from --fresh to the last output written; `fit` takes it again within.
-    let _lock = phi_train::run_dir::RunLock::acquire(&o.out)?;
-    let device = o.device.device()?;
+    // Data-parallel: rank 0 holds the folder and writes the outputs (see `crate::world`).
+    let lead = crate::world::lead();
+    let _lock = if lead { Some(phi_train::run_dir::RunLock::acquire(&o.out)?) } else { None };
+    let device = crate::world::device(o.device)?;
     let needs_reference = p.settings.loss.needs_reference();
     // The policy as it starts, for the "before" figures; the reference unless one is given.
     let start = p.weights.build(&device, p.train.seed)?;
@@ -328,13 +330,16 @@ pub fn train(p: &Prepared, on_step: impl FnMut(&StepMetrics)) -> Res<DpoRun> {
             }
         }
     };
-    let before = objective.validation_metrics(&start);
+    let before = if lead { objective.validation_metrics(&start) } else { None };
     drop(start);
-    if o.fresh {
+    if o.fresh && lead {
         phi_train::checkpoint::remove_all(&o.out.join(CHECKPOINTS_DIR))?;
     }
     let resume = if o.fresh { Resume::No } else { Resume::Auto };
     let outcome = crate::plot::fit_and_plot(&p.weights, &mut objective, &p.train, &o.out, resume, &device, on_step).map_err(crate::recipes::in_tool_words)?;
+    if !lead {
+        return Ok(DpoRun { before, after: None, outcome, written: Vec::new() });
+    }
     let after = objective.validation_metrics(&outcome.model);
     let written = write_outputs(p, &outcome.model)?;
     Ok(DpoRun { before, after, outcome, written })

@@ -92,6 +92,19 @@ pub fn base_checkpoint(args: &FinetuneOptions) -> Result<PathBuf, Box<dyn std::e
     if let Some(dir) = phi_train::checkpoint::latest(&root).filter(|d| d.join(TOKENIZER_FILE).is_file()) {
         return Ok(dir);
     }
+    // The small base is a one-process run (its steps are one micro-batch each): under a launcher
+    // it is trained first, alone.
+    let world = phi_train::dist::world();
+    if world.size() > 1 {
+        return Err(format!(
+            "{}: no {} checkpoint in {} to fine-tune: give --base, or train the default base first in one process \
+             (phi finetune trains it when run alone)",
+            world.describe(),
+            recipe.name,
+            root.display()
+        )
+        .into());
+    }
     println!("no {} checkpoint in {}: training a small base first", recipe.name, root.display());
     crate::recipes::run(recipe, RecipeOptions { steps: Some(150), ..RecipeOptions::default() })?;
     Ok(phi_train::checkpoint::latest(&root).ok_or("train_phi1 wrote no checkpoint")?)
@@ -176,13 +189,15 @@ fn check_args(args: &FinetuneOptions) -> Result<(), String> {
 pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     crate::progress::print_warnings();
     check_args(&args)?;
-    let device = args.device.device()?;
+    let device = crate::world::device(args.device)?;
     // The outputs are written at the end: a folder there that is not ours stops us now.
     for sub in ["adapter", "merged"] {
         crate::export::check_writable(&args.out.join(sub))?;
     }
     // Held from --fresh to the last output written; `fit` takes it again within.
-    let _lock = phi_train::run_dir::RunLock::acquire(&args.out)?;
+    // Data-parallel: rank 0's (see `crate::world`).
+    let lead = crate::world::lead();
+    let _lock = if lead { Some(phi_train::run_dir::RunLock::acquire(&args.out)?) } else { None };
     let base_dir = base_checkpoint(&args)?;
     // The config first: a folder that is no model (a run's, say) is named as such, with the
     // models under it, rather than as a missing tokenizer.json.
@@ -251,8 +266,8 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     println!("base: {}", base_dir.display());
     let pad = eos;
     let probe = &probe;
-    let loss_before = sft_loss(&base, &val, args.batch_size, pad);
-    let completion_before = complete(&base, &tok, probe, eos)?;
+    // The "before" figures are rank 0's to print.
+    let (loss_before, completion_before) = if lead { (sft_loss(&base, &val, args.batch_size, pad), complete(&base, &tok, probe, eos)?) } else { (f64::NAN, String::new()) };
 
     let config = LoraConfig { r: args.rank, lora_alpha: args.alpha, lora_dropout: 0.0, target_modules: args.targets.clone().unwrap_or_else(|| phi_core::lora::default_targets(base.config().family)), use_rslora: false };
     let quantize = args.quantize;
@@ -297,7 +312,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    if args.fresh {
+    if args.fresh && lead {
         phi_train::checkpoint::remove_all(&args.out.join(CHECKPOINTS_DIR))?;
     }
     let bar = Progress::new(args.steps as u64, "finetune", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
@@ -309,6 +324,9 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     })
     .map_err(crate::recipes::in_tool_words)?;
     bar.finish();
+    if !lead {
+        return Ok(());
+    }
     if let Some(from) = outcome.resumed_from {
         println!("(resumed from the checkpoint at step {from})");
     }

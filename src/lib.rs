@@ -46,6 +46,7 @@ pub mod progress;
 pub mod recipes;
 pub mod serve_bench;
 pub mod synth;
+pub mod world;
 
 pub use phi_core as core;
 pub use phi_data as data;

@@ -26,7 +26,9 @@ pub fn fit_and_plot<O: Objective>(
     on_step: impl FnMut(&StepMetrics),
 ) -> phi_train::Result<TrainOutcome> {
     let mut outcome = phi_train::fit(weights, objective, cfg, out_dir, resume, device, on_step)?;
-    write_run_loss_curve(&mut outcome, cfg, out_dir);
+    if crate::world::lead() {
+        write_run_loss_curve(&mut outcome, cfg, out_dir);
+    }
     Ok(outcome)
 }
 

@@ -28,6 +28,15 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use phi_data::prepare::{PrepareProgress, Stage};
 
+/// Set by [`hide_all`]: every progress made after it is [`Progress::hidden`].
+static ALL_HIDDEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, every [`Progress`] shows nothing: the other ranks of a data-parallel run, whose
+/// progress is rank 0's (see [`crate::world`]).
+pub fn hide_all() {
+    ALL_HIDDEN.store(true, Ordering::Relaxed);
+}
+
 /// How often a progress line is written when stderr is not a terminal.
 pub const INTERVAL: Duration = Duration::from_secs(30);
 
@@ -134,6 +143,9 @@ impl Progress {
     /// Progress over `len` units of `what` (`train`, `tokenize`): a bar drawn with `template`
     /// (indicatif's; `{prefix}` is `what`) on a terminal, else lines on stderr.
     pub fn new(len: u64, what: &str, unit: Unit, template: &str) -> Self {
+        if ALL_HIDDEN.load(Ordering::Relaxed) {
+            return Self::hidden();
+        }
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(len);
             bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
@@ -156,6 +168,9 @@ impl Progress {
     /// A stage that reports no count (`what` says what it does): a spinner on a terminal, else
     /// a line when it starts and one when it ends.
     pub fn stage(what: &str) -> Self {
+        if ALL_HIDDEN.load(Ordering::Relaxed) {
+            return Self::hidden();
+        }
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new_spinner();
             bar.set_message(what.to_string());
@@ -317,11 +332,21 @@ impl Drop for PrepareBars {
 /// print nothing. The layer's entry points ([`crate::recipes::run`], [`crate::finetune::run`],
 /// [`crate::dpo_run::train`], [`crate::experiment::run`]) call it; calling it again does nothing.
 pub fn print_warnings() {
+    print_events(tracing_subscriber::filter::LevelFilter::WARN);
+}
+
+/// [`print_warnings`] for errors only: the other ranks of a data-parallel run, whose warnings
+/// rank 0 prints (they are the same run's).
+pub fn print_errors() {
+    print_events(tracing_subscriber::filter::LevelFilter::ERROR);
+}
+
+fn print_events(level: tracing_subscriber::filter::LevelFilter) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = Targets::new().with_target("phi", LevelFilter::WARN).with_target("phi_serve", LevelFilter::OFF);
+    let filter = Targets::new().with_target("phi", level).with_target("phi_serve", LevelFilter::OFF);
     // Fails only when a subscriber is installed already, which then gets the events.
     let _ = tracing_subscriber::registry().with(WarningLines.with_filter(filter)).try_init();
 }

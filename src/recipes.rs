@@ -352,7 +352,22 @@ pub fn training_data(args: &RecipeOptions, out: &std::path::Path) -> Result<(Mix
             .into());
         }
     }
-    let (m, reused) = prepare_or_reuse(&config, &dir, Some(&PrepareBars::new()))?;
+    // In a data-parallel run the other ranks only read what rank 0 prepared (see `crate::world`).
+    let (m, reused) = if crate::world::lead() {
+        prepare_or_reuse(&config, &dir, Some(&PrepareBars::new()))?
+    } else {
+        match Manifest::read(&dir) {
+            Ok(m) if m.fingerprint == phi_data::prepare::fingerprint(&config)? => (m, true),
+            _ => {
+                return Err(format!(
+                    "{}: this rank does not see the data rank 0 prepared there (--out must be on a file system every rank \
+                     sees, and --corpus the same files on every machine)",
+                    dir.display()
+                )
+                .into());
+            }
+        }
+    };
     if reused {
         println!("data: reusing {} (same inputs and settings)", dir.display());
     } else {
@@ -379,7 +394,7 @@ pub fn read_curriculum(path: &std::path::Path, seq_len: usize, windows_per_step:
 /// happen ([`crate::progress::print_warnings`]).
 pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error::Error>> {
     crate::progress::print_warnings();
-    let device: Device = args.device.device()?;
+    let device: Device = crate::world::device(args.device)?;
     if args.full && args.device == Backend::Cpu {
         return Err(format!("--full trains the published {} ({:.1}B parameters): use a GPU backend (--features cuda, --device cuda)",
             recipe.name, recipe.full_model.num_parameters() as f64 / 1e9).into());
@@ -405,8 +420,10 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     // One run at a time in `out`, from --fresh and the data preparation to the tokenizer
     // written beside the last checkpoint; `fit` takes it again within.
-    let _lock = phi_train::run_dir::RunLock::acquire(&out)?;
-    if args.fresh {
+    // Data-parallel: rank 0's (see `crate::world`).
+    let lead = crate::world::lead();
+    let _lock = if lead { Some(phi_train::run_dir::RunLock::acquire(&out)?) } else { None };
+    if args.fresh && lead {
         // Before the data is prepared again: only checkpoints of ours go, and a folder holding
         // anything else stops the run here with nothing changed.
         phi_train::checkpoint::remove_all(&out.join(phi_train::checkpoint::CHECKPOINTS_DIR))?;
@@ -433,7 +450,8 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
             (TrainData::Curriculum(loaded.curriculum), loaded.validation, loaded.tokenizer)
         }
         None => {
-            let (m, v, t) = training_data(&args, &out)?;
+            // Rank 0 prepares (or checks and reuses) the data, the others reuse it.
+            let (m, v, t) = crate::world::lead_first(|| training_data(&args, &out))?;
             (TrainData::Mixture(m), v, t)
         }
     };
@@ -463,13 +481,24 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
         cfg.seq_len
     );
     let resume = if args.fresh { Resume::No } else { Resume::Auto };
-    let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
-    let val_before = evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches);
+    // Rank 0's figure: the other ranks build no model before training.
+    let val_before = if lead {
+        let initial = PhiForCausalLM::init(model_config.clone(), &device, cfg.seed)?;
+        evaluate(&initial, &val_data, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
+    } else {
+        f64::NAN
+    };
     println!("validation loss before training: {val_before:.3}");
 
     let bar = Progress::new(cfg.max_steps as u64, "train", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]");
     let mut last_val = None;
+    // Fault injection for the tests: every step at least this long, so that a test can kill a
+    // process of a data-parallel run mid-run (the other ranks wait for rank 0's step).
+    let delay = std::env::var("PHI_TEST_STEP_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(std::time::Duration::from_millis);
     let on_step = |m: &phi_train::StepMetrics| {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         bar.set_position(m.step as u64);
         if m.val_loss.is_some() {
             last_val = m.val_loss;
@@ -485,6 +514,9 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     };
     let outcome = fit_and_plot(&Weights::Scratch(model_config.clone()), &mut objective, &cfg, &out, resume, &device, on_step).map_err(in_tool_words)?;
     bar.finish();
+    if !lead {
+        return Ok(());
+    }
     if let Ok(report) = std::fs::read_to_string(out.join(phi_train::checkpoint::DATA_REPORT_FILE)).map(|t| serde_json::from_str::<serde_json::Value>(&t)) {
         if let (TrainData::Curriculum(_), Ok(r)) = (&train_data, report) {
             println!("tokens per dataset per stage (target = the stage's tokens × the dataset's weight share):");

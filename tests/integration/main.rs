@@ -11,6 +11,9 @@ mod cli_dpo;
 mod cli_guards;
 mod cli_humaneval;
 mod cli_inputs;
+// Two MPI processes (mpirun): built with the `mpi` feature, which scripts/test turns on.
+#[cfg(feature = "mpi")]
+mod distributed;
 mod experiment;
 mod loss_curve;
 mod recipes;

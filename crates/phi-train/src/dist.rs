@@ -53,7 +53,9 @@ pub trait Collective: Send + Sync {
     /// The smallest and the largest of `value` over every rank (agreement checks).
     fn min_max(&self, value: u64) -> (u64, u64);
 
-    /// Returns once every rank has called it.
+    /// Returns once every rank has called it. Without a time limit: it is where the other ranks
+    /// wait for rank 0's file work (data preparation, a cleanup), which may take long; a rank
+    /// that dies meanwhile is the launcher's to notice.
     fn barrier(&self);
 
     /// Ends every process of the job with `code` (a rank that cannot go on must not leave the
@@ -183,11 +185,27 @@ pub fn world() -> Arc<dyn Collective> {
 
 /// Makes `world` the process's collective until the returned guard drops (then [`world`] is
 /// [`Single`] again, and an MPI world, once its last handle goes, finalizes MPI). Keep the guard
-/// for as long as training runs, and drop it before the process exits: MPI launchers treat a
-/// process that exits without finalizing as failed.
+/// for as long as training runs, and drop it before the process exits, on the thread that
+/// called [`from_launcher`] (MPI finalizes on the thread that initialized it): MPI launchers
+/// treat a process that exits without finalizing as failed.
+///
+/// With several ranks, a panic on any thread of this process ends the whole job (after the
+/// panic's message): unwinding would finalize MPI, which waits for the other ranks, while they
+/// wait for this one in the next collective.
 #[must_use = "the world is uninstalled (and MPI finalized) when the guard drops"]
 pub fn install(world: Arc<dyn Collective>) -> Installed {
     *WORLD.write().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
+    if world.size() > 1 {
+        let previous = std::panic::take_hook();
+        // Weak: the hook outlives the guard, and must not keep MPI from finalizing.
+        let on_panic = Arc::downgrade(&world);
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            if let Some(world) = on_panic.upgrade() {
+                world.abort(101);
+            }
+        }));
+    }
     Installed { world }
 }
 
@@ -209,9 +227,10 @@ impl Drop for Installed {
 }
 
 /// Where a launcher says this process stands: `(rank, size, local rank)`, from Open MPI's
-/// `OMPI_COMM_WORLD_*`, PMI's `PMI_RANK`/`PMI_SIZE` (MPICH's hydra, Intel MPI), PMIx's
-/// `PMIX_RANK` (Slurm's `srun --mpi=pmix`) with Slurm's `SLURM_NTASKS`, or Slurm's
-/// `SLURM_PROCID`/`SLURM_NTASKS` alone. `None` when no launcher started the process.
+/// `OMPI_COMM_WORLD_*`, PMI's `PMI_RANK`/`PMI_SIZE` (MPICH's hydra, Intel MPI), or a Slurm job
+/// step's `SLURM_PROCID`/`SLURM_STEP_NUM_TASKS` (what `srun` sets; a batch script's own
+/// process, which `srun` did not start, has no step task count and is not taken for rank 0 of
+/// the job's tasks). `None` when no launcher started the process.
 pub fn launcher_env() -> Option<(usize, usize, usize)> {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<usize>().ok());
     let local = |fallback: usize| get("OMPI_COMM_WORLD_LOCAL_RANK").or(get("MPI_LOCALRANKID")).or(get("SLURM_LOCALID")).unwrap_or(fallback);
@@ -221,7 +240,7 @@ pub fn launcher_env() -> Option<(usize, usize, usize)> {
     if let (Some(r), Some(n)) = (get("PMI_RANK"), get("PMI_SIZE")) {
         return Some((r, n, local(r)));
     }
-    if let (Some(r), Some(n)) = (get("PMIX_RANK").or(get("SLURM_PROCID")), get("SLURM_NTASKS")) {
+    if let (Some(r), Some(n)) = (get("SLURM_PROCID").or(get("PMIX_RANK")), get("SLURM_STEP_NUM_TASKS")) {
         return Some((r, n, local(r)));
     }
     None
@@ -363,7 +382,7 @@ pub use self::mpi_world::Mpi;
 mod mpi_world {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
 
     use mpi::collective::SystemOperation;
     use mpi::topology::SimpleCommunicator;
@@ -395,7 +414,9 @@ mod mpi_world {
         /// Initializes MPI (once per process). An error where it was already initialized or
         /// cannot give serialized threading.
         pub fn init() -> Result<Mpi> {
-            let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            // Multiple, so that the watchdog may call MPI_Abort while the main thread waits in a
+            // collective; Serialized is enough for the training itself.
+            let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Multiple)
                 .ok_or_else(|| TrainError::Distributed("MPI is already initialized in this process".into()))?;
             if !matches!(threading, mpi::Threading::Serialized | mpi::Threading::Multiple) {
                 return Err(TrainError::Distributed(format!("the MPI library gives {threading:?} threading; training needs at least Serialized")));
@@ -404,7 +425,7 @@ mod mpi_world {
             let (rank, size) = (comm.rank() as usize, comm.size() as usize);
             let since = Arc::new(AtomicU64::new(0));
             let timeout = timeout()?;
-            watchdog(since.clone(), timeout, rank, size);
+            watchdog(since.clone(), timeout, rank, size, threading == mpi::Threading::Multiple);
             Ok(Mpi { comm: Mutex::new(comm), rank, size, since, _universe: universe })
         }
 
@@ -423,6 +444,7 @@ mod mpi_world {
     /// to notice (it ends the job at once); this is for a rank that hangs — stopped, deadlocked,
     /// stuck on a dead file system — which no launcher notices. A step whose slowest rank is
     /// slower than that (or rank 0 writing a large checkpoint while the others wait) needs more.
+    /// [`Collective::barrier`] has no limit.
     fn timeout() -> Result<Duration> {
         match std::env::var("PHI_COLLECTIVE_TIMEOUT_S") {
             Err(_) => Ok(Duration::from_secs(1800)),
@@ -433,13 +455,16 @@ mod mpi_world {
         }
     }
 
+    /// Milliseconds on a monotonic clock (a wall-clock jump must not end a healthy job).
     fn now_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
     }
 
     /// A thread that ends the job when a collective has waited longer than `timeout`: a hung rank
     /// then costs the job, with a message naming this rank and the wait, never a silent hang.
-    fn watchdog(since: Arc<AtomicU64>, timeout: Duration, rank: usize, size: usize) {
+    fn watchdog(since: Arc<AtomicU64>, timeout: Duration, rank: usize, size: usize, multiple: bool) {
+        now_ms();
         let spawned = std::thread::Builder::new().name("phi-collective-watchdog".into()).spawn(move || {
             loop {
                 std::thread::sleep(Duration::from_millis(500).min(timeout / 4));
@@ -451,7 +476,12 @@ mod mpi_world {
                          (PHI_COLLECTIVE_TIMEOUT_S): a rank hangs or died; ending the job",
                         timeout.as_secs_f64()
                     );
-                    SimpleCommunicator::world().abort(3);
+                    if multiple {
+                        SimpleCommunicator::world().abort(3);
+                    }
+                    // Without MPI_THREAD_MULTIPLE no second MPI call may run beside the waiting
+                    // one: SIGABRT instead, which the launcher sees and ends the job for.
+                    std::process::abort();
                 }
             }
         });
@@ -483,7 +513,8 @@ mod mpi_world {
             (lo, hi)
         }
         fn barrier(&self) {
-            self.run(|c| c.barrier());
+            // Not under the watchdog (see the trait).
+            self.comm.lock().unwrap_or_else(|e| e.into_inner()).barrier();
         }
         fn abort(&self, code: i32) -> ! {
             // Not through the mutex: the thread that holds it may be the one waiting forever.

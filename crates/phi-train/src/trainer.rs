@@ -266,6 +266,15 @@ impl Trainer {
         if ranks > 1 {
             // Every rank's share summed: each rank's loss, metrics and gradients are already
             // weighted by w_i / Σw (the global Σw), so the sums are the step's.
+            // An objective whose figures differ in number between ranks would make the sums
+            // below mismatched buffers: refused by name instead.
+            let (lo, hi) = world.min_max(extra.len() as u64);
+            if lo != hi {
+                return Err(TrainError::Distributed(format!(
+                    "{}: step {done}: the ranks logged different numbers of metrics ({lo} and {hi}); an objective's metrics must be the same for every batch",
+                    world.describe()
+                )));
+            }
             let mut sums: Vec<f64> = std::iter::once(loss_sum).chain(extra.iter().map(|e| e.1)).collect();
             world.sum_f64(&mut sums);
             loss_sum = sums[0];

@@ -239,6 +239,9 @@ pub struct BenchArgs {
     pub vocab: usize,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// train and lora: micro-batches per step (under `mpirun -np N`, shared by the N processes).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     #[arg(long, default_value_t = 256)]
     pub seq: usize,
     #[arg(long, default_value_t = 5)]
@@ -288,6 +291,7 @@ impl BenchArgs {
             heads: self.heads,
             vocab: self.vocab,
             batch: self.batch,
+            grad_accum: self.grad_accum,
             seq: self.seq,
             steps: self.steps,
             gen_tokens: self.gen_tokens,

@@ -845,6 +845,31 @@ fn main() -> ExitCode {
         // SAFETY: `signal` with SIG_IGN installs no handler; no other thread exists yet.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
+    // Data-parallel training (`mpirun -np N phi train …`, `srun phi train …`): the training
+    // commands join the launcher's world, each rank running the same command; rank 0 prints,
+    // the other ranks only their errors.
+    let joins = match &cli.command {
+        Command::Train { .. } | Command::Finetune(_) | Command::Dpo(_) => true,
+        Command::Bench(a) => matches!(a.workload, phi::bench::Workload::Train | phi::bench::Workload::Lora),
+        _ => false,
+    };
+    let world = if joins {
+        match phi::train::dist::from_launcher() {
+            Ok(w) => w.map(phi::train::dist::install),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let other_rank = world.as_ref().is_some_and(|w| w.world().rank() != 0);
+    if other_rank {
+        phi::progress::hide_all();
+        silence_stdout();
+        phi::progress::print_errors();
+    }
     // The libraries' warnings (a checkpoint passed over, one not pruned, a loss curve not drawn),
     // as `warning: …` lines on stderr when they happen; `phi serve` has its own log instead.
     if !matches!(cli.command, Command::Serve { .. }) {
@@ -904,12 +929,32 @@ fn main() -> ExitCode {
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
         },
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (result, world) {
+        // The world's guard drops here, finalizing MPI: a launcher counts a rank that exits
+        // without it as failed.
+        (Ok(()), _) => ExitCode::SUCCESS,
+        // A rank that cannot go on ends the job: the others would wait for it in the next
+        // collective.
+        (Err(e), Some(w)) => {
+            eprintln!("error: {}: {e}", w.world().describe());
+            w.world().abort(1)
+        }
+        (Err(e), None) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Points stdout at /dev/null: the other ranks of a data-parallel run print nothing but errors
+/// (on stderr); rank 0's output is the run's.
+fn silence_stdout() {
+    #[cfg(unix)]
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 with a valid open descriptor; Rust's stdout writes to fd 1 and
+        // holds nothing else of it. `null` closes its own descriptor when dropped.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
 }
 
