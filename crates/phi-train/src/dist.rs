@@ -338,6 +338,30 @@ pub fn all_reduce_grads<M: Module>(module: &M, grads: &mut GradientsParams, worl
     Ok(())
 }
 
+/// Checks that every rank of `world` holds the same weights in `module`, to the bit (an XXH3 of
+/// every parameter's values, compared across ranks); an error naming the step where they differ.
+/// A host copy of the weights on each rank: [`crate::fit()`] runs it at checkpoints only.
+pub fn check_same_weights<M: Module>(module: &M, world: &dyn Collective, step: usize) -> Result<()> {
+    struct Hash(xxhash_rust::xxh3::Xxh3Default);
+    impl ModuleVisitor for Hash {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data();
+            self.0.update(data.as_bytes());
+        }
+    }
+    let mut hash = Hash(xxhash_rust::xxh3::Xxh3Default::new());
+    module.visit(&mut hash);
+    let (lo, hi) = world.min_max(hash.0.digest());
+    if lo != hi {
+        return Err(TrainError::Distributed(format!(
+            "{}: step {step}: the ranks' weights differ (they apply the same update to the same weights, so a rank's \
+             computation went astray); no checkpoint was written at this step",
+            world.describe()
+        )));
+    }
+    Ok(())
+}
+
 /// The parameters that have a gradient, in visiting order, with their sizes.
 struct Ids<'a> {
     grads: &'a GradientsParams,
@@ -523,5 +547,33 @@ mod mpi_world {
         fn describe(&self) -> String {
             format!("rank {} of {} (MPI)", self.rank, self.size)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+    use phi_core::{PhiConfig, PhiForCausalLM};
+
+    #[test]
+    fn ranks_whose_weights_differ_are_caught_and_the_same_weights_pass() {
+        let config = PhiConfig::phi_family(32, 1, 4, 64, 0.5);
+        let outcomes: Vec<[bool; 2]> = std::thread::scope(|s| {
+            let handles: Vec<_> = LocalGroup::new(2)
+                .into_iter()
+                .map(|world| {
+                    let config = config.clone();
+                    s.spawn(move || {
+                        let device = Device::default();
+                        let same = PhiForCausalLM::init(config.clone(), &device, 3).unwrap();
+                        let own = PhiForCausalLM::init(config, &device, 3 + world.rank() as u64).unwrap();
+                        [check_same_weights(&same, &*world, 5).is_ok(), check_same_weights(&own, &*world, 5).is_ok()]
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes, [[true, false], [true, false]]);
     }
 }

@@ -617,9 +617,15 @@ pub fn fit<O: Objective>(
             on_step(&m);
         }
         history.push(m);
+        let checkpoint_now = (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last;
+        // What rank 0 saves must be every rank's weights: ranks that drifted apart (a
+        // nondeterministic kernel, a bit flip) stop the run here instead of training on silently.
+        if checkpoint_now && world.size() > 1 {
+            crate::dist::check_same_weights(trainer.model(), &*world, done)?;
+        }
         // Rank 0 writes after every rank has finished the step: the step's reduction waited
         // for all of them, and the weights are the same everywhere.
-        if lead && ((cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || last) {
+        if lead && checkpoint_now {
             // Never a checkpoint with NaN/inf weights (whatever let them through, e.g. a resumed
             // checkpoint written before this check existed).
             let (bad, total) = non_finite_weights(trainer.model());
