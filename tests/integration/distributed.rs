@@ -108,6 +108,43 @@ fn same_weights(a: &Path, b: &Path, name: &str) {
     }
 }
 
+/// A scratch folder with the prepared corpus and `OVER` as `over.toml`.
+fn pretraining() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared(root.path());
+    let toml = root.path().join("over.toml");
+    std::fs::write(&toml, OVER).unwrap();
+    (root, data, toml)
+}
+
+/// `job` (a run into `dir` with steps slowed to 300 ms) started, once `steps` steps are logged.
+fn started_until_step(mut job: Command, dir: &Path, steps: usize) -> std::process::Child {
+    let mut child = job.env("PHI_TEST_STEP_DELAY_MS", "300").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string(dir.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= steps) {
+        assert!(t.elapsed() < Duration::from_secs(300) && child.try_wait().unwrap().is_none(), "the run did not reach step {steps}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Waits up to 60 s for `job` to end (`None`: it still runs).
+fn ended_within_a_minute(job: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = job.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Whether process `pid` has ended (gone, or a zombie no one reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| s.contains("State:\tZ"))
+}
+
 fn checkpoint(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("checkpoints/step-{step:08}"))
 }
@@ -117,10 +154,7 @@ const OVER: &str = "max_steps = 20\nbatch_size = 2\nseq_len = 32\ngrad_accum = 4
 
 #[test]
 fn pretraining_in_two_processes_is_the_one_process_run_and_rank_0_alone_writes() {
-    let root = tempfile::tempdir().unwrap();
-    let data = prepared(root.path());
-    let toml = root.path().join("over.toml");
-    std::fs::write(&toml, OVER).unwrap();
+    let (root, data, toml) = pretraining();
     let (one, two) = (root.path().join("one"), root.path().join("two"));
     let single = ok(&train(1, &data, &toml, &one).output().unwrap());
     let out = train(2, &data, &toml, &two).output().unwrap();
@@ -169,38 +203,22 @@ fn rank_pid(mpirun: u32, rank: usize) -> Option<u32> {
 
 #[test]
 fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_run_resumes_at_one_or_two_processes() {
-    let root = tempfile::tempdir().unwrap();
-    let data = prepared(root.path());
-    let toml = root.path().join("over.toml");
-    std::fs::write(&toml, OVER).unwrap();
+    let (root, data, toml) = pretraining();
     let whole = root.path().join("whole");
     ok(&train(1, &data, &toml, &whole).output().unwrap());
 
     // Two processes, steps slowed to 300 ms; rank 1 gets SIGKILL once step 10 is logged.
     let killed = root.path().join("killed");
-    let mut job = train(2, &data, &toml, &killed).env("PHI_TEST_STEP_DELAY_MS", "300").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let t = Instant::now();
-    while !std::fs::read_to_string(killed.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 10) {
-        assert!(t.elapsed() < Duration::from_secs(300), "the run did not reach step 10");
-        assert!(job.try_wait().unwrap().is_none(), "the run ended before step 10");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut job = started_until_step(train(2, &data, &toml, &killed), &killed, 10);
     let (rank0, rank1) = (rank_pid(job.id(), 0).expect("rank 0 runs"), rank_pid(job.id(), 1).expect("rank 1 runs"));
     // SAFETY: kill(2) on a pid of ours.
     assert_eq!(unsafe { libc::kill(rank1 as i32, libc::SIGKILL) }, 0);
-    let killed_at = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        assert!(killed_at.elapsed() < Duration::from_secs(60), "the job did not end within 60 s of a rank's death");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = ended_within_a_minute(&mut job).expect("the job ends within 60 s of a rank's death");
     let out = job.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!status.success(), "{err}");
     assert!(err.contains("rank 1"), "the message names the rank: {err}");
-    assert!(!Path::new(&format!("/proc/{rank0}")).exists() || std::fs::read_to_string(format!("/proc/{rank0}/status")).is_ok_and(|s| s.contains("State:\tZ")), "rank 0 ended too");
+    assert!(gone(rank0), "rank 0 ended too");
     let logged = metrics(&killed).len();
     assert!((10..20).contains(&logged), "{logged} steps logged");
 
@@ -217,42 +235,34 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_run_resumes_at_one_or_tw
 
 #[test]
 fn a_rank_that_hangs_ends_the_job_once_a_collective_has_waited_past_the_timeout() {
-    let root = tempfile::tempdir().unwrap();
-    let data = prepared(root.path());
-    let toml = root.path().join("over.toml");
-    std::fs::write(&toml, OVER).unwrap();
+    let (root, data, toml) = pretraining();
     let run = root.path().join("run");
-    let mut job = train(2, &data, &toml, &run)
-        .env("PHI_TEST_STEP_DELAY_MS", "300")
-        .env("PHI_COLLECTIVE_TIMEOUT_S", "3")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 3) {
-        assert!(t.elapsed() < Duration::from_secs(300) && job.try_wait().unwrap().is_none(), "the run did not reach step 3");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut slow = train(2, &data, &toml, &run);
+    slow.env("PHI_COLLECTIVE_TIMEOUT_S", "3");
+    let mut job = started_until_step(slow, &run, 3);
     // SIGSTOP: rank 1 neither dies nor answers, which no launcher notices.
     let rank1 = rank_pid(job.id(), 1).expect("rank 1 runs");
     // SAFETY: kill(2) on a pid of ours.
     assert_eq!(unsafe { libc::kill(rank1 as i32, libc::SIGSTOP) }, 0);
-    let stopped = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        if stopped.elapsed() > Duration::from_secs(60) {
-            // SAFETY: as above; the test must not leave a stopped process behind.
-            unsafe { libc::kill(rank1 as i32, libc::SIGKILL) };
-            let _ = job.kill();
-            panic!("the job still waits 60 s after rank 1 stopped");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if ended_within_a_minute(&mut job).is_none() {
+        // SAFETY: as above; the test must not leave a stopped process behind.
+        unsafe { libc::kill(rank1 as i32, libc::SIGKILL) };
+        let _ = job.kill();
+        panic!("the job still waits 60 s after rank 1 stopped");
     }
     let out = job.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("rank 0 of 2: a collective operation has waited 3 s"), "{err}");
-    assert!(!Path::new(&format!("/proc/{rank1}/status")).exists() || std::fs::read_to_string(format!("/proc/{rank1}/status")).is_ok_and(|s| s.contains("State:\tZ")), "rank 1 ended too");
+    assert!(gone(rank1), "rank 1 ended too");
+
+    // A timeout that is no number: refused by name before any step, and the folder's run is
+    // left as it was.
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let out = train(2, &data, &toml, &run).env("PHI_COLLECTIVE_TIMEOUT_S", "soon").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("PHI_COLLECTIVE_TIMEOUT_S=\"soon\"") && err.contains("positive number of seconds"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before);
 }
 
 #[test]
