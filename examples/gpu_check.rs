@@ -4,7 +4,13 @@
 //! - `parity`: every fixture model on the device (f32) against its transformers logits;
 //! - `train`: mixed-precision training steps of a phi-1.5-sized model ([`phi::bench::bench_train`],
 //!   the step every objective runs), tokens/s and MFU;
-//! - `decode`: greedy decoding with the KV cache at batch 1 and 16, tokens/s.
+//! - `decode`: greedy decoding with the KV cache at batch 1 and 16, tokens/s;
+//! - `dp`: the data-parallel step on 1, 2, 4, … of the machine's `--gpus` GPUs (one rank per
+//!   GPU, as threads of this process: [`phi::train::dist::LocalGroup`]), unsharded and with
+//!   ZeRO-1, tokens/s and the scaling efficiency against one GPU. The gradients and weights go
+//!   device → host → device as on the MPI path, but are summed in shared host buffers
+//!   (each rank a 1/N segment) rather than sent between processes. On one GPU: world size 1
+//!   through the same code.
 //!
 //! Prints one JSON object per result line on stdout; the script gathers them.
 //!
@@ -24,8 +30,11 @@ use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
-    /// parity, train, decode or all.
+    /// parity, train, decode, dp or all.
     what: String,
+    /// dp: the machine's GPUs (the script counts them with nvidia-smi).
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
     #[arg(long, default_value = "cuda")]
     device: Backend,
     /// The fixture models (phi-core's tests/fixtures).
@@ -71,8 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let device = a.device.device()?;
     let all = a.what == "all";
-    if !all && !["parity", "train", "decode"].contains(&a.what.as_str()) {
-        return Err(format!("`{}`: expected parity, train, decode or all", a.what).into());
+    if !all && !["parity", "train", "decode", "dp"].contains(&a.what.as_str()) {
+        return Err(format!("`{}`: expected parity, train, decode, dp or all", a.what).into());
     }
     if all || a.what == "parity" {
         parity(&a, &device)?;
@@ -82,6 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if all || a.what == "decode" {
         decode(&a, &device)?;
+    }
+    if all || a.what == "dp" {
+        data_parallel(&a)?;
     }
     Ok(())
 }
@@ -196,6 +208,57 @@ fn decode(a: &Args, device: &Device) -> Result<(), Box<dyn std::error::Error>> {
             json!({"check": "decode", "batch": b, "prompt": a.prompt, "new_tokens": a.new_tokens, "seconds": secs,
                    "tokens_per_s": (b * a.new_tokens) as f64 / secs, "sequences_per_s_per_token": a.new_tokens as f64 / secs})
         );
+    }
+    Ok(())
+}
+
+/// The training step data-parallel on `n` = 1, 2, 4, … GPUs (and all of them), one rank per GPU
+/// taking one micro-batch of `batch` sequences per step (the global batch grows with `n`: weak
+/// scaling, as the published recipes' global batches are far larger than one GPU's), the AdamW
+/// state whole on each rank and then sharded (ZeRO-1). Scaling efficiency: tokens/s on `n`
+/// GPUs over `n` times one GPU's.
+fn data_parallel(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2)).take_while(|&n| n <= a.gpus).collect();
+    if !sizes.contains(&a.gpus) {
+        sizes.push(a.gpus);
+    }
+    // A rank that panics (out of memory, say) would leave the others waiting in a collective
+    // forever: the whole check ends instead, with the panic's message.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        std::process::exit(101);
+    }));
+    for zero in [0u8, 1] {
+        let mut one_gpu = None;
+        for &n in &sizes {
+            let o = phi::bench::BenchOptions { grad_accum: n, zero, ..options(a)? };
+            let config = phi::bench::baseline_config(&o, false);
+            let ranks = phi::train::dist::LocalGroup::new(n);
+            let rates: Vec<f64> = std::thread::scope(|s| {
+                let handles: Vec<_> = ranks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(gpu, world)| {
+                        let (o, config) = (&o, &config);
+                        s.spawn(move || {
+                            let device = a.device.device_at(gpu).unwrap_or_else(|e| panic!("GPU {gpu}: {e}"));
+                            phi::bench::bench_train_in(config, o, &device, false, world)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("a panicking rank ends the process")).collect()
+            });
+            let tokens_per_s = rates[0];
+            let base = *one_gpu.get_or_insert(tokens_per_s);
+            println!(
+                "{}",
+                json!({
+                    "check": "data_parallel", "gpus": n, "zero": zero, "sharded": zero == 1 && n > 1, "batch_per_gpu": a.batch, "seq": a.seq, "precision": a.precision,
+                    "tokens_per_s": tokens_per_s, "scaling_efficiency": tokens_per_s / (n as f64 * base),
+                })
+            );
+        }
     }
     Ok(())
 }

@@ -107,6 +107,8 @@ pub struct BenchOptions {
     /// back to the OS. The `phi` binary's allocator keeps freed memory otherwise (see its
     /// `returning_freed_memory`), and the decode's peak RSS would be the f32 model's.
     pub around_pack: Option<fn(&mut dyn FnMut())>,
+    /// train and lora under a launcher: the ZeRO stage (see `TrainConfig::zero`).
+    pub zero: u8,
 }
 
 impl Default for BenchOptions {
@@ -131,6 +133,7 @@ impl Default for BenchOptions {
             torch_decode: None,
             precision: phi_train::Precision::F32,
             around_pack: None,
+            zero: 0,
         }
     }
 }
@@ -207,6 +210,7 @@ pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
         keep_checkpoints: 1,
         seed: 0,
         precision: a.precision,
+        zero: a.zero,
         ..TrainConfig::default()
     }
 }
@@ -216,6 +220,13 @@ pub fn baseline_train_config(a: &BenchOptions) -> phi_train::TrainConfig {
 /// `steps` after one warm-up. With `lora`, the base is frozen and adapters (r 8, every
 /// projection) train.
 pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: bool) -> f64 {
+    bench_train_in(config, a, device, lora, phi_train::dist::world())
+}
+
+/// [`bench_train`] as one rank of `world` (ranks as threads of one process, one per GPU:
+/// [`phi_train::dist::LocalGroup`]): each rank runs its share of the step's `grad_accum`
+/// micro-batches, and the ranks' weights are checked to be the same at the end.
+pub fn bench_train_in(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: bool, world: std::sync::Arc<dyn phi_train::dist::Collective>) -> f64 {
     let ad = device.clone().autodiff();
     let mut model = PhiForCausalLM::init(config.clone(), &ad, 0).expect("valid bench config");
     if lora {
@@ -234,7 +245,7 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
     let data = phi_data::Mixture::single(phi_data::TokenDataset::from_tokens(tokens));
     let val = phi_data::TokenDataset::from_tokens(vec![0; a.seq + 1]);
     let mut objective = phi_train::CausalLm::new(&data, &val, a.seq, cfg.seed).expect("bench data");
-    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
+    let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings").with_world(world.clone());
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t = Instant::now();
@@ -243,6 +254,9 @@ pub fn bench_train(config: &PhiConfig, a: &BenchOptions, device: &Device, lora: 
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
+    }
+    if world.size() > 1 {
+        phi_train::dist::check_same_weights(trainer.model(), &*world, trainer.steps_done()).expect("the ranks hold the same weights");
     }
     // The step's tokens, all ranks' together in a data-parallel run.
     (micro * a.batch * a.seq) as f64 / median(times)

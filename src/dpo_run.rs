@@ -88,6 +88,8 @@ pub struct DpoRunOptions {
     pub seed: u64,
     pub out: PathBuf,
     pub device: Backend,
+    /// ZeRO stage of a data-parallel run (see `TrainConfig::zero`).
+    pub zero: u8,
 }
 
 impl DpoRunOptions {
@@ -119,6 +121,7 @@ impl DpoRunOptions {
             seed: 42,
             out: out.into(),
             device: Backend::Cpu,
+            zero: 0,
         }
     }
 
@@ -260,6 +263,7 @@ pub fn prepare(opts: &DpoRunOptions) -> Res<Prepared> {
         checkpoint_every: opts.checkpoint_every,
         seed: opts.seed,
         precision: opts.precision,
+        zero: opts.zero,
         ..TrainConfig::default()
     };
     train.validate(&model)?;

@@ -55,6 +55,8 @@ pub struct FinetuneOptions {
     /// AdamW for the adapters (default: torch's, without weight decay).
     pub optimizer: AdamWSettings,
     pub device: Backend,
+    /// ZeRO stage of a data-parallel run (see `TrainConfig::zero`).
+    pub zero: u8,
 }
 
 impl Default for FinetuneOptions {
@@ -78,6 +80,7 @@ impl Default for FinetuneOptions {
             quantize: None,
             optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
             device: Backend::Cpu,
+            zero: 0,
         }
     }
 }
@@ -285,6 +288,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: args.checkpoint_every,
         seed: 7,
         precision: args.precision,
+        zero: args.zero,
         ..TrainConfig::default()
     };
     {

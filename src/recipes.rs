@@ -181,6 +181,8 @@ pub struct RecipeOptions {
     /// The device's peak FLOP/s for the MFU figure (default: a GPU's from its name; a CPU
     /// reports no MFU without it).
     pub peak_flops: Option<f64>,
+    /// ZeRO stage of a data-parallel run (default: the config's, 0): see `TrainConfig::zero`.
+    pub zero: Option<u8>,
 }
 
 impl Default for RecipeOptions {
@@ -199,6 +201,7 @@ impl Default for RecipeOptions {
             device: Backend::Cpu,
             precision: None,
             peak_flops: None,
+            zero: None,
         }
     }
 }
@@ -407,6 +410,9 @@ pub fn run(recipe: Recipe, args: RecipeOptions) -> Result<(), Box<dyn std::error
     }
     if let Some(p) = args.peak_flops {
         cfg.peak_flops = Some(p);
+    }
+    if let Some(z) = args.zero {
+        cfg.zero = z;
     }
     // Before the data is prepared or a model built: a bad setting is an error naming its key.
     cfg.validate(&model_config).map_err(|e| match &args.config {

@@ -1,8 +1,9 @@
 //! Data-parallel training over MPI, `mpirun -np 2 phi …` on the CPU backend: the same per-step
 //! losses, gradient norms, validation losses and final weights as one process (to 1e-5: only the
-//! order of float sums differs) for pre-training, LoRA SFT and LoRA DPO; rank 0 alone writes; a
-//! `grad_accum` two processes cannot share is refused; a rank killed with SIGKILL ends the job
-//! within seconds, naming the rank, and the run resumes at one process or at two.
+//! order of float sums differs) for pre-training, LoRA SFT and LoRA DPO, with the AdamW state
+//! whole on each rank or sharded (`--zero 1`); rank 0 alone writes; a `grad_accum` two
+//! processes cannot share is refused; a rank killed with SIGKILL ends the job within seconds,
+//! naming the rank, and the run (sharded) resumes at one process or at two, sharded or not.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,16 @@ fn pretraining_in_two_processes_is_the_one_process_run_and_rank_0_alone_writes()
     let double = ok(&out);
     same_metrics(&one, &two, 20);
     same_weights(&checkpoint(&one, 20), &checkpoint(&two, 20), "model.safetensors");
+    // ZeRO-1: the same run, and the same checkpoint — the optimizer state gathered into the
+    // one-process file (same tensors, shapes and keys: the same size).
+    let sharded = root.path().join("sharded");
+    ok(&train(2, &data, &toml, &sharded).args(["--zero", "1"]).output().unwrap());
+    same_metrics(&one, &sharded, 20);
+    same_weights(&checkpoint(&one, 20), &checkpoint(&sharded, 20), "model.safetensors");
+    let size = |d: &Path| std::fs::metadata(checkpoint(d, 20).join("optimizer.bin")).unwrap().len();
+    assert_eq!(size(&one), size(&sharded));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checkpoint(&sharded, 20).join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["config"]["zero"], 1, "the run was sharded");
     // Rank 0's output once, as one process prints it (the other rank prints nothing).
     for line in ["validation loss before training", "validation loss:", "(phi generate --model"] {
         assert_eq!(double.matches(line).count(), 1, "{line}: {double}");
@@ -207,9 +218,12 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_run_resumes_at_one_or_tw
     let whole = root.path().join("whole");
     ok(&train(1, &data, &toml, &whole).output().unwrap());
 
-    // Two processes, steps slowed to 300 ms; rank 1 gets SIGKILL once step 10 is logged.
+    // Two processes with the AdamW state sharded, steps slowed to 300 ms; rank 1 gets SIGKILL
+    // once step 10 is logged.
     let killed = root.path().join("killed");
-    let mut job = started_until_step(train(2, &data, &toml, &killed), &killed, 10);
+    let mut sharded = train(2, &data, &toml, &killed);
+    sharded.args(["--zero", "1"]);
+    let mut job = started_until_step(sharded, &killed, 10);
     let (rank0, rank1) = (rank_pid(job.id(), 0).expect("rank 0 runs"), rank_pid(job.id(), 1).expect("rank 1 runs"));
     // SAFETY: kill(2) on a pid of ours.
     assert_eq!(unsafe { libc::kill(rank1 as i32, libc::SIGKILL) }, 0);
@@ -222,11 +236,12 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it_and_the_run_resumes_at_one_or_tw
     let logged = metrics(&killed).len();
     assert!((10..20).contains(&logged), "{logged} steps logged");
 
-    // Resumed from its last complete checkpoint, at 1 and at 2 processes: where the whole run ends.
-    for n in [1, 2] {
-        let again = root.path().join(format!("again{n}"));
+    // Resumed from its last complete checkpoint (the gathered state), at 1 and at 2 processes,
+    // sharded again or not: where the whole run ends.
+    for (n, zero) in [(1, "0"), (2, "0"), (2, "1")] {
+        let again = root.path().join(format!("again{n}-{zero}"));
         copy_dir(&killed, &again);
-        let out = ok(&train(n, &data, &toml, &again).output().unwrap());
+        let out = ok(&train(n, &data, &toml, &again).args(["--zero", zero]).output().unwrap());
         assert!(out.contains("resumed from the checkpoint at step"), "{out}");
         same_metrics(&whole, &again, 20);
         same_weights(&checkpoint(&whole, 20), &checkpoint(&again, 20), "model.safetensors");
@@ -307,41 +322,47 @@ fn sft_base(root: &Path) -> (PathBuf, PathBuf) {
 fn lora_sft_in_two_processes_is_the_one_process_run() {
     let root = tempfile::tempdir().unwrap();
     let (base, data) = sft_base(root.path());
-    let run = |n: usize, out: &Path| {
-        let mut c = launch(n, &["finetune", "--steps", "6", "--batch-size", "2", "--grad-accum", "2", "--lr", "1e-2"]);
+    let run = |n: usize, zero: &str, out: &Path| {
+        let mut c = launch(n, &["finetune", "--steps", "6", "--batch-size", "2", "--grad-accum", "2", "--lr", "1e-2", "--zero", zero]);
         c.arg("--base").arg(&base).arg("--data").arg(&data).arg("--out").arg(out);
         ok(&c.output().unwrap())
     };
-    let (one, two) = (root.path().join("one"), root.path().join("two"));
-    run(1, &one);
-    let printed = run(2, &two);
-    assert_eq!(printed.matches("held-out loss (response tokens)").count(), 1, "{printed}");
-    same_metrics(&one, &two, 6);
-    same_weights(&one.join("adapter"), &two.join("adapter"), "adapter_model.safetensors");
-    same_weights(&one.join("merged"), &two.join("merged"), "model.safetensors");
+    let one = root.path().join("one");
+    run(1, "0", &one);
+    for zero in ["0", "1"] {
+        let two = root.path().join(format!("two-{zero}"));
+        let printed = run(2, zero, &two);
+        assert_eq!(printed.matches("held-out loss (response tokens)").count(), 1, "{printed}");
+        same_metrics(&one, &two, 6);
+        same_weights(&one.join("adapter"), &two.join("adapter"), "adapter_model.safetensors");
+        same_weights(&one.join("merged"), &two.join("merged"), "model.safetensors");
+    }
 }
 
 #[test]
 fn lora_dpo_in_two_processes_is_the_one_process_run() {
     let root = tempfile::tempdir().unwrap();
     let adapter = fixture("lora-phi-tiny");
-    let run = |n: usize, out: &Path| {
-        let mut c = launch(n, &["dpo", "--steps", "4", "--warmup-steps", "1", "--batch-size", "1", "--grad-accum", "2", "--lr", "1e-3"]);
+    let run = |n: usize, zero: &str, out: &Path| {
+        let mut c = launch(n, &["dpo", "--steps", "4", "--warmup-steps", "1", "--batch-size", "1", "--grad-accum", "2", "--lr", "1e-3", "--zero", zero]);
         // The fixture's 4 pairs train; validated on them too (the held-out part would be empty).
         let pairs = fixture("dpo-phi-tiny/pairs.jsonl");
         c.arg("--policy").arg(fixture("phi-tiny")).arg("--adapter").arg(&adapter).arg("--data").arg(&pairs).arg("--val-data").arg(&pairs).arg("--out").arg(out);
         ok(&c.output().unwrap())
     };
-    let (one, two) = (root.path().join("one"), root.path().join("two"));
-    run(1, &one);
-    run(2, &two);
-    same_metrics(&one, &two, 4);
-    same_weights(&one.join("adapter"), &two.join("adapter"), "adapter_model.safetensors");
-    // TRL's reward metrics are the step's too.
-    let margins = |d: &Path| -> Vec<f64> {
-        std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rewards/margins"].as_f64().unwrap()).collect()
-    };
-    for (a, b) in margins(&one).iter().zip(margins(&two)) {
-        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "rewards/margins {a} vs {b}");
+    let one = root.path().join("one");
+    run(1, "0", &one);
+    for zero in ["0", "1"] {
+        let two = root.path().join(format!("two-{zero}"));
+        run(2, zero, &two);
+        same_metrics(&one, &two, 4);
+        same_weights(&one.join("adapter"), &two.join("adapter"), "adapter_model.safetensors");
+        // TRL's reward metrics are the step's too.
+        let margins = |d: &Path| -> Vec<f64> {
+            std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rewards/margins"].as_f64().unwrap()).collect()
+        };
+        for (a, b) in margins(&one).iter().zip(margins(&two)) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "rewards/margins {a} vs {b}");
+        }
     }
 }

@@ -89,6 +89,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "precision",
     "loss_scaler",
     "on_non_finite",
+    "zero",
 ];
 
 /// What a checkpoint needs besides the weights and optimizer moments to continue exactly.

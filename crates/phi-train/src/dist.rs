@@ -53,6 +53,19 @@ pub trait Collective: Send + Sync {
     /// The smallest and the largest of `value` over every rank (agreement checks).
     fn min_max(&self, value: u64) -> (u64, u64);
 
+    /// Element-wise sum of `values` over every rank, written into `values` on rank `root`; the
+    /// other ranks' `values` are left unspecified (`MPI_Reduce`: half the traffic of a sum every
+    /// rank receives — ZeRO-1's gradients, each summed where its parameter is updated).
+    fn reduce_f32(&self, values: &mut [f32], root: usize);
+
+    /// Rank `root`'s `values` into `values` on every rank (`MPI_Bcast`: ZeRO-1's updated
+    /// weights, from the rank that updated them).
+    fn broadcast_f32(&self, values: &mut [f32], root: usize);
+
+    /// Every rank's `bytes` on rank `root`, in rank order (`None` on the other ranks): ZeRO-1's
+    /// optimizer shards, gathered for a checkpoint.
+    fn gather_bytes(&self, bytes: &[u8], root: usize) -> Option<Vec<Vec<u8>>>;
+
     /// Returns once every rank has called it. Without a time limit: it is where the other ranks
     /// wait for rank 0's file work (data preparation, a cleanup), which may take long; a rank
     /// that dies meanwhile is the launcher's to notice.
@@ -84,6 +97,11 @@ impl Collective for Single {
     fn min_max(&self, value: u64) -> (u64, u64) {
         (value, value)
     }
+    fn reduce_f32(&self, _: &mut [f32], _: usize) {}
+    fn broadcast_f32(&self, _: &mut [f32], _: usize) {}
+    fn gather_bytes(&self, bytes: &[u8], _: usize) -> Option<Vec<Vec<u8>>> {
+        Some(vec![bytes.to_vec()])
+    }
     fn barrier(&self) {}
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
@@ -92,8 +110,10 @@ impl Collective for Single {
 
 /// Ranks that are threads of one process, each with its own [`Collective`]: the same
 /// reductions as processes, without a launcher — what the tests use to check a data-parallel
-/// step against one rank, and a way to try a world of N on one machine. Sums are taken in rank
-/// order, so every rank gets the same bits.
+/// step against one rank, and how `gpu_check dp` drives one rank per GPU. The f32 collectives
+/// go through shared host buffers, each rank summing its 1/N of the values (a reduce-scatter,
+/// then every rank copies the sums); sums are taken in rank order, so every rank gets the same
+/// bits. Like MPI, a rank that stops calling the collectives leaves the others waiting.
 ///
 /// ```
 /// # use phi_train::dist::{Collective, LocalGroup};
@@ -116,15 +136,25 @@ pub struct LocalGroup {
 struct LocalShared {
     size: usize,
     barrier: std::sync::Barrier,
-    /// Each rank's contribution to the collective under way.
+    /// Each rank's contribution to the f64 collective under way.
     slots: std::sync::Mutex<Vec<Vec<f64>>>,
+    /// Each rank's buffer in the f32 collective under way (emptied once it is done).
+    floats: std::sync::RwLock<Vec<Vec<f32>>>,
+    /// The sums of the f32 collective under way, each rank writing its segment.
+    sums: std::sync::Mutex<Vec<f32>>,
+    /// The same for [`Collective::gather_bytes`].
+    byte_slots: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl LocalGroup {
     /// The `size` ranks of a new group; hand each to its own thread.
     pub fn new(size: usize) -> Vec<Arc<dyn Collective>> {
         assert!(size > 0, "a group has at least one rank");
-        let shared = Arc::new(LocalShared { size, barrier: std::sync::Barrier::new(size), slots: std::sync::Mutex::new(vec![Vec::new(); size]) });
+        let shared = Arc::new(LocalShared { size, barrier: std::sync::Barrier::new(size), slots: std::sync::Mutex::new(vec![Vec::new(); size]),
+            floats: std::sync::RwLock::new(vec![Vec::new(); size]),
+            sums: std::sync::Mutex::new(Vec::new()),
+            byte_slots: std::sync::Mutex::new(vec![Vec::new(); size]),
+        });
         (0..size).map(|rank| Arc::new(LocalGroup { rank, shared: shared.clone() }) as Arc<dyn Collective>).collect()
     }
 
@@ -137,6 +167,36 @@ impl LocalGroup {
         self.shared.barrier.wait();
         all
     }
+
+    /// The element-wise sum of every rank's `values`, into `values` on `root` (every rank:
+    /// `None`); the others' are left as they were, as `MPI_Reduce` leaves them.
+    fn sum_into(&self, values: &mut [f32], root: Option<usize>) {
+        let (n, size) = (values.len(), self.shared.size);
+        self.shared.floats.write().unwrap_or_else(unpoisoned)[self.rank] = values.to_vec();
+        self.shared.barrier.wait();
+        // This rank's segment of the sums, added in rank order.
+        let segment = n.div_ceil(size);
+        let (lo, hi) = ((self.rank * segment).min(n), ((self.rank + 1) * segment).min(n));
+        let part: Vec<f32> = {
+            let all = self.shared.floats.read().unwrap_or_else(unpoisoned);
+            assert!(all.iter().all(|v| v.len() == n), "LocalGroup: the ranks summed buffers of different lengths");
+            (lo..hi).map(|i| all[1..].iter().fold(all[0][i], |acc, v| acc + v[i])).collect()
+        };
+        {
+            let mut sums = self.shared.sums.lock().unwrap_or_else(unpoisoned);
+            if sums.len() != n {
+                *sums = vec![0.0; n];
+            }
+            sums[lo..hi].copy_from_slice(&part);
+        }
+        self.shared.barrier.wait();
+        if root.is_none_or(|r| r == self.rank) {
+            values.copy_from_slice(&self.shared.sums.lock().unwrap_or_else(unpoisoned)[..n]);
+        }
+        // Nobody writes the next collective's buffers before everyone has read these.
+        self.shared.barrier.wait();
+        self.shared.floats.write().unwrap_or_else(unpoisoned)[self.rank] = Vec::new();
+    }
 }
 
 impl Collective for LocalGroup {
@@ -147,11 +207,8 @@ impl Collective for LocalGroup {
         self.shared.size
     }
     fn sum_f32(&self, values: &mut [f32]) {
-        let all = self.gather(values.iter().map(|&v| v as f64).collect());
-        for (i, v) in values.iter_mut().enumerate() {
-            // In f32, as MPI_SUM on floats adds them.
-            *v = all.iter().map(|r| r[i] as f32).fold(None, |acc: Option<f32>, x| Some(acc.map_or(x, |a| a + x))).unwrap_or(0.0);
-        }
+        // In f32, as MPI_SUM on floats adds them.
+        self.sum_into(values, None);
     }
     fn sum_f64(&self, values: &mut [f64]) {
         let all = self.gather(values.to_vec());
@@ -165,6 +222,33 @@ impl Collective for LocalGroup {
         let v = all.iter().map(|r| r[0] as u64);
         (v.clone().min().unwrap_or(value), v.max().unwrap_or(value))
     }
+    fn reduce_f32(&self, values: &mut [f32], root: usize) {
+        self.sum_into(values, Some(root));
+    }
+    fn broadcast_f32(&self, values: &mut [f32], root: usize) {
+        if self.rank == root {
+            self.shared.floats.write().unwrap_or_else(unpoisoned)[root] = values.to_vec();
+        }
+        self.shared.barrier.wait();
+        if self.rank != root {
+            let all = self.shared.floats.read().unwrap_or_else(unpoisoned);
+            assert_eq!(all[root].len(), values.len(), "LocalGroup: a broadcast into a buffer of another length than the root's");
+            values.copy_from_slice(&all[root]);
+        }
+        self.shared.barrier.wait();
+        if self.rank == root {
+            self.shared.floats.write().unwrap_or_else(unpoisoned)[root] = Vec::new();
+        }
+    }
+    fn gather_bytes(&self, bytes: &[u8], root: usize) -> Option<Vec<Vec<u8>>> {
+        self.shared.byte_slots.lock().unwrap_or_else(|e| e.into_inner())[self.rank] = bytes.to_vec();
+        self.shared.barrier.wait();
+        let fresh = || vec![Vec::new(); self.shared.size];
+        let all = (self.rank == root).then(|| std::mem::replace(&mut *self.shared.byte_slots.lock().unwrap_or_else(|e| e.into_inner()), fresh()));
+        // Nobody writes the next gather's bytes before the root has taken these.
+        self.shared.barrier.wait();
+        all
+    }
     fn barrier(&self) {
         self.shared.barrier.wait();
     }
@@ -174,6 +258,11 @@ impl Collective for LocalGroup {
     fn describe(&self) -> String {
         format!("rank {} of {} (threads)", self.rank, self.shared.size)
     }
+}
+
+/// A lock's value after another thread panicked holding it: the buffers stay usable.
+fn unpoisoned<T>(e: std::sync::PoisonError<T>) -> T {
+    e.into_inner()
 }
 
 static WORLD: RwLock<Option<Arc<dyn Collective>>> = RwLock::new(None);
@@ -286,7 +375,7 @@ pub fn takes(micro_batch: usize, rank: usize, size: usize) -> bool {
 
 /// Floats per reduction call: 64 MiB of f32, so the staging buffer stays small beside the model
 /// and each `MPI_Allreduce` is large enough to run at the network's bandwidth.
-const BUCKET: usize = 1 << 24;
+pub(crate) const BUCKET: usize = 1 << 24;
 
 /// Sums every gradient of `module` across the ranks of `world`, in place, staged through host
 /// memory in buckets of at most [`BUCKET`] floats (a parameter larger than that is its own
@@ -296,7 +385,19 @@ pub fn all_reduce_grads<M: Module>(module: &M, grads: &mut GradientsParams, worl
     if world.size() == 1 {
         return Ok(());
     }
-    let mut ids = Ids { grads: &*grads, found: Vec::new() };
+    let found = present_grads(module, grads, world)?;
+    for range in buckets(&found, |_| 0) {
+        let (mut bucket, taken) = take_grads(module, grads, &found[range]);
+        world.sum_f32(&mut bucket);
+        put_back_grads(grads, &bucket, taken);
+    }
+    Ok(())
+}
+
+/// The parameters of `module` that have a gradient in `grads`, in visiting order (the same on
+/// every rank), with their sizes; an error when another rank's differ in count or size.
+pub(crate) fn present_grads<M: Module>(module: &M, grads: &GradientsParams, world: &dyn Collective) -> Result<Vec<(ParamId, usize)>> {
+    let mut ids = Ids { grads, found: Vec::new() };
     module.visit(&mut ids);
     let found = ids.found;
     let elements: u64 = found.iter().map(|(_, n)| *n as u64).sum();
@@ -308,34 +409,52 @@ pub fn all_reduce_grads<M: Module>(module: &M, grads: &mut GradientsParams, worl
             found.len()
         )));
     }
+    Ok(found)
+}
+
+/// `params` cut into runs of at most [`BUCKET`] values (a larger parameter is its own) that
+/// never span two values of `group` (ZeRO-1: the owner rank).
+pub(crate) fn buckets(params: &[(ParamId, usize)], group: impl Fn(ParamId) -> usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut start = 0;
-    while start < found.len() {
-        let mut end = start;
-        let mut n = 0;
-        while end < found.len() && (end == start || n + found[end].1 <= BUCKET) {
-            n += found[end].1;
+    while start < params.len() {
+        let (mut end, mut n) = (start, 0);
+        while end < params.len() && (end == start || (n + params[end].1 <= BUCKET && group(params[end].0) == group(params[start].0))) {
+            n += params[end].1;
             end += 1;
         }
-        let mut bucket = Vec::with_capacity(n);
-        let mut taken = Vec::with_capacity(end - start);
-        module.visit(&mut Take { grads: &mut *grads, ids: &found[start..end], bucket: &mut bucket, taken: &mut taken });
-        world.sum_f32(&mut bucket);
-        let mut at = 0;
-        for (id, (shape, device, rank)) in taken {
-            let len: usize = shape.iter().product();
-            let data = TensorData::new(bucket[at..at + len].to_vec(), shape);
-            at += len;
-            match rank {
-                1 => grads.register(id, Tensor::<1>::from_data(data, &device)),
-                2 => grads.register(id, Tensor::<2>::from_data(data, &device)),
-                3 => grads.register(id, Tensor::<3>::from_data(data, &device)),
-                4 => grads.register(id, Tensor::<4>::from_data(data, &device)),
-                r => panic!("a gradient of rank {r}: no Phi parameter has one"),
-            }
-        }
+        out.push(start..end);
         start = end;
     }
-    Ok(())
+    out
+}
+
+/// A gradient taken out of [`GradientsParams`]: its parameter, shape, device and rank.
+pub(crate) type Taken = (ParamId, (Vec<usize>, burn::tensor::Device, usize));
+
+/// Moves the gradients of `ids` out of `grads` into one host f32 buffer, in visiting order.
+pub(crate) fn take_grads<M: Module>(module: &M, grads: &mut GradientsParams, ids: &[(ParamId, usize)]) -> (Vec<f32>, Vec<Taken>) {
+    let mut bucket = Vec::with_capacity(ids.iter().map(|(_, n)| n).sum());
+    let mut taken = Vec::with_capacity(ids.len());
+    module.visit(&mut Take { grads, ids, bucket: &mut bucket, taken: &mut taken });
+    (bucket, taken)
+}
+
+/// Puts the gradients [`take_grads`] took back into `grads`, their values from `bucket`.
+pub(crate) fn put_back_grads(grads: &mut GradientsParams, bucket: &[f32], taken: Vec<Taken>) {
+    let mut at = 0;
+    for (id, (shape, device, rank)) in taken {
+        let len: usize = shape.iter().product();
+        let data = TensorData::new(bucket[at..at + len].to_vec(), shape);
+        at += len;
+        match rank {
+            1 => grads.register(id, Tensor::<1>::from_data(data, &device)),
+            2 => grads.register(id, Tensor::<2>::from_data(data, &device)),
+            3 => grads.register(id, Tensor::<3>::from_data(data, &device)),
+            4 => grads.register(id, Tensor::<4>::from_data(data, &device)),
+            r => panic!("a gradient of rank {r}: no Phi parameter has one"),
+        }
+    }
 }
 
 /// Checks that every rank of `world` holds the same weights in `module`, to the bit (an XXH3 of
@@ -381,7 +500,7 @@ struct Take<'a> {
     grads: &'a mut GradientsParams,
     ids: &'a [(ParamId, usize)],
     bucket: &'a mut Vec<f32>,
-    taken: &'a mut Vec<(ParamId, (Vec<usize>, burn::tensor::Device, usize))>,
+    taken: &'a mut Vec<Taken>,
 }
 
 impl ModuleVisitor for Take<'_> {
@@ -535,6 +654,49 @@ mod mpi_world {
                 c.all_reduce_into(&value, &mut hi, SystemOperation::max());
             });
             (lo, hi)
+        }
+        fn reduce_f32(&self, values: &mut [f32], root: usize) {
+            let send = values.to_vec();
+            self.run(|c| {
+                let at = c.process_at_rank(root as i32);
+                if self.rank == root {
+                    at.reduce_into_root(&send[..], values, SystemOperation::sum());
+                } else {
+                    at.reduce_into(&send[..], SystemOperation::sum());
+                }
+            });
+        }
+        fn broadcast_f32(&self, values: &mut [f32], root: usize) {
+            self.run(|c| c.process_at_rank(root as i32).broadcast_into(values));
+        }
+        fn gather_bytes(&self, bytes: &[u8], root: usize) -> Option<Vec<Vec<u8>>> {
+            // Point to point, in chunks: MPI counts are C ints (2 GiB at most), and a rank's
+            // optimizer shard may be larger.
+            const CHUNK: usize = 1 << 30;
+            self.run(|c| {
+                if self.rank != root {
+                    let to = c.process_at_rank(root as i32);
+                    to.send(&(bytes.len() as u64));
+                    bytes.chunks(CHUNK).for_each(|chunk| to.send(chunk));
+                    return None;
+                }
+                let mut all = Vec::with_capacity(self.size);
+                for r in 0..self.size {
+                    if r == root {
+                        all.push(bytes.to_vec());
+                        continue;
+                    }
+                    let from = c.process_at_rank(r as i32);
+                    let mut len = 0u64;
+                    from.receive_into(&mut len);
+                    let mut buf = vec![0u8; len as usize];
+                    buf.chunks_mut(CHUNK).for_each(|chunk| {
+                        from.receive_into(chunk);
+                    });
+                    all.push(buf);
+                }
+                Some(all)
+            })
         }
         fn barrier(&self) {
             // Not under the watchdog (see the trait).

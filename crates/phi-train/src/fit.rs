@@ -74,6 +74,15 @@ pub struct TrainConfig {
     /// than [`MAX_CONSECUTIVE_SKIPS`] skips in a row stop the run all the same.
     #[serde(default)]
     pub on_non_finite: OnNonFinite,
+    /// The ZeRO stage of a data-parallel run: 0, every rank keeps the whole AdamW state (the
+    /// default); 1, each of the N ranks keeps and updates its 1/N of it ([`crate::zero`]).
+    /// The same training either way, and the same checkpoints; one process ignores it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zero: u8,
+}
+
+fn is_zero(stage: &u8) -> bool {
+    *stage == 0
 }
 
 impl Default for TrainConfig {
@@ -124,6 +133,9 @@ impl Default for TrainConfig {
             // torch's GradScaler defaults (f16 runs only).
             loss_scaler: LossScaler::default(),
             on_non_finite: OnNonFinite::Stop,
+            // litgpt's FSDP default shards everything; one process has nothing to shard, and
+            // sharding is opt-in here (it adds a broadcast of the weights to every step).
+            zero: 0,
         }
     }
 }
@@ -181,6 +193,13 @@ impl TrainConfig {
                     "{} micro-batches of {} × {} tokens is {step_tokens} tokens per optimizer step, more than {MAX_STEP_TOKENS} (phi-1 trained on 2M a step)",
                     self.grad_accum, self.batch_size, self.seq_len
                 ),
+            ));
+        }
+        if self.zero > 1 {
+            return Err(TrainError::config(
+                "zero",
+                self.zero,
+                format!("{}: the ZeRO stages are 0 (no sharding) and 1 (AdamW state sharded across the ranks)", self.zero),
             ));
         }
         if let Some(c) = self.clip_norm
@@ -553,7 +572,12 @@ pub fn fit<O: Objective>(
                     return Err(TrainError::checkpoint(dir, format!("{bad} of its {total} weights are NaN or infinite")));
                 }
                 let path = dir.join(checkpoint::OPTIMIZER_FILE);
-                let optim = optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))?;
+                let optim = if cfg.zero == 1 && world.size() > 1 {
+                    // ZeRO-1: this rank's share of the moments only, never the whole state.
+                    crate::zero::Shards::new(&model, world.rank(), world.size()).load_owned(optimizer_for(&model, cfg), &path)?
+                } else {
+                    optimizer_for(&model, cfg).load(&path).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))?
+                };
                 Ok((model, optim))
             },
             &mut resume_warnings,
@@ -623,6 +647,8 @@ pub fn fit<O: Objective>(
         if checkpoint_now && world.size() > 1 {
             crate::dist::check_same_weights(trainer.model(), &*world, done)?;
         }
+        // ZeRO-1: every rank's share of the AdamW state, gathered to rank 0.
+        let whole = if checkpoint_now { trainer.whole_optimizer()? } else { None };
         // Rank 0 writes after every rank has finished the step: the step's reduction waited
         // for all of them, and the weights are the same everywhere.
         if lead && checkpoint_now {
@@ -641,10 +667,10 @@ pub fn fit<O: Objective>(
                 model: model_json.clone(),
                 data: data_fingerprint.clone(),
             };
+            let whole = whole.as_ref().expect("rank 0 holds the whole optimizer state");
             let write = |dir: &Path| {
                 weights.save(trainer.model(), dir)?;
-                let path = dir.join(checkpoint::OPTIMIZER_FILE);
-                trainer.optimizer().save(&path).map_err(|e| TrainError::checkpoint(&path, format!("{}: {e}", path.display())))?;
+                whole.save(&dir.join(checkpoint::OPTIMIZER_FILE))?;
                 let json = serde_json::to_string_pretty(&state).expect("state serializes");
                 let path = dir.join(checkpoint::STATE_FILE);
                 std::fs::write(&path, json).map_err(|e| TrainError::io(&path, e))

@@ -26,7 +26,8 @@
 //! cannot fit before it starts; [`mfu`] the FLOPs utilisation figure; [`export`] the layout of
 //! the model folders the tool writes; [`run_dir`] one run at a time in an output folder;
 //! [`dist`] data-parallel training across processes (`mpirun -np N`, with the `mpi` feature):
-//! each step's micro-batches shared among the ranks, the gradients summed once per step.
+//! each step's micro-batches shared among the ranks, the gradients summed once per step;
+//! [`zero`] ZeRO-1, the AdamW state sharded across those ranks (`TrainConfig::zero = 1`).
 //!
 //! Errors are [`TrainError`]s, one variant per kind of trouble to match on: a setting by its
 //! config key (`Config`), a step that went NaN/inf (`NonFinite`), data that does not fit the
@@ -55,6 +56,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod sft_objective;
 pub mod trainer;
+pub mod zero;
 
 pub use clip::{clip_grad_norm, grad_norm, scale_grads};
 pub use precision::{LossScaler, Precision};
@@ -63,6 +65,6 @@ pub use optim::{AdamWSettings, no_decay_ids};
 pub use error::{Result, TrainError};
 pub use schedule::{Decay, LrSchedule};
 pub use objective::{BatchLoss, CausalLm, Forward, Objective};
-pub use trainer::{Trainer, optimizer_for};
+pub use trainer::{Trainer, WholeOptimizer, optimizer_for};
 pub use fit::{Adapter, MAX_CONSECUTIVE_SKIPS, OnNonFinite, Resume, StepMetrics, TrainConfig, TrainOutcome, Weights, evaluate, evaluate_with_progress, fit, non_finite_weights, anneal_over_last_stage};
 pub use mfu::flops_per_token;

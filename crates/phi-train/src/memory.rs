@@ -5,7 +5,7 @@
 //! The estimate counts what a step holds at its peak:
 //! - weights: every parameter in f32 (the masters), plus the bf16/f16 compute copy;
 //! - gradients: one f32 per trainable parameter;
-//! - AdamW: two f32 moments per trainable parameter;
+//! - AdamW: two f32 moments per trainable parameter (1/N of them per rank with ZeRO-1);
 //! - activations kept for the backward pass of one micro-batch:
 //!   `rows × seq_len × layers × (ACTIVATIONS_PER_HIDDEN × hidden + ACTIVATIONS_PER_INTERMEDIATE
 //!   × intermediate)` values (see the constants; with activation checkpointing, one value per
@@ -68,6 +68,12 @@ pub struct RunShape<'a> {
     pub rows_per_item: usize,
 }
 
+/// How many ranks share the AdamW state: the process-wide world's size ([`crate::dist::world`])
+/// under `zero = 1`, else 1.
+fn optimizer_shards(cfg: &TrainConfig) -> u64 {
+    if cfg.zero == 1 { crate::dist::world().size().max(1) as u64 } else { 1 }
+}
+
 fn mul(values: &[u64]) -> u64 {
     values.iter().fold(1u64, |a, &b| a.saturating_mul(b))
 }
@@ -93,7 +99,8 @@ pub fn estimate(run: RunShape<'_>, cfg: &TrainConfig) -> MemoryEstimate {
     MemoryEstimate {
         weights: params.saturating_mul(4).saturating_add(copy),
         gradients: run.trainable.saturating_mul(4),
-        optimizer: run.trainable.saturating_mul(8),
+        // ZeRO-1 in a data-parallel run: this rank's share of the moments.
+        optimizer: run.trainable.saturating_mul(8).div_ceil(optimizer_shards(cfg)),
         activations: mul(&[tokens, kept, compute_bytes]),
         logits: mul(&[tokens, m.vocab_size as u64, 4, 3]),
         adapters: run.adapters.saturating_mul(16),

@@ -18,6 +18,7 @@ use crate::error::{Result, TrainError};
 use crate::fit::{MAX_CONSECUTIVE_SKIPS, OnNonFinite, StepMetrics, non_finite_weights};
 use crate::objective::{Forward, Objective};
 use crate::precision::compute_copy;
+use crate::zero::Shards;
 use crate::{LossScaler, Precision, TrainConfig, grad_norm, scale_grads};
 
 /// Steps of at most this many tokens (`batch_size × (seq_len + 1) × grad_accum`) hold their
@@ -59,6 +60,27 @@ pub struct Trainer {
     predraw_tokens: u64,
     /// The ranks this trainer shares each step with ([`crate::dist::world`] when it was built).
     world: Arc<dyn Collective>,
+    /// ZeRO-1 (`cfg.zero = 1` with several ranks): who owns which parameter, set at the first
+    /// step, when the optimizer keeps this rank's share of its state only.
+    shards: Option<Shards>,
+}
+
+/// The whole optimizer state of a run, for a checkpoint ([`Trainer::whole_optimizer`]).
+pub enum WholeOptimizer<'a> {
+    /// The trainer's own optimizer: the whole state (an unsharded run).
+    Here(&'a ModuleOptimizer),
+    /// Every rank's shard gathered into one record, in [`ModuleOptimizer::save`]'s format.
+    Gathered(burn::tensor::Bytes),
+}
+
+impl WholeOptimizer<'_> {
+    /// Writes the state to `path` (a checkpoint's `optimizer.bin`), the same file either way.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        match self {
+            WholeOptimizer::Here(optim) => optim.save(path).map_err(|e| TrainError::checkpoint(path, format!("{}: {e}", path.display()))),
+            WholeOptimizer::Gathered(bytes) => Ok(phi_core::weights::write_atomic(path, bytes)?),
+        }
+    }
 }
 
 impl Trainer {
@@ -105,7 +127,7 @@ impl Trainer {
         cfg.precision.check_device(&device)?;
         let scaler = (cfg.precision == Precision::F16).then_some(cfg.loss_scaler);
         let peak_flops = crate::mfu::device_peak(cfg.peak_flops, &device, cfg.precision);
-        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS, world: crate::dist::world() })
+        Ok(Trainer { model: Some(model), optim, cfg: cfg.clone(), device, scaler, step: 0, tokens_seen: 0, consecutive_skips: 0, last_update: None, peak_flops, predraw_tokens: PREDRAW_TOKENS, world: crate::dist::world(), shards: None })
     }
 
     /// This trainer shares its steps with the ranks of `world` instead of
@@ -130,8 +152,20 @@ impl Trainer {
         self.model.expect("the model is only out during an update")
     }
 
+    /// The optimizer: with ZeRO-1 (after the first step), this rank's share of the state only
+    /// (see [`Self::whole_optimizer`]).
     pub fn optimizer(&self) -> &ModuleOptimizer {
         &self.optim
+    }
+
+    /// The whole optimizer state, for a checkpoint: the trainer's own, or with ZeRO-1 every
+    /// rank's shard gathered to rank 0 — then a collective every rank calls, `None` on the
+    /// ranks other than 0.
+    pub fn whole_optimizer(&self) -> Result<Option<WholeOptimizer<'_>>> {
+        match &self.shards {
+            None => Ok(Some(WholeOptimizer::Here(&self.optim))),
+            Some(_) => Ok(crate::zero::gather_optimizer(&self.optim, &*self.world)?.map(WholeOptimizer::Gathered)),
+        }
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -180,6 +214,15 @@ impl Trainer {
         let world = self.world.clone();
         let (rank, ranks) = (world.rank(), world.size());
         check_world(micro, ranks)?;
+        if cfg.zero == 1 && ranks > 1 && self.shards.is_none() {
+            // ZeRO-1 from here on: the optimizer keeps this rank's share of its state (all of
+            // it was loaded, from a checkpoint; a fresh one has none yet).
+            let model = self.model.as_ref().expect("model present");
+            let shards = Shards::new(model, rank, ranks);
+            let whole = std::mem::replace(&mut self.optim, optimizer_for(model, cfg));
+            self.optim = shards.keep_owned(whole)?;
+            self.shards = Some(shards);
+        }
         // A step's loss is the mean over all its loss terms: micro-batch i counts w_i / Σw, so
         // Σw must be known at the first backward. A step of up to `predraw_tokens` tokens draws
         // its micro-batches first (host data, small) and divides by the known Σw. A larger one
@@ -279,7 +322,11 @@ impl Trainer {
             world.sum_f64(&mut sums);
             loss_sum = sums[0];
             extra.iter_mut().zip(&sums[1..]).for_each(|(e, s)| e.1 = *s);
-            crate::dist::all_reduce_grads(model, &mut grads, &*world)?;
+            match &self.shards {
+                // Each gradient summed onto the rank that updates its parameter.
+                Some(shards) => shards.reduce_grads(model, &mut grads, &*world)?,
+                None => crate::dist::all_reduce_grads(model, &mut grads, &*world)?,
+            }
         }
         if !predraw {
             for e in &mut extra {
@@ -298,7 +345,17 @@ impl Trainer {
         if correction != 1.0 {
             scale_grads(model, &mut grads, correction);
         }
-        let grad_norm = grad_norm(model, &grads);
+        let grad_norm = match &self.shards {
+            // Each rank holds its own parameters' gradients: the squares summed over ranks.
+            Some(_) => {
+                let mut squares = [grad_norm(model, &grads).powi(2)];
+                world.sum_f64(&mut squares);
+                // Through f32, as the unsharded sum of squares is taken: past f32's range the
+                // norm is infinite either way (an f16 overflow to skip, or a divergence).
+                (squares[0] as f32 as f64).sqrt()
+            }
+            None => grad_norm(model, &grads),
+        };
         let lr = cfg.schedule.lr(step);
         // An f16 overflow is the scaler's to handle (skip, halve) while the scale can still come
         // down; any other NaN/inf — in the loss, or in the gradients at the smallest scale — means
@@ -351,7 +408,11 @@ impl Trainer {
                 }
             }
             let model = self.model.take().expect("model present");
-            let model = self.optim.step(lr, model, grads);
+            let mut model = self.optim.step(lr, model, grads);
+            if let Some(shards) = &self.shards {
+                // Each rank updated its own parameters; every rank gets every update.
+                model = shards.broadcast_weights(model, &*world)?;
+            }
             self.consecutive_skips = 0;
             self.last_update = Some((done, lr));
             // A finite gradient at a huge learning rate can still push weights past f32's range:
@@ -519,6 +580,74 @@ mod tests {
             .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
             .collect();
         same_on_two_ranks("sft", || crate::sft_objective::Sft::new(&ex, &[], 0, 1).unwrap(), &cfg(1, 4));
+    }
+
+    /// Each (name, values) of the optimizer record in `bytes`, sorted by name.
+    fn record(bytes: &[u8]) -> Vec<(String, Vec<f32>)> {
+        let reader = burn_pack::Reader::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec())).unwrap();
+        let mut out: Vec<(String, Vec<f32>)> = reader
+            .into_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|t| {
+                let (name, _, _, _, b) = t.into_parts().unwrap();
+                (name, b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn zero_1_trains_as_one_rank_and_each_rank_keeps_its_share_of_the_optimizer_state() {
+        let data = Mixture::single(TokenDataset::from_tokens((0..400u32).map(|i| i * 7 % 64).collect()));
+        let val = TokenDataset::from_tokens((0..40u32).collect());
+        let sharded = TrainConfig { zero: 1, ..cfg(2, 4) };
+        same_on_two_ranks("causal lm, zero 1", || CausalLm::new(&data, &val, 8, 5).unwrap(), &sharded);
+        let ex: Vec<SftExample> = [1usize, 5, 3, 2]
+            .iter()
+            .map(|&n| SftExample { ids: (1..=8).collect(), learn: (0..8).map(|t| t >= 8 - n).collect() })
+            .collect();
+        same_on_two_ranks("sft, zero 1", || crate::sft_objective::Sft::new(&ex, &[], 0, 1).unwrap(), &TrainConfig { zero: 1, ..cfg(1, 4) });
+
+        // The optimizer state: one rank's whole, against two ranks' shards.
+        let train = |world: std::sync::Arc<dyn crate::dist::Collective>| {
+            let device = Device::default().autodiff();
+            let model = PhiForCausalLM::init(PhiConfig::phi_family(32, 1, 4, 64, 0.5), &device, 3).unwrap();
+            let mut trainer = Trainer::new(model, &sharded).unwrap().with_world(world);
+            let mut o = CausalLm::new(&data, &val, 8, 5).unwrap();
+            (0..3).for_each(|_| drop(trainer.step(&mut o).unwrap()));
+            let own = record(&trainer.optimizer().into_bytes().unwrap());
+            let whole = match trainer.whole_optimizer().unwrap() {
+                Some(super::WholeOptimizer::Gathered(bytes)) => Some(record(&bytes)),
+                Some(super::WholeOptimizer::Here(o)) => Some(record(&o.into_bytes().unwrap())),
+                None => None,
+            };
+            (own, whole)
+        };
+        let (alone, alone_whole) = train(crate::dist::LocalGroup::new(1).remove(0));
+        assert_eq!(alone_whole.as_ref(), Some(&alone), "one rank: its own state is the whole");
+        let two: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = crate::dist::LocalGroup::new(2).into_iter().map(|w| s.spawn(|| train(w))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let values = |r: &[(String, Vec<f32>)]| r.iter().map(|(_, v)| v.len()).sum::<usize>();
+        let total = values(&alone);
+        for (rank, (own, _)) in two.iter().enumerate() {
+            // A share each, about half (the parameters are not all the same size).
+            assert!(values(own) > 0 && values(own) < total * 3 / 4, "rank {rank} holds {} of {total} state values", values(own));
+        }
+        assert_eq!(values(&two[0].0) + values(&two[1].0), total, "the shards cover the state once");
+        assert!(two[1].1.is_none(), "only rank 0 gathers");
+        let gathered = two[0].1.as_ref().expect("rank 0 gathers");
+        assert_eq!(gathered.iter().map(|t| &t.0).collect::<Vec<_>>(), alone.iter().map(|t| &t.0).collect::<Vec<_>>());
+        for ((name, a), (_, b)) in alone.iter().zip(gathered) {
+            // Against the tensor's scale: an element near zero differs relatively in the last
+            // bits of a sum taken in another order.
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-5 * scale, "{name}: the gathered state differs from one rank's by {worst} (the largest value is {scale})");
+        }
     }
 
     #[test]

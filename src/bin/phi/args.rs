@@ -120,6 +120,19 @@ pub struct RecipeArgs {
     /// without it a CPU run reports no MFU).
     #[arg(long)]
     pub peak_flops: Option<f64>,
+    /// ZeRO stage under a launcher: 0 (each process keeps the whole AdamW state) or 1 (each of N
+    /// processes keeps and updates its 1/N; the same training and checkpoints).
+    #[arg(long, value_parser = parse_zero)]
+    pub zero: Option<u8>,
+}
+
+/// `--zero`: a ZeRO stage this tool has.
+pub fn parse_zero(s: &str) -> Result<u8, String> {
+    match s.trim() {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        _ => Err(format!("`{s}`: expected 0 (no sharding) or 1 (AdamW state sharded across the processes, ZeRO-1)")),
+    }
 }
 
 impl RecipeArgs {
@@ -138,6 +151,7 @@ impl RecipeArgs {
             device: self.device,
             precision: self.precision,
             peak_flops: self.peak_flops,
+            zero: self.zero,
         }
     }
 }
@@ -192,6 +206,10 @@ pub struct FinetuneArgs {
     pub quantize: Option<BaseQuantization>,
     #[arg(long, default_value = "cpu")]
     pub device: Backend,
+    /// ZeRO stage under a launcher: 0 (each process keeps the whole AdamW state) or 1 (each of N
+    /// processes keeps and updates its 1/N; the same training and checkpoints).
+    #[arg(long, value_parser = parse_zero, default_value = "0")]
+    pub zero: u8,
 }
 
 impl FinetuneArgs {
@@ -214,6 +232,7 @@ impl FinetuneArgs {
             template: self.template,
             quantize: self.quantize,
             device: self.device,
+            zero: self.zero,
             ..Default::default()
         }
     }
@@ -275,6 +294,9 @@ pub struct BenchArgs {
     /// Training workloads: compute precision, f32 (the baseline's), bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
+    /// train and lora under `mpirun -np N`: the ZeRO stage (1: AdamW state sharded).
+    #[arg(long, value_parser = parse_zero, default_value = "0")]
+    pub zero: u8,
 }
 
 fn parse_bench_weights(s: &str) -> Result<Option<phi::core::WeightFormat>, String> {
@@ -303,6 +325,7 @@ impl BenchArgs {
             torch_decode: self.torch_decode,
             precision: self.precision,
             around_pack: None,
+            zero: self.zero,
         }
     }
 }
@@ -416,6 +439,10 @@ pub struct DpoArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: Backend,
+    /// ZeRO stage under a launcher: 0 (each process keeps the whole AdamW state) or 1 (each of N
+    /// processes keeps and updates its 1/N; the same training and checkpoints).
+    #[arg(long, value_parser = parse_zero, default_value = "0")]
+    pub zero: u8,
 }
 
 impl DpoArgs {
@@ -456,6 +483,7 @@ impl DpoArgs {
             fresh: self.fresh,
             seed: self.seed,
             device: self.device,
+            zero: self.zero,
             ..phi::dpo_run::DpoRunOptions::new(self.policy, self.data, self.out)
         })
     }

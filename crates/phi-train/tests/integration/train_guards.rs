@@ -210,6 +210,8 @@ fn errors_are_kinds_a_caller_can_match() {
     let e = cfg.validate(&model).expect_err("must be refused");
     assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "schedule.total_steps" && value == "0"), "{e:?}");
     assert!(e.to_string().starts_with("training config `schedule.total_steps`: 0 must exceed schedule.warmup_steps (0)"), "{e}");
+    let e = phi_train::TrainConfig { zero: 2, ..cfg.clone() }.validate(&model).expect_err("no ZeRO stage 2");
+    assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "zero" && value == "2"), "{e:?}");
     cfg.schedule = LrSchedule { warmup_steps: 2, total_steps: 6, decay: phi_train::Decay::Wsd { decay_start: 1 }, ..cfg.schedule };
     let e = cfg.validate(&model).expect_err("decay_start before the warmup ends");
     assert!(matches!(&e, TrainError::Config { key, value, .. } if key == "schedule.decay.wsd.decay_start" && value == "1"), "{e:?}");
