@@ -209,3 +209,49 @@ fn help_says_steps_and_max_steps_are_one_setting() {
     let text = String::from_utf8(help.stdout).unwrap();
     assert!(text.contains("the same as `max_steps` in --config") && text.contains("schedule follows the run's length"), "{text}");
 }
+
+/// `phi data prepare --parquet GLOB`: the shipped corpus as rows of two Parquet shards laid out
+/// as the hub lays them out, prepared as its files are (the same documents kept, each row named
+/// by its `path` column); a text column the files do not have is refused by name.
+#[test]
+fn data_prepare_reads_parquet_shards_by_glob_as_it_reads_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(corpus()).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "py")).collect();
+    files.sort();
+    let rows: Vec<Vec<Option<Vec<u8>>>> = files.iter().map(|p| vec![Some(std::fs::read(p).unwrap()), Some(p.file_name().unwrap().to_string_lossy().as_bytes().to_vec())]).collect();
+    std::fs::create_dir_all(dir.path().join("hub/data")).unwrap();
+    let half = rows.len() / 2;
+    for (i, part) in [&rows[..half], &rows[half..]].into_iter().enumerate() {
+        let groups: Vec<_> = part.chunks(4).map(|g| g.to_vec()).collect();
+        let path = dir.path().join(format!("hub/data/train-0000{i}-of-00002.parquet"));
+        phi::data::parquet::write_string_columns(&path, &["content", "path"], &groups).unwrap();
+    }
+    let prepare = |out: &str, input: &[&str]| {
+        let mut c = phi();
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/phi-data/tests/fixtures/tokenizers/gpt2/tokenizer.json");
+        c.args(["data", "prepare", "--tokenizer"]).arg(gpt2).args(input).arg("--out").arg(dir.path().join(out));
+        c.output().unwrap()
+    };
+    let glob = format!("{}/hub/data/*.parquet", dir.path().display());
+    let out = prepare("from-parquet", &["--parquet", &glob, "--text-field", "content", "--path-field", "path", "--kind", "python", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let from_files = prepare("from-files", &["--input", corpus().to_str().unwrap(), "--json"]);
+    assert!(from_files.status.success(), "{}", stderr(&from_files));
+    let manifest = |out: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("manifest.json")).unwrap()).unwrap() };
+    let (p, f) = (manifest("from-parquet"), manifest("from-files"));
+    for split in ["train", "validation"] {
+        assert_eq!(p["splits"][split]["documents"], f["splits"][split]["documents"], "{split}");
+        assert_eq!(p["splits"][split]["tokens"], f["splits"][split]["tokens"], "{split}");
+    }
+    assert!(p["splits"]["train"]["documents"].as_u64().unwrap() > 10);
+
+    let out = prepare("no-column", &["--parquet", &glob, "--text-field", "text"]);
+    assert_refused(&out, "no column `text` (its columns: content, path)");
+}
+
+#[test]
+fn a_zero_stage_the_tool_does_not_have_is_refused_by_the_flag() {
+    let out = phi().args(["train", "--recipe", "phi-1", "--zero", "2"]).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("--zero") && err.contains("expected 0 (no sharding) or 1"), "{err}");
+}

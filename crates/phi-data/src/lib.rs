@@ -6,6 +6,8 @@
 //! - [`filters`]: heuristic quality filters for code and prose (Python parsed with tree-sitter).
 //! - [`quality`]: exact and MinHash/LSH near-duplicate removal, n-gram decontamination.
 //! - [`evalsets`]: HumanEval built in, user evaluation sets from files.
+//! - [`parquet`]: the hub's Parquet dataset shards, a row group at a time (prepare reads them
+//!   with `Input::Parquet`).
 //! - [`prepare`]: the streaming `phi data prepare` pipeline → token shards + `manifest.json`,
 //!   reporting progress to the caller's [`PrepareProgress`] (the library draws nothing).
 //! - [`shard`]: the documented binary shard format; memory-mapped, verified reads.
@@ -27,6 +29,7 @@ pub mod exercises;
 pub mod filters;
 pub mod owned;
 pub mod pairs;
+pub mod parquet;
 pub mod prepare;
 pub mod quality;
 pub mod sampler;

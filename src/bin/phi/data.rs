@@ -42,7 +42,8 @@ pub enum DataCommand {
     },
 }
 
-/// The inputs: `--input DIR` with `--glob`/`--exclude`, and/or `--jsonl FILE`.
+/// The inputs: `--input DIR` with `--glob`/`--exclude`, and/or `--jsonl FILE`, and/or
+/// `--parquet GLOB`.
 #[derive(clap::Args, Debug)]
 pub struct InputArgs {
     /// Folders whose files matching --glob are documents (one per file).
@@ -57,10 +58,18 @@ pub struct InputArgs {
     /// JSONL files (or .jsonl.gz), one document per record.
     #[arg(long)]
     pub jsonl: Vec<PathBuf>,
-    /// The record field that holds the document.
+    /// Parquet files, one document per row (the hub's dataset shards): a file, a folder (every
+    /// .parquet under it) or a glob such as 'DIR/**/*.parquet' (quoted, so the shell leaves it).
+    #[arg(long)]
+    pub parquet: Vec<String>,
+    /// The JSONL field or Parquet column that holds the document.
     #[arg(long, default_value = "text")]
     pub text_field: String,
-    /// What JSONL documents are (python gets the code filters).
+    /// Parquet: a string column that names each document in the report (e.g. The Stack's
+    /// max_stars_repo_path; default: file:row N).
+    #[arg(long)]
+    pub path_field: Option<String>,
+    /// What JSONL and Parquet documents are (python gets the code filters).
     #[arg(long, value_enum, default_value_t = Kind::Text)]
     pub kind: Kind,
 }
@@ -81,6 +90,7 @@ impl InputArgs {
             .iter()
             .map(|root| Input::Files { root: root.clone(), pattern: self.glob.clone(), exclude: self.exclude.clone() })
             .chain(self.jsonl.iter().map(|p| Input::Jsonl { path: p.clone(), field: self.text_field.clone(), kind }))
+            .chain(self.parquet.iter().map(|g| Input::parquet(g, &self.text_field, kind, self.path_field.as_deref())))
             .collect()
     }
 }
@@ -312,7 +322,7 @@ impl PrepareArgs {
             }
         }
         if c.inputs.is_empty() {
-            return Err("no input: give --input DIR (with --glob) or --jsonl FILE".into());
+            return Err("no input: give --input DIR (with --glob), --jsonl FILE or --parquet GLOB".into());
         }
         if self.no_filters {
             c.filters = None;
@@ -426,8 +436,8 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         (Some(dir), true) => phi_data::prepare::prepared_documents(dir)?,
         (None, false) => phi_data::prepare::documents_with_origin(&a.input.inputs())?,
-        (Some(_), false) => return Err("give --prepared or --input/--jsonl, not both".into()),
-        (None, true) => return Err("nothing to annotate: give --input DIR, --jsonl FILE or --prepared DATA".into()),
+        (Some(_), false) => return Err("give --prepared or --input/--jsonl/--parquet, not both".into()),
+        (None, true) => return Err("nothing to annotate: give --input DIR, --jsonl FILE, --parquet GLOB or --prepared DATA".into()),
     };
     let prompt = match &a.prompt {
         Some(p) => PromptTemplate::from_file(p)?,

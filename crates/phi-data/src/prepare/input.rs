@@ -1,6 +1,7 @@
-//! Where documents come from: files matched by a glob (one document per file), or JSONL files
-//! with a text field (one document per line, optionally gzipped). Read in chunks of bounded
-//! size, so a corpus of any size streams through the pipeline.
+//! Where documents come from: files matched by a glob (one document per file), JSONL files with
+//! a text field (one document per line, optionally gzipped), or Parquet files with a text column
+//! (one document per row: the hub's dataset shards). Read in chunks of bounded size — a Parquet
+//! file a row group at a time — so a corpus of any size streams through the pipeline.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,38 @@ pub enum Input {
     List { files: Vec<PathBuf> },
     /// A JSONL file (or `.jsonl.gz`) whose records hold the document in `field`.
     Jsonl { path: PathBuf, field: String, kind: DocKind },
+    /// Parquet files under `root` matching `pattern` (e.g. `data/**/*.parquet`; `root` may be
+    /// one file, then `pattern` is ignored), one document per row: the string column `field`.
+    /// `path_field`, a string column such as The Stack's `max_stars_repo_path`, names each
+    /// document in the report's examples (else `file:row N`).
+    Parquet {
+        root: PathBuf,
+        pattern: String,
+        field: String,
+        kind: DocKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_field: Option<String>,
+    },
+}
+
+impl Input {
+    /// The Parquet files a shell glob names (`DIR/**/*.parquet`, `data/train-*.parquet`, or one
+    /// file or folder: every `.parquet` under it): the folder before the first wildcard and the
+    /// pattern after it.
+    pub fn parquet(glob: &str, field: &str, kind: DocKind, path_field: Option<&str>) -> Input {
+        let path = Path::new(glob);
+        let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
+        let (root, pattern) = match path.components().position(|c| wild(&c)) {
+            Some(i) => {
+                let root: PathBuf = path.components().take(i).collect();
+                let pattern: PathBuf = path.components().skip(i).collect();
+                (if root.as_os_str().is_empty() { PathBuf::from(".") } else { root }, pattern.to_string_lossy().into_owned())
+            }
+            None if path.is_dir() => (path.to_path_buf(), "**/*.parquet".to_string()),
+            None => (path.to_path_buf(), String::new()),
+        };
+        Input::Parquet { root, pattern, field: field.to_string(), kind, path_field: path_field.map(str::to_string) }
+    }
 }
 
 /// A file to read, with how to read it.
@@ -38,6 +71,7 @@ pub(crate) struct SourceFile {
 pub(crate) enum Format {
     Whole(DocKind),
     Jsonl { field: String, kind: DocKind },
+    Parquet { field: String, kind: DocKind, path_field: Option<String> },
 }
 
 /// A document read from the input, or the reason it could not be.
@@ -91,6 +125,24 @@ pub(crate) fn list_sources_walked(inputs: &[Input]) -> Result<(Vec<SourceFile>, 
             Input::Jsonl { path, field, kind } => {
                 let (bytes, modified) = metadata(path)?;
                 out.push(SourceFile { path: path.clone(), bytes, modified, format: Format::Jsonl { field: field.clone(), kind: *kind } });
+            }
+            Input::Parquet { root, pattern, field, kind, path_field } => {
+                let mut paths = if root.is_file() {
+                    vec![root.clone()]
+                } else if root.is_dir() {
+                    walk(root, pattern, &[], &mut repeats)?
+                } else {
+                    return Err(DataError::Invalid(format!("{}: no such file or folder (the Parquet input)", root.display())));
+                };
+                if paths.is_empty() {
+                    return Err(DataError::Invalid(format!("{}: no file matches {pattern:?} (the Parquet input)", root.display())));
+                }
+                paths.sort();
+                for path in paths {
+                    let (bytes, modified) = metadata(&path)?;
+                    let format = Format::Parquet { field: field.clone(), kind: *kind, path_field: path_field.clone() };
+                    out.push(SourceFile { path, bytes, modified, format });
+                }
             }
         }
     }
@@ -180,6 +232,13 @@ pub(crate) fn for_each_chunk(
                 }
                 read_jsonl(source, field, *kind, chunk_bytes, &mut f)?;
             }
+            Format::Parquet { field, kind, path_field } => {
+                if !pending.is_empty() {
+                    flush(&mut pending, &mut f)?;
+                    pending_bytes = 0;
+                }
+                read_parquet(&source.path, field, path_field.as_deref(), *kind, &mut f)?;
+            }
         }
     }
     if !pending.is_empty() {
@@ -255,4 +314,30 @@ fn read_jsonl(
             .collect();
         f(docs)?;
     }
+}
+
+/// A Parquet file's rows as documents, one chunk per row group: the text from column `field`
+/// (a null or a value that is not UTF-8 is a dropped document with its reason), named by the
+/// row's `path_field` value where given, else `file:row N` (1-based, as JSONL's lines).
+fn read_parquet(path: &Path, field: &str, path_field: Option<&str>, kind: DocKind, f: &mut dyn FnMut(Vec<Doc>) -> Result<(), DataError>) -> Result<(), DataError> {
+    let columns: Vec<&str> = std::iter::once(field).chain(path_field).collect();
+    crate::parquet::for_each_row_group(path, &columns, |first_row, mut values| {
+        let names = if values.len() > 1 { values.pop() } else { None };
+        let texts = values.pop().expect("the text column");
+        let docs = texts
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let named = names.as_ref().and_then(|n| n[i].as_deref()).map(|n| String::from_utf8_lossy(n).into_owned());
+                let origin = named.unwrap_or_else(|| format!("{}:row {}", path.display(), first_row + i as u64 + 1));
+                let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
+                let text = match value {
+                    None => Err("null text"),
+                    Some(v) => String::from_utf8(v).map_err(|_| "not utf-8"),
+                };
+                Doc { origin, kind, text, bytes, score: None }
+            })
+            .collect();
+        f(docs)
+    })
 }

@@ -198,6 +198,97 @@ fn jsonl_input_with_bad_records_is_counted_not_fatal() {
     assert_eq!(m.splits["train"].documents, 8);
 }
 
+/// The crafted corpus as rows of a Parquet file (four row groups, the copies in later groups
+/// than their originals; the file that is not UTF-8 as its raw bytes; one more row whose text is
+/// null) and as the JSONL records of the same documents: the same documents are kept, in the
+/// same order, with the same tokens, and the Parquet rows dropped on reading are named by their
+/// `path` column.
+#[test]
+fn parquet_rows_keep_what_their_jsonl_twins_keep_with_the_same_tokens() {
+    let src = tempfile::tempdir().unwrap();
+    corpus(src.path());
+    let mut rows: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut stack = vec![src.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(src.path()).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if rel.ends_with(".py") && !rel.starts_with("tests/") {
+                rows.push((rel, Some(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    rows.sort();
+    rows.push(("null.py".into(), None));
+    let dir = tempfile::tempdir().unwrap();
+    let groups: Vec<Vec<Vec<Option<Vec<u8>>>>> =
+        rows.chunks(rows.len().div_ceil(4)).map(|g| g.iter().map(|(p, t)| vec![t.clone(), Some(p.as_bytes().to_vec())]).collect()).collect();
+    assert_eq!(groups.len(), 4);
+    phi_data::parquet::write_string_columns(&dir.path().join("train-00000-of-00001.parquet"), &["content", "path"], &groups).unwrap();
+    // JSONL: the same records; the raw bytes that are not UTF-8 make their line not UTF-8.
+    let mut jsonl = Vec::new();
+    for (path, text) in &rows {
+        match text.as_deref().map(std::str::from_utf8) {
+            Some(Ok(t)) => jsonl.extend(serde_json::json!({"content": t, "path": path}).to_string().into_bytes()),
+            Some(Err(_)) => {
+                jsonl.extend(b"{\"content\": \"");
+                jsonl.extend(text.as_deref().unwrap().iter().flat_map(|&b| if b == b'\n' { b"\\n".to_vec() } else { vec![b] }));
+                jsonl.extend(format!("\", \"path\": \"{path}\"}}").into_bytes());
+            }
+            None => jsonl.extend(serde_json::json!({"path": path}).to_string().into_bytes()),
+        }
+        jsonl.push(b'\n');
+    }
+    std::fs::write(dir.path().join("docs.jsonl"), jsonl).unwrap();
+
+    let run = |input: Input, out: &str| {
+        let mut c = PrepareConfig::new(vec![input], TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+        c.validation_fraction = 0.2;
+        c.shard_tokens = 4000;
+        c.keep_documents = true;
+        let m = prepare(&c, &dir.path().join(out), None).unwrap();
+        let texts: Vec<String> = std::fs::read_to_string(dir.path().join(out).join("documents.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+            .collect();
+        let mut shards: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path().join(out))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        shards.sort();
+        (m, texts, shards)
+    };
+    let kind = phi_data::filters::DocKind::Python;
+    let glob = format!("{}/*.parquet", dir.path().display());
+    let (mp, tp, sp) = run(Input::parquet(&glob, "content", kind, Some("path")), "from-parquet");
+    let (mj, tj, sj) = run(Input::Jsonl { path: dir.path().join("docs.jsonl"), field: "content".into(), kind }, "from-jsonl");
+    // The corpus's 30 good modules, as the files themselves give (the copies, the broken, the
+    // generated, the tiny, the leaked and the non-UTF-8 files dropped).
+    assert_eq!(tp.len(), 30, "{}", mp.report.table());
+    assert_eq!(tp, tj, "the same documents, in the same order");
+    assert!(!sp.is_empty());
+    assert_eq!(sp, sj, "the same shards, token for token");
+    assert_eq!(
+        (mp.splits["train"].documents, mp.splits["validation"].documents),
+        (mj.splits["train"].documents, mj.splits["validation"].documents)
+    );
+    assert_eq!(dropped(&mp, "read"), [("not utf-8".to_string(), 1, vec!["latin1.py".to_string()]), ("null text".to_string(), 1, vec!["null.py".to_string()])]);
+    // Without --path-field a row is named by its file and row.
+    let (unnamed, ..) = run(Input::parquet(&glob, "content", kind, None), "unnamed");
+    let read = dropped(&unnamed, "read");
+    assert!(read.iter().any(|(r, _, e)| r == "null text" && e[0] == format!("train-00000-of-00001.parquet:row {}", rows.len())), "{read:?}");
+    // A column the file does not have: an error naming the file and the columns it has.
+    let mut c = PrepareConfig::new(vec![Input::parquet(&glob, "text", kind, None)], TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    c.validation_fraction = 0.0;
+    let e = prepare(&c, &dir.path().join("no-column"), None).unwrap_err().to_string();
+    assert!(e.contains("train-00000-of-00001.parquet") && e.contains("no column `text`") && e.contains("content, path"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shards that are damaged must say so.
 
