@@ -225,7 +225,7 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let (train, val, probe) = match &args.data {
         Some(path) => {
             let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
-            let (mut examples, report) = phi_train::sft_objective::load_jsonl(path, template, &tok, eos, max_len)
+            let (mut examples, report) = phi_train::sft_objective::load_examples(path, template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",
@@ -234,8 +234,9 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
                 report.skipped.len(),
                 report.truncated
             );
+            let unit = if phi_data::parquet::is_parquet(path) { "row" } else { "line" };
             for (line, why) in report.skipped.iter().take(10) {
-                println!("  skipped line {line}: {why}");
+                println!("  skipped {unit} {line}: {why}");
             }
             if examples.len() < 2 {
                 return Err(format!("{}: fewer than 2 usable examples", path.display()).into());

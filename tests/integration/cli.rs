@@ -236,6 +236,48 @@ fn finetune_on_a_jsonl_file_reports_bad_records_and_exports() {
     phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
 }
 
+/// The same SFT records as a Parquet file in the hub's layout (`prompt`/`response` columns, a
+/// row without a response, a row of nulls) and as JSONL: the same examples, so the same
+/// training, step for step; bad rows reported by row.
+#[test]
+fn finetune_on_a_parquet_file_trains_as_on_its_jsonl_twin() {
+    let base = phi3_tiny_with_tokenizer();
+    let mut records: Vec<(Option<String>, Option<String>)> = (0..12).map(|i| (Some(format!("the cat w{}", 10 + i)), Some("sat the cat".to_string()))).collect();
+    records.insert(3, (Some("no response here".into()), None));
+    records.insert(7, (None, None));
+    let rows: Vec<Vec<Option<Vec<u8>>>> = records.iter().map(|(p, r)| vec![p.clone().map(String::into_bytes), r.clone().map(String::into_bytes)]).collect();
+    let parquet = base.path().join("train-00000-of-00001.parquet");
+    phi::data::parquet::write_string_columns(&parquet, &["prompt", "response"], &[rows[..8].to_vec(), rows[8..].to_vec()]).unwrap();
+    let jsonl = base.path().join("sft.jsonl");
+    let lines: Vec<String> = records
+        .iter()
+        .map(|(p, r)| {
+            let mut o = serde_json::Map::new();
+            p.iter().for_each(|p| drop(o.insert("prompt".into(), p.clone().into())));
+            r.iter().for_each(|r| drop(o.insert("response".into(), r.clone().into())));
+            serde_json::Value::Object(o).to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let run = |data: &std::path::Path| {
+        let out = tempfile::tempdir().unwrap();
+        let r = phi().args(["finetune", "--steps", "3", "--batch-size", "2"]).arg("--base").arg(base.path()).arg("--data").arg(data).arg("--out").arg(out.path()).output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let losses: Vec<f64> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect();
+        (String::from_utf8(r.stdout).unwrap(), losses)
+    };
+    let (text, from_parquet) = run(&parquet);
+    let (_, from_jsonl) = run(&jsonl);
+    assert!(text.contains("12 examples, 2 skipped"), "{text}");
+    assert!(text.contains("skipped row 4: no `response`") && text.contains("skipped row 8: neither `messages` nor `prompt`"), "{text}");
+    assert_eq!(from_parquet.len(), 3);
+    assert_eq!(from_parquet, from_jsonl);
+}
+
 #[test]
 fn train_tokenizer_refuses_a_small_vocabulary_and_a_foreign_file_and_says_when_the_vocabulary_is_smaller() {
     let work = tempfile::tempdir().unwrap();

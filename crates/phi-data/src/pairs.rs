@@ -54,7 +54,8 @@ pub struct PairReport {
 
 fn ids_field(v: &Value, key: &str) -> Result<Option<Vec<u32>>, String> {
     match v.get(key) {
-        None => Ok(None),
+        // A Parquet row's absent column is a null.
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| x.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32).ok_or_else(|| format!("`{key}` holds {x}, not a token id")))
@@ -84,16 +85,21 @@ fn messages(v: &Value, key: &str) -> Result<Vec<Turn>, String> {
 /// `prompt_ids` is there; otherwise the record is text.
 pub fn parse_record(line: &str) -> Result<PairRecord, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    if let Some(prompt_ids) = ids_field(&v, "prompt_ids")? {
-        let chosen_ids = ids_field(&v, "chosen_ids")?.ok_or("no `chosen_ids`")?;
-        let rejected_ids = ids_field(&v, "rejected_ids")?.ok_or("no `rejected_ids`")?;
+    parse_value(&v)
+}
+
+/// [`parse_record`] of a record already parsed (a Parquet row, whose absent fields are nulls).
+pub fn parse_value(v: &Value) -> Result<PairRecord, String> {
+    if let Some(prompt_ids) = ids_field(v, "prompt_ids")? {
+        let chosen_ids = ids_field(v, "chosen_ids")?.ok_or("no `chosen_ids`")?;
+        let rejected_ids = ids_field(v, "rejected_ids")?.ok_or("no `rejected_ids`")?;
         if chosen_ids.is_empty() || rejected_ids.is_empty() {
             return Err("an empty completion".into());
         }
         return Ok(PairRecord::Ids(TokenPair { prompt_ids, chosen_ids, rejected_ids }));
     }
     let field = |key: &str, completion: bool| -> Result<PairText, String> {
-        match v.get(key).ok_or_else(|| format!("no `{key}` (nor `{key}_ids`)"))? {
+        match v.get(key).filter(|x| !x.is_null()).ok_or_else(|| format!("no `{key}` (nor `{key}_ids`)"))? {
             Value::String(s) if completion && s.trim().is_empty() => Err(format!("empty `{key}`")),
             Value::String(s) => Ok(PairText::Text(s.clone())),
             other => messages(other, key).map(PairText::Messages),
@@ -124,6 +130,26 @@ pub fn load_jsonl(path: &Path, mut encode: impl FnMut(PairRecord) -> Result<(Tok
             Err(why) => report.skipped.push((i + 1, why)),
         }
     }
+    report.pairs = pairs.len();
+    Ok((pairs, report))
+}
+
+/// [`load_jsonl`] for JSONL, or the rows of a Parquet file (`.parquet`, one record per row:
+/// `prompt`/`chosen`/`rejected` as strings or message lists, or the `_ids` columns;
+/// [`crate::parquet::for_each_row`]), skipped rows reported by row number.
+pub fn load(path: &Path, mut encode: impl FnMut(PairRecord) -> Result<(TokenPair, bool), String>) -> std::io::Result<(Vec<TokenPair>, PairReport)> {
+    if !crate::parquet::is_parquet(path) {
+        return load_jsonl(path, encode);
+    }
+    let (mut pairs, mut report) = (Vec::new(), PairReport::default());
+    crate::parquet::for_each_row(path, |row, value| match value.and_then(|v| parse_value(&v)).and_then(&mut encode) {
+        Ok((pair, cut)) => {
+            report.truncated += cut as usize;
+            pairs.push(pair)
+        }
+        Err(why) => report.skipped.push((row, why)),
+    })
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     report.pairs = pairs.len();
     Ok((pairs, report))
 }
@@ -174,5 +200,42 @@ mod tests {
         .unwrap();
         assert_eq!((pairs.len(), report.pairs, report.truncated), (2, 2, 1));
         assert_eq!(report.skipped, vec![(3, "a text record needs a tokenizer".to_string()), (5, "not valid UTF-8".to_string())]);
+    }
+
+    #[test]
+    fn a_parquet_file_of_text_pairs_loads_as_its_jsonl_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<[Option<&str>; 3]> = vec![[Some("p1"), Some("good"), Some("bad")], [Some("p2"), None, Some("bad")], [Some("p3"), Some("yes"), Some("no")]];
+        let cells: Vec<Vec<Option<Vec<u8>>>> = rows.iter().map(|r| r.iter().map(|c| c.map(|s| s.as_bytes().to_vec())).collect()).collect();
+        let parquet = dir.path().join("pairs.parquet");
+        crate::parquet::write_string_columns(&parquet, &["prompt", "chosen", "rejected"], &[cells]).unwrap();
+        let jsonl: String = rows
+            .iter()
+            .map(|r| {
+                let mut o = serde_json::Map::new();
+                for (k, v) in ["prompt", "chosen", "rejected"].iter().zip(r) {
+                    if let Some(v) = v {
+                        o.insert(k.to_string(), serde_json::Value::from(*v));
+                    }
+                }
+                serde_json::Value::Object(o).to_string() + "\n"
+            })
+            .collect();
+        let twin = dir.path().join("pairs.jsonl");
+        std::fs::write(&twin, jsonl).unwrap();
+        // Text to ids by bytes: enough to see that the same texts came through.
+        let encode = |r: PairRecord| match r {
+            PairRecord::Text { prompt: PairText::Text(p), chosen: PairText::Text(c), rejected: PairText::Text(x) } => {
+                let ids = |s: &str| s.bytes().map(u32::from).collect::<Vec<u32>>();
+                Ok((TokenPair { prompt_ids: ids(&p), chosen_ids: ids(&c), rejected_ids: ids(&x) }, false))
+            }
+            other => Err(format!("unexpected {other:?}")),
+        };
+        let (a, ra) = load(&parquet, encode).unwrap();
+        let (b, rb) = load(&twin, encode).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, b);
+        assert_eq!(ra.skipped, rb.skipped);
+        assert_eq!(ra.skipped, [(2, "no `chosen` (nor `chosen_ids`)".to_string())]);
     }
 }

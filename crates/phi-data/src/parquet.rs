@@ -101,6 +101,83 @@ fn read_strings(group: &dyn RowGroupReader, i: usize, max_def: i16, rows: usize)
     Ok(out)
 }
 
+/// Calls `f` with each row of the Parquet file `path`, in order, as a JSON object (column names
+/// as keys, lists as arrays, structs as objects, nulls as null: the hub's `messages` column comes
+/// out as a JSONL record's does), with its 1-based row number; a row that cannot be read comes
+/// as `Err(why)`. For the instruction and preference files of fine-tuning; pre-training text
+/// streams through [`for_each_row_group`] instead.
+///
+/// A string that is not UTF-8 (which Arrow writers such as pyarrow never produce) stops the
+/// `parquet` crate's record reader partway through its row, and it cannot go on in that row
+/// group: the rows after it in the group come as `Err` saying so, and the next row group is
+/// read afresh.
+pub fn for_each_row(path: &Path, mut f: impl FnMut(usize, Result<serde_json::Value, String>)) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| invalid(path, format!("not a readable Parquet file: {e}")))?;
+    let mut row_no = 0usize;
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(|e| invalid(path, format!("row group {g}: {e}")))?;
+        let rows = group.metadata().num_rows().max(0) as usize;
+        let iter = parquet::record::reader::RowIter::from_row_group(None, &*group).map_err(|e| invalid(path, format!("row group {g}: {e}")))?;
+        let (mut stuck, mut read) = (None, 0);
+        for row in iter.take(rows) {
+            row_no += 1;
+            read += 1;
+            match row {
+                Ok(r) => f(row_no, row_json(&r)),
+                Err(e) => {
+                    let e = e.to_string();
+                    let why = if e.contains("as String") { "a text value that is not valid UTF-8".to_string() } else { format!("unreadable row: {}", e.chars().take(200).collect::<String>()) };
+                    f(row_no, Err(why));
+                    stuck = Some(row_no);
+                    break;
+                }
+            }
+        }
+        if let Some(bad) = stuck {
+            for _ in read..rows {
+                row_no += 1;
+                f(row_no, Err(format!("not read: row {bad}, earlier in its row group, could not be read, and the Parquet record reader cannot go on past it in that group")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A row as a JSON object; byte arrays as strings, or an error where one is not UTF-8.
+fn row_json(row: &parquet::record::Row) -> Result<serde_json::Value, String> {
+    row.get_column_iter().map(|(name, field)| Ok((name.clone(), field_json(field)?))).collect::<Result<serde_json::Map<_, _>, String>>().map(serde_json::Value::Object)
+}
+
+fn field_json(field: &parquet::record::Field) -> Result<serde_json::Value, String> {
+    use parquet::record::Field;
+    use serde_json::Value;
+    Ok(match field {
+        Field::Bytes(b) => Value::String(String::from_utf8(b.data().to_vec()).map_err(|_| "a text value that is not valid UTF-8".to_string())?),
+        Field::Group(row) => row_json(row)?,
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_json).collect::<Result<_, _>>()?),
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| {
+                    let key = match field_json(k)? {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    Ok((key, field_json(v)?))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        // Numbers, booleans, nulls, dates: parquet's own JSON form.
+        other => other.to_json_value(),
+    })
+}
+
+/// Whether `path` names a Parquet file (by its extension, as the hub names them).
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
 /// Writes a Parquet file of nullable string columns `names` (snappy pages), one row group per
 /// item of `groups`, each a list of rows of one value per column (`None`: null). For tests and
 /// for turning other data into what the hub ships; through a temporary name, renamed at the end.
@@ -157,5 +234,20 @@ mod tests {
         std::fs::write(dir.path().join("bad.parquet"), b"not parquet at all").unwrap();
         let e = super::for_each_row_group(&dir.path().join("bad.parquet"), &["content"], |_, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("bad.parquet") && e.contains("not a readable Parquet file"), "{e}");
+    }
+
+    #[test]
+    fn rows_as_json_with_a_bad_value_reported_and_the_next_row_group_read_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.parquet");
+        let cell = |t: &[u8]| vec![Some(t.to_vec()), None];
+        super::write_string_columns(&path, &["prompt", "chosen"], &[vec![cell(b"a"), cell(b"\xff"), cell(b"c")], vec![cell(b"d")]]).unwrap();
+        let mut seen = Vec::new();
+        super::for_each_row(&path, |row, value| seen.push((row, value))).unwrap();
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0], (1, Ok(serde_json::json!({"prompt": "a", "chosen": null}))));
+        assert!(matches!(&seen[1], (2, Err(e)) if e.contains("not valid UTF-8")), "{seen:?}");
+        assert!(matches!(&seen[2], (3, Err(e)) if e.contains("not read: row 2")), "{seen:?}");
+        assert_eq!(seen[3], (4, Ok(serde_json::json!({"prompt": "d", "chosen": null}))));
     }
 }

@@ -722,12 +722,12 @@ pub fn parse_pair(line: &str, encoder: Option<&PairEncoder>) -> std::result::Res
     phi_data::pairs::parse_record(line).and_then(|r| encode_record(r, encoder))
 }
 
-/// Loads a JSONL file of preference records ([`phi_data::pairs::load_jsonl`], text through
+/// Loads a JSONL or Parquet file of preference records ([`phi_data::pairs::load`], text through
 /// `encoder`); a bad record, or one that `collate`'s truncation would leave nothing to learn
 /// from, is skipped and reported with its line number and the reason; pairs that will be cut
 /// are counted.
 pub fn load_pairs(path: &std::path::Path, encoder: Option<&PairEncoder>, collate: &Collate) -> Result<(Vec<TokenPair>, PairReport)> {
-    phi_data::pairs::load_jsonl(path, |record| {
+    phi_data::pairs::load(path, |record| {
         let pair = encode_record(record, encoder)?;
         match collate.drops(&pair) {
             Some(why) => Err(why),

@@ -5,7 +5,7 @@
 //!
 //! The examples themselves — JSONL records, their checks, the learned-token masks and padding —
 //! are [`phi_data::sft`]'s; this module adds what needs the model: [`encode`] renders a record's
-//! turns with the model's chat template and tokenizes them ([`load_jsonl`] does it for a file),
+//! turns with the model's chat template and tokenizes them ([`load_examples`] does it for a file),
 //! and [`sft_loss`] is the held-out response loss.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -48,10 +48,11 @@ pub fn encode(turns: &[Turn], template: ChatTemplate, tokenizer: &Tokenizer, eos
     (ex, cut)
 }
 
-/// A JSONL file of `{"messages": [...]}` or `{"prompt", "response"}` records as examples
-/// ([`encode`]d with `template`); bad records are skipped and reported with their line.
-pub fn load_jsonl(path: &std::path::Path, template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::io::Result<(Vec<SftExample>, SftReport)> {
-    phi_data::sft::load_jsonl(path, |turns| encode(turns, template, tokenizer, eos, max_len))
+/// A JSONL or Parquet file (`.parquet`) of `{"messages": [...]}` or `{"prompt", "response"}`
+/// records as examples ([`encode`]d with `template`); bad records are skipped and reported with
+/// their line (or row) number ([`phi_data::sft::load`]).
+pub fn load_examples(path: &std::path::Path, template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+    phi_data::sft::load(path, |turns| encode(turns, template, tokenizer, eos, max_len))
 }
 
 /// Positions whose next token is learned (the loss terms of an example).

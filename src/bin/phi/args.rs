@@ -195,7 +195,8 @@ pub struct FinetuneArgs {
     #[arg(long, value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
-    /// `{"prompt", "response"}` records (a tenth is held out for validation).
+    /// `{"prompt", "response"}` records, or Parquet (`.parquet`, the hub's layout: a `messages`
+    /// column or `prompt`/`response` columns); a tenth is held out for validation.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Chat template for `--data`: phi3 or plain (default: phi3 for Phi-3 models, plain otherwise).
@@ -368,8 +369,9 @@ pub struct DpoArgs {
     /// The policy's HF model folder (the SFT model; the base of a LoRA run).
     #[arg(long)]
     pub policy: PathBuf,
-    /// JSONL preference pairs: `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/
-    /// `rejected` as text or message lists (tokenized with the policy's tokenizer.json).
+    /// Preference pairs, JSONL or Parquet (`.parquet`, one pair per row):
+    /// `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/`rejected` as text or
+    /// message lists (tokenized with the policy's tokenizer.json).
     #[arg(long)]
     pub data: PathBuf,
     /// Held-out pairs (default: the last --holdout fraction of --data).

@@ -185,8 +185,9 @@ enum EvalCommand {
         /// reference for a PEFT model; without an adapter, the policy itself).
         #[arg(long)]
         reference: Option<PathBuf>,
-        /// JSONL pairs: `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/`rejected`
-        /// as text or message lists (tokenized with the policy's tokenizer.json).
+        /// Pairs, JSONL or Parquet (`.parquet`): `prompt_ids`/`chosen_ids`/`rejected_ids`, or
+        /// `prompt`/`chosen`/`rejected` as text or message lists (tokenized with the policy's
+        /// tokenizer.json).
         #[arg(long)]
         data: PathBuf,
         #[command(flatten)]
@@ -503,8 +504,9 @@ fn eval_dpo(
 }
 
 fn print_skipped(path: &std::path::Path, report: &phi::train::preference::PairReport) {
+    let unit = if phi::data::parquet::is_parquet(path) { "row" } else { "line" };
     for (line, why) in report.skipped.iter().take(10) {
-        eprintln!("{}: skipped line {line}: {why}", path.display());
+        eprintln!("{}: skipped {unit} {line}: {why}", path.display());
     }
     if report.skipped.len() > 10 {
         eprintln!("{}: … and {} more skipped", path.display(), report.skipped.len() - 10);
