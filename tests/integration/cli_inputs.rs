@@ -255,3 +255,43 @@ fn a_zero_stage_the_tool_does_not_have_is_refused_by_the_flag() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("--zero") && err.contains("expected 0 (no sharding) or 1"), "{err}");
 }
+
+/// A folder laid out as the hub lays out a dataset (`data/{split}-0000N-of-0000M.parquet`, or the
+/// hub's conversion `{config}/{split}/NNNN.parquet`): `--input DIR --split S` reads that split's
+/// shards; a split the folder does not have is refused, naming those it has.
+#[test]
+fn data_prepare_reads_a_split_of_a_dataset_in_the_hubs_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(corpus()).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "py")).collect();
+    files.sort();
+    let rows: Vec<Vec<Option<Vec<u8>>>> = files.iter().map(|p| vec![Some(std::fs::read(p).unwrap())]).collect();
+    let write = |rel: &str, rows: &[Vec<Option<Vec<u8>>>]| {
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        phi::data::parquet::write_string_columns(&path, &["text"], &[rows.to_vec()]).unwrap();
+    };
+    let (train, test) = rows.split_at(rows.len() - 3);
+    write("pushed/data/train-00000-of-00002.parquet", &train[..6]);
+    write("pushed/data/train-00001-of-00002.parquet", &train[6..]);
+    write("pushed/data/test-00000-of-00001.parquet", test);
+    write("converted/default/train/0000.parquet", train);
+    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/phi-data/tests/fixtures/tokenizers/gpt2/tokenizer.json");
+    let prepare = |input: &str, split: &str, out: &str| {
+        phi().args(["data", "prepare", "--kind", "python", "--split", split, "--tokenizer"]).arg(&gpt2).arg("--input").arg(dir.path().join(input)).arg("--out").arg(dir.path().join(out)).output().unwrap()
+    };
+    let documents = |out: &str| -> u64 {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("manifest.json")).unwrap()).unwrap();
+        m["splits"]["train"]["documents"].as_u64().unwrap() + m["splits"]["validation"]["documents"].as_u64().unwrap()
+    };
+    for (input, out) in [("pushed", "a"), ("converted", "b")] {
+        let r = prepare(input, "train", out);
+        assert!(r.status.success(), "{input}: {}", stderr(&r));
+    }
+    assert_eq!(documents("a"), documents("b"), "both layouts hold the same train rows");
+    assert!(documents("a") > 10);
+    let r = prepare("pushed", "test", "c");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(documents("c") <= 3);
+    assert_refused(&prepare("pushed", "validation", "d"), "no Parquet files of split `validation`");
+    assert_refused(&prepare("pushed", "validation", "d"), "it has the splits test, train");
+}

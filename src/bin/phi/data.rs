@@ -65,6 +65,10 @@ pub struct InputArgs {
     /// The JSONL field or Parquet column that holds the document.
     #[arg(long, default_value = "text")]
     pub text_field: String,
+    /// Each --input folder is a dataset laid out as the hub lays one out (data/train-00000-of-00004.parquet,
+    /// default/train/0000.parquet, …): read this split's Parquet files (with --text-field).
+    #[arg(long)]
+    pub split: Option<String>,
     /// Parquet: a string column that names each document in the report (e.g. The Stack's
     /// max_stars_repo_path; default: file:row N).
     #[arg(long)]
@@ -81,17 +85,25 @@ pub enum Kind {
 }
 
 impl InputArgs {
-    fn inputs(&self) -> Vec<Input> {
+    fn inputs(&self) -> Result<Vec<Input>, phi_data::DataError> {
         let kind = match self.kind {
             Kind::Python => DocKind::Python,
             Kind::Text => DocKind::Text,
         };
-        self.input
+        let folders = self
+            .input
             .iter()
-            .map(|root| Input::Files { root: root.clone(), pattern: self.glob.clone(), exclude: self.exclude.clone() })
+            .map(|root| match &self.split {
+                // A dataset in the hub's layout: its split's Parquet files.
+                Some(split) => Input::hub_split(root, split, &self.text_field, kind, self.path_field.as_deref()),
+                None => Ok(Input::Files { root: root.clone(), pattern: self.glob.clone(), exclude: self.exclude.clone() }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(folders
+            .into_iter()
             .chain(self.jsonl.iter().map(|p| Input::Jsonl { path: p.clone(), field: self.text_field.clone(), kind }))
             .chain(self.parquet.iter().map(|g| Input::parquet(g, &self.text_field, kind, self.path_field.as_deref())))
-            .collect()
+            .collect())
     }
 }
 
@@ -305,7 +317,7 @@ impl PrepareArgs {
             Some(p) => TokenizerSource::File(p.clone()),
             None => TokenizerSource::Train { vocab_size: self.vocab_size },
         };
-        let mut c = PrepareConfig::new(self.input.inputs(), tokenizer);
+        let mut c = PrepareConfig::new(self.input.inputs().map_err(|e| e.to_string())?, tokenizer);
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut base = toml::Value::try_from(&c).map_err(|e| e.to_string())?;
@@ -318,7 +330,7 @@ impl PrepareArgs {
             phi::recipes::merge_toml(&mut base, over);
             c = base.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;
             if c.inputs.is_empty() {
-                c.inputs = self.input.inputs();
+                c.inputs = self.input.inputs().map_err(|e| e.to_string())?;
             }
         }
         if c.inputs.is_empty() {
@@ -409,7 +421,7 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
             }
             phi_data::tokenizer::check_replaceable(&out)?;
             let t = std::time::Instant::now();
-            let files = phi_data::prepare::documents(&input.inputs())?;
+            let files = phi_data::prepare::documents(&input.inputs()?)?;
             let tok = phi_data::Tokenizer::train_bpe(files.into_iter(), vocab_size)?;
             tok.save_replacing_only_ours(&out)?;
             println!("wrote {} (vocab {}, {:.1}s)", out.display(), tok.vocab_size(), t.elapsed().as_secs_f64());
@@ -430,12 +442,13 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
 
 fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     use phi::annotate::{AnnotateOptions, PromptTemplate};
-    let documents = match (&a.prepared, a.input.inputs().is_empty()) {
+    let inputs = a.input.inputs()?;
+    let documents = match (&a.prepared, inputs.is_empty()) {
         (Some(dir), true) if !dir.join("documents.jsonl").is_file() => {
             return Err(format!("{}: no documents.jsonl (prepare with --keep-documents to keep them)", dir.display()).into());
         }
         (Some(dir), true) => phi_data::prepare::prepared_documents(dir)?,
-        (None, false) => phi_data::prepare::documents_with_origin(&a.input.inputs())?,
+        (None, false) => phi_data::prepare::documents_with_origin(&inputs)?,
         (Some(_), false) => return Err("give --prepared or --input/--jsonl/--parquet, not both".into()),
         (None, true) => return Err("nothing to annotate: give --input DIR, --jsonl FILE, --parquet GLOB or --prepared DATA".into()),
     };

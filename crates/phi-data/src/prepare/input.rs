@@ -56,6 +56,37 @@ impl Input {
         };
         Input::Parquet { root, pattern, field: field.to_string(), kind, path_field: path_field.map(str::to_string) }
     }
+
+    /// The Parquet files of split `split` in a folder laid out as the hub lays out a dataset
+    /// repository, in the first of its layouts the folder has: `data/{split}-00000-of-00004.parquet`
+    /// (what `push_to_hub` writes), `{config}/{split}/0000.parquet` (the hub's Parquet
+    /// conversion), `data/{split}/….parquet`, `{split}-….parquet` or `{split}.parquet`. An error
+    /// names the split and the splits the folder has.
+    pub fn hub_split(root: &Path, split: &str, field: &str, kind: DocKind, path_field: Option<&str>) -> Result<Input, DataError> {
+        if !root.is_dir() {
+            return Err(DataError::Invalid(format!("{}: not a folder", root.display())));
+        }
+        if split.is_empty() || split.contains(['/', '\\', '*', '?', '[']) {
+            return Err(DataError::Invalid(format!("split {split:?}: expected a split name such as train or validation")));
+        }
+        let layouts = [format!("data/{split}-*.parquet"), format!("*/{split}/*.parquet"), format!("data/{split}/*.parquet"), format!("{split}-*.parquet"), format!("{split}.parquet")];
+        for pattern in layouts {
+            if !walk(root, &pattern, &[], &mut RepeatedFolders::default())?.is_empty() {
+                return Ok(Input::Parquet { root: root.to_path_buf(), pattern, field: field.to_string(), kind, path_field: path_field.map(str::to_string) });
+            }
+        }
+        // The splits it has, as those layouts name them.
+        let mut found = std::collections::BTreeSet::new();
+        for p in walk(root, "**/*.parquet", &[], &mut RepeatedFolders::default())? {
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+            let name = parts.last().cloned().unwrap_or_default();
+            let stem = name.trim_end_matches(".parquet");
+            found.insert(if parts.len() >= 3 { parts[parts.len() - 2].clone() } else { stem.split('-').next().unwrap_or(stem).to_string() });
+        }
+        let has = if found.is_empty() { "no .parquet files".to_string() } else { format!("the splits {}", found.into_iter().collect::<Vec<_>>().join(", ")) };
+        Err(DataError::Invalid(format!("{}: no Parquet files of split `{split}` in the hub's layouts (data/{split}-*.parquet, CONFIG/{split}/*.parquet, …); it has {has}", root.display())))
+    }
 }
 
 /// A file to read, with how to read it.
