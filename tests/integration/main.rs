@@ -11,6 +11,7 @@ mod cli_dpo;
 mod cli_guards;
 mod cli_humaneval;
 mod cli_inputs;
+mod cli_prepare_tasks;
 // Two MPI processes (mpirun): built with the `mpi` feature, which scripts/test turns on.
 #[cfg(feature = "mpi")]
 mod distributed;

@@ -43,6 +43,15 @@ pub fn exact_duplicates(docs: &[&str]) -> Vec<usize> {
     docs.iter().enumerate().filter(|(_, d)| !seen.insert(content_hash(d))).map(|(i, _)| i).collect()
 }
 
+/// The hash of one LSH band: its rows as little-endian bytes (as a stored signature holds them).
+pub(crate) fn band_key(rows_le: &[u8]) -> u64 {
+    fnv(rows_le.iter().copied())
+}
+
+fn bytemuck_le(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// MinHash + LSH near-duplicate detection.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NearDup {
@@ -78,6 +87,19 @@ impl NearDup {
             .collect()
     }
 
+    /// The LSH keys of a signature: for each band, its number and a hash of its rows. Two
+    /// documents are compared when they share a key.
+    pub fn band_keys(&self, sig: &[u64]) -> Vec<(u32, u64)> {
+        let rows = self.rows;
+        (0..self.bands).map(|b| (b as u32, band_key(bytemuck_le(&sig[b * rows..(b + 1) * rows]).as_slice()))).collect()
+    }
+
+    /// Whether two signatures estimate a Jaccard similarity at or above the threshold.
+    pub fn similar(&self, a: &[u64], b: &[u64]) -> bool {
+        let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+        same as f64 / a.len() as f64 >= self.threshold
+    }
+
     /// Indices of documents that are near duplicates of an earlier kept document.
     pub fn duplicates(&self, docs: &[&str]) -> Vec<usize> {
         let mut index = NearDupIndex::new(self.clone());
@@ -101,13 +123,8 @@ impl NearDupIndex {
     /// If `sig` is a near duplicate of a kept document, that document's number (in insertion
     /// order of kept documents) and nothing is stored; otherwise `sig` is kept.
     pub fn insert(&mut self, sig: Vec<u64>) -> Option<usize> {
-        let rows = self.params.rows;
-        let keys: Vec<(u32, u64)> =
-            (0..self.params.bands).map(|b| (b as u32, fnv(sig[b * rows..(b + 1) * rows].iter().flat_map(|v| v.to_le_bytes())))).collect();
-        let matched = keys.iter().filter_map(|k| self.buckets.get(k)).flatten().copied().find(|&j| {
-            let same = sig.iter().zip(&self.kept[j as usize]).filter(|(a, b)| a == b).count();
-            same as f64 / sig.len() as f64 >= self.params.threshold
-        });
+        let keys = self.params.band_keys(&sig);
+        let matched = keys.iter().filter_map(|k| self.buckets.get(k)).flatten().copied().find(|&j| self.params.similar(&sig, &self.kept[j as usize]));
         if let Some(j) = matched {
             return Some(j as usize);
         }

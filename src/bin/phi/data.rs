@@ -308,6 +308,24 @@ pub struct PrepareArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Split the work into N tasks (`--stages` lists the stages): without --stage, every stage
+    /// runs here, each stage's tasks as processes, --workers at a time; with --stage, one task.
+    /// The result is the same as one process's, whatever N.
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Task processes at a time (default: one per CPU core, at most N); the cores are shared
+    /// out among them.
+    #[arg(long, requires = "tasks")]
+    pub workers: Option<usize>,
+    /// Print the stages of a run as --tasks N in order, with each stage's task count.
+    #[arg(long, requires = "tasks", conflicts_with = "stage")]
+    pub stages: bool,
+    /// Run one task of this stage (what a cluster's array job runs, one stage after another).
+    #[arg(long, requires = "tasks")]
+    pub stage: Option<String>,
+    /// Which task of --stage, from 0 (default: $SLURM_ARRAY_TASK_ID).
+    #[arg(long, requires = "stage")]
+    pub task: Option<usize>,
 }
 
 impl PrepareArgs {
@@ -397,10 +415,76 @@ impl PrepareArgs {
     }
 }
 
+/// `phi data prepare --tasks N`: the stages (`--stages`), one task (`--stage S --task I`), or
+/// every stage with this program's own processes as the tasks.
+fn prepare_tasks(args: &PrepareArgs, config: &PrepareConfig, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use phi_data::prepare::tasks::{self, TaskOutcome, TaskStage};
+    if n == 0 {
+        return Err("--tasks 0: give at least 1".into());
+    }
+    if args.stages {
+        for s in tasks::stages(config) {
+            println!("{:<10} {:>5} task(s)  {}", s.name(), s.tasks(n), s.what());
+        }
+        return Ok(());
+    }
+    if let Some(stage) = &args.stage {
+        let stage: TaskStage = stage.parse()?;
+        let task = match (args.task, std::env::var("SLURM_ARRAY_TASK_ID")) {
+            (Some(t), _) => t,
+            (None, Ok(id)) => id.trim().parse().map_err(|_| format!("SLURM_ARRAY_TASK_ID = {id:?}: not a task number"))?,
+            (None, Err(_)) => return Err("--stage needs --task I (or SLURM_ARRAY_TASK_ID, as a Slurm array job has)".into()),
+        };
+        let scorer = if stage == TaskStage::Filter { args.scorer(config)? } else { None };
+        let scorer = scorer.as_ref().map(|s| s as &dyn phi_data::prepare::DocumentScorer);
+        match tasks::run_task(config, scorer, &args.out, n, stage, task)? {
+            TaskOutcome::Ran(d) => {
+                let memory = d.peak_memory_mb.map_or(String::new(), |mb| format!(", peak {mb:.0} MB"));
+                println!("{stage} {}/{}: {} ({:.1}s{memory})", task + 1, stage.tasks(n), d.summary, d.seconds);
+            }
+            TaskOutcome::AlreadyDone(d) => println!("{stage} {}/{}: already done ({})", task + 1, stage.tasks(n), d.summary),
+            TaskOutcome::AlreadyPrepared => println!("{} already holds this dataset", args.out.display()),
+        }
+        return Ok(());
+    }
+    // The local executor: each task is this program again with --stage and --task added; what
+    // it prints comes back as a progress line on stderr, its error as the run's.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let workers = args.workers.unwrap_or(cores).clamp(1, n);
+    let threads = (cores / workers).max(1).to_string();
+    let exe = std::env::current_exe()?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let launch = |stage: TaskStage, task: usize| -> Result<(), phi_data::DataError> {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(&argv).args(["--stage", stage.name(), "--task", &task.to_string()]).stdin(std::process::Stdio::null());
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            cmd.env("RAYON_NUM_THREADS", &threads);
+        }
+        let out = cmd.output().map_err(|e| phi_data::DataError::io(&exe, e))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(phi_data::DataError::Invalid(format!("{} ({})", err.trim().trim_start_matches("error: "), out.status)));
+        }
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        Ok(())
+    };
+    let manifest = tasks::run_local(config, &args.out, n, workers, &launch)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest.report)?);
+    } else {
+        print!("{}", manifest.report.table());
+        println!("wrote {} (tokenizer vocab {}, {}-byte tokens; {n} tasks)", args.out.join("manifest.json").display(), manifest.tokenizer.vocab_size, manifest.bytes_per_token);
+    }
+    Ok(())
+}
+
 pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         DataCommand::Prepare(args) => {
             let config = args.config()?;
+            if let Some(n) = args.tasks {
+                return prepare_tasks(&args, &config, n);
+            }
             let scorer = args.scorer(&config)?;
             // Bars on stderr as the stages go (not with --json: its output is for programs).
             let bars = (!args.json).then(phi::progress::PrepareBars::new);

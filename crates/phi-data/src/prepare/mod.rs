@@ -28,8 +28,9 @@ mod input;
 mod progress;
 mod report;
 mod score;
+pub mod tasks;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -364,6 +365,10 @@ struct Kept {
     text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     score: Option<f32>,
+    /// The document's number (preparation as tasks, where the kept documents of each task are
+    /// written apart and a later stage may move one across splits by its number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
 }
 
 /// [`prepare`] with the scorer of the config's classifier stage (`config.classifier` with a
@@ -372,26 +377,7 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     let progress = progress.unwrap_or(&());
     let wall = Instant::now();
     check_config(config)?;
-    match (config.classifier.as_ref().and_then(|c| c.classifier.as_ref()), scorer) {
-        (Some(clf), None) => {
-            return Err(DataError::Invalid(format!(
-                "the classifier stage ({}) needs its scorer: load it with phi_classify::Scorer::load and call prepare_with",
-                clf.display()
-            )));
-        }
-        (None, Some(s)) => {
-            return Err(DataError::Invalid(format!("a scorer ({}) was given but the config has no classifier stage with a classifier folder", s.describe())));
-        }
-        (Some(_), Some(s)) => {
-            let want = config.classifier.as_ref().and_then(|c| c.head.clone());
-            if let (Some(want), Some(got)) = (want, s.head()) {
-                if want != got {
-                    return Err(DataError::Invalid(format!("the config's classifier stage scores with the {want} head, the scorer ({}) with {got}", s.describe())));
-                }
-            }
-        }
-        (None, None) => {}
-    }
+    check_scorer(config, scorer)?;
     // `out` is replaced at the end: refuse now, before any work, unless it is ours to replace.
     crate::owned::check(out, &DATASET_LAYOUT)?;
     let fingerprint = fingerprint(config)?;
@@ -399,52 +385,18 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
     if sources.is_empty() {
         return Err(DataError::Invalid(format!("no input files match {:?}", config.inputs)));
     }
-    let mut partial = out.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    // An input inside the output (re-thresholding `out/documents.jsonl` into `out`) would be
-    // replaced by the run that reads it.
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    for s in &sources {
-        let src = canon(&s.path);
-        if [out, partial.as_path()].iter().any(|o| src.starts_with(canon(o))) {
-            return Err(DataError::Invalid(format!(
-                "input {} is inside the output folder {}, which this run replaces: write to another output folder",
-                s.path.display(),
-                out.display()
-            )));
-        }
-    }
-    // A `.partial` left by a run that died is cleared; one that is not ours stops us.
-    crate::owned::remove_owned(&partial, &PARTIAL_LAYOUT)?;
-    std::fs::create_dir_all(&partial).map_err(|e| DataError::io(&partial, e))?;
-    let marker = serde_json::json!({ "format": FORMAT, "version": crate::shard::VERSION, "partial_of": out });
-    write_atomic(&partial.join(PARTIAL_MARKER), marker.to_string().as_bytes())?;
+    let partial = partial_dir(out);
+    check_inputs_outside(&sources, out, &partial)?;
+    start_partial(&partial, out)?;
 
     // Stages 1–5, streaming.
     let kept_path = partial.join("documents.jsonl");
-    let (stages, scores, mut counts) = filter_stages(config, scorer, &sources, &kept_path, progress)?;
+    let (stages, scores, mut counts) = filter_stages(config, scorer, &sources, &kept_path, progress, Dedup::Here)?;
     let mut report = PrepareReport { stages, scores, repeated_folders, ..Default::default() };
-    if counts[0] + counts[1] == 0 {
-        return Err(DataError::Invalid(format!(
-            "every document was dropped; nothing to train on:\n{}",
-            report.table()
-        )));
-    }
-    if config.validation_fraction > 0.0 {
-        if counts[0] + counts[1] < 2 {
-            return Err(DataError::Invalid(format!(
-                "only 1 document is left after filtering: a training and a validation split need at least 2 \
-                 (validation_fraction = {}; set it to 0 to train without validation):\n{}",
-                config.validation_fraction,
-                report.table()
-            )));
-        }
-        // A small corpus can leave a split empty by the luck of the hashes (a validation loss
-        // of NaN, or no training data): move the one document nearest the boundary over.
-        if counts[0] == 0 || counts[1] == 0 {
-            counts = move_one_across(&kept_path, config.validation_fraction)?;
-        }
+    // A small corpus can leave a split empty by the luck of the hashes (a validation loss of
+    // NaN, or no training data): move the one document nearest the boundary over.
+    if check_counts(config, counts, &report)? {
+        counts = move_one_across(&kept_path, config.validation_fraction)?;
     }
 
     // The tokenizer.
@@ -467,7 +419,8 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
 
     // Tokenize into shards.
     let t = Instant::now();
-    let splits = tokenize(config, &tokenizer, eos, &kept_path, &partial, counts[0] + counts[1], progress)?;
+    let names = ["train".to_string(), "validation".to_string()];
+    let splits = tokenize(config, &tokenizer, eos, &kept_path, &partial, &names, None, counts[0] + counts[1], progress)?;
     report.tokenize_seconds = t.elapsed().as_secs_f64();
     for (name, split) in [("train", &mut report.train), ("validation", &mut report.validation)] {
         let e = &splits[name];
@@ -488,15 +441,99 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
         report,
         config: config.clone(),
     };
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    publish(&partial, out, &manifest)?;
+    Ok(manifest)
+}
+
+/// `<out>.partial`, where a dataset is built before it is renamed into place.
+fn partial_dir(out: &Path) -> PathBuf {
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    PathBuf::from(partial)
+}
+
+/// An input inside the output (re-thresholding `out/documents.jsonl` into `out`) would be
+/// replaced by the run that reads it.
+fn check_inputs_outside(sources: &[input::SourceFile], out: &Path, partial: &Path) -> Result<(), DataError> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    for s in sources {
+        let src = canon(&s.path);
+        if [out, partial].iter().any(|o| src.starts_with(canon(o))) {
+            return Err(DataError::Invalid(format!(
+                "input {} is inside the output folder {}, which this run replaces: write to another output folder",
+                s.path.display(),
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh `<out>.partial` with our marker: one left by a run that died is cleared; one that is
+/// not ours stops us.
+fn start_partial(partial: &Path, out: &Path) -> Result<(), DataError> {
+    crate::owned::remove_owned(partial, &PARTIAL_LAYOUT)?;
+    std::fs::create_dir_all(partial).map_err(|e| DataError::io(partial, e))?;
+    let marker = serde_json::json!({ "format": FORMAT, "version": crate::shard::VERSION, "partial_of": out });
+    write_atomic(&partial.join(PARTIAL_MARKER), marker.to_string().as_bytes())
+}
+
+/// The checks on the kept documents' counts (`[train, validation]`) before a tokenizer is
+/// trained: an error when nothing (or, with a validation split, one document) is left. `true`
+/// when one split is empty and a document must move across.
+fn check_counts(config: &PrepareConfig, counts: [u64; 2], report: &PrepareReport) -> Result<bool, DataError> {
+    if counts[0] + counts[1] == 0 {
+        return Err(DataError::Invalid(format!("every document was dropped; nothing to train on:\n{}", report.table())));
+    }
+    if config.validation_fraction == 0.0 {
+        return Ok(false);
+    }
+    if counts[0] + counts[1] < 2 {
+        return Err(DataError::Invalid(format!(
+            "only 1 document is left after filtering: a training and a validation split need at least 2 \
+             (validation_fraction = {}; set it to 0 to train without validation):\n{}",
+            config.validation_fraction,
+            report.table()
+        )));
+    }
+    Ok(counts[0] == 0 || counts[1] == 0)
+}
+
+/// Writes the manifest into the finished `partial` build and swaps it into place at `out`.
+fn publish(partial: &Path, out: &Path, manifest: &Manifest) -> Result<(), DataError> {
+    let json = serde_json::to_string_pretty(manifest).expect("manifest serializes");
     write_atomic(&partial.join(MANIFEST), json.as_bytes())?;
     // The manifest now marks the build as ours; the partial marker has done its job.
     std::fs::remove_file(partial.join(PARTIAL_MARKER)).map_err(|e| DataError::io(&partial.join(PARTIAL_MARKER), e))?;
     // Swap the finished folder into place, replacing only a dataset of ours (checked again: the
     // folder may have changed during the run).
     crate::owned::remove_owned(out, &DATASET_LAYOUT)?;
-    std::fs::rename(&partial, out).map_err(|e| DataError::io(out, e))?;
-    Ok(manifest)
+    std::fs::rename(partial, out).map_err(|e| DataError::io(out, e))
+}
+
+/// The scorer given must be the one the config's classifier stage needs (or none without one).
+fn check_scorer(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>) -> Result<(), DataError> {
+    match (config.classifier.as_ref().and_then(|c| c.classifier.as_ref()), scorer) {
+        (Some(clf), None) => {
+            return Err(DataError::Invalid(format!(
+                "the classifier stage ({}) needs its scorer: load it with phi_classify::Scorer::load and call prepare_with",
+                clf.display()
+            )));
+        }
+        (None, Some(s)) => {
+            return Err(DataError::Invalid(format!("a scorer ({}) was given but the config has no classifier stage with a classifier folder", s.describe())));
+        }
+        (Some(_), Some(s)) => {
+            let want = config.classifier.as_ref().and_then(|c| c.head.clone());
+            if let (Some(want), Some(got)) = (want, s.head()) {
+                if want != got {
+                    return Err(DataError::Invalid(format!("the config's classifier stage scores with the {want} head, the scorer ({}) with {got}", s.describe())));
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 fn check_config(c: &PrepareConfig) -> Result<(), DataError> {
@@ -538,17 +575,7 @@ fn split_threshold(fraction: f64) -> u64 {
 /// threshold across (deterministic, so reruns agree), rewriting the kept documents. Returns the
 /// new counts.
 fn move_one_across(kept_path: &Path, fraction: f64) -> Result<[u64; 2], DataError> {
-    let threshold = split_threshold(fraction);
-    // (distance to the threshold, index) of the best candidate.
-    let mut best: Option<(u64, usize)> = None;
-    for (i, k) in kept_documents(kept_path)?.enumerate() {
-        let key = split_key(&k.text);
-        let distance = if k.validation { threshold - 1 - key } else { key - threshold };
-        if best.is_none_or(|(d, _)| distance < d) {
-            best = Some((distance, i));
-        }
-    }
-    let (_, chosen) = best.expect("at least two kept documents");
+    let (chosen, _) = nearest_to_boundary(kept_documents(kept_path)?, fraction).expect("at least two kept documents");
     let tmp = kept_path.with_extension("jsonl.tmp");
     let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?);
     let mut counts = [0u64; 2];
@@ -564,11 +591,87 @@ fn move_one_across(kept_path: &Path, fraction: f64) -> Result<[u64; 2], DataErro
     Ok(counts)
 }
 
+/// The kept document whose split key is nearest the threshold (the first of equals): its
+/// position among `docs`, and its number where it has one.
+fn nearest_to_boundary(docs: impl Iterator<Item = Kept>, fraction: f64) -> Option<(usize, Option<u64>)> {
+    let threshold = split_threshold(fraction);
+    // (distance to the threshold, position, id) of the best candidate.
+    let mut best: Option<(u64, usize, Option<u64>)> = None;
+    for (i, k) in docs.enumerate() {
+        let key = split_key(&k.text);
+        let distance = if k.validation { threshold - 1 - key } else { key - threshold };
+        if best.is_none_or(|(d, _, _)| distance < d) {
+            best = Some((distance, i, k.id));
+        }
+    }
+    best.map(|(_, i, id)| (i, id))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Why the dedup stages drop a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DupReason {
+    Exact,
+    Near,
+}
+
+impl DupReason {
+    fn label(self) -> &'static str {
+        match self {
+            DupReason::Exact => "exact duplicate",
+            DupReason::Near => "near duplicate",
+        }
+    }
+}
+
+/// Where the dedup stages' verdicts come from.
+pub(crate) enum Dedup<'a> {
+    /// Decided here as the documents stream by (one process): a hash set and the LSH index.
+    Here,
+    /// Decided beforehand over the whole corpus (preparation as tasks) for the documents of
+    /// `task`: the reason to drop each dropped one, by document number. Kept documents carry
+    /// their number.
+    Decided { task: usize, drops: &'a HashMap<u64, DupReason> },
+}
+
+/// Documents are numbered in reading order, those of task `t` from `t << TASK_SHIFT` (a task
+/// reads a contiguous run of the input files, so the numbers order the whole corpus as one
+/// process reads it; one process is task 0).
+pub(crate) const TASK_SHIFT: u32 = 40;
+
+/// Stage 1 (read) and stage 2 (quality) on one chunk: the documents left, numbered from
+/// `next_id` in reading order (every document read counts, dropped or not).
+fn read_and_quality(config: &PrepareConfig, read: &mut StageReport, quality: &mut StageReport, docs: Vec<input::Doc>, next_id: &mut u64) -> Vec<Live> {
+    let t = Instant::now();
+    let mut live: Vec<Live> = Vec::with_capacity(docs.len());
+    for d in docs {
+        let id = *next_id;
+        *next_id += 1;
+        match d.text {
+            Ok(text) if text.trim().is_empty() => read.drop_doc("empty", d.bytes, &d.origin),
+            Ok(text) => {
+                read.keep(text.len() as u64);
+                live.push(Live { id, origin: d.origin, kind: d.kind, text, score: d.score });
+            }
+            Err(reason) => read.drop_doc(reason, d.bytes, &d.origin),
+        }
+    }
+    read.seconds += t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let verdicts: Vec<_> = match &config.filters {
+        Some(f) => live.par_iter().map(|d| f.check(&d.text, d.kind)).collect(),
+        None => vec![None; live.len()],
+    };
+    let live = stage(quality, live, verdicts.into_iter().map(|v| v.map(|r| r.label())).collect());
+    quality.seconds += t.elapsed().as_secs_f64();
+    live
 }
 
 /// Stages 1–5; writes the kept documents to `kept_path`. Returns the stage reports, the
@@ -579,6 +682,7 @@ fn filter_stages(
     sources: &[input::SourceFile],
     kept_path: &Path,
     progress: &dyn PrepareProgress,
+    dedup: Dedup,
 ) -> Result<(Vec<StageReport>, Option<ScoreReport>, [u64; 2]), DataError> {
     let mut read = StageReport::new("read");
     let mut quality = StageReport::new("quality");
@@ -601,46 +705,40 @@ fn filter_stages(
     let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
     let mut kept = [0u64; 2];
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
+    let (mut next_id, decided) = match dedup {
+        Dedup::Here => (0, None),
+        Dedup::Decided { task, drops } => ((task as u64) << TASK_SHIFT, Some(drops)),
+    };
+    let is = |id: u64, reason: DupReason| decided.and_then(|d| d.get(&id)) == Some(&reason);
     progress.start(Stage::Filter, Some((total, Unit::Bytes)));
     input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
         progress.advance(Stage::Filter, docs.iter().map(|d| d.bytes).sum());
+        let live = read_and_quality(config, &mut read, &mut quality, docs, &mut next_id);
+
         let t = Instant::now();
-        let mut live: Vec<Live> = Vec::with_capacity(docs.len());
-        for d in docs {
-            match d.text {
-                Ok(text) if text.trim().is_empty() => read.drop_doc("empty", d.bytes, &d.origin),
-                Ok(text) => {
-                    read.keep(text.len() as u64);
-                    live.push(Live { origin: d.origin, kind: d.kind, text, score: d.score });
-                }
-                Err(reason) => read.drop_doc(reason, d.bytes, &d.origin),
+        let live = match (config.exact_dedup, decided) {
+            (false, _) => live,
+            (true, None) => {
+                let hashes: Vec<u64> = live.par_iter().map(|d| content_hash(&d.text)).collect();
+                let verdicts = hashes.into_iter().map(|h| (!seen.insert(h)).then_some(DupReason::Exact.label())).collect();
+                stage(&mut exact, live, verdicts)
             }
-        }
-        read.seconds += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let verdicts: Vec<_> = match &config.filters {
-            Some(f) => live.par_iter().map(|d| f.check(&d.text, d.kind)).collect(),
-            None => vec![None; live.len()],
-        };
-        let live = stage(&mut quality, live, verdicts.into_iter().map(|v| v.map(|r| r.label())).collect());
-        quality.seconds += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let live = if config.exact_dedup {
-            let hashes: Vec<u64> = live.par_iter().map(|d| content_hash(&d.text)).collect();
-            let verdicts = hashes.into_iter().map(|h| (!seen.insert(h)).then_some("exact duplicate")).collect();
-            stage(&mut exact, live, verdicts)
-        } else {
-            live
+            (true, Some(_)) => {
+                let verdicts = live.iter().map(|d| is(d.id, DupReason::Exact).then_some(DupReason::Exact.label())).collect();
+                stage(&mut exact, live, verdicts)
+            }
         };
         exact.seconds += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let live = match (&mut index, &config.near_dedup) {
-            (Some(index), Some(nd)) => {
+        let live = match (&mut index, &config.near_dedup, decided) {
+            (Some(index), Some(nd), None) => {
                 let sigs: Vec<Vec<u64>> = live.par_iter().map(|d| nd.signature(&d.text)).collect();
-                let verdicts = sigs.into_iter().map(|s| index.insert(s).map(|_| "near duplicate")).collect();
+                let verdicts = sigs.into_iter().map(|s| index.insert(s).map(|_| DupReason::Near.label())).collect();
+                stage(&mut near, live, verdicts)
+            }
+            (_, Some(_), Some(_)) => {
+                let verdicts = live.iter().map(|d| is(d.id, DupReason::Near).then_some(DupReason::Near.label())).collect();
                 stage(&mut near, live, verdicts)
             }
             _ => live,
@@ -663,13 +761,14 @@ fn filter_stages(
         };
 
         let threshold = split_threshold(config.validation_fraction);
-        for Live { text, score, .. } in live {
+        for Live { id, text, score, .. } in live {
             // A `score` field of the input (labels, upvotes) is not a classifier's score: it is
             // not carried into documents.jsonl, where a later --min-score would filter on it.
             let score = score.filter(|_| config.classifier.is_some());
             let validation = split_key(&text) < threshold;
             kept[validation as usize] += 1;
-            let line = serde_json::to_string(&Kept { validation, text, score }).expect("serializes");
+            let id = decided.map(|_| id);
+            let line = serde_json::to_string(&Kept { validation, text, score, id }).expect("serializes");
             writeln!(out, "{line}").map_err(|e| DataError::io(kept_path, e))?;
         }
         Ok(())
@@ -763,6 +862,8 @@ fn stage(report: &mut StageReport, docs: Vec<Live>, verdicts: Vec<Option<&'stati
 
 /// A document still in the running.
 struct Live {
+    /// Its number (see [`TASK_SHIFT`]).
+    id: u64,
     origin: String,
     kind: crate::filters::DocKind,
     text: String,
@@ -781,7 +882,8 @@ fn kept_documents(path: &Path) -> Result<impl Iterator<Item = Kept> + Send + use
 /// Rolls shards of one split: a new file once the current one passes `shard_tokens`.
 struct SplitWriter {
     dir: PathBuf,
-    name: &'static str,
+    /// Shard files are `{name}-00000.bin`, `{name}-00001.bin`, …
+    name: String,
     vocab_size: usize,
     shard_tokens: usize,
     current: Option<ShardWriter>,
@@ -822,26 +924,31 @@ impl SplitWriter {
     }
 }
 
-/// Tokenizes the kept documents in parallel chunks into the two splits' shards.
+/// Tokenizes the kept documents in parallel chunks into the two splits' shards, named
+/// `{names[0]}-00000.bin`… (train) and `{names[1]}-…` (validation); the document numbered `flip`
+/// (if any) goes to the other split.
+#[allow(clippy::too_many_arguments)]
 fn tokenize(
     config: &PrepareConfig,
     tokenizer: &Tokenizer,
     eos: u32,
     kept_path: &Path,
     dir: &Path,
+    names: &[String; 2],
+    flip: Option<u64>,
     documents: u64,
     progress: &dyn PrepareProgress,
 ) -> Result<BTreeMap<String, SplitEntry>, DataError> {
-    let writer = |name| SplitWriter {
+    let writer = |name: &String| SplitWriter {
         dir: dir.to_path_buf(),
-        name,
+        name: name.clone(),
         vocab_size: tokenizer.vocab_size(),
         shard_tokens: config.shard_tokens,
         current: None,
         done: Vec::new(),
         documents: 0,
     };
-    let mut writers = [writer("train"), writer("validation")];
+    let mut writers = [writer(&names[0]), writer(&names[1])];
     progress.start(Stage::Tokenize, Some((documents, Unit::Documents)));
     let mut docs = kept_documents(kept_path)?.peekable();
     let chunk_bytes = config.chunk_mb * 1_000_000;
@@ -849,7 +956,10 @@ fn tokenize(
         let mut chunk = Vec::new();
         let mut bytes = 0;
         while bytes < chunk_bytes {
-            let Some(k) = docs.next() else { break };
+            let Some(mut k) = docs.next() else { break };
+            if flip.is_some() && k.id == flip {
+                k.validation = !k.validation;
+            }
             bytes += k.text.len();
             chunk.push(k);
         }

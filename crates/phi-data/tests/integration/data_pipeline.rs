@@ -31,7 +31,7 @@ fn gpt2_tokenizer_matches_tiktoken_on_every_reference_case() {
 
 /// A realistic module, distinct for each seed: docstrings, a comment, functions and a class
 /// whose words and statements are drawn from a seeded generator.
-fn module(name: &str, seed: usize) -> String {
+pub(crate) fn module(name: &str, seed: usize) -> String {
     let words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta", "rho", "tau", "mean", "peak", "mode", "norm"];
     let ops = ["total += v * scale", "total -= v // 2", "total = max(total, v)", "total ^= int(v)", "total += abs(v - scale)", "total = total * 2 + v", "total += v ** 2"];
     let mut x = seed as u64 * 0x9E37_79B9_7F4A_7C15 + 1;
@@ -53,9 +53,9 @@ fn module(name: &str, seed: usize) -> String {
     s
 }
 
-const HUMANEVAL_0: &str = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n\n    return False\n";
+pub(crate) const HUMANEVAL_0: &str = "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n\n    return False\n";
 
-fn write(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();

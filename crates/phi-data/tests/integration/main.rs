@@ -6,3 +6,4 @@
 mod common;
 mod data_pipeline;
 mod hostile_input;
+mod prepare_tasks;
