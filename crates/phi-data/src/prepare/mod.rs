@@ -386,7 +386,7 @@ pub fn prepare_with(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>,
         return Err(DataError::Invalid(format!("no input files match {:?}", config.inputs)));
     }
     let partial = partial_dir(out);
-    check_inputs_outside(&sources, out, &partial)?;
+    check_inputs_outside(&sources, out, &[&partial])?;
     start_partial(&partial, out)?;
 
     // Stages 1–5, streaming.
@@ -453,12 +453,13 @@ fn partial_dir(out: &Path) -> PathBuf {
 }
 
 /// An input inside the output (re-thresholding `out/documents.jsonl` into `out`) would be
-/// replaced by the run that reads it.
-fn check_inputs_outside(sources: &[input::SourceFile], out: &Path, partial: &Path) -> Result<(), DataError> {
+/// replaced by the run that reads it; one inside a folder the run writes (`others`: its
+/// `.partial`, a run as tasks' work folder) would change under it.
+fn check_inputs_outside(sources: &[input::SourceFile], out: &Path, others: &[&Path]) -> Result<(), DataError> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     for s in sources {
         let src = canon(&s.path);
-        if [out, partial].iter().any(|o| src.starts_with(canon(o))) {
+        if std::iter::once(out).chain(others.iter().copied()).any(|o| src.starts_with(canon(o))) {
             return Err(DataError::Invalid(format!(
                 "input {} is inside the output folder {}, which this run replaces: write to another output folder",
                 s.path.display(),
@@ -516,7 +517,7 @@ fn check_scorer(config: &PrepareConfig, scorer: Option<&dyn DocumentScorer>) -> 
     match (config.classifier.as_ref().and_then(|c| c.classifier.as_ref()), scorer) {
         (Some(clf), None) => {
             return Err(DataError::Invalid(format!(
-                "the classifier stage ({}) needs its scorer: load it with phi_classify::Scorer::load and call prepare_with",
+                "the classifier stage ({}) needs its scorer: load it with phi_classify::Scorer::load and pass it (prepare_with, tasks::run_task)",
                 clf.display()
             )));
         }
@@ -637,7 +638,7 @@ pub(crate) enum Dedup<'a> {
     /// Decided beforehand over the whole corpus (preparation as tasks) for the documents of
     /// `task`: the reason to drop each dropped one, by document number. Kept documents carry
     /// their number.
-    Decided { task: usize, drops: &'a HashMap<u64, DupReason> },
+    Decided { task: usize, drops: &'a HashMap<u64, DupReason>, digest: &'a mut xxhash_rust::xxh3::Xxh3Default },
 }
 
 /// Documents are numbered in reading order, those of task `t` from `t << TASK_SHIFT` (a task
@@ -705,15 +706,23 @@ fn filter_stages(
     let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
     let mut kept = [0u64; 2];
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
-    let (mut next_id, decided) = match dedup {
-        Dedup::Here => (0, None),
-        Dedup::Decided { task, drops } => ((task as u64) << TASK_SHIFT, Some(drops)),
+    let (mut next_id, decided, mut digest) = match dedup {
+        Dedup::Here => (0, None, None),
+        Dedup::Decided { task, drops, digest } => ((task as u64) << TASK_SHIFT, Some(drops), Some(digest)),
     };
     let is = |id: u64, reason: DupReason| decided.and_then(|d| d.get(&id)) == Some(&reason);
     progress.start(Stage::Filter, Some((total, Unit::Bytes)));
     input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
         progress.advance(Stage::Filter, docs.iter().map(|d| d.bytes).sum());
         let live = read_and_quality(config, &mut read, &mut quality, docs, &mut next_id);
+        if let Some(digest) = digest.as_mut() {
+            // The documents this task numbers, as its signatures task numbered them.
+            let hashes: Vec<u64> = live.par_iter().map(|d| content_hash(&d.text)).collect();
+            for (d, h) in live.iter().zip(hashes) {
+                digest.update(&d.id.to_le_bytes());
+                digest.update(&h.to_le_bytes());
+            }
+        }
 
         let t = Instant::now();
         let live = match (config.exact_dedup, decided) {

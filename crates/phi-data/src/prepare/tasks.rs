@@ -25,8 +25,15 @@
 //! difference), each output under its task's own name and atomically, and a completion marker
 //! `done-STAGE-IIIII.json` last. A rerun skips the tasks that are done and redoes the others from
 //! the start (a task's outputs are a function of the plan, so a task killed half-way and rerun
-//! changes nothing). The merge removes the work folder; `<out>` follows the ownership rules of
-//! [`prepare`](super::prepare).
+//! changes nothing). A task runs in one process at a time (a lock file the kernel releases when
+//! its holder ends, however it ends). The merge removes the work folder; `<out>` follows the
+//! ownership rules of [`prepare`](super::prepare).
+//!
+//! Limits: a file is read by one task, so one big JSONL or Parquet file is one task's work. A
+//! `buckets` task compares every pair in a bucket (one process compares a document with the
+//! kept ones only): a family of m near-identical documents costs m²/2 comparisons and edges.
+//! The classifier stage scores in batches that follow the tasks' chunks; a scorer whose scores
+//! depend on its batch (padding) may move a score at `min_score` across it.
 //!
 //! ```no_run
 //! use phi_data::prepare::{Input, PrepareConfig, TokenizerSource, tasks};
@@ -161,7 +168,8 @@ pub static TASKS_LAYOUT: Layout = Layout {
 fn is_work_file(name: &str) -> bool {
     let base = name.strip_suffix(".tmp").unwrap_or(name);
     let (stem, ext) = base.split_once('.').unwrap_or((base, ""));
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    // Numbers are written with at least five digits.
+    let digits = |s: &str, n: usize| s.len() >= n && s.bytes().all(|b| b.is_ascii_digit());
     let ext_ok = matches!(ext, "" | "bin" | "json" | "jsonl");
     let parts: Vec<&str> = stem.split('-').collect();
     match parts.as_slice() {
@@ -170,6 +178,7 @@ fn is_work_file(name: &str) -> bool {
         [word, t] => ext_ok && digits(t, 5) && ["signatures", "dups", "edges", "drops", "kept", "filter", "tokenize"].contains(word),
         ["train" | "validation", t, k] => ext_ok && digits(t, 5) && digits(k, 5),
         ["done", stage, t] => ext_ok && digits(t, 5) && TaskStage::ALL.iter().any(|s| s.name() == *stage),
+        ["lock", stage, t] => ext.is_empty() && digits(t, 5) && TaskStage::ALL.iter().any(|s| s.name() == *stage),
         _ => false,
     }
 }
@@ -349,6 +358,10 @@ pub struct TaskDone {
     pub peak_memory_mb: Option<f64>,
     /// What it did, in a line ("3,912 signatures").
     pub summary: String,
+    /// A signatures task's digest of the documents it numbered (numbers and content hashes):
+    /// its filter task must see the same documents, or the dedup verdicts would land on others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// What [`run_task`] did.
@@ -395,9 +408,7 @@ pub fn run_task(
     task: usize,
 ) -> Result<TaskOutcome, DataError> {
     check_config(config)?;
-    if tasks == 0 {
-        return Err(DataError::Invalid("tasks = 0: a run needs at least 1 task".into()));
-    }
+    check_tasks(tasks)?;
     let order = stages(config);
     let Some(at) = order.iter().position(|s| *s == stage) else {
         return Err(DataError::Invalid(format!(
@@ -412,13 +423,30 @@ pub fn run_task(
         check_scorer(config, scorer)?;
     }
     let fingerprint = fingerprint(config)?;
+    let dir = work_dir(out);
     if Manifest::read(out).is_ok_and(|m| m.fingerprint == fingerprint) {
+        // A merge cut short after the dataset was in place may have left its work folder.
+        remove_work_dir(&dir)?;
         return Ok(TaskOutcome::AlreadyPrepared);
     }
     // `out` is replaced by the merge: refuse now, before any work, unless it is ours to replace.
     crate::owned::check(out, &DATASET_LAYOUT)?;
-    let dir = work_dir(out);
+    check_inputs_outside(&input::list_sources(&config.inputs)?, out, &[&partial_dir(out), &dir])?;
     let plan = Plan::open_or_make(&dir, config, &fingerprint, tasks)?;
+    // One process at a time per task (a requeued array task, an executor's orphan): the lock is
+    // the kernel's, so it goes with the process that holds it, however that process ends.
+    let lock_path = dir.join(format!("lock-{stage}-{task:05}"));
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| DataError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(DataError::Invalid(format!(
+                "stage {stage}, task {task} is being run by another process (it holds {}): wait for it to end",
+                lock_path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(DataError::io(&lock_path, e)),
+    }
     let marker = dir.join(done_name(stage, task));
     if marker.is_file() {
         return Ok(TaskOutcome::AlreadyDone(read_json(&marker)?));
@@ -434,8 +462,13 @@ pub fn run_task(
         }
     }
     let t = Instant::now();
+    let mut digest = None;
     let summary = match stage {
-        TaskStage::Signatures => signatures(&plan, &dir, task)?,
+        TaskStage::Signatures => {
+            let (summary, d) = signatures(&plan, &dir, task)?;
+            digest = Some(d);
+            summary
+        }
         TaskStage::Buckets => buckets(&plan, &dir, task)?,
         TaskStage::Clusters => clusters(&plan, &dir)?,
         TaskStage::Filter => filter(&plan, &dir, task, scorer, order.contains(&TaskStage::Clusters))?,
@@ -443,12 +476,40 @@ pub fn run_task(
         TaskStage::Tokenize => tokenize_task(&plan, &dir, task)?,
         TaskStage::Merge => merge(&plan, &dir, out)?,
     };
-    let done = TaskDone { stage: stage.name().into(), task, fingerprint, seconds: t.elapsed().as_secs_f64(), peak_memory_mb: peak_memory_mb(), summary };
+    let done = TaskDone { stage: stage.name().into(), task, fingerprint, seconds: t.elapsed().as_secs_f64(), peak_memory_mb: peak_memory_mb(), summary, digest };
     // The merge removed the work folder: the dataset is its marker.
     if stage != TaskStage::Merge {
         write_json(&marker, &done)?;
     }
     Ok(TaskOutcome::Ran(done))
+}
+
+/// Task numbers are written with five digits and shifted into document numbers.
+fn check_tasks(tasks: usize) -> Result<(), DataError> {
+    if !(1..=99_999).contains(&tasks) {
+        return Err(DataError::Invalid(format!("tasks = {tasks}: a run has 1 to 99999 tasks")));
+    }
+    Ok(())
+}
+
+/// Removes the work folder if it is there and ours: every file but the plan first, the plan
+/// last, so a removal cut short leaves a folder that is still ours (and is finished next time).
+fn remove_work_dir(dir: &Path) -> Result<(), DataError> {
+    if crate::owned::check(dir, &TASKS_LAYOUT)? == crate::owned::Ownership::Absent {
+        return Ok(());
+    }
+    let entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?.collect::<Result<_, _>>().map_err(|e| DataError::io(dir, e))?;
+    for e in entries {
+        let name = e.file_name();
+        if name != PLAN && name.to_str().is_some_and(is_work_file) {
+            std::fs::remove_file(e.path()).map_err(|err| DataError::io(&e.path(), err))?;
+        }
+    }
+    let plan = dir.join(PLAN);
+    if plan.exists() {
+        std::fs::remove_file(&plan).map_err(|e| DataError::io(&plan, e))?;
+    }
+    std::fs::remove_dir(dir).map_err(|e| DataError::io(dir, e))
 }
 
 /// Runs every stage in order, each stage's unfinished tasks `workers` at a time, through
@@ -462,16 +523,18 @@ pub fn run_local(
     launch: &(dyn Fn(TaskStage, usize) -> Result<(), DataError> + Sync),
 ) -> Result<Manifest, DataError> {
     check_config(config)?;
-    if tasks == 0 || workers == 0 {
-        return Err(DataError::Invalid(format!("tasks = {tasks}, workers = {workers}: both must be at least 1")));
+    check_tasks(tasks)?;
+    if workers == 0 {
+        return Err(DataError::Invalid("workers = 0: at least 1 task must run at a time".into()));
     }
     let fingerprint = fingerprint(config)?;
+    let dir = work_dir(out);
     if let Ok(m) = Manifest::read(out) {
         if m.fingerprint == fingerprint {
+            remove_work_dir(&dir)?;
             return Ok(m);
         }
     }
-    let dir = work_dir(out);
     for stage in stages(config) {
         let pending: Vec<usize> = (0..stage.tasks(tasks)).filter(|&i| !dir.join(done_name(stage, i)).is_file()).collect();
         let next = AtomicUsize::new(0);
@@ -516,7 +579,12 @@ fn signatures_file(dir: &Path, task: usize) -> PathBuf {
     dir.join(format!("signatures-{task:05}.bin"))
 }
 
-fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError> {
+/// The digest of a task's numbered documents: their numbers and content hashes, in order.
+fn digest_of(h: &xxhash_rust::xxh3::Xxh3Default) -> String {
+    format!("{:016x}", h.digest())
+}
+
+fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<(String, String), DataError> {
     let config = &plan.config;
     let sources = plan.sources(task)?;
     let near = config.near_dedup.as_ref();
@@ -529,6 +597,7 @@ fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError>
     let (mut read, mut quality) = (StageReport::new("read"), StageReport::new("quality"));
     let mut next_id = (task as u64) << TASK_SHIFT;
     let mut written = 0u64;
+    let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
     input::for_each_chunk(&sources, config.chunk_mb as u64 * 1_000_000, |docs| {
         let live = read_and_quality(config, &mut read, &mut quality, docs, &mut next_id);
         let records: Vec<Vec<u8>> = live
@@ -544,6 +613,7 @@ fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError>
             })
             .collect();
         for r in &records {
+            digest.update(&r[..16]);
             w.write_all(r).map_err(io)?;
         }
         written += records.len() as u64;
@@ -551,7 +621,7 @@ fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError>
     })?;
     w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
-    Ok(format!("{written} signatures of {} documents read", read.documents_in))
+    Ok((format!("{written} signatures of {} documents read", read.documents_in), digest_of(&digest)))
 }
 
 /// A signatures file, memory-mapped: a bucket task touches only the signatures it compares.
@@ -625,6 +695,9 @@ fn buckets(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError> {
     let config = &plan.config;
     let n = plan.tasks;
     let files = (0..n).map(|t| Signatures::open(&signatures_file(dir, t))).collect::<Result<Vec<_>, _>>()?;
+    if let Some((t, s)) = files.iter().enumerate().find(|(_, s)| s.len() > u32::MAX as usize) {
+        return Err(DataError::Invalid(format!("task {t} numbered {} documents: at most {} a task; use more tasks", s.len(), u32::MAX)));
+    }
     // Every record as (file, position).
     let all = || files.iter().enumerate().flat_map(|(f, s)| (0..s.len()).map(move |i| (f, i)));
 
@@ -716,9 +789,13 @@ fn clusters(plan: &Plan, dir: &Path) -> Result<String, DataError> {
     }
     drops.extend(near.iter().map(|&id| (id, DupReason::Near)));
     drops.sort_unstable_by_key(|d| d.0);
+    // Sorted by number, so by task: each task's drops are one run.
+    let mut rest = drops.as_slice();
     for t in 0..n {
-        let mine = drops.iter().filter(|d| d.0 >> TASK_SHIFT == t as u64);
-        write_u64s(&drops_file(dir, t), mine.flat_map(|&(id, r)| [id, (r == DupReason::Near) as u64]))?;
+        let end = rest.partition_point(|d| d.0 >> TASK_SHIFT <= t as u64);
+        let (mine, after) = rest.split_at(end);
+        write_u64s(&drops_file(dir, t), mine.iter().flat_map(|&(id, r)| [id, (r == DupReason::Near) as u64]))?;
+        rest = after;
     }
     Ok(format!("{exact} exact and {} near duplicates to drop", near.len()))
 }
@@ -749,7 +826,21 @@ fn filter(plan: &Plan, dir: &Path, task: usize, scorer: Option<&dyn DocumentScor
     let sources = plan.sources(task)?;
     let path = kept_file(dir, task);
     let tmp = path.with_extension("tmp");
-    let (stages, scores, kept) = filter_stages(&plan.config, scorer, &sources, &tmp, &(), Dedup::Decided { task, drops: &drops })?;
+    let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
+    let (stages, scores, kept) = filter_stages(&plan.config, scorer, &sources, &tmp, &(), Dedup::Decided { task, drops: &drops, digest: &mut digest })?;
+    if deduped {
+        let signed: TaskDone = read_json(&dir.join(done_name(TaskStage::Signatures, task)))?;
+        if signed.digest.as_deref() != Some(digest_of(&digest).as_str()) {
+            let files: Vec<String> = sources.iter().take(3).map(|s| s.path.display().to_string()).collect();
+            return Err(DataError::Invalid(format!(
+                "task {task} read other documents than its signatures task did: its input files ({}{}) changed during the run; \
+                 remove {} and run again",
+                files.join(", "),
+                if sources.len() > 3 { ", …" } else { "" },
+                dir.display()
+            )));
+        }
+    }
     std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
     let read = stages.first().map_or(0, |s| s.documents_in);
     write_json(&dir.join(format!("filter-{task:05}.json")), &FilterOutput { stages, scores, kept })?;
@@ -883,7 +974,7 @@ fn merge(plan: &Plan, dir: &Path, out: &Path) -> Result<String, DataError> {
     crate::owned::check(out, &DATASET_LAYOUT)?;
     let partial = partial_dir(out);
     let (sources, repeated_folders) = input::list_sources_walked(&config.inputs)?;
-    check_inputs_outside(&sources, out, &partial)?;
+    check_inputs_outside(&sources, out, &[&partial, dir])?;
     start_partial(&partial, out)?;
 
     let outputs: Vec<TokenizeOutput> = (0..plan.tasks).map(|t| read_json(&dir.join(format!("tokenize-{t:05}.json")))).collect::<Result<_, _>>()?;
@@ -947,7 +1038,7 @@ fn merge(plan: &Plan, dir: &Path, out: &Path) -> Result<String, DataError> {
     publish(&partial, out, &manifest)?;
     let (train, validation) = (&manifest.splits["train"], &manifest.splits["validation"]);
     let summary = format!("{} + {} tokens in {} + {} shards", train.tokens, validation.tokens, train.shards.len(), validation.shards.len());
-    crate::owned::remove_owned(dir, &TASKS_LAYOUT)?;
+    remove_work_dir(dir)?;
     Ok(summary)
 }
 
@@ -981,7 +1072,8 @@ mod tests {
         ] {
             assert!(is_work_file(name), "{name}");
         }
-        for name in ["notes.txt", "plan.txt", "kept-3.jsonl", "done-other-00001.json", "train-00001.bin", "signatures-00003.parquet"] {
+        assert!(is_work_file("lock-merge-00000") && is_work_file("train-00001-123456.bin"));
+        for name in ["notes.txt", "plan.txt", "kept-3.jsonl", "done-other-00001.json", "train-00001.bin", "signatures-00003.parquet", "lock-filter-00001.json"] {
             assert!(!is_work_file(name), "{name}");
         }
     }

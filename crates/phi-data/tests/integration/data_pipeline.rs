@@ -498,7 +498,7 @@ fn validation_split_is_never_empty_with_two_to_eight_documents() {
 }
 
 /// Scores a module by the number in its name (`m7` → 7 / 3): a stand-in for a classifier.
-struct NameScorer;
+pub(crate) struct NameScorer;
 
 impl phi_data::prepare::DocumentScorer for NameScorer {
     fn score(&self, texts: &[&str]) -> Result<Vec<f32>, String> {

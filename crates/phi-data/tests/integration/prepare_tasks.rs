@@ -251,3 +251,100 @@ fn a_task_of_another_run_is_refused_naming_the_difference() {
     let one = prepare(&cfg, &out.path().join("one"), None).unwrap();
     assert_same((&out.path().join("one"), &one), (&dir, &m), "after the refusals");
 }
+
+/// The corpus's `.py` files, in reading order, as (relative path, text).
+fn files_of(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_kind_of_run_keeps_what_one_process_keeps() {
+    use phi_data::filters::DocKind;
+    use phi_data::prepare::{DocumentScorer, ScoreFilter, prepare_with};
+    let src = tempfile::tempdir().unwrap();
+    planted_corpus(src.path(), 300);
+    let out = tempfile::tempdir().unwrap();
+    let base = planted_config(src.path(), TokenizerSource::File(fixture("tokenizers/gpt2/tokenizer.json")));
+    let mut cases: Vec<(&str, PrepareConfig, usize, Option<&dyn DocumentScorer>)> = Vec::new();
+
+    // Near dedup alone: exact copies are near duplicates; exact dedup alone; neither (no dedup stages).
+    let mut c = base.clone();
+    c.exact_dedup = false;
+    cases.push(("near dedup alone", c, 3, None));
+    let mut c = base.clone();
+    c.near_dedup = None;
+    cases.push(("exact dedup alone", c, 2, None));
+    let mut c = base.clone();
+    (c.exact_dedup, c.near_dedup) = (false, None);
+    cases.push(("no dedup", c, 3, None));
+
+    // The classifier stage (a stand-in scorer: m{i} scores i / 3).
+    let clf = out.path().join("clf");
+    std::fs::create_dir_all(&clf).unwrap();
+    std::fs::write(clf.join("classifier.json"), "{}").unwrap();
+    let mut c = base.clone();
+    c.classifier = Some(ScoreFilter { classifier: Some(clf), min_score: 60.0, head: None });
+    cases.push(("classifier", c, 3, Some(&super::data_pipeline::NameScorer)));
+
+    // The same documents as 5 JSONL files (with a blank line and a malformed record), and as 3
+    // Parquet files of 2 row groups (with a null).
+    let files = files_of(src.path());
+    let jsonl = out.path().join("jsonl");
+    std::fs::create_dir_all(&jsonl).unwrap();
+    let mut inputs = Vec::new();
+    for (i, part) in files.chunks(files.len().div_ceil(5)).enumerate() {
+        let path = jsonl.join(format!("part{i}.jsonl"));
+        let mut text: String = part.iter().map(|(p, t)| serde_json::json!({ "text": t, "path": p }).to_string() + "\n").collect();
+        if i == 2 {
+            text += "\n{\"text\": 3}\nnot json\n";
+        }
+        std::fs::write(&path, text).unwrap();
+        inputs.push(Input::Jsonl { path, field: "text".into(), kind: DocKind::Python });
+    }
+    let mut c = base.clone();
+    c.inputs = inputs;
+    cases.push(("JSONL", c, 4, None));
+    let parquet = out.path().join("parquet");
+    std::fs::create_dir_all(&parquet).unwrap();
+    for (i, part) in files.chunks(files.len().div_ceil(3)).enumerate() {
+        let mut rows: Vec<Vec<Option<Vec<u8>>>> = part.iter().map(|(p, t)| vec![Some(t.clone().into_bytes()), Some(p.clone().into_bytes())]).collect();
+        if i == 1 {
+            rows.insert(5, vec![None, Some(b"null.py".to_vec())]);
+        }
+        let groups: Vec<Vec<Vec<Option<Vec<u8>>>>> = rows.chunks(rows.len().div_ceil(2)).map(<[_]>::to_vec).collect();
+        phi_data::parquet::write_string_columns(&parquet.join(format!("train-{i:05}-of-00003.parquet")), &["content", "path"], &groups).unwrap();
+    }
+    let mut c = base.clone();
+    c.inputs = vec![Input::parquet(&format!("{}/*.parquet", parquet.display()), "content", DocKind::Python, Some("path"))];
+    cases.push(("Parquet", c, 3, None));
+
+    // More tasks than files, every document hashed into validation: one moves across, as in one process.
+    let few = out.path().join("few");
+    for i in 0..3 {
+        write(&few, &format!("m{i}.py"), &module(&format!("m{i}"), 7000 + i));
+    }
+    let mut c = planted_config(&few, TokenizerSource::Train { vocab_size: 300 });
+    c.validation_fraction = 0.999;
+    cases.push(("5 tasks on 3 files, a document moved across splits", c, 5, None));
+
+    for (i, (what, c, n, scorer)) in cases.into_iter().enumerate() {
+        let (a, b) = (out.path().join(format!("one{i}")), out.path().join(format!("tasks{i}")));
+        let one = prepare_with(&c, scorer, &a, None).unwrap();
+        let m = tasks::prepare_in_tasks(&c, scorer, &b, n, 2).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_same((&a, &one), (&b, &m), what);
+        assert!(one.splits["train"].documents > 0, "{what}");
+    }
+}
