@@ -61,15 +61,16 @@ DATATROVE = textwrap.dedent("""
     from datatrove.pipeline.dedup import MinhashDedupSignature, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.tokens import DocumentTokenizer
-    data, work, tokenizer, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    config = MinhashConfig(n_grams=3, num_buckets=32, hashes_per_bucket=4)
-    read = lambda: [JsonlReader(data), LambdaFilter(lambda d: 100 <= len(d.text) <= 1_000_000)]
-    logs = work + "/logs"
-    s1 = LocalPipelineExecutor(pipeline=read() + [MinhashDedupSignature(output_folder=work + "/sigs", config=config)], tasks=tasks, workers=tasks, logging_dir=logs + "/1")
-    s2 = LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=work + "/sigs", output_folder=work + "/buckets", config=config)], tasks=config.num_buckets, workers=tasks, logging_dir=logs + "/2", depends=s1)
-    s3 = LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=work + "/buckets", output_folder=work + "/remove", config=config)], tasks=1, logging_dir=logs + "/3", depends=s2)
-    s4 = LocalPipelineExecutor(pipeline=read() + [MinhashDedupFilter(input_folder=work + "/remove"), DocumentTokenizer(output_folder=work + "/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>")], tasks=tasks, workers=tasks, logging_dir=logs + "/4", depends=s3)
-    s4.run()
+    if __name__ == "__main__":  # the executor's workers import this file
+        data, work, tokenizer, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+        config = MinhashConfig(n_grams=3, num_buckets=32, hashes_per_bucket=4)
+        read = lambda: [JsonlReader(data), LambdaFilter(lambda d: 100 <= len(d.text) <= 1_000_000)]
+        logs = work + "/logs"
+        s1 = LocalPipelineExecutor(pipeline=read() + [MinhashDedupSignature(output_folder=work + "/sigs", config=config)], tasks=tasks, workers=tasks, logging_dir=logs + "/1")
+        s2 = LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=work + "/sigs", output_folder=work + "/buckets", config=config)], tasks=config.num_buckets, workers=tasks, logging_dir=logs + "/2", depends=s1)
+        s3 = LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=work + "/buckets", output_folder=work + "/remove", config=config)], tasks=1, logging_dir=logs + "/3", depends=s2)
+        s4 = LocalPipelineExecutor(pipeline=read() + [MinhashDedupFilter(input_folder=work + "/remove"), DocumentTokenizer(output_folder=work + "/tokens", tokenizer_name_or_path=tokenizer, eos_token="<|endoftext|>")], tasks=tasks, workers=tasks, logging_dir=logs + "/4", depends=s3)
+        s4.run()
 """)
 
 rows = []

@@ -638,7 +638,14 @@ pub(crate) enum Dedup<'a> {
     /// Decided beforehand over the whole corpus (preparation as tasks) for the documents of
     /// `task`: the reason to drop each dropped one, by document number. Kept documents carry
     /// their number.
-    Decided { task: usize, drops: &'a HashMap<u64, DupReason>, digest: &'a mut xxhash_rust::xxh3::Xxh3Default },
+    Decided {
+        task: usize,
+        drops: &'a HashMap<u64, DupReason>,
+        digest: &'a mut xxhash_rust::xxh3::Xxh3Default,
+        /// The read and quality stages already run (by the signatures task): the numbers of
+        /// the documents they left and their reports, so the quality filters run once.
+        read_and_quality: Option<(&'a HashSet<u64>, &'a [StageReport; 2])>,
+    },
 }
 
 /// Documents are numbered in reading order, those of task `t` from `t << TASK_SHIFT` (a task
@@ -706,15 +713,28 @@ fn filter_stages(
     let mut out = BufWriter::new(std::fs::File::create(kept_path).map_err(|e| DataError::io(kept_path, e))?);
     let mut kept = [0u64; 2];
     let total: u64 = sources.iter().map(|s| s.bytes).sum();
-    let (mut next_id, decided, mut digest) = match dedup {
-        Dedup::Here => (0, None, None),
-        Dedup::Decided { task, drops, digest } => ((task as u64) << TASK_SHIFT, Some(drops), Some(digest)),
+    let (mut next_id, decided, mut digest, done) = match dedup {
+        Dedup::Here => (0, None, None, None),
+        Dedup::Decided { task, drops, digest, read_and_quality } => ((task as u64) << TASK_SHIFT, Some(drops), Some(digest), read_and_quality),
     };
     let is = |id: u64, reason: DupReason| decided.and_then(|d| d.get(&id)) == Some(&reason);
     progress.start(Stage::Filter, Some((total, Unit::Bytes)));
     input::for_each_chunk(sources, config.chunk_mb as u64 * 1_000_000, |docs| {
         progress.advance(Stage::Filter, docs.iter().map(|d| d.bytes).sum());
-        let live = read_and_quality(config, &mut read, &mut quality, docs, &mut next_id);
+        let live = match done {
+            None => read_and_quality(config, &mut read, &mut quality, docs, &mut next_id),
+            Some((left, _)) => docs
+                .into_iter()
+                .filter_map(|d| {
+                    let id = next_id;
+                    next_id += 1;
+                    // A document the quality stage left that reads otherwise now fails the
+                    // digest check below.
+                    let text = d.text.ok().filter(|_| left.contains(&id))?;
+                    Some(Live { id, origin: d.origin, kind: d.kind, text, score: d.score })
+                })
+                .collect(),
+        };
         if let Some(digest) = digest.as_mut() {
             // The documents this task numbers, as its signatures task numbered them.
             let hashes: Vec<u64> = live.par_iter().map(|d| content_hash(&d.text)).collect();
@@ -784,6 +804,9 @@ fn filter_stages(
     })?;
     progress.finish(Stage::Filter);
     out.into_inner().map_err(|e| DataError::io(kept_path, e.into_error()))?.sync_all().map_err(|e| DataError::io(kept_path, e))?;
+    if let Some((_, [r, q])) = done {
+        (read, quality) = (r.clone(), q.clone());
+    }
     let mut stages = vec![read];
     if config.filters.is_some() {
         stages.push(quality);

@@ -10,7 +10,7 @@
 //! | `signatures` | N | task i reads its run of the input files (contiguous, balanced by bytes), applies the read and quality stages and writes each surviving document's number, content hash and MinHash signature |
 //! | `buckets` | N | task i takes the content hashes ≡ i (mod N): within one hash every document after the first is an exact duplicate; and the LSH bands ≡ i (mod N): within a band's bucket, every pair of documents (the first of each content hash) whose signatures agree at the threshold is an edge |
 //! | `clusters` | 1 | walks the edges in reading order: a document is a near duplicate when it has an edge to an earlier document that was kept. That is the one-process rule (a document is compared with the kept documents it shares a bucket with), so the same documents go |
-//! | `filter` | N | task i reads its files again and runs stages 1–5 with the dedup verdicts decided, writing its kept documents and its part of the report |
+//! | `filter` | N | task i reads its files again and runs stages 1–5 with the dedup verdicts decided (the quality verdicts are the signatures task's), writing its kept documents and its part of the report |
 //! | `tokenizer` | 1 | checks the counts, moves a document across splits if one is empty, and trains the BPE once on the kept training documents in reading order (or copies the given tokenizer) |
 //! | `tokenize` | N | task i tokenizes its kept documents into its own shards |
 //! | `merge` | 1 | links the shards into `<out>` in order, merges the reports, writes the manifest and swaps the dataset into place |
@@ -175,7 +175,7 @@ fn is_work_file(name: &str) -> bool {
     match parts.as_slice() {
         ["plan"] => ext == "json" || (name.ends_with(".tmp") && !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit())),
         ["tokenizer"] | ["tokenizer", "stage"] => ext_ok,
-        [word, t] => ext_ok && digits(t, 5) && ["signatures", "dups", "edges", "drops", "kept", "filter", "tokenize"].contains(word),
+        [word, t] => ext_ok && digits(t, 5) && ["signatures", "quality", "dups", "edges", "drops", "kept", "filter", "tokenize"].contains(word),
         ["train" | "validation", t, k] => ext_ok && digits(t, 5) && digits(k, 5),
         ["done", stage, t] => ext_ok && digits(t, 5) && TaskStage::ALL.iter().any(|s| s.name() == *stage),
         ["lock", stage, t] => ext.is_empty() && digits(t, 5) && TaskStage::ALL.iter().any(|s| s.name() == *stage),
@@ -621,7 +621,11 @@ fn signatures(plan: &Plan, dir: &Path, task: usize) -> Result<(String, String), 
     })?;
     w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
-    Ok((format!("{written} signatures of {} documents read", read.documents_in), digest_of(&digest)))
+    let read_in = read.documents_in;
+    // The read and quality stages' books: the filter task takes them instead of running the
+    // quality filters again (a tree-sitter parse per Python file).
+    write_json(&dir.join(format!("quality-{task:05}.json")), &[read, quality])?;
+    Ok((format!("{written} signatures of {read_in} documents read"), digest_of(&digest)))
 }
 
 /// A signatures file, memory-mapped: a bucket task touches only the signatures it compares.
@@ -817,17 +821,24 @@ fn kept_file(dir: &Path, task: usize) -> PathBuf {
 
 fn filter(plan: &Plan, dir: &Path, task: usize, scorer: Option<&dyn DocumentScorer>, deduped: bool) -> Result<String, DataError> {
     let mut drops = HashMap::new();
+    let mut left = HashSet::new();
+    let mut books: Option<[StageReport; 2]> = None;
     if deduped {
         let values = read_u64s(&drops_file(dir, task))?;
         for pair in values.chunks_exact(2) {
             drops.insert(pair[0], if pair[1] == 1 { DupReason::Near } else { DupReason::Exact });
         }
+        // What the signatures task's read and quality stages left, and their books.
+        let signed = Signatures::open(&signatures_file(dir, task))?;
+        left.extend((0..signed.len()).map(|i| signed.id(i)));
+        books = Some(read_json(&dir.join(format!("quality-{task:05}.json")))?);
     }
     let sources = plan.sources(task)?;
     let path = kept_file(dir, task);
     let tmp = path.with_extension("tmp");
     let mut digest = xxhash_rust::xxh3::Xxh3Default::new();
-    let (stages, scores, kept) = filter_stages(&plan.config, scorer, &sources, &tmp, &(), Dedup::Decided { task, drops: &drops, digest: &mut digest })?;
+    let read_and_quality = books.as_ref().map(|b| (&left, b));
+    let (stages, scores, kept) = filter_stages(&plan.config, scorer, &sources, &tmp, &(), Dedup::Decided { task, drops: &drops, digest: &mut digest, read_and_quality })?;
     if deduped {
         let signed: TaskDone = read_json(&dir.join(done_name(TaskStage::Signatures, task)))?;
         if signed.digest.as_deref() != Some(digest_of(&digest).as_str()) {

@@ -215,6 +215,12 @@ fn a_task_of_another_run_is_refused_naming_the_difference() {
     // No such task.
     let e = tasks::run_task(&cfg, None, &dir, 2, TaskStage::Clusters, 1).unwrap_err().to_string();
     assert!(e.contains("stage clusters has 1 task(s)"), "{e}");
+    // A task another process is running (it holds the task's lock) is refused, not run twice.
+    let held = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(work.join("lock-signatures-00001")).unwrap();
+    held.lock().unwrap();
+    let e = tasks::run_task(&cfg, None, &dir, 2, TaskStage::Signatures, 1).unwrap_err().to_string();
+    assert!(e.contains("being run by another process"), "{e}");
+    drop(held);
     // Another configuration, another number of tasks, changed input files.
     let mut other = cfg.clone();
     other.near_dedup.as_mut().unwrap().threshold = 0.8;
