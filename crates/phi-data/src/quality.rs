@@ -44,12 +44,8 @@ pub fn exact_duplicates(docs: &[&str]) -> Vec<usize> {
 }
 
 /// The hash of one LSH band: its rows as little-endian bytes (as a stored signature holds them).
-pub(crate) fn band_key(rows_le: &[u8]) -> u64 {
-    fnv(rows_le.iter().copied())
-}
-
-fn bytemuck_le(values: &[u64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+pub(crate) fn band_key(rows_le: impl IntoIterator<Item = u8>) -> u64 {
+    fnv(rows_le)
 }
 
 /// MinHash + LSH near-duplicate detection.
@@ -91,7 +87,7 @@ impl NearDup {
     /// documents are compared when they share a key.
     pub fn band_keys(&self, sig: &[u64]) -> Vec<(u32, u64)> {
         let rows = self.rows;
-        (0..self.bands).map(|b| (b as u32, band_key(bytemuck_le(&sig[b * rows..(b + 1) * rows]).as_slice()))).collect()
+        (0..self.bands).map(|b| (b as u32, band_key(sig[b * rows..(b + 1) * rows].iter().flat_map(|v| v.to_le_bytes())))).collect()
     }
 
     /// Whether two signatures estimate a Jaccard similarity at or above the threshold.

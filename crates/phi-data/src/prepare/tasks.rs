@@ -729,7 +729,7 @@ fn buckets(plan: &Plan, dir: &Path, task: usize) -> Result<String, DataError> {
             let mut entries: Vec<(u64, u64, u64, u32, u32)> = all()
                 .map(|(f, i)| {
                     let s = &files[f];
-                    let key = crate::quality::band_key(&s.signature(i)[band * rows..(band + 1) * rows]);
+                    let key = crate::quality::band_key(s.signature(i)[band * rows..(band + 1) * rows].iter().copied());
                     (key, s.hash(i), s.id(i), f as u32, i as u32)
                 })
                 .collect();
