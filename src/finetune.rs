@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use phi_core::{GenerationConfig, PhiForCausalLM};
 use phi_data::corpus::{collect_files, python_stdlib_dir};
 use phi_data::exercises::extract;
-use phi_core::chat::ChatTemplate;
+use phi_core::chat::{ChatTemplate, TemplateChoice};
 use phi_data::sft::{SftExample, Turn};
 use phi_data::Tokenizer;
 use phi_train::checkpoint::{CHECKPOINTS_DIR, CONFIG_FILE, TOKENIZER_FILE};
@@ -48,8 +48,8 @@ pub struct FinetuneOptions {
     /// SFT data instead of the built-in exercises: JSONL with `{"messages": [...]}` or
     /// `{"prompt", "response"}` records (a tenth is held out for validation).
     pub data: Option<PathBuf>,
-    /// Chat template for `data` (default: the base model family's).
-    pub template: Option<ChatTemplate>,
+    /// Chat template for `data` (default: the base model's own, else its family's format).
+    pub template: TemplateChoice,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
     pub quantize: Option<lora::BaseQuantization>,
     /// AdamW for the adapters (default: torch's, without weight decay).
@@ -76,7 +76,7 @@ impl Default for FinetuneOptions {
             fresh: false,
             targets: None,
             data: None,
-            template: None,
+            template: TemplateChoice::Model,
             quantize: None,
             optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
             device: Backend::Cpu,
@@ -141,7 +141,7 @@ fn to_examples(ex: &[phi_data::exercises::Exercise], tok: &Tokenizer, eos: u32, 
                 Turn { role: "user".into(), content: e.prompt.clone() },
                 Turn { role: "assistant".into(), content: e.response.clone() },
             ];
-            let (x, cut) = encode(&turns, ChatTemplate::Plain, tok, eos, max_len);
+            let (x, cut) = encode(&turns, &ChatTemplate::Plain, tok, eos, max_len).expect("the plain format renders every conversation");
             truncated += cut as usize;
             x
         })
@@ -224,8 +224,9 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let max_len = base.config().max_position_embeddings;
     let (train, val, probe) = match &args.data {
         Some(path) => {
-            let template = args.template.unwrap_or(ChatTemplate::for_family(base.config().family));
-            let (mut examples, report) = phi_train::sft_objective::load_examples(path, template, &tok, eos, max_len)
+            let template = ChatTemplate::choose(&base_dir, base.config().family, &args.template)?;
+            println!("{}: rendered with {}", path.display(), template.describe());
+            let (mut examples, report) = phi_train::sft_objective::load_examples(path, &template, &tok, eos, max_len)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "{}: {} examples, {} skipped, {} truncated to {max_len} tokens",

@@ -190,7 +190,11 @@ pub const DEFAULT_MAX_TOKENS: usize = 1024;
 /// leaves, if less.
 pub fn fit_max_tokens(model: &phi_serve::ServedModel, prompts: &[SynthPrompt], requested: Option<usize>) -> Result<usize, String> {
     let context = model.model.config().max_position_embeddings;
-    let longest = prompts.iter().map(|p| model.tokenizer.encode(&model.template.prompt([("user", p.prompt.as_str())])).len()).max().unwrap_or(0);
+    let mut longest = 0;
+    for p in prompts {
+        let text = model.template.prompt([("user", p.prompt.as_str())]).map_err(|e| e.to_string())?;
+        longest = longest.max(model.tokenizer.encode(&text).len());
+    }
     let room = context.saturating_sub(longest);
     let fits = format!("the model's context is {context} tokens and the longest prompt takes {longest}");
     match requested {

@@ -9,6 +9,7 @@ mod cli;
 mod cli_classify;
 mod cli_dpo;
 mod cli_guards;
+mod cli_hub;
 mod cli_humaneval;
 mod cli_inputs;
 mod cli_prepare_tasks;

@@ -16,6 +16,9 @@ pub enum Error {
     /// instead and names the model folders under it (a training run's checkpoints).
     #[error("{}: {message}", dir.display())]
     NotAModelFolder { dir: PathBuf, message: String },
+    /// A hub id that could not be resolved to a folder ([`crate::hub`]).
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("{path}: invalid JSON: {source}")]
     Json {
         path: PathBuf,

@@ -26,6 +26,7 @@ pub mod device;
 pub mod embeddings;
 pub mod error;
 pub mod generation;
+pub mod hub;
 pub mod kv_cache;
 pub mod lora;
 pub mod mlp;

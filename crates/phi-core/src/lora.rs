@@ -192,7 +192,9 @@ pub fn attach(model: PhiForCausalLM, config: &LoraConfig) -> Result<PhiForCausal
 
 /// Loads a PEFT adapter folder onto `model` (frozen base, adapters trainable).
 pub fn load(model: PhiForCausalLM, dir: impl AsRef<Path>) -> Result<PhiForCausalLM> {
-    let dir = dir.as_ref();
+    // A hub id (`org/name`) is resolved through the hub cache, as a model's is.
+    let dir = crate::hub::resolve(dir.as_ref(), crate::hub::Kind::Adapter)?;
+    let dir = dir.as_path();
     let config = read_config(dir)?;
     let device = model.device();
     let mut model = attach(model, &config)?;

@@ -97,7 +97,8 @@ impl<'a> Listing<'a, LeafMut<'a>> for Head<&'a mut Option<Linear>> {
 
 impl PhiForCausalLM {
     /// Loads a HF-format folder: `config.json` and `model.safetensors` (or the shards of
-    /// `model.safetensors.index.json`), as f32.
+    /// `model.safetensors.index.json`), as f32. `dir` may be a hub id (`org/name[@revision]`),
+    /// resolved through the hub cache ([`crate::hub::resolve`]).
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_pretrained_with_dtype(dir, device, DType::F32)
     }
@@ -105,7 +106,8 @@ impl PhiForCausalLM {
     /// Like [`from_pretrained`](Self::from_pretrained), converting every weight to `dtype`
     /// (f16/bf16/f32 checkpoints are all accepted).
     pub fn from_pretrained_with_dtype(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = crate::hub::resolve(dir.as_ref(), crate::hub::Kind::Model)?;
+        let dir = dir.as_path();
         let config = PhiConfig::from_file(dir.join("config.json"))?;
         let mut reader = CheckpointReader::open(dir, device, dtype)?;
         let model = Self::load(config, &mut reader)?;

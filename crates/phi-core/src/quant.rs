@@ -108,7 +108,8 @@ impl PhiForCausalLM {
             return Self::from_pretrained(dir, device);
         };
         check_device(device)?;
-        let dir = dir.as_ref();
+        let dir = crate::hub::resolve(dir.as_ref(), crate::hub::Kind::Model)?;
+        let dir = dir.as_path();
         let config = crate::PhiConfig::from_file(dir.join("config.json"))?;
         let mut reader = crate::weights::CheckpointReader::open(dir, device, burn::tensor::DType::F32)?;
         let mut report = PackReport::new(format);

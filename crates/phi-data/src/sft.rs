@@ -74,10 +74,11 @@ pub fn parse_value(v: &Value) -> Result<Vec<Turn>, String> {
 }
 
 /// Loads a JSONL file of records, each turned into an example by `encode` (which renders and
-/// tokenizes the turns and says whether it cut them to a length limit; `phi_train::sft_objective::encode`
-/// does it with a model's chat template). A record that does not parse, or whose response the
-/// limit cut off entirely, is skipped with its line number and the reason.
-pub fn load_jsonl(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, bool)) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+/// tokenizes the turns and says whether it cut them to a length limit, or why the record cannot
+/// be rendered; `phi_train::sft_objective::encode` does it with a model's chat template). A
+/// record that does not parse or render, or whose response the limit cut off entirely, is
+/// skipped with its line number and the reason.
+pub fn load_jsonl(path: &Path, mut encode: impl FnMut(&[Turn]) -> Result<(SftExample, bool), String>) -> std::io::Result<(Vec<SftExample>, SftReport)> {
     let bytes = std::fs::read(path)?;
     let mut report = SftReport::default();
     let mut examples = Vec::new();
@@ -94,7 +95,7 @@ pub fn load_jsonl(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, b
 
 /// [`load_jsonl`] for JSONL, or the rows of a Parquet file (`.parquet`, one record per row:
 /// [`crate::parquet::for_each_row`]), skipped rows reported by row number.
-pub fn load(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, bool)) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+pub fn load(path: &Path, mut encode: impl FnMut(&[Turn]) -> Result<(SftExample, bool), String>) -> std::io::Result<(Vec<SftExample>, SftReport)> {
     if !crate::parquet::is_parquet(path) {
         return load_jsonl(path, encode);
     }
@@ -106,10 +107,9 @@ pub fn load(path: &Path, mut encode: impl FnMut(&[Turn]) -> (SftExample, bool)) 
 }
 
 /// One record's turns (or why it has none) into `examples`, or into the report's skipped.
-fn add(at: usize, turns: Result<Vec<Turn>, String>, encode: &mut impl FnMut(&[Turn]) -> (SftExample, bool), examples: &mut Vec<SftExample>, report: &mut SftReport) {
-    match turns {
-        Ok(turns) => {
-            let (ex, cut) = encode(&turns);
+fn add(at: usize, turns: Result<Vec<Turn>, String>, encode: &mut impl FnMut(&[Turn]) -> Result<(SftExample, bool), String>, examples: &mut Vec<SftExample>, report: &mut SftReport) {
+    match turns.and_then(|turns| encode(&turns)) {
+        Ok((ex, cut)) => {
             report.truncated += cut as usize;
             if ex.learn.iter().any(|&l| l) {
                 examples.push(ex);
@@ -139,9 +139,9 @@ mod tests {
     use super::*;
 
     /// A stand-in encoder: one id per turn, the assistant's learned.
-    fn encode(turns: &[Turn]) -> (SftExample, bool) {
+    fn encode(turns: &[Turn]) -> Result<(SftExample, bool), String> {
         let ids = (0..turns.len() as u32).collect();
-        (SftExample { ids, learn: turns.iter().map(|t| t.role == "assistant").collect() }, false)
+        Ok((SftExample { ids, learn: turns.iter().map(|t| t.role == "assistant").collect() }, false))
     }
 
     #[test]

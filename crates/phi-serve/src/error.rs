@@ -17,6 +17,9 @@ pub enum ServeError {
     /// The model could not be loaded (or its weights packed).
     #[error(transparent)]
     Model(#[from] phi_core::Error),
+    /// The model's chat template could not be read or parsed.
+    #[error(transparent)]
+    Template(#[from] phi_core::chat::ChatError),
     /// The PEFT adapter could not be loaded onto the model.
     #[error(transparent)]
     Adapter(phi_core::Error),

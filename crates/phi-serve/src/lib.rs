@@ -74,9 +74,12 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
-    /// The model in `dir` (with its `tokenizer.json`), a PEFT `adapter` on it if given, served
-    /// as `name` (default: the folder's name).
+    /// The model in `dir` (with its `tokenizer.json`; or a hub id), a PEFT `adapter` on it if
+    /// given, served as `name` (default: the folder's name).
     pub fn load(dir: &Path, adapter: Option<&Path>, name: Option<String>, device: &burn::tensor::Device) -> Result<Self> {
+        // A hub id: its snapshot folder, whose tokenizer and template are read below too.
+        let resolved = phi_core::hub::resolve(dir, phi_core::hub::Kind::Model).map_err(phi_core::Error::from)?;
+        let dir = resolved.as_path();
         let mut model = PhiForCausalLM::from_pretrained(dir, device)?;
         if let Some(a) = adapter {
             model = phi_core::lora::load(model, a).map_err(ServeError::Adapter)?;
@@ -84,7 +87,7 @@ impl ServedModel {
         let path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&path).map_err(|source| ServeError::Tokenizer { path: path.clone(), source })?;
         let stop_ids = text::stop_ids(dir, &model, &tokenizer);
-        let template = ChatTemplate::for_family(model.config().family);
+        let template = ChatTemplate::for_model(dir, model.config().family)?;
         let name = name.unwrap_or_else(|| {
             let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
             canon.file_name().map_or("phi".into(), |n| n.to_string_lossy().into_owned())
@@ -418,7 +421,7 @@ async fn chat(State(app): Shared, req: Result<Json<ChatRequest>, JsonRejection>)
         let r = body(req)?;
         r.sampling.check_rest()?;
         let turns = messages(&r)?;
-        let prompt = app.model.template.prompt(turns.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+        let prompt = app.model.template.prompt(turns.iter().map(|(r, c)| (r.as_str(), c.as_str()))).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
         let ids = encode(&app, prompt).await?;
         plan(&app.model, &r.model, ids, r.sampling, None, "messages")
     };
@@ -674,10 +677,10 @@ pub struct ServeOptions {
     pub around_pack: Option<fn(&mut dyn FnMut())>,
 }
 
-/// Loads the model, binds, calls `on_ready` with the address and the model's id, and serves
+/// Loads the model, binds, calls `on_ready` with the address and the loaded model, and serves
 /// until Ctrl-C (SIGINT) or SIGTERM; requests in flight then end with an error at their next
 /// token.
-pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) -> Result<()> {
+pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &ServedModel)) -> Result<()> {
     let device = o.device.device().map_err(ServeError::Device)?;
     let mut loaded = None;
     let mut load = || {
@@ -699,7 +702,7 @@ pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &str)) 
         let addr = format!("{}:{}", o.host, o.port);
         let bind = |source| ServeError::Bind { addr: addr.clone(), source };
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(bind)?;
-        on_ready(listener.local_addr().map_err(bind)?, &model.name);
+        on_ready(listener.local_addr().map_err(bind)?, &model);
         serve(listener, model, Limits { max_concurrent: o.max_concurrent, ..Limits::default() }, shutdown_signal()).await.map_err(bind)?;
         Ok(())
     })

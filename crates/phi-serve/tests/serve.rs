@@ -62,7 +62,7 @@ fn chat_completions_are_the_model_greedy_reply_with_usage_and_stream_the_same_te
 
     // The same through phi-core: the Phi-3 chat prompt, greedy, stop ids left out of the text.
     let served = ServedModel::load(dir.path(), None, None, &Default::default()).unwrap();
-    let prompt = served.template.prompt([("system", "the cat"), ("user", "the cat sat")]);
+    let prompt = served.template.prompt([("system", "the cat"), ("user", "the cat sat")]).unwrap();
     let ids = served.tokenizer.encode(&prompt);
     let out = served.model.generate(&ids, &GenerationConfig::greedy(6).with_stop_tokens(served.stop_ids.clone())).unwrap();
     let new: Vec<u32> = out[ids.len()..].iter().copied().filter(|t| !served.stop_ids.contains(t)).collect();

@@ -662,8 +662,9 @@ pub struct PairEncoder {
 }
 
 impl PairEncoder {
-    /// The encoder of a model folder: its `tokenizer.json`, its family's chat template, its
-    /// first EOS id (else the tokenizer's). `None` when the folder has no tokenizer (token-id
+    /// The encoder of a model folder: its `tokenizer.json`, its chat template
+    /// ([`ChatTemplate::for_model`](phi_core::chat::ChatTemplate::for_model): its own, else its
+    /// family's), its first EOS id (else the tokenizer's). `None` when the folder has no tokenizer (token-id
     /// records still load).
     pub fn for_model(dir: &std::path::Path, config: &PhiConfig) -> Result<Option<Self>> {
         let path = dir.join(crate::checkpoint::TOKENIZER_FILE);
@@ -672,32 +673,49 @@ impl PairEncoder {
         }
         let tokenizer = phi_data::Tokenizer::from_file(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
         let eos = config.eos_token_ids.first().copied().or(tokenizer.eos_id());
-        let template = phi_core::chat::ChatTemplate::for_family(config.family);
+        let template = phi_core::chat::ChatTemplate::for_model(dir, config.family).map_err(|e| TrainError::Data(e.to_string()))?;
         Ok(eos.map(|eos| PairEncoder { tokenizer, template, eos }))
     }
 
     /// A text record as token ids. As TRL does, the prompt is tokenized on its own (a message
     /// list rendered with the chat template and its generation prompt) and every completion
-    /// ends with EOS (after the template's end-of-turn marker for a message list); a completion
-    /// that renders to nothing is an error.
+    /// ends with EOS (after the template's end-of-turn marker for a message list; once, where
+    /// a model's template already writes it); a completion that renders to nothing, or a
+    /// conversation the template refuses, is an error.
     pub fn encode(&self, prompt: &PairText, chosen: &PairText, rejected: &PairText) -> std::result::Result<TokenPair, String> {
         fn turns(m: &[phi_data::sft::Turn]) -> impl Iterator<Item = (&str, &str)> {
             m.iter().map(|t| (t.role.as_str(), t.content.as_str()))
         }
+        let prompt_messages = match prompt {
+            PairText::Messages(m) => Some(turns(m).collect::<Vec<_>>()),
+            PairText::Text(_) => None,
+        };
         let prompt = match prompt {
             PairText::Text(s) => s.clone(),
-            PairText::Messages(m) => self.template.prompt(turns(m)),
+            PairText::Messages(_) => self.template.prompt(prompt_messages.iter().flatten().copied()).map_err(|e| format!("`prompt`: {e}"))?,
         };
         let completion = |key: &str, c: &PairText| -> std::result::Result<Vec<u32>, String> {
-            let text = match c {
-                PairText::Text(s) => s.clone(),
-                PairText::Messages(m) => self.template.pieces(turns(m)).into_iter().filter(|p| p.response).map(|p| p.text).collect(),
+            let text = match (c, &prompt_messages) {
+                (PairText::Text(s), _) => s.clone(),
+                // As TRL does: the prompt and the completion rendered together, less the prompt
+                // rendered with its generation prompt — what the template writes for the reply
+                // in that conversation.
+                (PairText::Messages(m), Some(p)) => self.template.completion(p, &turns(m).collect::<Vec<_>>()).map_err(|e| format!("`{key}`: {e}"))?,
+                // A completion as messages after a text prompt: its responses as the template writes them.
+                (PairText::Messages(m), None) => {
+                    let pieces = self.template.pieces(turns(m)).map_err(|e| format!("`{key}`: {e}"))?;
+                    pieces.into_iter().filter(|p| p.response).map(|p| p.text).collect()
+                }
             };
             if text.trim().is_empty() {
                 return Err(format!("empty `{key}`"));
             }
             let mut ids = self.tokenizer.encode(&text);
-            ids.push(self.eos);
+            // A model's template may end the conversation with EOS itself (Phi-3's do).
+            let wrote_eos = matches!(c, PairText::Messages(_)) && matches!(self.template, phi_core::chat::ChatTemplate::Jinja(_)) && ids.last() == Some(&self.eos);
+            if !wrote_eos {
+                ids.push(self.eos);
+            }
             Ok(ids)
         };
         Ok(TokenPair { prompt_ids: self.tokenizer.encode(&prompt), chosen_ids: completion("chosen", chosen)?, rejected_ids: completion("rejected", rejected)? })

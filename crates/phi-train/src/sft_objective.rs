@@ -29,11 +29,12 @@ fn tensors(examples: &[&SftExample], pad: u32, device: &Device) -> (Tensor<2, In
 }
 
 /// Renders `turns` with `template` and tokenizes them: assistant contents and their terminator
-/// (`<|end|>`, or EOS for the plain template) are learned, everything else is context. Cut to
-/// `max_len` tokens (`true` if cut).
-pub fn encode(turns: &[Turn], template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> (SftExample, bool) {
+/// (`<|end|>`, or EOS for the plain template; with a model's own template, what it writes after
+/// the content) are learned, everything else is context. Cut to `max_len` tokens (`true` if
+/// cut). Fails when the template refuses the conversation (its own `raise_exception`).
+pub fn encode(turns: &[Turn], template: &ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::result::Result<(SftExample, bool), phi_core::chat::ChatError> {
     let mut ex = SftExample { ids: Vec::new(), learn: Vec::new() };
-    for piece in template.pieces(turns.iter().map(|t| (t.role.as_str(), t.content.as_str()))) {
+    for piece in template.pieces(turns.iter().map(|t| (t.role.as_str(), t.content.as_str())))? {
         let ids = tokenizer.encode(&piece.text);
         ex.learn.extend(std::iter::repeat_n(piece.response, ids.len()));
         ex.ids.extend(ids);
@@ -45,14 +46,14 @@ pub fn encode(turns: &[Turn], template: ChatTemplate, tokenizer: &Tokenizer, eos
     let cut = ex.ids.len() > max_len;
     ex.ids.truncate(max_len);
     ex.learn.truncate(max_len);
-    (ex, cut)
+    Ok((ex, cut))
 }
 
 /// A JSONL or Parquet file (`.parquet`) of `{"messages": [...]}` or `{"prompt", "response"}`
 /// records as examples ([`encode`]d with `template`); bad records are skipped and reported with
 /// their line (or row) number ([`phi_data::sft::load`]).
-pub fn load_examples(path: &std::path::Path, template: ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::io::Result<(Vec<SftExample>, SftReport)> {
-    phi_data::sft::load(path, |turns| encode(turns, template, tokenizer, eos, max_len))
+pub fn load_examples(path: &std::path::Path, template: &ChatTemplate, tokenizer: &Tokenizer, eos: u32, max_len: usize) -> std::io::Result<(Vec<SftExample>, SftReport)> {
+    phi_data::sft::load(path, |turns| encode(turns, template, tokenizer, eos, max_len).map_err(|e| e.to_string()))
 }
 
 /// Positions whose next token is learned (the loss terms of an example).
@@ -195,17 +196,47 @@ mod tests {
     fn only_response_and_its_terminator_are_learned() {
         let tok = tokenizer();
         let turns = parse_record(r#"{"prompt": "hello world", "response": "def f(x): return x"}"#).unwrap();
-        let (plain, _) = encode(&turns, ChatTemplate::Plain, &tok, 7, 512);
+        let (plain, _) = encode(&turns, &ChatTemplate::Plain, &tok, 7, 512).unwrap();
         let prompt_len = tok.encode("hello world").len();
         assert!(plain.learn[..prompt_len].iter().all(|&l| !l));
         assert!(plain.learn[prompt_len..].iter().all(|&l| l));
         assert_eq!(*plain.ids.last().unwrap(), 7, "EOS ends the response and is learned");
-        let (phi3, _) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 512);
+        let (phi3, _) = encode(&turns, &ChatTemplate::Phi3, &tok, 7, 512).unwrap();
         let text = tok.decode(&phi3.ids);
         assert_eq!(text, "<|user|>\nhello world<|end|>\n<|assistant|>\ndef f(x): return x<|end|>\n");
         let learned: Vec<u32> = phi3.ids.iter().zip(&phi3.learn).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
         assert_eq!(tok.decode(&learned), "def f(x): return x<|end|>\n");
-        let (cut, was_cut) = encode(&turns, ChatTemplate::Phi3, &tok, 7, 5);
+        let (cut, was_cut) = encode(&turns, &ChatTemplate::Phi3, &tok, 7, 5).unwrap();
         assert!(was_cut && cut.ids.len() == 5);
+    }
+
+    #[test]
+    fn a_models_own_template_learns_its_responses_and_refuses_what_it_raises_on() {
+        let tok = tokenizer();
+        // Phi-3.5-mini's template, with a check of its own in the style of many fine-tunes'.
+        let source = "{% for m in messages %}{% if m.role == 'user' and loop.previtem is defined and loop.previtem.role == 'user' %}\
+                      {{ raise_exception('two user turns in a row') }}{% endif %}\
+                      {{ '<|' + m.role + '|>\n' + m.content + '<|end|>\n' }}{% endfor %}\
+                      {% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
+        let template = ChatTemplate::jinja(source, "", "<|endoftext|>", "test").unwrap();
+        let turns = parse_record(r#"{"prompt": "hello world", "response": "def f(x): return x"}"#).unwrap();
+        let (ex, _) = encode(&turns, &template, &tok, 7, 512).unwrap();
+        assert_eq!(tok.decode(&ex.ids), "<|user|>\nhello world<|end|>\n<|assistant|>\ndef f(x): return x<|end|>\n<|endoftext|>");
+        let learned: Vec<u32> = ex.ids.iter().zip(&ex.learn).filter(|(_, l)| **l).map(|(i, _)| *i).collect();
+        assert_eq!(tok.decode(&learned), "def f(x): return x<|end|>\n<|endoftext|>");
+        // The same as the built-in Phi-3 format up to the EOS the template writes at the end.
+        let (builtin, _) = encode(&turns, &ChatTemplate::Phi3, &tok, 7, 512).unwrap();
+        assert_eq!(ex.ids[..builtin.ids.len()], builtin.ids[..]);
+        assert_eq!(ex.learn[..builtin.learn.len()], builtin.learn[..]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.jsonl");
+        let bad = r#"{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}"#;
+        std::fs::write(&path, format!("{{\"prompt\": \"hello\", \"response\": \"world\"}}\n{bad}\n")).unwrap();
+        let (examples, report) = load_examples(&path, &template, &tok, 7, 512).unwrap();
+        assert_eq!(examples.len(), 1);
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].0, 2);
+        assert!(report.skipped[0].1.contains("two user turns in a row"), "{:?}", report.skipped);
     }
 }

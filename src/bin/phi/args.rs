@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use phi::core::chat::ChatTemplate;
+use phi::core::chat::TemplateChoice;
 use phi::device::Backend;
 use phi::train::Precision;
 use phi::train::lora::BaseQuantization;
@@ -13,12 +13,37 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
     serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("`{s}`: expected f32, bf16 or f16"))
 }
 
-fn parse_template(s: &str) -> Result<ChatTemplate, String> {
-    match s {
-        "phi3" => Ok(ChatTemplate::Phi3),
-        "plain" => Ok(ChatTemplate::Plain),
-        _ => Err(format!("`{s}`: expected phi3 or plain")),
+
+/// A folder argument that may be a hub id (`org/name[@revision]`), resolved through the hub
+/// cache (and downloaded into it where the network is allowed): `phi_core::hub`. A path that is
+/// not UTF-8 is taken as it is.
+#[derive(Clone, Copy)]
+pub struct HubDir(phi::core::hub::Kind);
+
+impl clap::builder::TypedValueParser for HubDir {
+    type Value = PathBuf;
+    fn parse_ref(&self, _cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<PathBuf, clap::Error> {
+        phi::core::hub::resolve(value, self.0).map_err(|e| {
+            let flag = arg.and_then(|a| a.get_long()).map_or(String::new(), |l| format!("--{l} "));
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{flag}{e}\n"))
+        })
     }
+}
+
+/// A model folder or hub id.
+pub fn model_dir() -> HubDir {
+    HubDir(phi::core::hub::Kind::Model)
+}
+
+/// A PEFT adapter folder or hub id.
+pub fn adapter_dir() -> HubDir {
+    HubDir(phi::core::hub::Kind::Adapter)
+}
+
+/// A model folder or hub id of which only the config, tokenizer files and chat template are
+/// read (no weights are downloaded for it).
+pub fn config_dir() -> HubDir {
+    HubDir(phi::core::hub::Kind::Config)
 }
 
 fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
@@ -161,7 +186,7 @@ impl RecipeArgs {
 pub struct FinetuneArgs {
     /// Base checkpoint (HF folder with tokenizer.json). Default: the newest `train_phi1`
     /// checkpoint in runs/phi-1, trained first (briefly) if there is none.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     pub base: Option<PathBuf>,
     #[arg(long, default_value = "runs/finetune_lora")]
     pub out: PathBuf,
@@ -199,9 +224,10 @@ pub struct FinetuneArgs {
     /// column or `prompt`/`response` columns); a tenth is held out for validation.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Chat template for `--data`: phi3 or plain (default: phi3 for Phi-3 models, plain otherwise).
-    #[arg(long, value_parser = parse_template)]
-    pub template: Option<ChatTemplate>,
+    /// Chat template for `--data`: model (the base's own `chat_template`, else phi3 for Phi-3
+    /// models and plain otherwise), phi3, plain, or a Jinja file.
+    #[arg(long, default_value = "model")]
+    pub template: TemplateChoice,
     /// QLoRA-style: quantize the frozen base projections (int8 or int4, blocks of 32).
     #[arg(long, value_parser = parse_quantize)]
     pub quantize: Option<BaseQuantization>,
@@ -367,7 +393,7 @@ impl PreferenceArgs {
 #[derive(clap::Parser, Debug)]
 pub struct DpoArgs {
     /// The policy's HF model folder (the SFT model; the base of a LoRA run).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     pub policy: PathBuf,
     /// Preference pairs, JSONL or Parquet (`.parquet`, one pair per row):
     /// `prompt_ids`/`chosen_ids`/`rejected_ids`, or `prompt`/`chosen`/`rejected` as text or
@@ -384,7 +410,7 @@ pub struct DpoArgs {
     pub out: PathBuf,
     /// The reference model folder (default: the policy as it starts — with --adapter the
     /// adapter as loaded, with --lora the base).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     pub reference: Option<PathBuf>,
     /// Keep the reference in memory and run it on every batch (TRL's default) instead of
     /// scoring every pair with it once before training.
@@ -394,7 +420,7 @@ pub struct DpoArgs {
     #[arg(long)]
     pub lora: bool,
     /// Train this PEFT adapter further (the policy is its base).
-    #[arg(long, conflicts_with = "lora")]
+    #[arg(long, value_parser = crate::args::adapter_dir(), conflicts_with = "lora")]
     pub adapter: Option<PathBuf>,
     /// LoRA rank of a fresh adapter (with --lora; default 8).
     #[arg(long, requires = "lora")]

@@ -202,7 +202,7 @@ pub struct ClassifierTrainArgs {
     #[arg(long)]
     pub labels: Vec<PathBuf>,
     /// The model folder whose embeddings the classifier learns on (config, weights, tokenizer.json).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     pub embed_model: PathBuf,
     /// The classifier folder to write (classifier.json, report.txt).
     #[arg(long)]
@@ -294,7 +294,7 @@ pub struct PrepareArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub min_score: Option<f32>,
     /// The classifier's embedding model, if it moved since training (its files must be the same).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     pub embed_model: Option<PathBuf>,
     /// Score with this head instead of the classifier's choice.
     #[arg(long)]

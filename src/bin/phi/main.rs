@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use phi::core::chat::{ChatTemplate, TemplateChoice};
 use phi::core::{GenerationConfig, PhiForCausalLM};
 use phi::device::Backend as DeviceArg;
 
@@ -60,11 +61,11 @@ enum Command {
     /// Write an HF-layout folder from a checkpoint, with a PEFT LoRA adapter merged into the
     /// weights (`--merge`) or beside them in `OUT/adapter`.
     Export {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::model_dir())]
         model: PathBuf,
         /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors); it is checked
         /// against the model either way.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::adapter_dir())]
         adapter: Option<PathBuf>,
         /// Fold the adapter into the weights: one plain HF checkpoint. Without it the weights
         /// are the base's and the adapter is written to `OUT/adapter` (PEFT loads the pair).
@@ -73,9 +74,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Chat with a model in the Phi-3 chat format, streaming replies (`/reset` clears history).
+    /// Chat with a model in its own chat template (or the built-in format of its family),
+    /// streaming replies (`/reset` clears history).
     Chat {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::model_dir())]
         model: PathBuf,
         /// Optional system turn.
         #[arg(long)]
@@ -88,20 +90,41 @@ enum Command {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The chat template: model (the model's own `chat_template`, else the built-in Phi-3
+        /// format for Phi-3 models and the plain one otherwise), phi3, plain, or a Jinja file.
+        #[arg(long, default_value = "model")]
+        template: TemplateChoice,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         #[command(flatten)]
         weights: WeightArgs,
     },
+    /// Renders a conversation with a model's chat template and prints the text, as
+    /// transformers' `apply_chat_template(messages, tools=…, tokenize=False)` gives it.
+    Template {
+        #[arg(long, value_parser = crate::args::config_dir())]
+        model: PathBuf,
+        /// A JSON file: a list of messages, or an object with `messages` and `tools`.
+        #[arg(long)]
+        messages: PathBuf,
+        /// End with the marker that asks the model for the assistant's turn.
+        #[arg(long)]
+        add_generation_prompt: bool,
+        /// model, phi3, plain, or a Jinja file (see `phi chat --template`).
+        #[arg(long, default_value = "model")]
+        template: TemplateChoice,
+    },
     /// An OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions
     /// (streaming with `stream: true`); Ctrl-C stops it.
     Serve {
+        /// A model folder, or a hub id (`org/name`), which is then the default `--name`.
         #[arg(long)]
         model: PathBuf,
         /// A PEFT LoRA adapter on the model.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::adapter_dir())]
         adapter: Option<PathBuf>,
-        /// The model id clients name (default: the model folder's name).
+        /// The model id clients name (default: the hub id given as --model, else the model
+        /// folder's name).
         #[arg(long)]
         name: Option<String>,
         #[arg(long, default_value = "127.0.0.1")]
@@ -139,7 +162,7 @@ enum EvalCommand {
     /// with `--model`, or judges given ones with `--completions`.
     Humaneval {
         /// Model folder to generate completions with.
-        #[arg(long, required_unless_present = "completions", conflicts_with = "completions")]
+        #[arg(long, value_parser = crate::args::model_dir(), required_unless_present = "completions", conflicts_with = "completions")]
         model: Option<PathBuf>,
         /// Judge these completions instead (JSONL, `{"task_id", "completion"}` per line, as the
         /// HumanEval package's samples files); results go to `<FILE>_results.jsonl`.
@@ -176,14 +199,14 @@ enum EvalCommand {
     /// without training (compare checkpoints).
     Dpo {
         /// The policy's model folder.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::model_dir())]
         policy: PathBuf,
         /// A PEFT LoRA adapter on the policy.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::adapter_dir())]
         adapter: Option<PathBuf>,
         /// The reference model folder (default: the policy without its adapter, as TRL's
         /// reference for a PEFT model; without an adapter, the policy itself).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::model_dir())]
         reference: Option<PathBuf>,
         /// Pairs, JSONL or Parquet (`.parquet`): `prompt_ids`/`chosen_ids`/`rejected_ids`, or
         /// `prompt`/`chosen`/`rejected` as text or message lists (tokenized with the policy's
@@ -202,7 +225,7 @@ enum EvalCommand {
     },
     /// Token-weighted next-token loss and perplexity — the training loop's validation loss.
     Perplexity {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::args::model_dir())]
         model: PathBuf,
         /// Prepared dataset folders (their validation split), token shards (`.bin`), or text
         /// files/folders (tokenized with the model's tokenizer.json, documents joined by EOS).
@@ -235,6 +258,20 @@ fn print(out: &mut impl Write, text: String) -> String {
     text
 }
 
+/// `phi template`: the rendered text on stdout, exactly (no newline added), and which template
+/// rendered it on stderr.
+fn render_template(model_dir: &std::path::Path, messages: &std::path::Path, add_generation_prompt: bool, choice: &TemplateChoice) -> Result<(), Box<dyn std::error::Error>> {
+    let config = phi::core::PhiConfig::from_file(model_dir.join("config.json"))?;
+    let template = ChatTemplate::choose(model_dir, config.family, choice)?;
+    let json = std::fs::read_to_string(messages).map_err(|e| format!("{}: {e}", messages.display()))?;
+    let text = template.render_json(&json, add_generation_prompt).map_err(|e| format!("{}: {e}", messages.display()))?;
+    eprintln!("rendered with {}", template.describe());
+    let mut out = std::io::stdout();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 fn chat(
     model_dir: &std::path::Path,
     system: Option<String>,
@@ -242,12 +279,14 @@ fn chat(
     temperature: f64,
     top_p: f64,
     seed: u64,
+    template: &TemplateChoice,
     device: DeviceArg,
     weights: WeightArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::BufRead;
     let device = device.device()?;
     let model = load_for_decoding(model_dir, &device, weights.format())?;
+    let template = ChatTemplate::choose(model_dir, model.config().family, template)?;
     let tok = phi::data::Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
     let stop = phi::serve::text::stop_ids(model_dir, &model, &tok);
     let context = model.config().max_position_embeddings;
@@ -258,9 +297,10 @@ fn chat(
     const COMMANDS: &str = "/help shows this, /reset starts a new conversation, /quit (or Ctrl-D) leaves";
     writeln!(
         out,
-        "phi chat: {} ({} family, context {context} tokens), Phi-3 chat format, replies of up to {max_new_tokens} tokens{}\n{COMMANDS}",
+        "phi chat: {} ({} family, context {context} tokens), {}, replies of up to {max_new_tokens} tokens{}\n{COMMANDS}",
         model_dir.display(),
         model.config().family,
+        template.describe(),
         system.as_ref().map_or(String::new(), |_| ", with your system turn".into())
     )?;
     let mut turn = 0u64;
@@ -304,11 +344,24 @@ fn chat(
         // Render the conversation, dropping the oldest turns until it fits the context.
         let ids = loop {
             let messages = system.iter().map(|s| ("system", s.as_str())).chain(history.iter().map(|(r, c)| (r.as_str(), c.as_str())));
-            let ids = tok.encode(&phi::core::chat::ChatTemplate::Phi3.prompt(messages));
+            let text = match template.prompt(messages) {
+                Ok(text) => text,
+                // The template's own check of the conversation (say, roles that must alternate).
+                Err(e) => break Err(e),
+            };
+            let ids = tok.encode(&text);
             if ids.len() <= budget || history.len() == 1 {
-                break ids;
+                break Ok(ids);
             }
             history.drain(..history.len().min(2).max(1));
+        };
+        let ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => {
+                history.pop();
+                writeln!(out, "(not sent: {e})")?;
+                continue;
+            }
         };
         let ids = if ids.len() > budget { ids[ids.len() - budget..].to_vec() } else { ids };
         let config = GenerationConfig::sampling(max_new_tokens.min(context - ids.len()), temperature, seed + turn)
@@ -610,7 +663,7 @@ fn perplexity(
 #[derive(clap::Args)]
 struct GenerateArgs {
     /// Folder with config.json, model.safetensors (or shards) and tokenizer.json.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::model_dir())]
     model: PathBuf,
     /// Prompt text, tokenized with the folder's tokenizer.json.
     #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
@@ -724,6 +777,11 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
 fn inspect(model: &str) -> Result<(), Box<dyn std::error::Error>> {
     let config = match phi::core::PhiConfig::preset(model) {
         Some(c) => c,
+        // A hub id (org/name): its snapshot in the hub cache.
+        None if !std::path::Path::new(model).exists() && phi::core::hub::parse_id(model).is_some() => {
+            let dir = phi::core::hub::resolve(model, phi::core::hub::Kind::Config)?;
+            phi::core::PhiConfig::from_file(dir.join("config.json"))?
+        }
         // Neither a preset nor a path: say what `--model` takes, and the preset it was likely.
         None if !std::path::Path::new(model).exists() => {
             let nearest = phi::core::PhiConfig::nearest_preset(model).map_or(String::new(), |p| format!("; did you mean `{p}`?"));
@@ -887,18 +945,23 @@ fn main() -> ExitCode {
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
         Command::Serve { model, adapter, name, host, port, max_concurrent, device, weights } => {
+            // A hub id is resolved by the server's load (phi_serve::ServedModel::load), and is
+            // the name clients use unless --name says otherwise.
+            let id = model.to_str().filter(|m| !model.exists() && phi::core::hub::parse_id(m).is_some());
+            let name = name.or_else(|| id.map(str::to_string));
             let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
             serve_log();
-            phi::serve::run(&opts, |addr, name| {
-                println!("serving `{name}` on http://{addr}/v1 (Ctrl-C stops)");
+            phi::serve::run(&opts, |addr, served| {
+                println!("serving `{}` on http://{addr}/v1 (Ctrl-C stops); chat rendered with {}", served.name, served.template.describe());
                 let _ = std::io::stdout().flush();
             })
             .map_err(Into::into)
         }
-        Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, device, weights } => {
-            chat(&model, system, max_new_tokens, temperature, top_p, seed, device, weights)
+        Command::Chat { model, system, max_new_tokens, temperature, top_p, seed, template, device, weights } => {
+            chat(&model, system, max_new_tokens, temperature, top_p, seed, &template, device, weights)
         }
+        Command::Template { model, messages, add_generation_prompt, template } => render_template(&model, &messages, add_generation_prompt, &template),
         Command::Eval(EvalCommand::Humaneval {
             model,
             completions,

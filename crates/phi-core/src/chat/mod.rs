@@ -186,6 +186,28 @@ impl ChatTemplate {
         Ok(text)
     }
 
+    /// The text a `completion` adds to its `prompt` in this format: the two rendered together
+    /// without the generation prompt, less the prompt rendered with it (how TRL renders
+    /// conversational preference data). Fails when the first does not begin with the second.
+    pub fn completion(&self, prompt: &[(&str, &str)], completion: &[(&str, &str)]) -> Result<String, ChatError> {
+        let head = self.prompt(prompt.iter().copied())?;
+        let all: Vec<(&str, &str)> = prompt.iter().chain(completion).copied().collect();
+        let full: String = match self {
+            ChatTemplate::Jinja(t) => t.render(&jinja::messages_value(&all), None, false)?,
+            builtin => builtin.pieces(all)?.into_iter().map(|p| p.text).collect(),
+        };
+        match full.strip_prefix(&head) {
+            Some(rest) => Ok(rest.to_string()),
+            None => Err(ChatError::NotPrefixStable {
+                origin: match self {
+                    ChatTemplate::Jinja(t) => t.origin().to_string(),
+                    other => other.describe(),
+                },
+                message: "the prompt rendered with the generation prompt is not how the prompt and its completion begin, so the completion cannot be cut off it".into(),
+            }),
+        }
+    }
+
     /// A conversation given as JSON — a list of messages, or an object with `messages` and
     /// optionally `tools` (an OpenAI-style request) — rendered as `apply_chat_template(messages,
     /// tools=tools, tokenize=False, add_generation_prompt=…)` renders it. Messages may carry

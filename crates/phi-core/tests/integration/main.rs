@@ -4,8 +4,10 @@
 //! its file's module: `cargo test --test integration -- lora::` runs one file's tests.
 
 mod common;
+mod chat_templates;
 mod config_and_errors;
 mod embeddings;
+mod hub;
 mod hostile_input;
 mod lora;
 mod model_parity;
