@@ -175,3 +175,100 @@ fn chat_says_which_template_renders_it() {
     let banner = chat_banner(own.path());
     assert!(banner.contains("the model's chat template (tokenizer_config.json"), "{banner}");
 }
+
+/// A hub on loopback serving `files` of `repo` at COMMIT as the hub's API answers hf-hub: the
+/// revision's file listing (`/api/models/{repo}/revision/{rev}`), and each file
+/// (`/{repo}/resolve/{rev}/{file}`) by byte range with its commit and etag headers. Returns the
+/// endpoint and the files asked for, in order.
+fn mock_hub(repo: &'static str, files: Vec<(&'static str, Vec<u8>)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::Path as UrlPath;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+    let files = Arc::new(files);
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let listing = files.clone();
+    let served = files.clone();
+    let log = asked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/models/{org}/{name}/revision/{rev}",
+            axum::routing::get(move |UrlPath((org, name, _rev)): UrlPath<(String, String, String)>| async move {
+                if format!("{org}/{name}") != repo {
+                    return StatusCode::NOT_FOUND.into_response();
+                }
+                let siblings: Vec<serde_json::Value> = listing.iter().map(|(n, _)| serde_json::json!({ "rfilename": n })).collect();
+                axum::Json(serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings })).into_response()
+            }),
+        )
+        .route(
+            "/{org}/{name}/resolve/{rev}/{*file}",
+            axum::routing::get(move |UrlPath((org, name, rev, file)): UrlPath<(String, String, String, String)>, headers: HeaderMap| async move {
+                let Some((_, data)) = served.iter().find(|(n, _)| *n == file) else { return StatusCode::NOT_FOUND.into_response() };
+                if format!("{org}/{name}") != repo || rev != COMMIT {
+                    return StatusCode::NOT_FOUND.into_response();
+                }
+                log.lock().unwrap().push(file.clone());
+                let len = data.len();
+                let range = headers.get(header::RANGE).and_then(|r| r.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")).unwrap_or("0-").to_string();
+                let (a, b) = range.split_once('-').unwrap();
+                let start: usize = a.parse().unwrap();
+                let end: usize = if b.is_empty() { len - 1 } else { b.parse::<usize>().unwrap().min(len - 1) };
+                let etag = format!("\"{:016x}{:048x}\"", len, file.len());
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    [("x-repo-commit", COMMIT.to_string()), ("etag", etag), (header::CONTENT_RANGE.as_str(), format!("bytes {start}-{end}/{len}"))],
+                    data[start..=end].to_vec(),
+                )
+                    .into_response()
+            }),
+        );
+    let base = crate::common::serving::spawn(app);
+    (base.trim_end_matches("/v1").to_string(), asked)
+}
+
+#[test]
+fn a_model_not_in_the_cache_is_downloaded_into_it_in_the_hubs_layout() {
+    let mut files: Vec<(&'static str, Vec<u8>)> = phi3_files().into_iter().map(|(n, p)| (n, std::fs::read(p).unwrap())).collect();
+    // What a model folder does not need is left on the hub.
+    files.push(("pytorch_model.bin", b"not wanted".to_vec()));
+    files.push(("onnx/model.onnx", b"not wanted".to_vec()));
+    let (endpoint, asked) = mock_hub("tiny-org/phi3-tiny", files);
+    let home = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    for (name, src) in phi3_files() {
+        std::fs::copy(src, folder.path().join(name)).unwrap();
+    }
+    let by_folder = ok(&generate(folder.path().to_str().unwrap(), &[], None));
+
+    let mut cmd = phi();
+    cmd.args(["generate", "--model", "tiny-org/phi3-tiny", "--prompt-ids", "3,4,5", "--max-new-tokens", "6"]).env("HF_HOME", home.path()).env("HF_ENDPOINT", &endpoint);
+    cmd.env_remove("HF_HUB_OFFLINE").env_remove("TRANSFORMERS_OFFLINE").env_remove("HF_HUB_CACHE").env_remove("HF_TOKEN");
+    assert_eq!(ok(&cmd.output().unwrap()), by_folder);
+    let mut got = asked.lock().unwrap().clone();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+
+    // The hub's layout: refs/main names the commit, the snapshot links into blobs.
+    let repo_dir = home.path().join("hub/models--tiny-org--phi3-tiny");
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), COMMIT);
+    assert!(!repo_dir.join("refs").join(COMMIT).exists(), "no ref named by a commit");
+    let config = repo_dir.join("snapshots").join(COMMIT).join("config.json");
+    assert!(std::fs::symlink_metadata(&config).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&config).unwrap(), std::fs::read(fixture("phi3-tiny/config.json")).unwrap());
+
+    // Offline now, from the cache alone; and nothing is fetched again online.
+    let before = asked.lock().unwrap().len();
+    assert_eq!(ok(&generate("tiny-org/phi3-tiny", &[("HF_HOME", home.path())], None)), by_folder);
+    let mut again = phi();
+    again.args(["generate", "--model", "tiny-org/phi3-tiny", "--prompt-ids", "3,4,5", "--max-new-tokens", "6"]).env("HF_HOME", home.path()).env("HF_ENDPOINT", &endpoint).env_remove("HF_HUB_OFFLINE");
+    assert_eq!(ok(&again.output().unwrap()), by_folder);
+    assert_eq!(asked.lock().unwrap().len(), before);
+
+    // A repository the hub does not have: the error names the endpoint.
+    let mut missing = phi();
+    missing.args(["generate", "--model", "nobody/nothing", "--prompt-ids", "1"]).env("HF_HOME", home.path()).env("HF_ENDPOINT", &endpoint).env_remove("HF_HUB_OFFLINE");
+    let err = refused(&missing.output().unwrap());
+    assert!(err.contains(&endpoint) && err.contains("`nobody/nothing`"), "{err}");
+}
