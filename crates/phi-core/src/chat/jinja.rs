@@ -56,6 +56,11 @@ impl JinjaTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", super::pyjson::tojson);
         env.add_function("raise_exception", |message: String| -> Result<Value, Error> { Err(Error::new(ErrorKind::InvalidOperation, message)) });
+        // transformers' `strftime_now(format)` (Llama-3-style templates date their system turn).
+        env.add_function("strftime_now", |format: String| -> Value {
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            Value::from(strftime(&format, secs))
+        });
         env.add_template_owned(NAME, without_generation_blocks(source))
             .map_err(|e| ChatError::Syntax { origin: origin.to_string(), message: describe(&e) })?;
         Ok(JinjaTemplate { env, source: source.to_string(), tokens, origin: origin.to_string() })
@@ -164,6 +169,71 @@ fn without_generation_blocks(source: &str) -> String {
         rest = &tag[end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// `format` with the time `secs` after the Unix epoch, in UTC, as C's `strftime` writes it for
+/// the codes templates use (`%Y %y %m %d %-d %e %H %I %M %S %p %b %B %a %A %j %%`); other codes
+/// are left as written. transformers formats the local time; a server's is usually UTC.
+pub fn strftime(format: &str, secs: u64) -> String {
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let days = (secs / 86_400) as i64;
+    let (h, min, sec) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let before = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334][(m - 1) as usize];
+    let yday = before + d + i64::from(leap && m > 2);
+    let month = MONTHS[(m - 1) as usize];
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let no_pad = chars.peek() == Some(&'-');
+        if no_pad {
+            chars.next();
+        }
+        let pad2 = |v: i64| if no_pad { v.to_string() } else { format!("{v:02}") };
+        match chars.next() {
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&pad2(y.rem_euclid(100))),
+            Some('m') => out.push_str(&pad2(m)),
+            Some('d') => out.push_str(&pad2(d)),
+            Some('e') => out.push_str(&format!("{d:>2}")),
+            Some('H') => out.push_str(&pad2(h as i64)),
+            Some('I') => out.push_str(&pad2(((h + 11) % 12 + 1) as i64)),
+            Some('M') => out.push_str(&pad2(min as i64)),
+            Some('S') => out.push_str(&pad2(sec as i64)),
+            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
+            Some('b') => out.push_str(&month[..3]),
+            Some('B') => out.push_str(month),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('j') => out.push_str(&if no_pad { yday.to_string() } else { format!("{yday:03}") }),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                if no_pad {
+                    out.push('-');
+                }
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
     out
 }
 
@@ -326,4 +396,18 @@ fn special_tokens(config: Option<&serde_json::Value>, path: &Path) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_writes_what_c_writes() {
+        // date -u -d @1796607245 '+%d %b %Y|%A %a %B %j %H:%M:%S %I %p %y %-d %e|%%|%Q'
+        // → "07 Dec 2026|Monday Mon December 341 01:34:05 01 AM 26 7  7|%|%Q"
+        assert_eq!(strftime("%d %b %Y|%A %a %B %j %H:%M:%S %I %p %y %-d %e|%%|%Q", 1_796_607_245), "07 Dec 2026|Monday Mon December 341 01:34:05 01 AM 26 7  7|%|%Q");
+        assert_eq!(strftime("%Y-%m-%d %H:%M", 951_782_400), "2000-02-29 00:00"); // a leap day
+        assert_eq!(strftime("%j %A", 0), "001 Thursday");
+    }
 }

@@ -156,3 +156,12 @@ fn a_template_that_rewrites_earlier_turns_cannot_mark_responses() {
     assert!(matches!(err, ChatError::NotPrefixStable { .. }), "{err:?}");
     assert!(err.to_string().contains("message 2"), "{err}");
 }
+
+#[test]
+fn strftime_now_dates_a_template_as_transformers_does() {
+    // Llama-3-style: `{{ strftime_now("%d %b %Y") }}` in the system turn.
+    let t = ChatTemplate::jinja("Today: {{ strftime_now('%Y') }}{% for m in messages %}|{{ m.content }}{% endfor %}", "", "", "test").unwrap();
+    let text = t.prompt([("user", "hi")]).unwrap();
+    let year: u32 = text["Today: ".len().."Today: ".len() + 4].parse().unwrap();
+    assert!(year >= 2026 && text.ends_with("|hi"), "{text}");
+}
