@@ -359,6 +359,7 @@ fn write_outputs(p: &Prepared, model: &PhiForCausalLM) -> Res<Vec<PathBuf>> {
         if tokenizer.is_file() {
             std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE)).map_err(|e| format!("{}: {e}", tokenizer.display()))?;
         }
+        crate::export::copy_template_files(&o.policy, dir).map_err(|e| e.to_string())?;
         Ok(())
     };
     match p.weights.lora_config()? {

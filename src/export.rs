@@ -11,6 +11,21 @@ use phi_data::owned;
 
 pub use phi_train::export::{EXPORT_LAYOUT, FORMAT, MARKER, VERSION, partial_of};
 
+/// The files beside `tokenizer.json` that carry the tokenizer's special tokens and the chat
+/// template (`phi_core::chat::ChatTemplate::for_model` reads them): a model trained or exported
+/// from a folder keeps the template it was trained with.
+pub const TEMPLATE_FILES: [&str; 3] = ["tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+
+/// Copies those of [`TEMPLATE_FILES`] that `from` has into `to`.
+pub fn copy_template_files(from: &Path, to: &Path) -> Result<(), Box<dyn Error>> {
+    for f in TEMPLATE_FILES {
+        if from.join(f).is_file() {
+            std::fs::copy(from.join(f), to.join(f)).map_err(|e| format!("{} → {}: {e}", from.join(f).display(), to.join(f).display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Fails, naming the folder, unless `out` and `<out>.partial` may be written by
 /// [`write_model_folder`] (for commands that should refuse before a long run, not after).
 pub fn check_writable(out: &Path) -> Result<(), Box<dyn Error>> {

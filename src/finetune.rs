@@ -353,7 +353,9 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
     let merged_dir = args.out.join("merged");
     crate::export::write_model_folder(&merged_dir, &source, |dir| {
         lora::merge(tuned).save_pretrained(dir)?;
-        Ok(tok.save(dir.join(TOKENIZER_FILE))?)
+        tok.save(dir.join(TOKENIZER_FILE))?;
+        // The chat template the data was rendered with goes along with the tokenizer.
+        crate::export::copy_template_files(&base_dir, dir)
     })?;
     println!("adapter (PEFT format): {}\nmerged model: {}", adapter_dir.display(), merged_dir.display());
     Ok(())

@@ -272,3 +272,22 @@ fn a_model_not_in_the_cache_is_downloaded_into_it_in_the_hubs_layout() {
     let err = refused(&missing.output().unwrap());
     assert!(err.contains(&endpoint) && err.contains("`nobody/nothing`"), "{err}");
 }
+
+#[test]
+fn an_export_keeps_the_models_chat_template() {
+    let model = tempfile::tempdir().unwrap();
+    for (name, src) in phi3_files() {
+        std::fs::copy(src, model.path().join(name)).unwrap();
+    }
+    std::fs::write(model.path().join("chat_template.jinja"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let exported = out.path().join("export");
+    ok(&phi().args(["export", "--model"]).arg(model.path()).arg("--out").arg(&exported).output().unwrap());
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        assert_eq!(std::fs::read(exported.join(f)).unwrap(), std::fs::read(model.path().join(f)).unwrap(), "{f}");
+    }
+    let messages = out.path().join("m.json");
+    std::fs::write(&messages, r#"[{"role": "user", "content": "hi"}]"#).unwrap();
+    let rendered = phi().args(["template", "--model"]).arg(&exported).arg("--messages").arg(&messages).output().unwrap();
+    assert_eq!(ok(&rendered), "[user] hi\n");
+}

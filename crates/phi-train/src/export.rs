@@ -42,6 +42,7 @@ fn is_export_file(name: &str) -> bool {
         "tokenizer_config.json",
         GENERATION_CONFIG_FILE,
         "special_tokens_map.json",
+        "chat_template.jinja",
         ADAPTER_CONFIG_FILE,
         ADAPTER_WEIGHTS_FILE,
     ];

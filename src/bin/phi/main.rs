@@ -763,12 +763,12 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
                 std::fs::copy(adapter.join(f), to.join(f)).map_err(|e| format!("{} → {}: {e}", adapter.join(f).display(), to.join(f).display()))?;
             }
         }
-        for extra in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+        for extra in ["tokenizer.json", "generation_config.json"] {
             if model.join(extra).is_file() {
                 std::fs::copy(model.join(extra), dir.join(extra)).map_err(|e| format!("{}: {e}", dir.join(extra).display()))?;
             }
         }
-        Ok(())
+        phi::export::copy_template_files(model, dir)
     })?;
     println!("wrote {}", out.display());
     Ok(())
