@@ -2,10 +2,9 @@
 
 use crate::common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, load_reference};
+use common::{chat, fixture, load_reference};
 
 fn phi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_phi"))
@@ -55,20 +54,6 @@ fn generate_from_text_uses_the_folder_tokenizer() {
     assert!(text.trim().len() > "the cat sat".len(), "nothing generated: {text:?}");
 }
 
-/// `phi chat --model dir`, `input` on its stdin.
-fn chat(dir: &Path, input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = phi()
-        .args(["chat", "--max-new-tokens", "6", "--model"])
-        .arg(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn chat_streams_replies_keeps_history_and_ends_at_eof() {

@@ -142,19 +142,9 @@ fn phi_template_prints_what_transformers_renders() {
     assert!(err.contains("messages.json") && err.contains("`messages` must be a list"), "{err}");
 }
 
-/// `phi chat` on `dir` with one line, `the cat`, then end of input.
+/// The banner of `phi chat` on `dir` with one line, `the cat`, then end of input.
 fn chat_banner(dir: &Path) -> String {
-    use std::io::Write;
-    let mut child = phi()
-        .args(["chat", "--max-new-tokens", "2", "--model"])
-        .arg(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"the cat\n").unwrap();
-    let text = ok(&child.wait_with_output().unwrap());
+    let text = ok(&crate::common::chat(dir, b"the cat\n"));
     text.lines().next().unwrap().to_string()
 }
 

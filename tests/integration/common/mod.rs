@@ -22,6 +22,21 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("crates").join(krate).join("tests/fixtures").join(name)
 }
 
+/// `phi chat --max-new-tokens 6 --model dir`, `input` on its stdin.
+pub fn chat(dir: &Path, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phi"))
+        .args(["chat", "--max-new-tokens", "6", "--model"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The Python corpus shipped for tests and the fallback of `train_phi1`.
 pub fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus/python")
