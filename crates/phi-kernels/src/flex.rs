@@ -7,6 +7,7 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::math::{gelu_tanh_slice, masked_softmax_row, silu_glu_slice};
+use crate::segments::{Segments, Span, spans};
 
 /// flex's tensor type, reached through the backend's associated type (burn does not re-export
 /// `burn_flex::FlexTensor` by name).
@@ -32,6 +33,13 @@ pub(crate) fn gelu_tanh(x: DispatchTensor) -> DispatchTensor {
 
 pub(crate) fn rope_heads_first(x: DispatchTensor, cos: DispatchTensor, sin: DispatchTensor, rd: usize) -> DispatchTensor {
     <Dispatch as PhiKernels>::phi_rope_heads_first(x, cos, sin, rd)
+}
+
+/// Whether rotary tables of `rows` rows hold one row per token of a `[b, t]` batch (packed rows,
+/// each token at its own position) rather than one per position shared by the batch.
+pub(crate) fn table_rows(rows: usize, b: usize, t: usize) -> bool {
+    assert!(rows == t || rows == b * t, "rotary tables of {rows} rows for a [{b}, {t}] batch: expected {t} (shared) or {} (one per token)", b * t);
+    rows != t
 }
 
 /// Work below this many elements runs on the calling thread: waking the rayon pool costs more
@@ -77,6 +85,7 @@ impl PhiKernels for Flex {
         let xs = x.storage::<f32>();
         let (cos, sin) = (contiguous(cos), contiguous(sin));
         let (cs, ss) = (cos.storage::<f32>(), sin.storage::<f32>());
+        let per_token = table_rows(cos.layout().shape()[0], b, t);
         let half = rd / 2;
         let mut out = output(b * h * t * hd);
         // One task per (batch, head): it writes one contiguous [seq, head_dim] block.
@@ -86,7 +95,8 @@ impl PhiKernels for Flex {
             for ti in 0..t {
                 let base = off + bi as isize * st[0] + ti as isize * st[1] + hi as isize * st[2];
                 let at = |d: usize| xs[(base + d as isize * st[3]) as usize];
-                let (c, s) = (&cs[ti * hd..(ti + 1) * hd], &ss[ti * hd..(ti + 1) * hd]);
+                let p = if per_token { bi * t + ti } else { ti };
+                let (c, s) = (&cs[p * hd..(p + 1) * hd], &ss[p * hd..(p + 1) * hd]);
                 let row = &mut block[ti * hd..(ti + 1) * hd];
                 for d in 0..half {
                     let (x1, x2) = (at(d), at(d + half));
@@ -106,13 +116,13 @@ impl PhiKernels for Flex {
 /// the diagonal are never computed.
 const BLOCK: usize = 64;
 
-pub(crate) fn causal_attention(q: DispatchTensor, k: DispatchTensor, v: DispatchTensor) -> DispatchTensor {
-    <Dispatch as PhiAttentionKernel>::phi_causal_attention(q, k, v)
+pub(crate) fn causal_attention(q: DispatchTensor, k: DispatchTensor, v: DispatchTensor, segments: Option<Segments>) -> DispatchTensor {
+    <Dispatch as PhiAttentionKernel>::phi_causal_attention(q, k, v, segments)
 }
 
 #[backend_extension(Flex)]
 pub trait PhiAttentionKernel: Backend {
-    fn phi_causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn phi_causal_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, segments: Option<Segments>) -> FloatTensor<Self>;
 }
 
 /// A pointer that attention tasks share: each task writes a disjoint set of output rows.
@@ -138,8 +148,9 @@ fn strides4(t: &FlexTensor) -> ([isize; 4], isize) {
 
 impl PhiAttentionKernel for Flex {
     /// Reads q `[b, h, t, d]`, k and v `[b, hkv, s, d]` through their strides (no copies) and
-    /// writes `[b, t, h, d]`, the layout the output projection reads.
-    fn phi_causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
+    /// writes `[b, t, h, d]`, the layout the output projection reads. With `segments`, each
+    /// packed sequence of a row attends only to itself.
+    fn phi_causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, segments: Option<Segments>) -> FlexTensor {
         let qs = q.layout().shape();
         let (b, h, t, hd) = (qs[0], qs[1], qs[2], qs[3]);
         let (hkv, s) = (k.layout().shape()[1], k.layout().shape()[2]);
@@ -148,6 +159,9 @@ impl PhiAttentionKernel for Flex {
         let ((qst, qo), (kst, ko), (vst, vo)) = (strides4(&q), strides4(&k), strides4(&v));
         let (qd, kd, vd) = (q.storage::<f32>().as_ptr(), k.storage::<f32>().as_ptr(), v.storage::<f32>().as_ptr());
         let (qd, kd, vd) = (OutPtr(qd as *mut f32), OutPtr(kd as *mut f32), OutPtr(vd as *mut f32));
+        if let Some(seg) = &segments {
+            assert!(seg.batch() == b && seg.len() == t && s == t, "packed attention: [{b}, {t}] queries over {s} keys, segments [{}, {}]", seg.batch(), seg.len());
+        }
         let mut out = output(b * t * h * hd);
         let dst = OutPtr(out.as_mut_ptr());
         let run = move |bh: usize| {
@@ -163,38 +177,42 @@ impl PhiAttentionKernel for Flex {
                 )
             };
             let mut scores = vec![0.0f32; BLOCK.min(t) * s];
-            for r0 in (0..t).step_by(BLOCK) {
-                let rows = BLOCK.min(t - r0);
-                // Keys visible to the block's last row; query i sees keys 0..=s - t + i.
-                let kv_len = s - t + r0 + rows;
-                let sc = &mut scores[..rows * kv_len];
-                // SAFETY: gemm reads/writes exactly the strided ranges described above.
-                unsafe {
-                    // scores[rows, kv_len] = scale · Q_block · K[..kv_len]ᵀ
-                    gemm::gemm(
-                        rows, kv_len, hd,
-                        sc.as_mut_ptr(), 1, kv_len as isize, false,
-                        qh.offset(r0 as isize * qst[2]), qst[3], qst[2],
-                        kh, kst[2], kst[3],
-                        0.0, scale, false, false, false, gemm::Parallelism::None,
-                    );
-                }
-                for r in 0..rows {
-                    masked_softmax_row(&mut sc[r * kv_len..(r + 1) * kv_len], s - t + r0 + r + 1);
-                }
-                // SAFETY: `oh + r0·h·hd` starts row r0 of this (batch, head)'s output, and `rows`
-                // rows of stride h·hd with hd columns stay inside `out` (b·t·h·hd values); `sc`
-                // holds rows × kv_len scores; V is read through its own strides for kv_len ≤ s
-                // keys. Only this task writes these output rows.
-                unsafe {
-                    // out[b, r0.., h, :] = P · V[..kv_len]
-                    gemm::gemm(
-                        rows, hd, kv_len,
-                        oh.add(r0 * h * hd), 1, (h * hd) as isize, false,
-                        sc.as_ptr(), 1, kv_len as isize,
-                        vh, vst[3], vst[2],
-                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                    );
+            for Span { q0, k0, n, extra } in spans(segments.as_ref(), bi, t, s) {
+                // SAFETY: a span's queries and keys are rows of this (batch, head) (see `spans`).
+                let (qh, kh, vh) = unsafe { (qh.offset(q0 as isize * qst[2]), kh.offset(k0 as isize * kst[2]), vh.offset(k0 as isize * vst[2])) };
+                for r0 in (0..n).step_by(BLOCK) {
+                    let rows = BLOCK.min(n - r0);
+                    // Keys visible to the block's last row; query i sees keys ..=extra + i.
+                    let kv_len = extra + r0 + rows;
+                    let sc = &mut scores[..rows * kv_len];
+                    // SAFETY: gemm reads/writes exactly the strided ranges described above.
+                    unsafe {
+                        // scores[rows, kv_len] = scale · Q_block · K[..kv_len]ᵀ
+                        gemm::gemm(
+                            rows, kv_len, hd,
+                            sc.as_mut_ptr(), 1, kv_len as isize, false,
+                            qh.offset(r0 as isize * qst[2]), qst[3], qst[2],
+                            kh, kst[2], kst[3],
+                            0.0, scale, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                    for r in 0..rows {
+                        masked_softmax_row(&mut sc[r * kv_len..(r + 1) * kv_len], extra + r0 + r + 1);
+                    }
+                    // SAFETY: `oh + (q0 + r0)·h·hd` starts row q0 + r0 of this (batch, head)'s
+                    // output, and `rows` rows of stride h·hd with hd columns stay inside `out`
+                    // (b·t·h·hd values); `sc` holds rows × kv_len scores; V is read through its
+                    // own strides for k0 + kv_len ≤ s keys. Only this task writes these rows.
+                    unsafe {
+                        // out[b, q0 + r0.., h, :] = P · V[k0..k0 + kv_len]
+                        gemm::gemm(
+                            rows, hd, kv_len,
+                            oh.add((q0 + r0) * h * hd), 1, (h * hd) as isize, false,
+                            sc.as_ptr(), 1, kv_len as isize,
+                            vh, vst[3], vst[2],
+                            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        );
+                    }
                 }
             }
         };

@@ -37,6 +37,7 @@ mod math;
 mod norm_grad;
 pub mod packed;
 mod rope_grad;
+mod segments;
 mod swiglu_grad;
 
 use burn::backend::DispatchDevice;
@@ -46,6 +47,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor};
 
 pub use math::{fast_exp, gelu_tanh_scalar};
+pub use segments::Segments;
 
 /// Whether `t` can take the fused flex path: a flex f32 tensor outside autodiff.
 fn fused<const D: usize>(t: &Tensor<D>) -> bool {
@@ -121,7 +123,8 @@ pub fn gelu_tanh_ops<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Half-split rotary embedding (HF `rotate_half` layout) with the heads moved first.
 ///
 /// `x` is `[batch, seq, heads, head_dim]` (any strides); `cos` and `sin` are `[seq, head_dim]`
-/// tables over the whole head: on the first `rotary_dims` dims `cos` holds cos and `sin` holds
+/// tables shared by the batch, or `[batch · seq, head_dim]` with a row per token (packed rows,
+/// whose positions restart at each sequence), over the whole head: on the first `rotary_dims` dims `cos` holds cos and `sin` holds
 /// `-sin` on the first half and `+sin` on the second, and beyond `rotary_dims` `cos` is 1 and `sin`
 /// 0 (those dims pass through). Returns `[batch, heads, seq, head_dim]`, contiguous — the layout
 /// attention wants, so no separate transpose copy follows.
@@ -139,7 +142,8 @@ pub fn rope_heads_first(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary_dim
 
 /// [`rope_heads_first`] as plain burn ops.
 pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary_dims: usize) -> Tensor<4> {
-    let [_, t, _, hd] = x.dims();
+    let [b, t, _, hd] = x.dims();
+    let per_token = flex::table_rows(cos.dims()[0], b, t);
     let half = rotary_dims / 2;
     // rotate_half on the rotary dims, the sign lives in `sin`; pass-through dims meet sin = 0.
     let mut parts = vec![x.clone().narrow(3, half, half), x.clone().narrow(3, 0, half)];
@@ -147,7 +151,8 @@ pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary
         parts.push(x.clone().narrow(3, rotary_dims, hd - rotary_dims));
     }
     let rotated = Tensor::cat(parts, 3);
-    let (cos, sin) = (cos.reshape([1, t, 1, hd]), sin.reshape([1, t, 1, hd]));
+    let rows = if per_token { b } else { 1 };
+    let (cos, sin) = (cos.reshape([rows, t, 1, hd]), sin.reshape([rows, t, 1, hd]));
     (x * cos + rotated * sin).swap_dims(1, 2)
 }
 
@@ -160,29 +165,62 @@ pub fn rope_heads_first_ops(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>, rotary
 /// for the output projection is a free reshape. The flex kernel reads the inputs in place, works
 /// in blocks of query rows and never computes the masked upper triangle.
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    attention_in(q, k, v, None)
+}
+
+/// [`causal_attention`] over packed rows (no cache, `s == t`): each sequence of `segments`
+/// attends causally to itself only. The flex kernel runs each sequence as its own block
+/// triangle, so packing costs no attention work across sequences.
+///
+/// # Panics
+/// When `segments` does not describe `[batch, t]` or `s != t`.
+pub fn packed_causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, segments: &Segments) -> Tensor<4> {
+    attention_in(q, k, v, Some(segments))
+}
+
+fn attention_in(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, segments: Option<&Segments>) -> Tensor<4> {
     if fused(&q) && fused(&k) && fused(&v) {
-        return Tensor::from_dispatch(flex::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
+        return Tensor::from_dispatch(flex::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), segments.cloned()));
     }
     if on_flex(&q) && q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
         // Under autodiff: the same kernel with a recomputing backward pass.
-        return Tensor::from_dispatch(attention_grad::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()));
+        return Tensor::from_dispatch(attention_grad::causal_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), segments.cloned()));
     }
-    causal_attention_ops(q, k, v)
+    attention_ops(q, k, v, segments)
 }
 
 /// [`causal_attention`] through burn's `attention` op.
 pub fn causal_attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let [_, h, t, _] = q.dims();
+    attention_ops(q, k, v, None)
+}
+
+/// [`packed_causal_attention`] through burn's `attention` op, with a block-diagonal causal mask.
+pub fn packed_causal_attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, segments: &Segments) -> Tensor<4> {
+    attention_ops(q, k, v, Some(segments))
+}
+
+fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, segments: Option<&Segments>) -> Tensor<4> {
+    let [b, h, t, _] = q.dims();
     let [_, hkv, s, _] = k.dims();
     let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
     let options = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
+    let device = q.device();
     // Backends disagree on how `is_causal` aligns when t < s: that case gets an explicit mask.
-    let out = if t == s {
+    let out = if let Some(seg) = segments {
+        assert!(seg.batch() == b && seg.len() == t && s == t, "packed attention: [{b}, {t}] queries over {s} keys, segments [{}, {}]", seg.batch(), seg.len());
+        // Masked: a later key, or a key of another sequence of the row.
+        let ids = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(seg.ids(), [b, t]), &device);
+        let other = ids.clone().reshape([b, t, 1]).expand([b, t, t]).not_equal(ids.reshape([b, 1, t]).expand([b, t, t]));
+        let rows = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]).expand([t, t]);
+        let cols = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]).expand([t, t]);
+        let later = cols.greater(rows).reshape([1, t, t]).expand([b, t, t]);
+        let mask: Tensor<4, Bool> = other.bool_or(later).reshape([b, 1, t, t]).expand([b, h, t, t]);
+        attention(q, k, v, Some(mask), None, options(false))
+    } else if t == s {
         attention(q, k, v, None, None, options(true))
     } else if t == 1 {
         attention(q, k, v, None, None, options(false))
     } else {
-        let device = q.device();
         let rows = (Tensor::<1, Int>::arange(0..t as i64, &device) + (s - t) as i64).reshape([t, 1]).expand([t, s]);
         let cols = Tensor::<1, Int>::arange(0..s as i64, &device).reshape([1, s]).expand([t, s]);
         let mask: Tensor<4, Bool> = cols.greater(rows).reshape([1, 1, t, s]);

@@ -11,7 +11,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, DispatchTensor, Flex, backend_extension};
 use burn::tensor::TensorData;
 
-use crate::flex::{PhiKernels, contiguous, for_each_chunk, output};
+use crate::flex::{PhiKernels, contiguous, for_each_chunk, output, table_rows};
 
 type FlexTensor = FloatTensor<Flex>;
 
@@ -45,12 +45,14 @@ impl Backward<Flex, 1> for RopeBackward {
             let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
             let (cos, sin) = (contiguous(cos), contiguous(sin));
             let (gs, cs, ss) = (g.storage::<f32>(), cos.storage::<f32>(), sin.storage::<f32>());
+            let per_token = table_rows(cos.layout().shape()[0], b, t);
             let half = rd / 2;
             let mut out = output(b * t * h * d);
             // One task per (batch, position): it writes one contiguous [heads, head_dim] block.
             for_each_chunk(&mut out, h * d, b * t * h * d, |bt, block| {
                 let (bi, ti) = (bt / t, bt % t);
-                let (c, s) = (&cs[ti * d..(ti + 1) * d], &ss[ti * d..(ti + 1) * d]);
+                let p = if per_token { bt } else { ti };
+                let (c, s) = (&cs[p * d..(p + 1) * d], &ss[p * d..(p + 1) * d]);
                 for hi in 0..h {
                     let gr = &gs[((bi * h + hi) * t + ti) * d..((bi * h + hi) * t + ti + 1) * d];
                     let o = &mut block[hi * d..(hi + 1) * d];

@@ -273,3 +273,100 @@ fn fused_rope_gradient_matches_ops_under_autodiff() {
         assert!(d < 1e-5, "rotary dims {rd}: gradients differ by {d}");
     }
 }
+
+/// Packed rows: each sequence computes what it computes alone, on the kernel path and the ops
+/// path, forward and backward; the padding tail is a sequence of its own.
+#[test]
+fn packed_attention_equals_each_sequence_alone_with_gradients() {
+    use phi_kernels::{Segments, causal_attention, packed_causal_attention, packed_causal_attention_ops};
+    let ad = Device::default().autodiff();
+    // Two rows of 150: sequences crossing the 64-row blocks, a one-token sequence, a tail.
+    let (t, d) = (150, 8);
+    let lengths = vec![vec![70, 1, 66, 13], vec![100, 45]];
+    let segments = Segments::new(t, &lengths).unwrap();
+    for (h, hkv) in [(4, 4), (6, 2)] {
+        let q0 = Tensor::<4>::random([2, h, t, d], Distribution::Normal(0.0, 1.0), &ad);
+        let k0 = Tensor::<4>::random([2, hkv, t, d], Distribution::Normal(0.0, 1.0), &ad);
+        let v0 = Tensor::<4>::random([2, t, hkv, d], Distribution::Normal(0.0, 1.0), &ad).swap_dims(1, 2);
+        let w = Tensor::<4>::random([2, t, h, d], Distribution::Normal(0.0, 1.0), &ad);
+        let grads_of = |which: u8| {
+            let (q, k, v) = (q0.clone().detach().require_grad(), k0.clone().detach().require_grad(), v0.clone().detach().require_grad());
+            let out = match which {
+                0 => packed_causal_attention(q.clone(), k.clone(), v.clone(), &segments),
+                1 => packed_causal_attention_ops(q.clone(), k.clone(), v.clone(), &segments),
+                _ => {
+                    // Each sequence on its own through the unpacked kernel, laid back in place.
+                    let rows = (0..2)
+                        .map(|r| {
+                            let parts = segments
+                                .row(r)
+                                .iter()
+                                .map(|&(a, n)| {
+                                    let cut = |x: &Tensor<4>| x.clone().narrow(0, r, 1).narrow(2, a, n);
+                                    causal_attention(cut(&q), cut(&k), cut(&v))
+                                })
+                                .collect();
+                            Tensor::cat(parts, 1)
+                        })
+                        .collect();
+                    Tensor::cat(rows, 0)
+                }
+            };
+            let grads = (out.clone() * w.clone().detach()).sum().backward();
+            (out.inner(), q.grad(&grads).unwrap(), k.grad(&grads).unwrap(), v.grad(&grads).unwrap())
+        };
+        let alone = grads_of(2);
+        for which in [0, 1] {
+            let got = grads_of(which);
+            let path = ["kernel", "ops"][which as usize];
+            assert!(max_diff(got.0, alone.0.clone()) < 1e-5, "{path} h {h} kv {hkv}: output");
+            for (name, a, b) in [("q", got.1, alone.1.clone()), ("k", got.2, alone.2.clone()), ("v", got.3, alone.3.clone())] {
+                let dd = max_diff(a, b);
+                assert!(dd < 1e-4, "{path} h {h} kv {hkv}: d{name} differs by {dd}");
+            }
+        }
+    }
+    // Inference (no autodiff) takes the forward kernel directly.
+    let device = Device::flex();
+    let r = |heads: usize| Tensor::<4>::random([2, heads, t, d], Distribution::Normal(0.0, 1.0), &device);
+    let (q, k, v) = (r(4), r(2), r(2));
+    let dd = max_diff(packed_causal_attention(q.clone(), k.clone(), v.clone(), &segments), packed_causal_attention_ops(q, k, v, &segments));
+    assert!(dd < 1e-5, "inference kernel vs ops: {dd}");
+}
+
+#[test]
+fn packed_segments_are_checked() {
+    use phi_kernels::Segments;
+    assert!(Segments::new(4, &[vec![3, 2]]).unwrap_err().contains("row 0 of the packed batch holds 5 tokens, more than its length 4"));
+    assert!(Segments::new(4, &[vec![2], vec![0, 1]]).unwrap_err().contains("row 1 of the packed batch has an empty sequence"));
+    let s = Segments::new(4, &[vec![4], vec![1, 1]]).unwrap();
+    assert_eq!(s.ids(), [0, 0, 0, 0, 0, 1, 2, 2]);
+}
+
+#[test]
+fn per_token_rope_tables_match_ops_and_their_gradient() {
+    let ad = Device::default().autodiff();
+    let (b, t, h, hd, rd) = (3, 7, 4, 16, 8);
+    let cos = Tensor::<2>::random([b * t, hd], Distribution::Uniform(-1.0, 1.0), &ad);
+    let sin = Tensor::<2>::random([b * t, hd], Distribution::Uniform(-1.0, 1.0), &ad);
+    let (cos, sin) = (cos.slice_assign([0..b * t, rd..hd], Tensor::ones([b * t, hd - rd], &ad)), sin.slice_assign([0..b * t, rd..hd], Tensor::zeros([b * t, hd - rd], &ad)));
+    let x0 = Tensor::<4>::random([b, t, h, hd], Distribution::Normal(0.0, 1.0), &ad);
+    let up = Tensor::<4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &ad);
+    let grad_of = |fused: bool| {
+        let x = x0.clone().detach().require_grad();
+        let (c, s) = (cos.clone().detach(), sin.clone().detach());
+        let y = if fused { rope_heads_first(x.clone(), c, s, rd) } else { rope_heads_first_ops(x.clone(), c, s, rd) };
+        let grads = (y.clone() * up.clone().detach()).sum().backward();
+        (y.inner(), x.grad(&grads).unwrap())
+    };
+    let ((yf, gf), (yp, gp)) = (grad_of(true), grad_of(false));
+    assert!(max_diff(yf.clone(), yp) < 1e-6);
+    assert!(max_diff(gf, gp) < 1e-5);
+    // Row 1 of the batch rotated by its own rows of the tables, as if alone with shared tables.
+    let x1 = x0.clone().inner().narrow(0, 1, 1);
+    let alone = rope_heads_first(x1, cos.clone().inner().narrow(0, t, t), sin.clone().inner().narrow(0, t, t), rd);
+    assert!(max_diff(yf.narrow(0, 1, 1), alone) < 1e-6);
+    // Inference takes the kernel directly.
+    let inf = rope_heads_first(x0.clone().inner(), cos.clone().inner(), sin.clone().inner(), rd);
+    assert!(max_diff(inf, rope_heads_first_ops(x0.inner(), cos.inner(), sin.inner(), rd)) < 1e-6);
+}
