@@ -119,7 +119,11 @@ impl PhiAttention {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let out = phi_kernels::causal_attention(q, k, v);
+        let out = match rope.segments() {
+            // Packed rows (training, no cache): each sequence attends to itself.
+            Some(segments) => phi_kernels::packed_causal_attention(q, k, v, segments),
+            None => phi_kernels::causal_attention(q, k, v),
+        };
         let out = out.reshape([b, t, nh * hd]);
         match &self.proj {
             Projections::Separate(p) => p.dense.forward(out),

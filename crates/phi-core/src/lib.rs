@@ -45,4 +45,5 @@ pub use error::{Error, Result};
 pub use generation::{GenerationConfig, Sampler};
 pub use kv_cache::KvCache;
 pub use model::{PhiForCausalLM, PhiModel};
+pub use phi_kernels::Segments;
 pub use quant::{PackReport, WeightFormat};

@@ -12,7 +12,8 @@ use crate::config::{Family, PhiConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, Norm};
-use crate::rope::RopeTables;
+use crate::rope::{Rope, RopeTables};
+use phi_kernels::Segments;
 use crate::tree::{Leaf, LeafMut, Listing, ParamRef, Role, join, listing, part};
 use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, load_leaves_then, write_atomic};
 
@@ -246,14 +247,34 @@ impl PhiForCausalLM {
     }
 
     pub fn try_forward(&self, input_ids: Tensor<2, Int>) -> Result<Tensor<3>> {
-        self.run(input_ids, None, None, false)
+        self.run(input_ids, None, None, false, None)
+    }
+
+    /// Logits `[batch, seq, vocab]` of packed rows: each row of `input_ids` holds the sequences
+    /// `segments` describes, laid end to end, and each is computed as if it ran alone — its
+    /// positions start at 0 and its tokens attend only to its own earlier tokens (transformers'
+    /// position-id packing, flash-attn's variable-length attention).
+    ///
+    /// ```
+    /// # use phi_core::{PhiConfig, PhiForCausalLM, burn::tensor::{Device, Int, Tensor}};
+    /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
+    /// use phi_core::Segments;
+    /// // One row: a 3-token and a 2-token sequence.
+    /// let ids = Tensor::<2, Int>::from_data([[5, 6, 7, 8, 9]], &model.device());
+    /// let packed = model.forward_packed(ids, &Segments::new(5, &[vec![3, 2]]).unwrap()).unwrap();
+    /// let alone = model.forward(Tensor::from_data([[8, 9]], &model.device()));
+    /// let diff = (packed.narrow(1, 3, 2) - alone).abs().max().into_scalar::<f32>();
+    /// assert!(diff < 1e-5);
+    /// ```
+    pub fn forward_packed(&self, input_ids: Tensor<2, Int>, segments: &Segments) -> Result<Tensor<3>> {
+        self.run(input_ids, None, None, false, Some(segments))
     }
 
     /// Logits plus the hidden states as HF's `output_hidden_states` returns them: index 0 the
     /// embeddings, `1..L` the outputs of layers `0..L-1`, and last the final norm's output.
     pub fn forward_with_hidden_states(&self, input_ids: Tensor<2, Int>) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
         let mut hidden = Vec::with_capacity(self.config.num_hidden_layers + 1);
-        let logits = self.run(input_ids, None, Some(&mut hidden), false)?;
+        let logits = self.run(input_ids, None, Some(&mut hidden), false, None)?;
         Ok((logits, hidden))
     }
 
@@ -282,7 +303,7 @@ impl PhiForCausalLM {
     /// Runs the new tokens `input_ids` after those already in `cache`, appending theirs to it.
     /// With `last_only`, the head runs on the last position only (`[batch, 1, vocab]`).
     pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache, last_only: bool) -> Result<Tensor<3>> {
-        self.run(input_ids, Some(cache), None, last_only)
+        self.run(input_ids, Some(cache), None, last_only, None)
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -320,11 +341,15 @@ impl PhiForCausalLM {
         &self,
         ids: Tensor<2, Int>,
         mut cache: Option<&mut KvCache>,
-        mut hidden: Option<&mut Vec<Tensor<3>>>,
+        hidden: Option<&mut Vec<Tensor<3>>>,
         last_only: bool,
+        segments: Option<&Segments>,
     ) -> Result<Tensor<3>> {
         self.check_ids(&ids)?;
-        let [_, t] = ids.dims();
+        let [b, t] = ids.dims();
+        if let Some(seg) = segments {
+            return self.run_packed(ids, seg, hidden, [b, t]);
+        }
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let total = offset + t;
         if total > self.rope.max_positions() {
@@ -340,6 +365,30 @@ impl PhiForCausalLM {
             }
         }
         let rope = self.rope.at(offset, t, long, &ids.device());
+        let x = self.layers(ids, &rope, cache.as_deref_mut(), hidden);
+        if let Some(c) = cache {
+            c.len = total;
+            c.long_rope = long;
+        }
+        Ok(self.head(if last_only { x.narrow(1, t - 1, 1) } else { x }))
+    }
+
+    /// [`forward_packed`](Self::forward_packed)'s run: rotation per token, attention per sequence.
+    fn run_packed(&self, ids: Tensor<2, Int>, seg: &Segments, hidden: Option<&mut Vec<Tensor<3>>>, [b, t]: [usize; 2]) -> Result<Tensor<3>> {
+        if seg.batch() != b || seg.len() != t {
+            return Err(Error::arg("segments", format!("they describe [{}, {}] packed rows, the ids are [{b}, {t}]", seg.batch(), seg.len())));
+        }
+        let max = self.rope.max_positions();
+        if let Some(&(_, n)) = (0..b).flat_map(|r| seg.row(r)).find(|&&(_, n)| n > max) {
+            return Err(Error::SequenceTooLong { len: n, max });
+        }
+        let rope = self.rope.packed(seg, &ids.device());
+        let x = self.layers(ids, &rope, None, hidden);
+        Ok(self.head(x))
+    }
+
+    /// Embeddings, the decoder layers and the final norm: `[batch, seq, hidden]`.
+    fn layers(&self, ids: Tensor<2, Int>, rope: &Rope, mut cache: Option<&mut KvCache>, mut hidden: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
         let m = &self.model;
         let mut x = m.embed_dropout.forward(m.embed_tokens.forward(ids));
         for (i, layer) in m.layers.iter().enumerate() {
@@ -347,20 +396,19 @@ impl PhiForCausalLM {
                 h.push(x.clone());
             }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, layer_cache);
+            x = layer.forward(x, rope, layer_cache);
         }
-        let mut x = m.final_layernorm.forward(x);
-        if let Some(h) = hidden.as_deref_mut() {
+        let x = m.final_layernorm.forward(x);
+        if let Some(h) = hidden {
             h.push(x.clone());
         }
-        if let Some(c) = cache {
-            c.len = total;
-            c.long_rope = long;
-        }
-        if last_only {
-            x = x.narrow(1, t - 1, 1);
-        }
-        Ok(match &self.lm_head {
+        x
+    }
+
+    /// The LM head: `[batch, seq, hidden]` → `[batch, seq, vocab]` logits.
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let m = &self.model;
+        match &self.lm_head {
             Some(head) => head.forward(x),
             None if self.packed_head.is_some() => {
                 crate::packed::packed_linear(self.packed_head.as_ref().expect("checked"), x, None)
@@ -372,7 +420,7 @@ impl PhiForCausalLM {
                 let v = e.dims()[0];
                 x.reshape([b * t, h]).matmul(e.transpose()).reshape([b, t, v])
             }
-        })
+        }
     }
 
     /// Every projection with its checkpoint key prefix (`model.layers.0.self_attn.q_proj`, …,

@@ -7,6 +7,7 @@
 //! writes the heads-first layout attention reads.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use phi_kernels::Segments;
 
 use crate::config::PhiConfig;
 
@@ -24,12 +25,15 @@ pub struct RopeTables {
     rotary_dims: usize,
 }
 
-/// The rotation for one forward pass: positions `offset..offset + len`, on one device.
+/// The rotation for one forward pass, on one device: positions `offset..offset + len` shared by
+/// the batch, or, for packed rows, each token's position in its own sequence — and then also
+/// which tokens form a sequence, so attention stays inside it.
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
     rotary_dims: usize,
+    segments: Option<Segments>,
 }
 
 impl RopeTables {
@@ -97,7 +101,28 @@ impl RopeTables {
         };
         let rows = offset * hd..(offset + len) * hd;
         let upload = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [len, hd]), device);
-        Rope { cos: upload(&cos[rows.clone()]), sin: upload(&sin[rows]), rotary_dims: self.rotary_dims }
+        Rope { cos: upload(&cos[rows.clone()]), sin: upload(&sin[rows]), rotary_dims: self.rotary_dims, segments: None }
+    }
+
+    /// The rotation of packed rows: each token at its position in its own sequence, and each
+    /// sequence (padding tails included) on the LongRoPE factors its own length picks, as if it
+    /// ran alone. Callers check the sequences fit `max_positions`.
+    pub fn packed(&self, segments: &Segments, device: &Device) -> Rope {
+        let hd = self.head_dim;
+        let (b, t) = (segments.batch(), segments.len());
+        let (mut cos, mut sin) = (Vec::with_capacity(b * t * hd), Vec::with_capacity(b * t * hd));
+        for r in 0..b {
+            for &(_, n) in segments.row(r) {
+                let (c, s) = match (&self.long, self.uses_long(n)) {
+                    (Some(l), true) => l,
+                    _ => &self.short,
+                };
+                cos.extend_from_slice(&c[..n * hd]);
+                sin.extend_from_slice(&s[..n * hd]);
+            }
+        }
+        let upload = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b * t, hd]), device);
+        Rope { cos: upload(cos), sin: upload(sin), rotary_dims: self.rotary_dims, segments: Some(segments.clone()) }
     }
 }
 
@@ -111,5 +136,10 @@ impl Rope {
             (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
         }
         phi_kernels::rope_heads_first(x, cos, sin, self.rotary_dims)
+    }
+
+    /// The packed sequences of the pass, if its rows are packed.
+    pub fn segments(&self) -> Option<&Segments> {
+        self.segments.as_ref()
     }
 }
