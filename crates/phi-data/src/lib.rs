@@ -28,6 +28,7 @@ pub mod evalsets;
 pub mod exercises;
 pub mod filters;
 pub mod owned;
+pub mod packing;
 pub mod pairs;
 pub mod parquet;
 pub mod prepare;
