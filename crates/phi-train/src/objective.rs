@@ -33,6 +33,16 @@ impl<'a> Forward<'a> {
         to_f32(self.model.forward(ids))
     }
 
+    /// `[batch, seq, vocab]` f32 logits of packed rows, each sequence of `segments` computed as
+    /// if alone ([`PhiForCausalLM::forward_packed`]).
+    ///
+    /// # Panics
+    /// When `segments` do not describe `ids` or a sequence is longer than the model's context
+    /// (the objectives check their data first).
+    pub fn packed_logits(&self, ids: Tensor<2, Int>, segments: &phi_core::Segments) -> Tensor<3> {
+        to_f32(self.model.forward_packed(ids, segments).unwrap_or_else(|e| panic!("packed forward: {e}")))
+    }
+
     pub fn model(&self) -> &PhiForCausalLM {
         self.model
     }

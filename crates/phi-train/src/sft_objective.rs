@@ -10,7 +10,8 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use phi_core::chat::ChatTemplate;
-use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_core::{PhiConfig, PhiForCausalLM, Segments};
+use phi_data::packing::{pack_bfd, packed_batch};
 use phi_data::sft::{SftExample, SftReport, Turn, batch};
 use phi_data::{SamplerState, TokenSampler, Tokenizer};
 
@@ -20,12 +21,24 @@ use crate::{TrainConfig, masked_causal_lm_loss};
 
 fn tensors(examples: &[&SftExample], pad: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
     let (ids, mask, len) = batch(examples, pad);
-    let n = examples.len();
+    upload(ids, mask, examples.len(), len, device)
+}
+
+fn upload(ids: Vec<u32>, mask: Vec<f32>, n: usize, len: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
     (
         Tensor::from_data(TensorData::new(ids, [n, len]), device),
         Tensor::from_data(TensorData::new(mask, [n, len - 1]), device),
     )
+}
+
+/// The loss of packed rows (see [`phi_data::packing`]): the mean over their learned tokens, each
+/// example computed as if alone.
+fn packed_loss(model: &Forward<'_>, rows: &[Vec<&SftExample>], pad: u32) -> Tensor<1> {
+    let (ids, mask, len, lengths) = packed_batch(rows, pad);
+    let segments = Segments::new(len, &lengths).expect("rows are filled to at most their length");
+    let (ids, mask) = upload(ids, mask, rows.len(), len, &model.device());
+    masked_causal_lm_loss(model.packed_logits(ids.clone(), &segments), ids, mask)
 }
 
 /// Renders `turns` with `template` and tokenizes them: assistant contents and their terminator
@@ -83,7 +96,8 @@ pub fn sft_loss_part(model: &PhiForCausalLM, examples: &[SftExample], batch_size
     (total, count)
 }
 
-/// The SFT objective: batches of examples right-padded with `pad`, loss on learned tokens.
+/// The SFT objective: batches of examples right-padded with `pad`, or packed into full rows
+/// ([`Sft::packed`]), loss on learned tokens.
 ///
 /// ```no_run
 /// # use phi_train::*;
@@ -98,21 +112,56 @@ pub struct Sft<'a> {
     train: &'a [SftExample],
     validation: &'a [SftExample],
     pad: u32,
+    /// What the sampler draws: one example each, or a packed row of examples.
+    rows: Vec<Vec<usize>>,
+    /// The packing length, when rows are packed.
+    packing: Option<usize>,
     sampler: TokenSampler,
 }
 
 impl<'a> Sft<'a> {
-    /// Errors if `train` is empty.
+    /// One example per row, padded to the batch's longest. Errors if `train` is empty.
     pub fn new(train: &'a [SftExample], validation: &'a [SftExample], pad: u32, seed: u64) -> Result<Self> {
+        Self::with_rows(train, validation, pad, seed, (0..train.len()).map(|i| vec![i]).collect(), None)
+    }
+
+    /// Examples packed into rows of at most `length` tokens, best-fit decreasing (TRL's `bfd`,
+    /// [`phi_data::packing::pack_bfd`]), once, before training: each step draws `batch_size`
+    /// rows, reshuffled every epoch. Each example is computed as if alone (positions restart,
+    /// attention stays inside it), so a batch's loss is the mean over the same examples'
+    /// learned tokens that padding gives, at the cost of the tokens alone. Errors if `train`
+    /// is empty or an example is longer than `length`.
+    ///
+    /// ```no_run
+    /// # use phi_train::*;
+    /// # fn demo(train: &[phi_data::sft::SftExample], cfg: &TrainConfig) -> Result<()> {
+    /// let mut objective = sft_objective::Sft::packed(train, &[], /* pad */ 0, cfg.seed, /* length */ 2048)?;
+    /// println!("{} examples in {} rows", train.len(), objective.rows());
+    /// # Ok(()) }
+    /// ```
+    pub fn packed(train: &'a [SftExample], validation: &'a [SftExample], pad: u32, seed: u64, length: usize) -> Result<Self> {
+        let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+        let rows = pack_bfd(&lengths, length).map_err(|e| TrainError::Data(format!("packing the training examples: {e}")))?;
+        Self::with_rows(train, validation, pad, seed, rows, Some(length))
+    }
+
+    fn with_rows(train: &'a [SftExample], validation: &'a [SftExample], pad: u32, seed: u64, rows: Vec<Vec<usize>>, packing: Option<usize>) -> Result<Self> {
         if train.is_empty() {
             return Err(TrainError::Data("SFT needs at least one training example".into()));
         }
-        Ok(Sft { train, validation, pad, sampler: TokenSampler::new(train.len(), seed) })
+        let sampler = TokenSampler::new(rows.len(), seed);
+        Ok(Sft { train, validation, pad, rows, packing, sampler })
+    }
+
+    /// Rows an epoch draws: the examples, or the packed rows they fill.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
     }
 }
 
 impl<'a> Objective for Sft<'a> {
-    type Batch = Vec<&'a SftExample>;
+    /// Rows of examples: one each, or the examples of a packed row.
+    type Batch = Vec<Vec<&'a SftExample>>;
 
     fn check(&self, model: &PhiConfig, _cfg: &TrainConfig) -> Result<()> {
         for (what, set) in [("training", self.train), ("validation", self.validation)] {
@@ -129,6 +178,9 @@ impl<'a> Objective for Sft<'a> {
                 }
             }
         }
+        if let Some((i, e)) = self.packing.and_then(|n| self.train.iter().enumerate().find(|(_, e)| e.ids.len() > n)) {
+            return Err(TrainError::Data(format!("training example {i} has {} tokens, more than the packing length {}", e.ids.len(), self.packing.unwrap_or(0))));
+        }
         if self.pad as usize >= model.vocab_size {
             return Err(TrainError::Data(format!("the padding id {} is outside the model's vocab_size {}", self.pad, model.vocab_size)));
         }
@@ -136,20 +188,26 @@ impl<'a> Objective for Sft<'a> {
     }
 
     fn next_batch(&mut self, batch_size: usize) -> Self::Batch {
-        (0..batch_size).map(|_| &self.train[self.sampler.next_window()]).collect()
+        (0..batch_size).map(|_| self.rows[self.sampler.next_window()].iter().map(|&i| &self.train[i]).collect()).collect()
     }
 
     fn tokens(&self, batch: &Self::Batch) -> usize {
-        batch.iter().map(|e| e.ids.len()).sum()
+        batch.iter().flatten().map(|e| e.ids.len()).sum()
     }
 
     fn weight(&self, batch: &Self::Batch) -> f64 {
-        batch.iter().map(|e| learned(e)).sum::<usize>() as f64
+        batch.iter().flatten().map(|e| learned(e)).sum::<usize>() as f64
     }
 
     fn loss(&self, model: &Forward<'_>, batch: &Self::Batch) -> BatchLoss {
-        let (ids, mask) = tensors(batch, self.pad, &model.device());
-        BatchLoss { loss: masked_causal_lm_loss(model.logits(ids.clone()), ids, mask), metrics: Vec::new() }
+        let loss = if self.packing.is_some() {
+            packed_loss(model, batch, self.pad)
+        } else {
+            let examples: Vec<&SftExample> = batch.iter().flatten().copied().collect();
+            let (ids, mask) = tensors(&examples, self.pad, &model.device());
+            masked_causal_lm_loss(model.logits(ids.clone()), ids, mask)
+        };
+        BatchLoss { loss, metrics: Vec::new() }
     }
 
     fn state(&self) -> serde_json::Value {
@@ -158,7 +216,7 @@ impl<'a> Objective for Sft<'a> {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
         let state: SamplerState = serde_json::from_value(state.clone()).map_err(|e| TrainError::Data(format!("the SFT sampler's state: {e}")))?;
-        self.sampler = TokenSampler::resume(self.train.len(), state);
+        self.sampler = TokenSampler::resume(self.rows.len(), state);
         Ok(())
     }
 
@@ -174,7 +232,8 @@ impl<'a> Objective for Sft<'a> {
                 }
             }
         }
-        format!("sft {} train / {} validation examples, pad {}, {:016x}", self.train.len(), self.validation.len(), self.pad, h.digest())
+        let packing = self.packing.map_or(String::new(), |n| format!(", packed into {} rows of {n}", self.rows.len()));
+        format!("sft {} train / {} validation examples, pad {}{packing}, {:016x}", self.train.len(), self.validation.len(), self.pad, h.digest())
     }
 
     fn validate_part(&self, model: &PhiForCausalLM, cfg: &TrainConfig, part: usize, parts: usize) -> Option<(f64, f64)> {

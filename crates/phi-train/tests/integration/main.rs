@@ -8,6 +8,7 @@ mod curriculum;
 mod dpo_step;
 mod lora;
 mod preference;
+mod sft_packing;
 mod sft_step;
 mod train_guards;
 mod train_parity;

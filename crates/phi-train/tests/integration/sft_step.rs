@@ -13,12 +13,7 @@ use phi_train::sft_objective::Sft;
 use phi_train::checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE};
 use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, Resume, TrainConfig, Weights, fit};
 
-/// burn's device RNG is one per process and each step reseeds it: training tests take turns.
-static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::common::take_turn;
 
 /// A small random base model saved as a HF folder (phi or phi3 family).
 fn base(dir: &Path, phi3: bool) -> PhiConfig {

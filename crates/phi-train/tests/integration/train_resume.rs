@@ -11,13 +11,7 @@ use phi_data::{Mixture, TokenDataset};
 use phi_train::checkpoint::{self, CHECKPOINTS_DIR, CONFIG_FILE, MARKER, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE};
 use phi_train::{AdamWSettings, Decay, LossScaler, LrSchedule, Precision, Resume, TrainConfig};
 
-/// burn's device RNG (dropout) is one per process, and every training step reseeds it: tests
-/// that train take turns, or one test's reseeding would land between another's draws.
-static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::common::take_turn;
 
 /// A run from scratch in a fresh folder (kept alive with the outcome).
 fn fresh_run(model: &PhiConfig, cfg: &TrainConfig, train_data: &Mixture, val: &TokenDataset) -> (phi_train::TrainOutcome, tempfile::TempDir) {

@@ -15,6 +15,15 @@ use phi_core::PhiConfig;
 use phi_data::{Mixture, TokenDataset};
 use phi_train::{CausalLm, Resume, TrainConfig, TrainOutcome, Weights, fit};
 
+/// burn's device RNG (dropout, fresh adapters) is one per process, and every training step
+/// reseeds it: tests that train take turns, in every file of this binary, or one test's
+/// reseeding would land between another's draws.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use reference::*;
 pub use snapshot::snapshot;
 pub use tiny::tiny;
