@@ -31,6 +31,8 @@ pub enum Workload {
     Preference,
     /// `phi serve` at several numbers of concurrent clients ([`crate::serve_bench`]).
     Serve,
+    /// SFT on length-skewed data, padded against packed ([`crate::sft_bench`]).
+    SftPacking,
     All,
 }
 
@@ -44,11 +46,12 @@ impl std::str::FromStr for Workload {
             "train" => Workload::Train,
             "lora" => Workload::Lora,
             "sft" => Workload::Sft,
+            "sft-packing" => Workload::SftPacking,
             "dpo" => Workload::Dpo,
             "dpo-live" => Workload::DpoLive,
             "preference" => Workload::Preference,
             "all" => Workload::All,
-            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, sft, dpo, dpo-live, preference, serve or all")),
+            _ => return Err(format!("`{s}`: expected forward, generate, train, lora, sft, sft-packing, dpo, dpo-live, preference, serve or all")),
         })
     }
 }
@@ -96,6 +99,8 @@ pub struct BenchOptions {
     pub torch: Option<String>,
     /// Python interpreter for `torch` (needs torch and transformers).
     pub python: String,
+    /// sft-packing: also run this TRL script (benches/trl_sft.py) padded and packed.
+    pub trl: Option<String>,
     pub device: Backend,
     /// generate: the weight formats to decode with, one after another (`None` = f32).
     pub weights: Vec<Option<WeightFormat>>,
@@ -128,6 +133,7 @@ impl Default for BenchOptions {
             json: false,
             torch: None,
             python: "python3".into(),
+            trl: None,
             device: Backend::Cpu,
             weights: vec![None],
             torch_decode: None,
@@ -396,6 +402,9 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if a.workload == Workload::Serve {
         return Err("the serve workload runs in phi::serve_bench (the `phi` tool dispatches it)".into());
     }
+    if a.workload == Workload::SftPacking {
+        return crate::sft_bench::run(&a);
+    }
     let device = crate::world::device(a.device)?;
     let world = phi_train::dist::world();
     if world.size() > 1 {
@@ -562,12 +571,12 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
 }
 
 /// Starts a new peak-RSS window (Linux: writing 5 to `clear_refs` resets `VmHWM`).
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The process's peak resident memory so far (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

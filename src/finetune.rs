@@ -57,6 +57,12 @@ pub struct FinetuneOptions {
     pub device: Backend,
     /// ZeRO stage of a data-parallel run (see `TrainConfig::zero`).
     pub zero: u8,
+    /// Pack examples into rows of `max_len` tokens (best-fit decreasing, each example computed
+    /// as if alone) instead of padding each batch to its longest example.
+    pub packing: bool,
+    /// Examples are cut to this many tokens, and packed rows hold this many (default: the
+    /// model's context, at most 2048 with packing).
+    pub max_len: Option<usize>,
 }
 
 impl Default for FinetuneOptions {
@@ -78,6 +84,8 @@ impl Default for FinetuneOptions {
             data: None,
             template: TemplateChoice::Model,
             quantize: None,
+            packing: false,
+            max_len: None,
             optimizer: AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, no_decay_for_bias_norm_embedding: false },
             device: Backend::Cpu,
             zero: 0,
@@ -221,7 +229,14 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let eos = base.config().eos_token_ids.first().copied().or(tok.eos_id()).ok_or("the base has no EOS token")?;
-    let max_len = base.config().max_position_embeddings;
+    let context = base.config().max_position_embeddings;
+    let max_len = match args.max_len {
+        Some(n) if n < 2 => return Err(format!("--max-len {n}: an example needs at least 2 tokens").into()),
+        Some(n) => n,
+        // A packed row of a long-context model's whole context would be one huge row per item.
+        None if args.packing => context.min(2048),
+        None => context,
+    };
     let (train, val, probe) = match &args.data {
         Some(path) => {
             let template = ChatTemplate::choose(&base_dir, base.config().family, &args.template)?;
@@ -322,7 +337,22 @@ pub fn run(args: FinetuneOptions) -> Result<(), Box<dyn std::error::Error>> {
         phi_train::checkpoint::remove_all(&args.out.join(CHECKPOINTS_DIR))?;
     }
     let bar = Progress::new(args.steps as u64, "finetune", Unit::Count("steps"), "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]");
-    let mut objective = Sft::new(&train, &val, pad, cfg.seed)?;
+    let mut objective = if args.packing {
+        let objective = Sft::packed(&train, &val, pad, cfg.seed, max_len)?;
+        let tokens: usize = train.iter().map(|e| e.ids.len()).sum();
+        if lead {
+            println!(
+                "packing: {} examples in {} rows of {max_len} tokens ({:.1}% filled; padded batches would fill {:.1}%)",
+                train.len(),
+                objective.rows(),
+                100.0 * tokens as f64 / (objective.rows() * max_len) as f64,
+                100.0 * phi_data::packing::padded_fill(&train, args.batch_size)
+            );
+        }
+        objective
+    } else {
+        Sft::new(&train, &val, pad, cfg.seed)?
+    };
     let resume = if args.fresh { Resume::No } else { Resume::Auto };
     let outcome = crate::plot::fit_and_plot(&weights, &mut objective, &cfg, &args.out, resume, &device, |m| {
         bar.set_position(m.step as u64);

@@ -45,6 +45,7 @@ pub mod plot;
 pub mod progress;
 pub mod recipes;
 pub mod serve_bench;
+pub mod sft_bench;
 pub mod synth;
 pub mod world;
 

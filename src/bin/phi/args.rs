@@ -237,6 +237,15 @@ pub struct FinetuneArgs {
     /// processes keeps and updates its 1/N; the same training and checkpoints).
     #[arg(long, value_parser = parse_zero, default_value = "0")]
     pub zero: u8,
+    /// Pack examples into full rows of --max-len tokens (best-fit decreasing, as TRL's `bfd`;
+    /// positions restart and attention stays inside each example) instead of padding every
+    /// batch to its longest example. --batch-size then counts rows.
+    #[arg(long)]
+    pub packing: bool,
+    /// Cut examples to this many tokens; with --packing, the length of a packed row (default:
+    /// the model's context, at most 2048 with --packing).
+    #[arg(long)]
+    pub max_len: Option<usize>,
 }
 
 impl FinetuneArgs {
@@ -260,6 +269,8 @@ impl FinetuneArgs {
             quantize: self.quantize,
             device: self.device,
             zero: self.zero,
+            packing: self.packing,
+            max_len: self.max_len,
             ..Default::default()
         }
     }
@@ -268,9 +279,10 @@ impl FinetuneArgs {
 /// Flags of `phi bench` ([`phi::bench::BenchOptions`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// forward, generate, train, lora, sft, dpo, dpo-live (DPO step with the reference run on
-    /// every batch), preference (sft + dpo + dpo-live), serve (`phi serve` over HTTP at
-    /// --clients concurrent clients) or all.
+    /// forward, generate, train, lora, sft, sft-packing (padded against packed SFT on
+    /// length-skewed data), dpo, dpo-live (DPO step with the reference run on every batch),
+    /// preference (sft + dpo + dpo-live), serve (`phi serve` over HTTP at --clients concurrent
+    /// clients) or all.
     pub workload: phi::bench::Workload,
     /// phi, phi3 or both.
     #[arg(long, default_value = "both")]
@@ -300,9 +312,13 @@ pub struct BenchArgs {
     /// Also run this PyTorch baseline script (benches/torch_baseline.py) and report our/torch ratios.
     #[arg(long)]
     pub torch: Option<String>,
-    /// Python interpreter for --torch (needs torch and transformers).
+    /// Python interpreter for --torch (needs torch and transformers) and --trl.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// sft-packing: also run this TRL script (benches/trl_sft.py; needs torch and trl), padded
+    /// and packed, on the same model and data.
+    #[arg(long)]
+    pub trl: Option<String>,
     #[arg(long, default_value = "cpu")]
     pub device: Backend,
     /// serve: the numbers of concurrent clients, one level after another.
@@ -347,6 +363,7 @@ impl BenchArgs {
             json: self.json,
             torch: self.torch,
             python: self.python,
+            trl: self.trl,
             device: self.device,
             weights: self.weights,
             torch_decode: self.torch_decode,
