@@ -224,6 +224,14 @@ impl PhiForCausalLM {
     /// Writes `config.json` and `model.safetensors` in the HF layout that `transformers` and
     /// [`from_pretrained`](Self::from_pretrained) load. Each file is written atomically.
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_pretrained_sharded(dir, crate::weights::DEFAULT_MAX_SHARD_BYTES).map(drop)
+    }
+
+    /// [`save_pretrained`](Self::save_pretrained) with transformers' `max_shard_size`: weights
+    /// larger than `max_shard_bytes` go to `model-0000i-of-0000n.safetensors` shards and a
+    /// `model.safetensors.index.json` ([`StateDict::save_sharded`]). Returns the weight files
+    /// written.
+    pub fn save_pretrained_sharded(&self, dir: impl AsRef<Path>, max_shard_bytes: u64) -> Result<Vec<String>> {
         let dir = dir.as_ref();
         if let Some(format) = self.packed_format() {
             return Err(Error::arg("model", format!("its projections are packed as {format} for inference and their f32 weights are gone; save before packing")));
@@ -231,7 +239,7 @@ impl PhiForCausalLM {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let config = serde_json::to_string_pretty(&self.config.to_hf_json()).expect("JSON value serializes");
         write_atomic(&dir.join("config.json"), config.as_bytes())?;
-        self.state_dict().save(dir.join("model.safetensors"))
+        self.state_dict().save_sharded(dir, max_shard_bytes, self.num_params() as u64)
     }
 
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`.

@@ -337,6 +337,84 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// The weights of an unsharded model folder.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The index of a sharded one: `weight_map` from each key to its shard file.
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// transformers' default `max_shard_size` (`"50GB"`).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 50_000_000_000;
+
+/// One part of a state-dict key, ordered as transformers' `dot_natural_key` orders them: numbers
+/// first (numerically), then names, a name's trailing digits compared as a number.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyPart {
+    Number(u128),
+    Name(String, Option<u128>),
+}
+
+fn dot_natural_key(key: &str) -> Vec<KeyPart> {
+    key.split('.')
+        .map(|part| {
+            if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                return KeyPart::Number(part.parse().unwrap_or(u128::MAX));
+            }
+            let text = part.trim_end_matches(|c: char| c.is_ascii_digit());
+            let digits = &part[text.len()..];
+            KeyPart::Name(text.to_string(), (!digits.is_empty()).then(|| digits.parse().unwrap_or(u128::MAX)))
+        })
+        .collect()
+}
+
+/// Removes the weight files of an earlier save in `dir` that `kept` does not list — a
+/// `model.safetensors`, an index, shards of another count — as transformers' `save_pretrained`
+/// does: a stale `model.safetensors` would be read instead of new shards (it wins over an
+/// index), and stale shards would sit beside the new ones.
+fn remove_stale_weights(dir: &Path, kept: &[&str]) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let weights = name == SAFETENSORS_FILE || name == SAFETENSORS_INDEX_FILE || is_shard_name(&name);
+        if weights && !kept.contains(&name.as_str()) && entry.path().is_file() {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a shard file name as [`StateDict::save_sharded`] (and transformers)
+/// writes them: `model-00001-of-00003.safetensors`.
+pub fn is_shard_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("model-").and_then(|r| r.strip_suffix(".safetensors")) else { return false };
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(rest.split_once("-of-"), Some((i, n)) if digits(i) && digits(n))
+}
+
+/// A shard size as transformers' `max_shard_size` takes it: bytes (`"2000000"`) or a number
+/// with a decimal unit, `KB`, `MB`, `GB` or `TB` (`"5GB"` is 5·10⁹ bytes; case-insensitive).
+pub fn parse_shard_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}`: expected a size such as 5GB, 500MB or a number of bytes");
+    let (number, unit) = match t.len().checked_sub(2).map(|i| t.split_at(i)) {
+        Some((n, u)) if u.chars().all(|c| c.is_ascii_alphabetic()) => (n.trim(), u.to_ascii_uppercase()),
+        _ => (t, String::new()),
+    };
+    let scale: f64 = match unit.as_str() {
+        "" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => return Err(bad()),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = value * scale;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        return Err(format!("`{s}`: a shard must hold at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Named tensors on their way to a safetensors file.
 #[derive(Default)]
 pub struct StateDict {
@@ -352,9 +430,74 @@ impl StateDict {
     /// Writes one safetensors file atomically: a temporary file in the same folder, fsync,
     /// rename — a crash never leaves a truncated `model.safetensors` behind.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let views: Vec<(String, TensorView<'_>)> = self
-            .tensors
+        Self::write_file(&self.tensors, path.as_ref())
+    }
+
+    /// Writes the weights into `dir` as transformers' `save_pretrained` does at a
+    /// `max_shard_size` of `max_shard_bytes`: one `model.safetensors` when they fit, else
+    /// `model-0000i-of-0000n.safetensors` shards filled in transformers' key order (names split
+    /// on dots, numbers compared as numbers; a tensor that would tip a shard over the limit
+    /// starts the next, one larger than the limit gets a shard of its own)
+    /// and `model.safetensors.index.json` mapping each key to its shard. Returns the files
+    /// written; each is written atomically, the index last, and then the weight files of an
+    /// earlier save that the new set does not hold are removed.
+    pub fn save_sharded(&self, dir: impl AsRef<Path>, max_shard_bytes: u64, total_parameters: u64) -> Result<Vec<String>> {
+        let dir = dir.as_ref();
+        let size = |d: &TensorData| d.as_bytes().len() as u64;
+        let mut shards: Vec<Vec<(String, TensorData)>> = Vec::new();
+        let mut current: Vec<(String, TensorData)> = Vec::new();
+        let mut current_size = 0;
+        // transformers 5 sorts the state dict before splitting it (`revert_weight_conversion`
+        // orders it by `dot_natural_key`): the same order gives the same shards.
+        let mut order: Vec<&(String, TensorData)> = self.tensors.iter().collect();
+        order.sort_by_cached_key(|(key, _)| dot_natural_key(key));
+        for (key, data) in order {
+            let n = size(data);
+            if n > max_shard_bytes {
+                shards.push(vec![(key.clone(), data.clone())]);
+                continue;
+            }
+            if current_size + n > max_shard_bytes && !current.is_empty() {
+                shards.push(std::mem::take(&mut current));
+                current_size = 0;
+            }
+            current.push((key.clone(), data.clone()));
+            current_size += n;
+        }
+        if !current.is_empty() || shards.is_empty() {
+            shards.push(current);
+        }
+        if shards.len() == 1 {
+            Self::write_file(&shards[0], &dir.join(SAFETENSORS_FILE))?;
+            remove_stale_weights(dir, &[SAFETENSORS_FILE])?;
+            return Ok(vec![SAFETENSORS_FILE.to_string()]);
+        }
+        let n = shards.len();
+        let mut files = Vec::with_capacity(n + 1);
+        // Sorted, as transformers writes the index (`json.dumps(..., sort_keys=True)`).
+        let mut weight_map = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+            Self::write_file(shard, &dir.join(&file))?;
+            for (key, _) in shard {
+                weight_map.insert(key.clone(), file.clone());
+            }
+            files.push(file);
+        }
+        let total_size: u64 = self.tensors.iter().map(|(_, d)| size(d)).sum();
+        let index = serde_json::json!({
+            "metadata": {"total_parameters": total_parameters, "total_size": total_size},
+            "weight_map": weight_map,
+        });
+        let text = serde_json::to_string_pretty(&index).expect("JSON value serializes") + "\n";
+        write_atomic(&dir.join(SAFETENSORS_INDEX_FILE), text.as_bytes())?;
+        files.push(SAFETENSORS_INDEX_FILE.to_string());
+        remove_stale_weights(dir, &files.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(files)
+    }
+
+    fn write_file(tensors: &[(String, TensorData)], path: &Path) -> Result<()> {
+        let views: Vec<(String, TensorView<'_>)> = tensors
             .iter()
             .map(|(k, d)| {
                 let view = TensorView::new(StDtype::F32, d.shape().to_vec(), d.as_bytes())
@@ -381,4 +524,72 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_as_transformers_sorts_them() {
+        let mut keys = ["model.layers.10.mlp.fc1.weight", "lm_head.weight", "model.layers.2.mlp.fc1.weight", "model.layers.2.mlp.fc10.weight", "model.layers.2.mlp.fc2.weight", "model.embed_tokens.weight", "model.layers.2.mlp.fc.weight"];
+        keys.sort_by_key(|k| dot_natural_key(k));
+        assert_eq!(keys, ["lm_head.weight", "model.embed_tokens.weight", "model.layers.2.mlp.fc.weight", "model.layers.2.mlp.fc1.weight", "model.layers.2.mlp.fc2.weight", "model.layers.2.mlp.fc10.weight", "model.layers.10.mlp.fc1.weight"]);
+    }
+
+    #[test]
+    fn shard_sizes_parse_as_transformers_reads_them() {
+        assert_eq!(parse_shard_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_shard_size("0.5 mb"), Ok(500_000));
+        assert_eq!(parse_shard_size("1234"), Ok(1234));
+        assert_eq!(parse_shard_size("2TB"), Ok(2_000_000_000_000));
+        for bad in ["5GiB", "GB", "-1MB", "0", "five"] {
+            assert!(parse_shard_size(bad).is_err(), "{bad}");
+        }
+        assert!(is_shard_name("model-00001-of-00003.safetensors"));
+        for bad in ["model-1-of-3.safetensors", "model-00001-of-00003.bin", "x-00001-of-00003.safetensors", "model.safetensors"] {
+            assert!(!is_shard_name(bad), "{bad}");
+        }
+    }
+
+    /// huggingface_hub's documented example: tensors of 6, 6, 2, 6, 2, 2 (GB) at a 10 GB limit
+    /// shard as [6], [6, 2], [6, 2, 2]; a tensor over the limit gets a shard of its own.
+    #[test]
+    fn shards_fill_in_key_order_as_huggingface_hub_splits() {
+        let dir = std::env::temp_dir().join(format!("phi-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dict = |sizes: &[usize]| StateDict {
+            tensors: sizes.iter().enumerate().map(|(i, &n)| (format!("t{i}"), TensorData::new(vec![i as f32; n], [n]))).collect(),
+        };
+        // 4 bytes a value: limit 40 bytes = 10 values.
+        let files = dict(&[6, 6, 2, 6, 2, 2]).save_sharded(&dir, 40, 24).unwrap();
+        assert_eq!(files, ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json"]);
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(SAFETENSORS_INDEX_FILE)).unwrap()).unwrap();
+        fn shard_of_in(index: &serde_json::Value) -> impl Fn(&str) -> u32 + '_ {
+            move |k| index["weight_map"][k].as_str().unwrap()[6..11].parse().unwrap()
+        }
+        assert_eq!(["t0", "t1", "t2", "t3", "t4", "t5"].map(shard_of_in(&index)), [1, 2, 2, 3, 3, 3]);
+        assert_eq!(index["metadata"], serde_json::json!({"total_parameters": 24, "total_size": 96}));
+        // The large tensor's shard is closed at once; the small ones around it share the next.
+        let files = dict(&[2, 30, 2]).save_sharded(&dir, 40, 34).unwrap();
+        assert_eq!(files.len(), 2 + 1, "{files:?}");
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(SAFETENSORS_INDEX_FILE)).unwrap()).unwrap();
+        assert_eq!(["t0", "t1", "t2"].map(shard_of_in(&index)), [2, 1, 2]);
+        // Under the limit: one model.safetensors and no index.
+        let single = std::env::temp_dir().join(format!("phi-shards-one-{}", std::process::id()));
+        std::fs::create_dir_all(&single).unwrap();
+        assert_eq!(dict(&[2, 3]).save_sharded(&single, 40, 5).unwrap(), ["model.safetensors"]);
+        assert!(!single.join(SAFETENSORS_INDEX_FILE).exists());
+        // Into the folder of the 3-shard save: its shards and index go, other files stay.
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        assert_eq!(dict(&[2, 3]).save_sharded(&dir, 40, 5).unwrap(), ["model.safetensors"]);
+        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["model.safetensors", "notes.txt"]);
+        // And back to shards: the single file goes, or it would be read instead of them.
+        dict(&[6, 6]).save_sharded(&dir, 40, 12).unwrap();
+        assert!(!dir.join(SAFETENSORS_FILE).exists() && dir.join(SAFETENSORS_INDEX_FILE).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&single).unwrap();
+    }
 }
