@@ -61,21 +61,25 @@ pub fn bench_sft(config: &PhiConfig, a: &BenchOptions, device: &Device, examples
     let objective = || if packed { Sft::packed(examples, &[], 0, 0, a.seq) } else { Sft::new(examples, &[], 0, 0) };
     let (mut objective, mut shadow) = (objective().expect("bench data"), objective().expect("bench data"));
     let cfg = phi_train::TrainConfig { batch_size: a.batch, ..baseline_train_config(a) };
+    let micro = cfg.grad_accum.max(1);
     reset_peak_rss();
     let model = PhiForCausalLM::init(config.clone(), &device.clone().autodiff(), 0).expect("valid bench config");
     let mut trainer = phi_train::Trainer::new(model, &cfg).expect("valid bench settings");
     let (mut time, mut tokens, mut learned, mut positions) = (0.0, 0usize, 0f64, 0usize);
     for i in 0..=a.steps {
-        // The same seed draws the same batches: the shadow objective says what the step got.
-        let batch = shadow.next_batch(a.batch);
+        // The same seed draws the same batches: the shadow objective says what the step got
+        // (its `grad_accum` micro-batches).
+        let batches: Vec<_> = (0..micro).map(|_| shadow.next_batch(a.batch)).collect();
         let t = Instant::now();
         trainer.step(&mut objective).expect("a finite bench step");
         if i > 0 {
             time += t.elapsed().as_secs_f64();
-            tokens += shadow.tokens(&batch);
-            learned += shadow.weight(&batch);
-            let longest = batch.iter().map(|row| row.iter().map(|e| e.ids.len()).sum::<usize>()).max().unwrap_or(0);
-            positions += batch.len() * longest;
+            for batch in &batches {
+                tokens += shadow.tokens(batch);
+                learned += shadow.weight(batch);
+                let longest = batch.iter().map(|row| row.iter().map(|e| e.ids.len()).sum::<usize>()).max().unwrap_or(0);
+                positions += batch.len() * longest;
+            }
         }
     }
     SftRates {
@@ -122,6 +126,9 @@ fn trl(a: &BenchOptions, script: &str, dir: &Path, packed: bool) -> Result<Value
 
 /// Runs the bench for each architecture of `a`, printing a line (or a JSON object) per mode.
 pub fn run(a: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
+    if phi_train::dist::world().size() > 1 {
+        return Err("sft-packing compares one process's modes (and TRL's): run it without a launcher".into());
+    }
     let device = crate::world::device(a.device)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Enough examples that neither mode runs out of data or wraps round mid-bench.

@@ -169,6 +169,47 @@ fn export_merges_a_peft_adapter_into_a_plain_checkpoint() {
     assert!(d < 1e-4, "merged export differs from PEFT's adapted logits by {d}");
 }
 
+/// `--max-shard-size`: weights over the limit go to shards and an index, as transformers'
+/// `save_pretrained` writes them (the same index, byte for byte; transformers loads the folder
+/// to its reference logits exactly, checked once); the folder loads back to the same logits,
+/// and exporting over it (ours, sharded) again works.
+#[test]
+fn export_shards_weights_over_the_max_shard_size_and_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sharded");
+    let export = |size: &str| phi().args(["export", "--max-shard-size", size, "--model"]).arg(fixture("phi3-tiny")).arg("--out").arg(&out).output().unwrap();
+    let run = export("200KB");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap();
+    // What transformers' save_pretrained(max_shard_size="200KB") writes for this model
+    // (fixtures/sharded-index/make_index.py): the same shards, the same index, byte for byte.
+    assert_eq!(text, std::fs::read_to_string(fixture("sharded-index/phi3-tiny-200KB.index.json")).unwrap());
+    let index: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shards: std::collections::BTreeSet<&str> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    let n = shards.len();
+    assert!(n >= 3, "{index}");
+    for (i, shard) in shards.iter().enumerate() {
+        assert_eq!(*shard, format!("model-{:05}-of-{n:05}.safetensors", i + 1));
+        let bytes = std::fs::metadata(out.join(shard)).unwrap().len();
+        // The limit counts tensor bytes; a shard file adds its header.
+        assert!(bytes < 200_000 + 4096, "{shard}: {bytes} bytes");
+    }
+    assert!(!out.join("model.safetensors").exists());
+    let device = burn::tensor::Device::default();
+    let model = phi_core::PhiForCausalLM::from_pretrained(&out, &device).unwrap();
+    let params = model.num_params() as u64;
+    assert_eq!(index["metadata"], serde_json::json!({"total_parameters": params, "total_size": 4 * params}), "f32 tensors' bytes");
+    let reference = load_reference(fixture("phi3-tiny/reference.safetensors"));
+    let d = common::max_abs_diff("logits", model.forward(reference["input_ids"].ids_tensor(&device)), &reference["logits"]);
+    assert!(d < 1e-5, "sharded export differs from transformers' logits by {d}");
+    // Over our own sharded export, unsharded: one file, the shards gone with the old folder.
+    let run = export("50GB");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.join("model.safetensors").is_file() && !out.join("model.safetensors.index.json").exists());
+    let bad = export("5 parsecs");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected a size such as 5GB"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
 #[test]
 fn eval_perplexity_equals_the_training_validation_loss() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,6 +260,36 @@ fn finetune_on_a_jsonl_file_reports_bad_records_and_exports() {
     let adapter: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(adapter["target_modules"], serde_json::json!(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]), "{adapter}");
     phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
+}
+
+/// `--packing`: examples of skewed lengths packed into rows of `--max-len`, trained and
+/// exported; the packing is reported, and resuming the run unpacked is refused as other data.
+#[test]
+fn finetune_with_packing_packs_rows_and_trains() {
+    let base = phi3_tiny_with_tokenizer();
+    let data = base.path().join("sft.jsonl");
+    let lines: Vec<String> = (0..16).map(|i| format!(r#"{{"prompt": "the cat w{}", "response": "{}"}}"#, 10 + i, "sat the cat ".repeat(1 + i % 5).trim())).collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let finetune = |steps: &str, extra: &[&str]| phi().args(["finetune", "--steps", steps, "--batch-size", "2", "--checkpoint-every", "2"]).args(extra).arg("--base").arg(base.path()).arg("--data").arg(&data).arg("--out").arg(out.path()).output().unwrap();
+    let run = finetune("3", &["--packing", "--max-len", "48"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = String::from_utf8(run.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("packing: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("examples in") && line.contains("rows of 48 tokens"), "{line}");
+    let rows: usize = line.split(" examples in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(rows >= 2 && rows < 15, "{line}");
+    assert!(text.contains("held-out loss (response tokens)"), "{text}");
+    phi_core::PhiForCausalLM::from_pretrained(out.path().join("merged"), &burn::tensor::Device::default()).unwrap();
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    // The run's checkpoints were trained on packed rows: unpacked, it is other data.
+    let again = finetune("4", &[]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("packed into"), "{err}");
+    let tiny = finetune("3", &["--packing", "--max-len", "1"]);
+    let err = String::from_utf8_lossy(&tiny.stderr);
+    assert!(!tiny.status.success() && err.contains("--max-len 1: an example needs at least 2 tokens"), "{err}");
 }
 
 /// The same SFT records as a Parquet file in the hub's layout (`prompt`/`response` columns, a

@@ -13,7 +13,8 @@ use crate::sft::SftExample;
 
 /// Example indices grouped into rows of at most `capacity` tokens, best-fit decreasing (see
 /// the module). Each row lists its examples longest first; rows come in the order they were
-/// opened. Errors on an example longer than `capacity` (naming it) or on a zero capacity.
+/// opened; empty examples are left out. Errors on an example longer than `capacity` (naming
+/// it) or on a zero capacity.
 ///
 /// ```
 /// use phi_data::packing::pack_bfd;
@@ -27,7 +28,8 @@ pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Result<Vec<Vec<usize>>, S
     if let Some((i, &n)) = lengths.iter().enumerate().find(|&(_, &n)| n > capacity) {
         return Err(format!("example {i} has {n} tokens, more than the packing length {capacity}"));
     }
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Empty examples are left out, as TRL leaves them out: they hold nothing to learn.
+    let mut order: Vec<usize> = (0..lengths.len()).filter(|&i| lengths[i] > 0).collect();
     // Stable: equal lengths keep their data order, so the packing is a function of the data.
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut rows: Vec<Vec<usize>> = Vec::new();
@@ -74,7 +76,7 @@ pub fn packed_batch(rows: &[Vec<&SftExample>], pad: u32) -> (Vec<u32>, Vec<f32>,
             ids.extend_from_slice(&e.ids);
             // Position at + j − 1 predicts token j of this example.
             for j in 1..e.ids.len() {
-                if e.learn[j] {
+                if e.learn.get(j).copied().unwrap_or(false) {
                     row_mask[at + j - 1] = 1.0;
                 }
             }
@@ -151,6 +153,7 @@ mod tests {
         }
         assert!(pack_bfd(&[3, 11], 10).unwrap_err().contains("example 1 has 11 tokens, more than the packing length 10"));
         assert!(pack_bfd(&[], 10).unwrap().is_empty());
+        assert_eq!(pack_bfd(&[0, 4, 0, 3], 10).unwrap(), [vec![1, 3]], "empty examples are left out");
     }
 
     #[test]

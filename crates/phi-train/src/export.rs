@@ -46,7 +46,9 @@ fn is_export_file(name: &str) -> bool {
         ADAPTER_CONFIG_FILE,
         ADAPTER_WEIGHTS_FILE,
     ];
-    FILES.contains(&name.strip_suffix(".tmp").unwrap_or(name))
+    let name = name.strip_suffix(".tmp").unwrap_or(name);
+    // Weights written as shards (`phi export --max-shard-size`), and their index.
+    FILES.contains(&name) || name == phi_core::weights::SAFETENSORS_INDEX_FILE || phi_core::weights::is_shard_name(name)
 }
 
 /// The folder an export of `out` is built in before it is renamed into place: `<out>.partial`.

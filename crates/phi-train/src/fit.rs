@@ -391,7 +391,8 @@ impl Weights {
     fn save(&self, model: &PhiForCausalLM, dir: &Path) -> Result<()> {
         match self.lora_config()? {
             Some(config) => Ok(lora::save(&model.valid(), &config, dir)?),
-            None => Ok(model.valid().save_pretrained(dir)?),
+            // One file whatever the size: a checkpoint's layout lists `model.safetensors`.
+            None => Ok(model.valid().save_pretrained_sharded(dir, u64::MAX).map(drop)?),
         }
     }
 

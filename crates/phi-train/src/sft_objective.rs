@@ -128,9 +128,12 @@ impl<'a> Sft<'a> {
     /// Examples packed into rows of at most `length` tokens, best-fit decreasing (TRL's `bfd`,
     /// [`phi_data::packing::pack_bfd`]), once, before training: each step draws `batch_size`
     /// rows, reshuffled every epoch. Each example is computed as if alone (positions restart,
-    /// attention stays inside it), so a batch's loss is the mean over the same examples'
-    /// learned tokens that padding gives, at the cost of the tokens alone. Errors if `train`
-    /// is empty or an example is longer than `length`.
+    /// attention stays inside it), so a batch's loss is the mean over its examples' learned
+    /// tokens, each as it would be alone — what padding gives, at the cost of the tokens only.
+    /// (With LongRoPE, each example's own length picks the factors; a padded batch's padded
+    /// length picks them for all its rows, and transformers under TRL's padding-free packing
+    /// takes the longest position in the batch.) Errors if `train` is empty or an example is
+    /// longer than `length`; [`Objective::check`] refuses a `length` beyond the context.
     ///
     /// ```no_run
     /// # use phi_train::*;
@@ -177,6 +180,10 @@ impl<'a> Objective for Sft<'a> {
                     return Err(TrainError::Data(format!("{what} example {i} has token id {id}, but the model's vocab_size is {}", model.vocab_size)));
                 }
             }
+        }
+        if let Some(n) = self.packing.filter(|&n| n > model.max_position_embeddings) {
+            // A row's padding tail is one more sequence: it too must fit the context.
+            return Err(TrainError::Data(format!("the packing length {n} is more than the model's max_position_embeddings ({})", model.max_position_embeddings)));
         }
         if let Some((i, e)) = self.packing.and_then(|n| self.train.iter().enumerate().find(|(_, e)| e.ids.len() > n)) {
             return Err(TrainError::Data(format!("training example {i} has {} tokens, more than the packing length {}", e.ids.len(), self.packing.unwrap_or(0))));

@@ -73,6 +73,11 @@ enum Command {
         merge: bool,
         #[arg(long)]
         out: PathBuf,
+        /// Weights larger than this go to `model-0000i-of-0000n.safetensors` shards with a
+        /// `model.safetensors.index.json`, as transformers' `save_pretrained(max_shard_size=…)`:
+        /// 5GB, 500MB, or bytes.
+        #[arg(long, default_value = "50GB", value_parser = phi::core::weights::parse_shard_size)]
+        max_shard_size: u64,
     },
     /// Chat with a model in its own chat template (or the built-in format of its family),
     /// streaming replies (`/reset` clears history).
@@ -740,7 +745,7 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: bool, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: bool, out: &std::path::Path, max_shard_bytes: u64) -> Result<(), Box<dyn std::error::Error>> {
     let device = burn::tensor::Device::default();
     let mut m = PhiForCausalLM::from_pretrained(model, &device)?;
     match adapter {
@@ -755,7 +760,10 @@ fn export(model: &std::path::Path, adapter: Option<&std::path::Path>, merge: boo
         None => model.display().to_string(),
     };
     phi::export::write_model_folder(out, &source, |dir| {
-        m.save_pretrained(dir)?;
+        let files = m.save_pretrained_sharded(dir, max_shard_bytes)?;
+        if files.len() > 1 {
+            println!("weights in {} shards of at most {max_shard_bytes} bytes (model.safetensors.index.json)", files.len() - 1);
+        }
         if let (Some(adapter), false) = (adapter, merge) {
             let to = dir.join("adapter");
             std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
@@ -988,7 +996,7 @@ fn main() -> ExitCode {
         Command::Eval(EvalCommand::Perplexity { model, data, seq_len, batch_size, max_batches, force, device, weights }) => {
             perplexity(&model, &data, seq_len, batch_size, max_batches, force, device, weights)
         }
-        Command::Export { model, adapter, merge, out } => export(&model, adapter.as_deref(), merge, &out),
+        Command::Export { model, adapter, merge, out, max_shard_size } => export(&model, adapter.as_deref(), merge, &out, max_shard_size),
         Command::Train { recipe, args } => match phi::recipes::Recipe::by_name(&recipe) {
             Some(r) => phi::recipes::run(r, args.options()),
             None => Err(format!("unknown recipe `{recipe}` (phi-1, phi-1.5, phi-2, phi-3-mini)").into()),
