@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{NormKind, PhiConfig};
-use crate::kv_cache::LayerCache;
+use crate::kv_cache::LayerCaches;
 use crate::nn::{Linear, Norm};
 use crate::rope::Rope;
 use crate::tree::{listing, part};
@@ -91,8 +91,9 @@ impl PhiAttention {
     }
 
     /// `x`: `[batch, seq, hidden]` → `[batch, seq, hidden]`. With a cache, `x` holds the new
-    /// tokens only and the cache supplies (and receives) the keys and values before them.
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    /// tokens only and the cache supplies (and receives) the keys and values before them; with
+    /// one cache per row, each row is its own sequence at its own length.
+    pub fn forward<'c>(&self, x: Tensor<3>, rope: &Rope, cache: impl Into<LayerCaches<'c>>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // q and k come out of RoPE heads-first; v is swapped to match.
@@ -115,14 +116,28 @@ impl PhiAttention {
                 (qk.clone().narrow(1, 0, nh), qk.narrow(1, nh, nkv), v)
             }
         };
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
-        };
-        let out = match rope.segments() {
+        let out = match (cache.into(), rope.segments()) {
             // Packed rows (training, no cache): each sequence attends to itself.
-            Some(segments) => phi_kernels::packed_causal_attention(q, k, v, segments),
-            None => phi_kernels::causal_attention(q, k, v),
+            (LayerCaches::None, Some(segments)) => phi_kernels::packed_causal_attention(q, k, v, segments),
+            (LayerCaches::None, None) => phi_kernels::causal_attention(q, k, v),
+            (LayerCaches::Batch(cache), _) => {
+                let (k, v) = cache.append(k, v);
+                phi_kernels::causal_attention(q, k, v)
+            }
+            // Separate sequences: the projections ran as one batch; attention reads each
+            // row's own keys (a few hundred bytes per token at decode, against the weights).
+            (LayerCaches::PerRow(caches), _) => {
+                assert_eq!(caches.len(), b, "one cache per row");
+                let rows = caches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cache)| {
+                        let (k, v) = cache.append(k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1));
+                        phi_kernels::causal_attention(q.clone().narrow(0, i, 1), k, v)
+                    })
+                    .collect();
+                Tensor::cat(rows, 0)
+            }
         };
         let out = out.reshape([b, t, nh * hd]);
         match &self.proj {

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::attention::PhiAttention;
 use crate::config::{BlockKind, PhiConfig};
-use crate::kv_cache::LayerCache;
+use crate::kv_cache::LayerCaches;
 use crate::mlp::Mlp;
 use crate::nn::Norm;
 use crate::rope::Rope;
@@ -46,7 +46,7 @@ impl DecoderLayer {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward<'c>(&self, x: Tensor<3>, rope: &Rope, cache: impl Into<LayerCaches<'c>>) -> Tensor<3> {
         match &self.post_attention_layernorm {
             None => {
                 let h = self.input_layernorm.forward(x.clone());

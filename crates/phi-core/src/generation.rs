@@ -62,7 +62,7 @@ impl GenerationConfig {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::arg("temperature", format!("{} must be ≥ 0", self.temperature)));
         }

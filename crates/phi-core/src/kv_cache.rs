@@ -20,6 +20,21 @@ impl LayerCache {
     }
 }
 
+/// What one layer's attention reads and extends: no cache, one cache for the whole batch, or
+/// one per row — separate sequences, each at its own length, decoded together
+/// ([`PhiForCausalLM::decode_step`](crate::PhiForCausalLM::decode_step)).
+pub enum LayerCaches<'a> {
+    None,
+    Batch(&'a mut LayerCache),
+    PerRow(Vec<&'a mut LayerCache>),
+}
+
+impl<'a> From<Option<&'a mut LayerCache>> for LayerCaches<'a> {
+    fn from(cache: Option<&'a mut LayerCache>) -> Self {
+        cache.map_or(LayerCaches::None, LayerCaches::Batch)
+    }
+}
+
 /// The cache of a whole model: one [`LayerCache`] per layer, the number of tokens it holds, and
 /// which LongRoPE frequencies rotated its keys (switching means recomputing, as HF does).
 #[derive(Debug, Clone)]

@@ -36,6 +36,7 @@ pub mod packed;
 mod presets;
 pub mod quant;
 pub mod rope;
+pub mod batching;
 pub mod tree;
 pub mod weights;
 

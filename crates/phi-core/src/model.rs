@@ -303,7 +303,7 @@ impl PhiForCausalLM {
         let m = &self.model;
         let mut x = m.embed_dropout.forward(m.embed_tokens.forward(input_ids));
         for block in m.layers.iter().take(layer) {
-            x = block.forward(x, &rope, None);
+            x = block.forward(x, &rope, crate::kv_cache::LayerCaches::None);
         }
         Ok(if layer == last { m.final_layernorm.forward(x) } else { x })
     }
@@ -312,6 +312,65 @@ impl PhiForCausalLM {
     /// With `last_only`, the head runs on the last position only (`[batch, 1, vocab]`).
     pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache, last_only: bool) -> Result<Tensor<3>> {
         self.run(input_ids, Some(cache), None, last_only, None)
+    }
+
+    /// One decoding step of several separate sequences at once: `tokens[i]` is sequence `i`'s
+    /// next token, run after what `caches[i]` holds and appended to it. Returns the next-token
+    /// logits `[n, vocab]`, row `i` what [`forward_cached`](Self::forward_cached) of that token
+    /// alone would give (to rounding: the projections run as one `[n, hidden]` batch, so every
+    /// weight is read once for all `n` sequences — what continuous batching is for).
+    ///
+    /// A cache whose keys were rotated with the other LongRoPE set than its next position needs
+    /// (the sequence crossed the original context) is refused, as by `forward_cached`: clear it
+    /// and prefill again.
+    ///
+    /// ```
+    /// # use phi_core::{PhiConfig, PhiForCausalLM, burn::tensor::Device};
+    /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
+    /// let mut caches = vec![model.new_cache(), model.new_cache()];
+    /// model.forward_cached(model.ids_tensor(&[1, 2, 3]).unwrap(), &mut caches[0], true).unwrap();
+    /// model.forward_cached(model.ids_tensor(&[4]).unwrap(), &mut caches[1], true).unwrap();
+    /// let logits = model.decode_step(&[5, 6], &mut caches).unwrap();
+    /// assert_eq!(logits.dims(), [2, 64]);
+    /// assert_eq!((caches[0].len(), caches[1].len()), (4, 2));
+    /// ```
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [KvCache]) -> Result<Tensor<2>> {
+        let n = tokens.len();
+        if caches.len() != n {
+            return Err(Error::arg("caches", format!("{} caches for {n} tokens: one per sequence", caches.len())));
+        }
+        if n == 0 {
+            return Err(Error::arg("tokens", "must hold at least one sequence's token"));
+        }
+        let max = self.rope.max_positions();
+        let mut positions = Vec::with_capacity(n);
+        for c in caches.iter() {
+            if c.len + 1 > max {
+                return Err(Error::SequenceTooLong { len: c.len + 1, max });
+            }
+            let long = self.rope.uses_long(c.len + 1);
+            if c.len > 0 && c.long_rope != long {
+                return Err(Error::arg("cache", format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if c.long_rope { "long" } else { "short" })));
+            }
+            positions.push((c.len, long));
+        }
+        self.check_host_ids(tokens.iter().map(|&t| i64::from(t)))?;
+        let device = self.device();
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
+        let rope = self.rope.rows(&positions, &device);
+        let m = &self.model;
+        let mut x = m.embed_dropout.forward(m.embed_tokens.forward(ids));
+        for (i, layer) in m.layers.iter().enumerate() {
+            let rows = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            x = layer.forward(x, &rope, crate::kv_cache::LayerCaches::PerRow(rows));
+        }
+        for (c, &(p, long)) in caches.iter_mut().zip(&positions) {
+            c.len = p + 1;
+            c.long_rope = long;
+        }
+        let x = m.final_layernorm.forward(x);
+        Ok(self.head(x).reshape([n, self.config.vocab_size]))
     }
 
     pub fn new_cache(&self) -> KvCache {

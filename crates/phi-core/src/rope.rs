@@ -104,6 +104,23 @@ impl RopeTables {
         Rope { cos: upload(&cos[rows.clone()]), sin: upload(&sin[rows]), rotary_dims: self.rotary_dims, segments: None }
     }
 
+    /// The rotation of one new token per row, row `i` at position `positions[i].0` with the
+    /// LongRoPE set `positions[i].1` picks (separate sequences decoded together).
+    pub fn rows(&self, positions: &[(usize, bool)], device: &Device) -> Rope {
+        let hd = self.head_dim;
+        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * hd), Vec::with_capacity(positions.len() * hd));
+        for &(p, long) in positions {
+            let (c, s) = match (&self.long, long) {
+                (Some(l), true) => l,
+                _ => &self.short,
+            };
+            cos.extend_from_slice(&c[p * hd..(p + 1) * hd]);
+            sin.extend_from_slice(&s[p * hd..(p + 1) * hd]);
+        }
+        let upload = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [positions.len(), hd]), device);
+        Rope { cos: upload(cos), sin: upload(sin), rotary_dims: self.rotary_dims, segments: None }
+    }
+
     /// The rotation of packed rows: each token at its position in its own sequence, and each
     /// sequence (padding tails included) on the LongRoPE factors its own length picks, as if it
     /// ran alone. Callers check the sequences fit `max_positions`.

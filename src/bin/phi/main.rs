@@ -671,11 +671,20 @@ struct GenerateArgs {
     #[arg(long, value_parser = crate::args::model_dir())]
     model: PathBuf,
     /// Prompt text, tokenized with the folder's tokenizer.json.
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(long, conflicts_with_all = ["prompt_ids", "batch"], required_unless_present_any = ["prompt_ids", "batch"])]
     prompt: Option<String>,
     /// Prompt as comma-separated token ids (no tokenizer needed); prints ids.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "batch")]
     prompt_ids: Option<Vec<u32>>,
+    /// Many prompts, decoded together (continuous batching): a JSONL file of `{"prompt":
+    /// "…"}` or `{"prompt_ids": [1, 2]}` records, each optionally with its own
+    /// `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`; prints one JSON line per
+    /// record, in order: `{"index", "ids", "text", "finish_reason"}`.
+    #[arg(long)]
+    batch: Option<PathBuf>,
+    /// With --batch: sequences decoded at once (a finished one's place goes to the next prompt).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 means greedy.
@@ -715,6 +724,9 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         stop_token_ids: stop,
         use_cache: !a.no_cache,
     };
+    if let Some(file) = &a.batch {
+        return generate_batch(&model, &a.model, file, &config, a.max_batch);
+    }
     let mut out = std::io::stdout().lock();
     match (a.prompt, a.prompt_ids) {
         (_, Some(ids)) => {
@@ -742,6 +754,58 @@ fn generate(a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => unreachable!("clap requires one of --prompt / --prompt-ids"),
     }
     writeln!(out)?;
+    Ok(())
+}
+
+/// `phi generate --batch FILE`: every record of `file` through [`PhiForCausalLM::generate_batch`].
+fn generate_batch(model: &PhiForCausalLM, dir: &std::path::Path, file: &std::path::Path, defaults: &GenerationConfig, max_batch: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut tokenizer = None;
+    let mut requests = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = |what: String| format!("{} line {}: {what}", file.display(), n + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let ids: Vec<u32> = match (v.get("prompt_ids"), v.get("prompt").and_then(|p| p.as_str())) {
+            (Some(ids), _) => serde_json::from_value(ids.clone()).map_err(|e| at(format!("`prompt_ids` is not a list of token ids: {e}")))?,
+            (None, Some(prompt)) => {
+                if tokenizer.is_none() {
+                    tokenizer = Some(phi::data::Tokenizer::from_file(dir.join("tokenizer.json"))?);
+                }
+                tokenizer.as_ref().expect("loaded").encode(prompt)
+            }
+            (None, None) => return Err(at("neither `prompt` (text) nor `prompt_ids`".into()).into()),
+        };
+        if ids.is_empty() {
+            return Err(at("the prompt is empty".into()).into());
+        }
+        let mut config = defaults.clone();
+        let number = |key: &str| v.get(key).map(|x| x.as_f64().ok_or_else(|| at(format!("`{key}` is not a number"))));
+        if let Some(x) = number("max_new_tokens") {
+            config.max_new_tokens = x? as usize;
+        }
+        if let Some(x) = number("temperature") {
+            config.temperature = x?;
+        }
+        if let Some(x) = number("top_k") {
+            config.top_k = x? as usize;
+        }
+        if let Some(x) = number("top_p") {
+            config.top_p = x?;
+        }
+        if let Some(x) = number("seed") {
+            config.seed = x? as u64;
+        }
+        requests.push((ids, config));
+    }
+    let outputs = model.generate_batch(&requests, max_batch, |_, _| true).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    for (i, (tokens, (prompt, config))) in outputs.iter().zip(&requests).enumerate() {
+        let new = &tokens[prompt.len()..];
+        let stopped = new.last().is_some_and(|t| config.stop_token_ids.contains(t));
+        let text = tokenizer.as_ref().map(|t| t.decode(new));
+        let finish = if stopped { "stop" } else { "length" };
+        writeln!(out, "{}", serde_json::json!({"index": i, "ids": new, "text": text, "finish_reason": finish}))?;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! its file's module: `cargo test --test integration -- lora::` runs one file's tests.
 
 mod common;
+mod batching;
 mod chat_templates;
 mod config_and_errors;
 mod embeddings;
