@@ -28,6 +28,44 @@ fn generate_from_prompt_ids_prints_the_greedy_reference() {
     assert!(printed.len() > 5 && expected.starts_with(&printed), "{printed:?} vs {expected:?}");
 }
 
+/// `--batch`: prompts decoded together print transformers' greedy tokens for the reference
+/// prompt and, for every record, what `--prompt-ids` prints for it alone; a bad record is named.
+#[test]
+fn generate_batch_prints_each_prompts_own_continuation() {
+    let reference = load_reference(fixture("phi-tiny").join("reference.safetensors"));
+    let expected = reference["greedy_ids"].ids_u32();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.jsonl");
+    let prompts: Vec<Vec<u32>> = vec![expected[..5].to_vec(), vec![7, 8], (10..40).collect(), vec![3]];
+    let lines: Vec<String> = prompts.iter().enumerate().map(|(i, p)| serde_json::json!({"prompt_ids": p, "max_new_tokens": 4 + 2 * i, "seed": i, "temperature": if i == 3 { 0.8 } else { 0.0 }}).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = phi().args(["generate", "--max-batch", "2", "--model"]).arg(fixture("phi-tiny")).arg("--batch").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    for (i, (row, p)) in rows.iter().zip(&prompts).enumerate() {
+        assert_eq!(row["index"], i);
+        let ids: Vec<u32> = serde_json::from_value(row["ids"].clone()).unwrap();
+        let joined: Vec<String> = p.iter().map(u32::to_string).collect();
+        let mut alone = phi();
+        alone.args(["generate", "--model"]).arg(fixture("phi-tiny"));
+        alone.args(["--prompt-ids", &joined.join(","), "--max-new-tokens", &(4 + 2 * i).to_string(), "--seed", &i.to_string()]);
+        if i == 3 {
+            alone.args(["--temperature", "0.8"]);
+        }
+        let alone = alone.output().unwrap();
+        let printed: Vec<u32> = String::from_utf8(alone.stdout).unwrap().trim().split(',').map(|t| t.parse().unwrap()).collect();
+        assert_eq!(printed[p.len()..], ids[..], "record {i}");
+        if i == 0 {
+            assert!(expected.starts_with(&printed), "{printed:?} vs transformers' {expected:?}");
+        }
+    }
+    std::fs::write(&file, "{\"prompt_ids\": [1, 2]}\n{\"max_new_tokens\": 3}\n").unwrap();
+    let bad = phi().args(["generate", "--model"]).arg(fixture("phi-tiny")).arg("--batch").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("line 2: neither `prompt` (text) nor `prompt_ids`"), "{err}");
+}
+
 /// phi3-tiny in a scratch folder with a word-level tokenizer over its 512 ids: "the cat sat" are
 /// 3, 4, 5, the chat markers have ids too, the rest are "wN".
 fn phi3_tiny_with_tokenizer() -> tempfile::TempDir {
