@@ -6,6 +6,9 @@
 //! Each sequence gets what [`PhiForCausalLM::generate_streaming`] gives it alone: its own
 //! sampler (a seeded one draws the same tokens), stop ids and token budget, and the LongRoPE
 //! switch (crossing the original context recomputes that sequence's cache, alone).
+//!
+//! [`Batcher`] is the engine (a server feeds it requests as they come);
+//! [`PhiForCausalLM::generate_batch`] runs a fixed list of requests through it.
 
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Sampler};
@@ -14,11 +17,169 @@ use crate::model::PhiForCausalLM;
 
 /// One sequence while it runs.
 struct Running {
-    /// Its index among the requests.
-    index: usize,
+    /// The caller's name for it.
+    id: usize,
     tokens: Vec<u32>,
     new: usize,
+    config: GenerationConfig,
     sampler: Sampler,
+}
+
+/// A token chosen for sequence `id`; `done` when the sequence ended with it (its budget, or a
+/// stop id) and has left the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    pub id: usize,
+    pub token: u32,
+    pub done: bool,
+}
+
+/// The running sequences and their KV caches. [`admit`](Self::admit) prefills a prompt and
+/// returns its first token; [`step`](Self::step) chooses the next token of every running
+/// sequence in one forward; [`remove`](Self::remove) ends one early (a cancelled request).
+///
+/// ```
+/// # use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM, burn::tensor::Device};
+/// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
+/// use phi_core::batching::Batcher;
+/// let mut batch = Batcher::new(&model);
+/// let first = batch.admit(0, vec![1, 2, 3], &GenerationConfig::greedy(4)).unwrap();
+/// batch.admit(1, vec![4], &GenerationConfig::greedy(4)).unwrap();
+/// let mut ids = vec![vec![1, 2, 3, first.token]];
+/// while !batch.is_empty() {
+///     for c in batch.step().unwrap() {
+///         if c.id == 0 { ids[0].push(c.token) }
+///     }
+/// }
+/// assert_eq!(ids[0], model.generate(&[1, 2, 3], &GenerationConfig::greedy(4)).unwrap());
+/// ```
+pub struct Batcher<'m> {
+    model: &'m PhiForCausalLM,
+    running: Vec<Running>,
+    caches: Vec<KvCache>,
+}
+
+impl<'m> Batcher<'m> {
+    pub fn new(model: &'m PhiForCausalLM) -> Self {
+        Batcher { model, running: Vec::new(), caches: Vec::new() }
+    }
+
+    /// Sequences running.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Checks a request as [`PhiForCausalLM::generate`] does (a config it refuses, an empty
+    /// prompt, a budget past the context, ids outside the vocabulary).
+    pub fn check(&self, prompt: &[u32], config: &GenerationConfig) -> Result<()> {
+        config.validate()?;
+        if !config.use_cache {
+            return Err(Error::arg("use_cache", "batched decoding runs on the KV cache"));
+        }
+        if prompt.is_empty() {
+            return Err(Error::arg("prompt", "must hold at least one token"));
+        }
+        let max_len = self.model.config().max_position_embeddings;
+        if config.max_new_tokens > max_len.saturating_sub(prompt.len()) {
+            return Err(Error::SequenceTooLong { len: prompt.len().saturating_add(config.max_new_tokens), max: max_len });
+        }
+        self.model.check_host_ids(prompt.iter().map(|&t| i64::from(t)))
+    }
+
+    /// Prefills `prompt` (alone) and chooses its first token; unless that ended it, the
+    /// sequence runs from now on under `id`. A zero budget is refused: the caller has nothing
+    /// to decode.
+    pub fn admit(&mut self, id: usize, prompt: Vec<u32>, config: &GenerationConfig) -> Result<Chosen> {
+        self.check(&prompt, config)?;
+        if config.max_new_tokens == 0 {
+            return Err(Error::arg("max_new_tokens", "must be at least 1 to decode"));
+        }
+        let mut r = Running { id, tokens: prompt, new: 0, config: config.clone(), sampler: Sampler::new(config) };
+        let mut cache = self.model.new_cache();
+        let token = Self::sample_after(self.model, &r.tokens, &mut cache, &mut r.sampler)?;
+        let done = chose(&mut r, token);
+        if !done {
+            self.running.push(r);
+            self.caches.push(cache);
+        }
+        Ok(Chosen { id, token, done })
+    }
+
+    /// Ends sequence `id` now and frees its cache (`false` if it was not running).
+    pub fn remove(&mut self, id: usize) -> bool {
+        match self.running.iter().position(|r| r.id == id) {
+            Some(i) => {
+                self.running.remove(i);
+                self.caches.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The tokens of sequence `id` so far (prompt included), while it runs.
+    pub fn tokens(&self, id: usize) -> Option<&[u32]> {
+        self.running.iter().find(|r| r.id == id).map(|r| r.tokens.as_slice())
+    }
+
+    /// Chooses the next token of every running sequence: one forward for all of them, except
+    /// that a sequence crossing the LongRoPE switch recomputes alone. Finished sequences leave.
+    pub fn step(&mut self) -> Result<Vec<Chosen>> {
+        let model = self.model;
+        let recompute: Vec<bool> = self.running.iter().zip(&self.caches).map(|(r, c)| model.uses_long_rope(r.tokens.len()) != model.uses_long_rope(c.len())).collect();
+        let mut tokens: Vec<Option<u32>> = vec![None; self.running.len()];
+        for i in (0..self.running.len()).filter(|&i| recompute[i]) {
+            self.caches[i].clear();
+            let r = &mut self.running[i];
+            tokens[i] = Some(Self::sample_after(model, &r.tokens, &mut self.caches[i], &mut r.sampler)?);
+        }
+        let together: Vec<usize> = (0..self.running.len()).filter(|&i| !recompute[i]).collect();
+        if !together.is_empty() {
+            let last: Vec<u32> = together.iter().map(|&i| *self.running[i].tokens.last().expect("a prompt")).collect();
+            let mut batch: Vec<KvCache> = together.iter().map(|&i| std::mem::replace(&mut self.caches[i], KvCache::new(0))).collect();
+            let logits = model.decode_step(&last, &mut batch);
+            for (&i, cache) in together.iter().zip(batch) {
+                self.caches[i] = cache;
+            }
+            let logits = logits?.into_data().convert::<f32>();
+            let logits = logits.as_slice::<f32>().expect("f32 logits");
+            let vocab = model.config().vocab_size;
+            for (row, &i) in together.iter().enumerate() {
+                tokens[i] = Some(self.running[i].sampler.sample(&logits[row * vocab..(row + 1) * vocab]));
+            }
+        }
+        let mut out = Vec::with_capacity(self.running.len());
+        let mut kept = (Vec::with_capacity(self.running.len()), Vec::with_capacity(self.running.len()));
+        for ((mut r, cache), token) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens) {
+            let token = token.expect("every running sequence chose a token");
+            let done = chose(&mut r, token);
+            out.push(Chosen { id: r.id, token, done });
+            if !done {
+                kept.0.push(r);
+                kept.1.push(cache);
+            }
+        }
+        (self.running, self.caches) = kept;
+        Ok(out)
+    }
+
+    /// Runs what `cache` lacks of `tokens` and samples the next token.
+    fn sample_after(model: &PhiForCausalLM, tokens: &[u32], cache: &mut KvCache, sampler: &mut Sampler) -> Result<u32> {
+        let logits = model.forward_cached(model.ids_tensor(&tokens[cache.len()..])?, cache, true)?;
+        let row = logits.into_data().convert::<f32>();
+        Ok(sampler.sample(row.as_slice::<f32>().expect("f32 logits")))
+    }
+}
+
+/// Records `token` for `r`; whether it ended the sequence (budget, or a stop id).
+fn chose(r: &mut Running, token: u32) -> bool {
+    r.tokens.push(token);
+    r.new += 1;
+    r.config.stop_token_ids.contains(&token) || r.new >= r.config.max_new_tokens
 }
 
 impl PhiForCausalLM {
@@ -40,95 +201,34 @@ impl PhiForCausalLM {
         if max_batch == 0 {
             return Err(Error::arg("max_batch", "must be at least 1"));
         }
-        let max_len = self.config().max_position_embeddings;
+        let mut batch = Batcher::new(self);
         for (i, (prompt, config)) in requests.iter().enumerate() {
-            let at = |e: Error| Error::arg("requests", format!("request {i}: {e}"));
-            config.validate().map_err(at)?;
-            if !config.use_cache {
-                return Err(at(Error::arg("use_cache", "batched decoding runs on the KV cache")));
-            }
-            if prompt.is_empty() {
-                return Err(at(Error::arg("prompt", "must hold at least one token")));
-            }
-            if config.max_new_tokens > max_len.saturating_sub(prompt.len()) {
-                return Err(at(Error::SequenceTooLong { len: prompt.len().saturating_add(config.max_new_tokens), max: max_len }));
-            }
-            self.check_host_ids(prompt.iter().map(|&t| i64::from(t))).map_err(at)?;
+            batch.check(prompt, config).map_err(|e| Error::arg("requests", format!("request {i}: {e}")))?;
         }
-        let mut out: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
-        let (mut running, mut caches): (Vec<Running>, Vec<KvCache>) = (Vec::new(), Vec::new());
-        let mut waiting = 0..requests.len();
-        // Whether a sequence is done after choosing `token` (its budget, a stop id, the caller).
-        let chose = |r: &mut Running, token: u32, on_token: &mut dyn FnMut(usize, u32) -> bool| {
-            r.tokens.push(token);
-            r.new += 1;
-            let config = &requests[r.index].1;
-            !on_token(r.index, token) || config.stop_token_ids.contains(&token) || r.new >= config.max_new_tokens
+        let mut out: Vec<Vec<u32>> = requests.iter().map(|(p, _)| p.clone()).collect();
+        let mut waiting = (0..requests.len()).filter(|&i| requests[i].1.max_new_tokens > 0);
+        // Whether sequence `c.id` goes on after `c`.
+        let mut take = |c: Chosen, out: &mut Vec<Vec<u32>>| {
+            out[c.id].push(c.token);
+            on_token(c.id, c.token) && !c.done
         };
         loop {
-            // Admit waiting prompts while there is room: each prefilled alone, its first token chosen.
-            while running.len() < max_batch {
-                let Some(index) = waiting.next() else { break };
-                let (prompt, config) = &requests[index];
-                let mut r = Running { index, tokens: prompt.clone(), new: 0, sampler: Sampler::new(config) };
-                if config.max_new_tokens == 0 {
-                    out[index] = Some(r.tokens);
-                    continue;
-                }
-                let mut cache = self.new_cache();
-                let token = self.next_token(&r.tokens, &mut cache, 0, &mut r.sampler)?;
-                if chose(&mut r, token, &mut on_token) {
-                    out[index] = Some(r.tokens);
-                } else {
-                    running.push(r);
-                    caches.push(cache);
+            while batch.len() < max_batch {
+                let Some(i) = waiting.next() else { break };
+                let c = batch.admit(i, requests[i].0.clone(), &requests[i].1)?;
+                if !take(c, &mut out) && !c.done {
+                    batch.remove(i);
                 }
             }
-            if running.is_empty() {
+            if batch.is_empty() {
                 break;
             }
-            // A sequence whose next position crosses the LongRoPE switch recomputes alone;
-            // the others take one step together.
-            let recompute: Vec<bool> = running.iter().zip(&caches).map(|(r, c)| self.uses_long_rope(r.tokens.len()) != self.uses_long_rope(c.len())).collect();
-            let mut tokens: Vec<Option<u32>> = vec![None; running.len()];
-            for (i, r) in running.iter_mut().enumerate().filter(|(i, _)| recompute[*i]) {
-                caches[i].clear();
-                tokens[i] = Some(self.next_token(&r.tokens, &mut caches[i], 0, &mut r.sampler)?);
-            }
-            let together: Vec<usize> = (0..running.len()).filter(|&i| !recompute[i]).collect();
-            if !together.is_empty() {
-                let last: Vec<u32> = together.iter().map(|&i| *running[i].tokens.last().expect("a prompt")).collect();
-                let mut batch: Vec<KvCache> = together.iter().map(|&i| std::mem::replace(&mut caches[i], KvCache::new(0))).collect();
-                let logits = self.decode_step(&last, &mut batch);
-                for (&i, cache) in together.iter().zip(batch) {
-                    caches[i] = cache;
-                }
-                let logits = logits?.into_data().convert::<f32>();
-                let logits = logits.as_slice::<f32>().expect("f32 logits");
-                let vocab = self.config().vocab_size;
-                for (row, &i) in together.iter().enumerate() {
-                    tokens[i] = Some(running[i].sampler.sample(&logits[row * vocab..(row + 1) * vocab]));
+            for c in batch.step()? {
+                if !take(c, &mut out) && !c.done {
+                    batch.remove(c.id);
                 }
             }
-            // Finished sequences leave at once, their caches with them.
-            let mut kept = (Vec::with_capacity(running.len()), Vec::with_capacity(running.len()));
-            for ((mut r, cache), token) in running.drain(..).zip(caches.drain(..)).zip(tokens) {
-                if chose(&mut r, token.expect("every running sequence chose a token"), &mut on_token) {
-                    out[r.index] = Some(r.tokens);
-                } else {
-                    kept.0.push(r);
-                    kept.1.push(cache);
-                }
-            }
-            (running, caches) = kept;
         }
-        Ok(out.into_iter().map(|o| o.expect("every request finished")).collect())
-    }
-
-    /// Runs `tokens[done..]` after the `done` tokens in `cache` and samples the next token.
-    fn next_token(&self, tokens: &[u32], cache: &mut KvCache, done: usize, sampler: &mut Sampler) -> Result<u32> {
-        let logits = self.forward_cached(self.ids_tensor(&tokens[done..])?, cache, true)?;
-        let row = logits.into_data().convert::<f32>();
-        Ok(sampler.sample(row.as_slice::<f32>().expect("f32 logits")))
+        Ok(out)
     }
 }
