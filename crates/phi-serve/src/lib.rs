@@ -4,13 +4,11 @@
 //! adapter if given): `GET /v1/models`, `POST /v1/chat/completions` (the model family's chat
 //! template) and `POST /v1/completions`, with `temperature`, `top_p`, `max_tokens`, `stop`,
 //! `seed`, `n`, `stream` (server-sent events, `stream_options.include_usage`) and `usage`. Built
-//! on axum + tokio, the Rust ecosystem's HTTP stack. Requests decode together: one thread owns
-//! decoding and runs every request's current choice as one sequence of a continuous batch (one
-//! forward per step for all of them, a new request joining at the next step; see
-//! [`phi_core::batching`]), at most [`Limits::max_concurrent`] at once with
-//! [`Limits::max_waiting`] more queued (beyond that: 429). Each request gets the tokens it would
-//! get alone. A request whose client goes away stops decoding at its next token, and so does
-//! every request when the server shuts down.
+//! on axum + tokio, the Rust ecosystem's HTTP stack. Requests decode concurrently, each on its
+//! own blocking thread with a handle on the shared, read-only weights, at most
+//! [`Limits::max_concurrent`] at once with [`Limits::max_waiting`] more queued (beyond that: 429);
+//! there is no batched decoding across requests yet. A request whose client goes away stops
+//! decoding at its next token, and so does every request when the server shuts down.
 //!
 //! Bad requests get OpenAI's error object with a 4xx status: malformed JSON or parameters (400),
 //! a parameter this server does not implement (`logprobs`, `echo`, `best_of`, penalties, …: 400
@@ -41,7 +39,6 @@ pub mod client;
 pub mod error;
 pub mod log;
 pub mod openai;
-mod scheduler;
 pub mod text;
 
 use std::convert::Infallible;
@@ -100,14 +97,10 @@ impl ServedModel {
     }
 }
 
-/// Requests decoded together by default: one decode step for 16 sequences costs little more
-/// than for one (the weights are read once), and 16 KV caches are small next to the weights.
-pub const DEFAULT_MAX_CONCURRENT: usize = 16;
-
 /// How much a server takes on at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Requests decoding at once: the continuous batch's rows.
+    /// Requests decoding at once.
     pub max_concurrent: usize,
     /// Requests waiting for a slot; one more gets 429.
     pub max_waiting: usize,
@@ -123,8 +116,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            // Sequences decoded together in one batch (each holds its own KV cache).
-            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_waiting: 64,
             max_body_bytes: 8 << 20,
             header_timeout: std::time::Duration::from_secs(30),
@@ -134,9 +126,7 @@ impl Default for Limits {
 
 /// The server's state: the model, admission and a stop flag every decode checks.
 struct App {
-    model: Arc<ServedModel>,
-    /// The one thread that decodes: every request's choices run as one continuous batch.
-    scheduler: scheduler::Scheduler,
+    model: ServedModel,
     /// Permits for requests in the building (decoding or waiting).
     admitted: Arc<tokio::sync::Semaphore>,
     /// Permits to decode.
@@ -147,9 +137,7 @@ struct App {
 
 fn app(model: ServedModel, limits: Limits) -> Arc<App> {
     let n = limits.max_concurrent.max(1);
-    let model = Arc::new(model);
     Arc::new(App {
-        scheduler: scheduler::Scheduler::start(model.clone(), n),
         model,
         admitted: Arc::new(tokio::sync::Semaphore::new(n + limits.max_waiting)),
         decoding: Arc::new(tokio::sync::Semaphore::new(n)),
@@ -341,15 +329,14 @@ fn plan(s: &ServedModel, model: &str, prompt: Vec<u32>, p: Sampling, default_max
 ///
 /// A choice that `cancelled` cuts short is an error, not a `length` finish: the client asked for
 /// up to `max_tokens` and would otherwise take a truncated text for a complete one.
-fn generate_one(app: &App, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> bool, mut emit: impl FnMut(&str)) -> Result<(String, &'static str, usize), ApiError> {
-    let s = &*app.model;
+fn generate_one(s: &ServedModel, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> bool, mut emit: impl FnMut(&str)) -> Result<(String, &'static str, usize), ApiError> {
     let config = GenerationConfig::sampling(plan.max_tokens, plan.temperature, plan.seed.wrapping_add(choice as u64))
         .with_top_p(plan.top_p)
         .with_stop_tokens(s.stop_ids.clone());
     let mut stream = TextStream::new(&s.tokenizer, &plan.stop);
     let (mut text, mut count, mut finish, mut cut) = (String::new(), 0usize, "length", false);
-    app.scheduler
-        .generate(&plan.prompt, &config, |t| {
+    s.model
+        .generate_streaming(&plan.prompt, &config, |t| {
             count += 1;
             if s.stop_ids.contains(&t) {
                 finish = "stop";
@@ -582,7 +569,7 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
             let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
             let mut failed = None;
             for i in 0..plan.n {
-                match generate_one(&app, &plan, i, &cancelled, |_| {}) {
+                match generate_one(&app.model, &plan, i, &cancelled, |_| {}) {
                     Ok((text, finish, count)) => {
                         usage.completion_tokens += count;
                         choices.push(kind.choice(i, &text, Some(finish), false));
@@ -636,7 +623,7 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
             if kind == Kind::Chat && !send(chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]), None)) {
                 return log.gone(name, &plan, &usage);
             }
-            match generate_one(&app, &plan, i, &cancelled, |piece| {
+            match generate_one(&app.model, &plan, i, &cancelled, |piece| {
                 send(chunk(json!([kind.choice(i, piece, None, true)]), None));
             }) {
                 Ok((_, finish, count)) => {

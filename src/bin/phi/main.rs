@@ -137,8 +137,8 @@ enum Command {
         /// 0 picks a free port (printed).
         #[arg(long, default_value_t = 8000)]
         port: u16,
-        /// Requests decoded together, one continuous batch (default 16); up to 64 more wait,
-        /// and beyond that a request gets 429.
+        /// Requests decoding at once (default: the number of cores); up to 64 more wait, and
+        /// beyond that a request gets 429.
         #[arg(long)]
         max_concurrent: Option<usize>,
         #[arg(long, default_value = "cpu")]
@@ -1021,7 +1021,7 @@ fn main() -> ExitCode {
             // the name clients use unless --name says otherwise.
             let id = model.to_str().filter(|m| !model.exists() && phi::core::hub::parse_id(m).is_some());
             let name = name.or_else(|| id.map(str::to_string));
-            let max_concurrent = max_concurrent.unwrap_or(phi::serve::DEFAULT_MAX_CONCURRENT);
+            let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
             serve_log();
             phi::serve::run(&opts, |addr, served| {
