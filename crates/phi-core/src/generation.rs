@@ -89,12 +89,7 @@ impl Sampler {
         if c.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates sorted by logit, descending; ties keep the lower id first like torch.
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if c.top_k > 0 {
-            order.truncate(c.top_k);
-        }
+        let mut order = ranked(logits, c.top_k);
         let max = logits[order[0]] as f64;
         let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / c.temperature).exp()).collect();
         let sum: f64 = probs.iter().sum();
@@ -121,6 +116,26 @@ impl Sampler {
         }
         *order.last().expect("at least one candidate") as u32
     }
+}
+
+/// The ids of `logits` by logit, descending, ties to the lower id (as torch), the first `top_k`
+/// of them (all when 0): the order `sort_by(total_cmp, then id)` gives, computed on one integer
+/// key per id — a logit's bits mapped so that integer order is `total_cmp`'s, inverted for
+/// descending, above the id — whose distinct keys any sort puts in that one order. An unstable
+/// sort of integers (and, with `top_k`, a selection first) is several times faster than the
+/// stable comparison sort over a 50k vocabulary, and every draw stays the same.
+fn ranked(logits: &[f32], top_k: usize) -> Vec<usize> {
+    let ordered = |x: f32| {
+        let b = x.to_bits();
+        if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+    };
+    let mut keys: Vec<u64> = logits.iter().enumerate().map(|(i, &l)| (u64::from(!ordered(l)) << 32) | i as u64).collect();
+    if top_k > 0 && top_k < keys.len() {
+        keys.select_nth_unstable(top_k - 1);
+        keys.truncate(top_k);
+    }
+    keys.sort_unstable();
+    keys.into_iter().map(|k| (k & 0xffff_ffff) as usize).collect()
 }
 
 /// Index of the largest value, the first one on ties (as `torch.argmax`).
@@ -212,6 +227,27 @@ impl PhiForCausalLM {
 
 #[cfg(test)]
 mod tests {
+    use super::ranked;
+
+    /// The integer-key ranking is the comparison sort's order exactly: ties (to the lower id),
+    /// both zeros, infinities, and a top-k cut.
+    #[test]
+    fn ranking_is_the_stable_comparison_sorts_order() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut logits: Vec<f32> = (0..5000).map(|_| ((next() * 40.0) as i32 as f32 - 20.0) / 4.0).collect();
+        logits.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e-30, -1e-30, f32::MAX, f32::MIN]);
+        let mut reference: Vec<usize> = (0..logits.len()).collect();
+        reference.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        assert_eq!(ranked(&logits, 0), reference);
+        for k in [1, 7, 100, 5008, 9999] {
+            assert_eq!(ranked(&logits, k), reference[..k.min(reference.len())], "top_k {k}");
+        }
+    }
+
     #[test]
     fn stop_ids_join_config_and_generation_config_without_wrapping() {
         let dir = std::env::temp_dir().join(format!("stop-ids-{}", std::process::id()));
