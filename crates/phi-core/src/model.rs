@@ -10,12 +10,30 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use crate::block::DecoderLayer;
 use crate::config::{Family, PhiConfig};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, LayerCaches};
 use crate::nn::{Embedding, Linear, Norm};
 use crate::rope::{Rope, RopeTables};
 use phi_kernels::Segments;
 use crate::tree::{Leaf, LeafMut, Listing, ParamRef, Role, join, listing, part};
 use crate::weights::{CheckpointReader, ParamSource, RandomInit, StateDict, load_leaves_then, write_atomic};
+
+/// The KV caches a forward pass reads and extends: none, one for the batch, or one per row.
+enum ModelCaches<'a> {
+    None,
+    Batch(&'a mut KvCache),
+    PerRow(&'a mut [KvCache]),
+}
+
+impl ModelCaches<'_> {
+    /// Layer `i`'s part of them.
+    fn layer(&mut self, i: usize) -> LayerCaches<'_> {
+        match self {
+            ModelCaches::None => LayerCaches::None,
+            ModelCaches::Batch(c) => LayerCaches::Batch(&mut c.layers[i]),
+            ModelCaches::PerRow(rows) => LayerCaches::PerRow(rows.iter_mut().map(|c| &mut c.layers[i]).collect()),
+        }
+    }
+}
 
 /// Embeddings, decoder layers, final norm (`model.*` in the checkpoint).
 #[derive(Module, Debug)]
@@ -303,7 +321,7 @@ impl PhiForCausalLM {
         let m = &self.model;
         let mut x = m.embed_dropout.forward(m.embed_tokens.forward(input_ids));
         for block in m.layers.iter().take(layer) {
-            x = block.forward(x, &rope, crate::kv_cache::LayerCaches::None);
+            x = block.forward(x, &rope, LayerCaches::None);
         }
         Ok(if layer == last { m.final_layernorm.forward(x) } else { x })
     }
@@ -359,17 +377,11 @@ impl PhiForCausalLM {
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
         let rope = self.rope.rows(&positions, &device);
-        let m = &self.model;
-        let mut x = m.embed_dropout.forward(m.embed_tokens.forward(ids));
-        for (i, layer) in m.layers.iter().enumerate() {
-            let rows = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
-            x = layer.forward(x, &rope, crate::kv_cache::LayerCaches::PerRow(rows));
-        }
+        let x = self.layers(ids, &rope, ModelCaches::PerRow(&mut *caches), None);
         for (c, &(p, long)) in caches.iter_mut().zip(&positions) {
             c.len = p + 1;
             c.long_rope = long;
         }
-        let x = m.final_layernorm.forward(x);
         Ok(self.head(x).reshape([n, self.config.vocab_size]))
     }
 
@@ -432,7 +444,7 @@ impl PhiForCausalLM {
             }
         }
         let rope = self.rope.at(offset, t, long, &ids.device());
-        let x = self.layers(ids, &rope, cache.as_deref_mut(), hidden);
+        let x = self.layers(ids, &rope, cache.as_deref_mut().map_or(ModelCaches::None, ModelCaches::Batch), hidden);
         if let Some(c) = cache {
             c.len = total;
             c.long_rope = long;
@@ -450,20 +462,19 @@ impl PhiForCausalLM {
             return Err(Error::SequenceTooLong { len: n, max });
         }
         let rope = self.rope.packed(seg, &ids.device());
-        let x = self.layers(ids, &rope, None, hidden);
+        let x = self.layers(ids, &rope, ModelCaches::None, hidden);
         Ok(self.head(x))
     }
 
     /// Embeddings, the decoder layers and the final norm: `[batch, seq, hidden]`.
-    fn layers(&self, ids: Tensor<2, Int>, rope: &Rope, mut cache: Option<&mut KvCache>, mut hidden: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
+    fn layers(&self, ids: Tensor<2, Int>, rope: &Rope, mut caches: ModelCaches<'_>, mut hidden: Option<&mut Vec<Tensor<3>>>) -> Tensor<3> {
         let m = &self.model;
         let mut x = m.embed_dropout.forward(m.embed_tokens.forward(ids));
         for (i, layer) in m.layers.iter().enumerate() {
             if let Some(h) = hidden.as_deref_mut() {
                 h.push(x.clone());
             }
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, rope, layer_cache);
+            x = layer.forward(x, rope, caches.layer(i));
         }
         let x = m.final_layernorm.forward(x);
         if let Some(h) = hidden {

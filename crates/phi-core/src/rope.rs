@@ -107,9 +107,14 @@ impl RopeTables {
     /// The rotation of one new token per row, row `i` at position `positions[i].0` with the
     /// LongRoPE set `positions[i].1` picks (separate sequences decoded together).
     pub fn rows(&self, positions: &[(usize, bool)], device: &Device) -> Rope {
-        let hd = self.head_dim;
-        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * hd), Vec::with_capacity(positions.len() * hd));
-        for &(p, long) in positions {
+        self.per_token(positions.iter().copied(), None, device)
+    }
+
+    /// Tables with a row per token, token `i` at position `p` of the set `long` picks.
+    fn per_token(&self, positions: impl ExactSizeIterator<Item = (usize, bool)>, segments: Option<Segments>, device: &Device) -> Rope {
+        let (hd, n) = (self.head_dim, positions.len());
+        let (mut cos, mut sin) = (Vec::with_capacity(n * hd), Vec::with_capacity(n * hd));
+        for (p, long) in positions {
             let (c, s) = match (&self.long, long) {
                 (Some(l), true) => l,
                 _ => &self.short,
@@ -117,29 +122,19 @@ impl RopeTables {
             cos.extend_from_slice(&c[p * hd..(p + 1) * hd]);
             sin.extend_from_slice(&s[p * hd..(p + 1) * hd]);
         }
-        let upload = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [positions.len(), hd]), device);
-        Rope { cos: upload(cos), sin: upload(sin), rotary_dims: self.rotary_dims, segments: None }
+        let upload = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [n, hd]), device);
+        Rope { cos: upload(cos), sin: upload(sin), rotary_dims: self.rotary_dims, segments }
     }
 
     /// The rotation of packed rows: each token at its position in its own sequence, and each
     /// sequence (padding tails included) on the LongRoPE factors its own length picks, as if it
     /// ran alone. Callers check the sequences fit `max_positions`.
     pub fn packed(&self, segments: &Segments, device: &Device) -> Rope {
-        let hd = self.head_dim;
-        let (b, t) = (segments.batch(), segments.len());
-        let (mut cos, mut sin) = (Vec::with_capacity(b * t * hd), Vec::with_capacity(b * t * hd));
-        for r in 0..b {
-            for &(_, n) in segments.row(r) {
-                let (c, s) = match (&self.long, self.uses_long(n)) {
-                    (Some(l), true) => l,
-                    _ => &self.short,
-                };
-                cos.extend_from_slice(&c[..n * hd]);
-                sin.extend_from_slice(&s[..n * hd]);
-            }
-        }
-        let upload = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b * t, hd]), device);
-        Rope { cos: upload(cos), sin: upload(sin), rotary_dims: self.rotary_dims, segments: Some(segments.clone()) }
+        let positions: Vec<(usize, bool)> = (0..segments.batch())
+            .flat_map(|r| segments.row(r))
+            .flat_map(|&(_, n)| (0..n).map(move |p| (p, self.uses_long(n))))
+            .collect();
+        self.per_token(positions.into_iter(), Some(segments.clone()), device)
     }
 }
 

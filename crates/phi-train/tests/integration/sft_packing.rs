@@ -12,7 +12,7 @@ use phi_train::objective::{Forward, Objective};
 use phi_train::sft_objective::Sft;
 use phi_train::{AdamWSettings, Decay, LrSchedule, Resume, TrainConfig, Weights, fit, masked_causal_lm_loss};
 
-use crate::common::take_turn;
+use crate::common::{sft_examples as examples, take_turn};
 
 fn configs() -> Vec<(&'static str, PhiConfig)> {
     let mut phi = PhiConfig { qk_layernorm: true, ..PhiConfig::phi_family(32, 2, 4, 96, 0.5) };
@@ -31,18 +31,6 @@ fn configs() -> Vec<(&'static str, PhiConfig)> {
     vec![("phi", phi), ("phi3 gqa", gqa), ("phi3 longrope", long)]
 }
 
-/// Examples of 5 to 19 tokens, prompt then learned response (as sft_step's).
-fn examples(n: usize, salt: u32) -> Vec<SftExample> {
-    (0..n as u32)
-        .map(|i| {
-            let p = 3 + (i * 7 + salt) % 6;
-            let r = 2 + (i * 5 + salt) % 9;
-            let ids: Vec<u32> = (0..p + r).map(|t| if t < p { (i * 13 + t * 3 + salt) % 90 } else { (t * 2 + i) % 90 }).collect();
-            let learn = (0..p + r).map(|t| t >= p).collect();
-            SftExample { ids, learn }
-        })
-        .collect()
-}
 
 /// Every parameter's gradient, in visiting order.
 fn gradients(model: &PhiForCausalLM, grads: &Gradients) -> Vec<f32> {

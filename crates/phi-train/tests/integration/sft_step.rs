@@ -7,13 +7,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::Device;
 use phi_core::{PhiConfig, PhiForCausalLM};
-use phi_data::sft::SftExample;
 use phi_train::lora::LoraConfig;
 use phi_train::sft_objective::Sft;
 use phi_train::checkpoint::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, WEIGHTS_FILE};
 use phi_train::{Adapter, AdamWSettings, Decay, LrSchedule, Precision, Resume, TrainConfig, Weights, fit};
 
-use crate::common::take_turn;
+use crate::common::{sft_examples as examples, take_turn};
 
 /// A small random base model saved as a HF folder (phi or phi3 family).
 fn base(dir: &Path, phi3: bool) -> PhiConfig {
@@ -23,19 +22,6 @@ fn base(dir: &Path, phi3: bool) -> PhiConfig {
     c
 }
 
-/// Examples of different lengths and prompt/response splits: a prompt of `p` tokens, a
-/// response of `r` tokens that continues a pattern the model can learn.
-fn examples(n: usize, salt: u32) -> Vec<SftExample> {
-    (0..n as u32)
-        .map(|i| {
-            let p = 3 + (i * 7 + salt) % 6;
-            let r = 2 + (i * 5 + salt) % 9;
-            let ids: Vec<u32> = (0..p + r).map(|t| if t < p { (i * 13 + t * 3 + salt) % 90 } else { (t * 2 + i) % 90 }).collect();
-            let learn = (0..p + r).map(|t| t >= p).collect();
-            SftExample { ids, learn }
-        })
-        .collect()
-}
 
 fn cfg(batch_size: usize, grad_accum: usize, steps: usize) -> TrainConfig {
     TrainConfig {

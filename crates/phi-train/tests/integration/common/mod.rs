@@ -24,6 +24,20 @@ pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
     DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// SFT examples of 5 to 19 tokens: a prompt of `p` tokens, then a response of `r` tokens, learned,
+/// that continues a pattern the model can learn; `salt` varies the set.
+pub fn sft_examples(n: usize, salt: u32) -> Vec<phi_data::sft::SftExample> {
+    (0..n as u32)
+        .map(|i| {
+            let p = 3 + (i * 7 + salt) % 6;
+            let r = 2 + (i * 5 + salt) % 9;
+            let ids: Vec<u32> = (0..p + r).map(|t| if t < p { (i * 13 + t * 3 + salt) % 90 } else { (t * 2 + i) % 90 }).collect();
+            let learn = (0..p + r).map(|t| t >= p).collect();
+            phi_data::sft::SftExample { ids, learn }
+        })
+        .collect()
+}
+
 pub use reference::*;
 pub use snapshot::snapshot;
 pub use tiny::tiny;
