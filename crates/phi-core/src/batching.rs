@@ -10,6 +10,8 @@
 //! [`Batcher`] is the engine (a server feeds it requests as they come);
 //! [`PhiForCausalLM::generate_batch`] runs a fixed list of requests through it.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Sampler};
 use crate::kv_cache::KvCache;
@@ -148,8 +150,15 @@ impl<'m> Batcher<'m> {
             let logits = logits?.into_data().convert::<f32>();
             let logits = logits.as_slice::<f32>().expect("f32 logits");
             let vocab = model.config().vocab_size;
-            for (row, &i) in together.iter().enumerate() {
-                tokens[i] = Some(self.running[i].sampler.sample(&logits[row * vocab..(row + 1) * vocab]));
+            // Rows are sampled in parallel: each has its own sampler, so the draws are the same.
+            let mut rows: Vec<(usize, &mut Running)> = self.running.iter_mut().enumerate().filter(|(i, _)| !recompute[*i]).collect();
+            let chosen: Vec<(usize, u32)> = rows
+                .par_iter_mut()
+                .enumerate()
+                .map(|(row, (i, r))| (*i, r.sampler.sample(&logits[row * vocab..(row + 1) * vocab])))
+                .collect();
+            for (i, token) in chosen {
+                tokens[i] = Some(token);
             }
         }
         let mut out = Vec::with_capacity(self.running.len());

@@ -74,20 +74,31 @@ impl GenerationConfig {
 }
 
 /// Chooses a token from one row of logits.
+///
+/// Without `top_k` and `top_p` a draw walks the vocabulary in id order (as `torch.multinomial`
+/// does), over weights computed in one vectorised pass and skipped a block at a time — no sort.
+/// With either, candidates are ranked by logit first. Either way a seed gives the same tokens
+/// wherever the row is computed: alone, or as one row of a batch.
 pub struct Sampler {
     config: GenerationConfig,
     rng: StdRng,
+    /// Reused between draws: the softmax weights and their block totals.
+    weights: Vec<f32>,
+    blocks: Vec<f64>,
 }
 
 impl Sampler {
     pub fn new(config: &GenerationConfig) -> Self {
-        Sampler { config: config.clone(), rng: StdRng::seed_from_u64(config.seed) }
+        Sampler { config: config.clone(), rng: StdRng::seed_from_u64(config.seed), weights: Vec::new(), blocks: Vec::new() }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = &self.config;
         if c.temperature == 0.0 {
             return argmax(logits);
+        }
+        if c.top_k == 0 && c.top_p >= 1.0 {
+            return self.draw_unfiltered(logits);
         }
         let mut order = ranked(logits, c.top_k);
         let max = logits[order[0]] as f64;
@@ -115,6 +126,43 @@ impl Sampler {
             r -= p;
         }
         *order.last().expect("at least one candidate") as u32
+    }
+}
+
+impl Sampler {
+    /// A draw from the whole softmax at the temperature, in id order.
+    fn draw_unfiltered(&mut self, logits: &[f32]) -> u32 {
+        use phi_kernels::WEIGHT_BLOCK;
+        self.weights.resize(logits.len(), 0.0);
+        self.blocks.resize(logits.len().div_ceil(WEIGHT_BLOCK), 0.0);
+        phi_kernels::softmax_weights(&mut self.weights, logits, (1.0 / self.config.temperature) as f32, &mut self.blocks);
+        let total: f64 = self.blocks.iter().sum();
+        let mut r = self.rng.random::<f64>() * total;
+        // The block the draw falls in, then the id inside it; rounding (the block totals are
+        // summed in another order than this walk) can leave `r` past a block's last weight: the
+        // draw is then that block's last possible id.
+        for (b, &block) in self.blocks.iter().enumerate() {
+            if r >= block {
+                r -= block;
+                continue;
+            }
+            let start = b * WEIGHT_BLOCK;
+            let mut last = None;
+            for (i, &p) in self.weights[start..(start + WEIGHT_BLOCK).min(logits.len())].iter().enumerate() {
+                if p > 0.0 {
+                    if r < p as f64 {
+                        return (start + i) as u32;
+                    }
+                    r -= p as f64;
+                    last = Some(start + i);
+                }
+            }
+            if let Some(i) = last {
+                return i as u32;
+            }
+        }
+        // Past the total by rounding: the last id with any weight (or, with none, the argmax).
+        self.weights.iter().rposition(|&p| p > 0.0).map_or_else(|| argmax(logits), |i| i as u32)
     }
 }
 
@@ -246,6 +294,40 @@ mod tests {
         for k in [1, 7, 100, 5008, 9999] {
             assert_eq!(ranked(&logits, k), reference[..k.min(reference.len())], "top_k {k}");
         }
+    }
+
+    /// Unfiltered sampling draws each id with its softmax probability at the temperature (over
+    /// more than one weight block), never an id of logit −∞, and the same seed draws the same.
+    #[test]
+    fn unfiltered_draws_follow_the_softmax() {
+        use super::{GenerationConfig, Sampler};
+        let n = 300;
+        let mut logits: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 15.0).collect();
+        for i in [3, 150, 299] {
+            logits[i] = f32::NEG_INFINITY;
+        }
+        let t = 0.7;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let exact: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).collect();
+        let z: f64 = exact.iter().sum();
+        let draws = 200_000;
+        let mut sampler = Sampler::new(&GenerationConfig::sampling(1, t, 11));
+        let mut counts = vec![0usize; n];
+        let seq: Vec<u32> = (0..draws).map(|_| sampler.sample(&logits)).collect();
+        seq.iter().for_each(|&i| counts[i as usize] += 1);
+        for i in [3, 150, 299] {
+            assert_eq!(counts[i], 0, "id {i} has logit -inf");
+        }
+        for (i, (&c, &p)) in counts.iter().zip(&exact).enumerate() {
+            let p = p / z;
+            let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+            assert!((c as f64 - draws as f64 * p).abs() <= 5.0 * sd + 1.0, "id {i}: {c} draws, expected {:.1}", draws as f64 * p);
+        }
+        let mut again = Sampler::new(&GenerationConfig::sampling(1, t, 11));
+        assert!(seq.iter().take(1000).all(|&i| again.sample(&logits) == i));
+        let mut only: Vec<f32> = vec![f32::NEG_INFINITY; 130];
+        only[77] = 2.0;
+        assert_eq!(Sampler::new(&GenerationConfig::sampling(1, 1.0, 3)).sample(&only), 77);
     }
 
     #[test]

@@ -385,6 +385,14 @@ impl PhiForCausalLM {
         Ok(self.head(x).reshape([n, self.config.vocab_size]))
     }
 
+    /// Bytes one sequence's KV cache holds at `tokens` tokens: keys and values of every layer,
+    /// before GQA repetition, in the activations' precision — what a server budgets a request.
+    pub fn kv_cache_bytes(&self, tokens: usize) -> usize {
+        let c = &self.config;
+        let elem = self.model.embed_tokens.weight.val().dtype().size();
+        tokens.saturating_mul(c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * elem)
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_hidden_layers)
     }
@@ -492,11 +500,9 @@ impl PhiForCausalLM {
                 crate::packed::packed_linear(self.packed_head.as_ref().expect("checked"), x, None)
             }
             None => {
-                // Tied: `x · Eᵀ`. A 2-D matmul reads the transposed view in place (strided gemm).
-                let [b, t, h] = x.dims();
-                let e = m.embed_tokens.weight.val();
-                let v = e.dims()[0];
-                x.reshape([b * t, h]).matmul(e.transpose()).reshape([b, t, v])
+                // Tied: `x · Eᵀ`, the transposed view read in place (by gemm's strides, or by
+                // the few-rows kernel's column-major layout).
+                phi_kernels::linear(x, m.embed_tokens.weight.val().transpose(), None)
             }
         }
     }

@@ -4,7 +4,8 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{gelu, relu, silu};
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
+use phi_kernels::linear;
 use burn::tensor::{Device, Int, Shape, Tensor};
 
 use crate::config::{Activation, NormKind};

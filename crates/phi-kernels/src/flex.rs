@@ -277,3 +277,33 @@ impl PhiRowKernels for Flex {
         FlexTensor::from_data(TensorData::new(out, dims))
     }
 }
+
+pub(crate) fn matmul_rows(x: DispatchTensor, w: DispatchTensor) -> DispatchTensor {
+    <Dispatch as PhiRowsKernel>::phi_matmul_rows(x, w)
+}
+
+#[backend_extension(Flex)]
+pub trait PhiRowsKernel: Backend {
+    fn phi_matmul_rows(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl PhiRowsKernel for Flex {
+    /// `x` `[rows, k]` · `w` `[k, n]`, reading `w` in place when it is row-major (a projection)
+    /// or column-major (a transposed embedding: the tied LM head).
+    fn phi_matmul_rows(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let x = contiguous(x);
+        let (rows, k) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let n = w.layout().shape()[1];
+        let xs = &x.storage::<f32>()[..rows * k];
+        let strides = w.layout().strides();
+        let (off, row_major) = (w.layout().start_offset(), strides[0] == n as isize && strides[1] == 1);
+        let col_major = strides[0] == 1 && strides[1] == k as isize;
+        let w = if row_major || col_major || k * n == 0 { w } else { w.to_contiguous() };
+        let off = if row_major || col_major { off } else { w.layout().start_offset() };
+        let ws = &w.storage::<f32>()[off..off + k * n];
+        let weights = if col_major && !row_major { crate::rows::Weights::ColMajor(ws) } else { crate::rows::Weights::RowMajor(ws) };
+        let mut out = output(rows * n);
+        crate::rows::matmul_rows(xs, rows, weights, k, n, &mut out);
+        FlexTensor::from_data(TensorData::new(out, [rows, n]))
+    }
+}

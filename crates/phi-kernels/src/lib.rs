@@ -37,6 +37,7 @@ mod math;
 mod norm_grad;
 pub mod packed;
 mod rope_grad;
+pub mod rows;
 mod segments;
 mod swiglu_grad;
 
@@ -46,7 +47,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-pub use math::{fast_exp, gelu_tanh_scalar};
+pub use math::{WEIGHT_BLOCK, fast_exp, gelu_tanh_scalar, softmax_weights};
 pub use segments::Segments;
 
 /// Whether `t` can take the fused flex path: a flex f32 tensor outside autodiff.
@@ -99,6 +100,39 @@ pub fn predicting_positions(logits: &Tensor<3>, ids: &Tensor<2, Int>) -> usize {
         t + 1
     );
     s - 1
+}
+
+/// `x · w (+ b)` for `x` `[…, k]` and `w` `[k, n]`: burn's `linear`, except that on flex (f32,
+/// outside autodiff) a product of at most [`rows::MAX_ROWS`] rows — a decode step, one sequence's
+/// or a batch's, or a short prompt — runs [`rows::matmul_rows`], which reads the weights in place
+/// on every core, and whose rows do not depend on each other (a sequence decoded in a batch gets
+/// the logits it gets alone).
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+///
+/// let device = Device::default();
+/// let x = Tensor::<3>::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+/// let w = Tensor::<2>::random([8, 5], Distribution::Normal(0.0, 1.0), &device);
+/// let y = phi_kernels::linear(x.clone(), w.clone(), None);
+/// let plain = burn::tensor::module::linear(x, w, None);
+/// assert!(y.sub(plain).abs().max().into_scalar::<f32>() < 1e-5);
+/// ```
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let dims = x.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    if rows <= rows::MAX_ROWS && fused(&x) && fused(&weight) {
+        let [k, n] = weight.dims();
+        let y = Tensor::<2>::from_dispatch(flex::matmul_rows(x.reshape([rows, k]).into_dispatch(), weight.into_dispatch()));
+        let mut shape = dims;
+        shape[D - 1] = n;
+        let y = y.reshape(shape);
+        return match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+    }
+    burn::tensor::module::linear(x, weight, bias)
 }
 
 /// `gelu_new` / `gelu_pytorch_tanh`: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.

@@ -101,6 +101,29 @@ macro_rules! dispatch_simd {
     };
 }
 
+/// Weights per block of [`softmax_weights`]' block totals.
+pub const WEIGHT_BLOCK: usize = 64;
+
+dispatch_simd! {
+    /// A sampler's unnormalised softmax at temperature `1 / inv_t`: `out[i] = exp((x[i] − max x)
+    /// · inv_t)`, exactly 0 for a −∞ logit, and in `blocks[b]` the total of `out`'s block `b` of
+    /// [`WEIGHT_BLOCK`] (summed in a fixed order), so that a draw skips whole blocks.
+    pub fn softmax_weights(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
+        let max = row_max(x);
+        for ((o, xs), b) in out.chunks_mut(WEIGHT_BLOCK).zip(x.chunks(WEIGHT_BLOCK)).zip(blocks.iter_mut()) {
+            let mut lanes = [0.0f32; 8];
+            for (o8, x8) in o.chunks_mut(8).zip(xs.chunks(8)) {
+                for ((o, &v), l) in o8.iter_mut().zip(x8).zip(lanes.iter_mut()) {
+                    let e = fast_exp((v - max) * inv_t);
+                    *o = if v == f32::NEG_INFINITY { 0.0 } else { e };
+                    *l += *o;
+                }
+            }
+            *b = lanes.iter().map(|&l| l as f64).sum();
+        }
+    }
+}
+
 dispatch_simd! {
     /// `gelu_new` over a slice, in place.
     pub fn gelu_tanh_slice(values: &mut [f32]) {

@@ -394,7 +394,7 @@ fn quantize_block(block: &[f32], levels: f32) -> (f32, [i32; BLOCK]) {
 
 /// Which inner loops this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -406,13 +406,17 @@ impl Kernel {
     /// The widest this CPU has. `PHI_PORTABLE_KERNELS` (any value) forces the scalar loops,
     /// `PHI_NO_AVX512` the AVX2 ones — to compare, or to rule a kernel out. Decided once per
     /// process: `matmul` asks on every call, ~150 times a decoded token.
-    fn detect() -> Kernel {
+    pub(crate) fn detect() -> Kernel {
+        #[cfg(test)]
+        if let Some(k) = FORCED.with(|k| k.get()) {
+            return k;
+        }
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| Kernel::available()[0])
     }
 
     /// Every kernel this CPU can run, widest first (the tests check each against the others).
-    fn available() -> Vec<Kernel> {
+    pub(crate) fn available() -> Vec<Kernel> {
         let mut all = vec![];
         #[cfg(target_arch = "x86_64")]
         if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() {
@@ -426,6 +430,12 @@ impl Kernel {
         all.push(Kernel::Portable);
         all
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A kernel the tests force on this thread instead of the detected one.
+    pub(crate) static FORCED: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
 }
 
 /// Scalar inner loops: any CPU, and the reference the SIMD ones are tested against.

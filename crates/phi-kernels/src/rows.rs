@@ -1,0 +1,422 @@
+//! f32 products of a few rows by a weight matrix: the decode step, of one sequence or of a
+//! batch of them (continuous batching), and short prompts.
+//!
+//! burn's flex multiplies with the gemm crate, which packs the right-hand matrix for each call
+//! (for a 50k-vocabulary LM head, 51 MB copied into fresh pages per decoded token), runs its
+//! AVX2 micro-kernels on an AVX-512 CPU, and splits a product of a few rows across threads
+//! poorly. With few rows the work is one pass over the weights, so this kernel reads them in
+//! place, once per group of rows: each task owns a strip of output columns (row-major weights)
+//! or of outputs (column-major: the transposed view of a tied embedding), and keeps the sums of
+//! up to six rows in registers while a weight vector is loaded once for all of them.
+//!
+//! A row's result does not depend on the other rows: every row sums over the inputs in the same
+//! order whatever the number of rows, so a sequence decoded in a batch gets bitwise the logits it
+//! gets alone (its greedy tokens, and its seeded draws, are the same).
+//!
+//! ```
+//! use phi_kernels::rows::{matmul_rows, Weights};
+//!
+//! // y = x · w for 2 rows, w [3 inputs, 2 outputs] row-major.
+//! let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! let x = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0];
+//! let mut y = [0.0; 4];
+//! matmul_rows(&x, 2, Weights::RowMajor(&w), 3, 2, &mut y);
+//! assert_eq!(y, [1.0, 2.0, 8.0, 10.0]);
+//! ```
+
+use rayon::prelude::*;
+
+use crate::packed::Kernel;
+
+/// Products of at most this many rows take this kernel; more rows (a long prompt) are
+/// arithmetic-bound and gemm's packed panels win.
+pub const MAX_ROWS: usize = 64;
+
+/// Output columns per task of the row-major kernel: four 16-lane registers.
+const STRIP: usize = 64;
+/// Outputs per task of the column-major kernel.
+const OUTPUTS: usize = 16;
+/// Inputs per pass: a strip's weights for one pass (`K_BLOCK × STRIP` f32, 256 KiB) stay in L2
+/// while every group of rows reads them.
+const K_BLOCK: usize = 1024;
+/// Rows whose sums stay in registers together (6 × 4 accumulators of the 32 AVX-512 registers).
+const ROW_GROUP: usize = 6;
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN: usize = 1 << 17;
+
+/// How the `[k, n]` weight matrix lies in memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    /// `w[i * n + j]`: burn's `[in, out]` projection layout.
+    RowMajor(&'a [f32]),
+    /// `w[j * k + i]`: each output's inputs contiguous — the transposed view of a `[vocab,
+    /// hidden]` embedding used as a tied LM head.
+    ColMajor(&'a [f32]),
+}
+
+/// `y = x · w`: `x` is `[rows, k]` row-major, `w` is `[k, n]` in either layout, `y` is `[rows,
+/// n]` (overwritten).
+///
+/// # Panics
+/// When a slice's length does not match the dimensions.
+pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
+    assert_eq!(y.len(), rows * n, "y is not [{rows}, {n}]");
+    let (wv, per_task) = match w {
+        Weights::RowMajor(w) => (w, STRIP),
+        Weights::ColMajor(w) => (w, OUTPUTS),
+    };
+    assert_eq!(wv.len(), k * n, "w is not [{k}, {n}]");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let kernel = Kernel::detect();
+    let out = crate::flex::OutPtr(y.as_mut_ptr());
+    let task = move |t: usize| {
+        let (j0, width) = (t * per_task, per_task.min(n - t * per_task));
+        // SAFETY: task `t` writes only columns j0..j0 + width of each of the `rows` rows of `y`
+        // (rows × n values); tasks' column ranges are disjoint, and `y` outlives them.
+        unsafe {
+            match w {
+                Weights::RowMajor(w) => strip(kernel, x, rows, w, k, n, j0, width, out.get()),
+                Weights::ColMajor(w) => outputs(kernel, x, rows, w, k, n, j0, width, out.get()),
+            }
+        }
+    };
+    let tasks = n.div_ceil(per_task);
+    if rows * k * n < PARALLEL_MIN {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().with_min_len(4).for_each(task);
+    }
+}
+
+/// Row-major weights: columns `j0..j0 + width` (≤ [`STRIP`]) of every row.
+///
+/// # Safety
+/// `y` addresses `rows × n` values; no other thread touches these columns meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
+    for k0 in (0..k).step_by(K_BLOCK) {
+        let k1 = (k0 + K_BLOCK).min(k);
+        for r0 in (0..rows).step_by(ROW_GROUP) {
+            let rg = ROW_GROUP.min(rows - r0);
+            let (xr, yr) = (&x[r0 * k..], y.wrapping_add(r0 * n + j0));
+            let w = &w[j0..];
+            // SAFETY: rows r0..r0 + rg of `y` exist; the kernels read `w` rows k0..k1 from
+            // column j0, `width` wide, and `x` rows r0..r0 + rg — all inside the slices.
+            unsafe {
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => x86::strip256(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
+                    Kernel::Portable => portable_strip(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
+                }
+            }
+        }
+    }
+}
+
+/// Column-major weights: outputs `j0..j0 + width` (≤ [`OUTPUTS`]) of every row, each a dot
+/// product over the inputs.
+///
+/// # Safety
+/// As [`strip`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn outputs(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
+    for r0 in (0..rows).step_by(4) {
+        let rg = 4.min(rows - r0);
+        for j in j0..j0 + width {
+            let wj = &w[j * k..(j + 1) * k];
+            let mut sums = [0.0f32; 4];
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 was detected; the slices are `k` long.
+                Kernel::Avx512 => unsafe { x86::dots512(rg, &x[r0 * k..], k, wj, &mut sums) },
+                _ => portable_dots(rg, &x[r0 * k..], k, wj, &mut sums),
+            }
+            for (r, s) in sums.iter().take(rg).enumerate() {
+                // SAFETY: row r0 + r < rows, column j < n.
+                unsafe { *y.add((r0 + r) * n + j) = *s };
+            }
+        }
+    }
+}
+
+/// The scalar strip: the reference the SIMD ones are tested against (multiply, then add).
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    for r in 0..rg {
+        let mut acc = [0.0f32; STRIP];
+        if !first {
+            for (c, a) in acc.iter_mut().take(width).enumerate() {
+                // SAFETY: the caller's `y` covers `width` columns of each of `rg` rows.
+                *a = unsafe { *y.add(r * n + c) };
+            }
+        }
+        for i in k0..k1 {
+            let xv = x[r * k + i];
+            for (a, wv) in acc.iter_mut().zip(&w[i * n..i * n + width]) {
+                *a += xv * wv;
+            }
+        }
+        for (c, a) in acc.iter().take(width).enumerate() {
+            // SAFETY: as above.
+            unsafe { *y.add(r * n + c) = *a };
+        }
+    }
+}
+
+/// Scalar dot products of `rg` rows of `x` with one output's weights, 16 partial sums each in
+/// the order the AVX-512 kernel keeps them.
+fn portable_dots(rg: usize, x: &[f32], k: usize, w: &[f32], sums: &mut [f32; 4]) {
+    for (r, s) in sums.iter_mut().take(rg).enumerate() {
+        let xr = &x[r * k..(r + 1) * k];
+        let mut lanes = [0.0f32; 16];
+        for (i, (xv, wv)) in xr.iter().zip(w).enumerate() {
+            lanes[i % 16] += xv * wv;
+        }
+        *s = lanes.iter().sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `rg` (1…6) rows × up to 64 columns, inputs `k0..k1`: `y` (+)= `x` · `w`. Sums start at
+    /// zero when `first`, else from `y` (the previous input block's).
+    ///
+    /// # Safety
+    /// AVX-512F is available; `x` holds `rg` rows of `k`, `w` rows up to `k1` of stride `n`
+    /// with `width` columns from its start, `y` `rg` rows of stride `n` with `width` columns.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            match rg {
+                1 => strip512_rows::<1>(x, k, w, n, k0, k1, width, y, first),
+                2 => strip512_rows::<2>(x, k, w, n, k0, k1, width, y, first),
+                3 => strip512_rows::<3>(x, k, w, n, k0, k1, width, y, first),
+                4 => strip512_rows::<4>(x, k, w, n, k0, k1, width, y, first),
+                5 => strip512_rows::<5>(x, k, w, n, k0, k1, width, y, first),
+                _ => strip512_rows::<6>(x, k, w, n, k0, k1, width, y, first),
+            }
+        }
+    }
+
+    /// Lane masks for `width` columns in four 16-lane vectors.
+    fn masks16(width: usize) -> [__mmask16; 4] {
+        std::array::from_fn(|v| {
+            let lanes = width.saturating_sub(16 * v).min(16);
+            ((1u32 << lanes) - 1) as __mmask16
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip512_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        let m = masks16(width);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        // SAFETY (every block below): masked lanes are neither read nor written, so a vector
+        // past the strip's last column touches no memory; the pointers are formed with
+        // `wrapping_add` and only dereferenced through those masks.
+        if !first {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for (v, av) in a.iter_mut().enumerate() {
+                    *av = unsafe { _mm512_maskz_loadu_ps(m[v], y.wrapping_add(r * n + 16 * v)) };
+                }
+            }
+        }
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for i in k0..k1 {
+            let row = wp.wrapping_add(i * n);
+            let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], row.wrapping_add(16 * v)) });
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < rg of `x`, input i < k.
+                let xb = _mm512_set1_ps(unsafe { *xp.add(r * k + i) });
+                for v in 0..4 {
+                    a[v] = _mm512_fmadd_ps(xb, wv[v], a[v]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (v, av) in a.iter().enumerate() {
+                unsafe { _mm512_mask_storeu_ps(y.wrapping_add(r * n + 16 * v), m[v], *av) };
+            }
+        }
+    }
+
+    /// As [`strip512`] with 8-lane AVX2 registers: the strip in two 32-column halves, up to
+    /// three rows at a time (12 accumulators of 16 registers).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available; otherwise as [`strip512`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip256(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        for half in 0..2 {
+            let c0 = 32 * half;
+            if width <= c0 {
+                break;
+            }
+            let wd = (width - c0).min(32);
+            for r0 in (0..rg).step_by(3) {
+                let (xr, yr, wr) = (&x[r0 * k..], y.wrapping_add(r0 * n + c0), &w[c0.min(w.len())..]);
+                // SAFETY: forwarded from the caller's contract, for rows r0.. and columns c0..
+                unsafe {
+                    match (rg - r0).min(3) {
+                        1 => strip256_rows::<1>(xr, k, wr, n, k0, k1, wd, yr, first),
+                        2 => strip256_rows::<2>(xr, k, wr, n, k0, k1, wd, yr, first),
+                        _ => strip256_rows::<3>(xr, k, wr, n, k0, k1, wd, yr, first),
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip256_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        let m: [__m256i; 4] = std::array::from_fn(|v| {
+            let lanes = width.saturating_sub(8 * v).min(8) as i32;
+            _mm256_setr_epi32(
+                -((lanes > 0) as i32), -((lanes > 1) as i32), -((lanes > 2) as i32), -((lanes > 3) as i32),
+                -((lanes > 4) as i32), -((lanes > 5) as i32), -((lanes > 6) as i32), -((lanes > 7) as i32),
+            )
+        });
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        // SAFETY (every block below): as in `strip512_rows`, with AVX2's masked loads and stores.
+        if !first {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for (v, av) in a.iter_mut().enumerate() {
+                    *av = unsafe { _mm256_maskload_ps(y.wrapping_add(r * n + 8 * v), m[v]) };
+                }
+            }
+        }
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for i in k0..k1 {
+            let row = wp.wrapping_add(i * n);
+            let wv: [__m256; 4] = std::array::from_fn(|v| unsafe { _mm256_maskload_ps(row.wrapping_add(8 * v), m[v]) });
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: row r of `x`, input i < k.
+                let xb = _mm256_set1_ps(unsafe { *xp.add(r * k + i) });
+                for v in 0..4 {
+                    a[v] = _mm256_fmadd_ps(xb, wv[v], a[v]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (v, av) in a.iter().enumerate() {
+                unsafe { _mm256_maskstore_ps(y.wrapping_add(r * n + 8 * v), m[v], *av) };
+            }
+        }
+    }
+
+    /// Dot products of `rg` (1…4) rows of `x` with one output's `k` weights: 16 lanes each,
+    /// summed at the end.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `x` holds `rg` rows of `k`, `w` `k` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots512(rg: usize, x: &[f32], k: usize, w: &[f32], sums: &mut [f32; 4]) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        for i in (0..k).step_by(16) {
+            let m = ((1u32 << (k - i).min(16)) - 1) as __mmask16;
+            // SAFETY: lanes past `k` are masked off.
+            let wv = unsafe { _mm512_maskz_loadu_ps(m, wp.wrapping_add(i)) };
+            for (r, a) in acc.iter_mut().enumerate().take(rg) {
+                let xv = unsafe { _mm512_maskz_loadu_ps(m, xp.wrapping_add(r * k + i)) };
+                *a = _mm512_fmadd_ps(xv, wv, *a);
+            }
+        }
+        for (s, a) in sums.iter_mut().zip(&acc).take(rg) {
+            *s = _mm512_reduce_add_ps(*a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn reference(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0.0f64; rows * n];
+        for r in 0..rows {
+            for i in 0..k {
+                for j in 0..n {
+                    y[r * n + j] += x[r * k + i] as f64 * w[i * n + j] as f64;
+                }
+            }
+        }
+        y
+    }
+
+    fn transposed(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+        (0..n * k).map(|idx| w[(idx % k) * n + idx / k]).collect()
+    }
+
+    /// Every kernel this CPU has, both layouts, odd shapes (partial strips, input blocks, row
+    /// groups), against an f64 reference; and each row's result is bitwise the same whether it
+    /// runs alone or with others.
+    #[test]
+    fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
+        for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31)] {
+            let (x, w) = (values(rows * k, rows as u64), values(k * n, (k * n) as u64));
+            let wt = transposed(&w, k, n);
+            let exact = reference(&x, rows, &w, k, n);
+            for kernel in Kernel::available() {
+                for (name, weights) in [("row-major", Weights::RowMajor(&w)), ("col-major", Weights::ColMajor(&wt))] {
+                    let mut y = vec![f32::NAN; rows * n];
+                    with_kernel(kernel, || matmul_rows(&x, rows, weights, k, n, &mut y));
+                    for (i, (a, b)) in y.iter().zip(&exact).enumerate() {
+                        assert!((*a as f64 - b).abs() < 1e-5 * (k as f64).sqrt().max(1.0), "{kernel:?} {name} [{rows}, {k}] × [{k}, {n}] at {i}: {a} vs {b}");
+                    }
+                    for r in [0, rows / 2, rows - 1] {
+                        let mut alone = vec![0.0; n];
+                        with_kernel(kernel, || matmul_rows(&x[r * k..(r + 1) * k], 1, weights, k, n, &mut alone));
+                        assert_eq!(alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y[r * n..(r + 1) * n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{kernel:?} {name} row {r} alone");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_products() {
+        let mut y = [1.0f32; 6];
+        matmul_rows(&[], 2, Weights::RowMajor(&[]), 0, 3, &mut y);
+        assert_eq!(y, [0.0; 6]);
+        matmul_rows(&[], 0, Weights::RowMajor(&[0.0; 6]), 2, 3, &mut []);
+    }
+
+    #[test]
+    #[should_panic(expected = "w is not [3, 2]")]
+    fn mismatched_weights_are_refused() {
+        matmul_rows(&[0.0; 3], 1, Weights::RowMajor(&[0.0; 5]), 3, 2, &mut [0.0; 2]);
+    }
+
+    /// Runs `f` with `kernel` forced (tests only; the kernel is otherwise detected once).
+    fn with_kernel(kernel: Kernel, f: impl FnOnce()) {
+        crate::packed::FORCED.with(|k| k.set(Some(kernel)));
+        f();
+        crate::packed::FORCED.with(|k| k.set(None));
+    }
+}
