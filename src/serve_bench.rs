@@ -2,9 +2,10 @@
 //! clients, over real HTTP on 127.0.0.1, on the bench-small shape (random weights; a byte-level
 //! BPE trained on synthetic words gives it a tokenizer of the same vocabulary).
 //!
-//! Every client sends chat completions one after another (a short prompt, `max_tokens` sampled
-//! tokens at temperature 1 — a random model never stops early, so every reply is `max_tokens`
-//! long); the server runs with the limits a user gets by default.
+//! Every client sends chat completions one after another, streamed (a short prompt, `max_tokens`
+//! sampled tokens at temperature 1 — a random model never stops early, so every reply is
+//! `max_tokens` long), timing the first piece of text and the gaps between pieces; the server
+//! runs with the limits a user gets by default.
 
 use std::time::Instant;
 
@@ -44,6 +45,20 @@ pub struct ServeBenchRow {
     /// Median and 95th-percentile request latency.
     pub p50_ms: f64,
     pub p95_ms: f64,
+    /// Time to first token (the first piece of text streamed), median and 99th percentile.
+    pub ttft_p50_ms: f64,
+    pub ttft_p99_ms: f64,
+    /// Inter-token latency: the gaps between streamed pieces of text, over all requests.
+    pub itl_p50_ms: f64,
+    pub itl_p99_ms: f64,
+}
+
+/// One streamed request's times, in ms: the whole request, its first piece, the gaps after.
+struct Timed {
+    total: f64,
+    first: f64,
+    gaps: Vec<f64>,
+    tokens: u64,
 }
 
 /// A tokenizer of about `vocab` ids, trained on seeded pseudo-words.
@@ -84,7 +99,7 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
         let clients = clients.max(1);
         let per_client = b.requests.div_ceil(clients).max(2);
         let t = Instant::now();
-        let results: Vec<Result<Vec<(f64, u64)>, String>> = std::thread::scope(|s| {
+        let results: Vec<Result<Vec<Timed>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..clients)
                 .map(|_| {
                     let base = &base;
@@ -93,9 +108,19 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
                         (0..per_client)
                             .map(|_| {
                                 let t = Instant::now();
-                                // Retried (with backoff) if the server's queue is full: 429.
-                                let r = client.chat(&[("user", prompt)], 1.0, b.max_tokens, 3).map_err(|e| e.to_string())?;
-                                Ok((t.elapsed().as_secs_f64() * 1e3, r.completion_tokens.unwrap_or(0)))
+                                let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+                                let (mut first, mut last, mut gaps) = (None, t, Vec::with_capacity(b.max_tokens));
+                                let r = client
+                                    .chat_stream(&[("user", prompt)], 1.0, b.max_tokens, |_| {
+                                        let now = Instant::now();
+                                        match first {
+                                            None => first = Some(ms(t)),
+                                            Some(_) => gaps.push((now - last).as_secs_f64() * 1e3),
+                                        }
+                                        last = now;
+                                    })
+                                    .map_err(|e| e.to_string())?;
+                                Ok(Timed { total: ms(t), first: first.unwrap_or(f64::NAN), gaps, tokens: r.completion_tokens.unwrap_or(0) })
                             })
                             .collect()
                     })
@@ -104,14 +129,22 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a client thread panicked".into()))).collect()
         });
         let seconds = t.elapsed().as_secs_f64();
-        let mut latencies = Vec::new();
+        let (mut latencies, mut firsts, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
         let mut tokens = 0;
         for r in results {
-            for (ms, n) in r? {
-                latencies.push(ms);
-                tokens += n;
+            for t in r? {
+                latencies.push(t.total);
+                firsts.push(t.first);
+                gaps.extend(t.gaps);
+                tokens += t.tokens;
             }
         }
+        let pct_of = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v.get(((v.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(f64::NAN)
+        };
+        let (ttft_p50_ms, ttft_p99_ms) = (pct_of(&mut firsts, 0.5), pct_of(&mut firsts, 0.99));
+        let (itl_p50_ms, itl_p99_ms) = (pct_of(&mut gaps, 0.5), pct_of(&mut gaps, 0.99));
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         let row = ServeBenchRow {
@@ -124,6 +157,10 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
             tokens_per_s: tokens as f64 / seconds,
             p50_ms: pct(0.5),
             p95_ms: pct(0.95),
+            ttft_p50_ms,
+            ttft_p99_ms,
+            itl_p50_ms,
+            itl_p99_ms,
         };
         on_row(&row);
         rows.push(row);

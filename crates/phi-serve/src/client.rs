@@ -47,6 +47,50 @@ impl Client {
         Client { base: base.trim_end_matches('/').to_string(), model: model.to_string(), api_key, backoff: Duration::from_millis(500), agent: config.into() }
     }
 
+    /// A chat completion of `messages` streamed (server-sent events, no retries): `on_piece`
+    /// gets each piece of the reply's text as it arrives; the reply is the whole text, with
+    /// the usage the server sends at the end.
+    pub fn chat_stream(&self, messages: &[(&str, &str)], temperature: f64, max_tokens: usize, mut on_piece: impl FnMut(&str)) -> Result<Reply> {
+        use std::io::BufRead;
+        let body = json!({
+            "model": self.model,
+            "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let url = format!("{}/chat/completions", self.base);
+        let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+        if let Some(key) = &self.api_key {
+            req = req.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut resp = req.send(body.to_string().as_bytes()).map_err(|e| ServeError::Request { url: url.clone(), source: Box::new(e) })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(ServeError::Http { url, status, body: text.chars().take(300).collect() });
+        }
+        let mut reply = Reply { text: String::new(), prompt_tokens: None, completion_tokens: None, attempts: 1 };
+        for line in std::io::BufReader::new(resp.body_mut().as_reader()).lines() {
+            let line = line.map_err(|e| ServeError::Request { url: url.clone(), source: Box::new(ureq::Error::Io(e)) })?;
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if data == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(data).map_err(|source| ServeError::ReplyNotJson { url: url.clone(), source })?;
+            if let Some(piece) = v["choices"][0]["delta"]["content"].as_str().filter(|p| !p.is_empty()) {
+                on_piece(piece);
+                reply.text.push_str(piece);
+            }
+            if v["usage"].is_object() {
+                reply.prompt_tokens = v["usage"]["prompt_tokens"].as_u64();
+                reply.completion_tokens = v["usage"]["completion_tokens"].as_u64();
+            }
+        }
+        Ok(reply)
+    }
+
     /// A chat completion of `messages` (`(role, content)`), retried up to `retries` times
     /// (when [`ServeError::is_retryable`]); the error is the last attempt's.
     pub fn chat(&self, messages: &[(&str, &str)], temperature: f64, max_tokens: usize, retries: usize) -> Result<Reply> {

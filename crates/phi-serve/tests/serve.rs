@@ -163,6 +163,53 @@ fn bad_requests_get_openai_errors_and_concurrent_requests_are_served() {
     }
 }
 
+/// 32 requests at once, prompts of different lengths, decode as one continuous batch and each
+/// gets what it gets alone: greedy ones the same text, seeded sampled ones the same draws. A
+/// KV budget that holds two of them at a time makes the rest wait, not fail; a request larger
+/// than the whole budget gets 400 naming it.
+#[test]
+fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() {
+    let dir = model_dir();
+    let model = || phi_serve::ServedModel::load(dir.path(), None, Some("tiny".into()), &Default::default()).unwrap();
+    let words = ["the", "cat", "sat", "w7", "w12", "w40", "w99"];
+    let requests: Vec<Value> = (0..32)
+        .map(|i| {
+            let prompt: Vec<&str> = (0..1 + i % 9).map(|j| words[(i + j) % words.len()]).collect();
+            let mut r = json!({"model": "tiny", "prompt": prompt.join(" "), "max_tokens": 6 + i % 5});
+            r["temperature"] = if i % 4 == 3 { json!(1.0) } else { json!(0) };
+            r["seed"] = json!(i);
+            r
+        })
+        .collect();
+    let texts = |addr: SocketAddr, at_once: bool| -> Vec<Value> {
+        if !at_once {
+            return requests.iter().map(|r| post(addr, "/v1/completions", r.clone()).1["choices"].clone()).collect();
+        }
+        let threads: Vec<_> = requests.iter().cloned().map(|r| std::thread::spawn(move || post(addr, "/v1/completions", r))).collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                let (status, v) = t.join().unwrap();
+                assert_eq!(status, 200, "{v}");
+                v["choices"].clone()
+            })
+            .collect()
+    };
+    let mut wide = common::Stoppable::start(model(), phi_serve::Limits { max_concurrent: 32, ..Default::default() });
+    let alone = texts(wide.addr, false);
+    assert_eq!(texts(wide.addr, true), alone);
+    wide.stop();
+    // A budget of two of the longest requests' caches: the others wait their turn.
+    let m = model();
+    let budget = 2 * m.model.kv_cache_bytes(9 + 10);
+    let mut narrow = common::Stoppable::start(m, phi_serve::Limits { max_concurrent: 32, kv_cache_bytes: budget, ..Default::default() });
+    assert_eq!(texts(narrow.addr, true), alone);
+    let (status, v) = post(narrow.addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "max_tokens": 60}));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("max_tokens")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--kv-cache-mb"), "{v}");
+    narrow.stop();
+}
+
 /// Raw bytes to the server; everything it sends back until it closes (a reset after a reply
 /// counts as the close: what arrived before it is returned).
 fn raw(addr: SocketAddr, bytes: &[u8]) -> String {

@@ -137,10 +137,15 @@ enum Command {
         /// 0 picks a free port (printed).
         #[arg(long, default_value_t = 8000)]
         port: u16,
-        /// Requests decoding at once (default: the number of cores); up to 64 more wait, and
-        /// beyond that a request gets 429.
+        /// Requests decoded together, one continuous batch (default 16); up to 64 more wait,
+        /// and beyond that a request gets 429.
         #[arg(long)]
         max_concurrent: Option<usize>,
+        /// KV cache the decoding requests may hold together, in MiB: each reserves its prompt +
+        /// max_tokens when it starts and waits while that does not fit; one that never can gets
+        /// 400.
+        #[arg(long, default_value_t = phi::serve::DEFAULT_KV_CACHE_MB)]
+        kv_cache_mb: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         #[command(flatten)]
@@ -1016,13 +1021,13 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
-        Command::Serve { model, adapter, name, host, port, max_concurrent, device, weights } => {
+        Command::Serve { model, adapter, name, host, port, max_concurrent, kv_cache_mb, device, weights } => {
             // A hub id is resolved by the server's load (phi_serve::ServedModel::load), and is
             // the name clients use unless --name says otherwise.
             let id = model.to_str().filter(|m| !model.exists() && phi::core::hub::parse_id(m).is_some());
             let name = name.or_else(|| id.map(str::to_string));
-            let max_concurrent = max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
+            let max_concurrent = max_concurrent.unwrap_or(phi::serve::DEFAULT_MAX_CONCURRENT);
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, kv_cache_mb, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
             serve_log();
             phi::serve::run(&opts, |addr, served| {
                 println!("serving `{}` on http://{addr}/v1 (Ctrl-C stops); chat rendered with {}", served.name, served.template.describe());
@@ -1115,7 +1120,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 "phi serve, {arch} bench shape (random weights), {} new tokens per request, max {} decoding at once ({} waiting)",
                 o.gen_tokens, limits.max_concurrent, limits.max_waiting
             );
-            println!(" params  clients  requests  tokens/s  requests/s  p50 ms  p95 ms");
+            println!(" params  clients  requests  tokens/s  requests/s  p50 ms  p95 ms  TTFT p50/p99 ms  ITL p50/p99 ms");
         }
         phi::serve_bench::run(&b, &device, |r| {
             if o.json {
@@ -1123,7 +1128,20 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 v["arch"] = arch.into();
                 println!("{v}");
             } else {
-                println!("{:>6.2}M  {:>7}  {:>8}  {:>8.0}  {:>10.1}  {:>6.0}  {:>6.0}", r.params as f64 / 1e6, r.clients, r.requests, r.tokens_per_s, r.requests_per_s, r.p50_ms, r.p95_ms);
+                println!(
+                    "{:>6.2}M  {:>7}  {:>8}  {:>8.0}  {:>10.1}  {:>6.0}  {:>6.0}  {:>7.1} / {:<6.1}  {:>6.2} / {:<6.2}",
+                    r.params as f64 / 1e6,
+                    r.clients,
+                    r.requests,
+                    r.tokens_per_s,
+                    r.requests_per_s,
+                    r.p50_ms,
+                    r.p95_ms,
+                    r.ttft_p50_ms,
+                    r.ttft_p99_ms,
+                    r.itl_p50_ms,
+                    r.itl_p99_ms
+                );
             }
         })?;
     }

@@ -1,0 +1,289 @@
+//! Continuous batching in the server: one thread owns decoding, and every choice of every
+//! request being decoded is one sequence of its batch ([`phi_core::batching::Batcher`]). Each
+//! step decodes all of them in one forward, so concurrent requests share the weight reads
+//! that dominate a decode step; a new request joins at the next step (its prompt prefilled),
+//! and a finished or cancelled one leaves at once with its KV cache.
+//!
+//! KV memory is budgeted, not sized for clients × context: a sequence reserves the cache of its
+//! prompt plus its `max_tokens` when it joins and frees it when it leaves, and a request waits
+//! (first come, first served) while the reservations of the running ones leave no room for it.
+//! One that could never fit is refused.
+//!
+//! The request's own thread keeps what it did before: it receives each token and runs its text,
+//! stop-string and cancellation logic — so sampling, stop strings, `n`, seeds, streaming and
+//! errors behave as when each request decoded alone, and give the same tokens. The decoding
+//! thread does not wait for it: a request that has what it wants hangs up, and its sequence
+//! leaves the batch at the next step (one token decoded in vain, instead of every step waiting
+//! for every request's thread).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+
+use phi_core::GenerationConfig;
+use phi_core::batching::{Batcher, Chosen};
+
+use crate::ServedModel;
+
+/// What the decoding thread tells a request.
+enum Msg {
+    Token(u32),
+    /// The sequence ended with the last token (its budget, or a stop id).
+    Done,
+    Failed(Failure),
+}
+
+/// Why a sequence did not run to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The request cannot be served as asked (its KV cache is larger than the whole budget).
+    Refused(String),
+    /// Decoding failed, or the decoding thread is gone.
+    Failed(String),
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    config: GenerationConfig,
+    to: Sender<Msg>,
+}
+
+impl Job {
+    /// The KV cache this sequence can grow to.
+    fn kv_bytes(&self, model: &ServedModel) -> usize {
+        model.model.kv_cache_bytes(self.prompt.len().saturating_add(self.config.max_new_tokens))
+    }
+}
+
+/// The handle requests decode through; the decoding thread ends when it is dropped.
+pub(crate) struct Scheduler {
+    jobs: Sender<Job>,
+    /// KV bytes reserved by the running sequences (read by the tests).
+    #[cfg(test)]
+    reserved: Arc<AtomicUsize>,
+}
+
+impl Scheduler {
+    /// Starts the decoding thread, with at most `max_batch` sequences at once whose KV caches
+    /// together stay within `kv_budget` bytes.
+    pub(crate) fn start(model: Arc<ServedModel>, max_batch: usize, kv_budget: usize) -> Self {
+        let (jobs, queue) = mpsc::channel();
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let limits = Budget { rows: max_batch.max(1), kv_bytes: kv_budget, reserved: reserved.clone() };
+        std::thread::Builder::new().name("phi-serve-decode".into()).spawn(move || run(&model, &queue, limits)).expect("spawning the decoding thread");
+        #[cfg(not(test))]
+        drop(reserved);
+        Scheduler {
+            jobs,
+            #[cfg(test)]
+            reserved,
+        }
+    }
+
+    /// KV bytes the running sequences have reserved (0 when idle).
+    #[cfg(test)]
+    pub(crate) fn kv_reserved(&self) -> usize {
+        self.reserved.load(Ordering::SeqCst)
+    }
+
+    /// Decodes after `prompt` as one sequence of the batch, calling `on_token` with each token
+    /// on the calling thread; `false` from it ends the sequence (returning drops the receiver,
+    /// which the decoding thread sees at its next token). Blocks until the sequence ends.
+    pub(crate) fn generate(&self, prompt: &[u32], config: &GenerationConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<(), Failure> {
+        let (to, from) = mpsc::channel();
+        let stopped = || Failure::Failed("the decoding thread has stopped".to_string());
+        self.jobs.send(Job { prompt: prompt.to_vec(), config: config.clone(), to }).map_err(|_| stopped())?;
+        loop {
+            match from.recv() {
+                Ok(Msg::Token(t)) => {
+                    if !on_token(t) {
+                        return Ok(());
+                    }
+                }
+                Ok(Msg::Done) => return Ok(()),
+                Ok(Msg::Failed(e)) => return Err(e),
+                Err(_) => return Err(stopped()),
+            }
+        }
+    }
+}
+
+/// What the decoding thread may hold at once.
+struct Budget {
+    rows: usize,
+    kv_bytes: usize,
+    reserved: Arc<AtomicUsize>,
+}
+
+/// The running sequences' requests and reservations.
+struct Live {
+    jobs: HashMap<usize, (Job, usize)>,
+    reserved: Arc<AtomicUsize>,
+}
+
+impl Live {
+    fn end(&mut self, id: usize, batch: &mut Batcher<'_>) -> Option<Job> {
+        batch.remove(id);
+        let (job, bytes) = self.jobs.remove(&id)?;
+        self.reserved.fetch_sub(bytes, Ordering::SeqCst);
+        Some(job)
+    }
+}
+
+/// The decoding thread: take in what has come (waiting when idle), admit what fits, step,
+/// deliver, repeat.
+fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
+    let mut batch = Batcher::new(&model.model);
+    let mut live = Live { jobs: HashMap::new(), reserved: budget.reserved.clone() };
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut next_id = 0usize;
+    loop {
+        if batch.is_empty() && waiting.is_empty() {
+            match queue.recv() {
+                Ok(job) => waiting.push_back(job),
+                // The server is gone.
+                Err(_) => return,
+            }
+        }
+        loop {
+            match queue.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        // First come, first served: the oldest waiting request joins when a row and its KV
+        // reservation are free; one larger than the whole budget is refused at once.
+        while batch.len() < budget.rows {
+            let Some(job) = waiting.front() else { break };
+            let need = job.kv_bytes(model);
+            if need > budget.kv_bytes {
+                let job = waiting.pop_front().expect("the front");
+                let _ = job.to.send(Msg::Failed(Failure::Refused(format!(
+                    "prompt ({} tokens) + max_tokens ({}) need {} of KV cache; this server's budget for all requests is {} (--kv-cache-mb)",
+                    job.prompt.len(),
+                    job.config.max_new_tokens,
+                    mib(need),
+                    mib(budget.kv_bytes)
+                ))));
+                continue;
+            }
+            if live.reserved.load(Ordering::SeqCst) + need > budget.kv_bytes {
+                break;
+            }
+            let job = waiting.pop_front().expect("the front");
+            admit(job, need, &mut next_id, &mut batch, &mut live);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match batch.step() {
+            Ok(chosen) => deliver(&chosen, &mut batch, &mut live),
+            Err(e) => {
+                // Every running sequence fails with the step.
+                let ids: Vec<usize> = live.jobs.keys().copied().collect();
+                for id in ids {
+                    if let Some(job) = live.end(id, &mut batch) {
+                        let _ = job.to.send(Msg::Failed(Failure::Failed(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Prefills `job`'s prompt and delivers its first token (a request the batcher refuses gets
+/// the reason).
+fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, live: &mut Live) {
+    let id = *next_id;
+    *next_id += 1;
+    match batch.admit(id, job.prompt.clone(), &job.config) {
+        Ok(c) => {
+            live.reserved.fetch_add(need, Ordering::SeqCst);
+            live.jobs.insert(id, (job, need));
+            deliver(&[c], batch, live);
+        }
+        Err(e) => {
+            let _ = job.to.send(Msg::Failed(Failure::Failed(e.to_string())));
+        }
+    }
+}
+
+/// Hands each chosen token to its request; a sequence ends when it is done, or when its
+/// request has hung up (it stopped, or went away).
+fn deliver(chosen: &[Chosen], batch: &mut Batcher<'_>, live: &mut Live) {
+    for c in chosen {
+        let Some((job, _)) = live.jobs.get(&c.id) else { continue };
+        let delivered = job.to.send(Msg::Token(c.token)).is_ok();
+        // Freed before the request hears it is done.
+        if (c.done || !delivered)
+            && let Some(job) = live.end(c.id, batch)
+            && c.done
+        {
+            let _ = job.to.send(Msg::Done);
+        }
+    }
+}
+
+/// Bytes as MiB for a message (two decimals below 10 MiB).
+fn mib(bytes: usize) -> String {
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if m < 10.0 { format!("{m:.2} MiB") } else { format!("{m:.0} MiB") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served() -> (tempfile::TempDir, Arc<ServedModel>) {
+        let fixtures = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../phi-core/tests/fixtures"));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixtures.join("phi3-tiny").join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::copy(fixtures.join("word-tokenizer-512/tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        let model = ServedModel::load(dir.path(), None, Some("tiny".into()), &Default::default()).unwrap();
+        (dir, Arc::new(model))
+    }
+
+    /// A sequence holds its prompt + budget's reservation while it runs; a request that hangs
+    /// up mid-stream (a cancelled one) frees it, and the reservation returns to zero.
+    #[test]
+    fn a_cancelled_request_frees_its_kv_reservation() {
+        let (_dir, model) = served();
+        let scheduler = Scheduler::start(model.clone(), 4, usize::MAX);
+        let prompt = [3u32, 4, 5];
+        let config = GenerationConfig::greedy(20);
+        let need = model.model.kv_cache_bytes(prompt.len() + 20);
+        let mut seen = vec![];
+        scheduler
+            .generate(&prompt, &config, |_| {
+                seen.push(scheduler.kv_reserved());
+                seen.len() < 3
+            })
+            .unwrap();
+        assert_eq!(seen, [need; 3]);
+        let t = std::time::Instant::now();
+        while scheduler.kv_reserved() != 0 {
+            assert!(t.elapsed().as_secs() < 10, "still {} bytes reserved", scheduler.kv_reserved());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // And a finished one frees it too.
+        scheduler.generate(&prompt, &GenerationConfig::greedy(2), |_| true).unwrap();
+        assert_eq!(scheduler.kv_reserved(), 0);
+    }
+
+    /// A request larger than the whole budget is refused, naming the budget; one that fits
+    /// runs.
+    #[test]
+    fn a_request_beyond_the_budget_is_refused() {
+        let (_dir, model) = served();
+        let budget = model.model.kv_cache_bytes(10);
+        let scheduler = Scheduler::start(model, 4, budget);
+        let e = scheduler.generate(&[3, 4, 5], &GenerationConfig::greedy(8), |_| true).unwrap_err();
+        assert!(matches!(&e, Failure::Refused(m) if m.contains("--kv-cache-mb") && m.contains("max_tokens (8)")), "{e:?}");
+        let mut n = 0;
+        scheduler.generate(&[3, 4, 5], &GenerationConfig::greedy(7), |_| { n += 1; true }).unwrap();
+        assert_eq!(n, 7);
+    }
+}
