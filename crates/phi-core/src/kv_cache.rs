@@ -2,21 +2,48 @@
 
 use burn::tensor::Tensor;
 
-/// One layer's keys and values, `[batch, kv_heads, seq, head_dim]`, before GQA repetition.
+/// One layer's keys and values: `[batch, kv_heads, capacity, head_dim]` buffers whose first
+/// `len` positions are filled, before GQA repetition. Appending writes into the buffers in place
+/// (between steps nothing else holds them) and grows them — to the capacity asked for with
+/// [`KvCache::reserve`], else by doubling — only when full, so a decoded token costs its own keys
+/// and values, not a copy of the whole cache as a concatenation per step did.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     kv: Option<(Tensor<4>, Tensor<4>)>,
+    len: usize,
+    /// Positions to allocate at the first append (0: just what it holds).
+    reserve: usize,
 }
 
 impl LayerCache {
-    /// Appends the new keys/values and returns the full ones.
+    /// Appends the new keys/values `[batch, kv_heads, t, head_dim]` and returns the full ones
+    /// (views of the first `len + t` positions).
     pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.kv.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        let [b, h, t, d] = k.dims();
+        let len = self.len;
+        let (bk, bv) = match self.kv.take() {
+            Some((bk, bv)) if bk.dims()[2] >= len + t => (bk, bv),
+            old => {
+                let was = old.as_ref().map_or(0, |(bk, _)| bk.dims()[2]);
+                let cap = (len + t).max(2 * was).max(self.reserve);
+                let fresh = |like: &Tensor<4>| Tensor::<4>::zeros([b, h, cap, like.dims()[3]], (&like.device(), like.dtype()));
+                let (mut nk, mut nv) = (fresh(&k), fresh(&v));
+                if let Some((ok, ov)) = old
+                    && len > 0
+                {
+                    let dv = ov.dims()[3];
+                    nk = nk.slice_assign([0..b, 0..h, 0..len, 0..d], ok.narrow(2, 0, len));
+                    nv = nv.slice_assign([0..b, 0..h, 0..len, 0..dv], ov.narrow(2, 0, len));
+                }
+                (nk, nv)
+            }
         };
-        self.kv = Some((k.clone(), v.clone()));
-        (k, v)
+        let dv = v.dims()[3];
+        let bk = bk.slice_assign([0..b, 0..h, len..len + t, 0..d], k);
+        let bv = bv.slice_assign([0..b, 0..h, len..len + t, 0..dv], v);
+        self.len = len + t;
+        self.kv = Some((bk.clone(), bv.clone()));
+        (bk.narrow(2, 0, self.len), bv.narrow(2, 0, self.len))
     }
 }
 
@@ -58,8 +85,16 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Allocates room for `tokens` positions at the first append (a sequence's prompt plus its
+    /// budget: then it never grows, and holds no more than that).
+    pub fn reserve(&mut self, tokens: usize) {
+        self.layers.iter_mut().for_each(|l| l.reserve = tokens);
+    }
+
+    /// Empties the cache, keeping its reservation.
     pub fn clear(&mut self) {
-        let n = self.layers.len();
-        *self = KvCache::new(n);
+        let reserve = self.layers.first().map_or(0, |l| l.reserve);
+        *self = KvCache::new(self.layers.len());
+        self.reserve(reserve);
     }
 }

@@ -420,3 +420,4 @@ mod tests {
         crate::packed::FORCED.with(|k| k.set(None));
     }
 }
+

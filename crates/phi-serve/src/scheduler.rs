@@ -177,6 +177,8 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
         if batch.is_empty() {
             continue;
         }
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_millis(tests::PACE_MS.load(Ordering::SeqCst)));
         match batch.step() {
             Ok(chosen) => deliver(&chosen, &mut batch, &mut live),
             Err(e) => {
@@ -246,29 +248,38 @@ mod tests {
         (dir, Arc::new(model))
     }
 
+    /// Milliseconds the decoding threads sleep before each step: a slow decoder, so that a
+    /// test sees a sequence while it runs.
+    pub(super) static PACE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
     /// A sequence holds its prompt + budget's reservation while it runs; a request that hangs
-    /// up mid-stream (a cancelled one) frees it, and the reservation returns to zero.
+    /// up mid-stream (a cancelled one) frees it long before its budget would have run out, and
+    /// the reservation returns to zero.
     #[test]
     fn a_cancelled_request_frees_its_kv_reservation() {
         let (_dir, model) = served();
         let scheduler = Scheduler::start(model.clone(), 4, usize::MAX);
         let prompt = [3u32, 4, 5];
-        let config = GenerationConfig::greedy(20);
-        let need = model.model.kv_cache_bytes(prompt.len() + 20);
+        let budget = 100;
+        let need = model.model.kv_cache_bytes(prompt.len() + budget);
+        // 20 ms a step: running the whole budget would take 2 s.
+        PACE_MS.store(20, Ordering::SeqCst);
         let mut seen = vec![];
+        let t = std::time::Instant::now();
         scheduler
-            .generate(&prompt, &config, |_| {
+            .generate(&prompt, &GenerationConfig::greedy(budget), |_| {
                 seen.push(scheduler.kv_reserved());
                 seen.len() < 3
             })
             .unwrap();
         assert_eq!(seen, [need; 3]);
-        let t = std::time::Instant::now();
         while scheduler.kv_reserved() != 0 {
-            assert!(t.elapsed().as_secs() < 10, "still {} bytes reserved", scheduler.kv_reserved());
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        // And a finished one frees it too.
+        let freed_after = t.elapsed();
+        PACE_MS.store(0, Ordering::SeqCst);
+        assert!(freed_after.as_millis() < 1000, "freed after {freed_after:?}: the sequence ran on after its request hung up");
+        // A finished one frees it too, before its request hears it is done.
         scheduler.generate(&prompt, &GenerationConfig::greedy(2), |_| true).unwrap();
         assert_eq!(scheduler.kv_reserved(), 0);
     }
