@@ -41,8 +41,11 @@ const OUTPUTS: usize = 16;
 const K_BLOCK: usize = 1024;
 /// Rows whose sums stay in registers together (6 × 4 accumulators of the 32 AVX-512 registers).
 const ROW_GROUP: usize = 6;
-/// Below this many multiply-adds a product runs on the calling thread.
-const PARALLEL_MIN: usize = 1 << 17;
+/// Below this many multiply-adds a product runs on the calling thread: waking the pool costs
+/// ~10–20 µs, more than splitting a decode step's small projections saves (at hidden 256, a
+/// `[1, 256] × [256, 768]` product on two threads made `phi bench generate` 4–20% slower).
+/// An 8 MiB weight matrix read for one row is where two threads start to pay.
+const PARALLEL_MIN: usize = 1 << 21;
 
 /// How the `[k, n]` weight matrix lies in memory.
 #[derive(Debug, Clone, Copy)]
