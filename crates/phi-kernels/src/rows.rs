@@ -115,7 +115,9 @@ unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: 
             unsafe {
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
+                    // The first group of rows streams the strip's weights from memory: it
+                    // prefetches ahead, into the next strip at the end.
+                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0, r0 == 0 && j0 + STRIP < n),
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => x86::strip256(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
                     Kernel::Portable => portable_strip(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
@@ -200,19 +202,29 @@ mod x86 {
     /// with `width` columns from its start, `y` `rg` rows of stride `n` with `width` columns.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, prefetch: bool) {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
-            match rg {
-                1 => strip512_rows::<1>(x, k, w, n, k0, k1, width, y, first),
-                2 => strip512_rows::<2>(x, k, w, n, k0, k1, width, y, first),
-                3 => strip512_rows::<3>(x, k, w, n, k0, k1, width, y, first),
-                4 => strip512_rows::<4>(x, k, w, n, k0, k1, width, y, first),
-                5 => strip512_rows::<5>(x, k, w, n, k0, k1, width, y, first),
-                _ => strip512_rows::<6>(x, k, w, n, k0, k1, width, y, first),
+            match (rg, prefetch) {
+                (1, false) => strip512_rows::<1, false>(x, k, w, n, k0, k1, width, y, first),
+                (1, true) => strip512_rows::<1, true>(x, k, w, n, k0, k1, width, y, first),
+                (2, false) => strip512_rows::<2, false>(x, k, w, n, k0, k1, width, y, first),
+                (2, true) => strip512_rows::<2, true>(x, k, w, n, k0, k1, width, y, first),
+                (3, false) => strip512_rows::<3, false>(x, k, w, n, k0, k1, width, y, first),
+                (3, true) => strip512_rows::<3, true>(x, k, w, n, k0, k1, width, y, first),
+                (4, false) => strip512_rows::<4, false>(x, k, w, n, k0, k1, width, y, first),
+                (4, true) => strip512_rows::<4, true>(x, k, w, n, k0, k1, width, y, first),
+                (5, false) => strip512_rows::<5, false>(x, k, w, n, k0, k1, width, y, first),
+                (5, true) => strip512_rows::<5, true>(x, k, w, n, k0, k1, width, y, first),
+                (_, false) => strip512_rows::<6, false>(x, k, w, n, k0, k1, width, y, first),
+                (_, true) => strip512_rows::<6, true>(x, k, w, n, k0, k1, width, y, first),
             }
         }
     }
+
+    /// Weight rows the first group of rows prefetches ahead: a row's 256 bytes come from memory
+    /// every few cycles, and its stride (a whole matrix row) is beyond the hardware prefetchers.
+    const AHEAD: usize = 24;
 
     /// Lane masks for `width` columns in four 16-lane vectors.
     fn masks16(width: usize) -> [__mmask16; 4] {
@@ -224,7 +236,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip512_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
         let m = masks16(width);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         // SAFETY (every block below): masked lanes are neither read nor written, so a vector
@@ -240,6 +252,14 @@ mod x86 {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for i in k0..k1 {
             let row = wp.wrapping_add(i * n);
+            if PREFETCH {
+                // Row i + AHEAD of this strip, or past its end the first rows of the next strip
+                // (64 columns on). A prefetch never faults, whatever the address.
+                let ahead = if i + AHEAD < k1 { wp.wrapping_add((i + AHEAD) * n) } else { wp.wrapping_add((k0 + i + AHEAD - k1) * n + 64) };
+                for line in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * line) as *const i8);
+                }
+            }
             let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], row.wrapping_add(16 * v)) });
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: row r < rg of `x`, input i < k.
