@@ -768,6 +768,44 @@ fn data_synth_fits_max_tokens_to_a_local_model_before_asking_and_hints_only_at_w
     assert!(text.contains("--kind text") && !text.contains("--kind python"), "{text}");
 }
 
+/// `phi data annotate --local`: the judge is a model folder served in-process (its requests
+/// decoded together); every sampled document gets an answer line, a rerun asks for none again,
+/// and --local with --endpoint is refused.
+#[test]
+fn data_annotate_judges_with_a_local_model() {
+    let model = phi3_tiny_with_tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs.jsonl");
+    std::fs::write(&docs, (0..6).map(|i| format!("{{\"text\": \"the cat sat w{i}\"}}\n")).collect::<String>()).unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(&prompt, "rate: {document}").unwrap();
+    let out = dir.path().join("annotations.jsonl");
+    let annotate = |extra: &[&str]| {
+        phi()
+            .args(["data", "annotate", "--jsonl"])
+            .arg(&docs)
+            .args(["--n", "6", "--max-tokens", "4", "--prompt"])
+            .arg(&prompt)
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let local = model.path().to_str().unwrap();
+    let r = annotate(&["--local", local]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8(r.stdout).unwrap();
+    assert!(text.contains("6 sampled: 0 already answered, 6 asked") && text.contains("0 failed"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|l| l["answer"].is_string() && l["text"].as_str().unwrap().starts_with("the cat sat w")), "{lines:?}");
+    let again = String::from_utf8(annotate(&["--local", local]).stdout).unwrap();
+    assert!(again.contains("6 already answered, 0 asked"), "{again}");
+    let both = annotate(&["--local", local, "--endpoint", "http://127.0.0.1:9/v1", "--model", "x"]);
+    assert!(!both.status.success() && String::from_utf8_lossy(&both.stderr).contains("--local"), "{}", String::from_utf8_lossy(&both.stderr));
+}
+
 #[test]
 fn data_synth_with_a_local_model_logs_resumes_and_refuses_a_foreign_folder() {
     let model = phi3_tiny_with_tokenizer();

@@ -115,11 +115,15 @@ pub struct AnnotateArgs {
     #[arg(long)]
     pub prepared: Option<PathBuf>,
     /// The API base, e.g. http://127.0.0.1:8000/v1 (the key comes from OPENAI_API_KEY if set).
-    #[arg(long)]
-    pub endpoint: String,
+    #[arg(long, required_unless_present = "local", conflicts_with = "local", requires = "model")]
+    pub endpoint: Option<String>,
     /// The model name the endpoint serves.
+    #[arg(long, requires = "endpoint")]
+    pub model: Option<String>,
+    /// Judge with this model folder in-process instead (served on 127.0.0.1, its requests
+    /// decoded together as one continuous batch).
     #[arg(long)]
-    pub model: String,
+    pub local: Option<PathBuf>,
     /// Documents to sample.
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
@@ -129,9 +133,9 @@ pub struct AnnotateArgs {
     /// educational-value rubric for code (edu-code-v1).
     #[arg(long)]
     pub prompt: Option<PathBuf>,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Requests in flight at once (default 4; with --local 16, the batch's rows).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Retries per request on connection errors, 429 and 5xx (exponential backoff).
     #[arg(long, default_value_t = 4)]
     pub retries: usize,
@@ -173,8 +177,9 @@ pub struct SynthArgs {
     /// leaves after the longest prompt, and a larger value is refused before any request).
     #[arg(long)]
     pub max_tokens: Option<usize>,
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Requests in flight at once (default 4; with --local 16, the batch's rows).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     #[arg(long, default_value_t = 4)]
     pub retries: usize,
     /// Textbook material shorter than this many characters is dropped.
@@ -524,6 +529,12 @@ pub fn run(cmd: DataCommand) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Requests in flight: as given, else 4 against an endpoint (a polite client) and, against a
+/// local model, the server's rows — its continuous batch decodes that many together.
+fn concurrency(given: Option<usize>, local: bool) -> usize {
+    given.unwrap_or(if local { phi::serve::DEFAULT_MAX_CONCURRENT } else { 4 })
+}
+
 fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     use phi::annotate::{AnnotateOptions, PromptTemplate};
     let inputs = a.input.inputs()?;
@@ -540,17 +551,26 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => PromptTemplate::from_file(p)?,
         None => PromptTemplate::builtin(),
     };
-    let client = phi::serve::client::Client::new(&a.endpoint, &a.model, std::env::var("OPENAI_API_KEY").ok());
+    // The judge: an endpoint, or a local folder served in-process for the run.
+    let local = match &a.local {
+        Some(dir) => Some(phi::serve::LocalServer::start(phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?, phi::serve::Limits::default())?),
+        None => None,
+    };
+    let client = match (&local, &a.endpoint, &a.model) {
+        (Some(l), _, _) => phi::serve::client::Client::new(&l.url, &l.model, None),
+        (None, Some(url), Some(model)) => phi::serve::client::Client::new(url, model, std::env::var("OPENAI_API_KEY").ok()),
+        _ => return Err("give --endpoint URL --model NAME, or --local DIR".into()),
+    };
     let opts = AnnotateOptions {
         n: a.n,
         seed: a.seed,
-        concurrency: a.concurrency,
+        concurrency: concurrency(a.concurrency, local.is_some()),
         retries: a.retries,
         max_doc_chars: a.max_doc_chars,
         max_tokens: a.max_tokens,
         ..AnnotateOptions::new(documents, client, prompt, a.out.clone())
     };
-    println!("{} candidate documents; sampling {} (seed {}), prompt {}, judge `{}` at {}", opts.documents.len(), a.n, a.seed, opts.prompt.version, a.model, a.endpoint);
+    println!("{} candidate documents; sampling {} (seed {}), prompt {}, judge `{}` at {}", opts.documents.len(), a.n, a.seed, opts.prompt.version, opts.client.model, opts.client.base);
     let bar = indicatif::ProgressBar::new(a.n.min(opts.documents.len()) as u64);
     let t = std::time::Instant::now();
     let r = phi::annotate::annotate(&opts, |done| bar.set_position(done as u64))?;
@@ -609,7 +629,7 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
         client,
         temperature: a.temperature,
         max_tokens,
-        concurrency: a.concurrency,
+        concurrency: concurrency(a.concurrency, local.is_some()),
         retries: a.retries,
         min_chars: a.min_chars,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(phi::humaneval::MAX_WORKERS),
