@@ -102,7 +102,7 @@ impl<'m> Batcher<'m> {
         }
         let mut r = Running { id, tokens: prompt, new: 0, config: config.clone(), sampler: Sampler::new(config) };
         let mut cache = self.model.new_cache();
-        cache.reserve(r.tokens.len() + config.max_new_tokens);
+        cache.reserve(r.tokens.len() + config.max_new_tokens.min(crate::kv_cache::RESERVE_AHEAD));
         let token = Self::sample_after(self.model, &r.tokens, &mut cache, &mut r.sampler)?;
         let done = chose(&mut r, token);
         if !done {

@@ -243,7 +243,7 @@ impl PhiForCausalLM {
         }
         let mut sampler = Sampler::new(config);
         let mut cache = self.new_cache();
-        cache.reserve(tokens.len() + config.max_new_tokens);
+        cache.reserve(tokens.len() + config.max_new_tokens.min(crate::kv_cache::RESERVE_AHEAD));
         // Tokens already processed into the cache.
         let mut done = 0;
         for _ in 0..config.max_new_tokens {

@@ -47,6 +47,11 @@ impl LayerCache {
     }
 }
 
+/// New tokens a sequence's cache is allocated for up front, beyond its prompt: a budget larger
+/// than this (a chat reply may take the rest of a 128k context) grows by doubling as it is used,
+/// rather than zero-filling gigabytes it may never use before the first token.
+pub const RESERVE_AHEAD: usize = 256;
+
 /// What one layer's attention reads and extends: no cache, one cache for the whole batch, or
 /// one per row — separate sequences, each at its own length, decoded together
 /// ([`PhiForCausalLM::decode_step`](crate::PhiForCausalLM::decode_step)).

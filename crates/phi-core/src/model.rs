@@ -360,6 +360,16 @@ impl PhiForCausalLM {
         if n == 0 {
             return Err(Error::arg("tokens", "must hold at least one sequence's token"));
         }
+        let group = phi_kernels::rows::MAX_ROWS;
+        if n > group {
+            // Beyond the few-rows kernel's rows a product goes to gemm, which rounds differently:
+            // groups of at most that many keep each sequence's logits what they are alone.
+            let mut parts = Vec::with_capacity(n.div_ceil(group));
+            for (t, c) in tokens.chunks(group).zip(caches.chunks_mut(group)) {
+                parts.push(self.decode_step(t, c)?);
+            }
+            return Ok(Tensor::cat(parts, 0));
+        }
         let max = self.rope.max_positions();
         let mut positions = Vec::with_capacity(n);
         for c in caches.iter() {

@@ -7,7 +7,11 @@
 //! KV memory is budgeted, not sized for clients × context: a sequence reserves the cache of its
 //! prompt plus its `max_tokens` when it joins and frees it when it leaves, and a request waits
 //! (first come, first served) while the reservations of the running ones leave no room for it.
-//! One that could never fit is refused.
+//! One larger than the whole budget runs alone, as every request ran before batching (a chat
+//! request without `max_tokens` may take the rest of the context); nothing joins it meanwhile.
+//!
+//! A panic while decoding fails the requests then running (500) and the thread goes on with an
+//! empty batch: the server keeps serving.
 //!
 //! The request's own thread keeps what it did before: it receives each token and runs its text,
 //! stop-string and cancellation logic — so sampling, stop strings, `n`, seeds, streaming and
@@ -34,14 +38,9 @@ enum Msg {
     Failed(Failure),
 }
 
-/// Why a sequence did not run to its end.
+/// Why a sequence did not run to its end: decoding failed, or the decoding thread is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// The request cannot be served as asked (its KV cache is larger than the whole budget).
-    Refused(String),
-    /// Decoding failed, or the decoding thread is gone.
-    Failed(String),
-}
+pub(crate) struct Failure(pub(crate) String);
 
 struct Job {
     prompt: Vec<u32>,
@@ -92,7 +91,7 @@ impl Scheduler {
     /// which the decoding thread sees at its next token). Blocks until the sequence ends.
     pub(crate) fn generate(&self, prompt: &[u32], config: &GenerationConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<(), Failure> {
         let (to, from) = mpsc::channel();
-        let stopped = || Failure::Failed("the decoding thread has stopped".to_string());
+        let stopped = || Failure("the decoding thread has stopped".to_string());
         self.jobs.send(Job { prompt: prompt.to_vec(), config: config.clone(), to }).map_err(|_| stopped())?;
         loop {
             match from.recv() {
@@ -153,22 +152,11 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
             }
         }
         // First come, first served: the oldest waiting request joins when a row and its KV
-        // reservation are free; one larger than the whole budget is refused at once.
+        // reservation are free — or, larger than the whole budget, when nothing else runs.
         while batch.len() < budget.rows {
             let Some(job) = waiting.front() else { break };
             let need = job.kv_bytes(model);
-            if need > budget.kv_bytes {
-                let job = waiting.pop_front().expect("the front");
-                let _ = job.to.send(Msg::Failed(Failure::Refused(format!(
-                    "prompt ({} tokens) + max_tokens ({}) need {} of KV cache; this server's budget for all requests is {} (--kv-cache-mb)",
-                    job.prompt.len(),
-                    job.config.max_new_tokens,
-                    mib(need),
-                    mib(budget.kv_bytes)
-                ))));
-                continue;
-            }
-            if live.reserved.load(Ordering::SeqCst) + need > budget.kv_bytes {
+            if live.reserved.load(Ordering::SeqCst) + need > budget.kv_bytes && !live.jobs.is_empty() {
                 break;
             }
             let job = waiting.pop_front().expect("the front");
@@ -179,19 +167,32 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
         }
         #[cfg(test)]
         std::thread::sleep(std::time::Duration::from_millis(tests::PACE_MS.load(Ordering::SeqCst)));
-        match batch.step() {
-            Ok(chosen) => deliver(&chosen, &mut batch, &mut live),
-            Err(e) => {
-                // Every running sequence fails with the step.
-                let ids: Vec<usize> = live.jobs.keys().copied().collect();
-                for id in ids {
-                    if let Some(job) = live.end(id, &mut batch) {
-                        let _ = job.to.send(Msg::Failed(Failure::Failed(e.to_string())));
-                    }
-                }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch.step())) {
+            Ok(Ok(chosen)) => deliver(&chosen, &mut batch, &mut live),
+            // Every running sequence fails with the step.
+            Ok(Err(e)) => fail_running(&e.to_string(), &mut batch, &mut live),
+            Err(panic) => {
+                fail_running(&format!("decoding panicked: {}", panic_message(&*panic)), &mut batch, &mut live);
+                // Whatever the step left half done goes with the old batch.
+                batch = Batcher::new(&model.model);
             }
         }
     }
+}
+
+/// Ends every running sequence with `why`.
+fn fail_running(why: &str, batch: &mut Batcher<'_>, live: &mut Live) {
+    let ids: Vec<usize> = live.jobs.keys().copied().collect();
+    for id in ids {
+        if let Some(job) = live.end(id, batch) {
+            let _ = job.to.send(Msg::Failed(Failure(why.to_string())));
+        }
+    }
+}
+
+/// A panic's message, when it carries one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into())
 }
 
 /// Prefills `job`'s prompt and delivers its first token (a request the batcher refuses gets
@@ -199,14 +200,18 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
 fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, live: &mut Live) {
     let id = *next_id;
     *next_id += 1;
-    match batch.admit(id, job.prompt.clone(), &job.config) {
-        Ok(c) => {
+    // A panic in the prefill leaves the batch as it was (a sequence joins only at the end).
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch.admit(id, job.prompt.clone(), &job.config))) {
+        Ok(Ok(c)) => {
             live.reserved.fetch_add(need, Ordering::SeqCst);
             live.jobs.insert(id, (job, need));
             deliver(&[c], batch, live);
         }
-        Err(e) => {
-            let _ = job.to.send(Msg::Failed(Failure::Failed(e.to_string())));
+        Ok(Err(e)) => {
+            let _ = job.to.send(Msg::Failed(Failure(e.to_string())));
+        }
+        Err(panic) => {
+            let _ = job.to.send(Msg::Failed(Failure(format!("prefill panicked: {}", panic_message(&*panic)))));
         }
     }
 }
@@ -225,12 +230,6 @@ fn deliver(chosen: &[Chosen], batch: &mut Batcher<'_>, live: &mut Live) {
             let _ = job.to.send(Msg::Done);
         }
     }
-}
-
-/// Bytes as MiB for a message (two decimals below 10 MiB).
-fn mib(bytes: usize) -> String {
-    let m = bytes as f64 / (1u64 << 20) as f64;
-    if m < 10.0 { format!("{m:.2} MiB") } else { format!("{m:.0} MiB") }
 }
 
 #[cfg(test)]
@@ -284,17 +283,22 @@ mod tests {
         assert_eq!(scheduler.kv_reserved(), 0);
     }
 
-    /// A request larger than the whole budget is refused, naming the budget; one that fits
-    /// runs.
+    /// A request larger than the whole budget runs alone (as requests ran before batching):
+    /// it waits for the running ones to end, and nothing joins it meanwhile.
     #[test]
-    fn a_request_beyond_the_budget_is_refused() {
+    fn a_request_beyond_the_budget_runs_alone() {
         let (_dir, model) = served();
         let budget = model.model.kv_cache_bytes(10);
-        let scheduler = Scheduler::start(model, 4, budget);
-        let e = scheduler.generate(&[3, 4, 5], &GenerationConfig::greedy(8), |_| true).unwrap_err();
-        assert!(matches!(&e, Failure::Refused(m) if m.contains("--kv-cache-mb") && m.contains("max_tokens (8)")), "{e:?}");
+        let scheduler = Arc::new(Scheduler::start(model.clone(), 4, budget));
         let mut n = 0;
-        scheduler.generate(&[3, 4, 5], &GenerationConfig::greedy(7), |_| { n += 1; true }).unwrap();
-        assert_eq!(n, 7);
+        scheduler
+            .generate(&[3, 4, 5], &GenerationConfig::greedy(8), |_| {
+                assert_eq!(scheduler.kv_reserved(), model.model.kv_cache_bytes(11));
+                n += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(n, 8);
+        assert_eq!(scheduler.kv_reserved(), 0);
     }
 }

@@ -142,8 +142,8 @@ enum Command {
         #[arg(long)]
         max_concurrent: Option<usize>,
         /// KV cache the decoding requests may hold together, in MiB: each reserves its prompt +
-        /// max_tokens when it starts and waits while that does not fit; one that never can gets
-        /// 400.
+        /// max_tokens when it starts and waits while that does not fit; one larger than the whole
+        /// budget runs alone.
         #[arg(long, default_value_t = phi::serve::DEFAULT_KV_CACHE_MB)]
         kv_cache_mb: usize,
         #[arg(long, default_value = "cpu")]

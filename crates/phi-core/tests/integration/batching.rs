@@ -48,6 +48,23 @@ fn a_batch_gives_every_request_what_it_gets_alone() {
     }
 }
 
+/// More sequences than the few-rows kernel takes at once (64): the step decodes them in groups,
+/// so each still gets exactly what it gets alone (unfiltered sampling included).
+#[test]
+fn a_batch_wider_than_the_row_kernel_still_gives_each_what_it_gets_alone() {
+    let model = PhiForCausalLM::from_pretrained(fixture("phi3-gqa-tiny"), &Device::default()).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let reqs: Vec<(Vec<u32>, GenerationConfig)> = (0..70)
+        .map(|i| {
+            let prompt: Vec<u32> = (0..1 + i % 5).map(|t| ((i * 13 + t * 7 + 1) as u32) % vocab).collect();
+            let config = if i % 2 == 0 { GenerationConfig::greedy(4) } else { GenerationConfig::sampling(4, 1.0, i as u64) };
+            (prompt, config)
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = reqs.iter().map(|(p, c)| model.generate(p, c).unwrap()).collect();
+    assert_eq!(model.generate_batch(&reqs, 70, |_, _| true).unwrap(), alone);
+}
+
 #[test]
 fn a_cancelled_request_ends_and_the_others_go_on() {
     let model = PhiForCausalLM::from_pretrained(fixture("phi3-tiny"), &Device::default()).unwrap();
