@@ -290,15 +290,18 @@ mod tests {
         let (_dir, model) = served();
         let budget = model.model.kv_cache_bytes(10);
         let scheduler = Arc::new(Scheduler::start(model.clone(), 4, budget));
-        let mut n = 0;
+        let need = model.model.kv_cache_bytes(11);
+        let mut seen = vec![];
         scheduler
             .generate(&[3, 4, 5], &GenerationConfig::greedy(8), |_| {
-                assert_eq!(scheduler.kv_reserved(), model.model.kv_cache_bytes(11));
-                n += 1;
+                seen.push(scheduler.kv_reserved());
                 true
             })
             .unwrap();
-        assert_eq!(n, 8);
+        assert_eq!(seen.len(), 8);
+        // The decoding thread may finish before the request has read every token: then it has
+        // already freed the reservation.
+        assert!(seen.iter().all(|&r| r == need || r == 0), "{seen:?}");
         assert_eq!(scheduler.kv_reserved(), 0);
     }
 }
