@@ -358,7 +358,7 @@ fn generate_one(app: &App, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> b
     let mut stream = TextStream::new(&s.tokenizer, &plan.stop);
     let (mut text, mut count, mut finish, mut cut) = (String::new(), 0usize, "length", false);
     app.scheduler
-        .generate(&plan.prompt, &config, |t| {
+        .generate(&plan.prompt, &config, cancelled, |t| {
             count += 1;
             if s.stop_ids.contains(&t) {
                 finish = "stop";
@@ -381,6 +381,11 @@ fn generate_one(app: &App, plan: &Plan, choice: usize, cancelled: &dyn Fn() -> b
             true
         })
         .map_err(|scheduler::Failure(m)| ApiError::internal(format!("generation failed: {m}")))?;
+    // Fewer than max_tokens without a stop: only cancellation (while waiting for a row, or
+    // between tokens) ends a choice so — the context always holds max_tokens.
+    if finish == "length" && count < plan.max_tokens && cancelled() {
+        cut = true;
+    }
     if cut {
         return Err(ApiError::stopping(format!(
             "the server is shutting down: choice {choice} was cut off after {count} of up to {} tokens; retry the request",

@@ -32,6 +32,8 @@ use crate::ServedModel;
 
 /// What the decoding thread tells a request.
 enum Msg {
+    /// The sequence's prefill starts (a request that has hung up by then is skipped).
+    Started,
     Token(u32),
     /// The sequence ended with the last token (its budget, or a stop id).
     Done,
@@ -88,13 +90,16 @@ impl Scheduler {
 
     /// Decodes after `prompt` as one sequence of the batch, calling `on_token` with each token
     /// on the calling thread; `false` from it ends the sequence (returning drops the receiver,
-    /// which the decoding thread sees at its next token). Blocks until the sequence ends.
-    pub(crate) fn generate(&self, prompt: &[u32], config: &GenerationConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<(), Failure> {
+    /// which the decoding thread sees at its next token). Blocks until the sequence ends, or —
+    /// asked every 20 ms while no token comes, as while it waits for a row — until `cancelled`:
+    /// a request that hangs up before its turn is never prefilled.
+    pub(crate) fn generate(&self, prompt: &[u32], config: &GenerationConfig, cancelled: &dyn Fn() -> bool, mut on_token: impl FnMut(u32) -> bool) -> Result<(), Failure> {
         let (to, from) = mpsc::channel();
         let stopped = || Failure("the decoding thread has stopped".to_string());
         self.jobs.send(Job { prompt: prompt.to_vec(), config: config.clone(), to }).map_err(|_| stopped())?;
         loop {
-            match from.recv() {
+            match from.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok(Msg::Started) => {}
                 Ok(Msg::Token(t)) => {
                     if !on_token(t) {
                         return Ok(());
@@ -102,7 +107,9 @@ impl Scheduler {
                 }
                 Ok(Msg::Done) => return Ok(()),
                 Ok(Msg::Failed(e)) => return Err(e),
-                Err(_) => return Err(stopped()),
+                Err(mpsc::RecvTimeoutError::Timeout) if cancelled() => return Ok(()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stopped()),
             }
         }
     }
@@ -198,6 +205,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Prefills `job`'s prompt and delivers its first token (a request the batcher refuses gets
 /// the reason).
 fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, live: &mut Live) {
+    if job.to.send(Msg::Started).is_err() {
+        // Its request hung up while it waited: nothing to prefill.
+        return;
+    }
     let id = *next_id;
     *next_id += 1;
     // A panic in the prefill leaves the batch as it was (a sequence joins only at the end).
@@ -266,7 +277,7 @@ mod tests {
         let mut seen = vec![];
         let t = std::time::Instant::now();
         scheduler
-            .generate(&prompt, &GenerationConfig::greedy(budget), |_| {
+            .generate(&prompt, &GenerationConfig::greedy(budget), &|| false, |_| {
                 seen.push(scheduler.kv_reserved());
                 seen.len() < 3
             })
@@ -279,7 +290,7 @@ mod tests {
         PACE_MS.store(0, Ordering::SeqCst);
         assert!(freed_after.as_millis() < 1000, "freed after {freed_after:?}: the sequence ran on after its request hung up");
         // A finished one frees it too, before its request hears it is done.
-        scheduler.generate(&prompt, &GenerationConfig::greedy(2), |_| true).unwrap();
+        scheduler.generate(&prompt, &GenerationConfig::greedy(2), &|| false, |_| true).unwrap();
         assert_eq!(scheduler.kv_reserved(), 0);
     }
 
@@ -293,7 +304,7 @@ mod tests {
         let need = model.model.kv_cache_bytes(11);
         let mut seen = vec![];
         scheduler
-            .generate(&[3, 4, 5], &GenerationConfig::greedy(8), |_| {
+            .generate(&[3, 4, 5], &GenerationConfig::greedy(8), &|| false, |_| {
                 seen.push(scheduler.kv_reserved());
                 true
             })
