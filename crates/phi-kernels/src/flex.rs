@@ -295,13 +295,13 @@ impl PhiRowsKernel for Flex {
         let (rows, k) = (x.layout().shape()[0], x.layout().shape()[1]);
         let n = w.layout().shape()[1];
         let xs = &x.storage::<f32>()[..rows * k];
-        let strides = w.layout().strides();
-        let (off, row_major) = (w.layout().start_offset(), strides[0] == n as isize && strides[1] == 1);
-        let col_major = strides[0] == 1 && strides[1] == k as isize;
-        let w = if row_major || col_major || k * n == 0 { w } else { w.to_contiguous() };
-        let off = if row_major || col_major { off } else { w.layout().start_offset() };
+        let strided = |w: &FlexTensor, rs: usize, cs: usize| w.layout().strides() == [rs as isize, cs as isize];
+        // Read in place when row-major (a projection) or column-major (a transposed embedding);
+        // anything else is copied row-major first.
+        let w = if strided(&w, n, 1) || strided(&w, 1, k) { w } else { contiguous(w) };
+        let off = w.layout().start_offset();
         let ws = &w.storage::<f32>()[off..off + k * n];
-        let weights = if col_major && !row_major { crate::rows::Weights::ColMajor(ws) } else { crate::rows::Weights::RowMajor(ws) };
+        let weights = if strided(&w, n, 1) { crate::rows::Weights::RowMajor(ws) } else { crate::rows::Weights::ColMajor(ws) };
         let mut out = output(rows * n);
         crate::rows::matmul_rows(xs, rows, weights, k, n, &mut out);
         FlexTensor::from_data(TensorData::new(out, [rows, n]))

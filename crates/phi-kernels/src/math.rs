@@ -101,6 +101,31 @@ fn row_max(row: &[f32]) -> f32 {
 /// (checked once at run time) and for the baseline target otherwise — the same source twice, so
 /// the default build stays portable and still gets 8-wide vectors where they exist.
 macro_rules! dispatch_simd {
+    // `avx512;` first: an AVX-512 build of the same source ahead of the AVX2 one (no FMA
+    // contraction either way, so the values are the same).
+    (avx512; $(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
@@ -123,15 +148,13 @@ macro_rules! dispatch_simd {
 /// Weights per block of [`softmax_weights`]' block totals.
 pub const WEIGHT_BLOCK: usize = 64;
 
-/// A sampler's unnormalised softmax at temperature `1 / inv_t`: `out[i] = exp((x[i] − max x) ·
-/// inv_t)`, exactly 0 for a −∞ logit, and in `blocks[b]` the total of `out`'s block `b` of
-/// [`WEIGHT_BLOCK`] (summed in a fixed order), so that a draw skips whole blocks. Compiled for
-/// AVX-512 and for AVX2 + FMA where the CPU has them (the same operations in the same order, so
-/// the same values), else for the baseline target: one pass over a 50k vocabulary per sampled
-/// token of every sequence of a batch.
-pub fn softmax_weights(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
-    #[inline(always)]
-    fn body(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
+dispatch_simd! {
+    avx512;
+    /// A sampler's unnormalised softmax at temperature `1 / inv_t`: `out[i] = exp((x[i] − max x)
+    /// · inv_t)`, exactly 0 for a −∞ logit, and in `blocks[b]` the total of `out`'s block `b` of
+    /// [`WEIGHT_BLOCK`] (summed in a fixed order), so that a draw skips whole blocks — one pass
+    /// over a 50k vocabulary per sampled token of every sequence of a batch.
+    pub fn softmax_weights(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
         let max = row_max(x);
         for ((o, xs), b) in out.chunks_mut(WEIGHT_BLOCK).zip(x.chunks(WEIGHT_BLOCK)).zip(blocks.iter_mut()) {
             let mut lanes = [0.0f32; 16];
@@ -145,26 +168,6 @@ pub fn softmax_weights(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64
             *b = lanes.iter().map(|&l| l as f64).sum();
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn avx512(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
-            body(out, x, inv_t, blocks)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
-            body(out, x, inv_t, blocks)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the features were just detected.
-            return unsafe { avx512(out, x, inv_t, blocks) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { avx2(out, x, inv_t, blocks) };
-        }
-    }
-    body(out, x, inv_t, blocks)
 }
 
 dispatch_simd! {
