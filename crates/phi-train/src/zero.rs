@@ -290,6 +290,8 @@ mod record {
                 tensors.push(t);
             }
         }
+        // In name order: the same shards give the same bytes, whatever order they came in.
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let mut writer = Writer::new(tensors);
         for (k, v) in &scalars {
             writer = writer.with_scalar(k, *v);
