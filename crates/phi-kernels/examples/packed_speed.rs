@@ -1,6 +1,6 @@
 //! Throughput of `PackedMatrix::matmul` on one shape (default phi-1.5's fc1, 2048 → 8192; pass
 //! `IN OUT`): 32 rows (a prompt: the tiled gemm path, beside an f32 gemm on the same matrix) and
-//! one row (decoding: weight GB/s read by the dot kernels). Twelve copies of the matrix, so the
+//! 1, 4, 16 and 64 rows (decoding one sequence or a batch: weight GB/s read, best of 4). Twelve copies of the matrix, so the
 //! one-row figures come from memory, not cache. `PHI_NO_AVX512=1` / `PHI_PORTABLE_KERNELS=1`
 //! select the narrower kernels.
 //!
@@ -42,17 +42,20 @@ fn main() {
     }
     for f in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
         let mats: Vec<PackedMatrix> = (0..copies).map(|_| PackedMatrix::pack(&w, d_in, d_out, f).unwrap()).collect();
-        let mut y = vec![0.0f32; d_out];
-        for rep in 0..3 {
-            let t = Instant::now();
-            for m in &mats {
-                m.matmul(&x, 1, &mut y);
+        let bytes: usize = mats.iter().map(|m| m.bytes()).sum();
+        // Decoding: one row, and the rows of a batch of sequences.
+        for rows in [1usize, 4, 16, 64] {
+            let x: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 / 13.0).collect();
+            let mut y = vec![0.0f32; rows * d_out];
+            let mut best = f64::MAX;
+            for _ in 0..4 {
+                let t = Instant::now();
+                for m in &mats {
+                    m.matmul(&x, rows, &mut y);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
             }
-            let dt = t.elapsed().as_secs_f64();
-            let bytes: usize = mats.iter().map(|m| m.bytes()).sum();
-            if rep > 0 {
-                println!("{f}: {:.1} GB/s of weights, {:.2} GMAC/s", bytes as f64 / dt / 1e9, (copies * d_in * d_out) as f64 / dt / 1e9);
-            }
+            println!("{f} {rows:>2} rows: {:.1} GB/s of weights, {:.2} GMAC/s", bytes as f64 / best / 1e9, (copies * rows * d_in * d_out) as f64 / best / 1e9);
         }
     }
 }

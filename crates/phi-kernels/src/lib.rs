@@ -36,6 +36,7 @@ mod gelu_grad;
 mod math;
 mod norm_grad;
 pub mod packed;
+mod qrows;
 mod rope_grad;
 pub mod rows;
 mod segments;

@@ -145,6 +145,8 @@ macro_rules! dispatch_simd {
     };
 }
 
+pub(crate) use dispatch_simd;
+
 /// Weights per block of [`softmax_weights`]' block totals.
 pub const WEIGHT_BLOCK: usize = 64;
 

@@ -1,0 +1,393 @@
+//! Products of a few rows (≤ [`MAX_ROWS`]: a decoded token, a batch of sequences, a short prompt)
+//! against int8/int4 weights, with the activations quantized to int8 too and every product an
+//! integer dot product — llama.cpp's scheme for its `Q8_0`/`Q4_0` (activations in blocks of 32,
+//! one f32 scale each). Widening each weight to f32 for every row cost more than reading it:
+//! int4 ran compute-bound at ~12 GB/s of weights for one row, and each further row of a batch
+//! widened the weights again. Here a weight is expanded once per group of up to 8 rows, and
+//! AVX-512 VNNI's `vpdpbusd` multiplies 64 of them by a row in one instruction.
+//!
+//! **The arithmetic, exactly** (every kernel computes it, bit for bit, so a row's result depends
+//! neither on the CPU's kernel nor on the other rows):
+//! - each block of 32 activations `x` gets `d = max|x| / 127` and `q = round_ties_even(x · 127 /
+//!   max|x|)` in −127…127 (an all-zero block `d = 0`; a block holding a NaN or infinity `d = NaN`,
+//!   so the output is NaN rather than the bad value being rounded away);
+//! - the products run in 16 lanes: lane `8h + l` takes lanes `l` of the blocks `b` with `b mod 2
+//!   = h`, i.e. values `4l … 4l + 3` of those blocks; per block and lane the integer sum
+//!   `s = Σ q_w q_x` of those 4 values (exact), then `acc = fma(s, d_w · d_x, acc)`, blocks in
+//!   order;
+//! - the 16 lanes are summed as a tree: `i + (i + 8)`, then `+ 4`, `+ 2`, `+ 1`.
+//!
+//! The cost is a quantization error in the activations (≤ half a step of 1/127 of a block's
+//! largest value) on top of the weights'; BENCHMARKS.md gives the perplexity it costs.
+
+use rayon::prelude::*;
+
+use crate::packed::{BLOCK, Kernel, WeightFormat};
+
+/// The most rows the integer products take; more (a long prompt) go to gemm.
+pub const MAX_ROWS: usize = 64;
+
+/// Rows a kernel call keeps in registers.
+const GROUP: usize = 8;
+
+/// Rows quantized for the integer products: per row and pair of blocks, 64 bytes `q + 128`
+/// (a missing odd block: `128`, i.e. `q = 0`) and 16 scales (lanes 0–7 the even block's `d`,
+/// 8–15 the odd one's; 0 for a missing block).
+pub struct QuantizedRows {
+    pub rows: usize,
+    /// Blocks per row, and pairs of them.
+    pub blocks: usize,
+    pub pairs: usize,
+    pub ux: Vec<u8>,
+    pub dxv: Vec<f32>,
+}
+
+crate::math::dispatch_simd! {
+    avx512;
+    /// `x` (`rows × k`, `k` a multiple of [`BLOCK`]) quantized into `out` (see the module docs).
+    pub fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
+        let pairs = out.pairs;
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
+            let dxv = &mut out.dxv[r * pairs * 16..(r + 1) * pairs * 16];
+            ux.fill(128);
+            dxv.fill(0.0);
+            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+                let (mut amax, mut finite) = (0.0f32, true);
+                for &v in block {
+                    amax = amax.max(v.abs());
+                    finite &= v.is_finite();
+                }
+                let d = if !finite { f32::NAN } else { amax / 127.0 };
+                let lanes = &mut dxv[(b / 2) * 16 + (b % 2) * 8..][..8];
+                lanes.fill(d);
+                if amax > 0.0 && finite {
+                    let inv = 127.0 / amax;
+                    for (u, &v) in ux[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
+                        *u = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl QuantizedRows {
+    pub fn new(x: &[f32], rows: usize, k: usize) -> Self {
+        debug_assert_eq!(x.len(), rows * k);
+        debug_assert_eq!(k % BLOCK, 0);
+        let blocks = k / BLOCK;
+        let pairs = blocks.div_ceil(2);
+        let mut q = QuantizedRows { rows, blocks, pairs, ux: vec![128; rows * pairs * 64], dxv: vec![0.0; rows * pairs * 16] };
+        quantize_into(x, k, &mut q);
+        q
+    }
+}
+
+/// The 16 lanes summed as the module docs say.
+#[inline(always)]
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let mut t = [0.0f32; 8];
+    for i in 0..8 {
+        t[i] = a[i] + a[i + 8];
+    }
+    let u = [t[0] + t[4], t[1] + t[5], t[2] + t[6], t[3] + t[7]];
+    let v = [u[0] + u[2], u[1] + u[3]];
+    v[0] + v[1]
+}
+
+/// The 32 values of block `b` of one output's weights (`w`: that output's bytes).
+#[inline(always)]
+fn block_values(format: WeightFormat, w: &[u8], b: usize) -> [i8; BLOCK] {
+    let mut q = [0i8; BLOCK];
+    match format {
+        WeightFormat::Int4 => {
+            for (i, &p) in w[b * BLOCK / 2..(b + 1) * BLOCK / 2].iter().enumerate() {
+                q[i] = (p & 0x0f) as i8 - 8;
+                q[i + 16] = (p >> 4) as i8 - 8;
+            }
+        }
+        _ => q.iter_mut().zip(&w[b * BLOCK..(b + 1) * BLOCK]).for_each(|(q, &v)| *q = v as i8),
+    }
+    q
+}
+
+crate::math::dispatch_simd! {
+    avx512;
+    /// Row `r` of `x` times one output's weights (`w`, `scales`): the reference arithmetic, for
+    /// any CPU.
+    pub fn dot_portable(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, r: usize, out: &mut f32) {
+        let mut acc = [0.0f32; 16];
+        let ux = &x.ux[r * x.pairs * 64..(r + 1) * x.pairs * 64];
+        let dxv = &x.dxv[r * x.pairs * 16..(r + 1) * x.pairs * 16];
+        for b in 0..x.blocks {
+            let q = block_values(format, w, b);
+            let (h, dw) = (b % 2, scales[b]);
+            let u = &ux[b * BLOCK..(b + 1) * BLOCK];
+            for l in 0..8 {
+                let s: i32 = (0..4).map(|t| q[4 * l + t] as i32 * (u[4 * l + t] as i32 - 128)).sum();
+                let lane = 8 * h + l;
+                acc[lane] = (s as f32).mul_add(dw * dxv[(b / 2) * 16 + lane], acc[lane]);
+            }
+        }
+        *out = reduce16(&acc);
+    }
+}
+
+/// Whether this CPU runs the AVX-512 VNNI kernels (under [`Kernel::Avx512`]'s switches).
+fn vnni(kernel: Kernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        return is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl");
+    }
+    let _ = kernel;
+    false
+}
+
+/// `y = x Wᵀ` for `x.rows` quantized rows against `[out, in]` weights `data`/`scales` of
+/// `format` (int8 or int4): `y` is `[rows, out]`, overwritten.
+pub(crate) fn matmul(format: WeightFormat, data: &[u8], scales: &[f32], d_in: usize, d_out: usize, x: &QuantizedRows, y: &mut [f32]) {
+    matmul_with(Kernel::detect(), format, data, scales, d_in, d_out, x, y)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], scales: &[f32], d_in: usize, d_out: usize, x: &QuantizedRows, y: &mut [f32]) {
+    let rows = x.rows;
+    assert!(matches!(format, WeightFormat::Int8 | WeightFormat::Int4), "{format}: integer products are for int8 and int4");
+    assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
+    let row_bytes = if format == WeightFormat::Int4 { d_in / 2 } else { d_in };
+    assert_eq!(data.len(), row_bytes * d_out, "weights are not {d_out} × {d_in} {format}");
+    assert_eq!(scales.len(), x.blocks * d_out);
+    let use_vnni = vnni(kernel);
+    // Outputs per task: ~256 KiB of weights (see `PackedMatrix::matmul`).
+    let per_task = ((256 << 10) / (row_bytes + 4 * x.blocks).max(1)).clamp(8, 1024);
+    let mut by_output = vec![0.0f32; d_out * rows];
+    let work = |(t, chunk): (usize, &mut [f32])| {
+        let first = t * per_task;
+        for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
+            let j = first + o;
+            let (w, s) = (&data[j * row_bytes..(j + 1) * row_bytes], &scales[j * x.blocks..(j + 1) * x.blocks]);
+            if use_vnni {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `vnni` checked AVX-512F, BW, VL and VNNI; the slices have the lengths
+                // asserted above.
+                unsafe {
+                    x86::rows(format, w, s, x, out)
+                };
+            } else {
+                for (r, v) in out.iter_mut().enumerate() {
+                    dot_portable(format, w, s, x, r, v);
+                }
+            }
+        }
+    };
+    if d_out * d_in < 1 << 16 {
+        by_output.chunks_mut(per_task * rows).enumerate().for_each(work);
+    } else {
+        by_output.par_chunks_mut(per_task * rows).enumerate().for_each(work);
+    }
+    for j in 0..d_out {
+        for r in 0..rows {
+            y[r * d_out + j] = by_output[j * rows + r];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, QuantizedRows, WeightFormat};
+
+    /// Every row of `x` times one output's weights, into `out` (one value a row).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW, VL and VNNI; `w` holds the output's `blocks` blocks
+    /// (16 or 32 bytes each) and `scales` their scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn rows(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
+        let mut r0 = 0;
+        while r0 < x.rows {
+            let n = (x.rows - r0).min(GROUP);
+            let o = &mut out[r0..r0 + n];
+            // SAFETY: as this function's.
+            unsafe {
+                match (format, n) {
+                    (WeightFormat::Int4, 8) => group::<true, 8>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 7) => group::<true, 7>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 6) => group::<true, 6>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 5) => group::<true, 5>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 4) => group::<true, 4>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 3) => group::<true, 3>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, 2) => group::<true, 2>(w, scales, x, r0, o),
+                    (WeightFormat::Int4, _) => group::<true, 1>(w, scales, x, r0, o),
+                    (_, 8) => group::<false, 8>(w, scales, x, r0, o),
+                    (_, 7) => group::<false, 7>(w, scales, x, r0, o),
+                    (_, 6) => group::<false, 6>(w, scales, x, r0, o),
+                    (_, 5) => group::<false, 5>(w, scales, x, r0, o),
+                    (_, 4) => group::<false, 4>(w, scales, x, r0, o),
+                    (_, 3) => group::<false, 3>(w, scales, x, r0, o),
+                    (_, 2) => group::<false, 2>(w, scales, x, r0, o),
+                    (_, _) => group::<false, 1>(w, scales, x, r0, o),
+                }
+            }
+            r0 += n;
+        }
+    }
+
+    /// Rows `r0 .. r0 + G` (`G` accumulators in registers); the weights of each pair of blocks
+    /// are expanded to 64 signed bytes once for the group.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn group<const INT4: bool, const G: usize>(w: &[u8], scales: &[f32], x: &QuantizedRows, r0: usize, out: &mut [f32]) {
+        let (pairs, blocks) = (x.pairs, x.blocks);
+        let mut acc = [_mm512_setzero_ps(); G];
+        // vpsrlvw counts: the 2nd and 4th 128-bit quarters take the high nibbles.
+        let shifts = _mm512_set_epi64(0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0);
+        let quarters = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
+        let lanes_of = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let (nibble, eight, k128) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8), _mm512_set1_epi8(-128));
+        let zero = _mm512_setzero_si512();
+        let (ux_stride, dx_stride) = (pairs * 64, pairs * 16);
+        let ux = x.ux.as_ptr().wrapping_add(r0 * ux_stride);
+        let dxv = x.dxv.as_ptr().wrapping_add(r0 * dx_stride);
+        for p in 0..pairs {
+            let full = 2 * p + 1 < blocks;
+            // SAFETY (every block below): `w` holds `blocks` blocks and `scales` as many values;
+            // a missing odd block is masked off (those lanes read as 0); the quantized rows hold
+            // `pairs` × 64 bytes and × 16 scales for each of rows r0 .. r0 + G ≤ x.rows.
+            let wv = unsafe {
+                if INT4 {
+                    let src = w.as_ptr().add(32 * p) as *const i8;
+                    let raw = if full { _mm256_loadu_si256(src as *const __m256i) } else { _mm256_maskz_loadu_epi8(0xffff, src) };
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2048));
+                    // [A, B] (16 bytes of each block) → [A, A, B, B] → [A lo, A hi, B lo, B hi]:
+                    // each block's 32 values in order, as −8 … 7.
+                    let both = _mm512_permutexvar_epi64(quarters, _mm512_castsi256_si512(raw));
+                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srlv_epi16(both, shifts), nibble), eight)
+                } else {
+                    let src = w.as_ptr().add(64 * p) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(4096));
+                    if full { _mm512_loadu_si512(src as *const __m512i) } else { _mm512_maskz_loadu_epi8(0xffff_ffff, src) }
+                }
+            };
+            // dpbusd multiplies unsigned by signed bytes: the rows are stored as q + 128, so
+            // start each lane at −128 Σ w (of its 4 weights) to take the offset back out.
+            let corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv));
+            let dw = unsafe {
+                let s = scales.as_ptr().add(2 * p);
+                if full { _mm_castpd_ps(_mm_load_sd(s as *const f64)) } else { _mm_load_ss(s) }
+            };
+            let dwv = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(dw));
+            for (g, a) in acc.iter_mut().enumerate() {
+                // SAFETY: see above.
+                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * ux_stride + 64 * p) as *const __m512i), _mm512_loadu_ps(dxv.add(g * dx_stride + 16 * p))) };
+                let s = _mm512_dpbusd_epi32(corr, u, wv);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dwv, d), *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = reduce16(*a);
+        }
+    }
+
+    /// The 16 lanes summed in [`super::reduce16`]'s order.
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(a: __m512) -> f32 {
+        let hi = _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b11_10_11_10>(a, a));
+        let t = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+        let u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+        _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps::<1>(v, v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packed::PackedMatrix;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_computes_the_same_bits_and_each_row_what_it_gets_alone() {
+        // Odd block counts (a missing odd block), one pair, many; every group size.
+        for (d_in, d_out) in [(32, 5), (96, 37), (64 * 5, 70), (2048 + 96, 33)] {
+            let w = values(d_in * d_out, 1, 0.2);
+            for format in [WeightFormat::Int8, WeightFormat::Int4] {
+                let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
+                let (data, scales) = p.raw();
+                for rows in [1, 3, 8, 13, MAX_ROWS] {
+                    let mut x = values(rows * d_in, 2 + rows as u64, 4.0);
+                    // A row of zeros and one all-zero block.
+                    x[..d_in].fill(0.0);
+                    x[d_in.min((rows - 1) * d_in)..][..BLOCK].fill(0.0);
+                    let q = QuantizedRows::new(&x, rows, d_in);
+                    let mut first: Option<Vec<f32>> = None;
+                    for kernel in Kernel::available() {
+                        let mut y = vec![f32::NAN; rows * d_out];
+                        matmul_with(kernel, format, data, scales, d_in, d_out, &q, &mut y);
+                        match &first {
+                            None => first = Some(y.clone()),
+                            Some(f) => assert!(f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{format} {d_in}→{d_out} {rows} rows: {kernel:?} differs"),
+                        }
+                        // Each row alone gets the same bits.
+                        for r in [0, rows / 2, rows - 1] {
+                            let alone = QuantizedRows::new(&x[r * d_in..(r + 1) * d_in], 1, d_in);
+                            let mut y1 = vec![f32::NAN; d_out];
+                            matmul_with(kernel, format, data, scales, d_in, d_out, &alone, &mut y1);
+                            assert!(y1.iter().zip(&y[r * d_out..(r + 1) * d_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "{format} {kernel:?} row {r} of {rows}");
+                        }
+                    }
+                    // Close to the product with f32 activations: within the activations'
+                    // quantization error (half a step of max|x|/127 a value).
+                    let deq = p.dequantize();
+                    let y = first.unwrap();
+                    for r in 0..rows {
+                        for j in 0..d_out {
+                            let (mut exact, mut bound) = (0.0f64, 0.0f64);
+                            for b in 0..d_in / BLOCK {
+                                let xb = &x[r * d_in + b * BLOCK..r * d_in + (b + 1) * BLOCK];
+                                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+                                for (i, &xv) in xb.iter().enumerate() {
+                                    let wv = deq[(b * BLOCK + i) * d_out + j] as f64;
+                                    exact += xv as f64 * wv;
+                                    bound += wv.abs() * amax / 254.0;
+                                }
+                            }
+                            let got = y[r * d_out + j] as f64;
+                            assert!((got - exact).abs() <= bound * 1.01 + 1e-4, "{format} [{r}, {j}]: {got} vs {exact} (bound {bound})");
+                        }
+                    }
+                    // The zero row is exactly zero.
+                    assert!(y[..d_out].iter().all(|v| *v == 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_activation_gives_nan_not_a_rounded_value() {
+        let (d_in, d_out) = (64, 9);
+        let p = PackedMatrix::pack(&values(d_in * d_out, 3, 0.2), d_in, d_out, WeightFormat::Int4).unwrap();
+        let (data, scales) = p.raw();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = values(2 * d_in, 4, 1.0);
+            x[d_in + 40] = bad;
+            let q = QuantizedRows::new(&x, 2, d_in);
+            for kernel in Kernel::available() {
+                let mut y = vec![0.0; 2 * d_out];
+                matmul_with(kernel, WeightFormat::Int4, data, scales, d_in, d_out, &q, &mut y);
+                assert!(y[..d_out].iter().all(|v| v.is_finite()), "{kernel:?}: the good row");
+                assert!(y[d_out..].iter().all(|v| v.is_nan()), "{kernel:?}: {bad}");
+            }
+        }
+    }
+}
