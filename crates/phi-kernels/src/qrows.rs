@@ -31,15 +31,14 @@ pub const MAX_ROWS: usize = 64;
 const GROUP: usize = 8;
 
 /// Rows quantized for the integer products: per row and pair of blocks, 64 bytes `q + 128`
-/// (a missing odd block: `128`, i.e. `q = 0`) and 16 scales (lanes 0–7 the even block's `d`,
-/// 8–15 the odd one's; 0 for a missing block).
+/// (a missing odd block: `128`, i.e. `q = 0`) and 2 scales `d` (0 for a missing block).
 pub struct QuantizedRows {
     pub rows: usize,
     /// Blocks per row, and pairs of them.
     pub blocks: usize,
     pub pairs: usize,
     pub ux: Vec<u8>,
-    pub dxv: Vec<f32>,
+    pub dx: Vec<f32>,
 }
 
 crate::math::dispatch_simd! {
@@ -49,18 +48,16 @@ crate::math::dispatch_simd! {
         let pairs = out.pairs;
         for (r, row) in x.chunks_exact(k).enumerate() {
             let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
-            let dxv = &mut out.dxv[r * pairs * 16..(r + 1) * pairs * 16];
+            let dx = &mut out.dx[r * pairs * 2..(r + 1) * pairs * 2];
             ux.fill(128);
-            dxv.fill(0.0);
+            dx.fill(0.0);
             for (b, block) in row.chunks_exact(BLOCK).enumerate() {
                 let (mut amax, mut finite) = (0.0f32, true);
                 for &v in block {
                     amax = amax.max(v.abs());
                     finite &= v.is_finite();
                 }
-                let d = if !finite { f32::NAN } else { amax / 127.0 };
-                let lanes = &mut dxv[(b / 2) * 16 + (b % 2) * 8..][..8];
-                lanes.fill(d);
+                dx[b] = if !finite { f32::NAN } else { amax / 127.0 };
                 if amax > 0.0 && finite {
                     let inv = 127.0 / amax;
                     for (u, &v) in ux[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
@@ -78,7 +75,7 @@ impl QuantizedRows {
         debug_assert_eq!(k % BLOCK, 0);
         let blocks = k / BLOCK;
         let pairs = blocks.div_ceil(2);
-        let mut q = QuantizedRows { rows, blocks, pairs, ux: vec![128; rows * pairs * 64], dxv: vec![0.0; rows * pairs * 16] };
+        let mut q = QuantizedRows { rows, blocks, pairs, ux: vec![128; rows * pairs * 64], dx: vec![0.0; rows * pairs * 2] };
         quantize_into(x, k, &mut q);
         q
     }
@@ -119,7 +116,7 @@ crate::math::dispatch_simd! {
     pub fn dot_portable(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, r: usize, out: &mut f32) {
         let mut acc = [0.0f32; 16];
         let ux = &x.ux[r * x.pairs * 64..(r + 1) * x.pairs * 64];
-        let dxv = &x.dxv[r * x.pairs * 16..(r + 1) * x.pairs * 16];
+        let dx = &x.dx[r * x.pairs * 2..(r + 1) * x.pairs * 2];
         for b in 0..x.blocks {
             let q = block_values(format, w, b);
             let (h, dw) = (b % 2, scales[b]);
@@ -127,7 +124,7 @@ crate::math::dispatch_simd! {
             for l in 0..8 {
                 let s: i32 = (0..4).map(|t| q[4 * l + t] as i32 * (u[4 * l + t] as i32 - 128)).sum();
                 let lane = 8 * h + l;
-                acc[lane] = (s as f32).mul_add(dw * dxv[(b / 2) * 16 + lane], acc[lane]);
+                acc[lane] = (s as f32).mul_add(dw * dx[b], acc[lane]);
             }
         }
         *out = reduce16(&acc);
@@ -164,17 +161,18 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
     let mut by_output = vec![0.0f32; d_out * rows];
     let work = |(t, chunk): (usize, &mut [f32])| {
         let first = t * per_task;
-        for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
-            let j = first + o;
-            let (w, s) = (&data[j * row_bytes..(j + 1) * row_bytes], &scales[j * x.blocks..(j + 1) * x.blocks]);
-            if use_vnni {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `vnni` checked AVX-512F, BW, VL and VNNI; the slices have the lengths
-                // asserted above.
-                unsafe {
-                    x86::rows(format, w, s, x, out)
-                };
-            } else {
+        let outputs = chunk.len() / rows;
+        let (w, s) = (&data[first * row_bytes..(first + outputs) * row_bytes], &scales[first * x.blocks..(first + outputs) * x.blocks]);
+        if use_vnni {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `vnni` checked AVX-512F, BW, VL and VNNI; `w` and `s` hold `outputs`
+            // outputs' weights and scales (the lengths asserted above), `chunk` their rows.
+            unsafe {
+                x86::outputs(format, w, s, x, chunk)
+            };
+        } else {
+            for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
+                let (w, s) = (&w[o * row_bytes..(o + 1) * row_bytes], &s[o * x.blocks..(o + 1) * x.blocks]);
                 for (r, v) in out.iter_mut().enumerate() {
                     dot_portable(format, w, s, x, r, v);
                 }
@@ -199,94 +197,110 @@ mod x86 {
 
     use super::{GROUP, QuantizedRows, WeightFormat};
 
-    /// Every row of `x` times one output's weights, into `out` (one value a row).
+    /// Every row of `x` times each of the outputs in `w`/`scales` (their weights and scales one
+    /// after another), into `out` (`[outputs, rows]`). Two outputs at a time share each load of
+    /// the rows.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F, BW, VL and VNNI; `w` holds the output's `blocks` blocks
-    /// (16 or 32 bytes each) and `scales` their scales.
+    /// The CPU must have AVX-512F, BW, VL and VNNI; `w` holds `out.len() / x.rows` outputs of
+    /// `x.blocks` blocks (16 or 32 bytes each) and `scales` their scales.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn rows(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
-        let mut r0 = 0;
-        while r0 < x.rows {
-            let n = (x.rows - r0).min(GROUP);
-            let o = &mut out[r0..r0 + n];
-            // SAFETY: as this function's.
-            unsafe {
-                match (format, n) {
-                    (WeightFormat::Int4, 8) => group::<true, 8>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 7) => group::<true, 7>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 6) => group::<true, 6>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 5) => group::<true, 5>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 4) => group::<true, 4>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 3) => group::<true, 3>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, 2) => group::<true, 2>(w, scales, x, r0, o),
-                    (WeightFormat::Int4, _) => group::<true, 1>(w, scales, x, r0, o),
-                    (_, 8) => group::<false, 8>(w, scales, x, r0, o),
-                    (_, 7) => group::<false, 7>(w, scales, x, r0, o),
-                    (_, 6) => group::<false, 6>(w, scales, x, r0, o),
-                    (_, 5) => group::<false, 5>(w, scales, x, r0, o),
-                    (_, 4) => group::<false, 4>(w, scales, x, r0, o),
-                    (_, 3) => group::<false, 3>(w, scales, x, r0, o),
-                    (_, 2) => group::<false, 2>(w, scales, x, r0, o),
-                    (_, _) => group::<false, 1>(w, scales, x, r0, o),
+    pub unsafe fn outputs(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
+        let (rows, blocks) = (x.rows, x.blocks);
+        let row_bytes = if format == WeightFormat::Int4 { blocks * 16 } else { blocks * 32 };
+        let n = out.len() / rows;
+        let mut j = 0;
+        while j < n {
+            let two = j + 1 < n;
+            let mut r0 = 0;
+            while r0 < rows {
+                let g = (rows - r0).min(GROUP);
+                let (wj, sj) = (&w[j * row_bytes..], &scales[j * blocks..]);
+                let o = &mut out[j * rows..];
+                // SAFETY: as this function's: outputs j (and j + 1 when `two`) exist.
+                unsafe {
+                    macro_rules! call {
+                        ($($g:literal)*) => {
+                            match (format == WeightFormat::Int4, two, g) {
+                                $((true, true, $g) => group::<true, 2, $g>(wj, sj, row_bytes, x, r0, o),
+                                  (true, false, $g) => group::<true, 1, $g>(wj, sj, row_bytes, x, r0, o),
+                                  (false, true, $g) => group::<false, 2, $g>(wj, sj, row_bytes, x, r0, o),
+                                  (false, false, $g) => group::<false, 1, $g>(wj, sj, row_bytes, x, r0, o),)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    call!(1 2 3 4 5 6 7 8);
                 }
+                r0 += g;
             }
-            r0 += n;
+            j += if two { 2 } else { 1 };
         }
     }
 
-    /// Rows `r0 .. r0 + G` (`G` accumulators in registers); the weights of each pair of blocks
-    /// are expanded to 64 signed bytes once for the group.
+    /// Rows `r0 .. r0 + G` times outputs `0 .. N` of `w` (`row_bytes` apart), into
+    /// `out[o * x.rows + r]`: `N × G` accumulators in registers; the weights of each pair of
+    /// blocks are expanded to 64 signed bytes once for the group.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn group<const INT4: bool, const G: usize>(w: &[u8], scales: &[f32], x: &QuantizedRows, r0: usize, out: &mut [f32]) {
+    unsafe fn group<const INT4: bool, const N: usize, const G: usize>(w: &[u8], scales: &[f32], row_bytes: usize, x: &QuantizedRows, r0: usize, out: &mut [f32]) {
         let (pairs, blocks) = (x.pairs, x.blocks);
-        let mut acc = [_mm512_setzero_ps(); G];
+        let mut acc = [[_mm512_setzero_ps(); G]; N];
         // vpsrlvw counts: the 2nd and 4th 128-bit quarters take the high nibbles.
         let shifts = _mm512_set_epi64(0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0);
         let quarters = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
         let lanes_of = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let (nibble, eight, k128) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8), _mm512_set1_epi8(-128));
         let zero = _mm512_setzero_si512();
-        let (ux_stride, dx_stride) = (pairs * 64, pairs * 16);
-        let ux = x.ux.as_ptr().wrapping_add(r0 * ux_stride);
-        let dxv = x.dxv.as_ptr().wrapping_add(r0 * dx_stride);
+        let ux = x.ux.as_ptr().wrapping_add(r0 * pairs * 64);
+        let dx = x.dx.as_ptr().wrapping_add(r0 * pairs * 2);
         for p in 0..pairs {
             let full = 2 * p + 1 < blocks;
-            // SAFETY (every block below): `w` holds `blocks` blocks and `scales` as many values;
-            // a missing odd block is masked off (those lanes read as 0); the quantized rows hold
-            // `pairs` × 64 bytes and × 16 scales for each of rows r0 .. r0 + G ≤ x.rows.
-            let wv = unsafe {
-                if INT4 {
-                    let src = w.as_ptr().add(32 * p) as *const i8;
-                    let raw = if full { _mm256_loadu_si256(src as *const __m256i) } else { _mm256_maskz_loadu_epi8(0xffff, src) };
-                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2048));
-                    // [A, B] (16 bytes of each block) → [A, A, B, B] → [A lo, A hi, B lo, B hi]:
-                    // each block's 32 values in order, as −8 … 7.
-                    let both = _mm512_permutexvar_epi64(quarters, _mm512_castsi256_si512(raw));
-                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srlv_epi16(both, shifts), nibble), eight)
-                } else {
-                    let src = w.as_ptr().add(64 * p) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(4096));
-                    if full { _mm512_loadu_si512(src as *const __m512i) } else { _mm512_maskz_loadu_epi8(0xffff_ffff, src) }
-                }
-            };
-            // dpbusd multiplies unsigned by signed bytes: the rows are stored as q + 128, so
-            // start each lane at −128 Σ w (of its 4 weights) to take the offset back out.
-            let corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv));
-            let dw = unsafe {
-                let s = scales.as_ptr().add(2 * p);
-                if full { _mm_castpd_ps(_mm_load_sd(s as *const f64)) } else { _mm_load_ss(s) }
-            };
-            let dwv = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(dw));
-            for (g, a) in acc.iter_mut().enumerate() {
+            let mut wv = [zero; N];
+            let mut corr = [zero; N];
+            let mut dwv = [_mm512_setzero_ps(); N];
+            for o in 0..N {
+                // SAFETY (every block below): `w` holds N outputs of `blocks` blocks and
+                // `scales` as many values; a missing odd block is masked off (those lanes read
+                // as 0); the quantized rows hold `pairs` × 64 bytes and × 2 scales for each of
+                // rows r0 .. r0 + G ≤ x.rows.
+                wv[o] = unsafe {
+                    if INT4 {
+                        let src = w.as_ptr().add(o * row_bytes + 32 * p) as *const i8;
+                        let raw = if full { _mm256_loadu_si256(src as *const __m256i) } else { _mm256_maskz_loadu_epi8(0xffff, src) };
+                        _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2 * row_bytes));
+                        // [A, B] (16 bytes of each block) → [A, A, B, B] → [A lo, A hi, B lo,
+                        // B hi]: each block's 32 values in order, as −8 … 7.
+                        let both = _mm512_permutexvar_epi64(quarters, _mm512_castsi256_si512(raw));
+                        _mm512_sub_epi8(_mm512_and_si512(_mm512_srlv_epi16(both, shifts), nibble), eight)
+                    } else {
+                        let src = w.as_ptr().add(o * row_bytes + 64 * p) as *const i8;
+                        _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2 * row_bytes));
+                        if full { _mm512_loadu_si512(src as *const __m512i) } else { _mm512_maskz_loadu_epi8(0xffff_ffff, src) }
+                    }
+                };
+                // dpbusd multiplies unsigned by signed bytes: the rows are stored as q + 128,
+                // so each lane starts at −128 Σ w (of its 4 weights) to take the offset out.
+                corr[o] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv[o]));
+                let dw = unsafe {
+                    let s = scales.as_ptr().add(o * blocks + 2 * p);
+                    if full { _mm_castpd_ps(_mm_load_sd(s as *const f64)) } else { _mm_load_ss(s) }
+                };
+                dwv[o] = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(dw));
+            }
+            for g in 0..G {
                 // SAFETY: see above.
-                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * ux_stride + 64 * p) as *const __m512i), _mm512_loadu_ps(dxv.add(g * dx_stride + 16 * p))) };
-                let s = _mm512_dpbusd_epi32(corr, u, wv);
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dwv, d), *a);
+                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * pairs * 64 + 64 * p) as *const __m512i), _mm_castpd_ps(_mm_load_sd(dx.add(g * pairs * 2 + 2 * p) as *const f64))) };
+                let dxv = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(d));
+                for o in 0..N {
+                    let s = _mm512_dpbusd_epi32(corr[o], u, wv[o]);
+                    acc[o][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dwv[o], dxv), acc[o][g]);
+                }
             }
         }
-        for (o, a) in out.iter_mut().zip(&acc) {
-            *o = reduce16(*a);
+        for (o, row) in acc.iter().enumerate() {
+            for (g, a) in row.iter().enumerate() {
+                out[o * x.rows + r0 + g] = reduce16(*a);
+            }
         }
     }
 
