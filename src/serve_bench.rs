@@ -1,28 +1,46 @@
 //! `phi bench serve`: requests/s and tokens/s of `phi serve` at several numbers of concurrent
 //! clients, over real HTTP on 127.0.0.1, on the bench-small shape (random weights; a byte-level
-//! BPE trained on synthetic words gives it a tokenizer of the same vocabulary).
+//! BPE trained on synthetic words gives it a tokenizer of the same vocabulary) — or on a model
+//! folder, or against another OpenAI-compatible server ([`Target`]), so that two servers meet
+//! the same load in one run.
 //!
 //! Every client sends chat completions one after another, streamed (a short prompt, `max_tokens`
-//! sampled tokens at temperature 1 — a random model never stops early, so every reply is
-//! `max_tokens` long), timing the first piece of text and the gaps between pieces; the server
-//! runs with the limits a user gets by default.
+//! sampled tokens at temperature 1 — a random model without an end-of-text id never stops early,
+//! so every reply is `max_tokens` long), timing the first piece of text and the gaps between
+//! pieces; tokens are counted from the server's usage report. Our server runs with the limits a
+//! user gets by default.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
 use phi_core::chat::ChatTemplate;
-use phi_core::{PhiConfig, PhiForCausalLM};
+use phi_core::{PhiConfig, PhiForCausalLM, WeightFormat};
 use phi_data::Tokenizer;
 use serde::Serialize;
 
 use phi_serve::client::Client;
 use phi_serve::{Limits, LocalServer, ServedModel};
 
+/// Which server the clients load.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `phi serve` in this process on a random model of this shape (its vocabulary replaced by
+    /// a byte-level BPE's, trained on synthetic words).
+    Random(PhiConfig),
+    /// `phi serve` in this process on the model folder (its tokenizer and chat template).
+    Folder(PathBuf),
+    /// An OpenAI-compatible server already running (`transformers serve`, vLLM, …): its base
+    /// URL (`http://host:port/v1`) and the model name its requests must carry.
+    Endpoint { url: String, model: String },
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ServeBench {
-    /// The model's shape; its vocabulary is replaced by the trained tokenizer's.
-    pub config: PhiConfig,
+    pub target: Target,
+    /// How our server holds the weights (`None`: f32); not for an endpoint.
+    pub weights: Option<WeightFormat>,
     /// Concurrent clients, one level after another.
     pub clients: Vec<usize>,
     /// Requests per level (at least 2 per client).
@@ -34,7 +52,7 @@ pub struct ServeBench {
 /// One level's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServeBenchRow {
-    /// The model's parameters (its vocabulary is the trained tokenizer's).
+    /// The model's parameters (0 for an endpoint's).
     pub params: u64,
     pub clients: usize,
     pub requests: usize,
@@ -79,22 +97,47 @@ fn synthetic_tokenizer(vocab: usize) -> Result<Tokenizer, String> {
 
 /// Runs every level; `on_row` sees each as it finishes.
 pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRow)) -> Result<Vec<ServeBenchRow>, String> {
-    let tokenizer = synthetic_tokenizer(b.config.vocab_size)?;
-    let mut config = b.config.clone();
-    config.vocab_size = tokenizer.vocab_size();
-    config.eos_token_ids = vec![];
-    let model = PhiForCausalLM::init(config.clone(), device, 0).map_err(|e| e.to_string())?;
-    let template = ChatTemplate::for_family(config.family);
-    let served = ServedModel { name: "bench".into(), model, tokenizer, template, stop_ids: vec![], created: 0 };
-
-    // Stopped when it goes out of scope, at the end.
-    let server = LocalServer::start(served, b.limits).map_err(|e| e.to_string())?;
-    let base = server.url.clone();
+    let served = match &b.target {
+        Target::Random(config) => {
+            let tokenizer = synthetic_tokenizer(config.vocab_size)?;
+            let mut config = config.clone();
+            config.vocab_size = tokenizer.vocab_size();
+            config.eos_token_ids = vec![];
+            let model = PhiForCausalLM::init(config.clone(), device, 0).map_err(|e| e.to_string())?;
+            let template = ChatTemplate::for_family(config.family);
+            Some(ServedModel { name: "bench".into(), model, tokenizer, template, stop_ids: vec![], created: 0 })
+        }
+        Target::Folder(dir) => Some(ServedModel::load(dir, None, Some("bench".into()), device).map_err(|e| format!("{}: {e}", dir.display()))?),
+        Target::Endpoint { .. } => {
+            if b.weights.is_some() {
+                return Err("--weights applies to our server, not to an endpoint's".into());
+            }
+            None
+        }
+    };
+    let (_server, base, name, params) = match served {
+        Some(mut served) => {
+            if let Some(f) = b.weights {
+                served.model.pack_weights(f).map_err(|e| e.to_string())?;
+            }
+            let params = served.model.config().num_parameters();
+            // Stopped when it goes out of scope, at the end.
+            let server = LocalServer::start(served, b.limits).map_err(|e| e.to_string())?;
+            let url = server.url.clone();
+            (Some(server), url, "bench".to_string(), params)
+        }
+        None => match &b.target {
+            Target::Endpoint { url, model } => (None, url.trim_end_matches('/').to_string(), model.clone(), 0),
+            _ => unreachable!("only an endpoint has no model here"),
+        },
+    };
+    let base = &base;
+    let name = name.as_str();
 
     let mut rows = Vec::new();
     let prompt = "kalomi nesuta ripode gufazo: write more";
     // One warm-up request (allocations, first-use paths).
-    Client::new(&base, "bench", None).chat(&[("user", prompt)], 1.0, 4, 3).map_err(|e| e.to_string())?;
+    Client::new(base, name, None).chat(&[("user", prompt)], 1.0, 4, 3).map_err(|e| e.to_string())?;
     for &clients in &b.clients {
         let clients = clients.max(1);
         let per_client = b.requests.div_ceil(clients).max(2);
@@ -102,9 +145,8 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
         let results: Vec<Result<Vec<Timed>, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..clients)
                 .map(|_| {
-                    let base = &base;
                     s.spawn(move || {
-                        let client = Client::new(base, "bench", None);
+                        let client = Client::new(base, name, None);
                         (0..per_client)
                             .map(|_| {
                                 let t = Instant::now();
@@ -148,7 +190,7 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         let row = ServeBenchRow {
-            params: config.num_parameters(),
+            params,
             clients,
             requests: latencies.len(),
             completion_tokens: tokens,

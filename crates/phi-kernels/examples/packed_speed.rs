@@ -13,7 +13,6 @@ fn main() {
     let (d_in, d_out) = if args.len() == 2 { (args[0], args[1]) } else { (2048usize, 8192usize) };
     let copies = 12; // > caches: 12 fc1-sized matrices
     let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let x: Vec<f32> = (0..d_in).map(|i| (i % 13) as f32 / 13.0).collect();
     let rows = 32;
     let xr: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut yr = vec![0.0f32; rows * d_out];

@@ -62,8 +62,9 @@ pub struct WeightArgs {
     /// f32).
     #[arg(long, value_parser = parse_weight_dtype)]
     pub dtype: Option<WeightDtype>,
-    /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32; activations
-    /// stay f32).
+    /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32). Products of up
+    /// to 64 rows (decoding, short prompts) quantize the activations to int8 in blocks of 32 too
+    /// and multiply as integers (llama.cpp's Q8_0 scheme); longer prompts keep them f32.
     #[arg(long = "quantize", conflicts_with = "dtype", value_parser = parse_weight_quantize)]
     pub quantize: Option<phi::core::WeightFormat>,
 }
@@ -327,8 +328,20 @@ pub struct BenchArgs {
     /// serve: requests per level.
     #[arg(long, default_value_t = 32)]
     pub requests: usize,
+    /// serve: serve this model folder (its tokenizer and chat template) instead of a random
+    /// model of the bench shape.
+    #[arg(long, conflicts_with = "endpoint")]
+    pub model: Option<std::path::PathBuf>,
+    /// serve: load this OpenAI-compatible server instead of ours (its base URL, e.g.
+    /// http://127.0.0.1:8000/v1; `transformers serve`, vLLM, …), with --served-model as the
+    /// requests' model name.
+    #[arg(long, requires = "served_model")]
+    pub endpoint: Option<String>,
+    /// serve: the model name the --endpoint's requests carry.
+    #[arg(long)]
+    pub served_model: Option<String>,
     /// generate: decode with each of these weight formats (f32, bf16, int8, int4), reported
-    /// against the first f32 one.
+    /// against the first f32 one; serve: serve with each of them in turn.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_bench_weights)]
     pub weights: Vec<Option<phi::core::WeightFormat>>,
     /// generate: also run this PyTorch decode script (benches/torch_decode.py) in f32 and bf16.

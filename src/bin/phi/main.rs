@@ -1103,6 +1103,7 @@ fn silence_stdout() {
 /// `phi bench serve`: the server over HTTP at each number of concurrent clients.
 fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (clients, requests) = (a.clients.clone(), a.requests);
+    let (folder, endpoint, served_model) = (a.model.clone(), a.endpoint.clone(), a.served_model.clone());
     let o = a.options();
     let archs: &[bool] = match o.arch {
         phi::bench::Arch::Phi => &[false],
@@ -1111,21 +1112,40 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let limits = phi::serve::Limits::default();
     let device = o.device.device()?;
-    for &phi3 in archs {
-        let arch = if phi3 { "phi3" } else { "phi" };
-        let config = phi::bench::baseline_config(&o, phi3);
-        let b = phi::serve_bench::ServeBench { config, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
+    use phi::serve_bench::Target;
+    // A folder or an endpoint is one target; the bench shape is one per architecture.
+    let targets: Vec<(String, Target)> = match (folder, endpoint) {
+        (Some(dir), _) => vec![(dir.display().to_string(), Target::Folder(dir))],
+        (None, Some(url)) => vec![(url.clone(), Target::Endpoint { url, model: served_model.unwrap_or_default() })],
+        (None, None) => archs.iter().map(|&phi3| ((if phi3 { "phi3" } else { "phi" }).to_string(), Target::Random(phi::bench::baseline_config(&o, phi3)))).collect(),
+    };
+    let weights: Vec<Option<phi::core::WeightFormat>> = match targets.first() {
+        Some((_, Target::Endpoint { .. })) => vec![None],
+        _ => o.weights.clone(),
+    };
+    for (arch, target) in targets {
+      for &format in &weights {
+        let label = format.map_or("f32".to_string(), |f| f.to_string());
+        let b = phi::serve_bench::ServeBench { target: target.clone(), weights: format, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
         if !o.json {
-            println!(
-                "phi serve, {arch} bench shape (random weights), {} new tokens per request, max {} decoding at once ({} waiting)",
-                o.gen_tokens, limits.max_concurrent, limits.max_waiting
-            );
+            match &b.target {
+                Target::Endpoint { url, .. } => println!("{url}, {} new tokens per request", o.gen_tokens),
+                Target::Folder(dir) => println!(
+                    "phi serve, {} ({label} weights), {} new tokens per request, max {} decoding at once ({} waiting)",
+                    dir.display(), o.gen_tokens, limits.max_concurrent, limits.max_waiting
+                ),
+                Target::Random(_) => println!(
+                    "phi serve, {arch} bench shape (random weights, {label}), {} new tokens per request, max {} decoding at once ({} waiting)",
+                    o.gen_tokens, limits.max_concurrent, limits.max_waiting
+                ),
+            }
             println!(" params  clients  requests  tokens/s  requests/s  p50 ms  p95 ms  TTFT p50/p99 ms  ITL p50/p99 ms");
         }
         phi::serve_bench::run(&b, &device, |r| {
             if o.json {
                 let mut v = serde_json::to_value(r).expect("serializes");
-                v["arch"] = arch.into();
+                v["arch"] = arch.clone().into();
+                v["weights"] = label.clone().into();
                 println!("{v}");
             } else {
                 println!(
@@ -1144,6 +1164,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         })?;
+      }
     }
     Ok(())
 }
