@@ -710,6 +710,27 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
     let r = annotate("4");
     assert!(String::from_utf8_lossy(&r.stdout).contains("4 sampled: 3 already answered, 1 asked"), "{}", String::from_utf8_lossy(&r.stdout));
+    // `phi bench serve --endpoint` puts its load on this server as on its own (a warm-up request,
+    // then 2 requests from 1 client and 2 from each of 2).
+    let bench = |extra: &[&str]| {
+        phi().args(["bench", "serve", "--clients", "1,2", "--requests", "2", "--gen-tokens", "3", "--json", "--served-model", "tiny"]).args(extra).arg("--endpoint").arg(format!("http://{addr}/v1")).output().unwrap()
+    };
+    let r = bench(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(rows.iter().map(|r| (r["clients"].as_u64(), r["requests"].as_u64())).collect::<Vec<_>>(), [(Some(1), Some(2)), (Some(2), Some(4))]);
+    for row in &rows {
+        assert!(row["completion_tokens"].as_u64().unwrap() > 0 && row["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // And on our server in-process, on the same folder (`--model`).
+    let r = phi().args(["bench", "serve", "--clients", "2", "--requests", "2", "--gen-tokens", "2", "--json", "--model"]).arg(dir.path()).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let row: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim()).unwrap();
+    assert!(row["clients"] == 2 && row["requests"] == 4 && row["params"].as_u64().unwrap() > 0 && row["completion_tokens"].as_u64().unwrap() > 0, "{row}");
+    // Packing is for our own server; nothing is sent.
+    let r = bench(&["--weights", "int8"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("--weights applies to our server"), "{err}");
     // Ctrl-C: the server stops and exits 0.
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
@@ -722,11 +743,11 @@ fn serve_answers_over_http_and_stops_cleanly_on_ctrl_c() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    // The server's log, on stderr: a line per request (1 + 3 + 1 here), and its stop.
+    // The server's log, on stderr: a line per request (1 + 3 + 1 + 7 here), and its stop.
     let mut log = String::new();
     child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     let served: Vec<&str> = log.lines().filter(|l| l.contains("INFO") && l.contains("request served")).collect();
-    assert_eq!(served.len(), 5, "{log}");
+    assert_eq!(served.len(), 12, "{log}");
     assert!(served[0].contains("endpoint=\"/v1/chat/completions\"") && served[0].contains("model=\"tiny\"") && served[0].contains("status=200"), "{log}");
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
     assert_eq!(log.matches("warning: RUST_LOG=\"phi_serve=loud\" is not in `target=level,…` form").count(), 1, "{log}");

@@ -1119,10 +1119,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(url)) => vec![(url.clone(), Target::Endpoint { url, model: served_model.unwrap_or_default() })],
         (None, None) => archs.iter().map(|&phi3| ((if phi3 { "phi3" } else { "phi" }).to_string(), Target::Random(phi::bench::baseline_config(&o, phi3)))).collect(),
     };
-    let weights: Vec<Option<phi::core::WeightFormat>> = match targets.first() {
-        Some((_, Target::Endpoint { .. })) => vec![None],
-        _ => o.weights.clone(),
-    };
+    let weights = o.weights.clone();
     for (arch, target) in targets {
       for &format in &weights {
         let label = format.map_or("f32".to_string(), |f| f.to_string());
