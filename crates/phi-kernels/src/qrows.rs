@@ -9,7 +9,7 @@
 //! **The arithmetic, exactly** (every kernel computes it, bit for bit, so a row's result depends
 //! neither on the CPU's kernel nor on the other rows):
 //! - each block of 32 activations `x` gets `d = max|x| / 127` and `q = round_ties_even(x · 127 /
-//!   max|x|)` in −127…127 (an all-zero block `d = 0`; a block holding a NaN or infinity `d = NaN`,
+//!   max|x|)` in −127…127 (computed in f64, where it is exact) (an all-zero block `d = 0`; a block holding a NaN or infinity `d = NaN`,
 //!   so the output is NaN rather than the bad value being rounded away);
 //! - the products run in 16 lanes: lane `8h + l` takes lanes `l` of the blocks `b` with `b mod 2
 //!   = h`, i.e. values `4l … 4l + 3` of those blocks; per block and lane the integer sum
@@ -33,18 +33,21 @@ const GROUP: usize = 8;
 /// Rows quantized for the integer products: per row and pair of blocks, 64 bytes `q + 128`
 /// (a missing odd block: `128`, i.e. `q = 0`) and 2 scales `d` (0 for a missing block).
 pub struct QuantizedRows {
-    pub rows: usize,
+    rows: usize,
     /// Blocks per row, and pairs of them.
-    pub blocks: usize,
-    pub pairs: usize,
-    pub ux: Vec<u8>,
-    pub dx: Vec<f32>,
+    blocks: usize,
+    pairs: usize,
+    ux: Vec<u8>,
+    dx: Vec<f32>,
 }
 
 crate::math::dispatch_simd! {
     avx512;
     /// `x` (`rows × k`, `k` a multiple of [`BLOCK`]) quantized into `out` (see the module docs).
     pub fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
+        if k == 0 {
+            return;
+        }
         let pairs = out.pairs;
         for (r, row) in x.chunks_exact(k).enumerate() {
             let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
@@ -59,9 +62,11 @@ crate::math::dispatch_simd! {
                 }
                 dx[b] = if !finite { f32::NAN } else { amax / 127.0 };
                 if amax > 0.0 && finite {
-                    let inv = 127.0 / amax;
+                    // In f64, `v · 127` is exact and the one division rounds once: the
+                    // documented rounding, even for blocks too small for 127 / amax in f32.
+                    let m = amax as f64;
                     for (u, &v) in ux[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
-                        *u = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                        *u = ((v as f64 * 127.0 / m).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
                     }
                 }
             }
@@ -70,9 +75,10 @@ crate::math::dispatch_simd! {
 }
 
 impl QuantizedRows {
+    /// `x` (`rows × k`) quantized; `k` must be a multiple of [`BLOCK`].
     pub fn new(x: &[f32], rows: usize, k: usize) -> Self {
-        debug_assert_eq!(x.len(), rows * k);
-        debug_assert_eq!(k % BLOCK, 0);
+        assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
+        assert_eq!(k % BLOCK, 0, "{k} inputs: not a multiple of {BLOCK}");
         let blocks = k / BLOCK;
         let pairs = blocks.div_ceil(2);
         let mut q = QuantizedRows { rows, blocks, pairs, ux: vec![128; rows * pairs * 64], dx: vec![0.0; rows * pairs * 2] };
@@ -135,7 +141,18 @@ crate::math::dispatch_simd! {
 fn vnni(kernel: Kernel) -> bool {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 {
-        return is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl");
+        return is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl");
+    }
+    let _ = kernel;
+    false
+}
+
+/// Whether this CPU runs the AVX2 kernel (under the SIMD kernels' switches; an AVX-512 CPU
+/// without VNNI runs it too).
+fn avx2(kernel: Kernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Portable {
+        return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     }
     let _ = kernel;
     false
@@ -152,10 +169,19 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
     let rows = x.rows;
     assert!(matches!(format, WeightFormat::Int8 | WeightFormat::Int4), "{format}: integer products are for int8 and int4");
     assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
+    // What the unsafe kernels index by: the rows' blocks are the weights' blocks.
+    assert_eq!(x.blocks * BLOCK, d_in, "rows of {} blocks against {d_in} inputs", x.blocks);
+    assert_eq!((x.pairs, x.ux.len(), x.dx.len()), (x.blocks.div_ceil(2), rows * x.pairs * 64, rows * x.pairs * 2));
     let row_bytes = if format == WeightFormat::Int4 { d_in / 2 } else { d_in };
     assert_eq!(data.len(), row_bytes * d_out, "weights are not {d_out} × {d_in} {format}");
     assert_eq!(scales.len(), x.blocks * d_out);
-    let use_vnni = vnni(kernel);
+    if rows == 0 || d_out == 0 {
+        return;
+    }
+    if d_in == 0 {
+        return y.fill(0.0);
+    }
+    let (use_vnni, use_avx2) = (vnni(kernel), avx2(kernel));
     // Outputs per task: ~256 KiB of weights (see `PackedMatrix::matmul`).
     let per_task = ((256 << 10) / (row_bytes + 4 * x.blocks).max(1)).clamp(8, 1024);
     let mut by_output = vec![0.0f32; d_out * rows];
@@ -169,6 +195,12 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
             // outputs' weights and scales (the lengths asserted above), `chunk` their rows.
             unsafe {
                 x86::outputs(format, w, s, x, chunk)
+            };
+        } else if use_avx2 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `avx2` checked AVX2 and FMA; the slices as above.
+            unsafe {
+                x86::outputs_avx2(format, w, s, x, chunk)
             };
         } else {
             for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
@@ -283,13 +315,14 @@ mod x86 {
                 corr[o] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv[o]));
                 let dw = unsafe {
                     let s = scales.as_ptr().add(o * blocks + 2 * p);
-                    if full { _mm_castpd_ps(_mm_load_sd(s as *const f64)) } else { _mm_load_ss(s) }
+                    // Two scales, unaligned (`_mm_load_sd` would read them as an aligned f64).
+                    if full { _mm_castsi128_ps(_mm_loadl_epi64(s as *const __m128i)) } else { _mm_load_ss(s) }
                 };
                 dwv[o] = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(dw));
             }
             for g in 0..G {
                 // SAFETY: see above.
-                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * pairs * 64 + 64 * p) as *const __m512i), _mm_castpd_ps(_mm_load_sd(dx.add(g * pairs * 2 + 2 * p) as *const f64))) };
+                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * pairs * 64 + 64 * p) as *const __m512i), _mm_castsi128_ps(_mm_loadl_epi64(dx.add(g * pairs * 2 + 2 * p) as *const __m128i))) };
                 let dxv = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(d));
                 for o in 0..N {
                     let s = _mm512_dpbusd_epi32(corr[o], u, wv[o]);
@@ -301,6 +334,84 @@ mod x86 {
             for (g, a) in row.iter().enumerate() {
                 out[o * x.rows + r0 + g] = reduce16(*a);
             }
+        }
+    }
+
+    /// [`outputs`] on AVX2 + FMA (no VNNI): one output and up to 4 rows at a time, a block (8
+    /// lanes) at a time — the even blocks' lanes in one accumulator, the odd blocks' in another
+    /// (lanes 0–7 and 8–15 of the 16). A lane's 4 products come from `vpmaddubsw` on |q| and the
+    /// weights with q's sign (≤ 2 · 127 · 127 a pair: no saturation) and `vpmaddwd`, exact as
+    /// VNNI's.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the slices as [`outputs`]'.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn outputs_avx2(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
+        let (rows, blocks) = (x.rows, x.blocks);
+        let row_bytes = if format == WeightFormat::Int4 { blocks * 16 } else { blocks * 32 };
+        for j in 0..out.len() / rows {
+            let (wj, sj) = (&w[j * row_bytes..(j + 1) * row_bytes], &scales[j * blocks..(j + 1) * blocks]);
+            let mut r0 = 0;
+            while r0 < rows {
+                let g = (rows - r0).min(4);
+                let o = &mut out[j * rows + r0..j * rows + r0 + g];
+                // SAFETY: as this function's.
+                unsafe {
+                    match (format == WeightFormat::Int4, g) {
+                        (true, 4) => group_avx2::<true, 4>(wj, sj, x, r0, o),
+                        (true, 3) => group_avx2::<true, 3>(wj, sj, x, r0, o),
+                        (true, 2) => group_avx2::<true, 2>(wj, sj, x, r0, o),
+                        (true, _) => group_avx2::<true, 1>(wj, sj, x, r0, o),
+                        (false, 4) => group_avx2::<false, 4>(wj, sj, x, r0, o),
+                        (false, 3) => group_avx2::<false, 3>(wj, sj, x, r0, o),
+                        (false, 2) => group_avx2::<false, 2>(wj, sj, x, r0, o),
+                        (false, _) => group_avx2::<false, 1>(wj, sj, x, r0, o),
+                    }
+                }
+                r0 += g;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group_avx2<const INT4: bool, const G: usize>(w: &[u8], scales: &[f32], x: &QuantizedRows, r0: usize, out: &mut [f32]) {
+        let (pairs, blocks) = (x.pairs, x.blocks);
+        let mut acc = [[_mm256_setzero_ps(); G]; 2];
+        let (nibble, eight, flip, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi8(8), _mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        for p in 0..pairs {
+            for h in 0..2 {
+                let b = 2 * p + h;
+                if b >= blocks {
+                    break;
+                }
+                // SAFETY: block b < blocks of `w` (16 or 32 bytes each); row r0 + g < x.rows
+                // holds pairs × 64 bytes.
+                let wv = unsafe {
+                    if INT4 {
+                        let v = _mm_loadu_si128(w.as_ptr().add(16 * b) as *const __m128i);
+                        let (lo, hi) = (_mm_and_si128(v, nibble), _mm_and_si128(_mm_srli_epi16::<4>(v), nibble));
+                        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight)
+                    } else {
+                        _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i)
+                    }
+                };
+                let dw = _mm256_set1_ps(scales[b]);
+                for (g, a) in acc[h].iter_mut().enumerate() {
+                    let r = r0 + g;
+                    // SAFETY: see above.
+                    let u = unsafe { _mm256_loadu_si256(x.ux.as_ptr().add(r * pairs * 64 + 32 * b) as *const __m256i) };
+                    let q = _mm256_xor_si256(u, flip);
+                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(wv, q)), ones);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(x.dx[r * pairs * 2 + b])), *a);
+                }
+            }
+        }
+        for (g, o) in out.iter_mut().enumerate() {
+            // [`super::reduce16`]: lane i + lane i + 8 is even[i] + odd[i].
+            let t = _mm256_add_ps(acc[0][g], acc[1][g]);
+            let u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+            let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+            *o = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps::<1>(v, v)));
         }
     }
 
@@ -332,20 +443,33 @@ mod tests {
 
     #[test]
     fn every_kernel_computes_the_same_bits_and_each_row_what_it_gets_alone() {
-        // Odd block counts (a missing odd block), one pair, many; every group size.
-        for (d_in, d_out) in [(32, 5), (96, 37), (64 * 5, 70), (2048 + 96, 33)] {
+        // The kernels this CPU has must include the widest (else the comparison below would
+        // compare the reference with itself).
+        let kernels = Kernel::available();
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && std::env::var_os("PHI_NO_AVX512").is_none() && is_x86_feature_detected!("avx512vnni") {
+            assert!(kernels.iter().any(|&k| vnni(k)), "the VNNI kernel is not among {kernels:?}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") {
+            assert!(kernels.iter().any(|&k| avx2(k) && !vnni(k)), "the AVX2 kernel is not among {kernels:?}");
+        }
+        // Odd and even block counts (a missing odd block), one pair, many; odd and even
+        // outputs (the two-output path and its one-output tail); several tasks (8160 inputs:
+        // 28 outputs a task in int8, 51 in int4); every group size of both SIMD kernels.
+        for (d_in, d_out) in [(32, 5), (96, 37), (128, 7), (64 * 5, 70), (2048 + 96, 33), (8160, 61)] {
             let w = values(d_in * d_out, 1, 0.2);
             for format in [WeightFormat::Int8, WeightFormat::Int4] {
                 let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
                 let (data, scales) = p.raw();
-                for rows in [1, 3, 8, 13, MAX_ROWS] {
+                for rows in (1..=9).chain([13, MAX_ROWS]) {
                     let mut x = values(rows * d_in, 2 + rows as u64, 4.0);
                     // A row of zeros and one all-zero block.
                     x[..d_in].fill(0.0);
                     x[d_in.min((rows - 1) * d_in)..][..BLOCK].fill(0.0);
                     let q = QuantizedRows::new(&x, rows, d_in);
                     let mut first: Option<Vec<f32>> = None;
-                    for kernel in Kernel::available() {
+                    for &kernel in &kernels {
                         let mut y = vec![f32::NAN; rows * d_out];
                         matmul_with(kernel, format, data, scales, d_in, d_out, &q, &mut y);
                         match &first {
@@ -384,6 +508,23 @@ mod tests {
                     assert!(y[..d_out].iter().all(|v| *v == 0.0));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn tiny_blocks_quantize_as_documented_and_empty_products_are_zeros() {
+        // 127 / max|x| overflows f32 here; the f64 rounding still gives round(x · 127 / max).
+        let mut x = vec![0.0f32; 32];
+        x[0] = 1e-37;
+        x[1] = 1e-38;
+        let q = QuantizedRows::new(&x, 1, 32);
+        assert_eq!((q.ux[0] as i32 - 128, q.ux[1] as i32 - 128), (127, 13));
+        // No inputs: zeros; no rows: nothing.
+        for kernel in Kernel::available() {
+            let mut y = vec![f32::NAN; 6];
+            matmul_with(kernel, WeightFormat::Int8, &[], &[], 0, 3, &QuantizedRows::new(&[], 2, 0), &mut y);
+            assert_eq!(y, [0.0; 6]);
+            matmul_with(kernel, WeightFormat::Int4, &[0; 96], &[0.0; 6], 64, 3, &QuantizedRows::new(&[], 0, 64), &mut []);
         }
     }
 
