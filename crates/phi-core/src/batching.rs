@@ -1,7 +1,10 @@
 //! Continuous batching: many prompts decoded together. At most `max_batch` sequences run at
 //! once; each step decodes every running one in one forward ([`PhiForCausalLM::decode_step`]:
 //! the weights are read once for all of them, which is what a memory-bound decode step costs),
-//! and a waiting prompt joins — prefilled on its own — as soon as a running one finishes.
+//! and a waiting prompt joins — prefilled on its own — as soon as a running one finishes. With
+//! a prefill chunk ([`Batcher::with_prefill_chunk`]) a long prompt is prefilled that many
+//! tokens per step, so it delays each step of the running sequences by one chunk instead of
+//! stalling them for the whole prompt.
 //!
 //! Each sequence gets what [`PhiForCausalLM::generate_streaming`] gives it alone: its own
 //! sampler (a seeded one draws the same tokens), stop ids and token budget, and the LongRoPE
@@ -45,7 +48,7 @@ pub struct Chosen {
 /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
 /// use phi_core::batching::Batcher;
 /// let mut batch = Batcher::new(&model);
-/// let first = batch.admit(0, vec![1, 2, 3], &GenerationConfig::greedy(4)).unwrap();
+/// let first = batch.admit(0, vec![1, 2, 3], &GenerationConfig::greedy(4)).unwrap().expect("prefilled whole");
 /// batch.admit(1, vec![4], &GenerationConfig::greedy(4)).unwrap();
 /// let mut ids = vec![vec![1, 2, 3, first.token]];
 /// while !batch.is_empty() {
@@ -59,20 +62,48 @@ pub struct Batcher<'m> {
     model: &'m PhiForCausalLM,
     running: Vec<Running>,
     caches: Vec<KvCache>,
+    /// Prompts being prefilled a chunk per step, oldest first (their caches hold what is done).
+    prefilling: std::collections::VecDeque<(Running, KvCache)>,
+    /// Prompt tokens per prefill chunk (0: a prompt is prefilled whole when admitted).
+    chunk: usize,
 }
 
 impl<'m> Batcher<'m> {
     pub fn new(model: &'m PhiForCausalLM) -> Self {
-        Batcher { model, running: Vec::new(), caches: Vec::new() }
+        Batcher { model, running: Vec::new(), caches: Vec::new(), prefilling: Default::default(), chunk: 0 }
     }
 
-    /// Sequences running.
+    /// Prompts longer than `tokens` are prefilled `tokens` at a time: [`admit`](Self::admit)
+    /// queues them and each [`step`](Self::step) runs one chunk of the oldest before decoding
+    /// the running sequences; the last chunk chooses the prompt's first token, which that step
+    /// returns. 0 (the default) prefills every prompt whole in `admit`. The chunks' logits
+    /// equal the whole prompt's to rounding (the same positions and keys; the products run as
+    /// other row counts). A prompt that crosses the LongRoPE switch is prefilled whole: its
+    /// first chunks would be rotated with the other factors.
+    ///
+    /// ```
+    /// # use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM, burn::tensor::Device};
+    /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
+    /// use phi_core::batching::Batcher;
+    /// let mut batch = Batcher::new(&model).with_prefill_chunk(4);
+    /// // 10 prompt tokens: chunks of 4, 4 and 2, the last one in the third step.
+    /// assert!(batch.admit(0, (1..=10).collect(), &GenerationConfig::greedy(2)).unwrap().is_none());
+    /// assert!(batch.step().unwrap().is_empty() && batch.step().unwrap().is_empty());
+    /// let first = batch.step().unwrap();
+    /// assert_eq!(first.len(), 1);
+    /// ```
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.chunk = tokens;
+        self
+    }
+
+    /// Sequences running or being prefilled.
     pub fn len(&self) -> usize {
-        self.running.len()
+        self.running.len() + self.prefilling.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.prefilling.is_empty()
     }
 
     /// Checks a request as [`PhiForCausalLM::generate`] does (a config it refuses, an empty
@@ -93,9 +124,11 @@ impl<'m> Batcher<'m> {
     }
 
     /// Prefills `prompt` (alone) and chooses its first token; unless that ended it, the
-    /// sequence runs from now on under `id`. A zero budget is refused: the caller has nothing
-    /// to decode.
-    pub fn admit(&mut self, id: usize, prompt: Vec<u32>, config: &GenerationConfig) -> Result<Chosen> {
+    /// sequence runs from now on under `id`. `None`: the prompt is longer than the prefill
+    /// chunk ([`with_prefill_chunk`](Self::with_prefill_chunk)) and is prefilled by the next
+    /// steps, the last of which returns its first token. A zero budget is refused: the caller
+    /// has nothing to decode.
+    pub fn admit(&mut self, id: usize, prompt: Vec<u32>, config: &GenerationConfig) -> Result<Option<Chosen>> {
         self.check(&prompt, config)?;
         if config.max_new_tokens == 0 {
             return Err(Error::arg("max_new_tokens", "must be at least 1 to decode"));
@@ -103,17 +136,27 @@ impl<'m> Batcher<'m> {
         let mut r = Running { id, tokens: prompt, new: 0, config: config.clone(), sampler: Sampler::new(config) };
         let mut cache = self.model.new_cache();
         cache.reserve(r.tokens.len() + config.max_new_tokens.min(crate::kv_cache::RESERVE_AHEAD));
+        let n = r.tokens.len();
+        if self.chunk > 0 && n > self.chunk && self.model.uses_long_rope(self.chunk) == self.model.uses_long_rope(n) {
+            self.prefilling.push_back((r, cache));
+            return Ok(None);
+        }
         let token = Self::sample_after(self.model, &r.tokens, &mut cache, &mut r.sampler)?;
         let done = chose(&mut r, token);
         if !done {
             self.running.push(r);
             self.caches.push(cache);
         }
-        Ok(Chosen { id, token, done })
+        Ok(Some(Chosen { id, token, done }))
     }
 
-    /// Ends sequence `id` now and frees its cache (`false` if it was not running).
+    /// Ends sequence `id` now and frees its cache (`false` if it was neither running nor
+    /// being prefilled).
     pub fn remove(&mut self, id: usize) -> bool {
+        if let Some(i) = self.prefilling.iter().position(|(r, _)| r.id == id) {
+            self.prefilling.remove(i);
+            return true;
+        }
         match self.running.iter().position(|r| r.id == id) {
             Some(i) => {
                 self.running.remove(i);
@@ -124,14 +167,45 @@ impl<'m> Batcher<'m> {
         }
     }
 
-    /// The tokens of sequence `id` so far (prompt included), while it runs.
+    /// The tokens of sequence `id` so far (prompt included), while it runs or is prefilled.
     pub fn tokens(&self, id: usize) -> Option<&[u32]> {
-        self.running.iter().find(|r| r.id == id).map(|r| r.tokens.as_slice())
+        self.running.iter().chain(self.prefilling.iter().map(|(r, _)| r)).find(|r| r.id == id).map(|r| r.tokens.as_slice())
+    }
+
+    /// The next chunk of the oldest prompt being prefilled; its first token after the last.
+    fn prefill_chunk(&mut self) -> Result<Option<(Chosen, Option<(Running, KvCache)>)>> {
+        let model = self.model;
+        let Some((r, cache)) = self.prefilling.front_mut() else { return Ok(None) };
+        let end = (cache.len() + self.chunk).min(r.tokens.len());
+        if end < r.tokens.len() {
+            model.forward_cached(model.ids_tensor(&r.tokens[cache.len()..end])?, cache, true)?;
+            return Ok(None);
+        }
+        let token = Self::sample_after(model, &r.tokens, cache, &mut r.sampler)?;
+        let (mut r, cache) = self.prefilling.pop_front().expect("the front");
+        let done = chose(&mut r, token);
+        Ok(Some((Chosen { id: r.id, token, done }, (!done).then_some((r, cache)))))
     }
 
     /// Chooses the next token of every running sequence: one forward for all of them, except
     /// that a sequence crossing the LongRoPE switch recomputes alone. Finished sequences leave.
+    /// First, one chunk of the oldest prompt being prefilled runs; after its last chunk, the
+    /// prompt's first token is among those returned and the sequence runs from the next step.
     pub fn step(&mut self) -> Result<Vec<Chosen>> {
+        let prefilled = self.prefill_chunk()?;
+        let mut out = self.decode()?;
+        if let Some((c, joins)) = prefilled {
+            out.push(c);
+            if let Some((r, cache)) = joins {
+                self.running.push(r);
+                self.caches.push(cache);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`step`](Self::step)'s decoding of the running sequences.
+    fn decode(&mut self) -> Result<Vec<Chosen>> {
         let model = self.model;
         let recompute: Vec<bool> = self.running.iter().zip(&self.caches).map(|(r, c)| model.uses_long_rope(r.tokens.len()) != model.uses_long_rope(c.len())).collect();
         let mut tokens: Vec<Option<u32>> = vec![None; self.running.len()];
@@ -225,7 +299,7 @@ impl PhiForCausalLM {
         loop {
             while batch.len() < max_batch {
                 let Some(i) = waiting.next() else { break };
-                let c = batch.admit(i, requests[i].0.clone(), &requests[i].1)?;
+                let c = batch.admit(i, requests[i].0.clone(), &requests[i].1)?.expect("no prefill chunk: prefilled at once");
                 if !take(c, &mut out) && !c.done {
                     batch.remove(i);
                 }

@@ -108,6 +108,11 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 16;
 /// token), 10,900 of phi-1.5 (0.375 MiB).
 pub const DEFAULT_KV_CACHE_MB: usize = 4096;
 
+/// Prompt tokens prefilled per decode step by default: a longer prompt joins over several
+/// steps, each delaying the running sequences by one chunk's forward (on a CPU, 64 rows keep
+/// the prefill on the few-rows kernels), rather than stalling them for the whole prompt.
+pub const DEFAULT_PREFILL_CHUNK: usize = 64;
+
 /// How much a server takes on at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -119,6 +124,9 @@ pub struct Limits {
     /// `max_tokens` when it starts, and waits while that does not fit (one larger than the whole
     /// budget runs alone).
     pub kv_cache_bytes: usize,
+    /// Prompt tokens prefilled per decode step (0: a prompt is prefilled whole when it joins,
+    /// stalling the running sequences meanwhile).
+    pub prefill_chunk: usize,
     /// Largest request body taken (413 beyond it, refused on its `Content-Length` before any of
     /// it is read). 8 MiB holds a 128k-token prompt several times over.
     pub max_body_bytes: usize,
@@ -135,6 +143,7 @@ impl Default for Limits {
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             max_waiting: 64,
             kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             max_body_bytes: 8 << 20,
             header_timeout: std::time::Duration::from_secs(30),
         }
@@ -158,7 +167,7 @@ fn app(model: ServedModel, limits: Limits) -> Arc<App> {
     let n = limits.max_concurrent.max(1);
     let model = Arc::new(model);
     Arc::new(App {
-        scheduler: scheduler::Scheduler::start(model.clone(), n, limits.kv_cache_bytes),
+        scheduler: scheduler::Scheduler::start(model.clone(), n, limits.kv_cache_bytes, limits.prefill_chunk),
         model,
         admitted: Arc::new(tokio::sync::Semaphore::new(n + limits.max_waiting)),
         decoding: Arc::new(tokio::sync::Semaphore::new(n)),
@@ -698,6 +707,8 @@ pub struct ServeOptions {
     pub max_concurrent: usize,
     /// The KV cache budget in MiB ([`Limits::kv_cache_bytes`]).
     pub kv_cache_mb: usize,
+    /// Prompt tokens prefilled per step ([`Limits::prefill_chunk`]).
+    pub prefill_chunk: usize,
     pub device: phi_core::device::Backend,
     /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`).
     pub weights: Option<phi_core::WeightFormat>,
@@ -732,7 +743,7 @@ pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &Served
         let bind = |source| ServeError::Bind { addr: addr.clone(), source };
         let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port)).await.map_err(bind)?;
         on_ready(listener.local_addr().map_err(bind)?, &model);
-        serve(listener, model, Limits { max_concurrent: o.max_concurrent, kv_cache_bytes: o.kv_cache_mb.saturating_mul(1 << 20), ..Limits::default() }, shutdown_signal()).await.map_err(bind)?;
+        serve(listener, model, Limits { max_concurrent: o.max_concurrent, kv_cache_bytes: o.kv_cache_mb.saturating_mul(1 << 20), prefill_chunk: o.prefill_chunk, ..Limits::default() }, shutdown_signal()).await.map_err(bind)?;
         Ok(())
     })
 }

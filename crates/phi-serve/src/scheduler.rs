@@ -67,11 +67,12 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     /// Starts the decoding thread, with at most `max_batch` sequences at once whose KV caches
-    /// together stay within `kv_budget` bytes.
-    pub(crate) fn start(model: Arc<ServedModel>, max_batch: usize, kv_budget: usize) -> Self {
+    /// together stay within `kv_budget` bytes, prompts prefilled `prefill_chunk` tokens a step
+    /// (0: whole).
+    pub(crate) fn start(model: Arc<ServedModel>, max_batch: usize, kv_budget: usize, prefill_chunk: usize) -> Self {
         let (jobs, queue) = mpsc::channel();
         let reserved = Arc::new(AtomicUsize::new(0));
-        let limits = Budget { rows: max_batch.max(1), kv_bytes: kv_budget, reserved: reserved.clone() };
+        let limits = Budget { rows: max_batch.max(1), kv_bytes: kv_budget, reserved: reserved.clone(), prefill_chunk };
         std::thread::Builder::new().name("phi-serve-decode".into()).spawn(move || run(&model, &queue, limits)).expect("spawning the decoding thread");
         #[cfg(not(test))]
         drop(reserved);
@@ -119,6 +120,7 @@ impl Scheduler {
 struct Budget {
     rows: usize,
     kv_bytes: usize,
+    prefill_chunk: usize,
     reserved: Arc<AtomicUsize>,
 }
 
@@ -140,7 +142,7 @@ impl Live {
 /// The decoding thread: take in what has come (waiting when idle), admit what fits, step,
 /// deliver, repeat.
 fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
-    let mut batch = Batcher::new(&model.model);
+    let mut batch = Batcher::new(&model.model).with_prefill_chunk(budget.prefill_chunk);
     let mut live = Live { jobs: HashMap::new(), reserved: budget.reserved.clone() };
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut next_id = 0usize;
@@ -181,7 +183,7 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
             Err(panic) => {
                 fail_running(&format!("decoding panicked: {}", panic_message(&*panic)), &mut batch, &mut live);
                 // Whatever the step left half done goes with the old batch.
-                batch = Batcher::new(&model.model);
+                batch = Batcher::new(&model.model).with_prefill_chunk(budget.prefill_chunk);
             }
         }
     }
@@ -202,8 +204,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into())
 }
 
-/// Prefills `job`'s prompt and delivers its first token (a request the batcher refuses gets
-/// the reason).
+/// Prefills `job`'s prompt and delivers its first token — or, for a prompt prefilled in chunks,
+/// lets the steps deliver it (a request the batcher refuses gets the reason).
 fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, live: &mut Live) {
     if job.to.send(Msg::Started).is_err() {
         // Its request hung up while it waited: nothing to prefill.
@@ -216,7 +218,9 @@ fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, li
         Ok(Ok(c)) => {
             live.reserved.fetch_add(need, Ordering::SeqCst);
             live.jobs.insert(id, (job, need));
-            deliver(&[c], batch, live);
+            if let Some(c) = c {
+                deliver(&[c], batch, live);
+            }
         }
         Ok(Err(e)) => {
             let _ = job.to.send(Msg::Failed(Failure(e.to_string())));
@@ -268,7 +272,7 @@ mod tests {
     #[test]
     fn a_cancelled_request_frees_its_kv_reservation() {
         let (_dir, model) = served();
-        let scheduler = Scheduler::start(model.clone(), 4, usize::MAX);
+        let scheduler = Scheduler::start(model.clone(), 4, usize::MAX, 0);
         let prompt = [3u32, 4, 5];
         let budget = 100;
         let need = model.model.kv_cache_bytes(prompt.len() + budget);
@@ -300,7 +304,7 @@ mod tests {
     fn a_request_beyond_the_budget_runs_alone() {
         let (_dir, model) = served();
         let budget = model.model.kv_cache_bytes(10);
-        let scheduler = Arc::new(Scheduler::start(model.clone(), 4, budget));
+        let scheduler = Arc::new(Scheduler::start(model.clone(), 4, budget, 0));
         let need = model.model.kv_cache_bytes(11);
         let mut seen = vec![];
         scheduler

@@ -164,7 +164,8 @@ fn bad_requests_get_openai_errors_and_concurrent_requests_are_served() {
 }
 
 /// 32 requests at once, prompts of different lengths, decode as one continuous batch and each
-/// gets what it gets alone: greedy ones the same text, seeded sampled ones the same draws. A
+/// gets what it gets alone: greedy ones the same text, seeded sampled ones the same draws — also
+/// with their prompts prefilled in chunks between the decode steps. A
 /// KV budget that holds two of them at a time makes the rest wait, not fail; a request larger
 /// than the whole budget runs alone.
 #[test]
@@ -199,6 +200,10 @@ fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() {
     let alone = texts(wide.addr, false);
     assert_eq!(texts(wide.addr, true), alone);
     wide.stop();
+    // Prompts prefilled 2 tokens a step (most of these are chunked): the same replies.
+    let mut chunked = common::Stoppable::start(model(), phi_serve::Limits { max_concurrent: 32, prefill_chunk: 2, ..Default::default() });
+    assert_eq!(texts(chunked.addr, true), alone);
+    chunked.stop();
     // A budget of two of the longest requests' caches: the others wait their turn.
     let m = model();
     let budget = 2 * m.model.kv_cache_bytes(9 + 10);

@@ -146,6 +146,10 @@ enum Command {
         /// budget runs alone.
         #[arg(long, default_value_t = phi::serve::DEFAULT_KV_CACHE_MB)]
         kv_cache_mb: usize,
+        /// Prompt tokens prefilled per decode step: a longer prompt joins over several steps
+        /// instead of stalling the running requests while it is prefilled (0: whole prompts).
+        #[arg(long, default_value_t = phi::serve::DEFAULT_PREFILL_CHUNK)]
+        prefill_chunk: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceArg,
         #[command(flatten)]
@@ -1021,13 +1025,13 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Finetune(args) => phi::finetune::run(args.options()),
         Command::Dpo(args) => dpo(args),
-        Command::Serve { model, adapter, name, host, port, max_concurrent, kv_cache_mb, device, weights } => {
+        Command::Serve { model, adapter, name, host, port, max_concurrent, kv_cache_mb, prefill_chunk, device, weights } => {
             // A hub id is resolved by the server's load (phi_serve::ServedModel::load), and is
             // the name clients use unless --name says otherwise.
             let id = model.to_str().filter(|m| !model.exists() && phi::core::hub::parse_id(m).is_some());
             let name = name.or_else(|| id.map(str::to_string));
             let max_concurrent = max_concurrent.unwrap_or(phi::serve::DEFAULT_MAX_CONCURRENT);
-            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, kv_cache_mb, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
+            let opts = phi::serve::ServeOptions { model, adapter, name, host, port, max_concurrent, kv_cache_mb, prefill_chunk, device, weights: weights.format(), around_pack: Some(returning_freed_memory) };
             serve_log();
             phi::serve::run(&opts, |addr, served| {
                 println!("serving `{}` on http://{addr}/v1 (Ctrl-C stops); chat rendered with {}", served.name, served.template.describe());

@@ -6,6 +6,7 @@
 use crate::common::fixture;
 
 use burn::tensor::Device;
+use phi_core::batching::Batcher;
 use phi_core::{GenerationConfig, PhiForCausalLM};
 
 fn requests(vocab: u32, n: usize, longest: usize) -> Vec<(Vec<u32>, GenerationConfig)> {
@@ -46,6 +47,57 @@ fn a_batch_gives_every_request_what_it_gets_alone() {
             }
         }
     }
+}
+
+/// Chunked prefill: a long prompt joins over several steps while the running sequence decodes
+/// at every one of them, and gets what it gets prefilled whole; one cancelled mid-prefill goes.
+#[test]
+fn a_prompt_prefilled_in_chunks_never_stalls_the_running_ones_and_gets_what_it_gets_whole() {
+    for dir in ["phi-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        let model = PhiForCausalLM::from_pretrained(fixture(dir), &Device::default()).unwrap();
+        let vocab = model.config().vocab_size as u32;
+        // 27 tokens: chunks of 8, 8, 8 and 3 (under phi3-longrope-tiny's original 32 with its
+        // 4 new tokens).
+        let long: Vec<u32> = (0..27).map(|t| (t * 11 + 5) % vocab).collect();
+        let short = vec![5 % vocab, 9 % vocab];
+        let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+        let first = batch.admit(0, short.clone(), &GenerationConfig::greedy(10)).unwrap().expect("within a chunk: prefilled at once");
+        let mut got = vec![short.clone(), long.clone()];
+        got[0].push(first.token);
+        assert!(batch.admit(1, long.clone(), &GenerationConfig::greedy(4)).unwrap().is_none());
+        assert_eq!((batch.len(), batch.tokens(1)), (2, Some(&long[..])));
+        let mut steps = 0;
+        while !batch.is_empty() {
+            let chosen = batch.step().unwrap();
+            steps += 1;
+            if got[0].len() < short.len() + 10 {
+                assert!(chosen.iter().any(|c| c.id == 0), "{dir}: step {steps} left the running sequence out");
+            }
+            assert_eq!(chosen.iter().any(|c| c.id == 1), (4..8).contains(&steps), "{dir}: step {steps}");
+            for c in chosen {
+                got[c.id].push(c.token);
+            }
+        }
+        assert_eq!(got[0], model.generate(&short, &GenerationConfig::greedy(10)).unwrap(), "{dir}");
+        assert_eq!(got[1], model.generate(&long, &GenerationConfig::greedy(4)).unwrap(), "{dir}");
+        // Cancelled between two chunks: it leaves, its cache with it.
+        let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+        assert!(batch.admit(7, long.clone(), &GenerationConfig::greedy(4)).unwrap().is_none());
+        assert!(batch.step().unwrap().is_empty());
+        assert!(batch.remove(7) && batch.is_empty() && !batch.remove(7));
+    }
+    // A prompt past LongRoPE's original context is prefilled whole: its first chunks would be
+    // rotated with the short factors.
+    let model = PhiForCausalLM::from_pretrained(fixture("phi3-longrope-tiny"), &Device::default()).unwrap();
+    let prompt: Vec<u32> = (0..40).map(|t| (t * 7 + 1) % model.config().vocab_size as u32).collect();
+    let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+    let first = batch.admit(0, prompt.clone(), &GenerationConfig::greedy(3)).unwrap().expect("prefilled whole");
+    let mut got = prompt.clone();
+    got.push(first.token);
+    while !batch.is_empty() {
+        got.extend(batch.step().unwrap().iter().map(|c| c.token));
+    }
+    assert_eq!(got, model.generate(&prompt, &GenerationConfig::greedy(3)).unwrap());
 }
 
 /// More sequences than the few-rows kernel takes at once (64): the step decodes them in groups,
