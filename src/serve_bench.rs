@@ -46,6 +46,9 @@ pub struct ServeBench {
     /// Requests per level (at least 2 per client).
     pub requests: usize,
     pub max_tokens: usize,
+    /// Words of each request's prompt beyond the usual short one (0: none), to load the server
+    /// with long prefills.
+    pub prompt_words: usize,
     pub limits: Limits,
 }
 
@@ -135,7 +138,11 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
     let name = name.as_str();
 
     let mut rows = Vec::new();
-    let prompt = "kalomi nesuta ripode gufazo: write more";
+    let mut prompt = "kalomi nesuta ripode gufazo: write more".to_string();
+    for i in 0..b.prompt_words {
+        prompt.push_str(["ka", " lomi", " nesu", " ta", " ripo", " de"][i % 6]);
+    }
+    let prompt = prompt.as_str();
     // One warm-up request (allocations, first-use paths).
     Client::new(base, name, None).chat(&[("user", prompt)], 1.0, 4, 3).map_err(|e| e.to_string())?;
     for &clients in &b.clients {

@@ -340,6 +340,12 @@ pub struct BenchArgs {
     /// serve: the model name the --endpoint's requests carry.
     #[arg(long)]
     pub served_model: Option<String>,
+    /// serve: words added to each request's short prompt (long prompts: prefill under load).
+    #[arg(long, default_value_t = 0)]
+    pub prompt_words: usize,
+    /// serve: our server's prompt tokens prefilled per decode step (0: whole prompts).
+    #[arg(long, default_value_t = phi::serve::DEFAULT_PREFILL_CHUNK)]
+    pub prefill_chunk: usize,
     /// generate: decode with each of these weight formats (f32, bf16, int8, int4), reported
     /// against the first f32 one; serve: serve with each of them in turn.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = parse_bench_weights)]

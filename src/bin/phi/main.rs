@@ -1108,13 +1108,14 @@ fn silence_stdout() {
 fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (clients, requests) = (a.clients.clone(), a.requests);
     let (folder, endpoint, served_model) = (a.model.clone(), a.endpoint.clone(), a.served_model.clone());
+    let (prompt_words, prefill_chunk) = (a.prompt_words, a.prefill_chunk);
     let o = a.options();
     let archs: &[bool] = match o.arch {
         phi::bench::Arch::Phi => &[false],
         phi::bench::Arch::Phi3 => &[true],
         phi::bench::Arch::Both => &[false, true],
     };
-    let limits = phi::serve::Limits::default();
+    let limits = phi::serve::Limits { prefill_chunk, ..Default::default() };
     let device = o.device.device()?;
     use phi::serve_bench::Target;
     // A folder or an endpoint is one target; the bench shape is one per architecture.
@@ -1127,7 +1128,7 @@ fn bench_serve(a: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for (arch, target) in targets {
       for &format in &weights {
         let label = format.map_or("f32".to_string(), |f| f.to_string());
-        let b = phi::serve_bench::ServeBench { target: target.clone(), weights: format, clients: clients.clone(), requests, max_tokens: o.gen_tokens, limits };
+        let b = phi::serve_bench::ServeBench { target: target.clone(), weights: format, clients: clients.clone(), requests, max_tokens: o.gen_tokens, prompt_words, limits };
         if !o.json {
             match &b.target {
                 Target::Endpoint { url, .. } => println!("{url}, {} new tokens per request", o.gen_tokens),
