@@ -245,29 +245,13 @@ impl PackedMatrix {
             return self.matmul_tiled(x, rows, y);
         }
         let kernel = Kernel::detect();
-        // Outputs per task: about 256 KiB of weights, so tasks are many and each is worth waking
-        // a thread for.
-        let per_task = ((256 << 10) / (self.bytes() / d_out).max(1)).clamp(8, 1024);
-        let mut by_output = vec![0.0f32; d_out * rows];
-        let work = |(t, chunk): (usize, &mut [f32])| {
-            let first = t * per_task;
+        by_outputs(d_in, d_out, rows, self.bytes() / d_out.max(1), y, |first, chunk| {
             for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
-                let j = first + o;
                 for (r, v) in out.iter_mut().enumerate() {
-                    *v = self.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
+                    *v = self.dot(kernel, first + o, 0, &x[r * d_in..(r + 1) * d_in]);
                 }
             }
-        };
-        if d_out * d_in < 1 << 16 {
-            by_output.chunks_mut(per_task * rows).enumerate().for_each(work);
-        } else {
-            by_output.par_chunks_mut(per_task * rows).enumerate().for_each(work);
-        }
-        for j in 0..d_out {
-            for r in 0..rows {
-                y[r * d_out + j] = by_output[j * rows + r];
-            }
-        }
+        });
     }
 
     /// Many rows (a prompt, a perplexity window): arithmetic sets the pace, so gemm does it.
@@ -340,6 +324,29 @@ impl PackedMatrix {
     #[cfg(test)]
     pub(crate) fn raw(&self) -> (&[u8], &[f32]) {
         (&self.data, &self.scales)
+    }
+}
+
+/// A product of `rows` rows by `d_out` outputs of `bytes_per_output` weight bytes each, split by
+/// outputs into tasks of about 256 KiB of weights (many, and each worth waking a thread for;
+/// one thread below 64k weights): `work(first, chunk)` fills `chunk`, `[outputs, rows]` from
+/// output `first` on, and the results are written to `y` (`[rows, d_out]`).
+pub(crate) fn by_outputs(d_in: usize, d_out: usize, rows: usize, bytes_per_output: usize, y: &mut [f32], work: impl Fn(usize, &mut [f32]) + Sync) {
+    if rows == 0 || d_out == 0 {
+        return;
+    }
+    let per_task = ((256 << 10) / bytes_per_output.max(1)).clamp(8, 1024);
+    let mut by_output = vec![0.0f32; d_out * rows];
+    let task = |(t, chunk): (usize, &mut [f32])| work(t * per_task, chunk);
+    if d_out * d_in < 1 << 16 {
+        by_output.chunks_mut(per_task * rows).enumerate().for_each(task);
+    } else {
+        by_output.par_chunks_mut(per_task * rows).enumerate().for_each(task);
+    }
+    for j in 0..d_out {
+        for r in 0..rows {
+            y[r * d_out + j] = by_output[j * rows + r];
+        }
     }
 }
 

@@ -20,8 +20,6 @@
 //! The cost is a quantization error in the activations (≤ half a step of 1/127 of a block's
 //! largest value) on top of the weights'; BENCHMARKS.md gives the perplexity it costs.
 
-use rayon::prelude::*;
-
 use crate::packed::{BLOCK, Kernel, WeightFormat};
 
 /// The most rows the integer products take; more (a long prompt) go to gemm.
@@ -182,11 +180,7 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
         return y.fill(0.0);
     }
     let (use_vnni, use_avx2) = (vnni(kernel), avx2(kernel));
-    // Outputs per task: ~256 KiB of weights (see `PackedMatrix::matmul`).
-    let per_task = ((256 << 10) / (row_bytes + 4 * x.blocks).max(1)).clamp(8, 1024);
-    let mut by_output = vec![0.0f32; d_out * rows];
-    let work = |(t, chunk): (usize, &mut [f32])| {
-        let first = t * per_task;
+    crate::packed::by_outputs(d_in, d_out, rows, row_bytes + 4 * x.blocks, y, |first, chunk| {
         let outputs = chunk.len() / rows;
         let (w, s) = (&data[first * row_bytes..(first + outputs) * row_bytes], &scales[first * x.blocks..(first + outputs) * x.blocks]);
         if use_vnni {
@@ -210,17 +204,7 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
                 }
             }
         }
-    };
-    if d_out * d_in < 1 << 16 {
-        by_output.chunks_mut(per_task * rows).enumerate().for_each(work);
-    } else {
-        by_output.par_chunks_mut(per_task * rows).enumerate().for_each(work);
-    }
-    for j in 0..d_out {
-        for r in 0..rows {
-            y[r * d_out + j] = by_output[j * rows + r];
-        }
-    }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
