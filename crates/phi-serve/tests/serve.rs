@@ -111,8 +111,28 @@ fn completions_take_n_seed_and_stop_strings() {
     assert_eq!(a["object"], "text_completion");
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
     // Same seed, same texts.
-    let (_, b) = post(addr, "/v1/completions", req);
+    let (_, b) = post(addr, "/v1/completions", req.clone());
     assert_eq!(a["choices"], b["choices"]);
+    // The choices decode side by side; choice i is what seed 7 + i gives alone.
+    for i in 0..2 {
+        let mut one = req.clone();
+        (one["n"], one["seed"]) = (json!(1), json!(7 + i));
+        assert_eq!(post(addr, "/v1/completions", one).1["choices"][0]["text"], a["choices"][i]["text"], "choice {i}");
+    }
+    // Streamed, their chunks interleave by index; each index's pieces make its choice, and the
+    // usage counts both.
+    let mut streamed = req.clone();
+    (streamed["stream"], streamed["stream_options"]) = (json!(true), json!({"include_usage": true}));
+    let (status, _, events) = http(addr, "POST", "/v1/completions", Some(&streamed.to_string()));
+    assert_eq!(status, 200);
+    let data: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    for i in 0..2 {
+        let text: String = chunks.iter().flat_map(|c| c["choices"].as_array().unwrap().iter()).filter(|c| c["index"] == i).filter_map(|c| c["text"].as_str()).collect();
+        assert_eq!(text, a["choices"][i]["text"].as_str().unwrap(), "streamed choice {i}");
+    }
+    assert_eq!(chunks.last().unwrap()["usage"], a["usage"]);
     // A stop string ends the text before it.
     let greedy = json!({"model": "tiny", "prompt": "the cat sat", "temperature": 0, "max_tokens": 8});
     let (_, g) = post(addr, "/v1/completions", greedy.clone());
