@@ -245,10 +245,25 @@ impl PackedMatrix {
             return self.matmul_tiled(x, rows, y);
         }
         let kernel = Kernel::detect();
+        // AVX-512 widens each weight once for all the rows (each row getting the bits it gets
+        // alone); the others widen it again for every row. (Groups of up to 64 rows ran at
+        // half gemm's speed: the rows' f32 values no longer fit L1 and every output re-reads
+        // them from L2.)
+        #[cfg(target_arch = "x86_64")]
+        let grouped = kernel == Kernel::Avx512;
         by_outputs(d_in, d_out, rows, self.bytes() / d_out.max(1), y, |first, chunk| {
             for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
+                let j = first + o;
+                #[cfg(target_arch = "x86_64")]
+                if grouped {
+                    let w = &self.data[2 * j * d_in..2 * (j + 1) * d_in];
+                    // SAFETY: `Kernel::Avx512` is only returned when the CPU has AVX-512F; `w`
+                    // is output j's d_in values and `x` holds `rows` rows of d_in.
+                    unsafe { x86::dot_bf16_rows_512(w, x, out) };
+                    continue;
+                }
                 for (r, v) in out.iter_mut().enumerate() {
-                    *v = self.dot(kernel, first + o, 0, &x[r * d_in..(r + 1) * d_in]);
+                    *v = self.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
                 }
             }
         });
@@ -512,6 +527,64 @@ mod x86 {
         let total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         total + super::portable::dot_bf16(&w[2 * i..], &x[i..])
     }
+
+    /// [`dot_bf16_512`] of `w` with each of the rows of `x` (`out.len()` rows of `w.len() / 2`
+    /// values), into `out`: each 16 weights widened once for up to 8 rows, and every row's
+    /// arithmetic exactly `dot_bf16_512`'s (the same bits).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `x` holds `out.len()` rows of `w.len() / 2` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_rows_512(w: &[u8], x: &[f32], out: &mut [f32]) {
+        let n = w.len() / 2;
+        assert_eq!(x.len(), out.len() * n);
+        let mut r0 = 0;
+        while r0 < out.len() {
+            let g = (out.len() - r0).min(8);
+            let (xs, o) = (&x[r0 * n..(r0 + g) * n], &mut out[r0..r0 + g]);
+            // SAFETY: as this function's.
+            unsafe {
+                match g {
+                    8 => bf16_group::<8>(w, xs, o),
+                    7 => bf16_group::<7>(w, xs, o),
+                    6 => bf16_group::<6>(w, xs, o),
+                    5 => bf16_group::<5>(w, xs, o),
+                    4 => bf16_group::<4>(w, xs, o),
+                    3 => bf16_group::<3>(w, xs, o),
+                    2 => bf16_group::<2>(w, xs, o),
+                    _ => bf16_group::<1>(w, xs, o),
+                }
+            }
+            r0 += g;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bf16_group<const G: usize>(w: &[u8], x: &[f32], out: &mut [f32]) {
+        let n = w.len() / 2;
+        let mut acc = [[_mm512_setzero_ps(); G]; 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n: 32 bytes of `w` from 2i, and 16 floats of each of the G rows
+            // of `x` (n apart) from i.
+            unsafe {
+                if i % 32 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
+                }
+                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
+                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+                let k = (i / 16) % 2;
+                for (g, a) in acc[k].iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(g * n + i)), *a);
+                }
+            }
+            i += 16;
+        }
+        for (g, o) in out.iter_mut().enumerate() {
+            let total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][g], acc[1][g]));
+            *o = total + super::portable::dot_bf16(&w[2 * i..], &x[g * n + i..(g + 1) * n]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +652,25 @@ mod tests {
             p.matmul(&x, rows, &mut y);
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-4, "{format}, {rows} rows: {worst}");
+        }
+        // bf16 batches: close to the reference, and up to DOT_ROWS rows (grouped on AVX-512)
+        // each row the bits it gets alone.
+        let (d_in, d_out) = (2048 + 40, 70);
+        let w = matrix(d_in, d_out, 7);
+        let p = PackedMatrix::pack(&w, d_in, d_out, WeightFormat::Bf16).unwrap();
+        let deq = p.dequantize();
+        for rows in (1..=9).chain([13, 64]) {
+            let x = matrix(rows, d_in, 8 + rows as u64);
+            let mut y = vec![f32::NAN; rows * d_out];
+            p.matmul(&x, rows, &mut y);
+            let expect = reference(&x, rows, &deq, d_in, d_out);
+            let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "bf16, {rows} rows: {worst}");
+            for r in [0, rows / 2, rows - 1].into_iter().filter(|_| rows <= DOT_ROWS) {
+                let mut alone = vec![f32::NAN; d_out];
+                p.matmul(&x[r * d_in..(r + 1) * d_in], 1, &mut alone);
+                assert!(alone.iter().zip(&y[r * d_out..(r + 1) * d_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "bf16 row {r} of {rows}");
+            }
         }
         // bf16 with a length that is not a multiple of 16 takes the scalar tail.
         let w = matrix(21, 5, 3);
