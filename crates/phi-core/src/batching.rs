@@ -66,11 +66,13 @@ pub struct Batcher<'m> {
     prefilling: std::collections::VecDeque<(Running, KvCache)>,
     /// Prompt tokens per prefill chunk (0: a prompt is prefilled whole when admitted).
     chunk: usize,
+    /// Prompts whose prefill failed in a step, with why ([`take_failed`](Self::take_failed)).
+    failed: Vec<(usize, Error)>,
 }
 
 impl<'m> Batcher<'m> {
     pub fn new(model: &'m PhiForCausalLM) -> Self {
-        Batcher { model, running: Vec::new(), caches: Vec::new(), prefilling: Default::default(), chunk: 0 }
+        Batcher { model, running: Vec::new(), caches: Vec::new(), prefilling: Default::default(), chunk: 0, failed: Vec::new() }
     }
 
     /// Prompts longer than `tokens` are prefilled `tokens` at a time: [`admit`](Self::admit)
@@ -86,11 +88,14 @@ impl<'m> Batcher<'m> {
     /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
     /// use phi_core::batching::Batcher;
     /// let mut batch = Batcher::new(&model).with_prefill_chunk(4);
-    /// // 10 prompt tokens: chunks of 4, 4 and 2, the last one in the third step.
-    /// assert!(batch.admit(0, (1..=10).collect(), &GenerationConfig::greedy(2)).unwrap().is_none());
-    /// assert!(batch.step().unwrap().is_empty() && batch.step().unwrap().is_empty());
-    /// let first = batch.step().unwrap();
-    /// assert_eq!(first.len(), 1);
+    /// batch.admit(0, vec![1, 2], &GenerationConfig::greedy(8)).unwrap();
+    /// // 10 prompt tokens beside a running sequence: chunks of 4, 4 and 2, one a step, the
+    /// // running sequence decoding at each; the first token comes with the third.
+    /// assert!(batch.admit(1, (1..=10).collect(), &GenerationConfig::greedy(2)).unwrap().is_none());
+    /// for _ in 0..2 {
+    ///     assert!(batch.step().unwrap().iter().all(|c| c.id == 0));
+    /// }
+    /// assert!(batch.step().unwrap().iter().any(|c| c.id == 1));
     /// ```
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
         self.chunk = tokens;
@@ -172,6 +177,49 @@ impl<'m> Batcher<'m> {
         self.running.iter().chain(self.prefilling.iter().map(|(r, _)| r)).find(|r| r.id == id).map(|r| r.tokens.as_slice())
     }
 
+    /// The prompts being prefilled in chunks, oldest first.
+    pub fn prefilling(&self) -> impl Iterator<Item = usize> + '_ {
+        self.prefilling.iter().map(|(r, _)| r.id)
+    }
+
+    /// The prompts whose prefill failed in the steps since the last call, with why: each has
+    /// left the batch, and the others went on (a failed or panicking chunk ends its own
+    /// prompt, not the running sequences).
+    pub fn take_failed(&mut self) -> Vec<(usize, Error)> {
+        std::mem::take(&mut self.failed)
+    }
+
+    /// [`prefill_chunk`](Self::prefill_chunk) of the oldest prompt, a failure (or a panic)
+    /// ending that prompt only. While nothing runs, chunks go on back to back until the first
+    /// token: no decode waits, and the prompt is computed as it is beside running sequences
+    /// (the same chunks, so the same bits).
+    fn prefill(&mut self) -> Option<(Chosen, Option<(Running, KvCache)>)> {
+        loop {
+            let id = self.prefilling.front()?.0.id;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prefill_chunk())) {
+                Ok(Ok(Some(done))) => return Some(done),
+                Ok(Ok(None)) if self.running.is_empty() => continue,
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => self.fail_front(id, e),
+                Err(panic) => {
+                    let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
+                    self.fail_front(id, Error::arg("prefill", format!("panicked: {why}")));
+                }
+            }
+            if self.running.is_empty() {
+                continue;
+            }
+            return None;
+        }
+    }
+
+    fn fail_front(&mut self, id: usize, e: Error) {
+        if self.prefilling.front().is_some_and(|(r, _)| r.id == id) {
+            self.prefilling.pop_front();
+        }
+        self.failed.push((id, e));
+    }
+
     /// The next chunk of the oldest prompt being prefilled; its first token after the last.
     fn prefill_chunk(&mut self) -> Result<Option<(Chosen, Option<(Running, KvCache)>)>> {
         let model = self.model;
@@ -189,10 +237,12 @@ impl<'m> Batcher<'m> {
 
     /// Chooses the next token of every running sequence: one forward for all of them, except
     /// that a sequence crossing the LongRoPE switch recomputes alone. Finished sequences leave.
-    /// First, one chunk of the oldest prompt being prefilled runs; after its last chunk, the
-    /// prompt's first token is among those returned and the sequence runs from the next step.
+    /// First, one chunk of the oldest prompt being prefilled runs (all of them while nothing
+    /// else runs); after its last chunk, the prompt's first token is among those returned and
+    /// the sequence runs from the next step. A prompt whose chunk fails leaves the batch and is
+    /// reported by [`take_failed`](Self::take_failed).
     pub fn step(&mut self) -> Result<Vec<Chosen>> {
-        let prefilled = self.prefill_chunk()?;
+        let prefilled = self.prefill();
         let mut out = self.decode()?;
         if let Some((c, joins)) = prefilled {
             out.push(c);
@@ -307,7 +357,11 @@ impl PhiForCausalLM {
             if batch.is_empty() {
                 break;
             }
-            for c in batch.step()? {
+            let chosen = batch.step()?;
+            if let Some((i, e)) = batch.take_failed().into_iter().next() {
+                return Err(Error::arg("requests", format!("request {i}: {e}")));
+            }
+            for c in chosen {
                 if !take(c, &mut out) && !c.done {
                     batch.remove(c.id);
                 }

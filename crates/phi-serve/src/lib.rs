@@ -604,7 +604,7 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
             let cancelled = || gone.load(Ordering::SeqCst) || app.stopping.load(Ordering::SeqCst) || first_error.is_set();
             let mut choices = Vec::new();
             let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
-            for (i, r) in each_choice(plan.n, |i| generate_one(&app, &plan, i, &cancelled, |_| {}).inspect_err(|e| first_error.set(e))).into_iter().enumerate() {
+            for (i, r) in each_choice(plan.n, |i| guarded(|| generate_one(&app, &plan, i, &cancelled, |_| {})).inspect_err(|e| first_error.set(e))).into_iter().enumerate() {
                 if let Ok((text, finish, count)) = r {
                     usage.completion_tokens += count;
                     choices.push(kind.choice(i, &text, Some(finish), false));
@@ -657,10 +657,17 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
             if kind == Kind::Chat && !send(chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]), None)) {
                 return None;
             }
-            match generate_one(&app, &plan, i, &cancelled, |piece| {
-                send(chunk(json!([kind.choice(i, piece, None, true)]), None));
-            }) {
-                Ok((_, finish, count)) => send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None)).then_some(count),
+            let generated = guarded(|| {
+                generate_one(&app, &plan, i, &cancelled, |piece| {
+                    send(chunk(json!([kind.choice(i, piece, None, true)]), None));
+                })
+            });
+            match generated {
+                // Counted even when the client is gone: the log says what was decoded.
+                Ok((_, finish, count)) => {
+                    send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None));
+                    Some(count)
+                }
                 Err(e) => {
                     first_error.set(&e);
                     None
@@ -701,7 +708,17 @@ fn each_choice<T: Send>(n: usize, choice: impl Fn(usize) -> T + Sync) -> Vec<T> 
     }
     std::thread::scope(|s| {
         let threads: Vec<_> = (0..n).map(|i| std::thread::Builder::new().name(format!("phi-serve-choice-{i}")).spawn_scoped(s, { let choice = &choice; move || choice(i) })).collect();
-        threads.into_iter().map(|t| t.expect("spawning a choice's thread").join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        // A choice whose thread could not start runs here, after the others started.
+        threads.into_iter().enumerate().map(|(i, t)| t.map_or_else(|_| choice(i), |t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
+    })
+}
+
+/// `f`'s result, a panic in it turned into a 500 (so that it reaches the request's
+/// [`FirstError`] and cancels the sibling choices, rather than unwinding past them).
+fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
+        Err(ApiError::internal(format!("generation panicked: {why}")))
     })
 }
 

@@ -174,10 +174,29 @@ fn run(model: &ServedModel, queue: &Receiver<Job>, budget: Budget) {
         if batch.is_empty() {
             continue;
         }
+        // A prompt still being prefilled hears nothing until its first token: ask whether its
+        // request is still there (it ignores the message), so one that hung up leaves now.
+        let queued: Vec<usize> = batch.prefilling().collect();
+        for id in queued {
+            if live.jobs.get(&id).is_none_or(|(job, _)| job.to.send(Msg::Started).is_err()) {
+                live.end(id, &mut batch);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         #[cfg(test)]
         std::thread::sleep(std::time::Duration::from_millis(tests::PACE_MS.load(Ordering::SeqCst)));
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch.step())) {
-            Ok(Ok(chosen)) => deliver(&chosen, &mut batch, &mut live),
+            Ok(Ok(chosen)) => {
+                // A prompt whose prefill failed: its request alone fails.
+                for (id, e) in batch.take_failed() {
+                    if let Some(job) = live.end(id, &mut batch) {
+                        let _ = job.to.send(Msg::Failed(Failure(e.to_string())));
+                    }
+                }
+                deliver(&chosen, &mut batch, &mut live)
+            }
             // Every running sequence fails with the step.
             Ok(Err(e)) => fail_running(&e.to_string(), &mut batch, &mut live),
             Err(panic) => {

@@ -82,9 +82,23 @@ fn a_prompt_prefilled_in_chunks_never_stalls_the_running_ones_and_gets_what_it_g
         assert_eq!(got[1], model.generate(&long, &GenerationConfig::greedy(4)).unwrap(), "{dir}");
         // Cancelled between two chunks: it leaves, its cache with it.
         let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+        batch.admit(6, short.clone(), &GenerationConfig::greedy(10)).unwrap();
         assert!(batch.admit(7, long.clone(), &GenerationConfig::greedy(4)).unwrap().is_none());
-        assert!(batch.step().unwrap().is_empty());
-        assert!(batch.remove(7) && batch.is_empty() && !batch.remove(7));
+        assert!(batch.step().unwrap().iter().all(|c| c.id == 6));
+        assert_eq!(batch.prefilling().collect::<Vec<_>>(), [7]);
+        assert!(batch.remove(7) && batch.len() == 1 && !batch.remove(7));
+        // Alone, its chunks run back to back: the first step gives its first token, the same.
+        let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+        assert!(batch.admit(0, long.clone(), &GenerationConfig::greedy(4)).unwrap().is_none());
+        let mut alone = long.clone();
+        let first = batch.step().unwrap();
+        assert_eq!(first.len(), 1, "{dir}");
+        alone.push(first[0].token);
+        while !batch.is_empty() {
+            alone.extend(batch.step().unwrap().iter().map(|c| c.token));
+        }
+        assert_eq!(alone, got[1], "{dir}");
+        assert!(batch.take_failed().is_empty());
     }
     // A prompt past LongRoPE's original context is prefilled whole: its first chunks would be
     // rotated with the short factors.
