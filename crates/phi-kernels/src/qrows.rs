@@ -435,7 +435,7 @@ mod tests {
             assert!(kernels.iter().any(|&k| vnni(k)), "the VNNI kernel is not among {kernels:?}");
         }
         #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") {
+        if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             assert!(kernels.iter().any(|&k| avx2(k) && !vnni(k)), "the AVX2 kernel is not among {kernels:?}");
         }
         // Odd and even block counts (a missing odd block), one pair, many; odd and even
