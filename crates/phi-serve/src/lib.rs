@@ -600,17 +600,22 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
         let _cancel = CancelOnDrop(gone.clone());
         let result = tokio::task::spawn_blocking(move || {
             let _permits = (admitted, decoding);
-            let first_error = FirstError::default();
-            let cancelled = || gone.load(Ordering::SeqCst) || app.stopping.load(Ordering::SeqCst) || first_error.is_set();
+            let cancelled = || gone.load(Ordering::SeqCst) || app.stopping.load(Ordering::SeqCst);
             let mut choices = Vec::new();
             let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
-            for (i, r) in each_choice(plan.n, |i| guarded(|| generate_one(&app, &plan, i, &cancelled, |_| {})).inspect_err(|e| first_error.set(e))).into_iter().enumerate() {
-                if let Ok((text, finish, count)) = r {
-                    usage.completion_tokens += count;
-                    choices.push(kind.choice(i, &text, Some(finish), false));
+            let mut failed = None;
+            for i in 0..plan.n {
+                match generate_one(&app, &plan, i, &cancelled, |_| {}) {
+                    Ok((text, finish, count)) => {
+                        usage.completion_tokens += count;
+                        choices.push(kind.choice(i, &text, Some(finish), false));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
-            let failed = first_error.take();
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
             match failed {
                 None => {
@@ -647,44 +652,34 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
     tokio::task::spawn_blocking(move || {
         let _permits = (admitted, decoding);
         let send = |e: Event| tx.blocking_send(e).is_ok();
-        let first_error = FirstError::default();
-        let cancelled = || tx.is_closed() || app.stopping.load(Ordering::SeqCst) || first_error.is_set();
+        let cancelled = || tx.is_closed() || app.stopping.load(Ordering::SeqCst);
         let mut usage = Usage { prompt_tokens: plan.prompt.len(), ..Usage::default() };
         let name = app.model.name.as_str();
-        // The choices decode side by side (rows of the batch); their chunks interleave, each
-        // carrying its index.
-        let counts = each_choice(plan.n, |i| {
+        for i in 0..plan.n {
             if kind == Kind::Chat && !send(chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }]), None)) {
-                return None;
+                return log.gone(name, &plan, &usage);
             }
-            let generated = guarded(|| {
-                generate_one(&app, &plan, i, &cancelled, |piece| {
-                    send(chunk(json!([kind.choice(i, piece, None, true)]), None));
-                })
-            });
-            match generated {
-                // Counted even when the client is gone: the log says what was decoded.
+            match generate_one(&app, &plan, i, &cancelled, |piece| {
+                send(chunk(json!([kind.choice(i, piece, None, true)]), None));
+            }) {
                 Ok((_, finish, count)) => {
-                    send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None));
-                    Some(count)
+                    usage.completion_tokens += count;
+                    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+                    if !send(chunk(json!([kind.choice(i, "", Some(finish), true)]), None)) {
+                        return log.gone(name, &plan, &usage);
+                    }
                 }
+                // The stream ends with the error and no [DONE]: the text sent so far is not a
+                // whole reply.
                 Err(e) => {
-                    first_error.set(&e);
-                    None
+                    if tx.is_closed() {
+                        return log.gone(name, &plan, &usage);
+                    }
+                    log.failed(&e);
+                    send(Event::default().data(json!({ "error": { "message": e.message, "type": e.kind, "param": e.param, "code": e.code } }).to_string()));
+                    return;
                 }
             }
-        });
-        usage.completion_tokens = counts.iter().flatten().sum();
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-        if tx.is_closed() {
-            return log.gone(name, &plan, &usage);
-        }
-        // The stream ends with the error and no [DONE]: the text sent so far is not a whole
-        // reply.
-        if let Some(e) = first_error.take() {
-            log.failed(&e);
-            send(Event::default().data(json!({ "error": { "message": e.message, "type": e.kind, "param": e.param, "code": e.code } }).to_string()));
-            return;
         }
         if plan.include_usage {
             send(chunk(json!([]), Some(usage)));
@@ -697,52 +692,6 @@ async fn respond(app: Arc<App>, plan: Plan, kind: Kind, log: RequestLog) -> Resp
     });
     let events = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok::<Event, Infallible>);
     Sse::new(events).into_response()
-}
-
-/// `choice(i)` for each of a request's `n` choices, on threads of their own so that they
-/// decode side by side as rows of the batch (each with its own seed: the same tokens as one
-/// after another); results in choice order.
-fn each_choice<T: Send>(n: usize, choice: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    if n == 1 {
-        return vec![choice(0)];
-    }
-    std::thread::scope(|s| {
-        let threads: Vec<_> = (0..n).map(|i| std::thread::Builder::new().name(format!("phi-serve-choice-{i}")).spawn_scoped(s, { let choice = &choice; move || choice(i) })).collect();
-        // A choice whose thread could not start runs here, after the others started.
-        threads.into_iter().enumerate().map(|(i, t)| t.map_or_else(|_| choice(i), |t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
-    })
-}
-
-/// `f`'s result, a panic in it turned into a 500 (so that it reaches the request's
-/// [`FirstError`] and cancels the sibling choices, rather than unwinding past them).
-fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
-        Err(ApiError::internal(format!("generation panicked: {why}")))
-    })
-}
-
-/// The first error among a request's choices: set once, it cancels the others (their own
-/// errors, cancellations, are not the request's).
-#[derive(Default)]
-struct FirstError(std::sync::Mutex<Option<ApiError>>, AtomicBool);
-
-impl FirstError {
-    fn set(&self, e: &ApiError) {
-        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(e.clone());
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn is_set(&self) -> bool {
-        self.1.load(Ordering::SeqCst)
-    }
-
-    fn take(&self) -> Option<ApiError> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
 }
 
 /// How `phi serve` runs.

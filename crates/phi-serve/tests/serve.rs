@@ -113,13 +113,13 @@ fn completions_take_n_seed_and_stop_strings() {
     // Same seed, same texts.
     let (_, b) = post(addr, "/v1/completions", req.clone());
     assert_eq!(a["choices"], b["choices"]);
-    // The choices decode side by side; choice i is what seed 7 + i gives alone.
+    // Choice i is what seed 7 + i gives alone.
     for i in 0..2 {
         let mut one = req.clone();
         (one["n"], one["seed"]) = (json!(1), json!(7 + i));
         assert_eq!(post(addr, "/v1/completions", one).1["choices"][0]["text"], a["choices"][i]["text"], "choice {i}");
     }
-    // Streamed, their chunks interleave by index; each index's pieces make its choice, and the
+    // Streamed, each index's pieces make its choice, and the
     // usage counts both.
     let mut streamed = req.clone();
     (streamed["stream"], streamed["stream_options"]) = (json!(true), json!({"include_usage": true}));
