@@ -106,6 +106,9 @@ pub struct BenchOptions {
     pub weights: Vec<Option<WeightFormat>>,
     /// generate: a PyTorch decode script (benches/torch_decode.py) run in f32 and in bf16.
     pub torch_decode: Option<String>,
+    /// generate: a llama.cpp decode script (benches/llama_cpp_decode.py) run with Q8_0 beside our
+    /// int8 and Q4_0 beside our int4 (and f32 beside f32), on the same shape and threads.
+    pub llama_cpp: Option<String>,
     /// Training workloads: the step's compute precision (the baseline script's is f32).
     pub precision: phi_train::Precision,
     /// generate: runs the packing of a model (its argument) so that the f32 weights it frees go
@@ -137,6 +140,7 @@ impl Default for BenchOptions {
             device: Backend::Cpu,
             weights: vec![None],
             torch_decode: None,
+            llama_cpp: None,
             precision: phi_train::Precision::F32,
             around_pack: None,
             zero: 0,
@@ -378,6 +382,32 @@ fn torch_decode_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, Stri
     Ok(out)
 }
 
+/// `llama_cpp_decode.py` for each llama.cpp type that matches one of `a.weights` (f32 → f32,
+/// int8 → Q8_0, int4 → Q4_0), one process each. bf16 has no counterpart of the same kind
+/// (llama.cpp's bf16 is a storage type, not a quantization).
+fn llama_cpp_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
+    let Some(script) = &a.llama_cpp else { return Ok(vec![]) };
+    let mut out = vec![];
+    for format in &a.weights {
+        if let Some(kind) = llama_cpp_type(*format) {
+            out.extend(torch_script(a, script, arch, &["--type", kind])?);
+        }
+    }
+    Ok(out)
+}
+
+/// The llama.cpp weight type compared with one of ours: the same bits a weight's integer part,
+/// blocks of 32, one scale a block (llama.cpp's an f16, ours an f32).
+fn llama_cpp_type(format: Option<WeightFormat>) -> Option<&'static str> {
+    match format {
+        None => Some("f32"),
+        Some(WeightFormat::Int8) => Some("q8_0"),
+        Some(WeightFormat::Int4) => Some("q4_0"),
+        Some(_) => None,
+    }
+}
+
+/// Runs a baseline script with the bench's shape; its stdout's JSON lines are the results.
 fn torch_script(a: &BenchOptions, script: &str, arch: &str, extra: &[&str]) -> Result<Vec<Value>, String> {
     let out = Command::new(&a.python)
         .arg(script)
@@ -499,6 +529,11 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
     };
     let (torch_f32, torch_bf16) = (torch_rate("f32", "tokens_per_s"), torch_rate("bf16", "tokens_per_s"));
     let (torch_f32_dec, torch_bf16_dec) = (torch_rate("f32", "decode_tokens_per_s"), torch_rate("bf16", "decode_tokens_per_s"));
+    let llama = llama_cpp_results(a, arch)?;
+    let llama_rate = |format: Option<WeightFormat>, key: &str| {
+        let kind = llama_cpp_type(format)?;
+        llama.iter().find(|v| v["type"] == kind).and_then(|v| v[key].as_f64())
+    };
     let mut ours_f32 = None;
     let mut ours_f32_dec = None;
     let mut model = Some(model);
@@ -522,6 +557,7 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
         drop(m);
         let (tps, dec) = (rate.tokens_per_s, rate.decode_tokens_per_s);
         let label = format.map_or("f32".to_string(), |f| f.to_string());
+        let (llama_cpp, llama_first) = (llama_rate(format, "decode_tokens_per_s"), llama_rate(format, "first_token_s"));
         if format.is_none() {
             ours_f32 = Some(tps);
             ours_f32_dec = Some(dec);
@@ -535,6 +571,9 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
             "torch_f32_tokens_per_s": torch_f32, "torch_bf16_tokens_per_s": torch_bf16,
             "vs_torch_f32": torch_f32.map(|t| tps / t), "vs_torch_bf16": torch_bf16.map(|t| tps / t),
             "decode_vs_torch_f32": torch_f32_dec.map(|t| dec / t), "decode_vs_torch_bf16": torch_bf16_dec.map(|t| dec / t),
+            "llama_cpp_type": llama_cpp.map(|_| llama_cpp_type(format)), "llama_cpp_decode_tokens_per_s": llama_cpp,
+            "decode_vs_llama_cpp": llama_cpp.map(|l| dec / l),
+            "first_token_vs_llama_cpp": llama_first.map(|l| rate.first_token_s / l),
         });
         if a.json {
             println!("{result}");
@@ -548,6 +587,9 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
                 r(torch_f32.map(|t| tps / t)), r(torch_f32_dec.map(|t| dec / t)),
                 r(torch_bf16.map(|t| tps / t)), r(torch_bf16_dec.map(|t| dec / t)),
             );
+            if let (Some(l), Some(kind)) = (llama_cpp, llama_cpp_type(format)) {
+                println!("         {label:<5} {arch:<5} decode vs llama.cpp {kind} {:.2}x ({dec:.2} against {l:.2} tok/s), first token {:.2}x its time", dec / l, llama_first.map_or(f64::NAN, |f| rate.first_token_s / f));
+            }
         }
     }
     for dtype in ["f32", "bf16"] {
@@ -565,6 +607,19 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
                     f("tokens_per_s"), f("decode_tokens_per_s"), f("first_token_s"), f("peak_rss_mib")
                 );
             }
+        }
+    }
+    for v in &llama {
+        if a.json {
+            println!("{}", json!({"workload": "generate", "weights": v["type"], "arch": arch, "llama_cpp": true, "tokens_per_s": v["tokens_per_s"],
+                                  "decode_tokens_per_s": v["decode_tokens_per_s"], "first_token_s": v["first_token_s"], "peak_rss_mib": v["peak_rss_mib"],
+                                  "file_bytes": v["file_bytes"], "version": v["llama_cpp_python"]}));
+        } else {
+            let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "llama.cpp {:<5} {arch:<5}    {:>7.2} tok/s (decode {:>6.2}, first token {:.2} s)   peak RSS {:.0} MiB   file {:.0} MiB",
+                v["type"].as_str().unwrap_or("?"), f("tokens_per_s"), f("decode_tokens_per_s"), f("first_token_s"), f("peak_rss_mib"), f("file_bytes") / (1024.0 * 1024.0)
+            );
         }
     }
     Ok(())

@@ -854,3 +854,54 @@ fn data_synth_with_a_local_model_logs_resumes_and_refuses_a_foreign_folder() {
     let r = synth("5");
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("notes.txt"));
 }
+
+/// `phi bench generate --llama-cpp SCRIPT`: the script runs once per format with a llama.cpp
+/// counterpart (int8 → q8_0, int4 → q4_0; bf16 has none), given the bench's shape, and each of
+/// our rows carries its counterpart's decode rate and the ratio. A stand-in script (run by `sh`
+/// through `--python`) reports a fixed rate; one that fails is an error naming it.
+#[test]
+fn bench_generate_pairs_each_format_with_its_llama_cpp_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fake_llama.sh");
+    let calls = dir.path().join("calls.txt");
+    std::fs::write(
+        &script,
+        format!(
+            r#"echo "$@" >> '{}'
+while [ $# -gt 0 ]; do [ "$1" = --type ] && t=$2; shift; done
+[ "$t" = q4_0 ] && [ -n "$FAIL" ] && {{ echo "no llama here" >&2; exit 3; }}
+echo '{{"workload": "generate", "type": "'$t'", "tokens_per_s": 90.0, "decode_tokens_per_s": 100.0, "first_token_s": 0.5, "peak_rss_mib": 1.0, "file_bytes": 2048}}'
+"#,
+            calls.display()
+        ),
+    )
+    .unwrap();
+    let shape = ["bench", "generate", "--arch", "phi", "--hidden", "64", "--layers", "1", "--heads", "2", "--vocab", "128", "--gen-tokens", "3", "--json", "--python", "sh", "--llama-cpp"];
+    let r = phi().args(shape).arg(&script).args(["--weights", "int8,bf16,int4"]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let called = std::fs::read_to_string(&calls).unwrap();
+    let types: Vec<&str> = called.lines().map(|l| l.split_whitespace().skip_while(|w| *w != "--type").nth(1).unwrap()).collect();
+    assert_eq!(types, ["q8_0", "q4_0"], "{called}");
+    assert!(called.lines().all(|l| l.contains("--hidden 64") && l.contains("--vocab 128") && l.contains("--gen-tokens 3")), "{called}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    let ours: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("llama_cpp").is_none()).collect();
+    assert_eq!(ours.iter().map(|r| r["weights"].as_str().unwrap()).collect::<Vec<_>>(), ["int8", "bf16", "int4"]);
+    for row in &ours {
+        let dec = row["decode_tokens_per_s"].as_f64().unwrap();
+        match row["weights"].as_str().unwrap() {
+            "bf16" => assert!(row["llama_cpp_type"].is_null() && row["decode_vs_llama_cpp"].is_null(), "{row}"),
+            w => {
+                assert_eq!(row["llama_cpp_type"], if w == "int8" { "q8_0" } else { "q4_0" }, "{row}");
+                assert_eq!(row["llama_cpp_decode_tokens_per_s"], 100.0);
+                assert!((row["decode_vs_llama_cpp"].as_f64().unwrap() - dec / 100.0).abs() < 1e-9, "{row}");
+                assert!((row["first_token_vs_llama_cpp"].as_f64().unwrap() - row["first_token_s"].as_f64().unwrap() / 0.5).abs() < 1e-9, "{row}");
+            }
+        }
+    }
+    let theirs: Vec<&str> = rows.iter().filter(|r| r["llama_cpp"] == true).map(|r| r["weights"].as_str().unwrap()).collect();
+    assert_eq!(theirs, ["q8_0", "q4_0"]);
+    // A script that fails stops the bench with its own message.
+    let r = phi().args(shape).arg(&script).args(["--weights", "int4"]).env("FAIL", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("fake_llama.sh failed") && err.contains("no llama here"), "{err}");
+}

@@ -353,6 +353,10 @@ pub struct BenchArgs {
     /// generate: also run this PyTorch decode script (benches/torch_decode.py) in f32 and bf16.
     #[arg(long)]
     pub torch_decode: Option<String>,
+    /// generate: also run this llama.cpp decode script (benches/llama_cpp_decode.py): Q8_0 beside
+    /// our int8, Q4_0 beside our int4, f32 beside f32 (needs llama-cpp-python; see the script).
+    #[arg(long)]
+    pub llama_cpp: Option<String>,
     /// Training workloads: compute precision, f32 (the baseline's), bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
@@ -386,6 +390,7 @@ impl BenchArgs {
             device: self.device,
             weights: self.weights,
             torch_decode: self.torch_decode,
+            llama_cpp: self.llama_cpp,
             precision: self.precision,
             around_pack: None,
             zero: self.zero,
