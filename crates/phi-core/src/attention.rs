@@ -3,9 +3,10 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::config::{NormKind, PhiConfig};
-use crate::kv_cache::LayerCaches;
+use crate::kv_cache::{LayerCache, LayerCaches};
 use crate::nn::{Linear, Norm};
 use crate::rope::Rope;
 use crate::tree::{listing, part};
@@ -128,14 +129,19 @@ impl PhiAttention {
             // row's own keys (a few hundred bytes per token at decode, against the weights).
             (LayerCaches::PerRow(caches), _) => {
                 assert_eq!(caches.len(), b, "one cache per row");
-                let rows = caches
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, cache)| {
-                        let (k, v) = cache.append(k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1));
-                        phi_kernels::causal_attention(q.clone().narrow(0, i, 1), k, v)
-                    })
-                    .collect();
+                let row = |(i, cache): (usize, &mut LayerCache)| {
+                    let (k, v) = cache.append(k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1));
+                    phi_kernels::causal_attention(q.clone().narrow(0, i, 1), k, v)
+                };
+                // On the CPU the rows' attention runs on every core: a decode step's attention
+                // is a few small calls a row, which on the calling thread alone left the other
+                // cores idle. Each row makes the same kernel call either way, so its values do
+                // not depend on the batch.
+                let rows: Vec<Tensor<4>> = if b > 1 && phi_kernels::runs_fused(&q) {
+                    caches.into_par_iter().enumerate().map(row).collect()
+                } else {
+                    caches.into_iter().enumerate().map(row).collect()
+                };
                 Tensor::cat(rows, 0)
             }
         };

@@ -56,6 +56,12 @@ fn fused<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(t.device().as_dispatch(), DispatchDevice::Flex(_)) && t.dtype() == DType::F32
 }
 
+/// Whether `t` takes the fused CPU kernels: a flex f32 tensor outside autodiff. Callers use it
+/// to run independent kernel calls side by side on the CPU's threads (a GPU queues them anyway).
+pub fn runs_fused<const D: usize>(t: &Tensor<D>) -> bool {
+    fused(t)
+}
+
 /// Whether `t` lives on flex, directly or under autodiff.
 fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
     match t.device().as_dispatch() {
