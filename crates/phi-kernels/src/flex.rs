@@ -6,7 +6,7 @@ use burn::backend::{Backend, Dispatch, DispatchTensor, Flex, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::math::{gelu_tanh_slice, masked_softmax_row, silu_glu_slice};
+use crate::math::{gelu_tanh_slice, masked_softmax_row, query_scores, silu_glu_slice, weighted_values};
 use crate::segments::{Segments, Span, spans};
 
 /// flex's tensor type, reached through the backend's associated type (burn does not re-export
@@ -177,6 +177,29 @@ impl PhiAttentionKernel for Flex {
                 )
             };
             let mut scores = vec![0.0f32; BLOCK.min(t) * s];
+            // A decode step (one query, every key visible) over rows that lie contiguous: two
+            // passes over the cache, without `gemm`, whose set-up cost more than the products
+            // of a single query (a decode batch makes rows × heads × layers such calls a step).
+            // Every decode step of a sequence, alone or batched, takes this path.
+            if t == 1 && segments.is_none() && qst[3] == 1 && kst[3] == 1 && vst[3] == 1 && kst[2] == hd as isize && vst[2] == hd as isize {
+                // SAFETY: with unit inner strides and rows hd apart, the query is hd values at
+                // qh and the keys and values s·hd values from kh and vh, inside their storage
+                // (the layouts say so); the output row of this (batch, head) is hd values at oh
+                // and only this task writes it.
+                let (qv, keys, values, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts(qh as *const f32, hd),
+                        std::slice::from_raw_parts(kh as *const f32, s * hd),
+                        std::slice::from_raw_parts(vh as *const f32, s * hd),
+                        std::slice::from_raw_parts_mut(oh, hd),
+                    )
+                };
+                let sc = &mut scores[..s];
+                query_scores(sc, qv, keys, scale);
+                masked_softmax_row(sc, s);
+                weighted_values(out, sc, values);
+                return;
+            }
             for Span { q0, k0, n, extra } in spans(segments.as_ref(), bi, t, s) {
                 // SAFETY: a span's queries and keys are rows of this (batch, head) (see `spans`).
                 let (qh, kh, vh) = unsafe { (qh.offset(q0 as isize * qst[2]), kh.offset(k0 as isize * kst[2]), vh.offset(k0 as isize * vst[2])) };

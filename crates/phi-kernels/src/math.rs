@@ -237,6 +237,43 @@ dispatch_simd! {
 }
 
 dispatch_simd! {
+    avx512;
+    /// One query's attention scores: `scores[j] = scale · (q · keys[j])` for the `scores.len()`
+    /// keys of `keys` (contiguous rows of `q.len()`). Each dot product keeps 16 partial sums
+    /// (lane `i % 16`), added in lane order: one query at a time, as a decode step has.
+    pub fn query_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+        let d = q.len();
+        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+            let mut lanes = [0.0f32; 16];
+            let (mut qc, mut kc) = (q.chunks_exact(16), key.chunks_exact(16));
+            for (q16, k16) in (&mut qc).zip(&mut kc) {
+                let (q16, k16): (&[f32; 16], &[f32; 16]) = (q16.try_into().expect("16"), k16.try_into().expect("16"));
+                for l in 0..16 {
+                    lanes[l] += q16[l] * k16[l];
+                }
+            }
+            for ((a, b), l) in qc.remainder().iter().zip(kc.remainder()).zip(lanes.iter_mut()) {
+                *l += a * b;
+            }
+            *s = lanes.iter().sum::<f32>() * scale;
+        }
+    }
+}
+
+dispatch_simd! {
+    avx512;
+    /// `out = Σ_j weights[j] · values[j]` over contiguous value rows of `out.len()`, in key order.
+    pub fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32]) {
+        out.fill(0.0);
+        for (&w, row) in weights.iter().zip(values.chunks_exact(out.len())) {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
+dispatch_simd! {
     /// Softmax over `row[..visible]` in place; `row[visible..]` (masked keys) becomes 0.
     pub fn masked_softmax_row(row: &mut [f32], visible: usize) {
         let (live, masked) = row.split_at_mut(visible);

@@ -78,6 +78,18 @@ fn attention_kernel_matches_ops_for_mha_gqa_and_cached_queries() {
         let d = max_diff(fused, causal_attention_ops(q, k, v));
         assert!(d < 1e-5, "h {h} kv {hkv} t {t} s {s}: {d}");
     }
+    // Decode steps over a KV cache's layout (keys and values contiguous rows of each head: the
+    // kernel's one-query path), head dims a multiple of 16 and not, MHA and GQA, and a view of
+    // the first `s` positions of a longer buffer, as the cache hands them out.
+    for (h, hkv, s, hd) in [(4, 4, 37, 16), (8, 2, 130, 40), (2, 1, 1, 24)] {
+        let q = Tensor::<4>::random([3, h, 1, hd], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<4>::random([3, hkv, s + 9, hd], Distribution::Normal(0.0, 1.0), &device).narrow(2, 0, s);
+        let v = Tensor::<4>::random([3, hkv, s + 9, hd], Distribution::Normal(0.0, 1.0), &device).narrow(2, 0, s);
+        let fused = causal_attention(q.clone(), k.clone(), v.clone());
+        assert_eq!(fused.dims(), [3, 1, h, hd]);
+        let d = max_diff(fused, causal_attention_ops(q, k, v));
+        assert!(d < 1e-5, "decode h {h} kv {hkv} s {s} hd {hd}: {d}");
+    }
 }
 
 #[test]
