@@ -193,7 +193,11 @@ dispatch_simd! {
     /// · inv_t)`, exactly 0 for a −∞ logit, and in `blocks[b]` the total of `out`'s block `b` of
     /// [`WEIGHT_BLOCK`] (summed in a fixed order), so that a draw skips whole blocks — one pass
     /// over a 50k vocabulary per sampled token of every sequence of a batch.
+    ///
+    /// # Panics
+    /// When `out` is not as long as `x`, or `blocks` is not one total per [`WEIGHT_BLOCK`].
     pub fn softmax_weights(out: &mut [f32], x: &[f32], inv_t: f32, blocks: &mut [f64]) {
+        assert!(out.len() == x.len() && blocks.len() == x.len().div_ceil(WEIGHT_BLOCK), "softmax_weights: {} weights and {} block totals for {} logits", out.len(), blocks.len(), x.len());
         let max = row_max(x);
         let weight = |v: f32| if v == f32::NEG_INFINITY { 0.0 } else { fast_exp((v - max) * inv_t) };
         for ((o, xs), b) in out.chunks_mut(WEIGHT_BLOCK).zip(x.chunks(WEIGHT_BLOCK)).zip(blocks.iter_mut()) {
