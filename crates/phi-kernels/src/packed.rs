@@ -506,26 +506,13 @@ mod x86 {
     /// The CPU must have AVX-512F; `w` holds `2 * x.len()` bytes.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_bf16_512(w: &[u8], x: &[f32]) -> f32 {
-        let n = x.len();
-        debug_assert_eq!(w.len(), 2 * n);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 ≤ n, so 32 bytes of `w` from 2i and 16 floats of `x` from i are in bounds.
-            unsafe {
-                if i % 32 == 0 {
-                    // A line at a time, 1 KiB ahead (see dot_int4).
-                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
-                }
-                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
-                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-                let k = (i / 16) % 2;
-                acc[k] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(i)), acc[k]);
-            }
-            i += 16;
-        }
-        let total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        total + super::portable::dot_bf16(&w[2 * i..], &x[i..])
+        debug_assert_eq!(w.len(), 2 * x.len());
+        // One row of the rows kernel: the same arithmetic, so a row alone and a row among
+        // others get the same bits by construction.
+        let mut out = [0.0];
+        // SAFETY: forwarded from the caller's contract (one row of `w.len() / 2` values).
+        unsafe { bf16_group::<1>(w, x, &mut out) };
+        out[0]
     }
 
     /// [`dot_bf16_512`] of `w` with each of the rows of `x` (`out.len()` rows of `w.len() / 2`
