@@ -63,22 +63,12 @@ def write_random_model(out: Path):
     """The bench's shape in HF format, with the GPT-2 tokenizer (whose pre-tokenizer llama.cpp's
     converter knows; a vocab above its 50257 tokens is padded by the converter)."""
     import torch
-    from transformers import Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM
+    from bench_shape import config_for
 
     if a.vocab < 50257:
         fail(f"--vocab {a.vocab}: the GPT-2 tokenizer the converter is given has 50257 tokens; give at least that")
     max_pos = 2048
-    if a.arch == "phi":
-        config = PhiConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
-                           num_hidden_layers=a.layers, num_attention_heads=a.heads, partial_rotary_factor=0.5,
-                           max_position_embeddings=max_pos)
-        cls = PhiForCausalLM
-    else:
-        inter = 8 * a.hidden // 3 // 64 * 64 or 4 * a.hidden
-        config = Phi3Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=inter,
-                            num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
-                            max_position_embeddings=max_pos, pad_token_id=0)
-        cls = Phi3ForCausalLM
+    config, cls = config_for(a.arch, a.vocab, a.hidden, a.layers, a.heads, max_pos)
     torch.manual_seed(0)
     with torch.no_grad():
         model = cls(config).eval()

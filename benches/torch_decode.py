@@ -12,7 +12,8 @@ import resource
 import time
 
 import torch
-from transformers import Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM
+
+from bench_shape import config_for
 
 p = argparse.ArgumentParser()
 p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
@@ -30,17 +31,7 @@ a = p.parse_args()
 
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
 max_pos = max(2048, a.seq + a.gen_tokens + 8)
-if a.arch == "phi":
-    config = PhiConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
-                       num_hidden_layers=a.layers, num_attention_heads=a.heads, partial_rotary_factor=0.5,
-                       max_position_embeddings=max_pos)
-    cls = PhiForCausalLM
-else:
-    inter = 8 * a.hidden // 3 // 64 * 64 or 4 * a.hidden
-    config = Phi3Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=inter,
-                        num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
-                        max_position_embeddings=max_pos, pad_token_id=0)
-    cls = Phi3ForCausalLM
+config, cls = config_for(a.arch, a.vocab, a.hidden, a.layers, a.heads, max_pos)
 torch.manual_seed(0)
 torch.set_default_dtype(dtype)
 with torch.no_grad():
