@@ -144,6 +144,24 @@ impl PhiAttention {
                 };
                 Tensor::cat(rows, 0)
             }
+            // Separate sequences' new tokens one after another in one row: each run attends to
+            // its own cache and itself, through the call it makes alone (`[1, heads, len, hd]`
+            // queries over its keys), so its values do not depend on the other runs.
+            (LayerCaches::Runs(runs), _) => {
+                assert_eq!(b, 1, "runs of sequences share one row");
+                assert_eq!(runs.iter().map(|(_, len)| len).sum::<usize>(), t, "the runs cover the row");
+                let starts: Vec<usize> = runs.iter().scan(0, |at, (_, len)| Some(std::mem::replace(at, *at + len))).collect();
+                let run = |((cache, len), start): ((&mut LayerCache, usize), usize)| {
+                    let (k, v) = cache.append(k.clone().narrow(2, start, len), v.clone().narrow(2, start, len));
+                    phi_kernels::causal_attention(q.clone().narrow(2, start, len), k, v)
+                };
+                let parts: Vec<Tensor<4>> = if runs.len() > 1 && phi_kernels::runs_fused(&q) {
+                    runs.into_par_iter().zip(starts).map(run).collect()
+                } else {
+                    runs.into_iter().zip(starts).map(run).collect()
+                };
+                Tensor::cat(parts, 1)
+            }
         };
         let out = out.reshape([b, t, nh * hd]);
         match &self.proj {

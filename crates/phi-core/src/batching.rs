@@ -1,10 +1,12 @@
 //! Continuous batching: many prompts decoded together. At most `max_batch` sequences run at
 //! once; each step decodes every running one in one forward ([`PhiForCausalLM::decode_step`]:
 //! the weights are read once for all of them, which is what a memory-bound decode step costs),
-//! and a waiting prompt joins — prefilled on its own — as soon as a running one finishes. With
-//! a prefill chunk ([`Batcher::with_prefill_chunk`]) a long prompt is prefilled that many
-//! tokens per step, so it delays each step of the running sequences by one chunk instead of
-//! stalling them for the whole prompt.
+//! and a waiting prompt joins as soon as a running one finishes. Without a prefill budget a
+//! prompt is prefilled alone when it joins. With one ([`Batcher::with_prefill_chunk`]) the
+//! steps prefill the waiting prompts beside the running sequences, in the same forward
+//! ([`PhiForCausalLM::forward_sequences`]): several short prompts a step, or a long one a chunk
+//! at a time, so a joining prompt neither stalls the running sequences for its whole length
+//! nor costs a pass over the weights of its own.
 //!
 //! Each sequence gets what [`PhiForCausalLM::generate_streaming`] gives it alone: its own
 //! sampler (a seeded one draws the same tokens), stop ids and token budget, and the LongRoPE
@@ -75,27 +77,35 @@ impl<'m> Batcher<'m> {
         Batcher { model, running: Vec::new(), caches: Vec::new(), prefilling: Default::default(), chunk: 0, failed: Vec::new() }
     }
 
-    /// Prompts longer than `tokens` are prefilled `tokens` at a time: [`admit`](Self::admit)
-    /// queues them and each [`step`](Self::step) runs one chunk of the oldest before decoding
-    /// the running sequences; the last chunk chooses the prompt's first token, which that step
-    /// returns. 0 (the default) prefills every prompt whole in `admit`. The chunks' logits
-    /// equal the whole prompt's to rounding (the same positions and keys; the products run as
-    /// other row counts). A prompt that crosses the LongRoPE switch is prefilled whole: its
-    /// first chunks would be rotated with the other factors.
+    /// Prompts are prefilled by the steps, at most `tokens` prompt tokens a step, in the same
+    /// forward as the running sequences' next tokens: [`admit`](Self::admit) queues them, and
+    /// each [`step`](Self::step) takes from the oldest waiting prompt on each one's next piece
+    /// (the rest of it, or `tokens` of it) while the pieces fit `tokens` together (the oldest
+    /// one's always runs). The step that runs a prompt's last piece returns its first token.
+    /// A prompt's pieces do not depend on what else waits, so it gets the same values beside
+    /// others as alone; and a prompt of at most `tokens` is one piece, computed as a whole
+    /// prompt is alone. A longer one's chunks give the whole prompt's logits to rounding (the
+    /// same positions and keys; the products run as other row counts). A prompt that crosses
+    /// the LongRoPE switch is prefilled whole when admitted: its first chunks would be rotated
+    /// with the other factors. 0 (the default) prefills every prompt whole and alone in
+    /// `admit`.
     ///
     /// ```
     /// # use phi_core::{GenerationConfig, PhiConfig, PhiForCausalLM, burn::tensor::Device};
     /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
     /// use phi_core::batching::Batcher;
     /// let mut batch = Batcher::new(&model).with_prefill_chunk(4);
-    /// batch.admit(0, vec![1, 2], &GenerationConfig::greedy(8)).unwrap();
-    /// // 10 prompt tokens beside a running sequence: chunks of 4, 4 and 2, one a step, the
-    /// // running sequence decoding at each; the first token comes with the third.
-    /// assert!(batch.admit(1, (1..=10).collect(), &GenerationConfig::greedy(2)).unwrap().is_none());
+    /// // Two short prompts fit one step's 4 prompt tokens: one step prefills both.
+    /// assert!(batch.admit(0, vec![1, 2], &GenerationConfig::greedy(8)).unwrap().is_none());
+    /// assert!(batch.admit(1, vec![3, 4], &GenerationConfig::greedy(8)).unwrap().is_none());
+    /// assert_eq!(batch.step().unwrap().len(), 2);
+    /// // 10 prompt tokens beside the running sequences: chunks of 4, 4 and 2, one a step, the
+    /// // running ones decoding at each; the first token comes with the third.
+    /// assert!(batch.admit(2, (1..=10).collect(), &GenerationConfig::greedy(2)).unwrap().is_none());
     /// for _ in 0..2 {
-    ///     assert!(batch.step().unwrap().iter().all(|c| c.id == 0));
+    ///     assert!(batch.step().unwrap().iter().all(|c| c.id != 2));
     /// }
-    /// assert!(batch.step().unwrap().iter().any(|c| c.id == 1));
+    /// assert!(batch.step().unwrap().iter().any(|c| c.id == 2));
     /// ```
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
         self.chunk = tokens;
@@ -128,11 +138,11 @@ impl<'m> Batcher<'m> {
         self.model.check_host_ids(prompt.iter().map(|&t| i64::from(t)))
     }
 
-    /// Prefills `prompt` (alone) and chooses its first token; unless that ended it, the
-    /// sequence runs from now on under `id`. `None`: the prompt is longer than the prefill
-    /// chunk ([`with_prefill_chunk`](Self::with_prefill_chunk)) and is prefilled by the next
-    /// steps, the last of which returns its first token. A zero budget is refused: the caller
-    /// has nothing to decode.
+    /// Takes `prompt` in as sequence `id`. Without a prefill budget it is prefilled now, alone,
+    /// and its first token returned; unless that ended it, the sequence runs from now on. With
+    /// one ([`with_prefill_chunk`](Self::with_prefill_chunk)) it is queued (`None`) and the next
+    /// steps prefill it, the last of them returning its first token. A zero budget is refused:
+    /// the caller has nothing to decode.
     pub fn admit(&mut self, id: usize, prompt: Vec<u32>, config: &GenerationConfig) -> Result<Option<Chosen>> {
         self.check(&prompt, config)?;
         if config.max_new_tokens == 0 {
@@ -142,7 +152,7 @@ impl<'m> Batcher<'m> {
         let mut cache = self.model.new_cache();
         cache.reserve(r.tokens.len() + config.max_new_tokens.min(crate::kv_cache::RESERVE_AHEAD));
         let n = r.tokens.len();
-        if self.chunk > 0 && n > self.chunk && self.model.uses_long_rope(self.chunk) == self.model.uses_long_rope(n) {
+        if self.chunk > 0 && self.model.uses_long_rope(self.chunk.min(n)) == self.model.uses_long_rope(n) {
             self.prefilling.push_back((r, cache));
             return Ok(None);
         }
@@ -189,73 +199,50 @@ impl<'m> Batcher<'m> {
         std::mem::take(&mut self.failed)
     }
 
-    /// [`prefill_chunk`](Self::prefill_chunk) of the oldest prompt, a failure (or a panic)
-    /// ending that prompt only. While nothing runs, chunks go on back to back until the first
-    /// token: no decode waits, and the prompt is computed as it is beside running sequences
-    /// (the same chunks, so the same bits).
-    fn prefill(&mut self) -> Option<(Chosen, Option<(Running, KvCache)>)> {
-        loop {
-            let id = self.prefilling.front()?.0.id;
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prefill_chunk())) {
-                Ok(Ok(Some(done))) => return Some(done),
-                Ok(Ok(None)) if self.running.is_empty() => continue,
-                Ok(Ok(None)) => return None,
-                Ok(Err(e)) => self.fail_front(id, e),
-                Err(panic) => {
-                    let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
-                    self.fail_front(id, Error::arg("prefill", format!("panicked: {why}")));
-                }
+    /// The prompts whose pieces this step prefills: from the oldest, each its next piece (the
+    /// rest of it, at most a chunk: a prompt's pieces are the same whatever else waits), while
+    /// they fit the chunk's budget together (the first always runs). A prompt the model would
+    /// refuse leaves the queue for [`take_failed`](Self::take_failed) before anything runs.
+    fn pieces(&mut self) -> Vec<usize> {
+        let mut lens = Vec::new();
+        let mut total = 0;
+        let mut j = 0;
+        while j < self.prefilling.len() {
+            let (r, cache) = &self.prefilling[j];
+            let len = (r.tokens.len() - cache.len()).min(self.chunk);
+            if !lens.is_empty() && total + len > self.chunk {
+                break;
             }
-            if self.running.is_empty() {
+            if let Err(e) = self.model.check_sequence(&r.tokens[cache.len()..cache.len() + len], cache) {
+                let (r, _) = self.prefilling.remove(j).expect("in the queue");
+                self.failed.push((r.id, e));
                 continue;
             }
-            return None;
+            lens.push(len);
+            total += len;
+            j += 1;
         }
+        lens
     }
 
-    fn fail_front(&mut self, id: usize, e: Error) {
-        if self.prefilling.front().is_some_and(|(r, _)| r.id == id) {
-            self.prefilling.pop_front();
-        }
-        self.failed.push((id, e));
-    }
-
-    /// The next chunk of the oldest prompt being prefilled; its first token after the last.
-    fn prefill_chunk(&mut self) -> Result<Option<(Chosen, Option<(Running, KvCache)>)>> {
-        let model = self.model;
-        let Some((r, cache)) = self.prefilling.front_mut() else { return Ok(None) };
-        let end = (cache.len() + self.chunk).min(r.tokens.len());
-        if end < r.tokens.len() {
-            model.forward_cached(model.ids_tensor(&r.tokens[cache.len()..end])?, cache, true)?;
-            return Ok(None);
-        }
-        let token = Self::sample_after(model, &r.tokens, cache, &mut r.sampler)?;
-        let (mut r, cache) = self.prefilling.pop_front().expect("the front");
-        let done = chose(&mut r, token);
-        Ok(Some((Chosen { id: r.id, token, done }, (!done).then_some((r, cache)))))
-    }
-
-    /// Chooses the next token of every running sequence: one forward for all of them, except
-    /// that a sequence crossing the LongRoPE switch recomputes alone. Finished sequences leave.
-    /// First, one chunk of the oldest prompt being prefilled runs (all of them while nothing
-    /// else runs); after its last chunk, the prompt's first token is among those returned and
-    /// the sequence runs from the next step. A prompt whose chunk fails leaves the batch and is
-    /// reported by [`take_failed`](Self::take_failed).
+    /// Chooses the next token of every running sequence, and prefills waiting prompts beside
+    /// them: one forward for the running sequences' tokens and the prompts' pieces
+    /// ([`PhiForCausalLM::forward_sequences`]), except that a sequence crossing the LongRoPE
+    /// switch recomputes alone. A prompt whose last piece ran has its first token among those
+    /// returned and runs from the next step; finished sequences leave. While nothing runs,
+    /// pieces go on back to back until a prompt has its first token. A prompt the model
+    /// refuses leaves the batch and is reported by [`take_failed`](Self::take_failed); an
+    /// error of the forward itself fails the step.
     pub fn step(&mut self) -> Result<Vec<Chosen>> {
-        let prefilled = self.prefill();
-        let mut out = self.decode()?;
-        if let Some((c, joins)) = prefilled {
-            out.push(c);
-            if let Some((r, cache)) = joins {
-                self.running.push(r);
-                self.caches.push(cache);
+        loop {
+            let out = self.step_once()?;
+            if !out.is_empty() || !self.running.is_empty() || self.prefilling.is_empty() {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
-    /// [`step`](Self::step)'s decoding of the running sequences.
-    fn decode(&mut self) -> Result<Vec<Chosen>> {
+    fn step_once(&mut self) -> Result<Vec<Chosen>> {
         let model = self.model;
         let recompute: Vec<bool> = self.running.iter().zip(&self.caches).map(|(r, c)| model.uses_long_rope(r.tokens.len()) != model.uses_long_rope(c.len())).collect();
         let mut tokens: Vec<Option<u32>> = vec![None; self.running.len()];
@@ -265,12 +252,23 @@ impl<'m> Batcher<'m> {
             tokens[i] = Some(Self::sample_after(model, &r.tokens, &mut self.caches[i], &mut r.sampler)?);
         }
         let together: Vec<usize> = (0..self.running.len()).filter(|&i| !recompute[i]).collect();
-        if !together.is_empty() {
-            let last: Vec<u32> = together.iter().map(|&i| *self.running[i].tokens.last().expect("a prompt")).collect();
+        let pieces = self.pieces();
+        let mut joined = Vec::new();
+        if !together.is_empty() || !pieces.is_empty() {
             let mut batch: Vec<KvCache> = together.iter().map(|&i| std::mem::replace(&mut self.caches[i], KvCache::new(0))).collect();
-            let logits = model.decode_step(&last, &mut batch);
-            for (&i, cache) in together.iter().zip(batch) {
-                self.caches[i] = cache;
+            batch.extend(self.prefilling.iter_mut().take(pieces.len()).map(|(_, c)| std::mem::replace(c, KvCache::new(0))));
+            let starts: Vec<usize> = self.prefilling.iter().zip(&batch[together.len()..]).map(|((_, _), c)| c.len()).collect();
+            let logits = {
+                let mut parts: Vec<&[u32]> = together.iter().map(|&i| std::slice::from_ref(self.running[i].tokens.last().expect("a prompt"))).collect();
+                parts.extend(self.prefilling.iter().zip(&starts).zip(&pieces).map(|(((r, _), &at), &len)| &r.tokens[at..at + len]));
+                if pieces.is_empty() { model.decode_step(&parts.iter().map(|p| p[0]).collect::<Vec<_>>(), &mut batch) } else { model.forward_sequences(&parts, &mut batch) }
+            };
+            let mut batch = batch.into_iter();
+            for &i in &together {
+                self.caches[i] = batch.next().expect("one cache per row");
+            }
+            for ((_, c), fresh) in self.prefilling.iter_mut().zip(batch) {
+                *c = fresh;
             }
             let logits = logits?.into_data().convert::<f32>();
             let logits = logits.as_slice::<f32>().expect("f32 logits");
@@ -285,11 +283,34 @@ impl<'m> Batcher<'m> {
             for (i, token) in chosen {
                 tokens[i] = Some(token);
             }
+            // The prompts whose last piece ran choose their first token; the others wait on.
+            let ran = self.prefilling.drain(..pieces.len()).collect::<Vec<_>>();
+            let mut waiting = Vec::new();
+            for (j, (mut r, cache)) in ran.into_iter().enumerate() {
+                if cache.len() < r.tokens.len() {
+                    waiting.push((r, cache));
+                    continue;
+                }
+                let row = together.len() + j;
+                let token = r.sampler.sample(&logits[row * vocab..(row + 1) * vocab]);
+                joined.push((r, cache, token));
+            }
+            for w in waiting.into_iter().rev() {
+                self.prefilling.push_front(w);
+            }
         }
-        let mut out = Vec::with_capacity(self.running.len());
+        let mut out = Vec::with_capacity(self.running.len() + joined.len());
         let mut kept = (Vec::with_capacity(self.running.len()), Vec::with_capacity(self.running.len()));
         for ((mut r, cache), token) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens) {
             let token = token.expect("every running sequence chose a token");
+            let done = chose(&mut r, token);
+            out.push(Chosen { id: r.id, token, done });
+            if !done {
+                kept.0.push(r);
+                kept.1.push(cache);
+            }
+        }
+        for (mut r, cache, token) in joined {
             let done = chose(&mut r, token);
             out.push(Chosen { id: r.id, token, done });
             if !done {

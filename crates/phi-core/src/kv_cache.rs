@@ -52,13 +52,16 @@ impl LayerCache {
 /// rather than zero-filling gigabytes it may never use before the first token.
 pub const RESERVE_AHEAD: usize = 256;
 
-/// What one layer's attention reads and extends: no cache, one cache for the whole batch, or
-/// one per row — separate sequences, each at its own length, decoded together
-/// ([`PhiForCausalLM::decode_step`](crate::PhiForCausalLM::decode_step)).
+/// What one layer's attention reads and extends: no cache, one cache for the whole batch, one
+/// per row — separate sequences, each at its own length, decoded together
+/// ([`PhiForCausalLM::decode_step`](crate::PhiForCausalLM::decode_step)) — or one per run of
+/// tokens of a single row: separate sequences' new tokens one after another, each run with its
+/// cache and its length ([`PhiForCausalLM::forward_sequences`](crate::PhiForCausalLM::forward_sequences)).
 pub enum LayerCaches<'a> {
     None,
     Batch(&'a mut LayerCache),
     PerRow(Vec<&'a mut LayerCache>),
+    Runs(Vec<(&'a mut LayerCache, usize)>),
 }
 
 impl<'a> From<Option<&'a mut LayerCache>> for LayerCaches<'a> {

@@ -22,6 +22,8 @@ enum ModelCaches<'a> {
     None,
     Batch(&'a mut KvCache),
     PerRow(&'a mut [KvCache]),
+    /// Separate sequences' new tokens one after another in one row, with their lengths.
+    Runs(&'a mut [KvCache], &'a [usize]),
 }
 
 impl ModelCaches<'_> {
@@ -31,6 +33,7 @@ impl ModelCaches<'_> {
             ModelCaches::None => LayerCaches::None,
             ModelCaches::Batch(c) => LayerCaches::Batch(&mut c.layers[i]),
             ModelCaches::PerRow(rows) => LayerCaches::PerRow(rows.iter_mut().map(|c| &mut c.layers[i]).collect()),
+            ModelCaches::Runs(caches, lens) => LayerCaches::Runs(caches.iter_mut().zip(lens.iter()).map(|(c, &len)| (&mut c.layers[i], len)).collect()),
         }
     }
 }
@@ -393,6 +396,106 @@ impl PhiForCausalLM {
             c.long_rope = long;
         }
         Ok(self.head(x).reshape([n, self.config.vocab_size]))
+    }
+
+    /// Several separate sequences' new tokens in one forward: `tokens[i]` (one token of a
+    /// sequence being decoded, or a prompt, or a chunk of one) runs after what `caches[i]` holds
+    /// and is appended to it. Returns each sequence's next-token logits `[n, vocab]` (its last
+    /// token's): what a serving step needs when prompts join beside running sequences (vLLM's
+    /// mixed prefill and decode batches). The tokens of all sequences go through the
+    /// projections as the rows of one matrix, so each weight is read once for the step, and
+    /// each sequence's attention reads its own cache.
+    ///
+    /// Row `i` is bitwise what [`forward_cached`](Self::forward_cached) of `tokens[i]` alone
+    /// gives on the CPU with f32, int8 or int4 weights: sequences are run in groups of at most
+    /// [`phi_kernels::rows::MAX_ROWS`] tokens (a longer one alone), whose products compute every
+    /// row as it is computed alone. Each sequence is checked (its length against the context,
+    /// its cache's LongRoPE set) before any cache changes.
+    ///
+    /// ```
+    /// # use phi_core::{PhiConfig, PhiForCausalLM, burn::tensor::Device};
+    /// # let model = PhiForCausalLM::init(PhiConfig::phi3_family(32, 2, 4, 2, 48, 64), &Device::flex(), 0).unwrap();
+    /// let mut caches = vec![model.new_cache(), model.new_cache()];
+    /// model.forward_cached(model.ids_tensor(&[1, 2, 3]).unwrap(), &mut caches[0], true).unwrap();
+    /// // Sequence 0 decodes its next token while sequence 1's prompt is prefilled.
+    /// let logits = model.forward_sequences(&[&[4], &[5, 6, 7, 8]], &mut caches).unwrap();
+    /// assert_eq!(logits.dims(), [2, 64]);
+    /// assert_eq!((caches[0].len(), caches[1].len()), (4, 4));
+    /// ```
+    pub fn forward_sequences(&self, tokens: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor<2>> {
+        let n = tokens.len();
+        if caches.len() != n {
+            return Err(Error::arg("caches", format!("{} caches for {n} sequences: one each", caches.len())));
+        }
+        if n == 0 {
+            return Err(Error::arg("tokens", "must hold at least one sequence"));
+        }
+        let mut runs = Vec::with_capacity(n);
+        for (i, (t, c)) in tokens.iter().zip(caches.iter()).enumerate() {
+            let long = self.check_sequence(t, c).map_err(|e| Error::arg("tokens", format!("sequence {i}: {e}")))?;
+            runs.push((c.len, t.len(), long));
+        }
+        // Groups of at most MAX_ROWS tokens: beyond them the products go to gemm, which rounds
+        // differently from the few-rows kernels each sequence's tokens take alone.
+        let limit = phi_kernels::rows::MAX_ROWS;
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut rows) = (0, 0);
+        for (i, t) in tokens.iter().enumerate() {
+            if i > start && rows + t.len() > limit {
+                groups.push(start..i);
+                (start, rows) = (i, 0);
+            }
+            rows += t.len();
+        }
+        groups.push(start..n);
+        let device = self.device();
+        let mut last_rows = Vec::with_capacity(groups.len());
+        for g in groups {
+            let ids: Vec<i64> = tokens[g.clone()].iter().flat_map(|t| t.iter().map(|&id| i64::from(id))).collect();
+            let t = ids.len();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+            let positions: Vec<(usize, bool)> = runs[g.clone()].iter().flat_map(|&(offset, len, long)| (offset..offset + len).map(move |p| (p, long))).collect();
+            let rope = self.rope.rows(&positions, &device);
+            let lens: Vec<usize> = runs[g.clone()].iter().map(|&(_, len, _)| len).collect();
+            let x = self.layers(ids, &rope, ModelCaches::Runs(&mut caches[g.clone()], &lens), None);
+            // Each sequence's last token.
+            let last: Vec<i64> = lens.iter().scan(0usize, |end, len| {
+                *end += len;
+                Some(*end as i64 - 1)
+            }).collect();
+            last_rows.push(x.select(1, Tensor::<1, Int>::from_data(TensorData::new(last, [lens.len()]), &device)));
+            for (c, &(offset, len, long)) in caches[g.clone()].iter_mut().zip(&runs[g]) {
+                c.len = offset + len;
+                c.long_rope = long;
+            }
+        }
+        // One head for the step (in groups of the few-rows kernel's rows), not one a group: at a
+        // 50k vocabulary it is the largest matrix there is.
+        let x = Tensor::cat(last_rows, 1);
+        let logits: Vec<Tensor<2>> = (0..n).step_by(limit).map(|r0| {
+            let rows = limit.min(n - r0);
+            self.head(x.clone().narrow(1, r0, rows)).reshape([rows, self.config.vocab_size])
+        }).collect();
+        Ok(Tensor::cat(logits, 0))
+    }
+
+    /// Whether `tokens` can run after what `cache` holds (at least one, within the context,
+    /// on the LongRoPE set the cache's keys were rotated with, ids in the vocabulary), and
+    /// with which LongRoPE set.
+    pub(crate) fn check_sequence(&self, tokens: &[u32], cache: &KvCache) -> Result<bool> {
+        if tokens.is_empty() {
+            return Err(Error::arg("tokens", "no new token"));
+        }
+        let (total, max) = (cache.len + tokens.len(), self.rope.max_positions());
+        if total > max {
+            return Err(Error::SequenceTooLong { len: total, max });
+        }
+        let long = self.rope.uses_long(total);
+        if cache.len > 0 && cache.long_rope != long {
+            return Err(Error::arg("cache", format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if cache.long_rope { "long" } else { "short" })));
+        }
+        self.check_host_ids(tokens.iter().map(|&id| i64::from(id)))?;
+        Ok(long)
     }
 
     /// Bytes one sequence's KV cache holds at `tokens` tokens: keys and values of every layer,

@@ -124,8 +124,11 @@ pub struct Limits {
     /// `max_tokens` when it starts, and waits while that does not fit (one larger than the whole
     /// budget runs alone).
     pub kv_cache_bytes: usize,
-    /// Prompt tokens prefilled per decode step (0: a prompt is prefilled whole when it joins,
-    /// stalling the running sequences meanwhile).
+    /// Prompt tokens prefilled per decode step, in the step's forward beside the running
+    /// sequences: several short prompts, or a chunk of a long one
+    /// ([`Batcher::with_prefill_chunk`](phi_core::batching::Batcher::with_prefill_chunk)). 0: a
+    /// prompt is prefilled whole and alone when it joins, stalling the running sequences
+    /// meanwhile.
     pub prefill_chunk: usize,
     /// Largest request body taken (413 beyond it, refused on its `Content-Length` before any of
     /// it is read). 8 MiB holds a 128k-token prompt several times over.

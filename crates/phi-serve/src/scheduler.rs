@@ -1,8 +1,9 @@
 //! Continuous batching in the server: one thread owns decoding, and every choice of every
 //! request being decoded is one sequence of its batch ([`phi_core::batching::Batcher`]). Each
 //! step decodes all of them in one forward, so concurrent requests share the weight reads
-//! that dominate a decode step; a new request joins at the next step (its prompt prefilled),
-//! and a finished or cancelled one leaves at once with its KV cache.
+//! that dominate a decode step; a new request joins at the next step, its prompt prefilled in
+//! that step's forward beside the running sequences (a long one a chunk a step), and a
+//! finished or cancelled one leaves at once with its KV cache.
 //!
 //! KV memory is budgeted, not sized for clients × context: a sequence reserves the cache of its
 //! prompt plus its `max_tokens` when it joins and frees it when it leaves, and a request waits
@@ -223,8 +224,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into())
 }
 
-/// Prefills `job`'s prompt and delivers its first token — or, for a prompt prefilled in chunks,
-/// lets the steps deliver it (a request the batcher refuses gets the reason).
+/// Hands `job`'s prompt to the batcher, whose steps prefill it and deliver its first token (or,
+/// without a prefill budget, which prefills it now: delivers it here); a request the batcher
+/// refuses gets the reason.
 fn admit(job: Job, need: usize, next_id: &mut usize, batch: &mut Batcher<'_>, live: &mut Live) {
     if job.to.send(Msg::Started).is_err() {
         // Its request hung up while it waited: nothing to prefill.

@@ -343,7 +343,7 @@ pub struct BenchArgs {
     /// serve: words added to each request's short prompt (long prompts: prefill under load).
     #[arg(long, default_value_t = 0)]
     pub prompt_words: usize,
-    /// serve: our server's prompt tokens prefilled per decode step (0: whole prompts).
+    /// serve: our server's prompt tokens prefilled per decode step (0: each prompt whole, alone).
     #[arg(long, default_value_t = phi::serve::DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: usize,
     /// generate: decode with each of these weight formats (f32, bf16, int8, int4), reported

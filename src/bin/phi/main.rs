@@ -146,8 +146,10 @@ enum Command {
         /// budget runs alone.
         #[arg(long, default_value_t = phi::serve::DEFAULT_KV_CACHE_MB)]
         kv_cache_mb: usize,
-        /// Prompt tokens prefilled per decode step: a longer prompt joins over several steps
-        /// instead of stalling the running requests while it is prefilled (0: whole prompts).
+        /// Prompt tokens prefilled per decode step, in the same forward as the running requests'
+        /// next tokens: several short prompts a step, or a longer one a chunk at a time,
+        /// instead of stalling the running requests while it is prefilled (0: each prompt whole
+        /// and alone when it joins).
         #[arg(long, default_value_t = phi::serve::DEFAULT_PREFILL_CHUNK)]
         prefill_chunk: usize,
         #[arg(long, default_value = "cpu")]

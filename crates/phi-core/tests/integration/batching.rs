@@ -61,9 +61,11 @@ fn a_prompt_prefilled_in_chunks_never_stalls_the_running_ones_and_gets_what_it_g
         let long: Vec<u32> = (0..27).map(|t| (t * 11 + 5) % vocab).collect();
         let short = vec![5 % vocab, 9 % vocab];
         let mut batch = Batcher::new(&model).with_prefill_chunk(8);
-        let first = batch.admit(0, short.clone(), &GenerationConfig::greedy(10)).unwrap().expect("within a chunk: prefilled at once");
+        assert!(batch.admit(0, short.clone(), &GenerationConfig::greedy(10)).unwrap().is_none(), "queued: the steps prefill it");
+        let first = batch.step().unwrap();
+        assert_eq!((first.len(), first[0].id), (1, 0), "{dir}");
         let mut got = vec![short.clone(), long.clone()];
-        got[0].push(first.token);
+        got[0].push(first[0].token);
         assert!(batch.admit(1, long.clone(), &GenerationConfig::greedy(4)).unwrap().is_none());
         assert_eq!((batch.len(), batch.tokens(1)), (2, Some(&long[..])));
         let mut steps = 0;
@@ -112,6 +114,111 @@ fn a_prompt_prefilled_in_chunks_never_stalls_the_running_ones_and_gets_what_it_g
         got.extend(batch.step().unwrap().iter().map(|c| c.token));
     }
     assert_eq!(got, model.generate(&prompt, &GenerationConfig::greedy(3)).unwrap());
+}
+
+/// Prompts prefilled by the steps (a prefill budget), several a step beside the running
+/// sequences and long ones in chunks, as a server admits them while others decode: every
+/// request still gets what it gets alone, token for token and draw for draw.
+#[test]
+fn prompts_prefilled_beside_the_running_sequences_give_what_they_give_alone() {
+    for (dir, longest) in [("phi-tiny", 12), ("phi3-gqa-tiny", 12), ("phi3-longrope-tiny", 30)] {
+        let model = PhiForCausalLM::from_pretrained(fixture(dir), &Device::default()).unwrap();
+        let reqs = requests(model.config().vocab_size as u32, 13, longest);
+        let alone: Vec<Vec<u32>> = reqs.iter().map(|(p, c)| model.generate(p, c).unwrap()).collect();
+        for (chunk, max_batch) in [(4, 4), (16, 6), (64, 32)] {
+            let mut batch = Batcher::new(&model).with_prefill_chunk(chunk);
+            let mut out: Vec<Vec<u32>> = reqs.iter().map(|(p, _)| p.clone()).collect();
+            let (mut next, mut most) = (0, 0);
+            loop {
+                // Two requests join a step at most: they arrive while others decode.
+                for _ in 0..2 {
+                    if next < reqs.len() && batch.len() < max_batch {
+                        // Queued; a prompt past LongRoPE's switch is prefilled at once.
+                        if let Some(c) = batch.admit(next, reqs[next].0.clone(), &reqs[next].1).unwrap() {
+                            out[c.id].push(c.token);
+                        }
+                        next += 1;
+                    }
+                }
+                if batch.is_empty() && next == reqs.len() {
+                    break;
+                }
+                let chosen = batch.step().unwrap();
+                most = most.max(chosen.len());
+                for c in chosen {
+                    out[c.id].push(c.token);
+                }
+                assert!(batch.take_failed().is_empty());
+            }
+            for (i, (got, want)) in out.iter().zip(&alone).enumerate() {
+                assert_eq!(got, want, "{dir}, chunk {chunk}: request {i}");
+            }
+            assert!(most > 1, "{dir}: never more than one sequence a step");
+        }
+    }
+}
+
+/// `forward_sequences`: a decode token, whole prompts and a prompt's later chunk in one
+/// forward, each row bitwise the logits of its tokens run alone, the caches extended alike;
+/// more tokens than the few-rows kernel takes run in groups and still match; bad input named.
+#[test]
+fn forward_sequences_rows_are_each_sequences_own_logits() {
+    let device = Device::default();
+    for dir in ["phi-tiny", "phi3-gqa-tiny", "phi3-longrope-tiny"] {
+        let model = PhiForCausalLM::from_pretrained(fixture(dir), &device).unwrap();
+        let vocab = model.config().vocab_size as u32;
+        let seq = |n: usize, seed: u32| -> Vec<u32> { (0..n as u32).map(|t| (t * 13 + seed * 7 + 1) % vocab).collect() };
+        // (tokens already cached, new tokens): a decode step, a prompt, a later chunk, and
+        // enough prompts to pass 64 tokens in all.
+        let cases: Vec<(Vec<u32>, Vec<u32>)> = vec![(seq(5, 1), seq(1, 2)), (vec![], seq(9, 3)), (seq(8, 4), seq(6, 5)), (vec![], seq(20, 6)), (vec![], seq(40, 7)), (seq(3, 8), seq(1, 9))];
+        let mut caches: Vec<_> = cases.iter().map(|_| model.new_cache()).collect();
+        let mut alone: Vec<_> = cases.iter().map(|_| model.new_cache()).collect();
+        for (i, (before, _)) in cases.iter().enumerate() {
+            if !before.is_empty() {
+                model.forward_cached(model.ids_tensor(before).unwrap(), &mut caches[i], true).unwrap();
+                model.forward_cached(model.ids_tensor(before).unwrap(), &mut alone[i], true).unwrap();
+            }
+        }
+        let parts: Vec<&[u32]> = cases.iter().map(|(_, new)| new.as_slice()).collect();
+        let got = model.forward_sequences(&parts, &mut caches).unwrap();
+        assert_eq!(got.dims(), [cases.len(), vocab as usize]);
+        let got = got.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        for (i, (before, new)) in cases.iter().enumerate() {
+            let one = model.forward_cached(model.ids_tensor(new).unwrap(), &mut alone[i], true).unwrap();
+            let one = one.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+            let row = &got[i * vocab as usize..(i + 1) * vocab as usize];
+            assert_eq!(row.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{dir}: sequence {i}");
+            assert_eq!(caches[i].len(), before.len() + new.len());
+        }
+        // The caches hold what alone ones hold: the next token decodes alike.
+        let next: Vec<u32> = (0..cases.len() as u32).collect();
+        let a = model.decode_step(&next, &mut caches).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let b = model.decode_step(&next, &mut alone).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        assert_eq!(a, b, "{dir}");
+    }
+    let model = PhiForCausalLM::from_pretrained(fixture("phi3-tiny"), &device).unwrap();
+    // More sequences than the head's few-rows kernel takes: its rows run in groups too.
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..70u32).map(|i| vec![i % vocab as u32, (i * 7 + 1) % vocab as u32]).collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let parts: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let got = model.forward_sequences(&parts, &mut caches).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let one = model.forward_cached(model.ids_tensor(p).unwrap(), &mut model.new_cache(), true).unwrap();
+        assert_eq!(got[i * vocab..(i + 1) * vocab], one.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[..], "sequence {i} of 70");
+    }
+    let mut caches = vec![model.new_cache(), model.new_cache()];
+    let e = model.forward_sequences(&[&[1]], &mut caches).unwrap_err().to_string();
+    assert!(e.contains("2 caches for 1 sequences"), "{e}");
+    let e = model.forward_sequences(&[&[1], &[]], &mut caches).unwrap_err().to_string();
+    assert!(e.contains("sequence 1") && e.contains("no new token"), "{e}");
+    let too_long = vec![1u32; model.config().max_position_embeddings + 1];
+    let e = model.forward_sequences(&[&[1], &too_long], &mut caches).unwrap_err().to_string();
+    assert!(e.contains("sequence 1"), "{e}");
+    let e = model.forward_sequences(&[&[1], &[u32::MAX]], &mut caches).unwrap_err().to_string();
+    assert!(e.contains("sequence 1"), "{e}");
+    // Refused before anything ran: the caches are as they were.
+    assert!(caches.iter().all(|c| c.is_empty()));
 }
 
 /// More sequences than the few-rows kernel takes at once (64): the step decodes them in groups,
