@@ -109,6 +109,9 @@ pub struct BenchOptions {
     /// generate: a llama.cpp decode script (benches/llama_cpp_decode.py) run with Q8_0 beside our
     /// int8 and Q4_0 beside our int4 (and f32 beside f32), on the same shape and threads.
     pub llama_cpp: Option<String>,
+    /// generate: also decode this many sequences together ([`bench_generate_batch`]); 0 or 1:
+    /// not run.
+    pub sequences: usize,
     /// Training workloads: the step's compute precision (the baseline script's is f32).
     pub precision: phi_train::Precision,
     /// generate: runs the packing of a model (its argument) so that the f32 weights it frees go
@@ -141,6 +144,7 @@ impl Default for BenchOptions {
             weights: vec![None],
             torch_decode: None,
             llama_cpp: None,
+            sequences: 0,
             precision: phi_train::Precision::F32,
             around_pack: None,
             zero: 0,
@@ -369,6 +373,28 @@ pub fn bench_generate_split(model: &PhiForCausalLM, a: &BenchOptions) -> Generat
     GenerateRate { tokens_per_s: new / all, first_token_s: first, decode_tokens_per_s: (new - 1.0) / (all - first).max(1e-9) }
 }
 
+/// [`bench_generate_split`] for `sequences` sequences decoded together
+/// ([`PhiForCausalLM::generate_batch`]): `sequences` different 32-token prompts, prefilled
+/// together, then `gen_tokens` greedy tokens each, one row each a step. Rates count the new
+/// tokens of all sequences; `first_token_s` is the prompts' prefill and the first token of each,
+/// `decode_tokens_per_s` the steps after it (llama.cpp's batched-bench reports the same two
+/// phases, as S_PP and S_TG).
+pub fn bench_generate_batch(model: &PhiForCausalLM, a: &BenchOptions, sequences: usize) -> GenerateRate {
+    let requests = |new: usize| -> Vec<(Vec<u32>, GenerationConfig)> {
+        (0..sequences).map(|i| (random_ids(32, a.vocab, 100 + i as u64).into_iter().map(|t| t as u32).collect(), GenerationConfig::greedy(new))).collect()
+    };
+    let run = |new: usize| {
+        let reqs = requests(new);
+        let t = Instant::now();
+        let out = model.generate_batch(&reqs, sequences, |_, _| true).expect("batched generation");
+        (t.elapsed().as_secs_f64(), out.iter().zip(&reqs).map(|(o, (p, _))| o.len() - p.len()).sum::<usize>() as f64)
+    };
+    run(4);
+    let (first, _) = run(1);
+    let (all, new) = run(a.gen_tokens);
+    GenerateRate { tokens_per_s: new / all, first_token_s: first, decode_tokens_per_s: (new - sequences as f64) / (all - first).max(1e-9) }
+}
+
 fn torch_results(a: &BenchOptions, arch: &str) -> Result<Vec<Value>, String> {
     let Some(script) = &a.torch else { return Ok(vec![]) };
     torch_script(a, script, arch, &[])
@@ -487,7 +513,8 @@ pub fn run(a: BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         if matches!(a.workload, Workload::Forward | Workload::All) {
             workloads.push(("forward", bench_forward(&model, &a, &device), peak_rss_mib()));
         }
-        let narrow = a.weights.iter().any(Option::is_some);
+        // Narrow formats and batched decoding are reported per format.
+        let narrow = a.weights.iter().any(Option::is_some) || a.sequences > 1;
         if matches!(a.workload, Workload::Generate | Workload::All) && !narrow {
             workloads.push(("generate", bench_generate(&model, &a), peak_rss_mib()));
         }
@@ -554,6 +581,7 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
         reset_peak_rss();
         let rate = bench_generate_split(&m, a);
         let peak = peak_rss_mib();
+        let batch = (a.sequences > 1).then(|| bench_generate_batch(&m, a, a.sequences));
         drop(m);
         let (tps, dec) = (rate.tokens_per_s, rate.decode_tokens_per_s);
         let label = format.map_or("f32".to_string(), |f| f.to_string());
@@ -574,6 +602,10 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
             "llama_cpp_type": llama_cpp.map(|_| llama_cpp_type(format)), "llama_cpp_decode_tokens_per_s": llama_cpp,
             "decode_vs_llama_cpp": llama_cpp.map(|l| dec / l),
             "first_token_vs_llama_cpp": llama_first.map(|l| rate.first_token_s / l),
+            "sequences": batch.map(|_| a.sequences),
+            "batch_tokens_per_s": batch.map(|b| b.tokens_per_s), "batch_first_token_s": batch.map(|b| b.first_token_s),
+            "batch_decode_tokens_per_s": batch.map(|b| b.decode_tokens_per_s),
+            "batch_decode_vs_one": batch.map(|b| b.decode_tokens_per_s / dec),
         });
         if a.json {
             println!("{result}");
@@ -587,6 +619,12 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
                 r(torch_f32.map(|t| tps / t)), r(torch_f32_dec.map(|t| dec / t)),
                 r(torch_bf16.map(|t| tps / t)), r(torch_bf16_dec.map(|t| dec / t)),
             );
+            if let Some(b) = batch {
+                println!(
+                    "         {label:<5} {arch:<5} {} sequences together: {:>7.2} tok/s (decode {:>6.2}, {:.2}x one sequence's; prompts and first tokens {:.2} s)",
+                    a.sequences, b.tokens_per_s, b.decode_tokens_per_s, b.decode_tokens_per_s / dec, b.first_token_s
+                );
+            }
             if let (Some(l), Some(kind)) = (llama_cpp, llama_cpp_type(format)) {
                 println!("         {label:<5} {arch:<5} decode vs llama.cpp {kind} {:.2}x ({dec:.2} against {l:.2} tok/s), first token {:.2}x its time", dec / l, llama_first.map_or(f64::NAN, |f| rate.first_token_s / f));
             }

@@ -905,3 +905,26 @@ echo '{{"workload": "generate", "type": "'$t'", "tokens_per_s": 90.0, "decode_to
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("fake_llama.sh failed") && err.contains("no llama here"), "{err}");
 }
+
+/// `--sequences N`: each format's row also carries N sequences decoded together (llama.cpp's
+/// batched-bench phases), in JSON and in the table; without it, nothing batched runs.
+#[test]
+fn bench_generate_reports_sequences_decoded_together() {
+    let shape = ["bench", "generate", "--arch", "phi3", "--hidden", "64", "--layers", "1", "--heads", "2", "--vocab", "128", "--gen-tokens", "4"];
+    let r = phi().args(shape).args(["--json", "--sequences", "3", "--weights", "f32,int8"]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row["sequences"], 3, "{row}");
+        let (all, dec, first) = (row["batch_tokens_per_s"].as_f64().unwrap(), row["batch_decode_tokens_per_s"].as_f64().unwrap(), row["batch_first_token_s"].as_f64().unwrap());
+        assert!(all > 0.0 && dec > 0.0 && first > 0.0, "{row}");
+        assert!((row["batch_decode_vs_one"].as_f64().unwrap() - dec / row["decode_tokens_per_s"].as_f64().unwrap()).abs() < 1e-9, "{row}");
+    }
+    let r = phi().args(shape).args(["--sequences", "3"]).output().unwrap();
+    let table = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success() && table.contains("3 sequences together"), "{table}");
+    let r = phi().args(shape).args(["--json", "--weights", "int8"]).output().unwrap();
+    let row: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&r.stdout).lines().next().unwrap()).unwrap();
+    assert!(row["sequences"].is_null() && row["batch_tokens_per_s"].is_null(), "{row}");
+}

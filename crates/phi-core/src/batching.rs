@@ -339,7 +339,8 @@ fn chose(r: &mut Running, token: u32) -> bool {
 
 impl PhiForCausalLM {
     /// Generates after each of `requests`' prompts with its own config, at most `max_batch`
-    /// sequences at a time (continuous batching, see [`crate::batching`]); returns prompt + new
+    /// sequences at a time (continuous batching, see [`crate::batching`]: the prompts that join
+    /// together are prefilled together, beside the running sequences); returns prompt + new
     /// tokens per request, in request order. `on_token(i, token)` sees request `i`'s tokens as
     /// they are chosen; returning `false` ends that request (cancellation) and frees its cache.
     ///
@@ -356,7 +357,9 @@ impl PhiForCausalLM {
         if max_batch == 0 {
             return Err(Error::arg("max_batch", "must be at least 1"));
         }
-        let mut batch = Batcher::new(self);
+        // Prompts unchunked, as `generate` runs them, and the waiting ones prefilled together
+        // in the next step (in groups of the few-rows kernel's rows, a longer prompt alone).
+        let mut batch = Batcher::new(self).with_prefill_chunk(usize::MAX);
         for (i, (prompt, config)) in requests.iter().enumerate() {
             batch.check(prompt, config).map_err(|e| Error::arg("requests", format!("request {i}: {e}")))?;
         }
@@ -370,8 +373,11 @@ impl PhiForCausalLM {
         loop {
             while batch.len() < max_batch {
                 let Some(i) = waiting.next() else { break };
-                let c = batch.admit(i, requests[i].0.clone(), &requests[i].1)?.expect("no prefill chunk: prefilled at once");
-                if !take(c, &mut out) && !c.done {
+                // Queued for the next step (a prompt past LongRoPE's switch runs at once).
+                if let Some(c) = batch.admit(i, requests[i].0.clone(), &requests[i].1)?
+                    && !take(c, &mut out)
+                    && !c.done
+                {
                     batch.remove(i);
                 }
             }

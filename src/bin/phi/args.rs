@@ -357,6 +357,11 @@ pub struct BenchArgs {
     /// our int8, Q4_0 beside our int4, f32 beside f32 (needs llama-cpp-python; see the script).
     #[arg(long)]
     pub llama_cpp: Option<String>,
+    /// generate: also decode this many sequences together (continuous batching: their 32-token
+    /// prompts prefilled together, then one row each a step), as llama.cpp's `llama-batched-bench`
+    /// does; reported beside the one-sequence figures (0 or 1: not run).
+    #[arg(long, default_value_t = 0)]
+    pub sequences: usize,
     /// Training workloads: compute precision, f32 (the baseline's), bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
@@ -391,6 +396,7 @@ impl BenchArgs {
             weights: self.weights,
             torch_decode: self.torch_decode,
             llama_cpp: self.llama_cpp,
+            sequences: self.sequences,
             precision: self.precision,
             around_pack: None,
             zero: self.zero,
