@@ -5,8 +5,9 @@
 //! prompt is prefilled alone when it joins. With one ([`Batcher::with_prefill_chunk`]) the
 //! steps prefill the waiting prompts beside the running sequences, in the same forward
 //! ([`PhiForCausalLM::forward_sequences`]): several short prompts a step, or a long one a chunk
-//! at a time, so a joining prompt neither stalls the running sequences for its whole length
-//! nor costs a pass over the weights of its own.
+//! at a time, so a joining prompt does not stall the running sequences for its whole length
+//! and, while the step's tokens fit the few-rows kernels' 64 rows, costs no pass over the
+//! weights of its own.
 //!
 //! Each sequence gets what [`PhiForCausalLM::generate_streaming`] gives it alone: its own
 //! sampler (a seeded one draws the same tokens), stop ids and token budget, and the LongRoPE
@@ -41,8 +42,9 @@ pub struct Chosen {
     pub done: bool,
 }
 
-/// The running sequences and their KV caches. [`admit`](Self::admit) prefills a prompt and
-/// returns its first token; [`step`](Self::step) chooses the next token of every running
+/// The running sequences, the prompts waiting to be prefilled, and their KV caches.
+/// [`admit`](Self::admit) takes a prompt in (prefilled at once without a prefill budget, by the
+/// steps with one); [`step`](Self::step) chooses the next token of every running
 /// sequence in one forward; [`remove`](Self::remove) ends one early (a cancelled request).
 ///
 /// ```
@@ -64,7 +66,8 @@ pub struct Batcher<'m> {
     model: &'m PhiForCausalLM,
     running: Vec<Running>,
     caches: Vec<KvCache>,
-    /// Prompts being prefilled a chunk per step, oldest first (their caches hold what is done).
+    /// Prompts waiting to be prefilled by the steps, oldest first (their caches hold the pieces
+    /// already run).
     prefilling: std::collections::VecDeque<(Running, KvCache)>,
     /// Prompt tokens per prefill chunk (0: a prompt is prefilled whole when admitted).
     chunk: usize,
@@ -187,14 +190,14 @@ impl<'m> Batcher<'m> {
         self.running.iter().chain(self.prefilling.iter().map(|(r, _)| r)).find(|r| r.id == id).map(|r| r.tokens.as_slice())
     }
 
-    /// The prompts being prefilled in chunks, oldest first.
+    /// The prompts waiting to be prefilled by the steps (or partly prefilled), oldest first.
     pub fn prefilling(&self) -> impl Iterator<Item = usize> + '_ {
         self.prefilling.iter().map(|(r, _)| r.id)
     }
 
-    /// The prompts whose prefill failed in the steps since the last call, with why: each has
-    /// left the batch, and the others went on (a failed or panicking chunk ends its own
-    /// prompt, not the running sequences).
+    /// The sequences that failed in the steps since the last call, with why: a prompt the model
+    /// refused (it alone), or every sequence of a step whose forward panicked (their caches
+    /// were half written). Each has left the batch, and the others went on.
     pub fn take_failed(&mut self) -> Vec<(usize, Error)> {
         std::mem::take(&mut self.failed)
     }
@@ -231,8 +234,9 @@ impl<'m> Batcher<'m> {
     /// switch recomputes alone. A prompt whose last piece ran has its first token among those
     /// returned and runs from the next step; finished sequences leave. While nothing runs,
     /// pieces go on back to back until a prompt has its first token. A prompt the model
-    /// refuses leaves the batch and is reported by [`take_failed`](Self::take_failed); an
-    /// error of the forward itself fails the step.
+    /// refuses leaves the batch and is reported by [`take_failed`](Self::take_failed). An error
+    /// of the forward fails the step, the caches as they were; a panic in it ends every
+    /// sequence it ran (reported by `take_failed`), and the step returns the others' tokens.
     pub fn step(&mut self) -> Result<Vec<Chosen>> {
         loop {
             let out = self.step_once()?;
@@ -252,16 +256,19 @@ impl<'m> Batcher<'m> {
             tokens[i] = Some(Self::sample_after(model, &r.tokens, &mut self.caches[i], &mut r.sampler)?);
         }
         let together: Vec<usize> = (0..self.running.len()).filter(|&i| !recompute[i]).collect();
+        let mut dropped = vec![false; self.running.len()];
         let pieces = self.pieces();
         let mut joined = Vec::new();
         if !together.is_empty() || !pieces.is_empty() {
             let mut batch: Vec<KvCache> = together.iter().map(|&i| std::mem::replace(&mut self.caches[i], KvCache::new(0))).collect();
             batch.extend(self.prefilling.iter_mut().take(pieces.len()).map(|(_, c)| std::mem::replace(c, KvCache::new(0))));
             let starts: Vec<usize> = self.prefilling.iter().zip(&batch[together.len()..]).map(|((_, _), c)| c.len()).collect();
-            let logits = {
+            let ran = {
                 let mut parts: Vec<&[u32]> = together.iter().map(|&i| std::slice::from_ref(self.running[i].tokens.last().expect("a prompt"))).collect();
                 parts.extend(self.prefilling.iter().zip(&starts).zip(&pieces).map(|(((r, _), &at), &len)| &r.tokens[at..at + len]));
-                if pieces.is_empty() { model.decode_step(&parts.iter().map(|p| p[0]).collect::<Vec<_>>(), &mut batch) } else { model.forward_sequences(&parts, &mut batch) }
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if pieces.is_empty() { model.decode_step(&parts.iter().map(|p| p[0]).collect::<Vec<_>>(), &mut batch) } else { model.forward_sequences(&parts, &mut batch) }
+                }))
             };
             let mut batch = batch.into_iter();
             for &i in &together {
@@ -270,7 +277,22 @@ impl<'m> Batcher<'m> {
             for ((_, c), fresh) in self.prefilling.iter_mut().zip(batch) {
                 *c = fresh;
             }
-            let logits = logits?.into_data().convert::<f32>();
+            let logits = match ran {
+                Ok(logits) => logits?,
+                Err(panic) => {
+                    // The caches the forward was writing are half written: every sequence it
+                    // ran leaves the batch, reported as failed; the batch goes on without them.
+                    let why = format!("the step's forward panicked: {}", panic_message(&*panic));
+                    for &i in &together {
+                        dropped[i] = true;
+                    }
+                    for (r, _) in self.prefilling.drain(..pieces.len()).collect::<Vec<_>>() {
+                        self.failed.push((r.id, Error::arg("step", why.clone())));
+                    }
+                    return Ok(self.finish(tokens, &dropped, Vec::new(), &why));
+                }
+            };
+            let logits = logits.into_data().convert::<f32>();
             let logits = logits.as_slice::<f32>().expect("f32 logits");
             let vocab = model.config().vocab_size;
             // Rows are sampled in parallel: each has its own sampler, so the draws are the same.
@@ -299,9 +321,19 @@ impl<'m> Batcher<'m> {
                 self.prefilling.push_front(w);
             }
         }
+        Ok(self.finish(tokens, &dropped, joined, ""))
+    }
+
+    /// Records each running sequence's chosen token (a `dropped` one, which has none, leaves as
+    /// failed with `why`) and the joining prompts' first tokens; finished sequences leave.
+    fn finish(&mut self, tokens: Vec<Option<u32>>, dropped: &[bool], joined: Vec<(Running, KvCache, u32)>, why: &str) -> Vec<Chosen> {
         let mut out = Vec::with_capacity(self.running.len() + joined.len());
         let mut kept = (Vec::with_capacity(self.running.len()), Vec::with_capacity(self.running.len()));
-        for ((mut r, cache), token) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens) {
+        for (((mut r, cache), token), &dropped) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens).zip(dropped) {
+            if dropped {
+                self.failed.push((r.id, Error::arg("step", why.to_string())));
+                continue;
+            }
             let token = token.expect("every running sequence chose a token");
             let done = chose(&mut r, token);
             out.push(Chosen { id: r.id, token, done });
@@ -319,7 +351,7 @@ impl<'m> Batcher<'m> {
             }
         }
         (self.running, self.caches) = kept;
-        Ok(out)
+        out
     }
 
     /// Runs what `cache` lacks of `tokens` and samples the next token.
@@ -328,6 +360,11 @@ impl<'m> Batcher<'m> {
         let row = logits.into_data().convert::<f32>();
         Ok(sampler.sample(row.as_slice::<f32>().expect("f32 logits")))
     }
+}
+
+/// A panic's message, when it carries one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into())
 }
 
 /// Records `token` for `r`; whether it ended the sequence (budget, or a stop id).
@@ -373,7 +410,7 @@ impl PhiForCausalLM {
         loop {
             while batch.len() < max_batch {
                 let Some(i) = waiting.next() else { break };
-                // Queued for the next step (a prompt past LongRoPE's switch runs at once).
+                // Queued for the next step (`admit` returns a token only without a prefill budget).
                 if let Some(c) = batch.admit(i, requests[i].0.clone(), &requests[i].1)?
                     && !take(c, &mut out)
                     && !c.done

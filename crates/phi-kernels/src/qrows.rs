@@ -44,9 +44,9 @@ pub struct QuantizedRows {
 /// bytes) where the CPU has it, else [`quantize_portable`].
 fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx512 && is_x86_feature_detected!("avx512dq") {
-        // SAFETY: AVX-512F (detected with the kernel) and DQ were checked; `out` was sized for
-        // `x` (`QuantizedRows::new`).
+    if Kernel::detect() == Kernel::Avx512 {
+        // SAFETY: AVX-512F was detected with the kernel; `out` was sized for `x`
+        // (`QuantizedRows::new`).
         return unsafe { x86::quantize_into(x, k, out) };
     }
     quantize_portable(x, k, out)
@@ -232,9 +232,9 @@ mod x86 {
     /// rounded half to even and narrowed to bytes.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F and DQ; `out` is sized for `x` (`rows × k`, `k` a multiple
-    /// of [`BLOCK`]).
-    #[target_feature(enable = "avx512f,avx512dq")]
+    /// The CPU must have AVX-512F; `out` is sized for `x` (`rows × k`, `k` a multiple of
+    /// [`BLOCK`]).
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
         if k == 0 {
             return;

@@ -238,6 +238,31 @@ fn a_batch_wider_than_the_row_kernel_still_gives_each_what_it_gets_alone() {
     assert_eq!(model.generate_batch(&reqs, 70, |_, _| true).unwrap(), alone);
 }
 
+/// A step whose forward panics (here: a head of the wrong shape) ends the sequences it ran,
+/// reported with why, and leaves the batch usable: it does not panic, and nothing is left half
+/// written in it.
+#[test]
+fn a_step_whose_forward_panics_fails_its_sequences_and_the_batch_goes_on() {
+    let device = Device::default();
+    let mut model = PhiForCausalLM::from_pretrained(fixture("phi-tiny"), &device).unwrap();
+    let head = model.lm_head.as_mut().expect("phi-tiny's head is its own");
+    head.weight = burn::module::Param::from_tensor(burn::tensor::Tensor::<2>::zeros([3, 5], &device));
+    let mut batch = Batcher::new(&model).with_prefill_chunk(8);
+    assert!(batch.admit(0, vec![1, 2, 3], &GenerationConfig::greedy(4)).unwrap().is_none());
+    assert!(batch.admit(1, vec![4, 5], &GenerationConfig::greedy(4)).unwrap().is_none());
+    let out = batch.step().expect("a panic in the forward is not the step's error");
+    assert!(out.is_empty());
+    let failed = batch.take_failed();
+    assert_eq!(failed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [0, 1]);
+    assert!(failed.iter().all(|(_, e)| e.to_string().contains("panicked")), "{failed:?}");
+    assert!(batch.is_empty());
+    // The next prompt fails the same way, alone, and the batch stays empty and usable.
+    batch.admit(2, vec![6], &GenerationConfig::greedy(2)).unwrap();
+    assert!(batch.step().unwrap().is_empty());
+    assert_eq!(batch.take_failed().len(), 1);
+    assert!(batch.is_empty());
+}
+
 #[test]
 fn a_cancelled_request_ends_and_the_others_go_on() {
     let model = PhiForCausalLM::from_pretrained(fixture("phi3-tiny"), &Device::default()).unwrap();
