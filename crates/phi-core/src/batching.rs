@@ -327,22 +327,17 @@ impl<'m> Batcher<'m> {
     /// Records each running sequence's chosen token (a `dropped` one, which has none, leaves as
     /// failed with `why`) and the joining prompts' first tokens; finished sequences leave.
     fn finish(&mut self, tokens: Vec<Option<u32>>, dropped: &[bool], joined: Vec<(Running, KvCache, u32)>, why: &str) -> Vec<Chosen> {
-        let mut out = Vec::with_capacity(self.running.len() + joined.len());
-        let mut kept = (Vec::with_capacity(self.running.len()), Vec::with_capacity(self.running.len()));
-        for (((mut r, cache), token), &dropped) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens).zip(dropped) {
+        let mut chosen = Vec::with_capacity(self.running.len() + joined.len());
+        for (((r, cache), token), &dropped) in self.running.drain(..).zip(self.caches.drain(..)).zip(tokens).zip(dropped) {
             if dropped {
                 self.failed.push((r.id, Error::arg("step", why.to_string())));
                 continue;
             }
-            let token = token.expect("every running sequence chose a token");
-            let done = chose(&mut r, token);
-            out.push(Chosen { id: r.id, token, done });
-            if !done {
-                kept.0.push(r);
-                kept.1.push(cache);
-            }
+            chosen.push((r, cache, token.expect("every running sequence chose a token")));
         }
-        for (mut r, cache, token) in joined {
+        let mut out = Vec::with_capacity(chosen.len() + joined.len());
+        let mut kept = (Vec::with_capacity(out.capacity()), Vec::with_capacity(out.capacity()));
+        for (mut r, cache, token) in chosen.into_iter().chain(joined) {
             let done = chose(&mut r, token);
             out.push(Chosen { id: r.id, token, done });
             if !done {

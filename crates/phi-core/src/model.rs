@@ -373,17 +373,9 @@ impl PhiForCausalLM {
             }
             return Ok(Tensor::cat(parts, 0));
         }
-        let max = self.rope.max_positions();
         let mut positions = Vec::with_capacity(n);
         for c in caches.iter() {
-            if c.len + 1 > max {
-                return Err(Error::SequenceTooLong { len: c.len + 1, max });
-            }
-            let long = self.rope.uses_long(c.len + 1);
-            if c.len > 0 && c.long_rope != long {
-                return Err(Error::arg("cache", format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if c.long_rope { "long" } else { "short" })));
-            }
-            positions.push((c.len, long));
+            positions.push((c.len, self.long_rope_after(Some(c), 1)?));
         }
         self.check_host_ids(tokens.iter().map(|&t| i64::from(t)))?;
         let device = self.device();
@@ -486,15 +478,23 @@ impl PhiForCausalLM {
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "no new token"));
         }
-        let (total, max) = (cache.len + tokens.len(), self.rope.max_positions());
+        let long = self.long_rope_after(Some(cache), tokens.len())?;
+        self.check_host_ids(tokens.iter().map(|&id| i64::from(id)))?;
+        Ok(long)
+    }
+
+    /// The LongRoPE set `new` tokens after `cache` (none: from position 0) are rotated with,
+    /// or why they cannot run: past the context, or after keys rotated with the other set.
+    fn long_rope_after(&self, cache: Option<&KvCache>, new: usize) -> Result<bool> {
+        let (len, was) = cache.map_or((0, false), |c| (c.len, c.long_rope));
+        let (total, max) = (len + new, self.rope.max_positions());
         if total > max {
             return Err(Error::SequenceTooLong { len: total, max });
         }
         let long = self.rope.uses_long(total);
-        if cache.len > 0 && cache.long_rope != long {
-            return Err(Error::arg("cache", format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if cache.long_rope { "long" } else { "short" })));
+        if len > 0 && was != long {
+            return Err(Error::arg("cache", format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if was { "long" } else { "short" })));
         }
-        self.check_host_ids(tokens.iter().map(|&id| i64::from(id)))?;
         Ok(long)
     }
 
@@ -552,18 +552,7 @@ impl PhiForCausalLM {
         }
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let total = offset + t;
-        if total > self.rope.max_positions() {
-            return Err(Error::SequenceTooLong { len: total, max: self.rope.max_positions() });
-        }
-        let long = self.rope.uses_long(total);
-        if let Some(c) = cache.as_deref_mut() {
-            if c.len > 0 && c.long_rope != long {
-                return Err(Error::arg(
-                    "cache",
-                    format!("its keys were rotated with the {} LongRoPE factors; clear it and recompute", if c.long_rope { "long" } else { "short" }),
-                ));
-            }
-        }
+        let long = self.long_rope_after(cache.as_deref(), t)?;
         let rope = self.rope.at(offset, t, long, &ids.device());
         let x = self.layers(ids, &rope, cache.as_deref_mut().map_or(ModelCaches::None, ModelCaches::Batch), hidden);
         if let Some(c) = cache {

@@ -52,36 +52,49 @@ fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
     quantize_portable(x, k, out)
 }
 
+/// Walks `x`'s rows (`k` values each) block by block into `out`: each row's bytes start as 128
+/// (`q = 0`) and its scales as 0 (a missing odd block keeps them), and `block` quantizes one
+/// block's 32 values into its 32 bytes and returns its scale.
+#[inline(always)]
+fn quantize_rows(x: &[f32], k: usize, out: &mut QuantizedRows, mut block: impl FnMut(&[f32], &mut [u8]) -> f32) {
+    if k == 0 {
+        return;
+    }
+    let pairs = out.pairs;
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
+        let dx = &mut out.dx[r * pairs * 2..(r + 1) * pairs * 2];
+        ux.fill(128);
+        dx.fill(0.0);
+        for (b, values) in row.chunks_exact(BLOCK).enumerate() {
+            dx[b] = block(values, &mut ux[b * BLOCK..(b + 1) * BLOCK]);
+        }
+    }
+}
+
 crate::math::dispatch_simd! {
     avx512;
     /// [`quantize_into`]'s arithmetic, one value at a time: the reference.
     pub fn quantize_portable(x: &[f32], k: usize, out: &mut QuantizedRows) {
-        if k == 0 {
-            return;
-        }
-        let pairs = out.pairs;
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
-            let dx = &mut out.dx[r * pairs * 2..(r + 1) * pairs * 2];
-            ux.fill(128);
-            dx.fill(0.0);
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                let (mut amax, mut finite) = (0.0f32, true);
-                for &v in block {
-                    amax = amax.max(v.abs());
-                    finite &= v.is_finite();
-                }
-                dx[b] = if !finite { f32::NAN } else { amax / 127.0 };
-                if amax > 0.0 && finite {
-                    // In f64, `v · 127` is exact and the one division rounds once: the
-                    // documented rounding, even for blocks too small for 127 / amax in f32.
-                    let m = amax as f64;
-                    for (u, &v) in ux[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(block) {
-                        *u = ((v as f64 * 127.0 / m).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
-                    }
+        quantize_rows(x, k, out, |block, ux| {
+            let (mut amax, mut finite) = (0.0f32, true);
+            for &v in block {
+                amax = amax.max(v.abs());
+                finite &= v.is_finite();
+            }
+            if !finite {
+                return f32::NAN;
+            }
+            if amax > 0.0 {
+                // In f64, `v · 127` is exact and the one division rounds once: the documented
+                // rounding, even for blocks too small for 127 / amax in f32.
+                let m = amax as f64;
+                for (u, &v) in ux.iter_mut().zip(block) {
+                    *u = ((v as f64 * 127.0 / m).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
                 }
             }
-        }
+            amax / 127.0
+        })
     }
 }
 
@@ -236,49 +249,48 @@ mod x86 {
     /// [`BLOCK`]).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
-        if k == 0 {
-            return;
+        // SAFETY: the caller's CPU has AVX-512F; the walk hands each block its 32 bytes.
+        super::quantize_rows(x, k, out, |block, ux| unsafe { quantize_block(block, ux) })
+    }
+
+    /// One block of [`quantize_into`]: its 32 values into `ux`'s 32 bytes; returns the scale.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `block` and `ux` hold [`BLOCK`] values each.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn quantize_block(block: &[f32], ux: &mut [u8]) -> f32 {
+        debug_assert!(block.len() == BLOCK && ux.len() == BLOCK);
+        // SAFETY: a block is 32 values: two 16-lane loads.
+        let (lo, hi) = unsafe { (_mm512_loadu_ps(block.as_ptr()), _mm512_loadu_ps(block.as_ptr().add(16))) };
+        // v - v is 0 for a finite value, NaN for an infinity or a NaN.
+        let bad = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(_mm512_sub_ps(lo, lo), _mm512_sub_ps(hi, hi));
+        if bad != 0 {
+            return f32::NAN;
         }
-        let pairs = out.pairs;
         let abs = _mm512_set1_epi32(0x7fff_ffff);
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
-            let dx = &mut out.dx[r * pairs * 2..(r + 1) * pairs * 2];
-            ux.fill(128);
-            dx.fill(0.0);
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                // SAFETY: a block is 32 values: two 16-lane loads.
-                let (lo, hi) = unsafe { (_mm512_loadu_ps(block.as_ptr()), _mm512_loadu_ps(block.as_ptr().add(16))) };
-                // v - v is 0 for a finite value, NaN for an infinity or a NaN.
-                let bad = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(_mm512_sub_ps(lo, lo), _mm512_sub_ps(hi, hi));
-                if bad != 0 {
-                    dx[b] = f32::NAN;
-                    continue;
-                }
-                let mags = _mm512_max_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(lo), abs)), _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(hi), abs)));
-                let amax = _mm512_reduce_max_ps(mags);
-                dx[b] = amax / 127.0;
-                if amax > 0.0 {
-                    let (m, k127) = (_mm512_set1_pd(amax as f64), _mm512_set1_pd(127.0));
-                    let (lim_lo, lim_hi) = (_mm512_set1_pd(-127.0), _mm512_set1_pd(127.0));
-                    let quarter = |v: __m256| -> __m256i {
-                        let q = _mm512_div_pd(_mm512_mul_pd(_mm512_cvtps_pd(v), k127), m);
-                        let q = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
-                        _mm512_cvtpd_epi32(_mm512_min_pd(_mm512_max_pd(q, lim_lo), lim_hi))
-                    };
-                    let halves = [lo, hi].map(|h| {
-                        let (a, b) = (quarter(_mm512_castps512_ps256(h)), quarter(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(h)))));
-                        // 16 values as q + 128 (1 … 255), one byte each.
-                        _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b), _mm512_set1_epi32(128)))
-                    });
-                    // SAFETY: block b's 32 bytes lie inside this row's `pairs × 64`.
-                    unsafe {
-                        _mm_storeu_si128(ux.as_mut_ptr().add(b * BLOCK) as *mut __m128i, halves[0]);
-                        _mm_storeu_si128(ux.as_mut_ptr().add(b * BLOCK + 16) as *mut __m128i, halves[1]);
-                    }
-                }
+        let mags = _mm512_max_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(lo), abs)), _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(hi), abs)));
+        let amax = _mm512_reduce_max_ps(mags);
+        if amax > 0.0 {
+            let (m, k127) = (_mm512_set1_pd(amax as f64), _mm512_set1_pd(127.0));
+            let (lim_lo, lim_hi) = (_mm512_set1_pd(-127.0), _mm512_set1_pd(127.0));
+            let quarter = |v: __m256| -> __m256i {
+                let q = _mm512_div_pd(_mm512_mul_pd(_mm512_cvtps_pd(v), k127), m);
+                let q = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                _mm512_cvtpd_epi32(_mm512_min_pd(_mm512_max_pd(q, lim_lo), lim_hi))
+            };
+            let halves = [lo, hi].map(|h| {
+                let (a, b) = (quarter(_mm512_castps512_ps256(h)), quarter(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(h)))));
+                // 16 values as q + 128 (1 … 255), one byte each.
+                _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b), _mm512_set1_epi32(128)))
+            });
+            // SAFETY: `ux` holds the block's 32 bytes.
+            unsafe {
+                _mm_storeu_si128(ux.as_mut_ptr() as *mut __m128i, halves[0]);
+                _mm_storeu_si128(ux.as_mut_ptr().add(16) as *mut __m128i, halves[1]);
             }
         }
+        amax / 127.0
     }
 
     /// Every row of `x` times each of the outputs in `w`/`scales` (their weights and scales one
@@ -627,3 +639,4 @@ mod tests {
         }
     }
 }
+
