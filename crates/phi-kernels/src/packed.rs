@@ -41,6 +41,9 @@ const K_SEGMENT: usize = 2048;
 /// Values per quantization block (burn's `per_block([32])`), along the input dimension.
 pub const BLOCK: usize = 32;
 
+/// Outputs stored side by side in the int8/int4 layout (16 lanes of an AVX-512 register).
+pub const TILE: usize = 16;
+
 /// How a frozen weight matrix is stored for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
@@ -87,12 +90,15 @@ impl std::fmt::Display for WeightFormat {
 
 /// A `[out, in]` weight matrix in a narrow [`WeightFormat`].
 ///
-/// Layout, row `j` (output `j`) after row `j - 1`:
-/// - bf16: `in` values;
-/// - int8: `in` signed bytes, scales `[out, in / 32]`;
-/// - int4: `in / 2` bytes; within each block of 32, byte `i` holds value `i` in its low nibble and
-///   value `i + 16` in its high nibble, each stored as `q + 8` — the order one 16-byte load
-///   unpacks into two runs of 16 consecutive values.
+/// Layout:
+/// - bf16: output `j`'s `in` values after output `j - 1`'s;
+/// - int8/int4: the outputs in tiles of [`TILE`] (16; the last tile padded with zero weights and
+///   scales), tile after tile; within a tile, block (32 inputs) after block, each block's 32
+///   weights of the 16 outputs as 64-byte vectors that hold 4 consecutive inputs of every output
+///   side by side (`4o + i`), stored unsigned (`q + 128`, `q + 8`) — int8: 8 such vectors, runs
+///   of inputs 0–3, 4–7, …; int4: 4, runs `u` in the low nibbles and runs `u + 4` in the high
+///   ones. Scales `[tile, block, 16]`. This is the order the integer products (`qrows`) read:
+///   one vector times a row's 4 activations gives 16 outputs' sums.
 #[derive(Clone)]
 pub struct PackedMatrix {
     format: WeightFormat,
@@ -149,20 +155,31 @@ impl PackedMatrix {
                 (data, vec![])
             }
             WeightFormat::Int8 | WeightFormat::Int4 => {
-                let (levels, block_bytes) = if format == WeightFormat::Int8 { (127.0, BLOCK) } else { (7.0, BLOCK / 2) };
-                let blocks = d_in / BLOCK;
-                let mut data = vec![0u8; d_out * blocks * block_bytes];
-                let mut scales = vec![0f32; d_out * blocks];
-                let rows = data.par_chunks_mut((blocks * block_bytes).max(1)).zip(scales.par_chunks_mut(blocks.max(1)));
-                rows.enumerate().for_each(|(j, (bytes, row_scales))| {
-                    let parts = row(j).chunks_exact(BLOCK).zip(bytes.chunks_exact_mut(block_bytes)).zip(row_scales);
-                    for ((block, out), scale) in parts {
-                        let (s, q) = quantize_block(block, levels);
-                        *scale = s;
-                        match format {
-                            WeightFormat::Int8 => out.iter_mut().zip(&q).for_each(|(o, &v)| *o = v as u8),
-                            // Low nibble value i, high nibble value i + 16, each offset by 8.
-                            _ => out.iter_mut().enumerate().for_each(|(i, o)| *o = ((q[i] + 8) as u8) | (((q[i + 16] + 8) as u8) << 4)),
+                let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
+                let (blocks, tb) = (d_in / BLOCK, crate::qrows::tile_block_bytes(format));
+                let tiles = d_out.div_ceil(TILE);
+                let off = crate::qrows::weight_offset(format);
+                let mut data = vec![0u8; tiles * blocks * tb];
+                let mut scales = vec![0f32; tiles * blocks * TILE];
+                let parts = data.par_chunks_mut((blocks * tb).max(1)).zip(scales.par_chunks_mut((blocks * TILE).max(1)));
+                parts.enumerate().for_each(|(t, (bytes, tile_scales))| {
+                    for o in 0..TILE {
+                        let j = t * TILE + o;
+                        for b in 0..blocks {
+                            // Outputs past d_out: q = 0 with scale 0.
+                            let (s, q) = if j < d_out { quantize_block(&row(j)[b * BLOCK..(b + 1) * BLOCK], levels) } else { (0.0, [0; BLOCK]) };
+                            tile_scales[b * TILE + o] = s;
+                            let block = &mut bytes[b * tb..(b + 1) * tb];
+                            for u in 0..BLOCK / 4 {
+                                for i in 0..4 {
+                                    let v = (q[4 * u + i] + off) as u8;
+                                    match format {
+                                        WeightFormat::Int8 => block[u * 64 + 4 * o + i] = v,
+                                        // Runs 0–3 in the low nibbles, 4–7 in the high ones.
+                                        _ => block[(u % 4) * 64 + 4 * o + i] |= if u < 4 { v } else { v << 4 },
+                                    }
+                                }
+                            }
                         }
                     }
                 });
@@ -200,31 +217,20 @@ impl PackedMatrix {
 
     /// Output row `j`'s weights from input `lo` on (a multiple of [`BLOCK`]), `out.len()` of them.
     fn row_f32(&self, j: usize, lo: usize, out: &mut [f32]) {
-        let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
-        // Block-wise with slices, so that the loops have no bounds checks and vectorize.
-        match self.format {
-            WeightFormat::Bf16 => {
-                for (o, b) in out.iter_mut().zip(self.data[2 * start..2 * end].chunks_exact(2)) {
-                    *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-                }
+        if self.format == WeightFormat::Bf16 {
+            let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
+            for (o, b) in out.iter_mut().zip(self.data[2 * start..2 * end].chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
             }
-            WeightFormat::Int8 => {
-                let (bytes, scales) = (&self.data[start..end], &self.scales[start / BLOCK..end / BLOCK]);
-                for ((block, q), &scale) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(BLOCK)).zip(scales) {
-                    for (o, &v) in block.iter_mut().zip(q) {
-                        *o = v as i8 as f32 * scale;
-                    }
-                }
-            }
-            WeightFormat::Int4 => {
-                let (bytes, scales) = (&self.data[start / 2..end / 2], &self.scales[start / BLOCK..end / BLOCK]);
-                for ((block, packed), &scale) in out.chunks_exact_mut(BLOCK).zip(bytes.chunks_exact(BLOCK / 2)).zip(scales) {
-                    let (lo, hi) = block.split_at_mut(BLOCK / 2);
-                    for ((l, h), &p) in lo.iter_mut().zip(hi.iter_mut()).zip(packed) {
-                        *l = ((p & 0x0f) as i32 - 8) as f32 * scale;
-                        *h = ((p >> 4) as i32 - 8) as f32 * scale;
-                    }
-                }
+            return;
+        }
+        let (blocks, tb) = (self.d_in / BLOCK, crate::qrows::tile_block_bytes(self.format));
+        let (t, o) = (j / TILE, j % TILE);
+        for (i, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let b = t * blocks + lo / BLOCK + i;
+            let (block, scale) = (&self.data[b * tb..(b + 1) * tb], self.scales[b * TILE + o]);
+            for (v, w) in chunk.iter_mut().enumerate() {
+                *w = crate::qrows::tile_weight(self.format, block, o, v) as f32 * scale;
             }
         }
     }
@@ -702,6 +708,7 @@ mod tests {
         // An all-zero block packs to zeros, not NaN.
         let p = PackedMatrix::pack(&[0.0; 64], 32, 2, WeightFormat::Int4).unwrap();
         assert!(p.dequantize().iter().all(|v| *v == 0.0));
-        assert_eq!(p.bytes(), 32 + 2 * 4);
+        // Two outputs take a whole 16-output tile: 16 × 32 values at 4 bits, 16 scales.
+        assert_eq!(p.bytes(), 16 * 32 / 2 + 16 * 4);
     }
 }

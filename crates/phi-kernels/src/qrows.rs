@@ -1,42 +1,85 @@
 //! Products of a few rows (≤ [`MAX_ROWS`]: a decoded token, a batch of sequences, a short prompt)
 //! against int8/int4 weights, with the activations quantized to int8 too and every product an
 //! integer dot product — llama.cpp's scheme for its `Q8_0`/`Q4_0` (activations in blocks of 32,
-//! one f32 scale each). Widening each weight to f32 for every row cost more than reading it:
-//! int4 ran compute-bound at ~12 GB/s of weights for one row, and each further row of a batch
-//! widened the weights again. Here a weight is expanded once per group of up to 8 rows, and
-//! AVX-512 VNNI's `vpdpbusd` multiplies 64 of them by a row in one instruction.
+//! one f32 scale each). Widening each weight to f32 for every row cost more than reading it.
+//!
+//! **The layout** ([`crate::packed::PackedMatrix`]'s): outputs in tiles of [`TILE`] = 16, and
+//! within a tile, block by block, each run of 4 consecutive inputs of the 16 outputs side by
+//! side — so one 64-byte vector holds 4 weights of each of 16 outputs, and AVX-512 VNNI's
+//! `vpdpbusd` multiplies all of them by a row's 4 activations (one broadcast) into 16 sums, one
+//! per output lane. No lane ever has to be summed across: a block costs a row 8 integer
+//! instructions and 3 float ones for 16 outputs, and the weights are expanded once per group of
+//! rows. (The layout before kept each output's weights contiguous: one dot product per output,
+//! three float instructions to each integer one, and a horizontal sum per output — about a
+//! quarter of the throughput at 16 rows.)
 //!
 //! **The arithmetic, exactly** (every kernel computes it, bit for bit, so a row's result depends
 //! neither on the CPU's kernel nor on the other rows):
 //! - each block of 32 activations `x` gets `d = max|x| / 127` and `q = round_ties_even(x · 127 /
-//!   max|x|)` in −127…127 (computed in f64, where it is exact) (an all-zero block `d = 0`; a block holding a NaN or infinity `d = NaN`,
-//!   so the output is NaN rather than the bad value being rounded away);
-//! - the products run in 16 lanes: lane `8h + l` takes lanes `l` of the blocks `b` with `b mod 2
-//!   = h`, i.e. values `4l … 4l + 3` of those blocks; per block and lane the integer sum
-//!   `s = Σ q_w q_x` of those 4 values (exact), then `acc = fma(s, d_w · d_x, acc)`, blocks in
-//!   order;
-//! - the 16 lanes are summed as a tree: `i + (i + 8)`, then `+ 4`, `+ 2`, `+ 1`.
+//!   max|x|)` in −127…127 (computed in f64, where it is exact) (an all-zero block `d = 0`; a
+//!   block holding a NaN or infinity `d = NaN`, so the output is NaN rather than the bad value
+//!   being rounded away);
+//! - per output and block, the integer `s = Σ q_w q_x` over the block's 32 values (exact);
+//! - `acc = fma(s, d_w · d_x, acc)` from `acc = 0`, blocks in order; `acc` is the output.
 //!
 //! The cost is a quantization error in the activations (≤ half a step of 1/127 of a block's
 //! largest value) on top of the weights'; BENCHMARKS.md gives the perplexity it costs.
 
-use crate::packed::{BLOCK, Kernel, WeightFormat};
+use rayon::prelude::*;
+
+use crate::packed::{BLOCK, Kernel, TILE, WeightFormat};
 
 /// The most rows the integer products take; more (a long prompt) go to gemm.
 pub const MAX_ROWS: usize = 64;
 
-/// Rows a kernel call keeps in registers.
+/// Rows a kernel call keeps in registers (one 16-lane accumulator each).
 const GROUP: usize = 8;
 
-/// Rows quantized for the integer products: per row and pair of blocks, 64 bytes `q + 128`
-/// (a missing odd block: `128`, i.e. `q = 0`) and 2 scales `d` (0 for a missing block).
+/// Below this many weights a product runs on the calling thread (waking the pool costs
+/// more than a small decode projection saves).
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Bytes of one block (32 inputs) of one tile (16 outputs): int8 one a weight, int4 two a byte.
+pub(crate) const fn tile_block_bytes(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Int4 => TILE * BLOCK / 2,
+        _ => TILE * BLOCK,
+    }
+}
+
+/// What a stored weight byte (int8) or nibble (int4) adds to `q`: stored unsigned, as `vpdpbusd`
+/// takes its first operand.
+pub(crate) const fn weight_offset(format: WeightFormat) -> i32 {
+    match format {
+        WeightFormat::Int4 => 8,
+        _ => 128,
+    }
+}
+
+/// Weight `v` (0…31) of output lane `o` of one tile's block (`block`: its
+/// [`tile_block_bytes`]), as `q`. int8: vector `v / 4`, bytes `4o + v % 4`; int4: the four
+/// 64-byte vectors hold runs `u` (values `4u…4u + 3`) in their low nibbles and runs `u + 4` in
+/// their high ones.
+#[inline(always)]
+pub(crate) fn tile_weight(format: WeightFormat, block: &[u8], o: usize, v: usize) -> i32 {
+    match format {
+        WeightFormat::Int4 => {
+            let byte = block[(v % 16) / 4 * 64 + 4 * o + v % 4];
+            (if v < 16 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
+        }
+        _ => block[(v / 4) * 64 + 4 * o + v % 4] as i32 - 128,
+    }
+}
+
+/// Rows quantized for the integer products: per row, `k` signed bytes `q`, and per block its
+/// scale `d` and `Σ q` (what the weights' unsigned offset adds to a block's sum).
 pub struct QuantizedRows {
     rows: usize,
-    /// Blocks per row, and pairs of them.
+    /// Blocks per row.
     blocks: usize,
-    pairs: usize,
-    ux: Vec<u8>,
+    q: Vec<i8>,
     dx: Vec<f32>,
+    sums: Vec<i32>,
 }
 
 /// `x` (`rows × k`, `k` a multiple of [`BLOCK`]) quantized into `out` (see the module docs):
@@ -52,22 +95,23 @@ fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
     quantize_portable(x, k, out)
 }
 
-/// Walks `x`'s rows (`k` values each) block by block into `out`: each row's bytes start as 128
-/// (`q = 0`) and its scales as 0 (a missing odd block keeps them), and `block` quantizes one
-/// block's 32 values into its 32 bytes and returns its scale.
+/// Walks `x`'s rows (`k` values each) block by block into `out`: `block` quantizes one block's
+/// 32 values into its 32 bytes (left 0 for an all-zero or non-finite block) and returns its
+/// scale; the walk adds up each block's bytes.
 #[inline(always)]
-fn quantize_rows(x: &[f32], k: usize, out: &mut QuantizedRows, mut block: impl FnMut(&[f32], &mut [u8]) -> f32) {
+fn quantize_rows(x: &[f32], k: usize, out: &mut QuantizedRows, mut block: impl FnMut(&[f32], &mut [i8]) -> f32) {
     if k == 0 {
         return;
     }
-    let pairs = out.pairs;
+    let blocks = out.blocks;
     for (r, row) in x.chunks_exact(k).enumerate() {
-        let ux = &mut out.ux[r * pairs * 64..(r + 1) * pairs * 64];
-        let dx = &mut out.dx[r * pairs * 2..(r + 1) * pairs * 2];
-        ux.fill(128);
-        dx.fill(0.0);
+        let q = &mut out.q[r * k..(r + 1) * k];
+        q.fill(0);
+        let (dx, sums) = (&mut out.dx[r * blocks..(r + 1) * blocks], &mut out.sums[r * blocks..(r + 1) * blocks]);
         for (b, values) in row.chunks_exact(BLOCK).enumerate() {
-            dx[b] = block(values, &mut ux[b * BLOCK..(b + 1) * BLOCK]);
+            let qb = &mut q[b * BLOCK..(b + 1) * BLOCK];
+            dx[b] = block(values, qb);
+            sums[b] = qb.iter().map(|&v| v as i32).sum();
         }
     }
 }
@@ -76,7 +120,7 @@ crate::math::dispatch_simd! {
     avx512;
     /// [`quantize_into`]'s arithmetic, one value at a time: the reference.
     pub fn quantize_portable(x: &[f32], k: usize, out: &mut QuantizedRows) {
-        quantize_rows(x, k, out, |block, ux| {
+        quantize_rows(x, k, out, |block, q| {
             let (mut amax, mut finite) = (0.0f32, true);
             for &v in block {
                 amax = amax.max(v.abs());
@@ -89,8 +133,8 @@ crate::math::dispatch_simd! {
                 // In f64, `v · 127` is exact and the one division rounds once: the documented
                 // rounding, even for blocks too small for 127 / amax in f32.
                 let m = amax as f64;
-                for (u, &v) in ux.iter_mut().zip(block) {
-                    *u = ((v as f64 * 127.0 / m).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                for (q, &v) in q.iter_mut().zip(block) {
+                    *q = (v as f64 * 127.0 / m).round_ties_even().clamp(-127.0, 127.0) as i8;
                 }
             }
             amax / 127.0
@@ -104,60 +148,27 @@ impl QuantizedRows {
         assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
         assert_eq!(k % BLOCK, 0, "{k} inputs: not a multiple of {BLOCK}");
         let blocks = k / BLOCK;
-        let pairs = blocks.div_ceil(2);
-        let mut q = QuantizedRows { rows, blocks, pairs, ux: vec![128; rows * pairs * 64], dx: vec![0.0; rows * pairs * 2] };
+        let mut q = QuantizedRows { rows, blocks, q: vec![0; rows * k], dx: vec![0.0; rows * blocks], sums: vec![0; rows * blocks] };
         quantize_into(x, k, &mut q);
         q
     }
 }
 
-/// The 16 lanes summed as the module docs say.
-#[inline(always)]
-fn reduce16(a: &[f32; 16]) -> f32 {
-    let mut t = [0.0f32; 8];
-    for i in 0..8 {
-        t[i] = a[i] + a[i + 8];
-    }
-    let u = [t[0] + t[4], t[1] + t[5], t[2] + t[6], t[3] + t[7]];
-    let v = [u[0] + u[2], u[1] + u[3]];
-    v[0] + v[1]
-}
-
-/// The 32 values of block `b` of one output's weights (`w`: that output's bytes).
-#[inline(always)]
-fn block_values(format: WeightFormat, w: &[u8], b: usize) -> [i8; BLOCK] {
-    let mut q = [0i8; BLOCK];
-    match format {
-        WeightFormat::Int4 => {
-            for (i, &p) in w[b * BLOCK / 2..(b + 1) * BLOCK / 2].iter().enumerate() {
-                q[i] = (p & 0x0f) as i8 - 8;
-                q[i + 16] = (p >> 4) as i8 - 8;
-            }
-        }
-        _ => q.iter_mut().zip(&w[b * BLOCK..(b + 1) * BLOCK]).for_each(|(q, &v)| *q = v as i8),
-    }
-    q
-}
-
 crate::math::dispatch_simd! {
     avx512;
-    /// Row `r` of `x` times one output's weights (`w`, `scales`): the reference arithmetic, for
-    /// any CPU.
-    pub fn dot_portable(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, r: usize, out: &mut f32) {
-        let mut acc = [0.0f32; 16];
-        let ux = &x.ux[r * x.pairs * 64..(r + 1) * x.pairs * 64];
-        let dx = &x.dx[r * x.pairs * 2..(r + 1) * x.pairs * 2];
+    /// Row `r` of `x` times output lane `o` of one tile (`w`: the tile's blocks, `scales`: its
+    /// `blocks × 16` scales): the reference arithmetic, for any CPU.
+    pub fn dot_portable(format: WeightFormat, w: &[u8], scales: &[f32], o: usize, x: &QuantizedRows, r: usize, out: &mut f32) {
+        let tb = tile_block_bytes(format);
+        let k = x.blocks * BLOCK;
+        let q = &x.q[r * k..(r + 1) * k];
+        let mut acc = 0.0f32;
         for b in 0..x.blocks {
-            let q = block_values(format, w, b);
-            let (h, dw) = (b % 2, scales[b]);
-            let u = &ux[b * BLOCK..(b + 1) * BLOCK];
-            for l in 0..8 {
-                let s: i32 = (0..4).map(|t| q[4 * l + t] as i32 * (u[4 * l + t] as i32 - 128)).sum();
-                let lane = 8 * h + l;
-                acc[lane] = (s as f32).mul_add(dw * dx[b], acc[lane]);
-            }
+            let block = &w[b * tb..(b + 1) * tb];
+            let s: i32 = (0..BLOCK).map(|v| tile_weight(format, block, o, v) * q[b * BLOCK + v] as i32).sum();
+            acc = (s as f32).mul_add(scales[b * TILE + o] * x.dx[r * x.blocks + b], acc);
         }
-        *out = reduce16(&acc);
+        *out = acc;
     }
 }
 
@@ -182,8 +193,9 @@ fn avx2(kernel: Kernel) -> bool {
     false
 }
 
-/// `y = x Wᵀ` for `x.rows` quantized rows against `[out, in]` weights `data`/`scales` of
-/// `format` (int8 or int4): `y` is `[rows, out]`, overwritten.
+/// `y = x Wᵀ` for `x.rows` quantized rows against weights `data`/`scales` of `format` (int8 or
+/// int4) in the tiled layout (module docs) for `d_out` outputs: `y` is `[rows, out]`,
+/// overwritten.
 pub(crate) fn matmul(format: WeightFormat, data: &[u8], scales: &[f32], d_in: usize, d_out: usize, x: &QuantizedRows, y: &mut [f32]) {
     matmul_with(Kernel::detect(), format, data, scales, d_in, d_out, x, y)
 }
@@ -195,10 +207,10 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
     assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
     // What the unsafe kernels index by: the rows' blocks are the weights' blocks.
     assert_eq!(x.blocks * BLOCK, d_in, "rows of {} blocks against {d_in} inputs", x.blocks);
-    assert_eq!((x.pairs, x.ux.len(), x.dx.len()), (x.blocks.div_ceil(2), rows * x.pairs * 64, rows * x.pairs * 2));
-    let row_bytes = if format == WeightFormat::Int4 { d_in / 2 } else { d_in };
-    assert_eq!(data.len(), row_bytes * d_out, "weights are not {d_out} × {d_in} {format}");
-    assert_eq!(scales.len(), x.blocks * d_out);
+    assert_eq!((x.q.len(), x.dx.len(), x.sums.len()), (rows * d_in, rows * x.blocks, rows * x.blocks));
+    let (tiles, tb) = (d_out.div_ceil(TILE), tile_block_bytes(format));
+    assert_eq!(data.len(), tiles * x.blocks * tb, "weights are not {d_out} × {d_in} {format}");
+    assert_eq!(scales.len(), tiles * x.blocks * TILE);
     if rows == 0 || d_out == 0 {
         return;
     }
@@ -206,38 +218,56 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
         return y.fill(0.0);
     }
     let (use_vnni, use_avx2) = (vnni(kernel), avx2(kernel));
-    crate::packed::by_outputs(d_in, d_out, rows, row_bytes + 4 * x.blocks, y, |first, chunk| {
-        let outputs = chunk.len() / rows;
-        let (w, s) = (&data[first * row_bytes..(first + outputs) * row_bytes], &scales[first * x.blocks..(first + outputs) * x.blocks]);
+    let tile_bytes = x.blocks * tb;
+    let out = crate::flex::OutPtr(y.as_mut_ptr());
+    let tile = move |t: usize| {
+        let (w, s) = (&data[t * tile_bytes..(t + 1) * tile_bytes], &scales[t * x.blocks * TILE..(t + 1) * x.blocks * TILE]);
+        let (j0, width) = (t * TILE, TILE.min(d_out - t * TILE));
+        let y = out.get();
         if use_vnni {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `vnni` checked AVX-512F, BW, VL and VNNI; `w` and `s` hold `outputs`
-            // outputs' weights and scales (the lengths asserted above), `chunk` their rows.
+            // SAFETY: `vnni` checked AVX-512F, BW, VL and VNNI; `w` and `s` are tile t's (the
+            // lengths asserted above); tile t writes only columns j0 .. j0 + width of the rows
+            // of `y` (rows × d_out), no other tile's.
             unsafe {
-                x86::outputs(format, w, s, x, chunk)
+                x86::tile(format, w, s, x, y.wrapping_add(j0), d_out, width)
             };
         } else if use_avx2 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `avx2` checked AVX2 and FMA; the slices as above.
+            // SAFETY: `avx2` checked AVX2 and FMA; the slices and columns as above.
             unsafe {
-                x86::outputs_avx2(format, w, s, x, chunk)
+                x86::tile_avx2(format, w, s, x, y.wrapping_add(j0), d_out, width)
             };
         } else {
-            for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
-                let (w, s) = (&w[o * row_bytes..(o + 1) * row_bytes], &s[o * x.blocks..(o + 1) * x.blocks]);
-                for (r, v) in out.iter_mut().enumerate() {
-                    dot_portable(format, w, s, x, r, v);
+            for o in 0..width {
+                for r in 0..rows {
+                    let mut v = 0.0;
+                    dot_portable(format, w, s, o, x, r, &mut v);
+                    // SAFETY: row r < rows, column j0 + o < d_out; only this tile writes it.
+                    unsafe { *y.add(r * d_out + j0 + o) = v };
                 }
             }
         }
-    });
+    };
+    // Tasks of ~256 KiB of weights: many, each worth waking a thread for.
+    let per_task = ((256 << 10) / tile_bytes).max(1);
+    let run = move |task: usize| (task * per_task..((task + 1) * per_task).min(tiles)).for_each(tile);
+    let tasks = tiles.div_ceil(per_task);
+    if d_in * d_out < PARALLEL_MIN {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP, QuantizedRows, WeightFormat};
+    use super::{BLOCK, GROUP, QuantizedRows, TILE, WeightFormat, tile_block_bytes, weight_offset};
+
+    /// How far ahead of the block it multiplies a group of up to 4 rows prefetches the weights.
+    const AHEAD: usize = 1024;
 
     /// [`super::quantize_portable`] a block of 32 at a time: the block's largest magnitude and
     /// finiteness from two f32 vectors, then each value as `v · 127 / max` in four vectors of
@@ -250,17 +280,17 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn quantize_into(x: &[f32], k: usize, out: &mut QuantizedRows) {
         // SAFETY: the caller's CPU has AVX-512F; the walk hands each block its 32 bytes.
-        super::quantize_rows(x, k, out, |block, ux| unsafe { quantize_block(block, ux) })
+        super::quantize_rows(x, k, out, |block, q| unsafe { quantize_block(block, q) })
     }
 
-    /// One block of [`quantize_into`]: its 32 values into `ux`'s 32 bytes; returns the scale.
+    /// One block of [`quantize_into`]: its 32 values into `q`'s 32 bytes; returns the scale.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `block` and `ux` hold [`BLOCK`] values each.
+    /// The CPU must have AVX-512F; `block` and `q` hold [`BLOCK`] values each.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn quantize_block(block: &[f32], ux: &mut [u8]) -> f32 {
-        debug_assert!(block.len() == BLOCK && ux.len() == BLOCK);
+    unsafe fn quantize_block(block: &[f32], q: &mut [i8]) -> f32 {
+        debug_assert!(block.len() == BLOCK && q.len() == BLOCK);
         // SAFETY: a block is 32 values: two 16-lane loads.
         let (lo, hi) = unsafe { (_mm512_loadu_ps(block.as_ptr()), _mm512_loadu_ps(block.as_ptr().add(16))) };
         // v - v is 0 for a finite value, NaN for an infinity or a NaN.
@@ -281,212 +311,156 @@ mod x86 {
             };
             let halves = [lo, hi].map(|h| {
                 let (a, b) = (quarter(_mm512_castps512_ps256(h)), quarter(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(h)))));
-                // 16 values as q + 128 (1 … 255), one byte each.
-                _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b), _mm512_set1_epi32(128)))
+                // 16 values, −127 … 127, one byte each.
+                _mm512_cvtepi32_epi8(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b))
             });
-            // SAFETY: `ux` holds the block's 32 bytes.
+            // SAFETY: `q` holds the block's 32 bytes.
             unsafe {
-                _mm_storeu_si128(ux.as_mut_ptr() as *mut __m128i, halves[0]);
-                _mm_storeu_si128(ux.as_mut_ptr().add(16) as *mut __m128i, halves[1]);
+                _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, halves[0]);
+                _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, halves[1]);
             }
         }
         amax / 127.0
     }
 
-    /// Every row of `x` times each of the outputs in `w`/`scales` (their weights and scales one
-    /// after another), into `out` (`[outputs, rows]`). Two outputs at a time share each load of
-    /// the rows.
+    /// Every row of `x` times one tile's 16 outputs (`w`: its blocks, `scales`: its `blocks ×
+    /// 16` scales), into columns `0 .. width` of `y`'s rows (`stride` apart), groups of up to
+    /// [`GROUP`] rows at a time.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F, BW, VL and VNNI; `w` holds `out.len() / x.rows` outputs of
-    /// `x.blocks` blocks (16 or 32 bytes each) and `scales` their scales.
+    /// The CPU must have AVX-512F, BW, VL and VNNI; `w` and `scales` hold a tile of `x.blocks`
+    /// blocks; `y` addresses `x.rows` rows of `stride` values with `width` ≤ 16 columns from
+    /// its start.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn outputs(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
-        let (rows, blocks) = (x.rows, x.blocks);
-        let row_bytes = if format == WeightFormat::Int4 { blocks * 16 } else { blocks * 32 };
-        let n = out.len() / rows;
-        let mut j = 0;
-        while j < n {
-            let two = j + 1 < n;
-            let mut r0 = 0;
-            while r0 < rows {
-                let g = (rows - r0).min(GROUP);
-                let (wj, sj) = (&w[j * row_bytes..], &scales[j * blocks..]);
-                let o = &mut out[j * rows..];
-                // SAFETY: as this function's: outputs j (and j + 1 when `two`) exist.
-                unsafe {
-                    macro_rules! call {
-                        ($($g:literal)*) => {
-                            match (format == WeightFormat::Int4, two, g) {
-                                $((true, true, $g) => group::<true, 2, $g>(wj, sj, row_bytes, x, r0, o),
-                                  (true, false, $g) => group::<true, 1, $g>(wj, sj, row_bytes, x, r0, o),
-                                  (false, true, $g) => group::<false, 2, $g>(wj, sj, row_bytes, x, r0, o),
-                                  (false, false, $g) => group::<false, 1, $g>(wj, sj, row_bytes, x, r0, o),)*
-                                _ => unreachable!(),
+    pub unsafe fn tile(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, y: *mut f32, stride: usize, width: usize) {
+        let mask = ((1u32 << width) - 1) as __mmask16;
+        let mut r0 = 0;
+        while r0 < x.rows {
+            let g = (x.rows - r0).min(GROUP);
+            // SAFETY: as this function's, for rows r0 .. r0 + g.
+            unsafe {
+                macro_rules! call {
+                    ($($g:literal)*) => {
+                        match (format == WeightFormat::Int4, g) {
+                            $((true, $g) => group::<true, $g>(w, scales, x, r0, y, stride, mask),
+                              (false, $g) => group::<false, $g>(w, scales, x, r0, y, stride, mask),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                call!(1 2 3 4 5 6 7 8);
+            }
+            r0 += g;
+        }
+    }
+
+    /// Rows `r0 .. r0 + G` times a tile: a block's 8 weight vectors (4 inputs × 16 outputs each)
+    /// are loaded (int4: expanded from 4) once for the G rows, each row's 4 activations at a time
+    /// broadcast against them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn group<const INT4: bool, const G: usize>(w: &[u8], scales: &[f32], x: &QuantizedRows, r0: usize, y: *mut f32, stride: usize, mask: __mmask16) {
+        let format = if INT4 { WeightFormat::Int4 } else { WeightFormat::Int8 };
+        let (blocks, tb, k) = (x.blocks, tile_block_bytes(format), x.blocks * BLOCK);
+        let off = weight_offset(format);
+        let nibble = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); G];
+        let (wp, qp) = (w.as_ptr(), x.q.as_ptr().wrapping_add(r0 * k));
+        for b in 0..blocks {
+            // SAFETY (the loads below): block b < blocks of the tile is `tb` bytes at b · tb and
+            // 16 scales at 16b; rows r0 + g < x.rows hold k bytes, `blocks` scales and sums.
+            let wv: [__m512i; 8] = unsafe {
+                let base = wp.add(b * tb) as *const __m512i;
+                if G <= 4 {
+                    // A few rows read the weights faster than the hardware prefetchers fetch
+                    // them: ask AHEAD bytes on (into the next tile at the end; a prefetch never
+                    // faults).
+                    for line in 0..tb / 64 {
+                        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(b * tb + AHEAD + 64 * line) as *const i8);
+                    }
+                }
+                if INT4 {
+                    let p: [__m512i; 4] = std::array::from_fn(|u| _mm512_loadu_si512(base.add(u)));
+                    std::array::from_fn(|t| if t < 4 { _mm512_and_si512(p[t], nibble) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(p[t - 4]), nibble) })
+                } else {
+                    std::array::from_fn(|t| _mm512_loadu_si512(base.add(t)))
+                }
+            };
+            let dw = unsafe { _mm512_loadu_ps(scales.as_ptr().add(b * TILE)) };
+            for (g, a) in acc.iter_mut().enumerate() {
+                let r = r0 + g;
+                let (xq, dx, sum) = unsafe { (qp.add(g * k + b * BLOCK) as *const i32, *x.dx.get_unchecked(r * blocks + b), *x.sums.get_unchecked(r * blocks + b)) };
+                // The weights are stored as q + off: the sums start at −off · Σ q_x to take it
+                // out. Two chains (even and odd runs of 4), for twice the instructions in flight.
+                let mut s0 = _mm512_set1_epi32(-off * sum);
+                let mut s1 = _mm512_setzero_si512();
+                for t in (0..8).step_by(2) {
+                    // SAFETY: runs t and t + 1 of the block's 32 bytes.
+                    let (x0, x1) = unsafe { (_mm512_set1_epi32(xq.add(t).read_unaligned()), _mm512_set1_epi32(xq.add(t + 1).read_unaligned())) };
+                    s0 = _mm512_dpbusd_epi32(s0, wv[t], x0);
+                    s1 = _mm512_dpbusd_epi32(s1, wv[t + 1], x1);
+                }
+                let s = _mm512_add_epi32(s0, s1);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            // SAFETY: row r0 + g < x.rows of `y`, the `width` columns `mask` keeps.
+            unsafe { _mm512_mask_storeu_ps(y.wrapping_add((r0 + g) * stride), mask, *a) };
+        }
+    }
+
+    /// [`tile`] on AVX2 + FMA (no VNNI): the tile as two 8-output halves, a row at a time. A
+    /// lane's 4 products come from `vpmaddubsw` on |q_w| and the activations with q_w's sign (≤
+    /// 2 · 127 · 127 a pair: no saturation) and `vpmaddwd`: the exact integer sum VNNI's gives.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; otherwise as [`tile`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_avx2(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, y: *mut f32, stride: usize, width: usize) {
+        let int4 = format == WeightFormat::Int4;
+        let (blocks, tb, k) = (x.blocks, tile_block_bytes(format), x.blocks * BLOCK);
+        let (nibble, eight, flip, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8), _mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        for r in 0..x.rows {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for b in 0..blocks {
+                let base = w.as_ptr().wrapping_add(b * tb);
+                let mut s = [_mm256_setzero_si256(); 2];
+                for t in 0..8 {
+                    // SAFETY: run t of block b of row r (4 bytes), and the tile's block b.
+                    let xb = unsafe { _mm256_set1_epi32((x.q.as_ptr().add(r * k + b * BLOCK + 4 * t) as *const i32).read_unaligned()) };
+                    for (h, sh) in s.iter_mut().enumerate() {
+                        // Run t of outputs 8h … 8h + 7 as signed q.
+                        let wq = unsafe {
+                            if int4 {
+                                let p = _mm256_loadu_si256(base.add((t % 4) * 64 + 32 * h) as *const __m256i);
+                                let v = if t < 4 { p } else { _mm256_srli_epi16::<4>(p) };
+                                _mm256_sub_epi8(_mm256_and_si256(v, nibble), eight)
+                            } else {
+                                _mm256_xor_si256(_mm256_loadu_si256(base.add(t * 64 + 32 * h) as *const __m256i), flip)
                             }
                         };
-                    }
-                    call!(1 2 3 4 5 6 7 8);
-                }
-                r0 += g;
-            }
-            j += if two { 2 } else { 1 };
-        }
-    }
-
-    /// Rows `r0 .. r0 + G` times outputs `0 .. N` of `w` (`row_bytes` apart), into
-    /// `out[o * x.rows + r]`: `N × G` accumulators in registers; the weights of each pair of
-    /// blocks are expanded to 64 signed bytes once for the group.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn group<const INT4: bool, const N: usize, const G: usize>(w: &[u8], scales: &[f32], row_bytes: usize, x: &QuantizedRows, r0: usize, out: &mut [f32]) {
-        let (pairs, blocks) = (x.pairs, x.blocks);
-        let mut acc = [[_mm512_setzero_ps(); G]; N];
-        // vpsrlvw counts: the 2nd and 4th 128-bit quarters take the high nibbles.
-        let shifts = _mm512_set_epi64(0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0);
-        let quarters = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
-        let lanes_of = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        let (nibble, eight, k128) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8), _mm512_set1_epi8(-128));
-        let zero = _mm512_setzero_si512();
-        let ux = x.ux.as_ptr().wrapping_add(r0 * pairs * 64);
-        let dx = x.dx.as_ptr().wrapping_add(r0 * pairs * 2);
-        for p in 0..pairs {
-            let full = 2 * p + 1 < blocks;
-            let mut wv = [zero; N];
-            let mut corr = [zero; N];
-            let mut dwv = [_mm512_setzero_ps(); N];
-            for o in 0..N {
-                // SAFETY (every block below): `w` holds N outputs of `blocks` blocks and
-                // `scales` as many values; a missing odd block is masked off (those lanes read
-                // as 0); the quantized rows hold `pairs` × 64 bytes and × 2 scales for each of
-                // rows r0 .. r0 + G ≤ x.rows.
-                wv[o] = unsafe {
-                    if INT4 {
-                        let src = w.as_ptr().add(o * row_bytes + 32 * p) as *const i8;
-                        let raw = if full { _mm256_loadu_si256(src as *const __m256i) } else { _mm256_maskz_loadu_epi8(0xffff, src) };
-                        _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2 * row_bytes));
-                        // [A, B] (16 bytes of each block) → [A, A, B, B] → [A lo, A hi, B lo,
-                        // B hi]: each block's 32 values in order, as −8 … 7.
-                        let both = _mm512_permutexvar_epi64(quarters, _mm512_castsi256_si512(raw));
-                        _mm512_sub_epi8(_mm512_and_si512(_mm512_srlv_epi16(both, shifts), nibble), eight)
-                    } else {
-                        let src = w.as_ptr().add(o * row_bytes + 64 * p) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(2 * row_bytes));
-                        if full { _mm512_loadu_si512(src as *const __m512i) } else { _mm512_maskz_loadu_epi8(0xffff_ffff, src) }
-                    }
-                };
-                // dpbusd multiplies unsigned by signed bytes: the rows are stored as q + 128,
-                // so each lane starts at −128 Σ w (of its 4 weights) to take the offset out.
-                corr[o] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, wv[o]));
-                let dw = unsafe {
-                    let s = scales.as_ptr().add(o * blocks + 2 * p);
-                    // Two scales, unaligned (`_mm_load_sd` would read them as an aligned f64).
-                    if full { _mm_castsi128_ps(_mm_loadl_epi64(s as *const __m128i)) } else { _mm_load_ss(s) }
-                };
-                dwv[o] = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(dw));
-            }
-            for g in 0..G {
-                // SAFETY: see above.
-                let (u, d) = unsafe { (_mm512_loadu_si512(ux.add(g * pairs * 64 + 64 * p) as *const __m512i), _mm_castsi128_ps(_mm_loadl_epi64(dx.add(g * pairs * 2 + 2 * p) as *const __m128i))) };
-                let dxv = _mm512_permutexvar_ps(lanes_of, _mm512_castps128_ps512(d));
-                for o in 0..N {
-                    let s = _mm512_dpbusd_epi32(corr[o], u, wv[o]);
-                    acc[o][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dwv[o], dxv), acc[o][g]);
-                }
-            }
-        }
-        for (o, row) in acc.iter().enumerate() {
-            for (g, a) in row.iter().enumerate() {
-                out[o * x.rows + r0 + g] = reduce16(*a);
-            }
-        }
-    }
-
-    /// [`outputs`] on AVX2 + FMA (no VNNI): one output and up to 4 rows at a time, a block (8
-    /// lanes) at a time — the even blocks' lanes in one accumulator, the odd blocks' in another
-    /// (lanes 0–7 and 8–15 of the 16). A lane's 4 products come from `vpmaddubsw` on |q| and the
-    /// weights with q's sign (≤ 2 · 127 · 127 a pair: no saturation) and `vpmaddwd`, exact as
-    /// VNNI's.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; the slices as [`outputs`]'.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn outputs_avx2(format: WeightFormat, w: &[u8], scales: &[f32], x: &QuantizedRows, out: &mut [f32]) {
-        let (rows, blocks) = (x.rows, x.blocks);
-        let row_bytes = if format == WeightFormat::Int4 { blocks * 16 } else { blocks * 32 };
-        for j in 0..out.len() / rows {
-            let (wj, sj) = (&w[j * row_bytes..(j + 1) * row_bytes], &scales[j * blocks..(j + 1) * blocks]);
-            let mut r0 = 0;
-            while r0 < rows {
-                let g = (rows - r0).min(4);
-                let o = &mut out[j * rows + r0..j * rows + r0 + g];
-                // SAFETY: as this function's.
-                unsafe {
-                    match (format == WeightFormat::Int4, g) {
-                        (true, 4) => group_avx2::<true, 4>(wj, sj, x, r0, o),
-                        (true, 3) => group_avx2::<true, 3>(wj, sj, x, r0, o),
-                        (true, 2) => group_avx2::<true, 2>(wj, sj, x, r0, o),
-                        (true, _) => group_avx2::<true, 1>(wj, sj, x, r0, o),
-                        (false, 4) => group_avx2::<false, 4>(wj, sj, x, r0, o),
-                        (false, 3) => group_avx2::<false, 3>(wj, sj, x, r0, o),
-                        (false, 2) => group_avx2::<false, 2>(wj, sj, x, r0, o),
-                        (false, _) => group_avx2::<false, 1>(wj, sj, x, r0, o),
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xb, wq));
+                        *sh = _mm256_add_epi32(*sh, _mm256_madd_epi16(p, ones));
                     }
                 }
-                r0 += g;
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group_avx2<const INT4: bool, const G: usize>(w: &[u8], scales: &[f32], x: &QuantizedRows, r0: usize, out: &mut [f32]) {
-        let (pairs, blocks) = (x.pairs, x.blocks);
-        let mut acc = [[_mm256_setzero_ps(); G]; 2];
-        let (nibble, eight, flip, ones) = (_mm_set1_epi8(0x0f), _mm256_set1_epi8(8), _mm256_set1_epi8(-128), _mm256_set1_epi16(1));
-        for p in 0..pairs {
-            for h in 0..2 {
-                let b = 2 * p + h;
-                if b >= blocks {
-                    break;
-                }
-                // SAFETY: block b < blocks of `w` (16 or 32 bytes each); row r0 + g < x.rows
-                // holds pairs × 64 bytes.
-                let wv = unsafe {
-                    if INT4 {
-                        let v = _mm_loadu_si128(w.as_ptr().add(16 * b) as *const __m128i);
-                        let (lo, hi) = (_mm_and_si128(v, nibble), _mm_and_si128(_mm_srli_epi16::<4>(v), nibble));
-                        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight)
-                    } else {
-                        _mm256_loadu_si256(w.as_ptr().add(32 * b) as *const __m256i)
-                    }
-                };
-                let dw = _mm256_set1_ps(scales[b]);
-                for (g, a) in acc[h].iter_mut().enumerate() {
-                    let r = r0 + g;
-                    // SAFETY: see above.
-                    let u = unsafe { _mm256_loadu_si256(x.ux.as_ptr().add(r * pairs * 64 + 32 * b) as *const __m256i) };
-                    let q = _mm256_xor_si256(u, flip);
-                    let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(wv, q)), ones);
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(x.dx[r * pairs * 2 + b])), *a);
+                let dx = _mm256_set1_ps(x.dx[r * blocks + b]);
+                for (h, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: 8 of the block's 16 scales.
+                    let dw = unsafe { _mm256_loadu_ps(scales.as_ptr().add(b * TILE + 8 * h)) };
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), _mm256_mul_ps(dw, dx), *a);
                 }
             }
+            let mut lanes = [0.0f32; 16];
+            // SAFETY: 16 floats.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+            }
+            for (o, v) in lanes.iter().take(width).enumerate() {
+                // SAFETY: row r < x.rows, column o < width.
+                unsafe { *y.add(r * stride + o) = *v };
+            }
         }
-        for (g, o) in out.iter_mut().enumerate() {
-            // [`super::reduce16`]: lane i + lane i + 8 is even[i] + odd[i].
-            let t = _mm256_add_ps(acc[0][g], acc[1][g]);
-            let u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
-            let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-            *o = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps::<1>(v, v)));
-        }
-    }
-
-    /// The 16 lanes summed in [`super::reduce16`]'s order.
-    #[target_feature(enable = "avx512f")]
-    fn reduce16(a: __m512) -> f32 {
-        let hi = _mm512_castps512_ps256(_mm512_shuffle_f32x4::<0b11_10_11_10>(a, a));
-        let t = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
-        let u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
-        let v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-        _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps::<1>(v, v)))
     }
 }
 
@@ -518,9 +492,9 @@ mod tests {
         if std::env::var_os("PHI_PORTABLE_KERNELS").is_none() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             assert!(kernels.iter().any(|&k| avx2(k) && !vnni(k)), "the AVX2 kernel is not among {kernels:?}");
         }
-        // Odd and even block counts (a missing odd block), one pair, many; odd and even
-        // outputs (the two-output path and its one-output tail); several tasks (8160 inputs:
-        // 28 outputs a task in int8, 51 in int4); every group size of both SIMD kernels.
+        // One block, odd and even block counts, many; outputs short of a tile, a tile and a
+        // short one, several tiles; several tasks (8160 inputs: one 16-output tile a task in
+        // int8, four in int4); every group size of the VNNI kernel and several groups.
         for (d_in, d_out) in [(32, 5), (96, 37), (128, 7), (64 * 5, 70), (2048 + 96, 33), (8160, 61)] {
             let w = values(d_in * d_out, 1, 0.2);
             for format in [WeightFormat::Int8, WeightFormat::Int4] {
@@ -598,10 +572,15 @@ mod tests {
         let x = &x[..rows * k];
         let q = QuantizedRows::new(x, rows, k);
         let mut reference = QuantizedRows::new(&[], 0, k);
-        (reference.rows, reference.ux, reference.dx) = (rows, vec![128; rows * q.pairs * 64], vec![0.0; rows * q.pairs * 2]);
+        (reference.rows, reference.q, reference.dx, reference.sums) = (rows, vec![0; rows * k], vec![0.0; rows * q.blocks], vec![0; rows * q.blocks]);
         quantize_portable(x, k, &mut reference);
-        assert_eq!(q.ux, reference.ux);
+        assert_eq!(q.q, reference.q);
+        assert_eq!(q.sums, reference.sums);
         assert_eq!(q.dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), reference.dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        // The sums are the blocks' bytes added up.
+        for (b, s) in q.sums.iter().enumerate() {
+            assert_eq!(*s, q.q[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32).sum::<i32>());
+        }
     }
 
     #[test]
@@ -611,13 +590,13 @@ mod tests {
         x[0] = 1e-37;
         x[1] = 1e-38;
         let q = QuantizedRows::new(&x, 1, 32);
-        assert_eq!((q.ux[0] as i32 - 128, q.ux[1] as i32 - 128), (127, 13));
+        assert_eq!((q.q[0], q.q[1], q.sums[0]), (127, 13, 140));
         // No inputs: zeros; no rows: nothing.
         for kernel in Kernel::available() {
             let mut y = vec![f32::NAN; 6];
             matmul_with(kernel, WeightFormat::Int8, &[], &[], 0, 3, &QuantizedRows::new(&[], 2, 0), &mut y);
             assert_eq!(y, [0.0; 6]);
-            matmul_with(kernel, WeightFormat::Int4, &[0; 96], &[0.0; 6], 64, 3, &QuantizedRows::new(&[], 0, 64), &mut []);
+            matmul_with(kernel, WeightFormat::Int4, &[0; 512], &[0.0; 32], 64, 3, &QuantizedRows::new(&[], 0, 64), &mut []);
         }
     }
 
