@@ -1,5 +1,6 @@
 //! Throughput of `PackedMatrix::matmul` on one shape (default phi-1.5's fc1, 2048 → 8192; pass
-//! `IN OUT`): 32 rows (a prompt: the tiled gemm path, beside an f32 gemm on the same matrix) and
+//! `IN OUT`): 128 rows (a prompt: bf16 through tiles widened for gemm, int8/int4 the integer
+//! products 64 rows at a time; beside an f32 gemm on the same matrix) and
 //! 1, 4, 16 and 64 rows (decoding one sequence or a batch: weight GB/s read, best of 4). Twelve copies of the matrix, so the
 //! one-row figures come from memory, not cache. `PHI_NO_AVX512=1` / `PHI_PORTABLE_KERNELS=1`
 //! select the narrower kernels.
@@ -13,7 +14,7 @@ fn main() {
     let (d_in, d_out) = if args.len() == 2 { (args[0], args[1]) } else { (2048usize, 8192usize) };
     let copies = 12; // > caches: 12 fc1-sized matrices
     let w: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let rows = 32;
+    let rows = 128;
     let xr: Vec<f32> = (0..rows * d_in).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut yr = vec![0.0f32; rows * d_out];
     for rep in 0..3 {
@@ -35,7 +36,7 @@ fn main() {
                 m.matmul(&xr, rows, &mut yr);
             }
             if rep > 0 {
-                println!("{f} tiled {rows} rows: {:.1} GMAC/s", (copies * rows * d_in * d_out) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                println!("{f} prompt {rows} rows: {:.1} GMAC/s", (copies * rows * d_in * d_out) as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
         }
     }

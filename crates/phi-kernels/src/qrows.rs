@@ -1,5 +1,5 @@
-//! Products of a few rows (≤ [`MAX_ROWS`]: a decoded token, a batch of sequences, a short prompt)
-//! against int8/int4 weights, with the activations quantized to int8 too and every product an
+//! Products of rows (a decoded token, a batch of sequences, a prompt's 64 rows at a time: see
+//! [`MAX_ROWS`]) against int8/int4 weights, with the activations quantized to int8 too and every product an
 //! integer dot product — llama.cpp's scheme for its `Q8_0`/`Q4_0` (activations in blocks of 32,
 //! one f32 scale each). Widening each weight to f32 for every row cost more than reading it.
 //!
@@ -29,7 +29,8 @@ use rayon::prelude::*;
 
 use crate::packed::{BLOCK, Kernel, TILE, WeightFormat};
 
-/// The most rows the integer products take; more (a long prompt) go to gemm.
+/// The most rows quantized and multiplied together; [`crate::packed::PackedMatrix::matmul`] takes
+/// more (a long prompt) this many at a time.
 pub const MAX_ROWS: usize = 64;
 
 /// Rows a kernel call keeps in registers (one 16-lane accumulator each).
