@@ -34,7 +34,7 @@ use crate::packed::{BLOCK, Kernel, TILE, WeightFormat};
 pub const MAX_ROWS: usize = 64;
 
 /// Rows a kernel call keeps in registers (one 16-lane accumulator each).
-const GROUP: usize = 8;
+const GROUP: usize = 16;
 
 /// Below this many weights a product runs on the calling thread (waking the pool costs
 /// more than a small decode projection saves).
@@ -267,7 +267,7 @@ mod x86 {
 
     use super::{BLOCK, GROUP, QuantizedRows, TILE, WeightFormat, tile_block_bytes, weight_offset};
 
-    /// How far ahead of the block it multiplies a group of up to 4 rows prefetches the weights.
+    /// How far ahead of the block it multiplies the first group of rows prefetches the weights.
     const AHEAD: usize = 1024;
 
     /// [`super::quantize_portable`] a block of 32 at a time: the block's largest magnitude and
@@ -349,7 +349,7 @@ mod x86 {
                         }
                     };
                 }
-                call!(1 2 3 4 5 6 7 8);
+                call!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
             }
             r0 += g;
         }
@@ -371,10 +371,10 @@ mod x86 {
             // 16 scales at 16b; rows r0 + g < x.rows hold k bytes, `blocks` scales and sums.
             let wv: [__m512i; 8] = unsafe {
                 let base = wp.add(b * tb) as *const __m512i;
-                if G <= 4 {
-                    // A few rows read the weights faster than the hardware prefetchers fetch
-                    // them: ask AHEAD bytes on (into the next tile at the end; a prefetch never
-                    // faults).
+                if r0 == 0 {
+                    // The first group of rows streams the tile from memory (the others find it
+                    // in cache), faster than the hardware prefetchers fetch it: ask AHEAD bytes
+                    // on (into the next tile at the end; a prefetch never faults).
                     for line in 0..tb / 64 {
                         _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(b * tb + AHEAD + 64 * line) as *const i8);
                     }
@@ -501,7 +501,7 @@ mod tests {
             for format in [WeightFormat::Int8, WeightFormat::Int4] {
                 let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
                 let (data, scales) = p.raw();
-                for rows in (1..=9).chain([13, MAX_ROWS]) {
+                for rows in (1..=17).chain([31, MAX_ROWS]) {
                     let mut x = values(rows * d_in, 2 + rows as u64, 4.0);
                     // A row of zeros and one all-zero block.
                     x[..d_in].fill(0.0);
