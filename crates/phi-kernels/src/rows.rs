@@ -39,6 +39,15 @@ const OUTPUTS: usize = 16;
 /// Inputs per pass: a strip's weights for one pass (`K_BLOCK × STRIP` f32, 256 KiB) stay in L2
 /// while every group of rows reads them.
 const K_BLOCK: usize = 1024;
+/// Inputs per pass when the rows take more than one group: every group multiplies a strip's
+/// weights for these inputs (16 KiB) while they are in L1, and the first prefetches the next
+/// pass's meanwhile — the weights' stream from memory overlaps all the rows' arithmetic instead of
+/// only the first group's (16 rows of the bench-small head: 2.9 → 2.7 ms).
+const K_SHARED: usize = 64;
+/// Weight rows the first group of rows prefetches ahead when it is the only one: a row's 256
+/// bytes come from memory every few cycles, and its stride (a whole matrix row) is beyond the
+/// hardware prefetchers.
+const AHEAD_ALONE: usize = 24;
 /// Rows whose sums stay in registers together (6 × 4 accumulators of the 32 AVX-512 registers).
 const ROW_GROUP: usize = 6;
 /// Below this many multiply-adds a product runs on the calling thread: waking the pool costs
@@ -104,8 +113,9 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
 /// `y` addresses `rows × n` values; no other thread touches these columns meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
-    for k0 in (0..k).step_by(K_BLOCK) {
-        let k1 = (k0 + K_BLOCK).min(k);
+    let (k_block, ahead) = if rows > ROW_GROUP { (K_SHARED, K_SHARED) } else { (K_BLOCK, AHEAD_ALONE) };
+    for k0 in (0..k).step_by(k_block) {
+        let k1 = (k0 + k_block).min(k);
         for r0 in (0..rows).step_by(ROW_GROUP) {
             let rg = ROW_GROUP.min(rows - r0);
             let (xr, yr) = (&x[r0 * k..], y.wrapping_add(r0 * n + j0));
@@ -116,8 +126,8 @@ unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: 
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // The first group of rows streams the strip's weights from memory: it
-                    // prefetches ahead, into the next strip at the end.
-                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0, r0 == 0 && j0 + STRIP < n),
+                    // prefetches `ahead` weight rows on, into the next strip at the end.
+                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0, if r0 == 0 && j0 + STRIP < n { ahead } else { 0 }),
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => x86::strip256(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
                     Kernel::Portable => portable_strip(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
@@ -195,36 +205,33 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// `rg` (1…6) rows × up to 64 columns, inputs `k0..k1`: `y` (+)= `x` · `w`. Sums start at
-    /// zero when `first`, else from `y` (the previous input block's).
+    /// zero when `first`, else from `y` (the previous input block's). Each weight row read
+    /// prefetches the one `ahead` rows on (0: none).
     ///
     /// # Safety
     /// AVX-512F is available; `x` holds `rg` rows of `k`, `w` rows up to `k1` of stride `n`
     /// with `width` columns from its start, `y` `rg` rows of stride `n` with `width` columns.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, prefetch: bool) {
+    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
-            match (rg, prefetch) {
-                (1, false) => strip512_rows::<1, false>(x, k, w, n, k0, k1, width, y, first),
-                (1, true) => strip512_rows::<1, true>(x, k, w, n, k0, k1, width, y, first),
-                (2, false) => strip512_rows::<2, false>(x, k, w, n, k0, k1, width, y, first),
-                (2, true) => strip512_rows::<2, true>(x, k, w, n, k0, k1, width, y, first),
-                (3, false) => strip512_rows::<3, false>(x, k, w, n, k0, k1, width, y, first),
-                (3, true) => strip512_rows::<3, true>(x, k, w, n, k0, k1, width, y, first),
-                (4, false) => strip512_rows::<4, false>(x, k, w, n, k0, k1, width, y, first),
-                (4, true) => strip512_rows::<4, true>(x, k, w, n, k0, k1, width, y, first),
-                (5, false) => strip512_rows::<5, false>(x, k, w, n, k0, k1, width, y, first),
-                (5, true) => strip512_rows::<5, true>(x, k, w, n, k0, k1, width, y, first),
-                (_, false) => strip512_rows::<6, false>(x, k, w, n, k0, k1, width, y, first),
-                (_, true) => strip512_rows::<6, true>(x, k, w, n, k0, k1, width, y, first),
+            match (rg, ahead > 0) {
+                (1, false) => strip512_rows::<1, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (1, true) => strip512_rows::<1, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (2, false) => strip512_rows::<2, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (2, true) => strip512_rows::<2, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (3, false) => strip512_rows::<3, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (3, true) => strip512_rows::<3, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (4, false) => strip512_rows::<4, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (4, true) => strip512_rows::<4, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (5, false) => strip512_rows::<5, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (5, true) => strip512_rows::<5, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (_, false) => strip512_rows::<6, false>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (_, true) => strip512_rows::<6, true>(x, k, w, n, k0, k1, width, y, first, ahead),
             }
         }
     }
-
-    /// Weight rows the first group of rows prefetches ahead: a row's 256 bytes come from memory
-    /// every few cycles, and its stride (a whole matrix row) is beyond the hardware prefetchers.
-    const AHEAD: usize = 24;
 
     /// Lane masks for `width` columns in four 16-lane vectors.
     fn masks16(width: usize) -> [__mmask16; 4] {
@@ -236,7 +243,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
         let m = masks16(width);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         // SAFETY (every block below): masked lanes are neither read nor written, so a vector
@@ -253,11 +260,11 @@ mod x86 {
         for i in k0..k1 {
             let row = wp.wrapping_add(i * n);
             if PREFETCH {
-                // Row i + AHEAD of this strip, or past its end the first rows of the next strip
+                // Row i + ahead of this strip, or past its end the first rows of the next strip
                 // (64 columns on). A prefetch never faults, whatever the address.
-                let ahead = if i + AHEAD < k1 { wp.wrapping_add((i + AHEAD) * n) } else { wp.wrapping_add((k0 + i + AHEAD - k1) * n + 64) };
+                let next = if i + ahead < k { wp.wrapping_add((i + ahead) * n) } else { wp.wrapping_add((i + ahead - k) * n + 64) };
                 for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * line) as *const i8);
                 }
             }
             let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], row.wrapping_add(16 * v)) });
