@@ -44,6 +44,8 @@ const K_BLOCK: usize = 1024;
 /// pass's meanwhile — the weights' stream from memory overlaps all the rows' arithmetic instead of
 /// only the first group's (16 rows of the bench-small head: 2.9 → 2.7 ms).
 const K_SHARED: usize = 64;
+/// Weights (bytes) above which several groups of rows take [`K_SHARED`] passes.
+const SHARED_MIN_BYTES: usize = 4 << 20;
 /// Weight rows the first group of rows prefetches ahead when it is the only one: a row's 256
 /// bytes come from memory every few cycles, and its stride (a whole matrix row) is beyond the
 /// hardware prefetchers.
@@ -113,7 +115,10 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
 /// `y` addresses `rows × n` values; no other thread touches these columns meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
-    let (k_block, ahead) = if rows > ROW_GROUP { (K_SHARED, K_SHARED) } else { (K_BLOCK, AHEAD_ALONE) };
+    // Shared passes only where the weights come from beyond L2 (a small matrix stays in cache
+    // between calls, and the passes' extra loads and stores of the sums cost it more).
+    let shared = rows > ROW_GROUP && k * n * 4 > SHARED_MIN_BYTES;
+    let (k_block, ahead) = if shared { (K_SHARED, K_SHARED) } else { (K_BLOCK, AHEAD_ALONE) };
     for k0 in (0..k).step_by(k_block) {
         let k1 = (k0 + k_block).min(k);
         for r0 in (0..rows).step_by(ROW_GROUP) {
@@ -404,11 +409,11 @@ mod tests {
     }
 
     /// Every kernel this CPU has, both layouts, odd shapes (partial strips, input blocks, row
-    /// groups), against an f64 reference; and each row's result is bitwise the same whether it
+    /// groups, the shared passes of a matrix past 4 MiB), against an f64 reference; and each row's result is bitwise the same whether it
     /// runs alone or with others.
     #[test]
     fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
-        for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31)] {
+        for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31), (9, 1100, 1000)] {
             let (x, w) = (values(rows * k, rows as u64), values(k * n, (k * n) as u64));
             let wt = transposed(&w, k, n);
             let exact = reference(&x, rows, &w, k, n);
