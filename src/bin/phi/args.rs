@@ -62,9 +62,9 @@ pub struct WeightArgs {
     /// f32).
     #[arg(long, value_parser = parse_weight_dtype)]
     pub dtype: Option<WeightDtype>,
-    /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32). Products of up
-    /// to 64 rows (decoding, short prompts) quantize the activations to int8 in blocks of 32 too
-    /// and multiply as integers (llama.cpp's Q8_0 scheme); longer prompts keep them f32.
+    /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32). The products
+    /// (decoding and prompts alike) quantize the activations to int8 in blocks of 32 too and
+    /// multiply as integers (llama.cpp's Q8_0 scheme).
     #[arg(long = "quantize", conflicts_with = "dtype", value_parser = parse_weight_quantize)]
     pub quantize: Option<phi::core::WeightFormat>,
 }
