@@ -249,10 +249,13 @@ impl PackedMatrix {
             // of weights is multiplied by them (at 2048 inputs a tile's share is 16 KiB, read
             // from L1 by each group of rows), and re-reading the weights per 64 rows costs far
             // less than the products.
+            if d_in == 0 {
+                return y.fill(0.0);
+            }
             let chunk = crate::qrows::MAX_ROWS;
-            for (xc, yc) in x.chunks(chunk * d_in.max(1)).zip(y.chunks_mut(chunk * d_out)) {
-                let n = yc.len() / d_out.max(1);
-                let q = crate::qrows::QuantizedRows::new(&xc[..n * d_in], n, d_in);
+            for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut((chunk * d_out).max(1))) {
+                let n = xc.len() / d_in;
+                let q = crate::qrows::QuantizedRows::new(xc, n, d_in);
                 crate::qrows::matmul(self.format, &self.data, &self.scales, d_in, d_out, &q, yc);
             }
             return;
@@ -387,7 +390,7 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0.0f32; rows * cols];
     // Each task fills TILE output rows (= TILE input columns).
-    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(t, chunk)| {
+    out.par_chunks_mut((TILE * rows).max(1)).enumerate().for_each(|(t, chunk)| {
         let c0 = t * TILE;
         let c1 = (c0 + TILE).min(cols);
         for r0 in (0..rows).step_by(TILE) {
@@ -730,5 +733,12 @@ mod tests {
         assert!(p.dequantize().iter().all(|v| *v == 0.0));
         // Two outputs take a whole 16-output tile: 16 × 32 values at 4 bits, 16 scales.
         assert_eq!(p.bytes(), 16 * 32 / 2 + 16 * 4);
+        // No inputs: zeros; no outputs: nothing (whatever the rows, through the 64-row chunks).
+        for format in [WeightFormat::Int8, WeightFormat::Int4] {
+            let mut y = vec![f32::NAN; 70 * 3];
+            PackedMatrix::pack(&[], 0, 3, format).unwrap().matmul(&[], 70, &mut y);
+            assert!(y.iter().all(|v| *v == 0.0), "{format}");
+            PackedMatrix::pack(&[], 64, 0, format).unwrap().matmul(&[0.0; 70 * 64], 70, &mut []);
+        }
     }
 }
