@@ -2,9 +2,9 @@
 //!
 //! Decoding one token multiplies a single row by every weight matrix, so its speed is set by how
 //! many weight bytes are read, not by arithmetic: f32 weights cost 4 bytes a value, bf16 2, int8
-//! 1 (+ a scale per 32), int4 ½. A [`PackedMatrix`] stores a projection `[out, in]` (each output's
-//! weights contiguous, the layout a row-times-matrix product streams through) and multiplies by
-//! reading those narrow values directly — nothing is widened to f32 in memory. With bf16 weights
+//! 1 (+ a scale per 32), int4 ½. A [`PackedMatrix`] stores a projection in the order its product
+//! streams through it (bf16: `[out, in]`, each output's weights contiguous; int8/int4: tiles of 16
+//! outputs, see the type) and multiplies by reading those narrow values directly — nothing is widened to f32 in memory. With bf16 weights
 //! activations and accumulation stay f32; int8/int4 products quantize the activations to int8
 //! too and run as integer dot products, 64 rows at a time (see `qrows`: llama.cpp's scheme, with
 //! AVX-512 VNNI where the CPU has it) — a prompt as a decoded token, so every row gets the bits it
@@ -94,7 +94,7 @@ impl std::fmt::Display for WeightFormat {
 /// Layout:
 /// - bf16: output `j`'s `in` values after output `j - 1`'s;
 /// - int8/int4: the outputs in tiles of [`TILE`] (16; the last tile padded with zero weights and
-///   scales), tile after tile; within a tile, block (32 inputs) after block, each block's 32
+///   scales: their bytes hold the offset, i.e. `q = 0`), tile after tile; within a tile, block (32 inputs) after block, each block's 32
 ///   weights of the 16 outputs as 64-byte vectors that hold 4 consecutive inputs of every output
 ///   side by side (`4o + i`), stored unsigned (`q + 128`, `q + 8`) — int8: 8 such vectors, runs
 ///   of inputs 0–3, 4–7, …; int4: 4, runs `u` in the low nibbles and runs `u + 4` in the high
@@ -212,7 +212,7 @@ impl PackedMatrix {
     /// The weights as f32 `[out, in]` (each output's row contiguous), built in parallel.
     pub fn dequantize_out_in(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.d_in * self.d_out];
-        out.par_chunks_mut(self.d_in).enumerate().for_each(|(j, row)| self.row_f32(j, 0, row));
+        out.par_chunks_mut(self.d_in.max(1)).enumerate().for_each(|(j, row)| self.row_f32(j, 0, row));
         out
     }
 
@@ -238,20 +238,23 @@ impl PackedMatrix {
 
     /// `y = x Wᵀ` for `rows` input rows: `x` is `[rows, in]`, `y` `[rows, out]` (overwritten).
     ///
-    /// Outputs are split across threads; each task streams its outputs' weights once and
-    /// multiplies every input row by them while they are in cache.
+    /// Outputs are split across threads; each task streams its outputs' weights once (int8/int4:
+    /// once per 64 rows) and multiplies every input row by them while they are in cache.
     pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         let (d_in, d_out) = (self.d_in, self.d_out);
         assert_eq!(x.len(), rows * d_in, "x is not [{rows}, {d_in}]");
         assert_eq!(y.len(), rows * d_out, "y is not [{rows}, {d_out}]");
+        if rows == 0 || d_out == 0 {
+            return;
+        }
+        if d_in == 0 {
+            return y.fill(0.0);
+        }
         if self.format != WeightFormat::Bf16 {
             // A long prompt 64 rows at a time: the quantized rows stay in cache while every tile
             // of weights is multiplied by them (at 2048 inputs a tile's share is 16 KiB, read
             // from L1 by each group of rows), and re-reading the weights per 64 rows costs far
             // less than the products.
-            if d_in == 0 {
-                return y.fill(0.0);
-            }
             let chunk = crate::qrows::MAX_ROWS;
             for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut((chunk * d_out).max(1))) {
                 let n = xc.len() / d_in;
@@ -354,7 +357,7 @@ impl PackedMatrix {
         }
     }
 
-    /// The packed values and scales (`[out, in]`, see the type's docs).
+    /// The packed values and scales (in the type's layout).
     #[cfg(test)]
     pub(crate) fn raw(&self) -> (&[u8], &[f32]) {
         (&self.data, &self.scales)
@@ -733,11 +736,14 @@ mod tests {
         assert!(p.dequantize().iter().all(|v| *v == 0.0));
         // Two outputs take a whole 16-output tile: 16 × 32 values at 4 bits, 16 scales.
         assert_eq!(p.bytes(), 16 * 32 / 2 + 16 * 4);
-        // No inputs: zeros; no outputs: nothing (whatever the rows, through the 64-row chunks).
-        for format in [WeightFormat::Int8, WeightFormat::Int4] {
+        // No inputs: zeros; no outputs: nothing (whatever the rows, through the 64-row chunks and
+        // bf16's gemm tiles).
+        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+            let empty = PackedMatrix::pack(&[], 0, 3, format).unwrap();
             let mut y = vec![f32::NAN; 70 * 3];
-            PackedMatrix::pack(&[], 0, 3, format).unwrap().matmul(&[], 70, &mut y);
+            empty.matmul(&[], 70, &mut y);
             assert!(y.iter().all(|v| *v == 0.0), "{format}");
+            assert!(empty.dequantize().is_empty());
             PackedMatrix::pack(&[], 64, 0, format).unwrap().matmul(&[0.0; 70 * 64], 70, &mut []);
         }
     }

@@ -494,9 +494,10 @@ mod tests {
             assert!(kernels.iter().any(|&k| avx2(k) && !vnni(k)), "the AVX2 kernel is not among {kernels:?}");
         }
         // One block, odd and even block counts, many; outputs short of a tile, a tile and a
-        // short one, several tiles; several tasks (8160 inputs: one 16-output tile a task in
-        // int8, four in int4); every group size of the VNNI kernel and several groups.
-        for (d_in, d_out) in [(32, 5), (96, 37), (128, 7), (64 * 5, 70), (2048 + 96, 33), (8160, 61)] {
+        // short one, exactly two tiles, several tiles; several tasks (8160 → 61: two tiles a task
+        // in int8; 1024 → 600: 32 tiles a task in int4, 16 in int8); every group size of the
+        // VNNI kernel and several groups.
+        for (d_in, d_out) in [(32, 5), (96, 37), (128, 7), (64, 32), (64 * 5, 70), (2048 + 96, 33), (8160, 61), (1024, 600)] {
             let w = values(d_in * d_out, 1, 0.2);
             for format in [WeightFormat::Int8, WeightFormat::Int4] {
                 let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
@@ -603,18 +604,21 @@ mod tests {
 
     #[test]
     fn a_non_finite_activation_gives_nan_not_a_rounded_value() {
-        let (d_in, d_out) = (64, 9);
-        let p = PackedMatrix::pack(&values(d_in * d_out, 3, 0.2), d_in, d_out, WeightFormat::Int4).unwrap();
-        let (data, scales) = p.raw();
-        for bad in [f32::NAN, f32::INFINITY] {
-            let mut x = values(2 * d_in, 4, 1.0);
-            x[d_in + 40] = bad;
-            let q = QuantizedRows::new(&x, 2, d_in);
-            for kernel in Kernel::available() {
-                let mut y = vec![0.0; 2 * d_out];
-                matmul_with(kernel, WeightFormat::Int4, data, scales, d_in, d_out, &q, &mut y);
-                assert!(y[..d_out].iter().all(|v| v.is_finite()), "{kernel:?}: the good row");
-                assert!(y[d_out..].iter().all(|v| v.is_nan()), "{kernel:?}: {bad}");
+        // Row 17 of 18: in the second group of rows.
+        let (d_in, d_out, rows, bad_row) = (64, 9, 18, 17);
+        for format in [WeightFormat::Int8, WeightFormat::Int4] {
+            let p = PackedMatrix::pack(&values(d_in * d_out, 3, 0.2), d_in, d_out, format).unwrap();
+            let (data, scales) = p.raw();
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x = values(rows * d_in, 4, 1.0);
+                x[bad_row * d_in + 40] = bad;
+                let q = QuantizedRows::new(&x, rows, d_in);
+                for kernel in Kernel::available() {
+                    let mut y = vec![0.0; rows * d_out];
+                    matmul_with(kernel, format, data, scales, d_in, d_out, &q, &mut y);
+                    assert!(y[..bad_row * d_out].iter().all(|v| v.is_finite()), "{format} {kernel:?}: the good rows");
+                    assert!(y[bad_row * d_out..].iter().all(|v| v.is_nan()), "{format} {kernel:?}: {bad}");
+                }
             }
         }
     }

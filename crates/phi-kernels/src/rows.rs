@@ -39,14 +39,16 @@ const OUTPUTS: usize = 16;
 /// Inputs per pass: a strip's weights for one pass (`K_BLOCK × STRIP` f32, 256 KiB) stay in L2
 /// while every group of rows reads them.
 const K_BLOCK: usize = 1024;
-/// Inputs per pass when the rows take more than one group: every group multiplies a strip's
+/// Inputs per pass when the rows take more than one group and the weights are past
+/// [`SHARED_MIN_BYTES`]: every group multiplies a strip's
 /// weights for these inputs (16 KiB) while they are in L1, and the first prefetches the next
 /// pass's meanwhile — the weights' stream from memory overlaps all the rows' arithmetic instead of
 /// only the first group's (16 rows of the bench-small head: 2.9 → 2.7 ms).
 const K_SHARED: usize = 64;
 /// Weights (bytes) above which several groups of rows take [`K_SHARED`] passes.
 const SHARED_MIN_BYTES: usize = 4 << 20;
-/// Weight rows the first group of rows prefetches ahead when it is the only one: a row's 256
+/// Weight rows the first group of rows prefetches ahead otherwise (one group, or a matrix that
+/// stays in cache): a row's 256
 /// bytes come from memory every few cycles, and its stride (a whole matrix row) is beyond the
 /// hardware prefetchers.
 const AHEAD_ALONE: usize = 24;
@@ -409,8 +411,8 @@ mod tests {
     }
 
     /// Every kernel this CPU has, both layouts, odd shapes (partial strips, input blocks, row
-    /// groups, the shared passes of a matrix past 4 MiB), against an f64 reference; and each row's result is bitwise the same whether it
-    /// runs alone or with others.
+    /// groups, the shared passes of a matrix past 4 MiB), against an f64 reference; and each
+    /// row's result is bitwise the same whether it runs alone or with others.
     #[test]
     fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
         for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31), (9, 1100, 1000)] {
