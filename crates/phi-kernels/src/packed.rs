@@ -45,6 +45,10 @@ pub const BLOCK: usize = 32;
 /// Outputs stored side by side in the int8/int4 layout (16 lanes of an AVX-512 register).
 pub const TILE: usize = 16;
 
+/// Below this many weights a product runs on the calling thread (waking the pool costs more than
+/// a small decode projection saves).
+pub(crate) const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+
 /// How a frozen weight matrix is stored for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
@@ -171,15 +175,10 @@ impl PackedMatrix {
                             let (s, q) = if j < d_out { quantize_block(&row(j)[b * BLOCK..(b + 1) * BLOCK], levels) } else { (0.0, [0; BLOCK]) };
                             tile_scales[b * TILE + o] = s;
                             let block = &mut bytes[b * tb..(b + 1) * tb];
-                            for u in 0..BLOCK / 4 {
-                                for i in 0..4 {
-                                    let v = (q[4 * u + i] + off) as u8;
-                                    match format {
-                                        WeightFormat::Int8 => block[u * 64 + 4 * o + i] = v,
-                                        // Runs 0–3 in the low nibbles, 4–7 in the high ones.
-                                        _ => block[(u % 4) * 64 + 4 * o + i] |= if u < 4 { v } else { v << 4 },
-                                    }
-                                }
+                            for (v, &q) in q.iter().enumerate() {
+                                let (byte, high) = crate::qrows::tile_slot(format, o, v);
+                                let stored = (q + off) as u8;
+                                block[byte] |= if high { stored << 4 } else { stored };
                             }
                         }
                     }
@@ -375,7 +374,7 @@ pub(crate) fn by_outputs(d_in: usize, d_out: usize, rows: usize, bytes_per_outpu
     let per_task = ((256 << 10) / bytes_per_output.max(1)).clamp(8, 1024);
     let mut by_output = vec![0.0f32; d_out * rows];
     let task = |(t, chunk): (usize, &mut [f32])| work(t * per_task, chunk);
-    if d_out * d_in < 1 << 16 {
+    if d_out * d_in < PARALLEL_MIN_WEIGHTS {
         by_output.chunks_mut(per_task * rows).enumerate().for_each(task);
     } else {
         by_output.par_chunks_mut(per_task * rows).enumerate().for_each(task);

@@ -36,9 +36,6 @@ pub const MAX_ROWS: usize = 64;
 /// Rows a kernel call keeps in registers (one 16-lane accumulator each).
 const GROUP: usize = 16;
 
-/// Below this many weights a product runs on the calling thread (waking the pool costs
-/// more than a small decode projection saves).
-const PARALLEL_MIN: usize = 1 << 16;
 
 /// Bytes of one block (32 inputs) of one tile (16 outputs): int8 one a weight, int4 two a byte.
 pub(crate) const fn tile_block_bytes(format: WeightFormat) -> usize {
@@ -57,19 +54,24 @@ pub(crate) const fn weight_offset(format: WeightFormat) -> i32 {
     }
 }
 
-/// Weight `v` (0…31) of output lane `o` of one tile's block (`block`: its
-/// [`tile_block_bytes`]), as `q`. int8: vector `v / 4`, bytes `4o + v % 4`; int4: the four
-/// 64-byte vectors hold runs `u` (values `4u…4u + 3`) in their low nibbles and runs `u + 4` in
-/// their high ones.
+/// Where weight `v` (0…31) of output lane `o` lies in one tile's block: its byte, and for int4
+/// whether it is the high nibble — the layout, written once for the packer and the readers.
+/// int8: vector `v / 4`, byte `4o + v % 4`; int4: the four 64-byte vectors hold runs `u` (values
+/// `4u…4u + 3`) in their low nibbles and runs `u + 4` in their high ones.
+#[inline(always)]
+pub(crate) fn tile_slot(format: WeightFormat, o: usize, v: usize) -> (usize, bool) {
+    match format {
+        WeightFormat::Int4 => ((v % 16) / 4 * 64 + 4 * o + v % 4, v >= 16),
+        _ => ((v / 4) * 64 + 4 * o + v % 4, false),
+    }
+}
+
+/// Weight `v` of output lane `o` of one tile's block (`block`: its [`tile_block_bytes`]), as `q`.
 #[inline(always)]
 pub(crate) fn tile_weight(format: WeightFormat, block: &[u8], o: usize, v: usize) -> i32 {
-    match format {
-        WeightFormat::Int4 => {
-            let byte = block[(v % 16) / 4 * 64 + 4 * o + v % 4];
-            (if v < 16 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
-        }
-        _ => block[(v / 4) * 64 + 4 * o + v % 4] as i32 - 128,
-    }
+    let (byte, high) = tile_slot(format, o, v);
+    let stored = if high { block[byte] >> 4 } else if format == WeightFormat::Int4 { block[byte] & 0x0f } else { block[byte] };
+    stored as i32 - weight_offset(format)
 }
 
 /// Rows quantized for the integer products: per row, `k` signed bytes `q`, and per block its
@@ -254,7 +256,7 @@ pub(crate) fn matmul_with(kernel: Kernel, format: WeightFormat, data: &[u8], sca
     let per_task = ((256 << 10) / tile_bytes).max(1);
     let run = move |task: usize| (task * per_task..((task + 1) * per_task).min(tiles)).for_each(tile);
     let tasks = tiles.div_ceil(per_task);
-    if d_in * d_out < PARALLEL_MIN {
+    if d_in * d_out < crate::packed::PARALLEL_MIN_WEIGHTS {
         (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);
