@@ -1,6 +1,7 @@
 //! `phi bench serve`: requests/s and tokens/s of `phi serve` at several numbers of concurrent
 //! clients, over real HTTP on 127.0.0.1, on the bench-small shape (random weights; a byte-level
-//! BPE trained on synthetic words gives it a tokenizer of the same vocabulary) — or on a model
+//! BPE trained on synthetic words, topped up with added tokens to the same vocabulary, gives it
+//! a tokenizer) — or on a model
 //! folder, or against another OpenAI-compatible server ([`Target`]), so that two servers meet
 //! the same load in one run.
 //!
@@ -25,8 +26,8 @@ use phi_serve::{Limits, LocalServer, ServedModel};
 /// Which server the clients load.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// `phi serve` in this process on a random model of this shape (its vocabulary replaced by
-    /// a byte-level BPE's, trained on synthetic words).
+    /// `phi serve` in this process on a random model of this shape, with a byte-level BPE
+    /// trained on synthetic words and padded to its vocabulary ([`Tokenizer::pad_vocab`]).
     Random(PhiConfig),
     /// `phi serve` in this process on the model folder (its tokenizer and chat template).
     Folder(PathBuf),
@@ -102,7 +103,10 @@ fn synthetic_tokenizer(vocab: usize) -> Result<Tokenizer, String> {
 pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRow)) -> Result<Vec<ServeBenchRow>, String> {
     let served = match &b.target {
         Target::Random(config) => {
-            let tokenizer = synthetic_tokenizer(config.vocab_size)?;
+            // Training on the synthetic words stops short of a large vocabulary (~15k ids for
+            // GPT-2's 50,304): the rest are added tokens, so the LM head has the rows asked for.
+            let mut tokenizer = synthetic_tokenizer(config.vocab_size)?;
+            tokenizer.pad_vocab(config.vocab_size);
             let mut config = config.clone();
             config.vocab_size = tokenizer.vocab_size();
             config.eos_token_ids = vec![];

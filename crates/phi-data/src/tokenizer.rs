@@ -223,6 +223,26 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// Adds ordinary (not special) tokens `<extra_N>` until the vocabulary holds `size` ids, and
+    /// returns how many it added; a vocabulary already that large is left as it is. For a model
+    /// whose embedding must have exactly `size` rows, each id a token that decodes to text: the
+    /// random model of `phi bench serve --vocab 50304` gets GPT-2's vocabulary size from a BPE
+    /// that training on its synthetic words stops short of (~15k ids). A text names these
+    /// tokens only by spelling `<extra_N>`.
+    ///
+    /// ```
+    /// let corpus: Vec<String> = (0..20).map(|i| format!("def f{i}(x): return x + {i}")).collect();
+    /// let mut tok = phi_data::Tokenizer::train_bpe(corpus.iter(), 300).unwrap();
+    /// let added = tok.pad_vocab(1000);
+    /// assert_eq!(tok.vocab_size(), 1000);
+    /// assert_eq!(tok.decode(&[999]), format!("<extra_{}>", added - 1));
+    /// ```
+    pub fn pad_vocab(&mut self, size: usize) -> usize {
+        let have = self.vocab_size();
+        let extra: Vec<tokenizers::AddedToken> = (0..size.saturating_sub(have)).map(|i| tokenizers::AddedToken::from(format!("<extra_{i}>"), false)).collect();
+        self.inner.add_tokens(&extra)
+    }
+
     /// Id of [`EOS`], if the vocabulary has it.
     pub fn eos_id(&self) -> Option<u32> {
         self.token_to_id(EOS)
@@ -295,6 +315,26 @@ mod tests {
         let saved = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
         assert!(!saved.contains("(?"), "an inline regex flag in the saved tokenizer");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Padding gives exactly the size asked for, every new id decodes to its own text, and the
+    /// ids of ordinary text do not change.
+    #[test]
+    fn a_padded_vocabulary_has_the_size_asked_and_encodes_text_as_before() {
+        let corpus: Vec<String> = (0..20).map(|i| format!("def f{i}(x):\n    return x + {i}\n")).collect();
+        let mut tok = Tokenizer::train_bpe(corpus.iter(), 300).unwrap();
+        let (before, text) = (tok.vocab_size(), "def f7(y):\n    return y + 77 <extra\n");
+        let ids = tok.encode(text);
+        assert_eq!(tok.pad_vocab(before - 1), 0, "never shrinks");
+        assert_eq!(tok.pad_vocab(before + 700), 700);
+        assert_eq!(tok.vocab_size(), before + 700);
+        assert_eq!(tok.encode(text), ids);
+        for id in [before, before + 699] {
+            let piece = tok.decode(&[id as u32]);
+            assert_eq!(piece, format!("<extra_{}>", id - before));
+            assert_eq!(tok.encode(&piece), vec![id as u32]);
+        }
+        assert_eq!(tok.pad_vocab(before + 700), 0);
     }
 
     #[test]
