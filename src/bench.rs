@@ -566,7 +566,8 @@ fn bench_generate_weights(model: PhiForCausalLM, a: &BenchOptions, arch: &str, p
     let mut model = Some(model);
     for (i, &format) in a.weights.iter().enumerate() {
         let mut m = if i + 1 == a.weights.len() { model.take().expect("kept until the last") } else { model.clone().expect("kept") };
-        let bytes = match format {
+        // f32 as `phi generate` decodes it: in strips on the CPU.
+        let bytes = match phi_core::quant::decoding_format(format, &m.device()) {
             Some(f) => {
                 let mut packed = None;
                 let mut pack = || packed = Some(m.pack_weights(f));

@@ -124,9 +124,8 @@ pub fn run(b: &ServeBench, device: &Device, mut on_row: impl FnMut(&ServeBenchRo
     };
     let (_server, base, name, params) = match served {
         Some(mut served) => {
-            if let Some(f) = b.weights {
-                served.model.pack_weights(f).map_err(|e| e.to_string())?;
-            }
+            // As `phi serve` packs them (f32: in strips).
+            served.pack_for_decoding(b.weights).map_err(|e| e.to_string())?;
             let params = served.model.config().num_parameters();
             // Stopped when it goes out of scope, at the end.
             let server = LocalServer::start(served, b.limits).map_err(|e| e.to_string())?;

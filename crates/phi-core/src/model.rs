@@ -219,8 +219,12 @@ impl PhiForCausalLM {
     /// The format the weights were packed in for inference, if they were
     /// ([`pack_weights`](Self::pack_weights)).
     pub fn packed_format(&self) -> Option<crate::packed::WeightFormat> {
-        let head = self.lm_head.as_ref().and_then(|h| h.packed.as_ref());
-        self.packed_head.as_ref().or(head).map(|p| p.format())
+        // Every projection is packed or none is; the head alone is not enough to ask (f32 leaves
+        // a tied head in place).
+        self.leaves().into_iter().find_map(|(_, leaf)| match leaf {
+            crate::tree::Leaf::Linear(l) => l.packed.as_ref().map(|p| p.format()),
+            _ => None,
+        })
     }
 
     /// Every weight under its HF checkpoint key, as f32 (a projection back in HF's `[out, in]`).

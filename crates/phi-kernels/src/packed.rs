@@ -31,6 +31,8 @@
 
 use rayon::prelude::*;
 
+use crate::rows::{Strips, Weights};
+
 /// Up to this many rows a bf16 product streams the weights through the dot kernels once for all
 /// rows (decoding, a small batch); above it, [`PackedMatrix::matmul`] widens tiles for gemm.
 /// (int8/int4: integer products, whatever the rows.)
@@ -52,6 +54,13 @@ pub(crate) const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 /// How a frozen weight matrix is stored for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
+    /// f32, the values as they load, repacked in strips of 64 outputs ([`crate::rows::Strips`]):
+    /// the products the unpacked model runs on the CPU, the same sums in the same order (the
+    /// same logits, decoding and up to 64 prompt rows), but each task reads one sequential
+    /// stream where in place it reads pieces a matrix row apart — a page each, and for a wide
+    /// matrix a few L1 sets, which held the unpacked product at 16 rows to about half of what
+    /// the arithmetic allows. Longer prompts go 64 rows at a time too, rather than through gemm.
+    F32,
     /// bfloat16, rounded to nearest even: 2 bytes a value, no scales.
     Bf16,
     /// Symmetric int8 in blocks of 32 with an f32 scale each (burn's `Q8S`).
@@ -64,6 +73,7 @@ impl WeightFormat {
     /// Storage bits per weight value, scales included.
     pub fn bits_per_value(self) -> f64 {
         match self {
+            WeightFormat::F32 => 32.0,
             WeightFormat::Bf16 => 16.0,
             WeightFormat::Int8 => 8.0 + 32.0 / BLOCK as f64,
             WeightFormat::Int4 => 4.0 + 32.0 / BLOCK as f64,
@@ -75,10 +85,11 @@ impl std::str::FromStr for WeightFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(WeightFormat::F32),
             "bf16" => Ok(WeightFormat::Bf16),
             "int8" => Ok(WeightFormat::Int8),
             "int4" => Ok(WeightFormat::Int4),
-            _ => Err(format!("`{s}`: expected bf16, int8 or int4")),
+            _ => Err(format!("`{s}`: expected f32, bf16, int8 or int4")),
         }
     }
 }
@@ -86,6 +97,7 @@ impl std::str::FromStr for WeightFormat {
 impl std::fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
             WeightFormat::Int4 => "int4",
@@ -93,9 +105,10 @@ impl std::fmt::Display for WeightFormat {
     }
 }
 
-/// A `[out, in]` weight matrix in a narrow [`WeightFormat`].
+/// A `[out, in]` weight matrix in a narrow [`WeightFormat`] (or f32 in strips).
 ///
 /// Layout:
+/// - f32: [`crate::rows::Strips`] (64 outputs a strip, the strip's inputs one after another);
 /// - bf16: output `j`'s `in` values after output `j - 1`'s;
 /// - int8/int4: the outputs in tiles of [`TILE`] (16; the last tile padded with zero weights and
 ///   scales: their bytes hold the offset, i.e. `q = 0`), tile after tile; within a tile, block (32 inputs) after block, each block's 32
@@ -111,6 +124,8 @@ pub struct PackedMatrix {
     d_out: usize,
     data: Vec<u8>,
     scales: Vec<f32>,
+    /// f32's values (`data` and `scales` are then empty).
+    strips: Option<Strips>,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -131,6 +146,9 @@ impl PackedMatrix {
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
             return Err(format!("weight [{}, {}] is {}", i / d_out, i % d_out, w[i]));
         }
+        if format == WeightFormat::F32 {
+            return Ok(Self::f32_strips(Strips::pack(w, d_in, d_out)));
+        }
         Self::pack_out_in(&transpose(w, d_in, d_out), d_in, d_out, format)
     }
 
@@ -143,13 +161,14 @@ impl PackedMatrix {
         if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
             return Err(format!("weight [{}, {}] (in, out) is {}", i % d_in, i / d_in, wt[i]));
         }
-        if format != WeightFormat::Bf16 && d_in % BLOCK != 0 {
+        if matches!(format, WeightFormat::Int8 | WeightFormat::Int4) && d_in % BLOCK != 0 {
             return Err(format!("{format} needs in-features divisible by {BLOCK}, got {d_in}"));
         }
         let row = |j: usize| -> &[f32] { &wt[j * d_in..(j + 1) * d_in] };
         // Each output row is written in place into buffers allocated once (collecting per-row
         // pieces and concatenating them copied every packed byte twice more, into fresh pages).
         let (data, scales) = match format {
+            WeightFormat::F32 => return Ok(Self::f32_strips(Strips::pack(&transpose(wt, d_out, d_in), d_in, d_out))),
             WeightFormat::Bf16 => {
                 let mut data = vec![0u8; 2 * d_in * d_out];
                 data.par_chunks_mut((2 * d_in).max(1)).enumerate().for_each(|(j, out)| {
@@ -186,7 +205,12 @@ impl PackedMatrix {
                 (data, scales)
             }
         };
-        Ok(PackedMatrix { format, d_in, d_out, data, scales })
+        Ok(PackedMatrix { format, d_in, d_out, data, scales, strips: None })
+    }
+
+    fn f32_strips(strips: Strips) -> Self {
+        let (d_in, d_out) = strips.dims();
+        PackedMatrix { format: WeightFormat::F32, d_in, d_out, data: vec![], scales: vec![], strips: Some(strips) }
     }
 
     pub fn format(&self) -> WeightFormat {
@@ -200,7 +224,7 @@ impl PackedMatrix {
 
     /// Bytes held: values and scales.
     pub fn bytes(&self) -> usize {
-        self.data.len() + 4 * self.scales.len()
+        self.data.len() + 4 * self.scales.len() + self.strips.as_ref().map_or(0, Strips::bytes)
     }
 
     /// The weights as f32 in burn's `[in, out]` layout: what the products below compute with.
@@ -217,6 +241,12 @@ impl PackedMatrix {
 
     /// Output row `j`'s weights from input `lo` on (a multiple of [`BLOCK`]), `out.len()` of them.
     fn row_f32(&self, j: usize, lo: usize, out: &mut [f32]) {
+        if let Some(s) = &self.strips {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = s.get(lo + i, j);
+            }
+            return;
+        }
         if self.format == WeightFormat::Bf16 {
             let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
             for (o, b) in out.iter_mut().zip(self.data[2 * start..2 * end].chunks_exact(2)) {
@@ -248,6 +278,14 @@ impl PackedMatrix {
         }
         if d_in == 0 {
             return y.fill(0.0);
+        }
+        if let Some(s) = &self.strips {
+            // 64 rows at a time, the unpacked product's largest: every row gets its bits.
+            let chunk = crate::rows::MAX_ROWS;
+            for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut(chunk * d_out)) {
+                crate::rows::matmul_rows(xc, xc.len() / d_in, Weights::Strips(s), d_in, d_out, yc);
+            }
+            return;
         }
         if self.format != WeightFormat::Bf16 {
             // A long prompt 64 rows at a time: the quantized rows stay in cache while every tile
@@ -625,14 +663,14 @@ mod tests {
         let (d_in, d_out, rows) = (96, 300, 3);
         let w = matrix(d_in, d_out, 1);
         let x = matrix(rows, d_in, 2);
-        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
             let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
             let expect = reference(&x, rows, &p.dequantize(), d_in, d_out);
             let mut y = vec![f32::NAN; rows * d_out];
             p.matmul(&x, rows, &mut y);
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             // int8/int4 quantize the activations too (qrows' tests bound that error exactly).
-            let tolerance = if format == WeightFormat::Bf16 { 1e-5 } else { 5e-3 };
+            let tolerance = if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) { 1e-5 } else { 5e-3 };
             assert!(worst < tolerance, "{format}: {worst}");
             if format != WeightFormat::Bf16 {
                 continue;
@@ -654,13 +692,13 @@ mod tests {
         let (d_in, rows) = (K_SEGMENT + 96, 2 * crate::qrows::MAX_ROWS + 5);
         let w = matrix(d_in, d_out, 5);
         let x = matrix(rows, d_in, 6);
-        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
             let p = PackedMatrix::pack(&w, d_in, d_out, format).unwrap();
             let expect = reference(&x, rows, &p.dequantize(), d_in, d_out);
             let mut y = vec![f32::NAN; rows * d_out];
             p.matmul(&x, rows, &mut y);
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            let tolerance = if format == WeightFormat::Bf16 { 1e-4 } else { 5e-3 };
+            let tolerance = if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) { 1e-4 } else { 5e-3 };
             assert!(worst < tolerance, "{format}, {rows} rows: {worst}");
             if format == WeightFormat::Bf16 {
                 continue;
@@ -700,6 +738,30 @@ mod tests {
         assert!(y.iter().zip(&expect).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 
+    /// f32 in strips holds the values exactly (packed from either layout) and gives the
+    /// unpacked product's bits — the same kernel and order reading in place — at every row count
+    /// up to 64 (a decode step, a batch, a short prompt), with a short last strip, one input
+    /// block (small matrices) or several (past 4 MiB: shared passes over the groups of rows).
+    #[test]
+    fn f32_strips_hold_the_values_and_give_the_unpacked_bits() {
+        use crate::rows::{Weights, matmul_rows};
+        for (d_in, d_out) in [(40, 150), (1100, 1000)] {
+            let w = matrix(d_in, d_out, 11);
+            let p = PackedMatrix::pack(&w, d_in, d_out, WeightFormat::F32).unwrap();
+            assert_eq!(p.dequantize(), w);
+            assert_eq!(p.bytes(), d_out.div_ceil(64) * 64 * d_in * 4);
+            let from_out_in = PackedMatrix::pack_out_in(&transpose(&w, d_in, d_out), d_in, d_out, WeightFormat::F32).unwrap();
+            assert_eq!(from_out_in.dequantize(), w);
+            for rows in [1, 2, 5, 6, 7, 13, 16, 64] {
+                let x = matrix(rows, d_in, 12 + rows as u64);
+                let (mut packed, mut in_place) = (vec![f32::NAN; rows * d_out], vec![f32::NAN; rows * d_out]);
+                p.matmul(&x, rows, &mut packed);
+                matmul_rows(&x, rows, Weights::RowMajor(&w), d_in, d_out, &mut in_place);
+                assert!(packed.iter().zip(&in_place).all(|(a, b)| a.to_bits() == b.to_bits()), "[{d_in}, {d_out}], {rows} rows");
+            }
+        }
+    }
+
     #[test]
     fn quantization_is_burns_symmetric_per_block_scheme() {
         use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
@@ -726,6 +788,10 @@ mod tests {
     #[test]
     fn bad_shapes_and_values_are_refused() {
         assert!(PackedMatrix::pack(&[0.0; 10], 4, 3, WeightFormat::Bf16).unwrap_err().contains("10 values"));
+        assert!(PackedMatrix::pack(&[0.0; 10], 4, 3, WeightFormat::F32).unwrap_err().contains("10 values"));
+        assert!(PackedMatrix::pack(&[f32::INFINITY; 6], 2, 3, WeightFormat::F32).unwrap_err().contains("[0, 0]"));
+        // f32 takes any in-features (no blocks).
+        assert!(PackedMatrix::pack(&[0.5; 21 * 5], 21, 5, WeightFormat::F32).is_ok());
         assert!(PackedMatrix::pack(&[0.0; 40], 20, 2, WeightFormat::Int8).unwrap_err().contains("divisible by 32"));
         let mut w = vec![0.0; 64];
         w[33] = f32::NAN;
@@ -737,7 +803,7 @@ mod tests {
         assert_eq!(p.bytes(), 16 * 32 / 2 + 16 * 4);
         // No inputs: zeros; no outputs: nothing (whatever the rows, through the 64-row chunks and
         // bf16's gemm tiles).
-        for format in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
             let empty = PackedMatrix::pack(&[], 0, 3, format).unwrap();
             let mut y = vec![f32::NAN; 70 * 3];
             empty.matmul(&[], 70, &mut y);

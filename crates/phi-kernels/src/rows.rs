@@ -9,6 +9,13 @@
 //! or of outputs (column-major: the transposed view of a tied embedding), and keeps the sums of
 //! up to six rows in registers while a weight vector is loaded once for all of them.
 //!
+//! In place, a strip's task reads 256 bytes from each matrix row: `k` pieces a whole row apart,
+//! each on its own page and, for a matrix a multiple of 4 KiB wide, on the same few L1 sets —
+//! the groups of rows evict one another's weights, and at 16 rows the product ran at half the
+//! arithmetic's pace (a 2048 × 1024 matrix: 47 GMAC/s). [`Strips`] repacks a frozen matrix so that
+//! each strip is contiguous (the packed format `f32` of CPU inference): the same kernel, the same
+//! sums, one sequential stream (121 GMAC/s there; the bench-small head at 16 rows 2.7 → 2.1 ms).
+//!
 //! A row's result does not depend on the other rows: every row sums over the inputs in the same
 //! order whatever the number of rows, so a sequence decoded in a batch gets bitwise the logits it
 //! gets alone (its greedy tokens, and its seeded draws, are the same).
@@ -32,8 +39,9 @@ use crate::packed::Kernel;
 /// arithmetic-bound and gemm's packed panels win.
 pub const MAX_ROWS: usize = 64;
 
-/// Output columns per task of the row-major kernel: four 16-lane registers.
-const STRIP: usize = 64;
+/// Output columns per task of the row-major kernel: four 16-lane registers; also the width of
+/// [`Strips`]' strips.
+pub const STRIP: usize = 64;
 /// Outputs per task of the column-major kernel.
 const OUTPUTS: usize = 16;
 /// Inputs per pass: a strip's weights for one pass (`K_BLOCK × STRIP` f32, 256 KiB) stay in L2
@@ -68,6 +76,69 @@ pub enum Weights<'a> {
     /// `w[j * k + i]`: each output's inputs contiguous — the transposed view of a `[vocab,
     /// hidden]` embedding used as a tied LM head.
     ColMajor(&'a [f32]),
+    /// A row-major matrix repacked in strips of [`STRIP`] columns, each contiguous
+    /// ([`Strips::pack`]): what a strip's task reads is one sequential stream, where in place
+    /// it is `k` pieces of 256 bytes a whole matrix row apart (a page each, and for a 50k-column
+    /// head a few L1 sets). The same sums in the same order: the same bits as in place.
+    Strips(&'a Strips),
+}
+
+/// A `[k, n]` row-major f32 matrix as `n / 64` strips (the last zero-padded), each `[k, 64]`
+/// row-major and contiguous, 64-byte aligned: `w[i][j]` at `(j / 64) · 64k + 64i + j % 64`.
+#[derive(Debug, Clone)]
+pub struct Strips {
+    lines: Vec<Line>,
+    k: usize,
+    n: usize,
+}
+
+/// One cache line of 16 values: the storage unit of [`Strips`], for its alignment.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl Strips {
+    /// Repacks the row-major `[k, n]` matrix `w`.
+    ///
+    /// # Panics
+    /// When `w` is not `k · n` long.
+    pub fn pack(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "w is not [{k}, {n}]");
+        let per = STRIP / 16;
+        let mut lines = vec![Line([0.0; 16]); n.div_ceil(STRIP) * k * per];
+        lines.par_chunks_mut((k * per).max(1)).enumerate().for_each(|(s, strip)| {
+            for (i, row) in strip.chunks_mut(per).enumerate() {
+                for (c, v) in row.iter_mut().flat_map(|l| l.0.iter_mut()).enumerate() {
+                    let j = s * STRIP + c;
+                    if j < n {
+                        *v = w[i * n + j];
+                    }
+                }
+            }
+        });
+        Strips { lines, k, n }
+    }
+
+    /// `[k, n]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The values, strip after strip.
+    pub fn values(&self) -> &[f32] {
+        // SAFETY: `Line` is 16 f32 with no padding (repr(C), 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.lines.len() * 16) }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+
+    /// `w[i][j]`.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        self.values()[(j / STRIP) * STRIP * self.k + i * STRIP + j % STRIP]
+    }
 }
 
 /// `y = x · w`: `x` is `[rows, k]` row-major, `w` is `[k, n]` in either layout, `y` is `[rows,
@@ -81,8 +152,14 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
     let (wv, per_task) = match w {
         Weights::RowMajor(w) => (w, STRIP),
         Weights::ColMajor(w) => (w, OUTPUTS),
+        Weights::Strips(s) => {
+            assert_eq!(s.dims(), (k, n), "w is not [{k}, {n}]");
+            (s.values(), STRIP)
+        }
     };
-    assert_eq!(wv.len(), k * n, "w is not [{k}, {n}]");
+    if !matches!(w, Weights::Strips(_)) {
+        assert_eq!(wv.len(), k * n, "w is not [{k}, {n}]");
+    }
     if rows == 0 || n == 0 {
         return;
     }
@@ -98,7 +175,9 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
         // (rows × n values); tasks' column ranges are disjoint, and `y` outlives them.
         unsafe {
             match w {
-                Weights::RowMajor(w) => strip(kernel, x, rows, w, k, n, j0, width, out.get()),
+                Weights::RowMajor(w) => strip(kernel, x, rows, &w[j0..], n, STRIP, k, n, j0, width, out.get()),
+                // Strip t starts at t · 64k; the next one is 64k values on.
+                Weights::Strips(s) => strip(kernel, x, rows, &s.values()[t * STRIP * k..], STRIP, STRIP * k, k, n, j0, width, out.get()),
                 Weights::ColMajor(w) => outputs(kernel, x, rows, w, k, n, j0, width, out.get()),
             }
         }
@@ -111,12 +190,14 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
     }
 }
 
-/// Row-major weights: columns `j0..j0 + width` (≤ [`STRIP`]) of every row.
+/// Row-major weights: columns `j0..j0 + width` (≤ [`STRIP`]) of every row. `w` starts at the
+/// strip's first column, its rows `ws` apart; the next strip starts `next` values on (both a
+/// matrix row's `n` and 64 in place, 64 and `64k` in [`Strips`]).
 ///
 /// # Safety
 /// `y` addresses `rows × n` values; no other thread touches these columns meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
+unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], ws: usize, next: usize, k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
     // Shared passes only where the weights come from beyond L2 (a small matrix stays in cache
     // between calls, and the passes' extra loads and stores of the sums cost it more).
     let shared = rows > ROW_GROUP && k * n * 4 > SHARED_MIN_BYTES;
@@ -126,18 +207,17 @@ unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n: 
         for r0 in (0..rows).step_by(ROW_GROUP) {
             let rg = ROW_GROUP.min(rows - r0);
             let (xr, yr) = (&x[r0 * k..], y.wrapping_add(r0 * n + j0));
-            let w = &w[j0..];
-            // SAFETY: rows r0..r0 + rg of `y` exist; the kernels read `w` rows k0..k1 from
-            // column j0, `width` wide, and `x` rows r0..r0 + rg — all inside the slices.
+            // SAFETY: rows r0..r0 + rg of `y` exist; the kernels read `w` rows k0..k1 (`ws`
+            // apart), `width` wide, and `x` rows r0..r0 + rg — all inside the slices.
             unsafe {
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     // The first group of rows streams the strip's weights from memory: it
                     // prefetches `ahead` weight rows on, into the next strip at the end.
-                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0, if r0 == 0 && j0 + STRIP < n { ahead } else { 0 }),
+                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, ws, next, n, k0, k1, width, yr, k0 == 0, if r0 == 0 && j0 + STRIP < n { ahead } else { 0 }),
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => x86::strip256(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
-                    Kernel::Portable => portable_strip(rg, xr, k, w, n, k0, k1, width, yr, k0 == 0),
+                    Kernel::Avx2 => x86::strip256(rg, xr, k, w, ws, n, k0, k1, width, yr, k0 == 0),
+                    Kernel::Portable => portable_strip(rg, xr, k, w, ws, n, k0, k1, width, yr, k0 == 0),
                 }
             }
         }
@@ -172,7 +252,7 @@ unsafe fn outputs(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n
 
 /// The scalar strip: the reference the SIMD ones are tested against (multiply, then add).
 #[allow(clippy::too_many_arguments)]
-unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
     for r in 0..rg {
         let mut acc = [0.0f32; STRIP];
         if !first {
@@ -183,7 +263,7 @@ unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0
         }
         for i in k0..k1 {
             let xv = x[r * k + i];
-            for (a, wv) in acc.iter_mut().zip(&w[i * n..i * n + width]) {
+            for (a, wv) in acc.iter_mut().zip(&w[i * ws..i * ws + width]) {
                 *a += xv * wv;
             }
         }
@@ -220,22 +300,22 @@ mod x86 {
     /// with `width` columns from its start, `y` `rg` rows of stride `n` with `width` columns.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
             match (rg, ahead > 0) {
-                (1, false) => strip512_rows::<1, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (1, true) => strip512_rows::<1, true>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (2, false) => strip512_rows::<2, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (2, true) => strip512_rows::<2, true>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (3, false) => strip512_rows::<3, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (3, true) => strip512_rows::<3, true>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (4, false) => strip512_rows::<4, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (4, true) => strip512_rows::<4, true>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (5, false) => strip512_rows::<5, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (5, true) => strip512_rows::<5, true>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (_, false) => strip512_rows::<6, false>(x, k, w, n, k0, k1, width, y, first, ahead),
-                (_, true) => strip512_rows::<6, true>(x, k, w, n, k0, k1, width, y, first, ahead),
+                (1, false) => strip512_rows::<1, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (1, true) => strip512_rows::<1, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (2, false) => strip512_rows::<2, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (2, true) => strip512_rows::<2, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (3, false) => strip512_rows::<3, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (3, true) => strip512_rows::<3, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (4, false) => strip512_rows::<4, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (4, true) => strip512_rows::<4, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (5, false) => strip512_rows::<5, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (5, true) => strip512_rows::<5, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (_, false) => strip512_rows::<6, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (_, true) => strip512_rows::<6, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
             }
         }
     }
@@ -250,7 +330,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
         let m = masks16(width);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         // SAFETY (every block below): masked lanes are neither read nor written, so a vector
@@ -265,13 +345,13 @@ mod x86 {
         }
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for i in k0..k1 {
-            let row = wp.wrapping_add(i * n);
+            let row = wp.wrapping_add(i * ws);
             if PREFETCH {
                 // Row i + ahead of this strip, or past its end the first rows of the next strip
-                // (64 columns on). A prefetch never faults, whatever the address.
-                let next = if i + ahead < k { wp.wrapping_add((i + ahead) * n) } else { wp.wrapping_add((i + ahead - k) * n + 64) };
+                // (`next` values on). A prefetch never faults, whatever the address.
+                let to = if i + ahead < k { wp.wrapping_add((i + ahead) * ws) } else { wp.wrapping_add((i + ahead - k) * ws + next) };
                 for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(to.wrapping_add(16 * line) as *const i8);
                 }
             }
             let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], row.wrapping_add(16 * v)) });
@@ -297,7 +377,7 @@ mod x86 {
     /// AVX2 and FMA are available; otherwise as [`strip512`].
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip256(rg: usize, x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    pub unsafe fn strip256(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
         for half in 0..2 {
             let c0 = 32 * half;
             if width <= c0 {
@@ -309,9 +389,9 @@ mod x86 {
                 // SAFETY: forwarded from the caller's contract, for rows r0.. and columns c0..
                 unsafe {
                     match (rg - r0).min(3) {
-                        1 => strip256_rows::<1>(xr, k, wr, n, k0, k1, wd, yr, first),
-                        2 => strip256_rows::<2>(xr, k, wr, n, k0, k1, wd, yr, first),
-                        _ => strip256_rows::<3>(xr, k, wr, n, k0, k1, wd, yr, first),
+                        1 => strip256_rows::<1>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        2 => strip256_rows::<2>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        _ => strip256_rows::<3>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
                     }
                 }
             }
@@ -320,7 +400,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip256_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    unsafe fn strip256_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
         let m: [__m256i; 4] = std::array::from_fn(|v| {
             let lanes = width.saturating_sub(8 * v).min(8) as i32;
             _mm256_setr_epi32(
@@ -339,7 +419,7 @@ mod x86 {
         }
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for i in k0..k1 {
-            let row = wp.wrapping_add(i * n);
+            let row = wp.wrapping_add(i * ws);
             let wv: [__m256; 4] = std::array::from_fn(|v| unsafe { _mm256_maskload_ps(row.wrapping_add(8 * v), m[v]) });
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: row r of `x`, input i < k.
@@ -410,21 +490,27 @@ mod tests {
         (0..n * k).map(|idx| w[(idx % k) * n + idx / k]).collect()
     }
 
-    /// Every kernel this CPU has, both layouts, odd shapes (partial strips, input blocks, row
+    /// Every kernel this CPU has, every layout, odd shapes (partial strips, input blocks, row
     /// groups, the shared passes of a matrix past 4 MiB), against an f64 reference; and each
     /// row's result is bitwise the same whether it runs alone or with others.
     #[test]
     fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
         for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31), (9, 1100, 1000)] {
             let (x, w) = (values(rows * k, rows as u64), values(k * n, (k * n) as u64));
-            let wt = transposed(&w, k, n);
+            let (wt, strips) = (transposed(&w, k, n), Strips::pack(&w, k, n));
             let exact = reference(&x, rows, &w, k, n);
             for kernel in Kernel::available() {
-                for (name, weights) in [("row-major", Weights::RowMajor(&w)), ("col-major", Weights::ColMajor(&wt))] {
+                for (name, weights) in [("row-major", Weights::RowMajor(&w)), ("col-major", Weights::ColMajor(&wt)), ("strips", Weights::Strips(&strips))] {
                     let mut y = vec![f32::NAN; rows * n];
                     with_kernel(kernel, || matmul_rows(&x, rows, weights, k, n, &mut y));
                     for (i, (a, b)) in y.iter().zip(&exact).enumerate() {
                         assert!((*a as f64 - b).abs() < 1e-5 * (k as f64).sqrt().max(1.0), "{kernel:?} {name} [{rows}, {k}] × [{k}, {n}] at {i}: {a} vs {b}");
+                    }
+                    if let Weights::Strips(_) = weights {
+                        // The same sums in the same order as in place.
+                        let mut in_place = vec![f32::NAN; rows * n];
+                        with_kernel(kernel, || matmul_rows(&x, rows, Weights::RowMajor(&w), k, n, &mut in_place));
+                        assert!(y.iter().zip(&in_place).all(|(a, b)| a.to_bits() == b.to_bits()), "{kernel:?} strips against in place, [{rows}, {k}] × [{k}, {n}]");
                     }
                     for r in [0, rows / 2, rows - 1] {
                         let mut alone = vec![0.0; n];
@@ -448,6 +534,29 @@ mod tests {
     #[should_panic(expected = "w is not [3, 2]")]
     fn mismatched_weights_are_refused() {
         matmul_rows(&[0.0; 3], 1, Weights::RowMajor(&[0.0; 5]), 3, 2, &mut [0.0; 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "w is not [3, 2]")]
+    fn mismatched_strips_are_refused() {
+        matmul_rows(&[0.0; 3], 1, Weights::Strips(&Strips::pack(&[0.0; 6], 2, 3)), 3, 2, &mut [0.0; 2]);
+    }
+
+    /// The layout is the documented one, the last strip zero-padded.
+    #[test]
+    fn strips_lay_out_64_columns_each() {
+        let (k, n) = (3, 70);
+        let w: Vec<f32> = (0..k * n).map(|v| v as f32).collect();
+        let s = Strips::pack(&w, k, n);
+        assert_eq!(s.values().len(), 2 * 64 * k);
+        assert_eq!(s.values().as_ptr() as usize % 64, 0);
+        for i in 0..k {
+            for j in 0..n {
+                assert_eq!(s.values()[(j / 64) * 64 * k + i * 64 + j % 64], w[i * n + j]);
+                assert_eq!(s.get(i, j), w[i * n + j]);
+            }
+        }
+        assert!(s.values()[64 * k..].chunks(64).all(|row| row[n - 64..].iter().all(|v| *v == 0.0)));
     }
 
     /// Runs `f` with `kernel` forced (tests only; the kernel is otherwise detected once).

@@ -98,6 +98,16 @@ impl ServedModel {
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(ServedModel { name, model, tokenizer, template, stop_ids, created })
     }
+
+    /// Packs the weights the way `phi serve` decodes with them: `asked` (bf16, int8, int4), else
+    /// on the CPU f32 in strips ([`phi_core::quant::decoding_format`]: the same logits, read
+    /// faster); on a GPU nothing.
+    pub fn pack_for_decoding(&mut self, asked: Option<phi_core::WeightFormat>) -> Result<()> {
+        if let Some(format) = phi_core::quant::decoding_format(asked, &self.model.device()) {
+            self.model.pack_weights(format)?;
+        }
+        Ok(())
+    }
 }
 
 /// Requests decoded together by default: one decode step for 16 sequences costs little more
@@ -713,7 +723,8 @@ pub struct ServeOptions {
     /// Prompt tokens prefilled per step ([`Limits::prefill_chunk`]).
     pub prefill_chunk: usize,
     pub device: phi_core::device::Backend,
-    /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`).
+    /// Pack the weights for CPU inference (bf16, int8 or int4: `phi_core::quant`); none: f32,
+    /// in strips on the CPU ([`ServedModel::pack_for_decoding`]).
     pub weights: Option<phi_core::WeightFormat>,
     /// Runs the load and the packing (its argument) so that the f32 weights packing frees go
     /// back to the OS; the `phi` binary passes its allocator's (see `phi::bench::BenchOptions::around_pack`).
@@ -729,13 +740,11 @@ pub fn run(o: &ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr, &Served
     let mut load = || {
         loaded = Some((|| -> Result<ServedModel> {
             let mut model = ServedModel::load(&o.model, o.adapter.as_deref(), o.name.clone(), &device)?;
-            if let Some(format) = o.weights {
-                model.model.pack_weights(format)?;
-            }
+            model.pack_for_decoding(o.weights)?;
             Ok(model)
         })())
     };
-    match (o.weights, o.around_pack) {
+    match (phi_core::quant::decoding_format(o.weights, &device), o.around_pack) {
         (Some(_), Some(around)) => around(&mut load),
         _ => load(),
     }

@@ -58,8 +58,9 @@ fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
 /// how the CPU holds the frozen weights (`phi_core::quant`).
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct WeightArgs {
-    /// Weight storage: f32 (default) or bf16 (read directly by the CPU kernels; activations stay
-    /// f32).
+    /// Weight storage: f32 (default; on the CPU repacked in the order the decode kernels read
+    /// it, the same values and logits) or bf16 (read directly by the CPU kernels; activations
+    /// stay f32).
     #[arg(long, value_parser = parse_weight_dtype)]
     pub dtype: Option<WeightDtype>,
     /// Quantize the weights: int8 or int4 (burn's symmetric scheme, blocks of 32). The products
@@ -69,7 +70,7 @@ pub struct WeightArgs {
     pub quantize: Option<phi::core::WeightFormat>,
 }
 
-/// `--dtype`: f32 keeps the weights as they load.
+/// `--dtype`: f32 keeps the weights' values (on the CPU in strips: `decoding_format`).
 #[derive(Debug, Clone, Copy)]
 pub struct WeightDtype(Option<phi::core::WeightFormat>);
 
@@ -83,7 +84,7 @@ fn parse_weight_dtype(s: &str) -> Result<WeightDtype, String> {
 
 fn parse_weight_quantize(s: &str) -> Result<phi::core::WeightFormat, String> {
     match s.parse()? {
-        phi::core::WeightFormat::Bf16 => Err(format!("`{s}`: expected int8 or int4 (bf16 is --dtype bf16)")),
+        phi::core::WeightFormat::Bf16 | phi::core::WeightFormat::F32 => Err(format!("`{s}`: expected int8 or int4 (f32 and bf16 are --dtype)")),
         f => Ok(f),
     }
 }
@@ -371,7 +372,7 @@ pub struct BenchArgs {
 }
 
 fn parse_bench_weights(s: &str) -> Result<Option<phi::core::WeightFormat>, String> {
-    if s.eq_ignore_ascii_case("f32") { Ok(None) } else { s.parse().map(Some).map_err(|e: String| format!("{e} or f32")) }
+    if s.eq_ignore_ascii_case("f32") { Ok(None) } else { s.parse().map(Some) }
 }
 
 impl BenchArgs {

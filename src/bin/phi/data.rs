@@ -553,7 +553,11 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The judge: an endpoint, or a local folder served in-process for the run.
     let local = match &a.local {
-        Some(dir) => Some(phi::serve::LocalServer::start(phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?, phi::serve::Limits::default())?),
+        Some(dir) => {
+            let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
+            model.pack_for_decoding(None)?;
+            Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
+        }
         None => None,
     };
     let client = match (&local, &a.endpoint, &a.model) {
@@ -608,7 +612,8 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut max_tokens = a.max_tokens.unwrap_or(phi::synth::DEFAULT_MAX_TOKENS);
     let local = match &a.local {
         Some(dir) => {
-            let model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
+            let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
+            model.pack_for_decoding(None)?;
             let prompts = phi::synth::prompts(&lists, a.kind, a.n, a.seed);
             max_tokens = phi::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
             Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)

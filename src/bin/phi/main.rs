@@ -959,8 +959,10 @@ pub(crate) fn returning_freed_memory(f: &mut dyn FnMut()) {
     }
 }
 
-/// [`PhiForCausalLM::from_pretrained_packed`], with the f32 weights packing frees returned.
+/// [`PhiForCausalLM::from_pretrained_packed`] in the format asked for, else on the CPU in f32
+/// strips ([`phi::core::quant::decoding_format`]), with the f32 weights packing frees returned.
 fn load_for_decoding(dir: &std::path::Path, device: &burn::tensor::Device, format: Option<phi::core::WeightFormat>) -> phi::core::Result<PhiForCausalLM> {
+    let format = phi::core::quant::decoding_format(format, device);
     if format.is_none() {
         return PhiForCausalLM::from_pretrained(dir, device);
     }
