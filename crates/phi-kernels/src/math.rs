@@ -40,6 +40,42 @@ pub fn gelu_tanh_scalar(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// The decode attention kernels give the bits of the loops they replace: every head size
+    /// (whole 16-lane chunks and a remainder), key counts around the blocks of 16, and values
+    /// whose signs of zero and infinities a reordered sum would change.
+    #[test]
+    fn decode_attention_kernels_give_the_loops_bits() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
+        for d in [1usize, 8, 16, 17, 32, 40, 64, 80, 96, 128, 130] {
+            for n in [1usize, 15, 16, 17, 33, 100] {
+                let q: Vec<f32> = (0..d).map(|_| next()).collect();
+                let mut keys: Vec<f32> = (0..n * d).map(|_| next()).collect();
+                // Key 3: every product −0 (its sum's sign of zero is the neutral element's); key
+                // 20: an infinity.
+                if n > 3 {
+                    keys[3 * d..4 * d].iter_mut().zip(&q).for_each(|(k, qv)| *k = if *qv > 0.0 { -0.0 } else { 0.0 });
+                }
+                if n > 20 {
+                    keys[20 * d] = f32::INFINITY;
+                }
+                let (mut fast, mut slow) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                query_scores(&mut fast, &q, &keys, 0.125);
+                query_scores_lanes(&mut slow, &q, &keys, 0.125);
+                assert!(same(&fast, &slow), "scores, d {d}, {n} keys: {fast:?} vs {slow:?}");
+                let weights: Vec<f32> = (0..n).map(|_| next().abs()).collect();
+                let (mut fast, mut slow) = (vec![f32::NAN; d], vec![f32::NAN; d]);
+                weighted_values(&mut fast, &weights, &keys);
+                weighted_values_rows(&mut slow, &weights, &keys);
+                assert!(same(&fast, &slow), "values, d {d}, {n} keys");
+            }
+        }
+    }
+
     /// The exponent taken from `shifted`'s bits is `k as i32`: over every f32 from −100 to 100
     /// (and the infinities) the result is bit for bit the cast's.
     #[test]
@@ -242,10 +278,9 @@ dispatch_simd! {
 
 dispatch_simd! {
     avx512;
-    /// One query's attention scores: `scores[j] = scale · (q · keys[j])` for the `scores.len()`
-    /// keys of `keys` (contiguous rows of `q.len()`). Each dot product keeps 16 partial sums
-    /// (lane `i % 16`), added in lane order: one query at a time, as a decode step has.
-    pub fn query_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+    /// [`query_scores`] as written: the reference its AVX-512 kernel is tested against, and the
+    /// path of other CPUs and of the keys past the last block of 16.
+    pub fn query_scores_lanes(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
         let d = q.len();
         for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
             let mut lanes = [0.0f32; 16];
@@ -264,15 +299,167 @@ dispatch_simd! {
     }
 }
 
+/// One query's attention scores: `scores[j] = scale · (q · keys[j])` for the `scores.len()`
+/// keys of `keys` (contiguous rows of `q.len()`). Each dot product keeps 16 partial sums (lane
+/// `i % 16`, multiply then add), added in lane order: one query at a time, as a decode step has.
+///
+/// With AVX-512, 16 keys at a time: their 16 lane vectors are transposed so that one vector add
+/// per lane sums all 16 keys in lane order — the same additions, the same bits, where a key at a
+/// time spent 15 dependent scalar adds on its sum (a decode step makes rows × heads × layers of
+/// these calls).
+pub fn query_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && !q.is_empty() {
+        // SAFETY: AVX-512F was just detected.
+        done = unsafe { attend512::query_scores(scores, q, keys, scale) };
+    }
+    let d = q.len();
+    query_scores_lanes(&mut scores[done..], q, &keys[(done * d).min(keys.len())..], scale);
+}
+
 dispatch_simd! {
     avx512;
-    /// `out = Σ_j weights[j] · values[j]` over contiguous value rows of `out.len()`, in key order.
-    pub fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32]) {
+    /// [`weighted_values`] as written: its AVX-512 kernel's reference and other CPUs' path.
+    pub fn weighted_values_rows(out: &mut [f32], weights: &[f32], values: &[f32]) {
         out.fill(0.0);
         for (&w, row) in weights.iter().zip(values.chunks_exact(out.len())) {
             for (o, &v) in out.iter_mut().zip(row) {
                 *o += w * v;
             }
+        }
+    }
+}
+
+/// `out = Σ_j weights[j] · values[j]` over contiguous value rows of `out.len()`, in key order
+/// (multiply, then add). With AVX-512 and up to 128 values a row, the sums stay in registers
+/// across the keys (the same additions in the same order) instead of going through memory.
+pub fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && !out.is_empty() && out.len() <= 128 {
+        // SAFETY: AVX-512F was just detected.
+        return unsafe { attend512::weighted_values(out, weights, values) };
+    }
+    weighted_values_rows(out, weights, values)
+}
+
+/// The decode step's attention products on AVX-512, bit for bit the portable loops' arithmetic.
+#[cfg(target_arch = "x86_64")]
+mod attend512 {
+    use std::arch::x86_64::*;
+
+    /// Scores of the keys in whole blocks of 16; returns how many keys it did.
+    ///
+    /// # Safety
+    /// AVX-512F is available.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn query_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) -> usize {
+        let d = q.len();
+        let n = scores.len().min(keys.len() / d);
+        let (full, rest) = (d / 16, d % 16);
+        let tail = ((1u32 << rest) - 1) as __mmask16;
+        // `Sum for f32` folds from its own neutral element: start each key's total from it.
+        let neutral = _mm512_set1_ps([0.0f32; 0].iter().sum::<f32>());
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        for b in 0..n / 16 {
+            let mut lanes = [_mm512_setzero_ps(); 16];
+            for (j, l) in lanes.iter_mut().enumerate() {
+                // SAFETY: key 16b + j < n has d values at (16b + j)·d; q has d.
+                let key = unsafe { kp.add((16 * b + j) * d) };
+                for c in 0..full {
+                    let p = unsafe { _mm512_mul_ps(_mm512_loadu_ps(qp.add(16 * c)), _mm512_loadu_ps(key.add(16 * c))) };
+                    *l = _mm512_add_ps(*l, p);
+                }
+                if rest > 0 {
+                    // Only the first `rest` lanes take the remainder, as in the loop.
+                    let p = unsafe { _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, qp.add(16 * full)), _mm512_maskz_loadu_ps(tail, key.add(16 * full))) };
+                    *l = _mm512_mask_add_ps(*l, tail, *l, p);
+                }
+            }
+            let t = transpose16(lanes);
+            let mut sum = neutral;
+            for v in t {
+                sum = _mm512_add_ps(sum, v);
+            }
+            // SAFETY: scores 16b..16b + 16 < n.
+            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(16 * b), _mm512_mul_ps(sum, _mm512_set1_ps(scale))) };
+        }
+        n / 16 * 16
+    }
+
+    /// A 16 × 16 transpose: lane `i` of `rows[j]` becomes lane `j` of the result's `i`.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Pairs of rows interleaved by 32-bit lanes, then by 64-bit, then 128-bit blocks twice.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            let (a0, a1, b0, b1) = (t[4 * k], t[4 * k + 1], t[4 * k + 2], t[4 * k + 3]);
+            u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a0), _mm512_castps_pd(b0)));
+            u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a0), _mm512_castps_pd(b0)));
+            u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a1), _mm512_castps_pd(b1)));
+            u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a1), _mm512_castps_pd(b1)));
+        }
+        // u[4k + m] holds, in each 128-bit block c, lane 4c + m of rows 4k..4k + 4.
+        let mut v = [_mm512_setzero_ps(); 16];
+        for m in 0..4 {
+            let (g0, g1, g2, g3) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+            // Blocks 0 and 2 of g0, g1 | of g2, g3; then blocks 1 and 3.
+            let lo01 = _mm512_shuffle_f32x4::<0x88>(g0, g1);
+            let hi01 = _mm512_shuffle_f32x4::<0xdd>(g0, g1);
+            let lo23 = _mm512_shuffle_f32x4::<0x88>(g2, g3);
+            let hi23 = _mm512_shuffle_f32x4::<0xdd>(g2, g3);
+            v[m] = _mm512_shuffle_f32x4::<0x88>(lo01, lo23);
+            v[8 + m] = _mm512_shuffle_f32x4::<0xdd>(lo01, lo23);
+            v[4 + m] = _mm512_shuffle_f32x4::<0x88>(hi01, hi23);
+            v[12 + m] = _mm512_shuffle_f32x4::<0xdd>(hi01, hi23);
+        }
+        v
+    }
+
+    /// `out = Σ_j weights[j] · values[j]`, `out.len()` ≤ 128, the sums in registers.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `0 < out.len() <= 128`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32]) {
+        let d = out.len();
+        // SAFETY (each arm): forwarded.
+        unsafe {
+            match d.div_ceil(16) {
+                1 => rows::<1>(out, weights, values),
+                2 => rows::<2>(out, weights, values),
+                3 => rows::<3>(out, weights, values),
+                4 => rows::<4>(out, weights, values),
+                5 => rows::<5>(out, weights, values),
+                6 => rows::<6>(out, weights, values),
+                7 => rows::<7>(out, weights, values),
+                _ => rows::<8>(out, weights, values),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const V: usize>(out: &mut [f32], weights: &[f32], values: &[f32]) {
+        let d = out.len();
+        let masks: [__mmask16; V] = std::array::from_fn(|v| ((1u32 << (d - 16 * v).min(16)) - 1) as __mmask16);
+        let mut acc = [_mm512_setzero_ps(); V];
+        for (j, &w) in weights.iter().enumerate().take(values.len() / d) {
+            let wv = _mm512_set1_ps(w);
+            // SAFETY: value row j has d values at j·d; lanes past d are masked off.
+            let row = unsafe { values.as_ptr().add(j * d) };
+            for v in 0..V {
+                let x = unsafe { _mm512_maskz_loadu_ps(masks[v], row.add(16 * v)) };
+                acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(wv, x));
+            }
+        }
+        for v in 0..V {
+            // SAFETY: lanes past d are masked off.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(16 * v), masks[v], acc[v]) };
         }
     }
 }
