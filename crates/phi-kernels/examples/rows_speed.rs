@@ -1,6 +1,6 @@
 //! Throughput of `rows::matmul_rows` (f32 weights read in place: the decode step's products) on
 //! one row-major shape, default the bench-small LM head (256 → 50304; pass `IN OUT`), 1–64 rows,
-//! best of 10 calls: in place, and repacked in strips (`rows::Strips`).
+//! best of 20 calls (`MEAN=1`: their mean): in place, and repacked in strips (`rows::Strips`).
 //!
 //! `cargo run --release -p phi-kernels --example rows_speed [-- 2048 8192]`
 use phi_kernels::rows::{Strips, Weights, matmul_rows};
