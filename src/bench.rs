@@ -342,9 +342,17 @@ pub fn bench_preference(config: &PhiConfig, a: &BenchOptions, device: &Device, w
     (rows * a.seq) as f64 / median(times)
 }
 
-/// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache.
+/// Greedy generation tokens/s: a 32-token prompt, `gen_tokens` new tokens, KV cache — with the
+/// weights as `phi generate` loads them (on the CPU, f32 in strips: `decoding_format`).
 pub fn bench_generate(model: &PhiForCausalLM, a: &BenchOptions) -> f64 {
-    bench_generate_split(model, a).tokens_per_s
+    match phi_core::quant::decoding_format(None, &model.device()) {
+        Some(format) => {
+            let mut packed = model.clone();
+            packed.pack_weights(format).expect("a model of the bench's shape packs");
+            bench_generate_split(&packed, a).tokens_per_s
+        }
+        None => bench_generate_split(model, a).tokens_per_s,
+    }
 }
 
 /// How fast greedy generation goes, whole and in its two phases.

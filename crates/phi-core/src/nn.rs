@@ -68,7 +68,7 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub lora: Option<LoraAdapter>,
-    /// The weight in a narrow format for CPU inference, set by
+    /// The weight packed for CPU inference (f32 or bf16 strips, int8/int4 tiles), set by
     /// [`PhiForCausalLM::pack_weights`](crate::PhiForCausalLM::pack_weights); `weight` is then
     /// emptied (see [`crate::quant`]; the matrix is [`crate::packed`]'s).
     #[module(skip)]

@@ -1,4 +1,4 @@
-//! A projection's weight packed narrow for CPU inference (bf16, int8 or int4), and what a layer
+//! A projection's weight packed for CPU inference (f32 or bf16 in strips, int8 or int4), and what a layer
 //! needs to multiply by it: the matrix type ([`PackedMatrix`], phi-kernels' `packed` kernels)
 //! and [`packed_linear`]. This sits below [`crate::nn`], which runs it; packing a whole model
 //! (walking its listing, the formats' checks, [`PackReport`](crate::quant::PackReport)) is

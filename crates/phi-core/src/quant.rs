@@ -4,12 +4,11 @@
 //!
 //! At 1B+ parameters a decode step is bound by reading the weights (every projection is
 //! multiplied by one row per token), so storing them narrower is what makes it faster.
-//! [`PhiForCausalLM::pack_weights`] converts every projection, and the LM head (tied or not),
-//! into a [`PackedMatrix`] and frees the f32 weights; [`Linear::forward`](crate::nn::Linear)
-//! then multiplies by the packed values directly (phi-kernels' `packed` kernels) when a call has
-//! few rows — decoding — and, when it has many (a prompt, a perplexity window), where arithmetic
-//! rather than bytes sets the pace, through gemm on the weights widened a cache-sized tile at a
-//! time.
+//! [`PhiForCausalLM::pack_weights`] converts every projection, and the LM head (tied or not;
+//! in f32 a tied head is read in place), into a [`PackedMatrix`] and frees the f32 weights; [`Linear::forward`](crate::nn::Linear)
+//! then multiplies by the packed values directly (phi-kernels' `packed` kernels), whatever the
+//! rows — a decoded token, a batch of sequences, a prompt or a perplexity window, 64 rows at a
+//! time — each row getting the bits it gets alone.
 //! Norms, embeddings (the lookup), biases, the KV cache and all activations stay f32.
 //!
 //! This module packs a model (it walks the model's listing, above [`crate::model`]); the packed
@@ -45,7 +44,8 @@ pub use crate::packed::{PackedMatrix, WeightFormat};
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackReport {
     pub format: WeightFormat,
-    /// Projections packed (the tied head counts as one).
+    /// Projections packed (a tied head packed in a narrow format counts as one; in f32 it is
+    /// read in place and not counted).
     pub matrices: usize,
     /// Their bytes as f32, and packed (scales included).
     pub bytes_before: usize,
@@ -53,8 +53,11 @@ pub struct PackReport {
 }
 
 /// Refuses what `format` cannot pack: in-features not a multiple of the block (int8/int4) and
-/// non-finite weights, naming `key`.
+/// non-finite weights (f32 keeps any value, as the unpacked model does), naming `key`.
 fn check_packable(key: &str, d_in: usize, values: Tensor<2>, format: WeightFormat) -> Result<()> {
+    if format == WeightFormat::F32 {
+        return Ok(());
+    }
     if matches!(format, WeightFormat::Int8 | WeightFormat::Int4) && d_in % phi_kernels::packed::BLOCK != 0 {
         return Err(Error::arg(key, format!("{format} needs in-features divisible by {}, got {d_in}", phi_kernels::packed::BLOCK)));
     }
@@ -117,7 +120,7 @@ fn check_device(device: &burn::tensor::Device) -> Result<()> {
 
 impl PhiForCausalLM {
     /// [`from_pretrained`](Self::from_pretrained) with every projection and the LM head packed
-    /// into `format` (when given) for CPU inference. Each projection is packed as soon as it is
+    /// into `format` (when given) for CPU inference (in f32, a tied head is read in place). Each projection is packed as soon as it is
     /// read, so the load holds one f32 matrix beside the packed ones (and the f32 embedding,
     /// which the lookup needs): a phi-1.5 loaded as int4 never holds its 5.6 GB of f32 weights.
     /// The result is the model [`pack_weights`](Self::pack_weights) makes.
@@ -143,7 +146,7 @@ impl PhiForCausalLM {
     }
 
     /// Packs every projection and the LM head into `format` for CPU inference, freeing their
-    /// f32 weights. Packed models generate, score and serve; they cannot be trained or saved
+    /// f32 weights (in f32, a tied head stays the embedding, read in place). Packed models generate, score and serve; they cannot be trained or saved
     /// (save first). Errors off the CPU backend, on a model already packed, and on a projection
     /// whose in-features are not a multiple of 32 (int8/int4), naming it.
     pub fn pack_weights(&mut self, format: WeightFormat) -> Result<PackReport> {
@@ -204,7 +207,7 @@ mod tests {
     fn packed_logits_stay_close_to_f32_on_decode_and_prompt_paths() {
         for tied in [false, true] {
             let f32_model = model(tied);
-            // 3 rows take the packed kernels, 12 rows the widened-weights gemm.
+            // 3 rows (one group of the strips kernel) and 12 (two).
             for len in [3usize, 12] {
                 let ids: Vec<i64> = (0..len as i64).map(|i| (i * 7) % 96).collect();
                 let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &Device::flex());

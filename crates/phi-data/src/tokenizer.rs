@@ -238,8 +238,18 @@ impl Tokenizer {
     /// assert_eq!(tok.decode(&[999]), format!("<extra_{}>", added - 1));
     /// ```
     pub fn pad_vocab(&mut self, size: usize) -> usize {
-        let have = self.vocab_size();
-        let extra: Vec<tokenizers::AddedToken> = (0..size.saturating_sub(have)).map(|i| tokenizers::AddedToken::from(format!("<extra_{i}>"), false)).collect();
+        let need = size.saturating_sub(self.vocab_size());
+        // The first names not taken (a second padding, or a vocabulary that spells one already).
+        let mut extra = Vec::with_capacity(need);
+        for i in 0.. {
+            if extra.len() == need {
+                break;
+            }
+            let name = format!("<extra_{i}>");
+            if self.inner.token_to_id(&name).is_none() {
+                extra.push(tokenizers::AddedToken::from(name, false));
+            }
+        }
         self.inner.add_tokens(&extra)
     }
 
@@ -335,6 +345,10 @@ mod tests {
             assert_eq!(tok.encode(&piece), vec![id as u32]);
         }
         assert_eq!(tok.pad_vocab(before + 700), 0);
+        // Padding again grows it with new names.
+        assert_eq!(tok.pad_vocab(before + 750), 50);
+        assert_eq!(tok.vocab_size(), before + 750);
+        assert_eq!(tok.decode(&[(before + 749) as u32]), "<extra_749>");
     }
 
     #[test]

@@ -310,8 +310,8 @@ dispatch_simd! {
 pub fn query_scores(scores: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && !q.is_empty() {
-        // SAFETY: AVX-512F was just detected.
+    if crate::packed::Kernel::detect() == crate::packed::Kernel::Avx512 && !q.is_empty() {
+        // SAFETY: `Kernel::Avx512` is only chosen when the CPU has AVX-512F.
         done = unsafe { attend512::query_scores(scores, q, keys, scale) };
     }
     let d = q.len();
@@ -336,8 +336,8 @@ dispatch_simd! {
 /// across the keys (the same additions in the same order) instead of going through memory.
 pub fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && !out.is_empty() && out.len() <= 128 {
-        // SAFETY: AVX-512F was just detected.
+    if crate::packed::Kernel::detect() == crate::packed::Kernel::Avx512 && !out.is_empty() && out.len() <= 128 {
+        // SAFETY: `Kernel::Avx512` is only chosen when the CPU has AVX-512F.
         return unsafe { attend512::weighted_values(out, weights, values) };
     }
     weighted_values_rows(out, weights, values)

@@ -1,11 +1,13 @@
-//! Matrix products against narrow frozen weights (bf16, int8, int4) for CPU inference.
+//! Matrix products against frozen weights for CPU inference: f32 or bf16 in strips, int8/int4 in
+//! tiles.
 //!
 //! Decoding one token multiplies a single row by every weight matrix, so its speed is set by how
 //! many weight bytes are read, not by arithmetic: f32 weights cost 4 bytes a value, bf16 2, int8
 //! 1 (+ a scale per 32), int4 ½. A [`PackedMatrix`] stores a projection in the order its product
-//! streams through it (bf16: `[out, in]`, each output's weights contiguous; int8/int4: tiles of 16
-//! outputs, see the type) and multiplies by reading those narrow values directly — nothing is widened to f32 in memory. With bf16 weights
-//! activations and accumulation stay f32; int8/int4 products quantize the activations to int8
+//! streams through it (f32 and bf16: strips of 64 outputs, `rows::Strips`; int8/int4: tiles of
+//! 16 outputs, see the type) and multiplies by reading those values directly — nothing is widened
+//! to f32 in memory. With bf16 weights activations and accumulation stay f32 (each weight widened
+//! in a register once for up to six rows), any number of rows, 64 at a time; int8/int4 products quantize the activations to int8
 //! too and run as integer dot products, 64 rows at a time (see `qrows`: llama.cpp's scheme, with
 //! AVX-512 VNNI where the CPU has it) — a prompt as a decoded token, so every row gets the bits it
 //! gets alone.
@@ -33,14 +35,6 @@ use rayon::prelude::*;
 
 use crate::rows::{Strips, Weights};
 
-/// Up to this many rows a bf16 product streams the weights through the dot kernels once for all
-/// rows (decoding, a small batch); above it, [`PackedMatrix::matmul`] widens tiles for gemm.
-/// (int8/int4: integer products, whatever the rows.)
-pub const DOT_ROWS: usize = 8;
-
-/// Inputs per gemm pass of the tiled product: a tile of widened weights is outputs × this.
-const K_SEGMENT: usize = 2048;
-
 /// Values per quantization block (burn's `per_block([32])`), along the input dimension.
 pub const BLOCK: usize = 32;
 
@@ -54,9 +48,9 @@ pub(crate) const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 /// How a frozen weight matrix is stored for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
-    /// f32, the values as they load, repacked in strips of 64 outputs ([`crate::rows::Strips`]):
-    /// the products the unpacked model runs on the CPU, the same sums in the same order (the
-    /// same logits, decoding and up to 64 prompt rows), but each task reads one sequential
+    /// f32, the values as they load (any value, as unpacked), repacked in strips of 64 outputs
+    /// ([`crate::rows::Strips`]): the products the unpacked model runs on the CPU, the same sums
+    /// in the same order (the same logits, decoding and up to 64 prompt rows), but each task reads one sequential
     /// stream where in place it reads pieces a matrix row apart — a page each, and for a wide
     /// matrix a few L1 sets, which held the unpacked product at 16 rows to about half of what
     /// the arithmetic allows. Longer prompts go 64 rows at a time too, rather than through gemm.
@@ -109,7 +103,7 @@ impl std::fmt::Display for WeightFormat {
 ///
 /// Layout:
 /// - f32: [`crate::rows::Strips`] (64 outputs a strip, the strip's inputs one after another);
-/// - bf16: output `j`'s `in` values after output `j - 1`'s;
+/// - bf16: the same strips with bf16 values (128 bytes a strip row);
 /// - int8/int4: the outputs in tiles of [`TILE`] (16; the last tile padded with zero weights and
 ///   scales: their bytes hold the offset, i.e. `q = 0`), tile after tile; within a tile, block (32 inputs) after block, each block's 32
 ///   weights of the 16 outputs as 64-byte vectors that hold 4 consecutive inputs of every output
@@ -124,7 +118,7 @@ pub struct PackedMatrix {
     d_out: usize,
     data: Vec<u8>,
     scales: Vec<f32>,
-    /// f32's values (`data` and `scales` are then empty).
+    /// f32's and bf16's values (`data` and `scales` are then empty).
     strips: Option<Strips>,
 }
 
@@ -143,11 +137,14 @@ impl PackedMatrix {
         if w.len() != d_in * d_out {
             return Err(format!("{} values for a {d_in}×{d_out} matrix", w.len()));
         }
-        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        // f32 keeps any value, as the unpacked product does.
+        if let Some(i) = w.iter().position(|v| !v.is_finite()).filter(|_| format != WeightFormat::F32) {
             return Err(format!("weight [{}, {}] is {}", i / d_out, i % d_out, w[i]));
         }
-        if format == WeightFormat::F32 {
-            return Ok(Self::f32_strips(Strips::pack(w, d_in, d_out)));
+        match format {
+            WeightFormat::F32 => return Ok(Self::from_strips(format, Strips::pack(w, d_in, d_out))),
+            WeightFormat::Bf16 => return Ok(Self::from_strips(format, Strips::pack_bf16(w, d_in, d_out))),
+            _ => {}
         }
         Self::pack_out_in(&transpose(w, d_in, d_out), d_in, d_out, format)
     }
@@ -158,7 +155,7 @@ impl PackedMatrix {
         if wt.len() != d_in * d_out {
             return Err(format!("{} values for a {d_out}×{d_in} matrix", wt.len()));
         }
-        if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = wt.iter().position(|v| !v.is_finite()).filter(|_| format != WeightFormat::F32) {
             return Err(format!("weight [{}, {}] (in, out) is {}", i % d_in, i / d_in, wt[i]));
         }
         if matches!(format, WeightFormat::Int8 | WeightFormat::Int4) && d_in % BLOCK != 0 {
@@ -168,16 +165,7 @@ impl PackedMatrix {
         // Each output row is written in place into buffers allocated once (collecting per-row
         // pieces and concatenating them copied every packed byte twice more, into fresh pages).
         let (data, scales) = match format {
-            WeightFormat::F32 => return Ok(Self::f32_strips(Strips::pack(&transpose(wt, d_out, d_in), d_in, d_out))),
-            WeightFormat::Bf16 => {
-                let mut data = vec![0u8; 2 * d_in * d_out];
-                data.par_chunks_mut((2 * d_in).max(1)).enumerate().for_each(|(j, out)| {
-                    for (o, &v) in out.chunks_exact_mut(2).zip(row(j)) {
-                        o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
-                    }
-                });
-                (data, vec![])
-            }
+            WeightFormat::F32 | WeightFormat::Bf16 => return Self::pack(&transpose(wt, d_out, d_in), d_in, d_out, format),
             WeightFormat::Int8 | WeightFormat::Int4 => {
                 let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
                 let (blocks, tb) = (d_in / BLOCK, crate::qrows::tile_block_bytes(format));
@@ -208,9 +196,9 @@ impl PackedMatrix {
         Ok(PackedMatrix { format, d_in, d_out, data, scales, strips: None })
     }
 
-    fn f32_strips(strips: Strips) -> Self {
+    fn from_strips(format: WeightFormat, strips: Strips) -> Self {
         let (d_in, d_out) = strips.dims();
-        PackedMatrix { format: WeightFormat::F32, d_in, d_out, data: vec![], scales: vec![], strips: Some(strips) }
+        PackedMatrix { format, d_in, d_out, data: vec![], scales: vec![], strips: Some(strips) }
     }
 
     pub fn format(&self) -> WeightFormat {
@@ -247,13 +235,6 @@ impl PackedMatrix {
             }
             return;
         }
-        if self.format == WeightFormat::Bf16 {
-            let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + out.len());
-            for (o, b) in out.iter_mut().zip(self.data[2 * start..2 * end].chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-            }
-            return;
-        }
         let (blocks, tb) = (self.d_in / BLOCK, crate::qrows::tile_block_bytes(self.format));
         let (t, o) = (j / TILE, j % TILE);
         for (i, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
@@ -267,8 +248,10 @@ impl PackedMatrix {
 
     /// `y = x Wᵀ` for `rows` input rows: `x` is `[rows, in]`, `y` `[rows, out]` (overwritten).
     ///
-    /// Outputs are split across threads; each task streams its outputs' weights once (int8/int4:
-    /// once per 64 rows) and multiplies every input row by them while they are in cache.
+    /// Outputs are split across threads; each task streams its outputs' weights once per 64 rows
+    /// and multiplies every input row by them while they are in cache: f32 and bf16 through the
+    /// strips kernel (`rows`), int8/int4 as integer products (`qrows`). A row gets the bits it
+    /// gets alone, whatever the number of rows.
     pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         let (d_in, d_out) = (self.d_in, self.d_out);
         assert_eq!(x.len(), rows * d_in, "x is not [{rows}, {d_in}]");
@@ -287,7 +270,7 @@ impl PackedMatrix {
             }
             return;
         }
-        if self.format != WeightFormat::Bf16 {
+        {
             // A long prompt 64 rows at a time: the quantized rows stay in cache while every tile
             // of weights is multiplied by them (at 2048 inputs a tile's share is 16 KiB, read
             // from L1 by each group of rows), and re-reading the weights per 64 rows costs far
@@ -298,99 +281,6 @@ impl PackedMatrix {
                 let q = crate::qrows::QuantizedRows::new(xc, n, d_in);
                 crate::qrows::matmul(self.format, &self.data, &self.scales, d_in, d_out, &q, yc);
             }
-            return;
-        }
-        if rows > DOT_ROWS {
-            return self.matmul_tiled(x, rows, y);
-        }
-        let kernel = Kernel::detect();
-        // AVX-512 widens each weight once for all the rows (each row getting the bits it gets
-        // alone); the others widen it again for every row. (Groups of up to 64 rows ran at
-        // half gemm's speed: the rows' f32 values no longer fit L1 and every output re-reads
-        // them from L2.)
-        #[cfg(target_arch = "x86_64")]
-        let grouped = kernel == Kernel::Avx512;
-        by_outputs(d_in, d_out, rows, self.bytes() / d_out.max(1), y, |first, chunk| {
-            for (o, out) in chunk.chunks_exact_mut(rows).enumerate() {
-                let j = first + o;
-                #[cfg(target_arch = "x86_64")]
-                if grouped {
-                    let w = &self.data[2 * j * d_in..2 * (j + 1) * d_in];
-                    // SAFETY: `Kernel::Avx512` is only returned when the CPU has AVX-512F; `w`
-                    // is output j's d_in values and `x` holds `rows` rows of d_in.
-                    unsafe { x86::dot_bf16_rows_512(w, x, out) };
-                    continue;
-                }
-                for (r, v) in out.iter_mut().enumerate() {
-                    *v = self.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
-                }
-            }
-        });
-    }
-
-    /// Many bf16 rows (a prompt, a perplexity window): arithmetic sets the pace, so gemm does it.
-    /// The weights are widened to f32 a tile of outputs at a time, in a buffer that stays in
-    /// cache while gemm reads it — never the whole matrix, which would write and re-read 4 bytes a
-    /// weight through memory.
-    fn matmul_tiled(&self, x: &[f32], rows: usize, y: &mut [f32]) {
-        let (d_in, d_out) = (self.d_in, self.d_out);
-        // A tile is ≤ 512 KiB of f32 weights (half an L2): outputs × up to K_SEGMENT inputs,
-        // with at least 16 outputs so that gemm's micro-kernels have full panels, and more with
-        // many rows, as every tile re-reads its slice of `x`. Long rows (phi-1.5's fc2 has 8192
-        // in-features) go in K_SEGMENT passes accumulated in place rather than in thin tiles:
-        // 16-output tiles made gemm re-pack all of `x` per tile and ran at half speed.
-        let k_seg = d_in.min(K_SEGMENT);
-        let tile = ((128 << 10) / k_seg).max(rows / 8).clamp(16, 1024).min(d_out);
-        let tiles: Vec<(usize, Vec<f32>)> = (0..d_out.div_ceil(tile))
-            .into_par_iter()
-            .map(|t| {
-                let (j0, n) = (t * tile, tile.min(d_out - t * tile));
-                let mut w = vec![0.0f32; n * k_seg];
-                let mut out = vec![0.0f32; rows * n];
-                for lo in (0..d_in).step_by(k_seg) {
-                    let k = k_seg.min(d_in - lo);
-                    for (o, row) in w.chunks_exact_mut(k).take(n).enumerate() {
-                        self.row_f32(j0 + o, lo, row);
-                    }
-                    // out[rows, n] (+)= x[rows, lo..lo + k] · w[n, k]ᵀ: w read as a column-major
-                    // [k, n] (column stride k, row stride 1).
-                    // SAFETY: every pointer/stride pair addresses only inside its buffer: `out`
-                    // is rows × n, `x` from `lo` is rows × d_in with k ≤ d_in - lo columns used,
-                    // `w` holds n × k ≤ n × k_seg values.
-                    unsafe {
-                        gemm::gemm(
-                            rows, n, k,
-                            out.as_mut_ptr(), 1, n as isize, lo > 0,
-                            x.as_ptr().add(lo), 1, d_in as isize,
-                            w.as_ptr(), k as isize, 1,
-                            1.0, 1.0, false, false, false, gemm::Parallelism::None,
-                        );
-                    }
-                }
-                (j0, out)
-            })
-            .collect();
-        for (j0, out) in tiles {
-            let n = out.len() / rows;
-            for (r, src) in out.chunks_exact(n).enumerate() {
-                y[r * d_out + j0..r * d_out + j0 + n].copy_from_slice(src);
-            }
-        }
-    }
-
-    /// Output `j`'s bf16 weights from input `lo` on · `x`.
-    fn dot(&self, kernel: Kernel, j: usize, lo: usize, x: &[f32]) -> f32 {
-        debug_assert_eq!(self.format, WeightFormat::Bf16, "int8/int4 rows go through qrows");
-        let (start, end) = (j * self.d_in + lo, j * self.d_in + lo + x.len());
-        let w = &self.data[2 * start..2 * end];
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Kernel::Avx2` is only returned when the CPU has AVX2 and FMA.
-            Kernel::Avx2 => unsafe { x86::dot_bf16(w, x) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Kernel::Avx512` is only returned when the CPU has AVX-512F.
-            Kernel::Avx512 => unsafe { x86::dot_bf16_512(w, x) },
-            Kernel::Portable => portable::dot_bf16(w, x),
         }
     }
 
@@ -398,29 +288,6 @@ impl PackedMatrix {
     #[cfg(test)]
     pub(crate) fn raw(&self) -> (&[u8], &[f32]) {
         (&self.data, &self.scales)
-    }
-}
-
-/// A product of `rows` rows by `d_out` outputs of `bytes_per_output` weight bytes each, split by
-/// outputs into tasks of about 256 KiB of weights (many, and each worth waking a thread for;
-/// one thread below 64k weights): `work(first, chunk)` fills `chunk`, `[outputs, rows]` from
-/// output `first` on, and the results are written to `y` (`[rows, d_out]`).
-pub(crate) fn by_outputs(d_in: usize, d_out: usize, rows: usize, bytes_per_output: usize, y: &mut [f32], work: impl Fn(usize, &mut [f32]) + Sync) {
-    if rows == 0 || d_out == 0 {
-        return;
-    }
-    let per_task = ((256 << 10) / bytes_per_output.max(1)).clamp(8, 1024);
-    let mut by_output = vec![0.0f32; d_out * rows];
-    let task = |(t, chunk): (usize, &mut [f32])| work(t * per_task, chunk);
-    if d_out * d_in < PARALLEL_MIN_WEIGHTS {
-        by_output.chunks_mut(per_task * rows).enumerate().for_each(task);
-    } else {
-        by_output.par_chunks_mut(per_task * rows).enumerate().for_each(task);
-    }
-    for j in 0..d_out {
-        for r in 0..rows {
-            y[r * d_out + j] = by_output[j * rows + r];
-        }
     }
 }
 
@@ -505,133 +372,6 @@ thread_local! {
     pub(crate) static FORCED: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
 }
 
-/// Scalar inner loops: any CPU, and the reference the SIMD ones are tested against.
-mod portable {
-    pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; 8];
-        for (i, (pair, xv)) in w.chunks_exact(2).zip(x).enumerate() {
-            acc[i % 8] += f32::from_bits((u16::from_le_bytes([pair[0], pair[1]]) as u32) << 16) * xv;
-        }
-        acc.iter().sum()
-    }
-}
-
-/// AVX2 + FMA and AVX-512 inner loops: widen 8 (16) narrow values at a time to f32 lanes in registers.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// Sum of the 8 lanes.
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; `w` holds `2 * x.len()` bytes.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
-        let n = x.len();
-        debug_assert_eq!(w.len(), 2 * n);
-        // Four accumulators: an FMA's latency is four of its issue slots, so one chain would
-        // leave the FMA units idle most of the time.
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 ≤ n, so 32 bytes of `w` from 2i and 16 floats of `x` from i are in bounds.
-            unsafe {
-                if i % 32 == 0 {
-                    // A line at a time, 1 KiB ahead (see dot_int4).
-                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
-                }
-                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
-                // bf16 → f32 is the 16 bits shifted to the top of the word.
-                let lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16);
-                let hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16);
-                let k = (i / 16) % 2 * 2;
-                acc[k] = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(x.as_ptr().add(i)), acc[k]);
-                acc[k + 1] = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc[k + 1]);
-            }
-            i += 16;
-        }
-        let total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        total + super::portable::dot_bf16(&w[2 * i..], &x[i..])
-    }
-
-    /// # Safety
-    /// The CPU must have AVX-512F; `w` holds `2 * x.len()` bytes.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_bf16_512(w: &[u8], x: &[f32]) -> f32 {
-        debug_assert_eq!(w.len(), 2 * x.len());
-        // One row of the rows kernel: the same arithmetic, so a row alone and a row among
-        // others get the same bits by construction.
-        let mut out = [0.0];
-        // SAFETY: forwarded from the caller's contract (one row of `w.len() / 2` values).
-        unsafe { bf16_group::<1>(w, x, &mut out) };
-        out[0]
-    }
-
-    /// [`dot_bf16_512`] of `w` with each of the rows of `x` (`out.len()` rows of `w.len() / 2`
-    /// values), into `out`: each 16 weights widened once for up to 8 rows, and every row's
-    /// arithmetic exactly `dot_bf16_512`'s (the same bits).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; `x` holds `out.len()` rows of `w.len() / 2` values.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_bf16_rows_512(w: &[u8], x: &[f32], out: &mut [f32]) {
-        let n = w.len() / 2;
-        assert_eq!(x.len(), out.len() * n);
-        let mut r0 = 0;
-        while r0 < out.len() {
-            let g = (out.len() - r0).min(8);
-            let (xs, o) = (&x[r0 * n..(r0 + g) * n], &mut out[r0..r0 + g]);
-            // SAFETY: as this function's.
-            unsafe {
-                match g {
-                    8 => bf16_group::<8>(w, xs, o),
-                    7 => bf16_group::<7>(w, xs, o),
-                    6 => bf16_group::<6>(w, xs, o),
-                    5 => bf16_group::<5>(w, xs, o),
-                    4 => bf16_group::<4>(w, xs, o),
-                    3 => bf16_group::<3>(w, xs, o),
-                    2 => bf16_group::<2>(w, xs, o),
-                    _ => bf16_group::<1>(w, xs, o),
-                }
-            }
-            r0 += g;
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn bf16_group<const G: usize>(w: &[u8], x: &[f32], out: &mut [f32]) {
-        let n = w.len() / 2;
-        let mut acc = [[_mm512_setzero_ps(); G]; 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 ≤ n: 32 bytes of `w` from 2i, and 16 floats of each of the G rows
-            // of `x` (n apart) from i.
-            unsafe {
-                if i % 32 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(2 * i + 1024) as *const i8);
-                }
-                let raw = _mm256_loadu_si256(w.as_ptr().add(2 * i) as *const __m256i);
-                let v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-                let k = (i / 16) % 2;
-                for (g, a) in acc[k].iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(g * n + i)), *a);
-                }
-            }
-            i += 16;
-        }
-        for (g, o) in out.iter_mut().enumerate() {
-            let total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][g], acc[1][g]));
-            *o = total + super::portable::dot_bf16(&w[2 * i..], &x[g * n + i..(g + 1) * n]);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -672,24 +412,17 @@ mod tests {
             // int8/int4 quantize the activations too (qrows' tests bound that error exactly).
             let tolerance = if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) { 1e-5 } else { 5e-3 };
             assert!(worst < tolerance, "{format}: {worst}");
-            if format != WeightFormat::Bf16 {
-                continue;
-            }
-            // Every kernel this CPU has, whichever `matmul` picks (the portable loops always).
+            // Every kernel this CPU has (the strips' are `rows`' own, tested there too).
             for kernel in Kernel::available() {
-                for j in 0..d_out {
-                    for r in 0..rows {
-                        let v = p.dot(kernel, j, 0, &x[r * d_in..(r + 1) * d_in]);
-                        assert!((v - expect[r * d_out + j]).abs() < 1e-5, "{format} {kernel:?} [{r}, {j}]");
-                    }
-                }
+                let mut y = vec![f32::NAN; rows * d_out];
+                crate::rows::tests::with_kernel(kernel, || p.matmul(&x, rows, &mut y));
+                let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst < tolerance, "{format} {kernel:?}: {worst}");
             }
         }
-        // Many rows: bf16 goes the tiled gemm path (several tiles, the last one short: 64-output
-        // tiles for K_SEGMENT = 2048, 300 = 4 × 64 + 44; two passes along the input, the second
-        // short: 2144 = 2048 + 96); int8/int4 the integer products 64 rows at a time, each row
-        // the bits it gets alone.
-        let (d_in, rows) = (K_SEGMENT + 96, 2 * crate::qrows::MAX_ROWS + 5);
+        // Many rows, 64 at a time (the last chunk short; a short last strip, 300 = 4 × 64 + 44):
+        // each row the bits it gets alone.
+        let (d_in, rows) = (2048 + 96, 2 * crate::qrows::MAX_ROWS + 5);
         let w = matrix(d_in, d_out, 5);
         let x = matrix(rows, d_in, 6);
         for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4] {
@@ -700,35 +433,32 @@ mod tests {
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             let tolerance = if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) { 1e-4 } else { 5e-3 };
             assert!(worst < tolerance, "{format}, {rows} rows: {worst}");
-            if format == WeightFormat::Bf16 {
-                continue;
-            }
             for r in [0, 63, 64, 100, rows - 1] {
                 let mut alone = vec![f32::NAN; d_out];
                 p.matmul(&x[r * d_in..(r + 1) * d_in], 1, &mut alone);
                 assert!(alone.iter().zip(&y[r * d_out..(r + 1) * d_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "{format} row {r} of {rows}");
             }
         }
-        // bf16 batches: close to the reference, and up to DOT_ROWS rows (grouped on AVX-512)
-        // each row the bits it gets alone.
+        // bf16 batches of every size a decode step has: close to the reference, each row the
+        // bits it gets alone.
         let (d_in, d_out) = (2048 + 40, 70);
         let w = matrix(d_in, d_out, 7);
         let p = PackedMatrix::pack(&w, d_in, d_out, WeightFormat::Bf16).unwrap();
         let deq = p.dequantize();
-        for rows in (1..=9).chain([13, 64]) {
+        for rows in (1..=17).chain([31, 64]) {
             let x = matrix(rows, d_in, 8 + rows as u64);
             let mut y = vec![f32::NAN; rows * d_out];
             p.matmul(&x, rows, &mut y);
             let expect = reference(&x, rows, &deq, d_in, d_out);
             let worst = y.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-5, "bf16, {rows} rows: {worst}");
-            for r in [0, rows / 2, rows - 1].into_iter().filter(|_| rows <= DOT_ROWS) {
+            for r in [0, rows / 2, rows - 1] {
                 let mut alone = vec![f32::NAN; d_out];
                 p.matmul(&x[r * d_in..(r + 1) * d_in], 1, &mut alone);
                 assert!(alone.iter().zip(&y[r * d_out..(r + 1) * d_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "bf16 row {r} of {rows}");
             }
         }
-        // bf16 with a length that is not a multiple of 16 takes the scalar tail.
+        // bf16 with in-features and outputs off every multiple.
         let w = matrix(21, 5, 3);
         let p = PackedMatrix::pack(&w, 21, 5, WeightFormat::Bf16).unwrap();
         let x = matrix(1, 21, 4);
@@ -789,7 +519,10 @@ mod tests {
     fn bad_shapes_and_values_are_refused() {
         assert!(PackedMatrix::pack(&[0.0; 10], 4, 3, WeightFormat::Bf16).unwrap_err().contains("10 values"));
         assert!(PackedMatrix::pack(&[0.0; 10], 4, 3, WeightFormat::F32).unwrap_err().contains("10 values"));
-        assert!(PackedMatrix::pack(&[f32::INFINITY; 6], 2, 3, WeightFormat::F32).unwrap_err().contains("[0, 0]"));
+        assert!(PackedMatrix::pack(&[f32::INFINITY; 6], 2, 3, WeightFormat::Bf16).unwrap_err().contains("[0, 0]"));
+        // f32 keeps what it is given, as the unpacked product does.
+        let inf = PackedMatrix::pack(&[f32::INFINITY; 6], 2, 3, WeightFormat::F32).unwrap();
+        assert!(inf.dequantize().iter().all(|v| *v == f32::INFINITY));
         // f32 takes any in-features (no blocks).
         assert!(PackedMatrix::pack(&[0.5; 21 * 5], 21, 5, WeightFormat::F32).is_ok());
         assert!(PackedMatrix::pack(&[0.0; 40], 20, 2, WeightFormat::Int8).unwrap_err().contains("divisible by 32"));

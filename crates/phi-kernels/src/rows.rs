@@ -35,8 +35,9 @@ use rayon::prelude::*;
 
 use crate::packed::Kernel;
 
-/// Products of at most this many rows take this kernel; more rows (a long prompt) are
-/// arithmetic-bound and gemm's packed panels win.
+/// Products of at most this many rows take this kernel when the weights are read in place
+/// (`linear`); more rows (a long prompt) go to gemm there. Weights in [`Strips`] take every
+/// product through it, this many rows at a time (`PackedMatrix::matmul`).
 pub const MAX_ROWS: usize = 64;
 
 /// Output columns per task of the row-major kernel: four 16-lane registers; also the width of
@@ -83,13 +84,16 @@ pub enum Weights<'a> {
     Strips(&'a Strips),
 }
 
-/// A `[k, n]` row-major f32 matrix as `n / 64` strips (the last zero-padded), each `[k, 64]`
-/// row-major and contiguous, 64-byte aligned: `w[i][j]` at `(j / 64) · 64k + 64i + j % 64`.
+/// A `[k, n]` row-major matrix as ⌈n / 64⌉ strips (the last zero-padded), each `[k, 64]`
+/// row-major and contiguous, 64-byte aligned: `w[i][j]` is value `(j / 64) · 64k + 64i + j % 64`.
+/// The values are f32 ([`Strips::pack`]) or bf16 ([`Strips::pack_bf16`]: half the bytes to read,
+/// widened to f32 in registers once for every row of a group; the products are f32).
 #[derive(Debug, Clone)]
 pub struct Strips {
     lines: Vec<Line>,
     k: usize,
     n: usize,
+    bf16: bool,
 }
 
 /// One cache line of 16 values: the storage unit of [`Strips`], for its alignment.
@@ -98,25 +102,42 @@ pub struct Strips {
 struct Line([f32; 16]);
 
 impl Strips {
-    /// Repacks the row-major `[k, n]` matrix `w`.
+    /// Repacks the row-major `[k, n]` matrix `w`, as f32.
     ///
     /// # Panics
     /// When `w` is not `k · n` long.
     pub fn pack(w: &[f32], k: usize, n: usize) -> Self {
+        Self::build(w, k, n, false)
+    }
+
+    /// Repacks the row-major `[k, n]` matrix `w` as bf16 (rounded to nearest even).
+    ///
+    /// # Panics
+    /// When `w` is not `k · n` long.
+    pub fn pack_bf16(w: &[f32], k: usize, n: usize) -> Self {
+        Self::build(w, k, n, true)
+    }
+
+    fn build(w: &[f32], k: usize, n: usize, bf16: bool) -> Self {
         assert_eq!(w.len(), k * n, "w is not [{k}, {n}]");
-        let per = STRIP / 16;
-        let mut lines = vec![Line([0.0; 16]); n.div_ceil(STRIP) * k * per];
-        lines.par_chunks_mut((k * per).max(1)).enumerate().for_each(|(s, strip)| {
-            for (i, row) in strip.chunks_mut(per).enumerate() {
-                for (c, v) in row.iter_mut().flat_map(|l| l.0.iter_mut()).enumerate() {
-                    let j = s * STRIP + c;
-                    if j < n {
-                        *v = w[i * n + j];
+        let size = if bf16 { 2 } else { 4 };
+        let (row_bytes, strips) = (STRIP * size, n.div_ceil(STRIP));
+        let mut lines = vec![Line([0.0; 16]); strips * k * row_bytes / 64];
+        // SAFETY: `Line` is 64 bytes of f32 with no padding; any bytes are valid f32.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, lines.len() * 64) };
+        bytes.par_chunks_mut((k * row_bytes).max(1)).enumerate().for_each(|(s, strip)| {
+            for (i, row) in strip.chunks_mut(row_bytes).enumerate() {
+                for c in 0..STRIP.min(n - s * STRIP) {
+                    let v = w[i * n + s * STRIP + c];
+                    if bf16 {
+                        row[2 * c..2 * c + 2].copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+                    } else {
+                        row[4 * c..4 * c + 4].copy_from_slice(&v.to_le_bytes());
                     }
                 }
             }
         });
-        Strips { lines, k, n }
+        Strips { lines, k, n, bf16 }
     }
 
     /// `[k, n]`.
@@ -124,10 +145,25 @@ impl Strips {
         (self.k, self.n)
     }
 
-    /// The values, strip after strip.
+    /// Whether the values are bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
+
+    /// The values of f32 strips, strip after strip.
+    ///
+    /// # Panics
+    /// On bf16 strips.
     pub fn values(&self) -> &[f32] {
+        assert!(!self.bf16, "bf16 strips hold no f32 values");
         // SAFETY: `Line` is 16 f32 with no padding (repr(C), 64 bytes).
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.lines.len() * 16) }
+    }
+
+    /// The values' bytes, strip after strip (little-endian f32 or bf16).
+    fn raw(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 bytes with no padding (repr(C)).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
     }
 
     /// Bytes held.
@@ -135,13 +171,34 @@ impl Strips {
         self.lines.len() * 64
     }
 
-    /// `w[i][j]`.
+    /// `w[i][j]` (a bf16 value widened).
+    ///
+    /// # Panics
+    /// Outside `[k, n]`.
     pub fn get(&self, i: usize, j: usize) -> f32 {
-        self.values()[(j / STRIP) * STRIP * self.k + i * STRIP + j % STRIP]
+        assert!(i < self.k && j < self.n, "[{i}, {j}] is outside [{}, {}]", self.k, self.n);
+        let at = (j / STRIP) * STRIP * self.k + i * STRIP + j % STRIP;
+        weight(self.raw(), at, self.bf16)
     }
 }
 
-/// `y = x · w`: `x` is `[rows, k]` row-major, `w` is `[k, n]` in either layout, `y` is `[rows,
+/// Value `at` of `bytes`, f32 or bf16 widened (exactly: bf16 is f32's upper half).
+#[inline(always)]
+fn weight(bytes: &[u8], at: usize, bf16: bool) -> f32 {
+    if bf16 {
+        f32::from_bits((u16::from_le_bytes([bytes[2 * at], bytes[2 * at + 1]]) as u32) << 16)
+    } else {
+        f32::from_le_bytes(bytes[4 * at..4 * at + 4].try_into().expect("4 bytes"))
+    }
+}
+
+/// The bytes of f32 values.
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and u8 no alignment.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// `y = x · w`: `x` is `[rows, k]` row-major, `w` is `[k, n]` in any of the layouts, `y` is `[rows,
 /// n]` (overwritten).
 ///
 /// # Panics
@@ -154,7 +211,7 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
         Weights::ColMajor(w) => (w, OUTPUTS),
         Weights::Strips(s) => {
             assert_eq!(s.dims(), (k, n), "w is not [{k}, {n}]");
-            (s.values(), STRIP)
+            (&[][..], STRIP)
         }
     };
     if !matches!(w, Weights::Strips(_)) {
@@ -175,9 +232,12 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
         // (rows × n values); tasks' column ranges are disjoint, and `y` outlives them.
         unsafe {
             match w {
-                Weights::RowMajor(w) => strip(kernel, x, rows, &w[j0..], n, STRIP, k, n, j0, width, out.get()),
-                // Strip t starts at t · 64k; the next one is 64k values on.
-                Weights::Strips(s) => strip(kernel, x, rows, &s.values()[t * STRIP * k..], STRIP, STRIP * k, k, n, j0, width, out.get()),
+                Weights::RowMajor(w) => strip(kernel, x, rows, f32_bytes(&w[j0..]), false, n, STRIP, k, n, j0, width, out.get()),
+                // Strip t starts at value t · 64k; the next one is 64k values on.
+                Weights::Strips(s) => {
+                    let size = if s.bf16 { 2 } else { 4 };
+                    strip(kernel, x, rows, &s.raw()[t * STRIP * k * size..], s.bf16, STRIP, STRIP * k, k, n, j0, width, out.get())
+                }
                 Weights::ColMajor(w) => outputs(kernel, x, rows, w, k, n, j0, width, out.get()),
             }
         }
@@ -190,17 +250,18 @@ pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y
     }
 }
 
-/// Row-major weights: columns `j0..j0 + width` (≤ [`STRIP`]) of every row. `w` starts at the
-/// strip's first column, its rows `ws` apart; the next strip starts `next` values on (both a
-/// matrix row's `n` and 64 in place, 64 and `64k` in [`Strips`]).
+/// Row-major weights: columns `j0..j0 + width` (≤ [`STRIP`]) of every row. `w` (the bytes of f32
+/// values, or of bf16 ones when `bf16`: then strips, whose padding is read whole) starts at the
+/// strip's first column, its rows `ws` values apart; the next strip starts `next` values on
+/// (a matrix row's `n` and 64 in place, 64 and `64k` in [`Strips`]).
 ///
 /// # Safety
 /// `y` addresses `rows × n` values; no other thread touches these columns meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], ws: usize, next: usize, k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
+unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[u8], bf16: bool, ws: usize, next: usize, k: usize, n: usize, j0: usize, width: usize, y: *mut f32) {
     // Shared passes only where the weights come from beyond L2 (a small matrix stays in cache
     // between calls, and the passes' extra loads and stores of the sums cost it more).
-    let shared = rows > ROW_GROUP && k * n * 4 > SHARED_MIN_BYTES;
+    let shared = rows > ROW_GROUP && k * n * if bf16 { 2 } else { 4 } > SHARED_MIN_BYTES;
     let (k_block, ahead) = if shared { (K_SHARED, K_SHARED) } else { (K_BLOCK, AHEAD_ALONE) };
     for k0 in (0..k).step_by(k_block) {
         let k1 = (k0 + k_block).min(k);
@@ -214,10 +275,10 @@ unsafe fn strip(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], ws: usize, ne
                     #[cfg(target_arch = "x86_64")]
                     // The first group of rows streams the strip's weights from memory: it
                     // prefetches `ahead` weight rows on, into the next strip at the end.
-                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, ws, next, n, k0, k1, width, yr, k0 == 0, if r0 == 0 && j0 + STRIP < n { ahead } else { 0 }),
+                    Kernel::Avx512 => x86::strip512(rg, xr, k, w, bf16, ws, next, n, k0, k1, width, yr, k0 == 0, if r0 == 0 && j0 + STRIP < n { ahead } else { 0 }),
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => x86::strip256(rg, xr, k, w, ws, n, k0, k1, width, yr, k0 == 0),
-                    Kernel::Portable => portable_strip(rg, xr, k, w, ws, n, k0, k1, width, yr, k0 == 0),
+                    Kernel::Avx2 => x86::strip256(rg, xr, k, w, bf16, ws, n, k0, k1, width, yr, k0 == 0),
+                    Kernel::Portable => portable_strip(rg, xr, k, w, bf16, ws, n, k0, k1, width, yr, k0 == 0),
                 }
             }
         }
@@ -252,7 +313,7 @@ unsafe fn outputs(kernel: Kernel, x: &[f32], rows: usize, w: &[f32], k: usize, n
 
 /// The scalar strip: the reference the SIMD ones are tested against (multiply, then add).
 #[allow(clippy::too_many_arguments)]
-unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[u8], bf16: bool, ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
     for r in 0..rg {
         let mut acc = [0.0f32; STRIP];
         if !first {
@@ -263,8 +324,8 @@ unsafe fn portable_strip(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, n
         }
         for i in k0..k1 {
             let xv = x[r * k + i];
-            for (a, wv) in acc.iter_mut().zip(&w[i * ws..i * ws + width]) {
-                *a += xv * wv;
+            for (c, a) in acc.iter_mut().take(width).enumerate() {
+                *a += xv * weight(w, i * ws + c, bf16);
             }
         }
         for (c, a) in acc.iter().take(width).enumerate() {
@@ -293,29 +354,45 @@ mod x86 {
 
     /// `rg` (1…6) rows × up to 64 columns, inputs `k0..k1`: `y` (+)= `x` · `w`. Sums start at
     /// zero when `first`, else from `y` (the previous input block's). Each weight row read
-    /// prefetches the one `ahead` rows on (0: none).
+    /// prefetches the one `ahead` rows on (0: none). `w` holds f32 values, or bf16 ones when
+    /// `bf16` (a strip's, padded: each row's 64 values are read whole and widened once for all
+    /// the rows).
     ///
     /// # Safety
-    /// AVX-512F is available; `x` holds `rg` rows of `k`, `w` rows up to `k1` of stride `n`
-    /// with `width` columns from its start, `y` `rg` rows of stride `n` with `width` columns.
+    /// AVX-512F is available; `x` holds `rg` rows of `k`, `w` rows up to `k1` of stride `ws`
+    /// values with `width` columns from its start (64 when `bf16`), `y` `rg` rows of stride `n`
+    /// with `width` columns.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+    pub unsafe fn strip512(rg: usize, x: &[f32], k: usize, w: &[u8], bf16: bool, ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            if bf16 {
+                strip512_any::<true>(rg, x, k, w, ws, next, n, k0, k1, width, y, first, ahead)
+            } else {
+                strip512_any::<false>(rg, x, k, w, ws, next, n, k0, k1, width, y, first, ahead)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip512_any<const BF16: bool>(rg: usize, x: &[f32], k: usize, w: &[u8], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
             match (rg, ahead > 0) {
-                (1, false) => strip512_rows::<1, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (1, true) => strip512_rows::<1, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (2, false) => strip512_rows::<2, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (2, true) => strip512_rows::<2, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (3, false) => strip512_rows::<3, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (3, true) => strip512_rows::<3, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (4, false) => strip512_rows::<4, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (4, true) => strip512_rows::<4, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (5, false) => strip512_rows::<5, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (5, true) => strip512_rows::<5, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (_, false) => strip512_rows::<6, false>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
-                (_, true) => strip512_rows::<6, true>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (1, false) => strip512_rows::<1, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (1, true) => strip512_rows::<1, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (2, false) => strip512_rows::<2, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (2, true) => strip512_rows::<2, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (3, false) => strip512_rows::<3, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (3, true) => strip512_rows::<3, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (4, false) => strip512_rows::<4, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (4, true) => strip512_rows::<4, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (5, false) => strip512_rows::<5, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (5, true) => strip512_rows::<5, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (_, false) => strip512_rows::<6, false, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
+                (_, true) => strip512_rows::<6, true, BF16>(x, k, w, ws, next, n, k0, k1, width, y, first, ahead),
             }
         }
     }
@@ -330,12 +407,14 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool>(x: &[f32], k: usize, w: &[f32], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+    unsafe fn strip512_rows<const R: usize, const PREFETCH: bool, const BF16: bool>(x: &[f32], k: usize, w: &[u8], ws: usize, next: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool, ahead: usize) {
+        let size = if BF16 { 2 } else { 4 };
         let m = masks16(width);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         // SAFETY (every block below): masked lanes are neither read nor written, so a vector
-        // past the strip's last column touches no memory; the pointers are formed with
-        // `wrapping_add` and only dereferenced through those masks.
+        // past the strip's last column touches no memory (bf16 rows are read whole: a strip's
+        // padding is allocated); the pointers are formed with `wrapping_add` and only
+        // dereferenced through those masks or inside a strip.
         if !first {
             for (r, a) in acc.iter_mut().enumerate() {
                 for (v, av) in a.iter_mut().enumerate() {
@@ -345,16 +424,24 @@ mod x86 {
         }
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for i in k0..k1 {
-            let row = wp.wrapping_add(i * ws);
+            let row = wp.wrapping_add(i * ws * size);
             if PREFETCH {
                 // Row i + ahead of this strip, or past its end the first rows of the next strip
                 // (`next` values on). A prefetch never faults, whatever the address.
-                let to = if i + ahead < k { wp.wrapping_add((i + ahead) * ws) } else { wp.wrapping_add((i + ahead - k) * ws + next) };
-                for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(to.wrapping_add(16 * line) as *const i8);
+                let to = if i + ahead < k { wp.wrapping_add((i + ahead) * ws * size) } else { wp.wrapping_add(((i + ahead - k) * ws + next) * size) };
+                for line in 0..size {
+                    _mm_prefetch::<_MM_HINT_T0>(to.wrapping_add(64 * line) as *const i8);
                 }
             }
-            let wv: [__m512; 4] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], row.wrapping_add(16 * v)) });
+            let wv: [__m512; 4] = std::array::from_fn(|v| unsafe {
+                if BF16 {
+                    // bf16 is f32's upper half: widen 16 values by a shift.
+                    let h = _mm256_loadu_si256(row.wrapping_add(32 * v) as *const __m256i);
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                } else {
+                    _mm512_maskz_loadu_ps(m[v], row.wrapping_add(64 * v) as *const f32)
+                }
+            });
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: row r < rg of `x`, input i < k.
                 let xb = _mm512_set1_ps(unsafe { *xp.add(r * k + i) });
@@ -377,7 +464,8 @@ mod x86 {
     /// AVX2 and FMA are available; otherwise as [`strip512`].
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip256(rg: usize, x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    pub unsafe fn strip256(rg: usize, x: &[f32], k: usize, w: &[u8], bf16: bool, ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        let size = if bf16 { 2 } else { 4 };
         for half in 0..2 {
             let c0 = 32 * half;
             if width <= c0 {
@@ -385,13 +473,16 @@ mod x86 {
             }
             let wd = (width - c0).min(32);
             for r0 in (0..rg).step_by(3) {
-                let (xr, yr, wr) = (&x[r0 * k..], y.wrapping_add(r0 * n + c0), &w[c0.min(w.len())..]);
+                let (xr, yr, wr) = (&x[r0 * k..], y.wrapping_add(r0 * n + c0), &w[(c0 * size).min(w.len())..]);
                 // SAFETY: forwarded from the caller's contract, for rows r0.. and columns c0..
                 unsafe {
-                    match (rg - r0).min(3) {
-                        1 => strip256_rows::<1>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
-                        2 => strip256_rows::<2>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
-                        _ => strip256_rows::<3>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                    match ((rg - r0).min(3), bf16) {
+                        (1, false) => strip256_rows::<1, false>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        (2, false) => strip256_rows::<2, false>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        (_, false) => strip256_rows::<3, false>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        (1, true) => strip256_rows::<1, true>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        (2, true) => strip256_rows::<2, true>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
+                        (_, true) => strip256_rows::<3, true>(xr, k, wr, ws, n, k0, k1, wd, yr, first),
                     }
                 }
             }
@@ -400,7 +491,8 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn strip256_rows<const R: usize>(x: &[f32], k: usize, w: &[f32], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+    unsafe fn strip256_rows<const R: usize, const BF16: bool>(x: &[f32], k: usize, w: &[u8], ws: usize, n: usize, k0: usize, k1: usize, width: usize, y: *mut f32, first: bool) {
+        let size = if BF16 { 2 } else { 4 };
         let m: [__m256i; 4] = std::array::from_fn(|v| {
             let lanes = width.saturating_sub(8 * v).min(8) as i32;
             _mm256_setr_epi32(
@@ -419,8 +511,15 @@ mod x86 {
         }
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         for i in k0..k1 {
-            let row = wp.wrapping_add(i * ws);
-            let wv: [__m256; 4] = std::array::from_fn(|v| unsafe { _mm256_maskload_ps(row.wrapping_add(8 * v), m[v]) });
+            let row = wp.wrapping_add(i * ws * size);
+            let wv: [__m256; 4] = std::array::from_fn(|v| unsafe {
+                if BF16 {
+                    let h = _mm_loadu_si128(row.wrapping_add(16 * v) as *const __m128i);
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                } else {
+                    _mm256_maskload_ps(row.wrapping_add(32 * v) as *const f32, m[v])
+                }
+            });
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: row r of `x`, input i < k.
                 let xb = _mm256_set1_ps(unsafe { *xp.add(r * k + i) });
@@ -461,7 +560,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -497,16 +596,19 @@ mod tests {
     fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
         for &(rows, k, n) in &[(1, 1, 1), (1, 3, 70), (5, 17, 33), (7, 1030, 129), (13, 64, 200), (64, 40, 65), (2, 2500, 31), (9, 1100, 1000)] {
             let (x, w) = (values(rows * k, rows as u64), values(k * n, (k * n) as u64));
-            let (wt, strips) = (transposed(&w, k, n), Strips::pack(&w, k, n));
+            let (wt, strips, halves) = (transposed(&w, k, n), Strips::pack(&w, k, n), Strips::pack_bf16(&w, k, n));
             let exact = reference(&x, rows, &w, k, n);
+            let rounded: Vec<f32> = w.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
+            let exact_bf16 = reference(&x, rows, &rounded, k, n);
             for kernel in Kernel::available() {
-                for (name, weights) in [("row-major", Weights::RowMajor(&w)), ("col-major", Weights::ColMajor(&wt)), ("strips", Weights::Strips(&strips))] {
+                for (name, weights) in [("row-major", Weights::RowMajor(&w)), ("col-major", Weights::ColMajor(&wt)), ("strips", Weights::Strips(&strips)), ("bf16 strips", Weights::Strips(&halves))] {
+                    let exact = if name == "bf16 strips" { &exact_bf16 } else { &exact };
                     let mut y = vec![f32::NAN; rows * n];
                     with_kernel(kernel, || matmul_rows(&x, rows, weights, k, n, &mut y));
-                    for (i, (a, b)) in y.iter().zip(&exact).enumerate() {
+                    for (i, (a, b)) in y.iter().zip(exact).enumerate() {
                         assert!((*a as f64 - b).abs() < 1e-5 * (k as f64).sqrt().max(1.0), "{kernel:?} {name} [{rows}, {k}] × [{k}, {n}] at {i}: {a} vs {b}");
                     }
-                    if let Weights::Strips(_) = weights {
+                    if name == "strips" {
                         // The same sums in the same order as in place.
                         let mut in_place = vec![f32::NAN; rows * n];
                         with_kernel(kernel, || matmul_rows(&x, rows, Weights::RowMajor(&w), k, n, &mut in_place));
@@ -557,10 +659,19 @@ mod tests {
             }
         }
         assert!(s.values()[64 * k..].chunks(64).all(|row| row[n - 64..].iter().all(|v| *v == 0.0)));
+        // bf16: half the bytes, each value rounded to nearest even.
+        let w: Vec<f32> = (0..k * n).map(|v| 1.0 + v as f32 / 1024.0).collect();
+        let b = Strips::pack_bf16(&w, k, n);
+        assert!(b.is_bf16() && b.bytes() == s.bytes() / 2);
+        for i in 0..k {
+            for j in 0..n {
+                assert_eq!(b.get(i, j), half::bf16::from_f32(w[i * n + j]).to_f32());
+            }
+        }
     }
 
     /// Runs `f` with `kernel` forced (tests only; the kernel is otherwise detected once).
-    fn with_kernel(kernel: Kernel, f: impl FnOnce()) {
+    pub(crate) fn with_kernel(kernel: Kernel, f: impl FnOnce()) {
         crate::packed::FORCED.with(|k| k.set(Some(kernel)));
         f();
         crate::packed::FORCED.with(|k| k.set(None));

@@ -100,7 +100,7 @@ impl ServedModel {
     }
 
     /// Packs the weights the way `phi serve` decodes with them: `asked` (bf16, int8, int4), else
-    /// on the CPU f32 in strips ([`phi_core::quant::decoding_format`]: the same logits, read
+    /// on the CPU f32 in strips ([`phi_core::quant::decoding_format`]: the same values, read
     /// faster); on a GPU nothing.
     pub fn pack_for_decoding(&mut self, asked: Option<phi_core::WeightFormat>) -> Result<()> {
         if let Some(format) = phi_core::quant::decoding_format(asked, &self.model.device()) {

@@ -59,7 +59,7 @@ fn parse_quantize(s: &str) -> Result<BaseQuantization, String> {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct WeightArgs {
     /// Weight storage: f32 (default; on the CPU repacked in the order the decode kernels read
-    /// it, the same values and logits) or bf16 (read directly by the CPU kernels; activations
+    /// it: the same values, and the same logits up to 64 positions at a time) or bf16 (read directly by the CPU kernels; activations
     /// stay f32).
     #[arg(long, value_parser = parse_weight_dtype)]
     pub dtype: Option<WeightDtype>,

@@ -555,7 +555,9 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let local = match &a.local {
         Some(dir) => {
             let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
-            model.pack_for_decoding(None)?;
+            let mut packed = Ok(());
+            crate::returning_freed_memory(&mut || packed = model.pack_for_decoding(None));
+            packed?;
             Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
         }
         None => None,
@@ -613,7 +615,9 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
     let local = match &a.local {
         Some(dir) => {
             let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
-            model.pack_for_decoding(None)?;
+            let mut packed = Ok(());
+            crate::returning_freed_memory(&mut || packed = model.pack_for_decoding(None));
+            packed?;
             let prompts = phi::synth::prompts(&lists, a.kind, a.n, a.seed);
             max_tokens = phi::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
             Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
