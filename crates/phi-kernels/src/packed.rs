@@ -138,15 +138,16 @@ impl PackedMatrix {
             return Err(format!("{} values for a {d_in}×{d_out} matrix", w.len()));
         }
         // f32 keeps any value, as the unpacked product does.
-        if let Some(i) = w.iter().position(|v| !v.is_finite()).filter(|_| format != WeightFormat::F32) {
+        if format != WeightFormat::F32
+            && let Some(i) = w.iter().position(|v| !v.is_finite())
+        {
             return Err(format!("weight [{}, {}] is {}", i / d_out, i % d_out, w[i]));
         }
         match format {
-            WeightFormat::F32 => return Ok(Self::from_strips(format, Strips::pack(w, d_in, d_out))),
-            WeightFormat::Bf16 => return Ok(Self::from_strips(format, Strips::pack_bf16(w, d_in, d_out))),
-            _ => {}
+            WeightFormat::F32 => Ok(Self::from_strips(format, Strips::pack(w, d_in, d_out))),
+            WeightFormat::Bf16 => Ok(Self::from_strips(format, Strips::pack_bf16(w, d_in, d_out))),
+            WeightFormat::Int8 | WeightFormat::Int4 => Self::pack_out_in(&transpose(w, d_in, d_out), d_in, d_out, format),
         }
-        Self::pack_out_in(&transpose(w, d_in, d_out), d_in, d_out, format)
     }
 
     /// Packs `wt`, given `[out, in]` (HF's layout, and an embedding table's `[vocab, hidden]`
@@ -155,44 +156,42 @@ impl PackedMatrix {
         if wt.len() != d_in * d_out {
             return Err(format!("{} values for a {d_out}×{d_in} matrix", wt.len()));
         }
-        if let Some(i) = wt.iter().position(|v| !v.is_finite()).filter(|_| format != WeightFormat::F32) {
+        // Strips are built from `[in, out]` (the checks are `pack`'s).
+        if matches!(format, WeightFormat::F32 | WeightFormat::Bf16) {
+            return Self::pack(&transpose(wt, d_out, d_in), d_in, d_out, format);
+        }
+        if let Some(i) = wt.iter().position(|v| !v.is_finite()) {
             return Err(format!("weight [{}, {}] (in, out) is {}", i % d_in, i / d_in, wt[i]));
         }
-        if matches!(format, WeightFormat::Int8 | WeightFormat::Int4) && d_in % BLOCK != 0 {
+        if d_in % BLOCK != 0 {
             return Err(format!("{format} needs in-features divisible by {BLOCK}, got {d_in}"));
         }
         let row = |j: usize| -> &[f32] { &wt[j * d_in..(j + 1) * d_in] };
         // Each output row is written in place into buffers allocated once (collecting per-row
         // pieces and concatenating them copied every packed byte twice more, into fresh pages).
-        let (data, scales) = match format {
-            WeightFormat::F32 | WeightFormat::Bf16 => return Self::pack(&transpose(wt, d_out, d_in), d_in, d_out, format),
-            WeightFormat::Int8 | WeightFormat::Int4 => {
-                let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
-                let (blocks, tb) = (d_in / BLOCK, crate::qrows::tile_block_bytes(format));
-                let tiles = d_out.div_ceil(TILE);
-                let off = crate::qrows::weight_offset(format);
-                let mut data = vec![0u8; tiles * blocks * tb];
-                let mut scales = vec![0f32; tiles * blocks * TILE];
-                let parts = data.par_chunks_mut((blocks * tb).max(1)).zip(scales.par_chunks_mut((blocks * TILE).max(1)));
-                parts.enumerate().for_each(|(t, (bytes, tile_scales))| {
-                    for o in 0..TILE {
-                        let j = t * TILE + o;
-                        for b in 0..blocks {
-                            // Outputs past d_out: q = 0 with scale 0.
-                            let (s, q) = if j < d_out { quantize_block(&row(j)[b * BLOCK..(b + 1) * BLOCK], levels) } else { (0.0, [0; BLOCK]) };
-                            tile_scales[b * TILE + o] = s;
-                            let block = &mut bytes[b * tb..(b + 1) * tb];
-                            for (v, &q) in q.iter().enumerate() {
-                                let (byte, high) = crate::qrows::tile_slot(format, o, v);
-                                let stored = (q + off) as u8;
-                                block[byte] |= if high { stored << 4 } else { stored };
-                            }
-                        }
+        let levels = if format == WeightFormat::Int8 { 127.0 } else { 7.0 };
+        let (blocks, tb) = (d_in / BLOCK, crate::qrows::tile_block_bytes(format));
+        let tiles = d_out.div_ceil(TILE);
+        let off = crate::qrows::weight_offset(format);
+        let mut data = vec![0u8; tiles * blocks * tb];
+        let mut scales = vec![0f32; tiles * blocks * TILE];
+        let parts = data.par_chunks_mut((blocks * tb).max(1)).zip(scales.par_chunks_mut((blocks * TILE).max(1)));
+        parts.enumerate().for_each(|(t, (bytes, tile_scales))| {
+            for o in 0..TILE {
+                let j = t * TILE + o;
+                for b in 0..blocks {
+                    // Outputs past d_out: q = 0 with scale 0.
+                    let (s, q) = if j < d_out { quantize_block(&row(j)[b * BLOCK..(b + 1) * BLOCK], levels) } else { (0.0, [0; BLOCK]) };
+                    tile_scales[b * TILE + o] = s;
+                    let block = &mut bytes[b * tb..(b + 1) * tb];
+                    for (v, &q) in q.iter().enumerate() {
+                        let (byte, high) = crate::qrows::tile_slot(format, o, v);
+                        let stored = (q + off) as u8;
+                        block[byte] |= if high { stored << 4 } else { stored };
                     }
-                });
-                (data, scales)
+                }
             }
-        };
+        });
         Ok(PackedMatrix { format, d_in, d_out, data, scales, strips: None })
     }
 
@@ -262,24 +261,16 @@ impl PackedMatrix {
         if d_in == 0 {
             return y.fill(0.0);
         }
-        if let Some(s) = &self.strips {
-            // 64 rows at a time, the unpacked product's largest: every row gets its bits.
-            let chunk = crate::rows::MAX_ROWS;
-            for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut(chunk * d_out)) {
-                crate::rows::matmul_rows(xc, xc.len() / d_in, Weights::Strips(s), d_in, d_out, yc);
-            }
-            return;
-        }
-        {
-            // A long prompt 64 rows at a time: the quantized rows stay in cache while every tile
-            // of weights is multiplied by them (at 2048 inputs a tile's share is 16 KiB, read
-            // from L1 by each group of rows), and re-reading the weights per 64 rows costs far
-            // less than the products.
-            let chunk = crate::qrows::MAX_ROWS;
-            for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut((chunk * d_out).max(1))) {
-                let n = xc.len() / d_in;
-                let q = crate::qrows::QuantizedRows::new(xc, n, d_in);
-                crate::qrows::matmul(self.format, &self.data, &self.scales, d_in, d_out, &q, yc);
+        // A long prompt 64 rows at a time (the kernels' largest group): the rows stay in cache
+        // while every strip or tile of weights is multiplied by them (at 2048 inputs a tile's
+        // share is 16 KiB, read from L1 by each group of rows), and re-reading the weights per
+        // 64 rows costs far less than the products.
+        let chunk = if self.strips.is_some() { crate::rows::MAX_ROWS } else { crate::qrows::MAX_ROWS };
+        for (xc, yc) in x.chunks(chunk * d_in).zip(y.chunks_mut(chunk * d_out)) {
+            let n = xc.len() / d_in;
+            match &self.strips {
+                Some(s) => crate::rows::matmul_rows(xc, n, Weights::Strips(s), d_in, d_out, yc),
+                None => crate::qrows::matmul(self.format, &self.data, &self.scales, d_in, d_out, &crate::qrows::QuantizedRows::new(xc, n, d_in), yc),
             }
         }
     }

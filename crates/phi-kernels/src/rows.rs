@@ -206,17 +206,12 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 pub fn matmul_rows(x: &[f32], rows: usize, w: Weights<'_>, k: usize, n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
     assert_eq!(y.len(), rows * n, "y is not [{rows}, {n}]");
-    let (wv, per_task) = match w {
-        Weights::RowMajor(w) => (w, STRIP),
-        Weights::ColMajor(w) => (w, OUTPUTS),
-        Weights::Strips(s) => {
-            assert_eq!(s.dims(), (k, n), "w is not [{k}, {n}]");
-            (&[][..], STRIP)
-        }
+    let (fits, per_task) = match w {
+        Weights::RowMajor(v) => (v.len() == k * n, STRIP),
+        Weights::ColMajor(v) => (v.len() == k * n, OUTPUTS),
+        Weights::Strips(s) => (s.dims() == (k, n), STRIP),
     };
-    if !matches!(w, Weights::Strips(_)) {
-        assert_eq!(wv.len(), k * n, "w is not [{k}, {n}]");
-    }
+    assert!(fits, "w is not [{k}, {n}]");
     if rows == 0 || n == 0 {
         return;
     }

@@ -553,13 +553,7 @@ fn annotate(a: AnnotateArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The judge: an endpoint, or a local folder served in-process for the run.
     let local = match &a.local {
-        Some(dir) => {
-            let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
-            let mut packed = Ok(());
-            crate::returning_freed_memory(&mut || packed = model.pack_for_decoding(None));
-            packed?;
-            Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
-        }
+        Some(dir) => Some(phi::serve::LocalServer::start(local_model(dir)?, phi::serve::Limits::default())?),
         None => None,
     };
     let client = match (&local, &a.endpoint, &a.model) {
@@ -614,10 +608,7 @@ fn synth(a: SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut max_tokens = a.max_tokens.unwrap_or(phi::synth::DEFAULT_MAX_TOKENS);
     let local = match &a.local {
         Some(dir) => {
-            let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
-            let mut packed = Ok(());
-            crate::returning_freed_memory(&mut || packed = model.pack_for_decoding(None));
-            packed?;
+            let model = local_model(dir)?;
             let prompts = phi::synth::prompts(&lists, a.kind, a.n, a.seed);
             max_tokens = phi::synth::fit_max_tokens(&model, &prompts, a.max_tokens).map_err(|e| format!("{}: {e}", dir.display()))?;
             Some(phi::serve::LocalServer::start(model, phi::serve::Limits::default())?)
@@ -719,4 +710,14 @@ fn inspect(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
     print!("{}", m.report.table());
     Ok(())
+}
+
+/// A `--local` folder loaded as `phi serve` loads it (on the CPU, f32 in strips), the f32 weights
+/// the packing frees returned to the OS.
+fn local_model(dir: &Path) -> Result<phi::serve::ServedModel, Box<dyn std::error::Error>> {
+    let mut model = phi::serve::ServedModel::load(dir, None, None, &Backend::Cpu.device()?)?;
+    let mut packed = Ok(());
+    crate::returning_freed_memory(&mut || packed = model.pack_for_decoding(None));
+    packed?;
+    Ok(model)
 }
